@@ -1,0 +1,163 @@
+"""OPT model configuration: a plain dataclass, the exact-name size table, and an HF config.json reader.
+
+Reference: transformers' `OPTConfig` (configuration_opt.py) and the per-size values of the official
+facebook/opt-* configs (see ../shared/specs/opt_checkpoint_facts.md §1.6 and §2).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class OPTConfig:
+    hidden_size: int = 768
+    num_layers: int = 12
+    num_heads: int = 12
+    ffn_dim: int = 3072
+    vocab_size: int = 50272  # the tokenizer has 50265 entries; metaseq padded the table to a multiple of 8
+    max_positions: int = 2048  # the position table has max_positions + 2 rows (offset 2, see model.py)
+    word_embed_proj_dim: int | None = None  # None means hidden_size; 350m uses 512 with project_in/out
+    do_layer_norm_before: bool = True  # False only for 350m (post-LN, and no decoder.final_layer_norm)
+    remove_final_layer_norm: bool = False  # old fine-tunes saved before transformers 4.20.1
+    enable_bias: bool = True
+    layer_norm_elementwise_affine: bool = True
+    layer_norm_eps: float = 1e-5  # never in OPT configs; nn.LayerNorm's default, as HF uses
+    tie_word_embeddings: bool = True
+    pad_token_id: int = 1
+    bos_token_id: int = 2
+    eos_token_id: int = 2
+    tokenizer_vocab_size: int = 50265  # real token ids; rows 50265..50271 of the embedding are padding
+
+    def __post_init__(self) -> None:
+        if self.word_embed_proj_dim is None:
+            self.word_embed_proj_dim = self.hidden_size
+        if self.hidden_size % self.num_heads != 0:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+        for name in ("hidden_size", "num_layers", "num_heads", "ffn_dim", "vocab_size", "max_positions"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"OPTConfig.{name} must be positive, got {getattr(self, name)}")
+        if self.tokenizer_vocab_size > self.vocab_size:
+            self.tokenizer_vocab_size = self.vocab_size
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def has_projection(self) -> bool:
+        return self.word_embed_proj_dim != self.hidden_size
+
+    @property
+    def has_final_layer_norm(self) -> bool:
+        return self.do_layer_norm_before and not self.remove_final_layer_norm
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_hf_dict(self) -> dict[str, Any]:
+        """The config.json transformers' OPTConfig reads (used when we write tiny checkpoints)."""
+        return {
+            "model_type": "opt",
+            "architectures": ["OPTForCausalLM"],
+            "hidden_size": self.hidden_size,
+            "num_hidden_layers": self.num_layers,
+            "num_attention_heads": self.num_heads,
+            "ffn_dim": self.ffn_dim,
+            "vocab_size": self.vocab_size,
+            "max_position_embeddings": self.max_positions,
+            "word_embed_proj_dim": self.word_embed_proj_dim,
+            "do_layer_norm_before": self.do_layer_norm_before,
+            "_remove_final_layer_norm": self.remove_final_layer_norm,
+            "enable_bias": self.enable_bias,
+            "layer_norm_elementwise_affine": self.layer_norm_elementwise_affine,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "activation_function": "relu",
+            "pad_token_id": self.pad_token_id,
+            "bos_token_id": self.bos_token_id,
+            "eos_token_id": self.eos_token_id,
+            "dropout": 0.0,
+            "attention_dropout": 0.0,
+            "layerdrop": 0.0,
+        }
+
+
+# Exact-name size table (opt_checkpoint_facts.md §2). Looked up by exact name only.
+OPT_CONFIGS: dict[str, dict[str, Any]] = {
+    "opt-125m": dict(hidden_size=768, num_layers=12, num_heads=12, ffn_dim=3072),
+    "opt-350m": dict(hidden_size=1024, num_layers=24, num_heads=16, ffn_dim=4096,
+                     word_embed_proj_dim=512, do_layer_norm_before=False),
+    "opt-1.3b": dict(hidden_size=2048, num_layers=24, num_heads=32, ffn_dim=8192),
+    "opt-2.7b": dict(hidden_size=2560, num_layers=32, num_heads=32, ffn_dim=10240),  # head_dim 80
+    "opt-6.7b": dict(hidden_size=4096, num_layers=32, num_heads=32, ffn_dim=16384),
+    "opt-13b": dict(hidden_size=5120, num_layers=40, num_heads=40, ffn_dim=20480),
+    "opt-30b": dict(hidden_size=7168, num_layers=48, num_heads=56, ffn_dim=28672),
+    "opt-66b": dict(hidden_size=9216, num_layers=64, num_heads=72, ffn_dim=36864),
+}
+
+
+def config_for_size(name: str) -> OPTConfig:
+    """OPTConfig of an official size; `name` is e.g. "opt-66b" (the "facebook/" prefix is accepted)."""
+    key = name.removeprefix("facebook/")
+    if key not in OPT_CONFIGS:
+        raise KeyError(f"unknown OPT size {name!r}; valid names: {', '.join(OPT_CONFIGS)}")
+    return OPTConfig(**OPT_CONFIGS[key])
+
+
+# HF config.json key -> OPTConfig field. Keys in _HF_IGNORED are known and have no effect at eval time.
+_HF_KEYS = {
+    "hidden_size": "hidden_size",
+    "num_hidden_layers": "num_layers",
+    "num_attention_heads": "num_heads",
+    "ffn_dim": "ffn_dim",
+    "vocab_size": "vocab_size",
+    "max_position_embeddings": "max_positions",
+    "word_embed_proj_dim": "word_embed_proj_dim",
+    "do_layer_norm_before": "do_layer_norm_before",
+    "_remove_final_layer_norm": "remove_final_layer_norm",
+    "enable_bias": "enable_bias",
+    "layer_norm_elementwise_affine": "layer_norm_elementwise_affine",
+    "tie_word_embeddings": "tie_word_embeddings",
+    "pad_token_id": "pad_token_id",
+    "bos_token_id": "bos_token_id",
+    "eos_token_id": "eos_token_id",
+}
+_HF_REQUIRED = ("hidden_size", "num_hidden_layers", "num_attention_heads", "ffn_dim")
+
+
+def config_from_hf(source: str | Path | dict[str, Any]) -> OPTConfig:
+    """Read an HF OPT config.json (a path, a checkpoint directory or an already-parsed dict).
+
+    Missing optional keys take transformers' defaults; values this decoder does not implement
+    (another model type, another activation) are a ValueError naming the key.
+    """
+    where = "config dict"
+    if not isinstance(source, dict):
+        path = Path(source)
+        if path.is_dir():
+            path = path / "config.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no config.json; a checkpoint directory needs one (HF OPT format)")
+        where = str(path)
+        try:
+            source = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: not valid JSON ({err})") from err
+    raw = source
+    if raw.get("model_type", "opt") != "opt":
+        raise ValueError(f"{where}: model_type is {raw['model_type']!r}, only 'opt' is supported")
+    act = raw.get("activation_function", "relu")
+    if act != "relu":
+        raise ValueError(f"{where}: activation_function {act!r} is not supported (OPT uses 'relu')")
+    missing = [k for k in _HF_REQUIRED if k not in raw]
+    if missing:
+        raise ValueError(f"{where}: missing required keys {missing}")
+    kwargs = {ours: raw[theirs] for theirs, ours in _HF_KEYS.items() if theirs in raw and raw[theirs] is not None}
+    return OPTConfig(**kwargs)
+
+
+def config_field_names() -> list[str]:
+    return [f.name for f in fields(OPTConfig)]

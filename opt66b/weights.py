@@ -1,0 +1,219 @@
+"""Load HF OPT checkpoints from safetensors shards: meta-device build, one read per tensor, strict accounting.
+
+Checkpoint facts (../shared/specs/opt_checkpoint_facts.md §3): keys come with or without the
+`model.` prefix depending on the size; `lm_head.weight` may be stored, absent (tied), or the only
+survivor of the tied pair (SFconvertbot conversions drop one name of a shared storage).
+
+The model is built on the meta device (no memory), then each tensor is read once from its shard
+(memory-mapped by safetensors) and moved to its target device and dtype in one step, so the
+weights never exist twice. Every source key is mapped or declared ignored, every parameter is
+filled exactly once; anything else is an error that names the key and the file.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+from typing import Callable
+
+import torch
+from safetensors import safe_open
+from torch import nn
+
+from .config import OPTConfig, config_from_hf
+from .model import OPT
+
+INDEX_NAME = "model.safetensors.index.json"
+SINGLE_NAME = "model.safetensors"
+_ST_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64}
+DeviceFor = Callable[[str], torch.device]  # parameter name -> device
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded as it is; the message names the file and key."""
+
+
+def read_safetensors_header(path: Path) -> dict[str, dict]:
+    """Parse and validate a safetensors header without reading tensor data.
+
+    Checks that the header is complete JSON and that every tensor's byte range lies inside the
+    file, so a truncated download fails here with the file's name instead of deep inside a read.
+    """
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise CheckpointError(f"{path}: truncated safetensors file ({size} bytes, no header); re-download it")
+        (n,) = struct.unpack("<Q", head)
+        if n > size - 8:
+            raise CheckpointError(f"{path}: corrupt or truncated safetensors header (claims {n} bytes, file has "
+                                  f"{size}); re-download or re-convert this shard")
+        try:
+            header = json.loads(f.read(n))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise CheckpointError(f"{path}: corrupt safetensors header ({err}); re-download this shard") from err
+    data_bytes = size - 8 - n
+    header.pop("__metadata__", None)
+    for key, info in header.items():
+        begin, end = info["data_offsets"]
+        if end > data_bytes:
+            raise CheckpointError(f"{path}: tensor {key!r} ends at byte {end} of a {data_bytes}-byte data section; "
+                                  "the shard is truncated, re-download it")
+    return header
+
+
+def checkpoint_files(ckpt_dir: Path) -> dict[str, Path]:
+    """Map every stored key to its shard file, from the index or from the single file."""
+    ckpt_dir = Path(ckpt_dir)
+    if not ckpt_dir.is_dir():
+        raise FileNotFoundError(f"{ckpt_dir}: checkpoint directory not found")
+    index = ckpt_dir / INDEX_NAME
+    if index.is_file():
+        try:
+            raw = json.loads(index.read_text())
+        except json.JSONDecodeError as err:
+            raise CheckpointError(f"{index}: not valid JSON ({err})") from err
+        weight_map = raw.get("weight_map", raw)  # accelerate writes a flat {name: file} map
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise CheckpointError(f"{index}: no weight_map")
+        files = {}
+        for key, name in weight_map.items():
+            path = ckpt_dir / name
+            if not path.is_file():
+                raise CheckpointError(f"{index}: key {key!r} is mapped to {name}, which does not exist in {ckpt_dir}")
+            files[key] = path
+        return files
+    single = ckpt_dir / SINGLE_NAME
+    if single.is_file():
+        return {key: single for key in read_safetensors_header(single)}
+    bins = sorted(p.name for p in ckpt_dir.glob("pytorch_model*.bin"))
+    hint = f" It has {bins[0]}...: convert it with `python run.py convert {ckpt_dir} OUT_DIR`." if bins else ""
+    raise FileNotFoundError(f"{ckpt_dir}: neither {SINGLE_NAME} nor {INDEX_NAME} found.{hint}")
+
+
+def canonical_key(key: str) -> str:
+    return key[len("model."):] if key.startswith("model.") else key
+
+
+def plan_keys(stored: dict[str, Path], cfg: OPTConfig, targets: list[str]) -> tuple[dict[str, tuple[str, Path]], list[str]]:
+    """Decide which stored key fills which parameter. Returns {param: (stored key, file)} and the
+    list of stored keys deliberately ignored. Raises on unknown or missing keys."""
+    by_canon: dict[str, tuple[str, Path]] = {}
+    for key, path in stored.items():
+        canon = canonical_key(key)
+        if canon in by_canon:
+            raise CheckpointError(f"{path}: key {key!r} duplicates {by_canon[canon][0]!r} in {by_canon[canon][1]}")
+        by_canon[canon] = (key, path)
+    ignored = []
+    embed = "decoder.embed_tokens.weight"
+    if cfg.tie_word_embeddings and "lm_head.weight" in by_canon:
+        if embed in by_canon:
+            ignored.append(by_canon.pop("lm_head.weight")[0])  # the tied copy of the embedding
+        else:
+            by_canon[embed] = by_canon.pop("lm_head.weight")  # the only survivor of the tied pair
+    target_set = set(targets)
+    unexpected = sorted(f"{by_canon[c][0]} (in {by_canon[c][1].name})" for c in by_canon if c not in target_set)
+    if unexpected:
+        raise CheckpointError(f"unexpected keys for this config: {unexpected[:8]}"
+                              f"{' ...' if len(unexpected) > 8 else ''}; is config.json the checkpoint's own?")
+    missing = sorted(t for t in targets if t not in by_canon)
+    if missing:
+        raise CheckpointError(f"missing keys in {sorted({p.parent for p in stored.values()})}: {missing[:8]}"
+                              f"{' ...' if len(missing) > 8 else ''}")
+    return by_canon, ignored
+
+
+def _set_param(model: nn.Module, name: str, tensor: torch.Tensor) -> None:
+    owner_name, _, leaf = name.rpartition(".")
+    owner = model.get_submodule(owner_name)
+    owner._parameters[leaf] = nn.Parameter(tensor, requires_grad=False)
+
+
+def load_model(ckpt_dir: str | Path, dtype: torch.dtype | None = None, device: str | torch.device = "cpu",
+               device_for: DeviceFor | None = None, log: Callable[[str], None] | None = None) -> OPT:
+    """Load an OPT checkpoint directory (config.json + safetensors) into a new `OPT`.
+
+    dtype: target dtype (None keeps each tensor's stored dtype). device: where every parameter goes,
+    unless `device_for(param_name)` says otherwise (layer placement, see placement.py).
+    Parameters come back with requires_grad=False: this is an analysis toolkit; call
+    `model.requires_grad_(True)` to train.
+    """
+    ckpt_dir = Path(ckpt_dir)
+    cfg = config_from_hf(ckpt_dir)
+    stored = checkpoint_files(ckpt_dir)
+    with torch.device("meta"):
+        model = OPT(cfg)
+    targets = dict(model.named_parameters())
+    plan, ignored = plan_keys(stored, cfg, list(targets))
+    headers: dict[Path, dict] = {}
+    for path in sorted(set(p for _, p in plan.values())):
+        headers[path] = read_safetensors_header(path)
+    for name, (key, path) in plan.items():
+        info = headers[path].get(key)
+        if info is None:
+            raise CheckpointError(f"{path}: the index maps {key!r} to this file, but the file has no such tensor")
+        want = tuple(targets[name].shape)
+        if tuple(info["shape"]) != want:
+            raise CheckpointError(f"{path}: {key!r} has shape {tuple(info['shape'])}, this config needs {want}; "
+                                  "does config.json match the weights?")
+        if info["dtype"] not in _ST_DTYPES:
+            raise CheckpointError(f"{path}: {key!r} has dtype {info['dtype']}, expected a float type (F16/BF16/F32)")
+    by_file: dict[Path, list[str]] = {}
+    for name, (_, path) in plan.items():
+        by_file.setdefault(path, []).append(name)
+    for path, names in by_file.items():  # one shard open at a time, tensors read once each
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as f:
+                for name in names:
+                    key = plan[name][0]
+                    target = torch.device(device_for(name)) if device_for else torch.device(device)
+                    t = f.get_tensor(key)  # memory-mapped view of the file
+                    t = t.to(device=target, dtype=dtype or t.dtype)
+                    _set_param(model, name, t)
+        except CheckpointError:
+            raise
+        except Exception as err:  # safetensors raises its own error types for corrupt data
+            raise CheckpointError(f"{path}: could not read tensors ({type(err).__name__}: {err})") from err
+    if log and ignored:
+        log(f"ignored stored keys (tied copy of the embedding): {ignored}")
+    model.eval()
+    return model
+
+
+def save_checkpoint(model: OPT, out_dir: str | Path, dtype: torch.dtype | None = None,
+                    max_shard_bytes: int | None = None, prefix: str = "model.", with_lm_head: bool = False) -> Path:
+    """Write `model` as an HF-style checkpoint (config.json + safetensors, sharded above
+    max_shard_bytes). `prefix` and `with_lm_head` choose among the real-world key layouts."""
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = model.config
+    tensors = {}
+    for name, p in model.named_parameters():
+        tensors[prefix + name] = p.detach().to(dtype or p.dtype).contiguous().cpu()
+    if with_lm_head and cfg.tie_word_embeddings:
+        tensors["lm_head.weight"] = tensors[prefix + "decoder.embed_tokens.weight"].clone()
+    (out / "config.json").write_text(json.dumps(cfg.to_hf_dict(), indent=2) + "\n")
+    meta = {"format": "pt"}
+    if max_shard_bytes is None:
+        save_file(tensors, str(out / SINGLE_NAME), metadata=meta)
+        return out
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for key, t in tensors.items():
+        nbytes = t.numel() * t.element_size()
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][key] = t
+        size += nbytes
+    weight_map = {}
+    for i, shard in enumerate(shards):
+        name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, str(out / name), metadata=meta)
+        weight_map.update({k: name for k in shard})
+    total = sum(t.numel() * t.element_size() for t in tensors.values())
+    (out / INDEX_NAME).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+    return out

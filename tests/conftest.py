@@ -1,0 +1,51 @@
+"""Shared fixtures: tiny random configs, seeded generators, and the location of ../shared."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+SHARED = ROOT.parent / "shared"
+SHARED_DATA = SHARED / "data"
+SHARED_TOKENIZER = SHARED / "tokenizer" / "opt"
+
+needs_shared_data = pytest.mark.skipif(not SHARED_DATA.is_dir(),
+                                       reason=f"{SHARED_DATA} absent: the real dataset files are not in this clone")
+needs_shared_tokenizer = pytest.mark.skipif(not (SHARED_TOKENIZER / "vocab.json").is_file(),
+                                            reason=f"{SHARED_TOKENIZER} absent: the real OPT tokenizer files are not here")
+
+
+@pytest.fixture
+def tiny_config():
+    from opt66b import OPTConfig
+
+    return OPTConfig(hidden_size=32, num_layers=2, num_heads=4, ffn_dim=64, vocab_size=128, max_positions=64)
+
+
+@pytest.fixture
+def generator():
+    return torch.Generator().manual_seed(1234)
+
+
+def random_model(cfg, seed: int = 0, dtype=torch.float32):
+    """An OPT with random weights (std 0.2 so attention patterns are not uniform)."""
+    from opt66b import OPT
+
+    torch.manual_seed(seed)
+    model = OPT(cfg).to(dtype).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(0, 0.02)
+            elif "layer_norm" in name:
+                p.normal_(1.0, 0.1)
+            else:
+                p.normal_(0, 0.2)
+    model.requires_grad_(False)
+    return model
