@@ -10,6 +10,7 @@ touches no module state, so nothing outlives the call (no hooks, no buffers on t
 
 Recorded tensors, per layer index:
     cap.probs[l]  (B, H, T, S) float32 post-softmax attention (before any head mask)
+    cap.layer_inputs[l] (B, T, D) the residual stream entering layer l (with layer_inputs=True)
     cap.heads[l]  (B, H, T, Dh) each head's attention-weighted value vector, after the head mask,
                   i.e. exactly what out_proj reads (the paper's `context_layer_val`).
 """
@@ -25,9 +26,11 @@ from torch import nn
 
 class Capture:
     def __init__(self, probs: bool = False, heads: bool = False, grads: bool = False,
-                 layers: Iterable[int] | None = None, to_cpu: bool = False):
+                 layers: Iterable[int] | None = None, to_cpu: bool = False, layer_inputs: bool = False):
         """probs/heads: what to record. grads: make the head outputs part of the autograd graph
         (even when no weight requires grad) so `torch.autograd.grad(loss, cap.head_list())` works.
+        layer_inputs: record the (B, T, D) residual stream entering each layer (resume points for
+        `OPT.forward(start_layer=l, hidden_in=...)`).
         layers: restrict recording to these layer indices (None = all). to_cpu: move recordings to
         host memory as they are made (bounded GPU memory for long captures; not with grads)."""
         if grads and not heads:
@@ -35,6 +38,8 @@ class Capture:
         if grads and to_cpu:
             raise ValueError("Capture(grads=True) cannot move head outputs to CPU: the graph needs them")
         self.want_probs, self.want_heads, self.want_grads = probs, heads, grads
+        self.want_layer_inputs = layer_inputs
+        self.layer_inputs: dict[int, torch.Tensor] = {}
         self.layers = None if layers is None else set(int(i) for i in layers)
         self.to_cpu = to_cpu
         self.probs: dict[int, torch.Tensor] = {}
@@ -48,6 +53,12 @@ class Capture:
 
     def wants_heads(self, layer: int) -> bool:
         return self.want_heads and self._wanted(layer)
+
+    def wants_layer_inputs(self, layer: int) -> bool:
+        return self.want_layer_inputs and self._wanted(layer)
+
+    def record_layer_input(self, layer: int, h: torch.Tensor) -> None:
+        self.layer_inputs[layer] = h.detach().cpu() if self.to_cpu else h.detach()
 
     def record_probs(self, layer: int, probs: torch.Tensor) -> None:
         self.probs[layer] = probs.detach().cpu() if self.to_cpu else probs.detach()
@@ -70,6 +81,7 @@ class Capture:
     def clear(self) -> None:
         self.probs.clear()
         self.heads.clear()
+        self.layer_inputs.clear()
 
 
 @contextmanager

@@ -206,12 +206,16 @@ class OPT(nn.Module):
                 head_mask: torch.Tensor | None = None, ffn_mask: torch.Tensor | Sequence[float] | None = None,
                 past_key_values: KVCache | None = None, use_cache: bool = False,
                 capture: Capture | None = None, logits: str = "all",
-                position_ids: torch.Tensor | None = None) -> DecoderOutput:
+                position_ids: torch.Tensor | None = None, start_layer: int = 0,
+                hidden_in: torch.Tensor | None = None) -> DecoderOutput:
         """Run the decoder on (B, T) token ids.
 
         attention_mask: (B, S) 1 for real tokens and 0 for pads, covering past + new tokens.
         past_key_values: the cache returned by an earlier call with use_cache=True.
         logits: "all" (B, T, V), "last" (B, 1, V) or "none" (only `hidden`).
+        start_layer, hidden_in: resume from the (B, T, D) input of layer `start_layer` (recorded by
+            Capture(layer_inputs=True) on an earlier call) instead of embedding input_ids; layers
+            before it are not run. Used to avoid recomputing layers whose inputs did not change.
         """
         cfg = self.config
         if input_ids.dim() != 2:
@@ -233,16 +237,28 @@ class OPT(nn.Module):
             else:
                 position_ids = position_ids_from_mask(attention_mask, new)
 
-        h = self.embed(input_ids, position_ids)  # (B, T, D)
+        if hidden_in is None:
+            if start_layer != 0:
+                raise ValueError("start_layer > 0 needs hidden_in, the recorded input of that layer")
+            h = self.embed(input_ids, position_ids)  # (B, T, D)
+        else:
+            if tuple(hidden_in.shape) != (bsz, new, cfg.hidden_size):
+                raise ValueError(f"hidden_in must be (batch, new, hidden) = {(bsz, new, cfg.hidden_size)}, "
+                                 f"got {tuple(hidden_in.shape)}")
+            h = hidden_in
         allowed_by_device: dict[torch.device, torch.Tensor] = {}
         new_cache: KVCache = []
         for i, layer in enumerate(self.decoder.layers):
+            if i < start_layer:
+                continue
             dev = layer.device
             if dev not in allowed_by_device:
                 key_real = None if attention_mask is None else attention_mask.to(dev)
                 allowed_by_device[dev] = attention_allowed(key_real, bsz, new, past, dev)
             layer_past = None if past_key_values is None else past_key_values[i]
             head_scale = None if head_rows is None else head_rows[i]
+            if capture is not None and capture.wants_layer_inputs(i):
+                capture.record_layer_input(i, h)
             h, kv = layer(h.to(dev), allowed_by_device[dev], head_scale, ffn_scales[i], layer_past, capture, i)
             if use_cache:
                 new_cache.append(kv)
