@@ -1,0 +1,182 @@
+"""`run.py correlate`: rank correlations between head-importance rankings (Bansal et al. 2023, §5 / Fig. 5).
+
+Reads the output of `run.py importance heads`:
+
+    IMPORTANCE_DIR/shots-{K}/{task}.safetensors      tensor "importance" (L, H), one per task
+    IMPORTANCE_DIR/shots-{K}/aggregate.safetensors   tensor "importance" (L, H), mean over tasks
+
+and writes OUT/correlations.json with, for every shot K (flat head vectors of length n = L*H):
+    spearman.rho / spearman.p      task x task, true Spearman (average ranks, t-test p, n-2 df)
+    paper_argsort_pearson          task x task, THE PAPER'S VARIANT (Pearson on argsort vectors,
+                                   llm-interpret scripts/plotting/spearman_rankings.py; spec §5.1)
+    top_overlap                    task x task, share of the top-30% heads in common
+    vs_aggregate[task]             the same four numbers against the shot's aggregate ranking
+and cross_shot["0v1" | "0v5" | "1v5" | ...]: per task the same numbers between two shots, plus
+their mean and sample variance over tasks. Input file hashes are recorded. Facts:
+../shared/specs/paper_method_spec.md §5.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import sys
+from itertools import combinations
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from opt66b.io import Progress, file_hashes, run_metadata, write_json
+
+from . import stats
+from .masks import aggregate_importance, read_importance
+
+AGGREGATE_NAME = "aggregate"
+OUTPUT_NAME = "correlations.json"
+_SHOT_DIR = re.compile(r"^shots-(\d+)$")
+
+DEFINITIONS = {
+    "spearman": "true Spearman rank correlation of the flat (L*H) importance vectors: Pearson of "
+                "their ranks, ties averaged; p two-sided from Student's t with n-2 df",
+    "paper_argsort_pearson": "THE PAPER'S VARIANT, not Spearman: Pearson correlation of the ascending "
+                             "argsort vectors (llm-interpret spearman_rankings.py, spec §5.1); use it "
+                             "only to compare with the paper's figure numbers",
+    "top_overlap": "|top_k(a) & top_k(b)| / k with k = floor(top_fraction * n) most important heads",
+    "variance": "sample variance over tasks (n-1 denominator)",
+}
+
+
+def discover(importance_dir: Path, shots: Sequence[int] | None = None,
+             tasks: Sequence[str] | None = None) -> dict[int, dict[str, Path]]:
+    """{shot: {task: file}} under importance_dir/shots-K/; "aggregate" is listed under its own name.
+
+    Raises FileNotFoundError naming the directory when nothing (or a requested shot/task) is there.
+    """
+    importance_dir = Path(importance_dir)
+    if not importance_dir.is_dir():
+        raise FileNotFoundError(f"{importance_dir}: importance directory not found "
+                                f"(expected the --out of `run.py importance heads`)")
+    found: dict[int, dict[str, Path]] = {}
+    for sub in sorted(importance_dir.iterdir()):
+        m = _SHOT_DIR.match(sub.name)
+        if m and sub.is_dir():
+            files = {f.stem: f for f in sorted(sub.glob("*.safetensors"))}
+            if files:
+                found[int(m.group(1))] = files
+    if not found:
+        raise FileNotFoundError(f"{importance_dir}: no shots-K/*.safetensors importance files found")
+    if shots is not None:
+        missing = [k for k in shots if k not in found]
+        if missing:
+            raise FileNotFoundError(f"{importance_dir}: no importance files for shots {missing}; "
+                                    f"found shots {sorted(found)}")
+        found = {k: found[k] for k in shots}
+    if tasks is not None:
+        for k, files in found.items():
+            missing = [t for t in tasks if t not in files]
+            if missing:
+                raise FileNotFoundError(f"{importance_dir / f'shots-{k}'}: no importance file for tasks "
+                                        f"{missing}; found {sorted(t for t in files if t != AGGREGATE_NAME)}")
+            found[k] = {t: files[t] for t in [*tasks, AGGREGATE_NAME] if t in files}
+    return found
+
+
+def pair_stats(a: Sequence[float], b: Sequence[float], top_fraction: float) -> dict[str, float]:
+    """All four numbers for one pair of flat score vectors."""
+    rho, p = stats.spearman(a, b)
+    return {"rho": rho, "p": p, "paper_argsort_pearson": stats.paper_argsort_correlation(a, b),
+            "top_overlap": stats.top_fraction_overlap(a, b, top_fraction)}
+
+
+def correlate_shot(vectors: dict[str, list[float]], aggregate: list[float] | None,
+                   top_fraction: float) -> dict[str, Any]:
+    """Task x task matrices (rows/columns in `tasks` order) and every task against the aggregate."""
+    rho, p = stats.spearman_matrix(vectors)
+    out: dict[str, Any] = {
+        "tasks": list(vectors),
+        "n_heads": len(next(iter(vectors.values()))),
+        "spearman": {"rho": rho, "p": p},
+        "paper_argsort_pearson": stats.paper_argsort_matrix(vectors),
+        "top_overlap": stats.overlap_matrix(vectors, top_fraction),
+    }
+    if aggregate is not None:
+        out["vs_aggregate"] = {t: pair_stats(v, aggregate, top_fraction) for t, v in vectors.items()}
+    return out
+
+
+def cross_shot(by_shot: dict[int, dict[str, list[float]]], top_fraction: float) -> dict[str, Any]:
+    """Per task, the same task's rankings at two shot counts (0v1, 0v5, 1v5, ...), with mean/variance."""
+    out: dict[str, Any] = {}
+    for s1, s2 in combinations(sorted(by_shot), 2):
+        common = [t for t in by_shot[s1] if t in by_shot[s2]]
+        per_task = {t: pair_stats(by_shot[s1][t], by_shot[s2][t], top_fraction) for t in common}
+        summary: dict[str, dict[str, float]] = {"mean": {}, "variance": {}}
+        for key in ("rho", "paper_argsort_pearson", "top_overlap"):
+            mean, var = stats.mean_and_variance([v[key] for v in per_task.values()])
+            summary["mean"][key], summary["variance"][key] = mean, var
+        out[f"{s1}v{s2}"] = {"tasks": common, "per_task": per_task, **summary}
+    return out
+
+
+def _finite_or_none(obj: Any) -> Any:
+    """nan/inf -> None so the JSON stays standard (json.dumps would write bare NaN)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite_or_none(v) for v in obj]
+    return obj
+
+
+def run_correlate(importance_dir: Path, out_dir: Path, shots: Sequence[int] | None = None,
+                  tasks: Sequence[str] | None = None, top_fraction: float = 0.3,
+                  log: Callable[[str], None] | None = None) -> Path:
+    """Compute everything above and write OUT/correlations.json atomically; returns its path."""
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    if not 0 < top_fraction <= 1:
+        raise ValueError(f"--top-fraction must be in (0, 1], got {top_fraction}")
+    found = discover(importance_dir, shots, tasks)
+    shape: tuple[int, ...] | None = None
+    by_shot: dict[int, dict[str, list[float]]] = {}
+    aggregates: dict[int, tuple[list[float], str]] = {}
+    for k, files in found.items():
+        vectors = {}
+        for name, path in files.items():
+            imp = read_importance(path)
+            if shape is None:
+                shape = tuple(imp.shape)
+            elif tuple(imp.shape) != shape:
+                raise ValueError(f"{path}: importance has shape {tuple(imp.shape)} but earlier files have "
+                                 f"{shape}; were they computed on different models?")
+            vectors[name] = imp
+        agg = vectors.pop(AGGREGATE_NAME, None)
+        if not vectors:
+            raise FileNotFoundError(f"{Path(importance_dir) / f'shots-{k}'}: only an aggregate file, no task files")
+        source = "file"
+        if agg is None:  # not written (yet): the paper's definition, mean of the raw task tensors (§5.2)
+            agg, source = aggregate_importance(list(vectors.values())).double(), "mean of the task files"
+            log(f"shots-{k}: no {AGGREGATE_NAME}.safetensors, using the mean of {len(vectors)} task files")
+        by_shot[k] = {t: v.reshape(-1).tolist() for t, v in vectors.items()}  # (L*H,) layer-major
+        aggregates[k] = (agg.reshape(-1).tolist(), source)  # (L*H,)
+
+    progress = Progress(len(by_shot) + 1, "correlate")
+    per_shot = {}
+    for k, vectors in by_shot.items():
+        per_shot[str(k)] = {**correlate_shot(vectors, aggregates[k][0], top_fraction),
+                            "aggregate_source": aggregates[k][1]}
+        progress.update()
+    crossed = cross_shot(by_shot, top_fraction)
+    progress.update()
+
+    all_files = [p for files in found.values() for p in files.values()]
+    result = {
+        "metadata": run_metadata(importance_dir=str(importance_dir), shots=sorted(by_shot),
+                                 top_fraction=top_fraction, layers_heads=list(shape or ()),
+                                 input_sha256=file_hashes(all_files)),
+        "definitions": DEFINITIONS,
+        "shots": per_shot,
+        "cross_shot": crossed,
+    }
+    path = write_json(Path(out_dir) / OUTPUT_NAME, _finite_or_none(result))
+    log(f"wrote {path}")
+    return path

@@ -1,0 +1,34 @@
+"""The `correlate` sub-command of run.py (registered by prune/cli.py): rank correlations of head importances."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register_correlate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "correlate", help="Spearman correlations between head-importance rankings (tasks, aggregate, shots)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Read IMPORTANCE/shots-K/{task,aggregate}.safetensors (from `run.py importance heads`) "
+                    "and write OUT/correlations.json: per shot the task x task true Spearman rho and p "
+                    "(average ranks for ties, t-test with n-2 df), the paper's argsort-Pearson variant "
+                    "(labelled paper_argsort_pearson), the top-30% head overlap, every task against the "
+                    "aggregate, and every task across shots (0v1, 0v5, 1v5) with mean and variance.",
+        epilog="example:\n  python run.py correlate --importance runs/tiny/importance --out runs/tiny/correlate")
+    p.add_argument("--importance", type=Path, required=True, help="directory with shots-K/*.safetensors")
+    p.add_argument("--out", type=Path, required=True, help="output directory (correlations.json is written there)")
+    p.add_argument("--shots", type=int, nargs="+", default=None, help="shot counts to use (default: all found)")
+    p.add_argument("--tasks", nargs="+", default=None, help="tasks to use (default: all found)")
+    p.add_argument("--top-fraction", type=float, default=0.3,
+                   help="fraction of most important heads for the overlap (default: 0.3)")
+    p.set_defaults(func=_correlate)
+
+
+def _correlate(args: argparse.Namespace) -> int:
+    from .correlate import run_correlate
+
+    if not 0 < args.top_fraction <= 1:
+        raise ValueError(f"--top-fraction must be in (0, 1], got {args.top_fraction}")
+    run_correlate(args.importance, args.out, shots=args.shots, tasks=args.tasks, top_fraction=args.top_fraction)
+    return 0

@@ -1,0 +1,103 @@
+"""`run.py correlate` on synthetic importance files (3 layers x 4 heads, tasks a/b/c, shots 0/1/5)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import run
+from opt66b.io import sha256_file, write_tensors
+from prune.stats import mean_and_variance, paper_argsort_correlation, spearman, top_fraction_overlap
+
+
+def _imp(seed: int) -> torch.Tensor:
+    return torch.rand(3, 4, generator=torch.Generator().manual_seed(seed))  # (L, H), n = 12 heads
+
+
+def _write(root, shots=(0, 1, 5), aggregate=True):
+    """a: random; b = 2a (same ranking); c = -a (reversed ranking); each shot adds its own noise to a."""
+    written = {}
+    for k in shots:
+        a = _imp(0) + 0.1 * _imp(100 + k)
+        tensors = {"a": a, "b": 2 * a, "c": -a}
+        for task, imp in tensors.items():
+            written[(k, task)] = write_tensors(root / f"shots-{k}" / f"{task}.safetensors", {"importance": imp})
+        if aggregate:
+            write_tensors(root / f"shots-{k}" / "aggregate.safetensors",
+                          {"importance": (tensors["a"] + tensors["b"] + tensors["c"]) / 3})
+    return written
+
+
+def test_correlate_cli_end_to_end(tmp_path):
+    written = _write(tmp_path / "imp")
+    assert run.main(["correlate", "--importance", str(tmp_path / "imp"), "--out", str(tmp_path / "out")]) == 0
+    res = json.loads((tmp_path / "out" / "correlations.json").read_text())
+
+    shot = res["shots"]["0"]
+    assert shot["tasks"] == ["a", "b", "c"] and shot["n_heads"] == 12
+    rho = shot["spearman"]["rho"]
+    assert rho[0][1] == 1.0 and rho[0][2] == -1.0 and shot["spearman"]["p"][0][1] == 0.0
+    assert shot["top_overlap"][0][1] == 1.0 and shot["top_overlap"][0][2] == 0.0  # k = floor(.3*12) = 3
+    # The paper's variant is reported under its own label and equals the stats function on the files.
+    a0 = (_imp(0) + 0.1 * _imp(100)).reshape(-1).tolist()
+    c0 = [-v for v in a0]
+    assert shot["paper_argsort_pearson"][0][2] == pytest.approx(paper_argsort_correlation(a0, c0), abs=1e-15)
+    # vs aggregate: (a + 2a - a)/3 = 2a/3 ranks like a.
+    assert shot["vs_aggregate"]["a"]["rho"] == 1.0 and shot["vs_aggregate"]["c"]["rho"] == -1.0
+    assert shot["aggregate_source"] == "file"
+
+    # Cross-shot: per task and pair, then mean and sample variance over tasks.
+    assert sorted(res["cross_shot"]) == ["0v1", "0v5", "1v5"]
+    c05 = res["cross_shot"]["0v5"]
+    a5 = (_imp(0) + 0.1 * _imp(105)).reshape(-1).tolist()
+    rho_a, p_a = spearman(a0, a5)
+    assert c05["per_task"]["a"]["rho"] == pytest.approx(rho_a, abs=1e-15)  # JSON round-trips doubles exactly
+    assert c05["per_task"]["a"]["p"] == pytest.approx(p_a, abs=1e-15)
+    assert c05["per_task"]["c"]["top_overlap"] == pytest.approx(top_fraction_overlap(c0, [-v for v in a5]))
+    # b = 2a and c = -a in both shots keep the same cross-shot rank relation as a.
+    assert c05["per_task"]["b"]["rho"] == c05["per_task"]["a"]["rho"]
+    mean, var = mean_and_variance([c05["per_task"][t]["rho"] for t in "abc"])
+    assert c05["mean"]["rho"] == pytest.approx(mean, abs=1e-15)
+    assert c05["variance"]["rho"] == pytest.approx(var, abs=1e-15)
+
+    meta = res["metadata"]
+    assert meta["input_sha256"][str(written[(1, "b")])] == sha256_file(written[(1, "b")])
+    assert len(meta["input_sha256"]) == 12 and meta["layers_heads"] == [3, 4]
+    assert "PAPER'S VARIANT" in res["definitions"]["paper_argsort_pearson"]
+
+
+def test_correlate_matches_scipy_on_files(tmp_path):
+    scipy_stats = pytest.importorskip("scipy.stats")
+    root = tmp_path / "imp"
+    x, y = _imp(1), _imp(2).round(decimals=1)  # rounding creates ties
+    write_tensors(root / "shots-0" / "x.safetensors", {"importance": x})
+    write_tensors(root / "shots-0" / "y.safetensors", {"importance": y})
+    run.main(["correlate", "--importance", str(root), "--out", str(tmp_path / "out")])
+    shot = json.loads((tmp_path / "out" / "correlations.json").read_text())["shots"]["0"]
+    ref = scipy_stats.spearmanr(x.reshape(-1).double().numpy(), y.reshape(-1).double().numpy())
+    assert shot["spearman"]["rho"][0][1] == pytest.approx(ref.statistic, abs=1e-10)  # issue's bound
+    assert shot["spearman"]["p"][0][1] == pytest.approx(ref.pvalue, abs=1e-8)  # issue's bound
+    assert shot["aggregate_source"] == "mean of the task files"  # no aggregate file: computed (spec §5.2)
+
+
+def test_correlate_subsets_and_errors(tmp_path, capsys):
+    _write(tmp_path / "imp", aggregate=False)
+    assert run.main(["correlate", "--importance", str(tmp_path / "imp"), "--out", str(tmp_path / "o"),
+                     "--shots", "0", "5", "--tasks", "a", "c"]) == 0
+    res = json.loads((tmp_path / "o" / "correlations.json").read_text())
+    assert sorted(res["shots"]) == ["0", "5"] and res["shots"]["5"]["tasks"] == ["a", "c"]
+    assert list(res["cross_shot"]) == ["0v5"]
+
+    assert run.main(["correlate", "--importance", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
+    assert "nope: importance directory not found" in capsys.readouterr().err
+    assert run.main(["correlate", "--importance", str(tmp_path / "imp"), "--out", str(tmp_path / "o"),
+                     "--tasks", "zzz"]) == 2
+    assert "no importance file for tasks ['zzz']" in capsys.readouterr().err
+    write_tensors(tmp_path / "imp" / "shots-1" / "d.safetensors", {"importance": torch.rand(2, 4)})
+    assert run.main(["correlate", "--importance", str(tmp_path / "imp"), "--out", str(tmp_path / "o")]) == 2
+    assert "d.safetensors: importance has shape (2, 4)" in capsys.readouterr().err
+    assert run.main(["correlate", "--importance", str(tmp_path / "imp"), "--out", str(tmp_path / "o"),
+                     "--top-fraction", "1.5"]) == 2
+    assert "--top-fraction must be in (0, 1]" in capsys.readouterr().err
