@@ -1,0 +1,204 @@
+"""Pruning-study sub-commands of run.py: `importance heads|ffn` and `prune heads|ffn|grid` (defined here);
+`correlate` lives in correlate_cli.py."""
+
+from __future__ import annotations
+
+import argparse
+import random
+from pathlib import Path
+
+from .correlate_cli import register_correlate
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    register_importance(sub)
+    register_prune(sub)
+    register_correlate(sub)
+
+
+# -- shared options ---------------------------------------------------------------------------------
+def _study_args(p: argparse.ArgumentParser, shots_default: list[int]) -> None:
+    from opt66b.runtime import add_model_args
+
+    add_model_args(p)
+    p.add_argument("--data", type=Path, required=True, help="data directory (<data>/<task>/<file as released>)")
+    p.add_argument("--tasks", nargs="+", required=True, help="task names (see `run.py data check`)")
+    p.add_argument("--shots", type=int, nargs="+", default=shots_default,
+                   help=f"few-shot counts (default: {' '.join(map(str, shots_default))})")
+    p.add_argument("--out", type=Path, required=True, help="output directory (finished units are skipped on rerun)")
+    p.add_argument("--paper-quirks", action="store_true",
+                   help="follow the paper's lm-eval fork where it differs (MC targets without the leading "
+                        "space, WSC positives only in importance data, MathQA demo targets); off by default")
+
+
+def _eval_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N eval docs after the seeded "
+                                                           "shuffle (default: all; for quick runs)")
+    p.add_argument("--batch-tokens", type=int, default=4096, help="tokens per scoring batch (default: 4096)")
+
+
+def _validate(args: argparse.Namespace) -> None:
+    from tasks.registry import TASKS
+
+    unknown = [t for t in args.tasks if t not in TASKS]
+    if unknown:
+        raise KeyError(f"unknown task(s) {', '.join(unknown)}; valid names: {', '.join(TASKS)}")
+    if any(k < 0 for k in args.shots):
+        raise ValueError(f"--shots must be >= 0, got {args.shots}")
+    if getattr(args, "limit", None) is not None and args.limit < 1:
+        raise ValueError(f"--limit must be >= 1, got {args.limit}")
+    if not args.data.is_dir():
+        raise FileNotFoundError(f"{args.data}: data directory not found")
+
+
+def _load(args: argparse.Namespace):
+    from opt66b.io import file_hashes
+    from opt66b.runtime import load_from_args
+    from tasks.registry import get_task
+
+    model, tokenizer, info = load_from_args(args)
+    tasks = {t: get_task(t, args.data, paper_quirks=args.paper_quirks) for t in dict.fromkeys(args.tasks)}
+    files = [f for task in tasks.values() for f in task.data_files()]
+    settings = {"model": info, "data_sha256": file_hashes(files), "tasks": list(tasks), "shots": args.shots,
+                "paper_quirks": args.paper_quirks}
+    return model, tokenizer, tasks, settings
+
+
+def evaluation_factory(limit: int | None, batch_tokens: int):
+    """(model, tokenizer, task, shots) -> TaskEvaluation, built once per (task, shot)."""
+    from tasks.evaluate import TaskEvaluation
+
+    def make(model, tokenizer, task, shots):
+        return TaskEvaluation(model, tokenizer, task, shots, limit=limit, batch_tokens=batch_tokens)
+    return make
+
+
+# -- importance ---------------------------------------------------------------------------------------
+def register_importance(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("importance", help="head importance (gradients) or oracle FFN importance (knockouts)",
+                       description="Importance scores for the pruning study (paper_method_spec.md §1, §3).")
+    kinds = p.add_subparsers(dest="kind", metavar="KIND", required=True)
+    h = kinds.add_parser(
+        "heads", help="gradient-based head importance per task and shot",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="One forward+backward per training example on [prompt; gold continuation], loss = mean "
+                    "NLL of the continuation; IS[l,h] = sum over positions of |a . dL/da| / sum(N_e - 1) "
+                    "(last layer: / sum(Y_e)). Writes OUT/shots-K/{task}.safetensors ('importance' (L, H)) "
+                    "and OUT/shots-K/aggregate.safetensors (mean over tasks). Resumable per (task, shot).",
+        epilog="example:\n  python run.py importance heads --model ~/ckpt/opt-1.3b --data ../shared/data "
+               "--tasks copa rte --shots 0 1 5 --n-docs 2500 --out runs/1.3b/importance")
+    _study_args(h, [0, 1, 5])
+    h.add_argument("--n-docs", type=int, default=2500, help="first N docs of the importance split (default: 2500)")
+    h.add_argument("--seed", type=int, default=1234, help="few-shot demo sampler seed (default: 1234, as the paper)")
+    h.add_argument("--max-length", type=int, default=None,
+                   help="left-truncate examples to this many model inputs (default: the model's max positions)")
+    h.add_argument("--normalize-per-layer", action="store_true",
+                   help="divide each layer's scores by their L2 norm (Michel et al.; the paper does not)")
+    h.set_defaults(func=_importance_heads)
+
+    f = kinds.add_parser(
+        "ffn", help="oracle FFN importance: metric drop with each FFN knocked out alone",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="For every layer l, task and shot: base metric - metric with FFN l alone removed, on the "
+                    "evaluation split (points of the primary metric). Layers before l are not recomputed "
+                    "(their recorded outputs are reused). Units OUT/shots-K/{task}/layer-XXX.json; merged "
+                    "OUT/shots-K/{task}.json with 'drop', 'base' and 'ranking' (ascending, stable); "
+                    "OUT/shots-K/aggregate.json ranks the mean drop over tasks.",
+        epilog="example:\n  python run.py importance ffn --model ~/ckpt/opt-1.3b --data ../shared/data "
+               "--tasks copa rte --shots 0 1 5 --out runs/1.3b/ffn")
+    _study_args(f, [0, 1, 5])
+    _eval_args(f)
+    f.add_argument("--naive", action="store_true", help="re-run every layer for every knockout (reference; slower)")
+    f.set_defaults(func=_importance_ffn)
+
+
+def _importance_heads(args: argparse.Namespace) -> int:
+    from opt66b.io import Progress, read_tensors, run_metadata, write_tensors
+
+    from .importance import head_importance
+    from .masks import aggregate_importance
+
+    _validate(args)
+    if args.n_docs < 1:
+        raise ValueError(f"--n-docs must be >= 1, got {args.n_docs}")
+    model, tokenizer, tasks, settings = _load(args)
+    for k in args.shots:
+        shot_dir = args.out / f"shots-{k}"
+        for name, task in tasks.items():
+            path = shot_dir / f"{name}.safetensors"
+            if path.is_file():
+                continue
+            examples = task.importance_examples(args.n_docs, k, random.Random(args.seed), paper_quirks=args.paper_quirks)
+            bar = Progress(len(examples), f"importance {name} {k}-shot")
+            imp, counts = head_importance(model, tokenizer, examples, max_length=args.max_length or
+                                          model.config.max_positions, normalize_per_layer=args.normalize_per_layer,
+                                          progress=bar.update)
+            write_tensors(path, {"importance": imp}, run_metadata(
+                **settings, task=name, shots=k, seed=args.seed, n_docs=args.n_docs, counts=counts,
+                normalize_per_layer=args.normalize_per_layer, max_length=args.max_length))
+        imps = [read_tensors(shot_dir / f"{name}.safetensors")[0]["importance"] for name in tasks]
+        write_tensors(shot_dir / "aggregate.safetensors", {"importance": aggregate_importance(imps)},
+                      run_metadata(**settings, shots=k, aggregate_of=list(tasks), seed=args.seed))
+    return 0
+
+
+def _importance_ffn(args: argparse.Namespace) -> int:
+    from .sweeps import run_ffn_importance
+
+    _validate(args)
+    model, tokenizer, tasks, settings = _load(args)
+    run_ffn_importance(model, tokenizer, tasks, args.shots, args.out,
+                       evaluation_factory(args.limit, args.batch_tokens), cached=not args.naive,
+                       settings={**settings, "limit": args.limit})
+    return 0
+
+
+# -- prune --------------------------------------------------------------------------------------------
+def register_prune(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "prune", help="pruning sweeps: heads, FFNs or the combined grid, from any ranking",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Evaluate every task and shot with the lowest-ranked p%% of heads (global ranking, "
+                    "floor(p*L*H/100)) and/or FFNs (floor(p*L/100)) masked. heads/ffn: 0..90%% in 10%% steps; "
+                    "grid: heads 0..70%% x FFNs 0..50%%, each mask from its own ranking. --ranking own uses "
+                    "each task's ranking, 'aggregate' the mean over tasks, a task name that task's "
+                    "(cross-task transfer, e.g. to mathqa or lambada). One unit file per evaluation under "
+                    "OUT/{sweep}-{ranking}/, skipped on rerun; table OUT/{sweep}-{ranking}.json.",
+        epilog="example:\n  python run.py prune heads --ranking own --importance runs/1.3b/importance "
+               "--data ../shared/data --tasks copa rte --shots 0 1 5 --out runs/1.3b/prune")
+    p.add_argument("sweep", choices=["heads", "ffn", "grid"], help="what to prune")
+    _study_args(p, [0, 1, 5])
+    _eval_args(p)
+    p.add_argument("--ranking", default="own", help="own | aggregate | TASK (default: own)")
+    p.add_argument("--importance", type=Path, default=None, help="output dir of `run.py importance heads`")
+    p.add_argument("--ffn-importance", type=Path, default=None, help="output dir of `run.py importance ffn`")
+    p.add_argument("--head-percents", type=float, nargs="+", default=None,
+                   help="head percentages (default: 0..90 step 10; grid 0..70)")
+    p.add_argument("--ffn-percents", type=float, nargs="+", default=None,
+                   help="FFN percentages (default: 0..90 step 10; grid 0..50)")
+    p.set_defaults(func=_prune)
+
+
+def _prune(args: argparse.Namespace) -> int:
+    from tasks.registry import TASKS
+
+    from .sweeps import run_sweep
+
+    _validate(args)
+    if args.ranking not in ("own", "aggregate") and args.ranking not in TASKS:
+        raise KeyError(f"--ranking must be own, aggregate or a task name ({', '.join(TASKS)}); got {args.ranking!r}")
+    for name, vals in (("--head-percents", args.head_percents), ("--ffn-percents", args.ffn_percents)):
+        if vals is not None and any(not 0 <= v <= 100 for v in vals):
+            raise ValueError(f"{name} must be in [0, 100], got {vals}")
+    if args.sweep in ("heads", "grid") and args.importance is None:
+        raise ValueError(f"prune {args.sweep} needs --importance DIR (from `run.py importance heads`)")
+    if args.sweep in ("ffn", "grid") and args.ffn_importance is None:
+        raise ValueError(f"prune {args.sweep} needs --ffn-importance DIR (from `run.py importance ffn`)")
+    model, tokenizer, tasks, settings = _load(args)
+    table = run_sweep(model, tokenizer, tasks, args.sweep, args.ranking, args.shots, args.out,
+                      evaluation_factory(args.limit, args.batch_tokens), importance_dir=args.importance,
+                      ffn_dir=args.ffn_importance, head_percents=args.head_percents, ffn_percents=args.ffn_percents,
+                      settings={**settings, "limit": args.limit, "importance": args.importance,
+                                "ffn_importance": args.ffn_importance})
+    print(table)
+    return 0

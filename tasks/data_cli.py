@@ -1,0 +1,117 @@
+"""`run.py data check`: per task and split, which file was found, its doc count against the published
+count (lm_eval_task_spec.md §2), which stand-in files are used, and what a missing split blocks."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def register_data(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "data", help="inspect the evaluation data directory",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Data utilities. `check` reads every task's files under --data and reports, per task "
+                    "and split, the file used, record counts against the published counts, fallbacks "
+                    "and what each missing split blocks.",
+        epilog="example:\n  python run.py data check --data ../shared/data\n"
+               "  python run.py data check --data ../shared/data --tasks piqa mathqa --json report.json")
+    p.add_argument("action", choices=["check"], help="what to do")
+    p.add_argument("--data", type=Path, required=True, help="data directory (<data>/<task>/<file as released>)")
+    p.add_argument("--tasks", nargs="+", default=None, help="task names (default: all 16)")
+    p.add_argument("--json", type=Path, default=None, help="also write the report as JSON to this file")
+    p.set_defaults(func=_data)
+
+
+def check_data(data_dir: Path, names: list[str] | None = None) -> list[dict[str, Any]]:
+    """One row per (task, split): file (+ sha256), docs, published, status in {"ok", "count differs",
+    "fallback", "missing", "error"}, and a note saying what a fallback / missing file means."""
+    from opt66b.io import sha256_file
+
+    from .registry import TASKS, get_task
+
+    sums = _read_sha256sums(data_dir / "SHA256SUMS")
+    rows = []
+    for name in names or list(TASKS):
+        task = get_task(name, data_dir)
+        for split in dict.fromkeys([task.EVAL_SPLIT, task.FEWSHOT_SPLIT]):
+            if split is None:
+                continue
+            role = "eval" if split == task.EVAL_SPLIT else "few-shot"
+            row: dict[str, Any] = {"task": name, "split": split, "role": role, "file": None, "docs": None,
+                                   "published": task.PUBLISHED.get(split), "status": "", "note": ""}
+            found = task.split_file(split)
+            if found is None:
+                tried = ", ".join(s.name for s in task.FILES.get(split, []))
+                row["status"] = "missing"
+                row["note"] = (f"{name} {split} missing ({tried}): "
+                               + ("0-shot only" if role == "few-shot" else "task cannot be evaluated"))
+                rows.append(row)
+                continue
+            path, spec = found
+            row["file"] = str(path)
+            row["sha256"] = sha256_file(path)
+            listed = sums.get(f"{task.DATA_DIR}/{path.name}")
+            if listed is not None and listed != row["sha256"]:
+                row["status"], row["note"] = "error", f"{path}: sha256 differs from {data_dir / 'SHA256SUMS'}"
+                rows.append(row)
+                continue
+            try:
+                row["docs"] = len(task.docs(split))
+            except (ValueError, FileNotFoundError, KeyError) as err:
+                row["status"], row["note"] = "error", str(err)
+                rows.append(row)
+                continue
+            expected = spec.count if spec.fallback and spec.count is not None else row["published"]
+            if spec.fallback:
+                row["status"], row["note"] = "fallback", spec.fallback
+            else:
+                row["status"] = "ok"
+            if expected is not None and row["docs"] != expected:
+                row["status"] = "count differs"
+                row["note"] = (row["note"] + "; " if row["note"] else "") + f"expected {expected} docs"
+            rows.append(row)
+    return rows
+
+
+def _read_sha256sums(path: Path) -> dict[str, str]:
+    """`sha256sum` output ("<hex>  <relative path>" per line) -> {relative path: hex}; {} if absent."""
+    if not path.is_file():
+        return {}
+    out = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        digest, _, rel = line.strip().partition("  ")
+        if rel:
+            out[rel.lstrip("*").removeprefix("./")] = digest
+    return out
+
+
+def format_report(rows: list[dict[str, Any]]) -> str:
+    head = f"{'task':<14}{'split':<11}{'role':<9}{'docs':>7}{'published':>11}  {'status':<14}file / note"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        docs = "-" if r["docs"] is None else str(r["docs"])
+        pub = "-" if r["published"] is None else str(r["published"])
+        where = Path(r["file"]).name if r["file"] else ""
+        note = f"{where}  {r['note']}".strip()
+        lines.append(f"{r['task']:<14}{r['split']:<11}{r['role']:<9}{docs:>7}{pub:>11}  {r['status']:<14}{note}")
+    n = {s: sum(r["status"] == s for r in rows) for s in ("ok", "fallback", "count differs", "missing", "error")}
+    lines.append(", ".join(f"{v} {k}" for k, v in n.items()))
+    return "\n".join(lines)
+
+
+def _data(args: argparse.Namespace) -> int:
+    if not args.data.is_dir():
+        raise FileNotFoundError(f"{args.data}: data directory not found (layout: <data>/<task>/<file as released>)")
+    rows = check_data(args.data, args.tasks)
+    print(format_report(rows))
+    if args.json:
+        from opt66b.io import run_metadata, write_json
+
+        write_json(args.json, {"rows": rows, "meta": run_metadata(data=str(args.data))})
+    errors = [r for r in rows if r["status"] == "error"]
+    for r in errors:
+        print(f"run.py data: error: {r['note']}", file=sys.stderr)
+    return 1 if errors else 0

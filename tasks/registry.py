@@ -1,0 +1,44 @@
+"""Task registry: an explicit dict from lm-eval's task name to its class (lm_eval/tasks/__init__.py v0.3)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .arc import ARCChallenge, ARCEasy
+from .base import Task
+from .glue import RTE
+from .hellaswag import HellaSwag
+from .lambada import LAMBADA
+from .mathqa import MathQA
+from .multirc import MultiRC
+from .openbookqa import OpenBookQA
+from .piqa import PiQA
+from .record import ReCoRD
+from .superglue import BoolQ, CommitmentBank, Copa, SGWinogradSchemaChallenge, WordsInContext
+from .winogrande import Winogrande
+
+TASKS: dict[str, type[Task]] = {
+    "boolq": BoolQ,
+    "cb": CommitmentBank,
+    "copa": Copa,
+    "multirc": MultiRC,
+    "record": ReCoRD,
+    "rte": RTE,
+    "wic": WordsInContext,
+    "wsc": SGWinogradSchemaChallenge,
+    "arc_easy": ARCEasy,
+    "arc_challenge": ARCChallenge,
+    "openbookqa": OpenBookQA,
+    "hellaswag": HellaSwag,
+    "piqa": PiQA,
+    "winogrande": Winogrande,
+    "mathqa": MathQA,
+    "lambada": LAMBADA,
+}
+
+
+def get_task(name: str, data_dir: str | Path, paper_quirks: bool = False) -> Task:
+    """The task `name` reading its files from data_dir/<task dir>/; KeyError listing valid names."""
+    if name not in TASKS:
+        raise KeyError(f"unknown task {name!r}; valid names: {', '.join(TASKS)}")
+    return TASKS[name](data_dir, paper_quirks=paper_quirks)
