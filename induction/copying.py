@@ -1,0 +1,196 @@
+"""Copying score per attention head (the paper's "Algorithm 2" as its code runs it, and a fix).
+
+Mirrors amazon-science/llm-interpret lm_eval/prefix_matching_copying.py (facts in
+../shared/specs/paper_method_spec.md §7). Input: BOS + N distinct random tokens (N = 4(25 + 2s)).
+Both variants score each query position j = 1 .. T-1 (BOS excluded) and average over j:
+
+    c      = the tokens at positions 0..j (the "attendable" tokens, BOS included)
+    z      = head h's output at j, read at the vocabulary ids c        (T_j = j + 1 values)
+    r      = ReLU(z - mean(z))
+    score_j = r[m_j] / sum(r)   (0 when sum(r) = 0),  m_j = argmax_k A_h[j, k]  (first on ties)
+
+A score is in [0, 1]; a head whose output raises the logit of the token it attends to scores near 1,
+a non-copying head keeps a positive floor of about 1 / (number of positive entries of r).
+
+"paper": the code's computation. The same embedding-level input x = E[tok] + P[pos] feeds every
+    layer (the residual stream is never propagated); u = LN1_l(x); A from u (causal); the head's OV
+    output at the *query* position, o_h = W_O^h v_proj(u)_h[j] + b_O (b_O for every head), goes
+    through the unembedding with no final layer norm, and z = softmax over the full vocabulary at c.
+    Implementation note: score_j is invariant to multiplying z by a positive constant per row, and
+    softmax(l)[c] = exp(l[c] - max) * exp(max - logsumexp(l)), so z = exp(l[c] - max_c l[c]) gives the
+    identical score without the 50272-way normaliser (`exact_softmax=True` computes the normaliser in
+    position chunks as the code does; the tests check both agree).
+"corrected": the real forward pass. z_h[j] = sum_k A_h[j, k] v_h[k] (the head's attention-weighted
+    value vector, exactly what out_proj reads, on the true residual stream), pushed through head h's
+    slice of out_proj without b_O and the LN-free unembedding: z = logits (not probabilities) at the
+    attendable ids c; m_j from the head's real attention. It asks: does what the head moves into
+    position j raise the logit of the token it attends to most, relative to the other tokens it
+    could have attended to?
+
+Memory: neither variant forms a (heads, T, V) tensor. Only the T attendable ids are unembedded:
+U_c = W_U[tokens] (T, D) and M = U_c W_O (T, H*Dh); per head chunk the (hc, T, T) logits are formed.
+Peak beyond the model: about (2 T D + H T Dh + 3 hc T^2) floats (float32), e.g. ~0.5 GB for OPT-66B
+at T = 893 with hc = 8; `exact_softmax` adds a (pc, V) logits block per head (pc = position chunk).
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+import torch.nn.functional as F
+
+from opt66b import OPT, Capture
+
+VARIANTS = ("paper", "corrected")
+
+
+def shares(values: torch.Tensor, attended: torch.Tensor, exp_space: bool) -> torch.Tensor:
+    """Mean over queries j >= 1 of r[m_j] / sum(r), r = ReLU(z - mean z) over keys k <= j.
+
+    values: (h, T, T) head output at query j read at the id of the token at key k (logits).
+    attended: (h, T) int64 m_j. exp_space: z = exp(values - row max) (the paper's probabilities up
+    to a per-row constant) instead of the values themselves. Returns (h,) float32.
+    """
+    h, t, _ = values.shape
+    valid = torch.ones(t, t, dtype=torch.bool, device=values.device).tril()  # (T, T) keys k <= j
+    values = values.float()
+    if exp_space:
+        masked = values.masked_fill(~valid, float("-inf"))
+        z = torch.exp(masked - masked.amax(-1, keepdim=True))  # (h, T, T), 0 off the valid keys
+    else:
+        z = values.masked_fill(~valid, 0.0)
+    count = valid.sum(-1).to(z.dtype)  # (T,) j + 1 attendable tokens
+    mean = z.sum(-1) / count  # (h, T)
+    r = F.relu(z - mean.unsqueeze(-1)) * valid  # (h, T, T)
+    total = r.sum(-1)  # (h, T)
+    picked = r.gather(-1, attended.unsqueeze(-1)).squeeze(-1)  # (h, T)
+    score = torch.where(total > 0, picked / total.clamp_min(torch.finfo(z.dtype).tiny), torch.zeros_like(total))
+    return score[:, 1:].mean(-1)  # BOS is never a query
+
+
+def _unembed_rows(model: OPT, tokens: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """(T, D) float32 rows of the unembedding for `tokens`, mapped back through project_out when the
+    model has one (logit = W_U[t] . project_out(o))."""
+    u = model.output_weight[tokens.to(model.output_weight.device)].float()  # (T, W)
+    if model.config.has_projection:
+        u = u @ model.decoder.project_out.weight.float().to(u.device)  # (T, W) @ (W, D) -> (T, D)
+    return u.to(device)
+
+
+def _heads_through_unembedding(u_c: torch.Tensor, w_o: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """M[k, h] = W_O^h^T U_c[k]: (T, H, Dh), so head h's logit of token k from a value vector v is v . M[k, h]."""
+    t = u_c.shape[0]
+    return (u_c @ w_o.float()).view(t, num_heads, -1)  # (T, D) @ (D, H*Dh) -> (T, H, Dh)
+
+
+@torch.no_grad()
+def copying_paper(model: OPT, tokens: torch.Tensor, head_chunk: int = 8, exact_softmax: bool = False,
+                  position_chunk: int = 256) -> torch.Tensor:
+    """The paper's copying score (see module docstring) for `tokens` (T,) = BOS + distinct ids.
+    Returns (L, H) float32."""
+    cfg = model.config
+    t = tokens.numel()
+    dev0 = model.decoder.embed_tokens.weight.device
+    ids = tokens.view(1, t).to(dev0)  # (1, T)
+    x = model.embed(ids, torch.arange(t, device=dev0).view(1, t) + 2)  # (1, T, D), table row = position + 2
+    out = torch.zeros(cfg.num_layers, cfg.num_heads)
+    causal = torch.ones(t, t, dtype=torch.bool).tril()  # (T, T)
+    for li, layer in enumerate(model.decoder.layers):
+        dev = layer.device
+        att = layer.self_attn
+        u = layer.self_attn_layer_norm(x.to(dev))[0]  # (T, D)
+        q = (att.q_proj(u) * att.scaling).view(t, cfg.num_heads, -1).transpose(0, 1)  # (H, T, Dh)
+        k = att.k_proj(u).view(t, cfg.num_heads, -1).transpose(0, 1)  # (H, T, Dh)
+        v = att.v_proj(u).view(t, cfg.num_heads, -1).transpose(0, 1).float()  # (H, T, Dh), b_V included
+        scores = (q @ k.transpose(-1, -2)).float()  # (H, T, T); softmax is monotone, argmax suffices
+        attended = scores.masked_fill(~causal.to(dev), float("-inf")).argmax(-1)  # (H, T)
+        u_c = _unembed_rows(model, tokens, dev)  # (T, D)
+        m = _heads_through_unembedding(u_c, att.out_proj.weight, cfg.num_heads)  # (T, H, Dh)
+        bias_logit = u_c @ att.out_proj.bias.float() if att.out_proj.bias is not None else torch.zeros(t, device=dev)
+        for h0 in range(0, cfg.num_heads, head_chunk):
+            hs = slice(h0, min(h0 + head_chunk, cfg.num_heads))
+            logits = torch.einsum("hjd,khd->hjk", v[hs], m[:, hs]) + bias_logit  # (hc, T, T) query j, key k
+            if exact_softmax:
+                lse = _full_vocab_lse(model, att, v[hs], hs.start, position_chunk)  # (hc, T)
+                probs = torch.exp(logits - lse.unsqueeze(-1))  # (hc, T, T): full-vocabulary softmax at ids c
+                out[li, hs] = shares(probs, attended[hs], exp_space=False).cpu()
+            else:
+                out[li, hs] = shares(logits, attended[hs], exp_space=True).cpu()
+    return out
+
+
+def _full_vocab_lse(model: OPT, att: torch.nn.Module, v: torch.Tensor, first_head: int, chunk: int) -> torch.Tensor:
+    """(hc, T) logsumexp over the whole vocabulary of W_U (W_O^h v_h + b_O), one (chunk, V) block at a time."""
+    hc, t, dh = v.shape
+    w = model.output_weight.float()
+    out = torch.empty(hc, t, device=v.device)
+    for i in range(hc):
+        h = first_head + i
+        w_o = att.out_proj.weight[:, h * dh:(h + 1) * dh].float()  # (D, Dh)
+        for p0 in range(0, t, chunk):
+            o = v[i, p0:p0 + chunk] @ w_o.T  # (pc, D)
+            if att.out_proj.bias is not None:
+                o = o + att.out_proj.bias.float()
+            o = _project_out(model, o)  # (pc, W)
+            out[i, p0:p0 + chunk] = torch.logsumexp(F.linear(o.to(w.device), w), dim=-1).to(v.device)  # (pc, V) -> (pc,)
+    return out
+
+
+def _project_out(model: OPT, o: torch.Tensor) -> torch.Tensor:
+    if model.config.has_projection:
+        return o @ model.decoder.project_out.weight.float().T  # (pc, D) -> (pc, W)
+    return o
+
+
+class _CopyingCapture(Capture):
+    """Scores each layer as the real forward reaches it: record_probs keeps only the (H, T) argmax,
+    record_heads turns the (1, H, T, Dh) head outputs into scores; nothing else is kept."""
+
+    def __init__(self, model: OPT, tokens: torch.Tensor, head_chunk: int):
+        super().__init__(probs=True, heads=True)
+        self.model, self.tokens, self.head_chunk = model, tokens, head_chunk
+        cfg = model.config
+        self.scores = torch.zeros(cfg.num_layers, cfg.num_heads)
+        self.attended: torch.Tensor | None = None
+        self.u_c: dict[torch.device, torch.Tensor] = {}
+
+    def record_probs(self, layer: int, probs: torch.Tensor) -> None:
+        self.attended = probs[0].argmax(-1)  # (H, T); masked keys hold probability 0
+
+    def record_heads(self, layer: int, z: torch.Tensor) -> torch.Tensor:
+        dev = z.device
+        if dev not in self.u_c:
+            self.u_c[dev] = _unembed_rows(self.model, self.tokens, dev)
+        att = self.model.decoder.layers[layer].self_attn
+        n_heads = self.model.config.num_heads
+        m = _heads_through_unembedding(self.u_c[dev], att.out_proj.weight, n_heads)  # (T, H, Dh), no b_O
+        zf = z[0].float()  # (H, T, Dh)
+        for h0 in range(0, n_heads, self.head_chunk):
+            hs = slice(h0, min(h0 + self.head_chunk, n_heads))
+            logits = torch.einsum("hjd,khd->hjk", zf[hs], m[:, hs])  # (hc, T, T)
+            self.scores[layer, hs] = shares(logits, self.attended[hs], exp_space=False).cpu()
+        return z
+
+
+@torch.no_grad()
+def copying_corrected(model: OPT, tokens: torch.Tensor, head_chunk: int = 8) -> torch.Tensor:
+    """The corrected copying score (see module docstring) for `tokens` (T,). Returns (L, H) float32."""
+    cap = _CopyingCapture(model, tokens, head_chunk)
+    dev0 = model.decoder.embed_tokens.weight.device
+    model(tokens.view(1, -1).to(dev0), capture=cap, logits="none")  # (1, T)
+    return cap.scores
+
+
+def copying_seed(model: OPT, tokens: torch.Tensor, variants: Iterable[str] = VARIANTS,
+                 head_chunk: int = 8) -> dict[str, torch.Tensor]:
+    """{variant: (L, H) copying scores} for one sequence."""
+    out = {}
+    for v in variants:
+        if v == "paper":
+            out[v] = copying_paper(model, tokens, head_chunk=head_chunk)
+        elif v == "corrected":
+            out[v] = copying_corrected(model, tokens, head_chunk=head_chunk)
+        else:
+            raise ValueError(f"unknown copying variant {v!r}; choose from {VARIANTS}")
+    return out

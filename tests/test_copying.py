@@ -1,0 +1,118 @@
+"""Copying scores: the share formula by hand, both variants against naive full-vocabulary loops, and
+an identity-OV head beating a random-OV head."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import random_model
+from induction import sequences as sq
+from induction.copying import copying_corrected, copying_paper, shares
+from opt66b import OPT, Capture, OPTConfig
+
+
+def test_shares_by_hand():
+    # T = 3: query 1 sees keys 0,1; query 2 sees keys 0,1,2 (query 0 = BOS is skipped)
+    values = torch.tensor([[[9.0, 9.0, 9.0], [1.0, 3.0, 7.0], [1.0, 2.0, 4.0]]])  # (1, T, T); key 2 of row 1 is masked
+    # row 1: mean 2 -> r = [0, 1] ; row 2: mean 7/3 -> r = [0, 0, 5/3]
+    assert shares(values, torch.tensor([[0, 1, 2]]), exp_space=False).item() == pytest.approx(1.0)
+    assert shares(values, torch.tensor([[0, 0, 2]]), exp_space=False).item() == pytest.approx(0.5)
+    assert shares(values, torch.tensor([[0, 1, 1]]), exp_space=False).item() == pytest.approx(0.5)
+    flat = torch.zeros(1, 3, 3)  # all equal -> sum r = 0 -> 0 by definition, never NaN
+    assert shares(flat, torch.tensor([[0, 1, 2]]), exp_space=False).item() == 0.0
+
+
+def _naive_share(z: torch.Tensor, m: int) -> float:
+    r = torch.relu(z - z.mean())
+    return float(r[m] / r.sum()) if r.sum() > 0 else 0.0
+
+
+@torch.no_grad()
+def _naive_paper(model: OPT, tokens: torch.Tensor) -> torch.Tensor:
+    """Spec §7 step by step: out_proj on v placed in one head's slice, softmax over the full vocab."""
+    cfg = model.config
+    t, n_heads, dh = tokens.numel(), cfg.num_heads, cfg.head_dim
+    x = model.embed(tokens.view(1, t), torch.arange(t).view(1, t) + 2)[0]  # (T, D)
+    out = torch.zeros(cfg.num_layers, n_heads)
+    for li, layer in enumerate(model.decoder.layers):
+        att = layer.self_attn
+        u = layer.self_attn_layer_norm(x)
+        q = (att.q_proj(u) * att.scaling).view(t, n_heads, dh).transpose(0, 1)  # (H, T, Dh)
+        k = att.k_proj(u).view(t, n_heads, dh).transpose(0, 1)  # (H, T, Dh)
+        s = (q @ k.transpose(1, 2)).masked_fill(~torch.ones(t, t, dtype=torch.bool).tril(), float("-inf"))
+        probs_att = torch.softmax(s, -1)  # (H, T, T)
+        v = att.v_proj(u)  # (T, D)
+        for h in range(n_heads):
+            placed = torch.zeros_like(v)
+            placed[:, h * dh:(h + 1) * dh] = v[:, h * dh:(h + 1) * dh]
+            q_h = torch.softmax(model.logits(att.out_proj(placed)), -1)  # (T, V), b_O included
+            out[li, h] = sum(_naive_share(q_h[j][tokens[:j + 1]], int(probs_att[h, j, :j + 1].argmax()))
+                             for j in range(1, t)) / (t - 1)
+    return out
+
+
+@torch.no_grad()
+def _naive_corrected(model: OPT, tokens: torch.Tensor) -> torch.Tensor:
+    cfg = model.config
+    t, dh = tokens.numel(), cfg.head_dim
+    cap = Capture(probs=True, heads=True)
+    model(tokens.view(1, t), capture=cap)
+    out = torch.zeros(cfg.num_layers, cfg.num_heads)
+    for li, layer in enumerate(model.decoder.layers):
+        w_o = layer.self_attn.out_proj.weight
+        for h in range(cfg.num_heads):
+            o = cap.heads[li][0, h] @ w_o[:, h * dh:(h + 1) * dh].T  # (T, D), no b_O
+            logits = model.logits(o)  # (T, V), no final LN
+            out[li, h] = sum(_naive_share(logits[j][tokens[:j + 1]], int(cap.probs[li][0, h, j, :j + 1].argmax()))
+                             for j in range(1, t)) / (t - 1)
+    return out
+
+
+def test_both_variants_match_naive_full_vocabulary_loops():
+    cfg = OPTConfig(hidden_size=32, num_layers=2, num_heads=4, ffn_dim=64, vocab_size=128, max_positions=64)
+    model = random_model(cfg, seed=5)
+    tokens = sq.copying_sequence(list(range(3, 128)), seed=0, bos_id=2, length=20)  # (21,)
+    naive_paper = _naive_paper(model, tokens)
+    # 1e-5: float32 softmax / exp of the same logits; the shortcut drops only a per-row constant
+    torch.testing.assert_close(copying_paper(model, tokens), naive_paper, atol=1e-5, rtol=0)
+    torch.testing.assert_close(copying_paper(model, tokens, exact_softmax=True, position_chunk=7), naive_paper,
+                               atol=1e-5, rtol=0)
+    torch.testing.assert_close(copying_paper(model, tokens, head_chunk=3), naive_paper, atol=1e-5, rtol=0)
+    torch.testing.assert_close(copying_corrected(model, tokens, head_chunk=1), _naive_corrected(model, tokens),
+                               atol=1e-5, rtol=0)
+
+
+def identity_ov_model() -> OPT:
+    """One layer, two heads that both attend to themselves (W_Q = W_K on the token subspace). Head 0's
+    OV circuit is the identity on the 32 token dims (its output raises its input token's logit);
+    head 1's is random. Token embeddings live in dims 0..31, positions are zero."""
+    cfg = OPTConfig(hidden_size=64, num_layers=1, num_heads=2, ffn_dim=8, vocab_size=64, max_positions=64)
+    model = OPT(cfg).eval()
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.fill_(1.0 if "layer_norm.weight" in name else 0.0)
+        dec, att = model.decoder, model.decoder.layers[0].self_attn
+        dec.embed_tokens.weight[:, :32] = torch.randn(64, 32, generator=gen)
+        eye = torch.eye(32)
+        for h in (0, 1):
+            rows = slice(32 * h, 32 * (h + 1))
+            att.q_proj.weight[rows, :32] = eye  # self-match: x_j . x_k is largest for k = j
+            att.k_proj.weight[rows, :32] = eye
+        att.v_proj.weight[:32, :32] = eye
+        att.out_proj.weight[:32, :32] = eye  # head 0: W_O W_V = identity on the token dims
+        att.v_proj.weight[32:, :32] = torch.randn(32, 32, generator=gen) / 32 ** 0.5
+        att.out_proj.weight[:32, 32:] = torch.randn(32, 32, generator=gen) / 32 ** 0.5  # head 1: random OV
+    return model
+
+
+def test_identity_ov_head_outscores_random_ov_head():
+    model = identity_ov_model()
+    pool = list(range(3, 64))
+    for fn in (copying_paper, copying_corrected):
+        scores = torch.stack([fn(model, sq.copying_sequence(pool, s, 2, length=40)) for s in range(2)]).mean(0)
+        # measured: identity head 1.00 (paper) / 0.55 (corrected: a share of raw logits, not of
+        # probabilities), random head 0.16 / 0.09; the bars leave room for float differences
+        assert scores[0, 0] > 0.45, (fn.__name__, scores)
+        assert scores[0, 0] > scores[0, 1] + 0.2, (fn.__name__, scores)
