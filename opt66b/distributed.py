@@ -4,12 +4,19 @@ A sweep is a list of units (task x shot x knockout x percentage), each written t
 file. Process `rank` of `world` takes units[rank::world]; finished units are skipped on rerun; the
 merged tables are written by rank 0 after a barrier (or by any later single-process rerun), so a
 multi-process run produces the same files as a single process.
+
+Mirrors torchrun's environment contract (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT). Multi-node
+works the same way: every process sees the shared output directory; gloo on CPU, nccl on GPUs. Each
+process owns its own devices: `local_cuda_offset(n)` shifts a device map's cuda:k to the process's
+own GPUs (runtime.py applies it), so `--device-map 0-31:cuda:0,32-63:cuda:1` under torchrun with 2
+processes per node uses GPUs 0-1 for local rank 0 and GPUs 2-3 for local rank 1.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Sequence, TypeVar
+from pathlib import Path
+from typing import Any, Callable, Sequence, TypeVar
 
 T = TypeVar("T")
 
@@ -19,14 +26,22 @@ def rank_world() -> tuple[int, int]:
     return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def is_main() -> bool:
+    return rank_world()[0] == 0
+
+
 def my_units(units: Sequence[T]) -> list[T]:
+    """This process's share of `units` (round robin, so long and short units spread evenly)."""
     rank, world = rank_world()
     return list(units[rank::world])
 
 
-def barrier() -> None:
-    """Wait for every process (no-op in a single process). Initialises torch.distributed on first
-    use: gloo on CPU, nccl when CUDA is available."""
+def init() -> None:
+    """Initialise torch.distributed once (gloo on CPU, nccl when CUDA is available); no-op alone."""
     rank, world = rank_world()
     if world == 1:
         return
@@ -34,5 +49,65 @@ def barrier() -> None:
     import torch.distributed as dist
 
     if not dist.is_initialized():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(local_rank() % torch.cuda.device_count())
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+
+
+def barrier() -> None:
+    """Wait for every process (no-op in a single process)."""
+    if rank_world()[1] == 1:
+        return
+    import torch.distributed as dist
+
+    init()
     dist.barrier()
+
+
+def local_cuda_offset(devices_per_process: int) -> int:
+    """First GPU index owned by this process when each process uses `devices_per_process` GPUs."""
+    return local_rank() * devices_per_process
+
+
+def run_units(units: Sequence[T], unit_path: Callable[[T], Path], compute: Callable[[T], Any],
+              merge: Callable[[list[tuple[T, Any]]], Any] | None = None, merged_path: Path | None = None,
+              log: Callable[[str], None] | None = None) -> Any:
+    """Resumable sweep over `units` split across processes.
+
+    Each process computes its units whose `unit_path(u)` does not exist yet, writing compute(u) there
+    as JSON (atomically). After a barrier, rank 0 reads every unit file in `units` order and writes
+    merge([(unit, result), ...]) to merged_path. Returns the merged object on rank 0, else None.
+    """
+    from .io import Progress, read_json, write_json
+
+    mine = my_units(units)
+    todo = [u for u in mine if not Path(unit_path(u)).exists()]
+    if log and len(todo) < len(mine):
+        log(f"resuming: {len(mine) - len(todo)} of {len(mine)} units already done")
+    progress = Progress(len(todo), f"sweep rank {rank_world()[0]}")
+    for u in todo:
+        write_json(unit_path(u), compute(u))
+        progress.update()
+    barrier()
+    if not is_main():
+        return None
+    results = []
+    for u in units:
+        path = Path(unit_path(u))
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: result of unit {u!r} missing after the barrier; rerun to compute it")
+        results.append((u, read_json(path)))
+    merged = merge(results) if merge else {str(u): r for u, r in results}
+    if merged_path is not None:
+        write_json(merged_path, merged)
+    return merged
+
+
+def finish() -> None:
+    """Tear down the process group (call at the end of a torchrun script)."""
+    if rank_world()[1] == 1:
+        return
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()

@@ -164,6 +164,10 @@ class Decoder(nn.Module):
 
 
 class OPT(nn.Module):
+    # Optional layer streamer (offload.py): when set, forward runs `streamer.acquire(i)` instead of
+    # `decoder.layers[i]` and calls `streamer.release(i)` after it. None = every layer resident.
+    streamer = None
+
     def __init__(self, cfg: OPTConfig):
         super().__init__()
         self.config = cfg
@@ -248,9 +252,12 @@ class OPT(nn.Module):
             h = hidden_in
         allowed_by_device: dict[torch.device, torch.Tensor] = {}
         new_cache: KVCache = []
+        streamer = self.streamer
         for i, layer in enumerate(self.decoder.layers):
             if i < start_layer:
                 continue
+            if streamer is not None:
+                layer = streamer.acquire(i)
             dev = layer.device
             if dev not in allowed_by_device:
                 key_real = None if attention_mask is None else attention_mask.to(dev)
@@ -259,7 +266,11 @@ class OPT(nn.Module):
             head_scale = None if head_rows is None else head_rows[i]
             if capture is not None and capture.wants_layer_inputs(i):
                 capture.record_layer_input(i, h)
+            if head_scale is not None:
+                head_scale = head_scale.to(dev)  # no-op unless the layer is streamed
             h, kv = layer(h.to(dev), allowed_by_device[dev], head_scale, ffn_scales[i], layer_past, capture, i)
+            if streamer is not None:
+                streamer.release(i)
             if use_cache:
                 new_cache.append(kv)
         hidden = self.finalize(h)  # (B, T, W)
@@ -286,7 +297,8 @@ class OPT(nn.Module):
                 raise ValueError(f"head_mask must have shape (layers, heads) = {(cfg.num_layers, cfg.num_heads)}, "
                                  f"got {tuple(head_mask.shape)}")
             if head_mask.requires_grad or not bool((head_mask == 1).all()):
-                head_rows = [head_mask[i].to(layer.device) for i, layer in enumerate(self.decoder.layers)]
+                head_rows = [head_mask[i] if self.streamer is not None else head_mask[i].to(layer.device)
+                             for i, layer in enumerate(self.decoder.layers)]
         if ffn_mask is None:
             return head_rows, [1.0] * cfg.num_layers
         ffn_mask = torch.as_tensor(ffn_mask)

@@ -1,8 +1,9 @@
 """Shared command-line plumbing for loading a model: the options every sub-command takes.
 
-`add_model_args(parser)` declares --model, --dtype, --device (and the placement options of
-placement.py); `load_from_args(args)` returns the model, its tokenizer and a JSON-able description
-recorded in every output file. With no --model the embedded tiny OPT (opt66b/assets/tiny-opt) is used.
+`add_model_args(parser)` declares --model, --dtype, --device and the scale options (--device-map,
+--max-memory, --offload, --random-weights; see placement.py and offload.py); `load_from_args(args)`
+returns the model, its tokenizer and a JSON-able description (including the device map and memory
+per device) recorded in every output file. With no --model the embedded tiny OPT is used.
 """
 
 from __future__ import annotations
@@ -10,13 +11,19 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
+from .config import OPTConfig, config_for_size, config_from_hf
+from .distributed import local_cuda_offset, local_rank, rank_world
 from .io import sha256_file
+from .model import OPT
+from .offload import attach_pinned_streamer, load_streamed
+from .placement import (GIB, build_device_map, dtype_bytes, head_params, layer_params, parse_max_memory,
+                        shift_cuda)
 from .tokenizer import OPTTokenizer, load_tokenizer
-from .weights import load_model
+from .weights import _set_param, load_model
 
 TINY_MODEL_DIR = Path(__file__).resolve().parent / "assets" / "tiny-opt"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -31,11 +38,26 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--dtype", choices=sorted(DTYPES), default=None,
                    help="weight dtype (default: float32 on CPU, float16 on GPU)")
     g.add_argument("--device", default=None, help="compute device, e.g. cpu or cuda:0 (default: cuda if available)")
+    g.add_argument("--device-map", default=None, metavar="MAP",
+                   help="layer placement: auto (needs --max-memory), ranges like 0-31:cuda:0,32-63:cuda:1 "
+                        "(optional embed:DEVICE entry for the embeddings/output head), or a .json file")
+    g.add_argument("--max-memory", default=None, metavar="BUDGETS",
+                   help="per-device budgets for --device-map auto and --offload mmap, e.g. "
+                        "cuda:0=70GiB,cuda:1=70GiB,cpu=200GiB")
+    g.add_argument("--offload", choices=["auto", "none", "pinned", "mmap"], default="auto",
+                   help="auto/pinned: layers mapped to cpu are streamed to the GPU from pinned memory; "
+                        "none: they run on the CPU; mmap: every layer streamed from the safetensors files "
+                        "(CPU-only big models; peak RSS bounded by --max-memory cpu=...)")
+    g.add_argument("--random-weights", default=None, metavar="SIZE",
+                   help="no checkpoint: random weights of an official shape (e.g. opt-66b) built directly on "
+                        "the devices; tokenizer from the embedded tiny OPT. For placement/speed tests only")
+    g.add_argument("--random-weights-seed", type=int, default=0, help="seed of --random-weights (default 0)")
 
 
 def resolve_device(name: str | None) -> torch.device:
+    """--device value; by default the GPU of this process (LOCAL_RANK under torchrun) or the CPU."""
     if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(f"cuda:{local_rank() % torch.cuda.device_count()}" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
 
 
@@ -45,25 +67,98 @@ def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:
     return DTYPES[name]
 
 
+def build_random_model(cfg: OPTConfig, dtype: torch.dtype, device_for: Callable[[str], torch.device],
+                       seed: int = 0) -> OPT:
+    """An OPT of shape `cfg` with random weights created directly on `device_for(name)`.
+
+    LayerNorm weights 1, biases 0, matrices N(0, 0.02). Each parameter has its own seed
+    (seed, parameter index), so values do not depend on the device map (for one device type).
+    """
+    with torch.device("meta"):
+        model = OPT(cfg)
+    for idx, (name, p) in enumerate(list(model.named_parameters())):
+        dev = torch.device(device_for(name))
+        gen_dev = torch.device("cuda") if dev.type == "cpu" and torch.cuda.is_available() else dev
+        t = torch.empty(p.shape, dtype=dtype, device=gen_dev)
+        if "layer_norm" in name and name.endswith("weight"):
+            t.fill_(1.0)
+        elif name.endswith("bias"):
+            t.zero_()
+        else:
+            gen = torch.Generator(device=gen_dev).manual_seed(seed * 1_000_003 + idx)
+            t.normal_(0.0, 0.02, generator=gen)
+        _set_param(model, name, t.to(dev))
+    return model.eval()
+
+
 def load_from_args(args: argparse.Namespace, log=None) -> tuple[Any, OPTTokenizer, dict[str, Any]]:
     """Load model + tokenizer as the options say; returns (model, tokenizer, model_info)."""
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-    model_dir = Path(args.model) if args.model else TINY_MODEL_DIR
     device = resolve_device(getattr(args, "device", None))
     dtype = resolve_dtype(getattr(args, "dtype", None), device)
-    if not model_dir.is_dir():
+    max_memory = parse_max_memory(getattr(args, "max_memory", None))
+    offload = getattr(args, "offload", "auto") or "auto"
+    size = getattr(args, "random_weights", None)
+    model_dir = None if size else (Path(args.model) if getattr(args, "model", None) else TINY_MODEL_DIR)
+    if model_dir is not None and not model_dir.is_dir():
         raise FileNotFoundError(f"{model_dir}: model directory not found")
-    tok_dir = Path(args.tokenizer) if getattr(args, "tokenizer", None) else model_dir
-    log(f"loading {model_dir} as {str(dtype).removeprefix('torch.')} on {device}")
-    model = load_model(model_dir, dtype=dtype, device=device, log=log)
+    tok_dir = Path(args.tokenizer) if getattr(args, "tokenizer", None) else (model_dir or TINY_MODEL_DIR)
+    dm = None
+    dtype_name = str(dtype).removeprefix("torch.")
+    if offload == "mmap":
+        if size:
+            raise ValueError("--offload mmap streams from safetensors files; it needs --model, not --random-weights")
+        if getattr(args, "device_map", None):
+            raise ValueError("--offload mmap streams every layer; drop --device-map")
+        cfg = config_from_hf(model_dir)
+        check_stream_budget(cfg, dtype, max_memory.get(str(device)) or max_memory.get(device.type), str(device))
+        log(f"streaming {model_dir} from memory-mapped shards as {dtype_name} on {device}")
+        model = load_streamed(model_dir, dtype=dtype, device=device)
+    else:
+        cfg = config_for_size(size) if size else config_from_hf(model_dir)
+        compute = str(device) if device.type != "cpu" else None
+        dm = build_device_map(getattr(args, "device_map", None), cfg, dtype, max_memory, compute=compute)
+        if dm is not None and rank_world()[1] > 1 and torch.cuda.is_available():
+            gpus = len({d for d in [dm.head, *dm.layers] if torch.device(d).type == "cuda"})
+            dm = shift_cuda(dm, local_cuda_offset(gpus))  # this process's own GPUs
+        if dm is not None:
+            log(dm.summary())
+        device_for = dm.device_for if dm is not None else (lambda name: device)
+        if size:
+            log(f"building random {size} weights as {dtype_name}")
+            model = build_random_model(cfg, dtype, device_for, getattr(args, "random_weights_seed", 0))
+        else:
+            log(f"loading {model_dir} as {dtype_name} on {dm.head if dm else device}")
+            model = load_model(model_dir, dtype=dtype, device=device, device_for=device_for, log=log)
+        streamed = dm.streamed_layers() if dm is not None and offload != "none" else []
+        if offload == "pinned" and not streamed:
+            raise ValueError("--offload pinned needs a --device-map that puts layers on cpu and a GPU compute device")
+        if streamed:
+            log(f"streaming {len(streamed)} host layers to {dm.compute} (pinned, prefetched)")
+            attach_pinned_streamer(model, streamed, dm.compute)
     tokenizer = load_tokenizer(tok_dir)
-    cfg = model.config
     info = {
-        "model": str(model_dir),
-        "config_sha256": sha256_file(model_dir / "config.json"),
-        "dtype": str(dtype).removeprefix("torch."),
+        "model": f"random:{size}" if size else str(model_dir),
+        "config_sha256": None if size else sha256_file(model_dir / "config.json"),
+        "dtype": dtype_name,
         "device": str(device),
         "layers": cfg.num_layers,
         "heads": cfg.num_heads,
+        "device_map": dm.to_json() if dm is not None else None,
+        "max_memory_gib": {k: round(v / GIB, 3) for k, v in max_memory.items()},
+        "offload": "mmap" if offload == "mmap" else ("pinned" if model.streamer is not None else "none"),
     }
+    if size:
+        info["random_weights_seed"] = getattr(args, "random_weights_seed", 0)
     return model, tokenizer, info
+
+
+def check_stream_budget(cfg: OPTConfig, dtype: torch.dtype, budget: int | None, device: str) -> int:
+    """Bytes the mmap streaming mode keeps resident (head group + two layer buffers); raises if over
+    `budget` (activations come on top: leave room for them)."""
+    per = dtype_bytes(dtype)
+    need = head_params(cfg) * per + 2 * layer_params(cfg) * per
+    if budget is not None and need > budget:
+        raise ValueError(f"--max-memory {device}={budget / GIB:.2f} GiB is below what streaming needs: "
+                         f"{need / GIB:.2f} GiB (embeddings/head + two layer buffers) plus activations")
+    return need

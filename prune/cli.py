@@ -76,7 +76,12 @@ def evaluation_factory(limit: int | None, batch_tokens: int):
 # -- importance ---------------------------------------------------------------------------------------
 def register_importance(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("importance", help="head importance (gradients) or oracle FFN importance (knockouts)",
-                       description="Importance scores for the pruning study (paper_method_spec.md §1, §3).")
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Importance scores for the pruning study (paper_method_spec.md §1, §3).",
+                       epilog="examples:\n  python run.py importance heads --data ../shared/data --tasks copa "
+                              "--shots 0 --n-docs 50 --out runs/tiny/importance\n"
+                              "  python run.py importance ffn --data ../shared/data --tasks copa --shots 0 "
+                              "--out runs/tiny/ffn")
     kinds = p.add_subparsers(dest="kind", metavar="KIND", required=True)
     h = kinds.add_parser(
         "heads", help="gradient-based head importance per task and shot",
@@ -113,6 +118,7 @@ def register_importance(sub: argparse._SubParsersAction) -> None:
 
 
 def _importance_heads(args: argparse.Namespace) -> int:
+    from opt66b.distributed import barrier, my_units, rank_world
     from opt66b.io import Progress, read_tensors, run_metadata, write_tensors
 
     from .importance import head_importance
@@ -122,23 +128,27 @@ def _importance_heads(args: argparse.Namespace) -> int:
     if args.n_docs < 1:
         raise ValueError(f"--n-docs must be >= 1, got {args.n_docs}")
     model, tokenizer, tasks, settings = _load(args)
-    for k in args.shots:
-        shot_dir = args.out / f"shots-{k}"
-        for name, task in tasks.items():
-            path = shot_dir / f"{name}.safetensors"
-            if path.is_file():
-                continue
-            examples = task.importance_examples(args.n_docs, k, random.Random(args.seed), paper_quirks=args.paper_quirks)
-            bar = Progress(len(examples), f"importance {name} {k}-shot")
-            imp, counts = head_importance(model, tokenizer, examples, max_length=args.max_length or
-                                          model.config.max_positions, normalize_per_layer=args.normalize_per_layer,
-                                          progress=bar.update)
-            write_tensors(path, {"importance": imp}, run_metadata(
-                **settings, task=name, shots=k, seed=args.seed, n_docs=args.n_docs, counts=counts,
-                normalize_per_layer=args.normalize_per_layer, max_length=args.max_length))
-        imps = [read_tensors(shot_dir / f"{name}.safetensors")[0]["importance"] for name in tasks]
-        write_tensors(shot_dir / "aggregate.safetensors", {"importance": aggregate_importance(imps)},
-                      run_metadata(**settings, shots=k, aggregate_of=list(tasks), seed=args.seed))
+    # (task, shot) is the unit: split across torchrun processes, skipped when its file exists.
+    for name, k in my_units([(t, k) for k in args.shots for t in tasks]):
+        path = args.out / f"shots-{k}" / f"{name}.safetensors"
+        if path.is_file():
+            continue
+        examples = tasks[name].importance_examples(args.n_docs, k, random.Random(args.seed),
+                                                   paper_quirks=args.paper_quirks)
+        bar = Progress(len(examples), f"importance {name} {k}-shot")
+        imp, counts = head_importance(model, tokenizer, examples,
+                                      max_length=args.max_length or model.config.max_positions,
+                                      normalize_per_layer=args.normalize_per_layer, progress=bar.update)
+        write_tensors(path, {"importance": imp}, run_metadata(**{
+            **settings, "task": name, "shots": k, "seed": args.seed, "n_docs": args.n_docs, "counts": counts,
+            "normalize_per_layer": args.normalize_per_layer, "max_length": args.max_length}))
+    barrier()
+    if rank_world()[0] == 0:
+        for k in args.shots:
+            shot_dir = args.out / f"shots-{k}"
+            imps = [read_tensors(shot_dir / f"{name}.safetensors")[0]["importance"] for name in tasks]
+            write_tensors(shot_dir / "aggregate.safetensors", {"importance": aggregate_importance(imps)},
+                          run_metadata(**{**settings, "shots": k, "aggregate_of": list(tasks), "seed": args.seed}))
     return 0
 
 
@@ -158,9 +168,9 @@ def register_prune(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "prune", help="pruning sweeps: heads, FFNs or the combined grid, from any ranking",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Evaluate every task and shot with the lowest-ranked p%% of heads (global ranking, "
-                    "floor(p*L*H/100)) and/or FFNs (floor(p*L/100)) masked. heads/ffn: 0..90%% in 10%% steps; "
-                    "grid: heads 0..70%% x FFNs 0..50%%, each mask from its own ranking. --ranking own uses "
+        description="Evaluate every task and shot with the lowest-ranked p% of heads (global ranking, "
+                    "floor(p*L*H/100)) and/or FFNs (floor(p*L/100)) masked. heads/ffn: 0..90% in 10% steps; "
+                    "grid: heads 0..70% x FFNs 0..50%, each mask from its own ranking. --ranking own uses "
                     "each task's ranking, 'aggregate' the mean over tasks, a task name that task's "
                     "(cross-task transfer, e.g. to mathqa or lambada). One unit file per evaluation under "
                     "OUT/{sweep}-{ranking}/, skipped on rerun; table OUT/{sweep}-{ranking}.json.",

@@ -1,0 +1,169 @@
+"""Head importance (gradient-based) and oracle FFN importance (knock one FFN out, measure the drop).
+
+Mirrors amazon-science/llm-interpret `BaseLM.calculate_importance` (lm_eval/base.py) and
+scripts/plotting/fc_importance.py; facts in ../shared/specs/paper_method_spec.md §1 and §3.
+Michel et al. (NeurIPS 2019) define the same head score; their code is pmichel31415/pytorch-pretrained-BERT.
+
+Head score, per layer l and head h, over examples e = [context; gold continuation] of N_e tokens
+of which Y_e are the continuation:
+
+    S[l, h]  = sum_e sum_{p < N_e} | a[l,h,p] . dL_e/da[l,h,p] |     (|.| per token position)
+    IS[l, h] = S[l, h] / sum_e (N_e - 1)    for l < L-1
+    IS[L-1,h] = S[L-1, h] / sum_e Y_e        for the last layer
+
+a[l,h,p] is head h's attention-weighted value vector (Dh,) before out_proj; L_e the mean NLL of the
+Y_e continuation tokens (batch 1, unmasked model, no weight gradients).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Callable, Sequence
+
+import torch
+
+from opt66b import Capture, frozen
+from opt66b.io import Progress
+
+from tasks.scoring import token_requests
+
+from .masks import ffn_ranking, normalize_per_layer as l2_normalize_per_layer
+
+
+def example_head_scores(model: Any, input_ids: Sequence[int], continuation: Sequence[int]) -> torch.Tensor:
+    """One forward + backward on one example: (L, H) float32 sums over positions of |a . dL/da|.
+
+    input_ids = prefix + continuation[:-1] (tasks.scoring.TokenRequest.input_ids): the last
+    continuation token is never fed, since its position predicts nothing and so has dL/da = 0 in
+    every layer; dropping it changes no score. L = mean NLL (float32) of the continuation tokens.
+    Weights must be frozen by the caller (see `head_importance`); gradients reach the head outputs only.
+    """
+    device = model.decoder.embed_tokens.weight.device
+    x = torch.tensor([list(input_ids)], dtype=torch.long, device=device)  # (1, N-1)
+    n, y = x.shape[1], len(continuation)
+    cap = Capture(heads=True, grads=True)
+    with torch.enable_grad():
+        out = model(x, capture=cap, logits="none")
+        # Position p predicts token p+1; the Y targets are read at the last Y fed positions:
+        #   fed:      c0 c1 ... c_{C-1} y0 ... y_{Y-2}
+        #   predicts:           ...  y0 y1 ... y_{Y-1}   (positions C-1 .. N-2)
+        hidden = out.hidden[:, n - y:]  # (1, Y, W)
+        logits = model.logits(hidden).float()  # (1, Y, V)
+        targets = torch.tensor(list(continuation), dtype=torch.long, device=logits.device)  # (Y,)
+        loss = torch.nn.functional.cross_entropy(logits[0], targets)  # mean NLL over the Y targets
+        heads = cap.head_list()  # L tensors (1, H, N-1, Dh)
+        grads = torch.autograd.grad(loss, heads)
+    scores = [(a.float() * g.float()).sum(-1).abs().sum(-1)[0] for a, g in zip(heads, grads)]  # L x (H,)
+    return torch.stack(scores).cpu()  # (L, H)
+
+
+def head_importance(model: Any, tokenizer: Any, examples: Sequence[Any], max_length: int = 2048,
+                    normalize_per_layer: bool = False,
+                    progress: Callable[[int], None] | None = None) -> tuple[torch.Tensor, dict[str, int]]:
+    """Gradient-based head importance IS (L, H) float32 on `examples` (Request(context, continuation)).
+
+    How to read it: IS[l, h] is the mean, over token positions, of |first-order change of the loss
+    (nats) if head h of layer l were removed| (a . dL/da is the Taylor estimate of the loss change
+    when a -> 0). Larger = more important. Scores are comparable across heads of the same task and
+    shot; the last layer uses the target-token denominator (paper quirk), so it reads larger. With
+    normalize_per_layer each layer's row is divided by its L2 norm (Michel et al.; not the paper).
+
+    Tokens as lm-eval builds them (tasks.scoring.token_requests: no BOS, separate encoding, left
+    truncation to max_length model inputs). Returns (IS, counts) with counts = {"examples",
+    "positions" = sum(N_e - 1), "targets" = sum(Y_e), "truncated" (examples cut on the left)}.
+    Accumulation is float32 whatever the model dtype; weights get no gradient.
+    """
+    if not examples:
+        raise ValueError("head_importance needs at least one example, got none")
+    cfg = model.config
+    tokenized = token_requests(tokenizer, examples, max_length)
+    # lm-eval's left truncation keeps max_length + 1 tokens; the paper's code never truncates.
+    truncated = sum(len(t.prefix) < len(c) for t, c in
+                    zip(tokenized, (r.prefix for r in token_requests(tokenizer, examples, 1 << 40))))
+    total = torch.zeros(cfg.num_layers, cfg.num_heads, dtype=torch.float32)  # (L, H)
+    positions = targets = 0
+    with frozen(model):
+        for t in tokenized:
+            total += example_head_scores(model, t.input_ids, t.continuation)
+            positions += len(t.input_ids)  # N_e - 1
+            targets += len(t.continuation)  # Y_e
+            if progress is not None:
+                progress(1)
+    if positions == 0:
+        raise ValueError("every example has a single token; the importance denominators are zero")
+    denom = torch.full((cfg.num_layers, 1), float(positions))  # (L, 1)
+    denom[-1] = float(targets)
+    importance = total / denom  # (L, H)
+    if normalize_per_layer:
+        importance = l2_normalize_per_layer(importance).float()
+    counts = {"examples": len(examples), "positions": positions, "targets": targets, "truncated": truncated}
+    return importance, counts
+
+
+# -- oracle FFN importance -----------------------------------------------------------------------
+def ffn_knockout_mask(num_layers: int, layer: int) -> torch.Tensor:
+    """(L,) float32 FFN mask with only `layer` switched off."""
+    if not 0 <= layer < num_layers:
+        raise ValueError(f"layer {layer} out of range for a {num_layers}-layer model")
+    mask = torch.ones(num_layers, dtype=torch.float32)  # (L,)
+    mask[layer] = 0.0
+    return mask
+
+
+def primary_points(metrics: dict[str, float], metric: str) -> float:
+    """The task's primary metric in points (x100), as the paper's plots read results[task][metric]*100."""
+    if metric not in metrics:
+        raise KeyError(f"evaluation returned no {metric!r}; it has {sorted(metrics)}")
+    return 100.0 * float(metrics[metric])
+
+
+def ffn_importance(evaluation: Any, num_layers: int, metric: str, layers: Sequence[int] | None = None,
+                   done: dict[int, dict[str, float]] | None = None,
+                   on_layer: Callable[[int, dict[str, float]], None] | None = None,
+                   base_metrics: dict[str, float] | None = None, cached: bool = True,
+                   progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Oracle FFN importance: drop[l] = base - metric with FFN l alone knocked out (points, eval split).
+
+    `evaluation` is a tasks.evaluate.TaskEvaluation (instances and scorer built once); its
+    `run(ffn_mask=..., start_layer=l)` resumes from the recorded input of layer l, which a knockout
+    at l cannot change, so only layers l.. are recomputed (cached=False re-runs the whole model:
+    the naive reference). `done` holds already-computed layers' metrics (resume); `on_layer(l, m)`
+    is called after each new layer (write its unit file there).
+
+    Returns {"metric", "base", "base_metrics", "drop" (L floats), "metrics" (per layer), "ranking"}
+    where ranking lists layer ids by ascending drop, stable (ties: lower layer first, paper §3).
+    """
+    layers = list(range(num_layers)) if layers is None else list(layers)
+    per_layer: dict[int, dict[str, float]] = dict(done or {})
+    if base_metrics is None:
+        base_metrics = evaluation.run(record_layer_inputs=cached) if cached else evaluation.run()
+    base = primary_points(base_metrics, metric)
+    for layer in layers:
+        if layer in per_layer:
+            continue
+        mask = ffn_knockout_mask(num_layers, layer)
+        if cached:
+            metrics = evaluation.run(ffn_mask=mask, start_layer=layer)
+        else:
+            metrics = evaluation.run(ffn_mask=mask)
+        per_layer[layer] = metrics
+        if on_layer is not None:
+            on_layer(layer, metrics)
+        if progress is not None:
+            progress(1)
+    missing = [i for i in range(num_layers) if i not in per_layer]
+    drop = [base - primary_points(per_layer[i], metric) for i in range(num_layers) if i in per_layer]
+    result = {"metric": metric, "base": base, "base_metrics": base_metrics,
+              "metrics": {str(i): per_layer[i] for i in sorted(per_layer)}}
+    if not missing:
+        result["drop"] = drop
+        result["ranking"] = ffn_ranking(drop)
+    else:
+        result["missing_layers"] = missing
+    return result
+
+
+def stderr_progress(total: int, label: str) -> Callable[[int], None]:
+    """A progress callback printing to stderr (opt66b.io.Progress)."""
+    bar = Progress(total, label, stream=sys.stderr)
+    return bar.update

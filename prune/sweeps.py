@@ -1,0 +1,272 @@
+"""Pruning sweeps and the oracle FFN study as resumable unit loops: heads, FFNs and the combined grid.
+
+Mirrors amazon-science/llm-interpret's pruning runs (main.py with mask_heads / mask_iterative_fc,
+scripts/plotting/{iterative_pruning,combined_pruning,crosstask_accuracy,fc_importance}.py); facts
+in ../shared/specs/paper_method_spec.md §3-4. Each unit (task, shot, percentage or grid cell, or
+knocked-out layer) is one evaluation written atomically to its own small JSON file; a rerun skips
+units whose file exists, so a killed run loses only the unit in flight. Tables are merged from the
+unit files. Units are split over torchrun processes with opt66b.distributed.my_units.
+
+Layout under OUT for `run.py prune heads --ranking own`:
+    OUT/heads-own/shots-0/copa/h10_f0.json     one unit (task copa, 0-shot, 10% of heads)
+    OUT/heads-own.json                          the merged table
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from opt66b.distributed import barrier, my_units, rank_world
+from opt66b.io import Progress, read_json, write_json
+
+from .importance import primary_points
+from .masks import count_for_percent, ffn_mask_for_percent, ffn_ranking, head_mask_for_percent, read_importance
+
+SWEEPS = ("heads", "ffn", "grid")
+DEFAULT_PERCENTS = {"heads": list(range(0, 100, 10)), "ffn": list(range(0, 100, 10)),
+                    "grid_heads": list(range(0, 80, 10)), "grid_ffn": list(range(0, 60, 10))}
+
+# (model, tokenizer, task, shots) -> an object with .run(head_mask=, ffn_mask=, start_layer=,
+# record_layer_inputs=) -> metrics dict; tasks.evaluate.TaskEvaluation in production.
+EvaluationFactory = Callable[[Any, Any, Any, int], Any]
+
+
+@dataclass(frozen=True)
+class Unit:
+    task: str
+    shots: int
+    head_percent: float = 0
+    ffn_percent: float = 0
+
+    def path(self, root: Path) -> Path:
+        return root / f"shots-{self.shots}" / self.task / f"h{self.head_percent:g}_f{self.ffn_percent:g}.json"
+
+
+def sweep_units(sweep: str, tasks: Sequence[str], shots: Sequence[int], head_percents: Sequence[float],
+                ffn_percents: Sequence[float]) -> list[Unit]:
+    """All units of a sweep, grouped by (task, shot) so each evaluation is built once per process."""
+    if sweep not in SWEEPS:
+        raise ValueError(f"unknown sweep {sweep!r}; choose from {', '.join(SWEEPS)}")
+    cells = {"heads": [(h, 0) for h in head_percents], "ffn": [(0, f) for f in ffn_percents],
+             "grid": [(h, f) for h in head_percents for f in ffn_percents]}[sweep]
+    return [Unit(t, k, h, f) for t in tasks for k in shots for h, f in cells]
+
+
+# -- where rankings come from ----------------------------------------------------------------------
+def ranking_name(ranking: str, task: str) -> str:
+    """Which task's file supplies the ranking: own -> the task itself, aggregate, or another task."""
+    return task if ranking == "own" else ranking
+
+
+def head_importance_file(importance_dir: Path, ranking: str, task: str, shots: int) -> Path:
+    path = Path(importance_dir) / f"shots-{shots}" / f"{ranking_name(ranking, task)}.safetensors"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: head importance missing for ranking {ranking!r} (task {task}, "
+                                f"{shots}-shot); run `run.py importance heads` for it first")
+    return path
+
+
+def ffn_ranking_for(ffn_dir: Path, ranking: str, task: str, shots: int, num_layers: int) -> list[int]:
+    """The FFN order (least important first) from `run.py importance ffn` output."""
+    path = Path(ffn_dir) / f"shots-{shots}" / f"{ranking_name(ranking, task)}.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: FFN importance missing for ranking {ranking!r} (task {task}, "
+                                f"{shots}-shot); run `run.py importance ffn` for it first")
+    data = read_json(path)
+    if "ranking" not in data:
+        raise KeyError(f"{path}: no 'ranking' key; the FFN study of this task is incomplete, rerun it")
+    order = [int(i) for i in data["ranking"]]
+    if sorted(order) != list(range(num_layers)):
+        raise ValueError(f"{path}: 'ranking' is not a permutation of the model's {num_layers} layers")
+    return order
+
+
+def unit_masks(unit: Unit, cfg: Any, ranking: str, importance_dir: Path | None,
+               ffn_dir: Path | None) -> tuple[torch.Tensor | None, torch.Tensor | None, dict[str, Any]]:
+    """(head_mask (L, H) or None, ffn_mask (L,) or None, provenance) for one unit (masks.py counts)."""
+    info: dict[str, Any] = {}
+    head_mask = ffn_mask = None
+    if unit.head_percent:
+        if importance_dir is None:
+            raise ValueError("head pruning needs --importance DIR (output of `run.py importance heads`)")
+        path = head_importance_file(importance_dir, ranking, unit.task, unit.shots)
+        head_mask = head_mask_for_percent(read_importance(path, cfg.num_layers, cfg.num_heads), unit.head_percent)
+        info["head_importance"] = str(path)
+    if unit.ffn_percent:
+        if ffn_dir is None:
+            raise ValueError("FFN pruning needs --ffn-importance DIR (output of `run.py importance ffn`)")
+        order = ffn_ranking_for(ffn_dir, ranking, unit.task, unit.shots, cfg.num_layers)
+        ffn_mask = ffn_mask_for_percent(order, unit.ffn_percent, cfg.num_layers)
+        info["ffn_ranking"] = order
+    info["heads_masked"] = count_for_percent(unit.head_percent, cfg.num_layers * cfg.num_heads)
+    info["ffns_masked"] = count_for_percent(unit.ffn_percent, cfg.num_layers)
+    return head_mask, ffn_mask, info
+
+
+# -- the sweep loop ----------------------------------------------------------------------------------
+def run_sweep(model: Any, tokenizer: Any, tasks: dict[str, Any], sweep: str, ranking: str, shots: Sequence[int],
+              out_dir: Path, make_evaluation: EvaluationFactory, importance_dir: Path | None = None,
+              ffn_dir: Path | None = None, head_percents: Sequence[float] | None = None,
+              ffn_percents: Sequence[float] | None = None, settings: dict[str, Any] | None = None) -> Path:
+    """Evaluate every unit of `sweep` not yet on disk, then (rank 0) merge OUT/{sweep}-{ranking}.json.
+
+    tasks: name -> Task. ranking: "own", "aggregate" or a task name (cross-task transfer).
+    Returns the table path. Metric values are the task's primary metric in points (x100).
+    """
+    hp = list(head_percents if head_percents is not None else
+              DEFAULT_PERCENTS["grid_heads" if sweep == "grid" else "heads"])
+    fp = list(ffn_percents if ffn_percents is not None else
+              DEFAULT_PERCENTS["grid_ffn" if sweep == "grid" else "ffn"])
+    root = Path(out_dir) / f"{sweep}-{ranking}"
+    check_fingerprint(root, settings or {})
+    units = sweep_units(sweep, list(tasks), shots, hp, fp)
+    todo = [u for u in my_units(units) if not u.path(root).is_file()]
+    bar = Progress(len(todo), f"prune {sweep} ({ranking})") if todo else None
+    evaluation, current = None, None
+    for unit in todo:
+        head_mask, ffn_mask, info = unit_masks(unit, model.config, ranking, importance_dir, ffn_dir)
+        if current != (unit.task, unit.shots):
+            current = (unit.task, unit.shots)
+            evaluation = make_evaluation(model, tokenizer, tasks[unit.task], unit.shots)
+        metrics = evaluation.run(head_mask=head_mask, ffn_mask=ffn_mask)
+        metric = tasks[unit.task].PRIMARY_METRIC
+        write_json(unit.path(root), {
+            "task": unit.task, "shots": unit.shots, "head_percent": unit.head_percent,
+            "ffn_percent": unit.ffn_percent, "ranking": ranking, "metric": metric,
+            "value": primary_points(metrics, metric), "metrics": metrics, **info})
+        bar.update()
+    barrier()
+    table = Path(out_dir) / f"{sweep}-{ranking}.json"
+    if rank_world()[0] == 0:
+        merge_table(root, table, sweep, ranking, units, model.config, settings or {})
+    return table
+
+
+FINGERPRINT_KEYS = ("limit", "paper_quirks", "importance", "ffn_importance")
+MODEL_KEYS = ("model", "config_sha256", "dtype")
+
+
+def check_fingerprint(root: Path, settings: dict[str, Any]) -> None:
+    """Refuse to mix units made under other settings (model, dtype, --limit, quirks, ranking dirs)
+    into one table: the first run writes root/fingerprint.json, later runs must match it."""
+    model = settings.get("model") or {}
+    fp = {**{k: str(settings.get(k)) for k in FINGERPRINT_KEYS},
+          **{f"model.{k}": str(model.get(k)) for k in MODEL_KEYS}}
+    path = root / "fingerprint.json"
+    if path.is_file():
+        old = read_json(path)
+        diff = {k: (old.get(k), v) for k, v in fp.items() if old.get(k) != v}
+        if diff:
+            raise ValueError(f"{path}: this output directory holds units made with other settings "
+                             f"{diff} (was, now); use another --out or delete {root}")
+    elif rank_world()[0] == 0:
+        write_json(path, fp)
+
+
+def merge_table(root: Path, table: Path, sweep: str, ranking: str, units: Sequence[Unit], cfg: Any,
+                settings: dict[str, Any]) -> dict[str, Any] | None:
+    """Merge unit files into {results: {task: {shots-K: {head%: {ffn%: points}}}}, mean_over_tasks, counts}.
+
+    Units still missing (another process still running, or a killed run) are listed, not invented.
+    """
+    from opt66b.io import run_metadata
+
+    results: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
+    missing = []
+    for u in units:
+        if not u.path(root).is_file():
+            missing.append(str(u.path(root)))
+            continue
+        rec = read_json(u.path(root))
+        cell = results.setdefault(u.task, {}).setdefault(f"shots-{u.shots}", {}).setdefault(f"{u.head_percent:g}", {})
+        cell[f"{u.ffn_percent:g}"] = rec["value"]
+    mean: dict[str, dict[str, dict[str, float]]] = {}
+    for shot in sorted({f"shots-{u.shots}" for u in units}):
+        cells = {(f"{u.head_percent:g}", f"{u.ffn_percent:g}") for u in units}
+        for h, f in sorted(cells, key=lambda c: (float(c[0]), float(c[1]))):
+            vals = [results[t][shot][h][f] for t in results if f in results[t].get(shot, {}).get(h, {})]
+            if len(vals) == len({u.task for u in units}):
+                mean.setdefault(shot, {}).setdefault(h, {})[f] = sum(vals) / len(vals)
+    hp = sorted({u.head_percent for u in units})
+    fp = sorted({u.ffn_percent for u in units})
+    out = {"sweep": sweep, "ranking": ranking, "layout": "results[task][shots-K][head %][ffn %] = primary metric x100",
+           "head_percents": hp, "ffn_percents": fp,
+           "counts": {"heads": {f"{p:g}": count_for_percent(p, cfg.num_layers * cfg.num_heads) for p in hp},
+                      "ffn": {f"{p:g}": count_for_percent(p, cfg.num_layers) for p in fp}},
+           "results": results, "mean_over_tasks": mean, "missing_units": missing,
+           "meta": run_metadata(**settings)}
+    write_json(table, out)
+    return out
+
+
+# -- oracle FFN importance as a unit loop ----------------------------------------------------------
+def run_ffn_importance(model: Any, tokenizer: Any, tasks: dict[str, Any], shots: Sequence[int], out_dir: Path,
+                       make_evaluation: EvaluationFactory, cached: bool = True,
+                       settings: dict[str, Any] | None = None) -> list[Path]:
+    """Per (task, shot): knock each FFN out alone; units OUT/shots-K/task/layer-XXX.json (+ base.json);
+    merged OUT/shots-K/task.json {drop, base, ranking}; OUT/shots-K/aggregate.json ranks the mean drop.
+
+    The (task, shot) pair is the torchrun split unit here: the layer loop shares one recorded base
+    pass (layer inputs), which must stay in one process.
+    """
+    from opt66b.io import run_metadata
+
+    from .importance import ffn_importance
+
+    num_layers = model.config.num_layers
+    pairs = [(t, k) for t in tasks for k in shots]
+    written = []
+    for task_name, k in my_units(pairs):
+        unit_dir = Path(out_dir) / f"shots-{k}" / task_name
+        merged = Path(out_dir) / f"shots-{k}" / f"{task_name}.json"
+        if merged.is_file():
+            continue
+        done = {}
+        for layer in range(num_layers):
+            p = unit_dir / f"layer-{layer:03d}.json"
+            if p.is_file():
+                done[layer] = read_json(p)["metrics"]
+        evaluation = make_evaluation(model, tokenizer, tasks[task_name], k)
+        metric = tasks[task_name].PRIMARY_METRIC
+
+        def save(layer: int, metrics: dict[str, float], _dir: Path = unit_dir) -> None:
+            write_json(_dir / f"layer-{layer:03d}.json", {"layer": layer, "metrics": metrics})
+
+        todo = num_layers - len(done)
+        bar = Progress(todo, f"ffn oracle {task_name} {k}-shot") if todo else None
+        res = ffn_importance(evaluation, num_layers, metric, done=done, on_layer=save, cached=cached,
+                             progress=bar.update if bar else None)
+        write_json(unit_dir / "base.json", {"metrics": res["base_metrics"]})
+        res.update(task=task_name, shots=k, meta=run_metadata(**{**(settings or {}), "shots": k, "cached": cached}))
+        write_json(merged, res)
+        written.append(merged)
+    barrier()
+    if rank_world()[0] == 0:
+        for k in shots:
+            write_ffn_aggregate(Path(out_dir) / f"shots-{k}", list(tasks))
+    return written
+
+
+def write_ffn_aggregate(shot_dir: Path, tasks: Sequence[str]) -> Path | None:
+    """aggregate.json: mean drop over the tasks with a complete FFN study, and its stable ranking."""
+    drops = {}
+    for t in tasks:
+        p = shot_dir / f"{t}.json"
+        if p.is_file() and "drop" in (data := read_json(p)):
+            drops[t] = data["drop"]
+    if len(drops) != len(tasks):
+        print(f"[ffn aggregate] {shot_dir}: {len(tasks) - len(drops)} task(s) incomplete; aggregate not written",
+              file=sys.stderr)
+        return None
+    n = len(next(iter(drops.values())))
+    mean = [sum(d[i] for d in drops.values()) / len(drops) for i in range(n)]
+    return write_json(shot_dir / "aggregate.json", {"tasks": sorted(drops), "drop": mean, "ranking": ffn_ranking(mean)})
+
+
+__all__ = ["Unit", "sweep_units", "run_sweep", "merge_table", "run_ffn_importance", "write_ffn_aggregate",
+           "unit_masks"]

@@ -1,0 +1,151 @@
+"""Multi-process sweeps (distributed.py): a 2-process torchrun/gloo run writes the same files as one process.
+
+A toy sweep (run_units) and the real prune/sweeps.py head-pruning sweep on a tiny random model
+with a stand-in evaluation (the real TaskEvaluation needs the dataset files) are each run with one
+process and with `torchrun --nproc_per_node 2` (gloo on CPU), and their files compared.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from opt66b import distributed
+
+ROOT = Path(__file__).resolve().parents[1]
+
+SCRIPT = r'''
+import sys, torch
+sys.path.insert(0, {root!r})
+from pathlib import Path
+from opt66b import distributed
+
+out = Path(sys.argv[1])
+units = [f"task{{t}}-shot{{s}}" for t in range(3) for s in (0, 1)]
+
+def compute(u):
+    g = torch.Generator().manual_seed(sum(map(ord, u)))  # result depends on the unit only, not the rank
+    return {{"unit": u, "value": float(torch.randn(8, generator=g).sum())}}
+
+merged = distributed.run_units(units, lambda u: out / "units" / f"{{u}}.json", compute,
+                               merge=lambda rs: {{"rows": [r for _, r in rs]}}, merged_path=out / "merged.json")
+rank, world = distributed.rank_world()
+(out / f"ran-{{rank}}.txt").write_text(",".join(distributed.my_units(units)))
+distributed.finish()
+'''
+
+
+def _env(**extra):
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env.update(extra)
+    return env
+
+
+def _run(args, **kw):
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=120, **kw)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc
+
+
+def test_my_units_round_robin(monkeypatch):
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    assert distributed.my_units(list(range(8))) == [1, 4, 7]
+    assert not distributed.is_main()
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert distributed.local_cuda_offset(2) == 2  # local rank 1 with 2 GPUs per process owns cuda:2, cuda:3
+
+
+def test_run_units_single_process_is_resumable(tmp_path, monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    calls = []
+
+    def compute(u):
+        calls.append(u)
+        return {"u": u, "sq": u * u}
+    merged = distributed.run_units([1, 2, 3], lambda u: tmp_path / f"{u}.json", compute, merged_path=tmp_path / "m.json")
+    assert merged == {"1": {"u": 1, "sq": 1}, "2": {"u": 2, "sq": 4}, "3": {"u": 3, "sq": 9}}
+    (tmp_path / "2.json").unlink()  # a unit lost to a crash
+    distributed.run_units([1, 2, 3], lambda u: tmp_path / f"{u}.json", compute, merged_path=tmp_path / "m.json")
+    assert calls == [1, 2, 3, 2]  # only the missing unit was recomputed
+    assert json.loads((tmp_path / "m.json").read_text()) == merged
+
+
+def test_two_process_gloo_equals_one_process(tmp_path):
+    script = tmp_path / "sweep.py"
+    script.write_text(SCRIPT.format(root=str(ROOT)))
+    one, two = tmp_path / "one", tmp_path / "two"
+    _run([sys.executable, str(script), str(one)], env=_env())
+    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+          str(script), str(two)], env=_env(OMP_NUM_THREADS="1"))
+    assert (two / "ran-0.txt").read_text() == "task0-shot0,task1-shot0,task2-shot0"
+    assert (two / "ran-1.txt").read_text() == "task0-shot1,task1-shot1,task2-shot1"
+    assert (one / "merged.json").read_text() == (two / "merged.json").read_text()  # byte-identical merge
+    files_one = sorted(p.name for p in (one / "units").iterdir())
+    assert files_one == sorted(p.name for p in (two / "units").iterdir()) and len(files_one) == 6
+    for name in files_one:
+        assert (one / "units" / name).read_text() == (two / "units" / name).read_text()
+
+
+PRUNE_SCRIPT = r'''
+import sys, torch
+sys.path.insert(0, {root!r})
+sys.path.insert(0, {tests!r})
+from pathlib import Path
+from conftest import random_model
+from opt66b import OPTConfig, distributed
+from prune.sweeps import run_sweep
+
+out, imp = Path(sys.argv[1]), Path(sys.argv[2])
+model = random_model(OPTConfig(hidden_size=32, num_layers=2, num_heads=4, ffn_dim=64, vocab_size=128,
+                               max_positions=64), seed=1)
+ids = torch.randint(0, 128, (4, 10), generator=torch.Generator().manual_seed(2))
+
+class Task:
+    PRIMARY_METRIC = "acc"
+
+class Evaluation:  # stand-in for tasks' evaluation: "accuracy" = agreement with the unpruned argmax
+    def __init__(self, shots):
+        self.shots = shots
+        self.ref = model(ids[:, shots:]).logits.argmax(-1)
+    def run(self, head_mask=None, ffn_mask=None, **kw):
+        pred = model(ids[:, self.shots:], head_mask=head_mask, ffn_mask=ffn_mask).logits.argmax(-1)
+        return {{"acc": float((pred == self.ref).double().mean())}}
+
+tasks = {{"copa": Task(), "piqa": Task()}}
+with torch.no_grad():
+    run_sweep(model, None, tasks, "heads", "own", [0, 1], out, lambda m, t, task, k: Evaluation(k),
+              importance_dir=imp, head_percents=[0, 25, 50, 75], settings={{"seed": 0}})
+distributed.finish()
+'''
+
+
+def test_prune_sweep_two_processes_equal_one(tmp_path):
+    pytest.importorskip("prune.sweeps")
+    import torch
+
+    from opt66b.io import write_tensors
+
+    imp = tmp_path / "importance"
+    for k in (0, 1):
+        for t, seed in (("copa", 0), ("piqa", 1)):
+            scores = torch.rand(2, 4, generator=torch.Generator().manual_seed(seed + 10 * k), dtype=torch.float64)
+            write_tensors(imp / f"shots-{k}" / f"{t}.safetensors", {"importance": scores})
+    script = tmp_path / "prune_sweep.py"
+    script.write_text(PRUNE_SCRIPT.format(root=str(ROOT), tests=str(ROOT / "tests")))
+    one, two = tmp_path / "one", tmp_path / "two"
+    _run([sys.executable, str(script), str(one), str(imp)], env=_env())
+    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+          str(script), str(two), str(imp)], env=_env(OMP_NUM_THREADS="1"))
+    a, b = (json.loads((d / "heads-own.json").read_text()) for d in (one, two))
+    for table in (a, b):
+        table.pop("meta")  # creation time and argv differ by design
+    assert a == b and a["missing_units"] == []
+    assert set(a["results"]) == {"copa", "piqa"} and a["results"]["copa"]["shots-0"]["0"]["0"] == 100.0
+    units = sorted(p.relative_to(one) for p in one.rglob("h*_f*.json"))
+    assert len(units) == 16 and units == sorted(p.relative_to(two) for p in two.rglob("h*_f*.json"))
