@@ -157,6 +157,11 @@ class SGWinogradSchemaChallenge(_YesNoTask):
     def fewshot_pool(self) -> list[Doc]:
         return [d for d in self.docs("train") if d["label"] == 1]
 
+    def importance_docs(self) -> list[Doc]:
+        # The paper's importance data is its training_docs, which it filtered to label==True (every
+        # target " yes"); that quirk is kept behind paper_quirks. Default: all train rows.
+        return self.fewshot_pool() if self.paper_quirks else self.docs("train")
+
     def doc_to_text(self, doc: Doc) -> str:
         pre = " ".join(doc["text"].split()[:doc["span2_index"]])
         post = doc["text"][len(pre) + len(doc["span2_text"]) + 1:]

@@ -216,8 +216,11 @@ def test_importance_examples_follow_the_paper():
     assert arc.importance_examples(2, 0, rng)[0].continuation == " " + docs[0]["choices"][docs[0]["gold"]]
     mq = get_task("mathqa", FIXTURES).importance_examples(2, 2, random.Random(0), paper_quirks=True)
     assert "\nAnswer: " not in mq[0].context and not mq[0].continuation.startswith(" ")
-    wsc = get_task("wsc", FIXTURES).importance_examples(100, 0, rng)
+    # The paper's WSC importance data is the positive-only pool (paper_quirks); by default all rows.
+    wsc = get_task("wsc", FIXTURES).importance_examples(100, 0, rng, paper_quirks=True)
     assert len(wsc) == 9 and {r.continuation for r in wsc} == {" yes"}
+    wsc_all = get_task("wsc", FIXTURES).importance_examples(100, 0, rng)
+    assert len(wsc_all) > 9 and {r.continuation for r in wsc_all} == {" yes", " no"}
     boolq = get_task("boolq", FIXTURES).importance_examples(100, 1, rng, paper_quirks=True)
     assert len(boolq) == 8 and all(r.continuation in (" yes", " no") for r in boolq)
     assert len(get_task("lambada", FIXTURES).importance_examples(5, 1, rng)) == 5
