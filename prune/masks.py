@@ -20,14 +20,12 @@ from __future__ import annotations
 import math
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 
-from opt66b.io import read_tensors, write_tensors
-
-HEAD_MASK_KEY = "head_mask"
-FFN_MASK_KEY = "ffn_mask"
+from opt66b.io import read_tensors
+from opt66b.mask_files import FFN_MASK_KEY, HEAD_MASK_KEY, read_masks, write_masks  # noqa: F401 (re-exported)
 IMPORTANCE_KEY = "importance"
 
 
@@ -128,58 +126,6 @@ def normalize_per_layer(importance: torch.Tensor, eps: float = 1e-20) -> torch.T
 
 
 # -- files --------------------------------------------------------------------------------------
-def write_masks(path: str | Path, head_mask: torch.Tensor | None = None, ffn_mask: torch.Tensor | None = None,
-                metadata: dict[str, Any] | None = None) -> Path:
-    """Atomically write a safetensors file with "head_mask" (L, H) and/or "ffn_mask" (L,), float32."""
-    tensors: dict[str, torch.Tensor] = {}
-    if head_mask is not None:
-        head_mask = torch.as_tensor(head_mask, dtype=torch.float32)
-        if head_mask.dim() != 2:
-            raise ValueError(f"{path}: head_mask must have shape (layers, heads), got {tuple(head_mask.shape)}")
-        tensors[HEAD_MASK_KEY] = head_mask
-    if ffn_mask is not None:
-        ffn_mask = torch.as_tensor(ffn_mask, dtype=torch.float32)
-        if ffn_mask.dim() != 1:
-            raise ValueError(f"{path}: ffn_mask must have shape (layers,), got {tuple(ffn_mask.shape)}")
-        tensors[FFN_MASK_KEY] = ffn_mask
-    if head_mask is not None and ffn_mask is not None and head_mask.shape[0] != ffn_mask.shape[0]:
-        raise ValueError(f"{path}: head_mask has {head_mask.shape[0]} layers but ffn_mask has {ffn_mask.shape[0]}")
-    if not tensors:
-        raise ValueError(f"{path}: nothing to write; give head_mask and/or ffn_mask")
-    return write_tensors(path, tensors, metadata)
-
-
-def read_masks(path: str | Path, num_layers: int | None = None,
-               num_heads: int | None = None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """Read (head_mask (L, H) or None, ffn_mask (L,) or None) from a mask file, checking shapes.
-
-    Pass the model's num_layers / num_heads to have a mismatch reported here, naming the file.
-    """
-    tensors, _ = read_tensors(path)
-    unknown = sorted(set(tensors) - {HEAD_MASK_KEY, FFN_MASK_KEY})
-    if unknown or not tensors:
-        raise KeyError(f"{path}: a mask file holds '{HEAD_MASK_KEY}' (layers, heads) and/or "
-                       f"'{FFN_MASK_KEY}' (layers,); found keys {sorted(tensors)}")
-    head, ffn = tensors.get(HEAD_MASK_KEY), tensors.get(FFN_MASK_KEY)
-    if head is not None:
-        want = (num_layers if num_layers is not None else head.shape[0],
-                num_heads if num_heads is not None else (head.shape[1] if head.dim() == 2 else -1))
-        if head.dim() != 2 or tuple(head.shape) != want:
-            raise ValueError(f"{path}: '{HEAD_MASK_KEY}' has shape {tuple(head.shape)}, expected (layers, heads) "
-                             f"= {want}; was it made for another model?")
-        head = head.float()
-    if ffn is not None:
-        want_l = num_layers if num_layers is not None else ffn.shape[0]
-        if ffn.dim() != 1 or ffn.shape[0] != want_l:
-            raise ValueError(f"{path}: '{FFN_MASK_KEY}' has shape {tuple(ffn.shape)}, expected (layers,) = "
-                             f"({want_l},); was it made for another model?")
-        ffn = ffn.float()
-    for name, t in ((HEAD_MASK_KEY, head), (FFN_MASK_KEY, ffn)):
-        if t is not None and not bool(torch.isfinite(t).all()):
-            raise ValueError(f"{path}: '{name}' contains non-finite values; regenerate the mask")
-    return head, ffn
-
-
 def read_importance(path: str | Path, num_layers: int | None = None, num_heads: int | None = None) -> torch.Tensor:
     """Read the "importance" (L, H) tensor of an importance file as float64, checking shape and values."""
     tensors, _ = read_tensors(path)

@@ -1,0 +1,49 @@
+"""From flat per-request results to task metrics: split per doc, process_results, aggregate.
+
+Mirrors lm-evaluation-harness v0.3 `evaluator.evaluate` (the part after `lm.loglikelihood`): results
+come back in request order, each doc's slice goes to `task.process_results`, and the per-doc values
+of each metric are combined by `task.aggregate` (tasks/base.py owns the aggregation rules: mean,
+perplexity, acc_all, f1_macro). This module adds nothing numerical of its own.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from .base import Instance, Result, Task
+
+
+def split_results(instances: Sequence[Instance], results: Sequence[Result]) -> list[list[Result]]:
+    """Cut the flat request-ordered results into one list per instance (its requests, in order)."""
+    need = sum(len(inst.requests) for inst in instances)
+    if len(results) != need:
+        raise ValueError(f"got {len(results)} results for {need} requests of {len(instances)} docs")
+    out, start = [], 0
+    for inst in instances:
+        out.append(list(results[start:start + len(inst.requests)]))
+        start += len(inst.requests)
+    return out
+
+
+def doc_metrics(task: Task, instances: Sequence[Instance], results: Sequence[Result]) -> list[dict[str, Any]]:
+    """task.process_results per doc: one {metric: per-doc value} dict per instance."""
+    per_doc = []
+    for inst, res in zip(instances, split_results(instances, results)):
+        values = task.process_results(inst.doc, res)
+        missing = set(task.METRICS) - set(values)
+        if missing:
+            raise KeyError(f"{task.NAME}.process_results returned no {sorted(missing)} for doc {inst.doc_id}")
+        per_doc.append(values)
+    return per_doc
+
+
+def aggregate(task: Task, per_doc: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """{metric: aggregated value} over the docs, in the task's METRICS order."""
+    if not per_doc:
+        raise ValueError(f"{task.NAME}: no docs to aggregate (empty eval split or --limit 0?)")
+    return {m: float(task.aggregate(m, [d[m] for d in per_doc])) for m in task.METRICS}
+
+
+def task_metrics(task: Task, instances: Sequence[Instance], results: Sequence[Result]) -> dict[str, float]:
+    """Flat request-ordered results -> the task's aggregated metrics."""
+    return aggregate(task, doc_metrics(task, instances, results))

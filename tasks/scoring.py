@@ -1,0 +1,322 @@
+"""Log-likelihood scoring of (context, continuation) requests: plan once, run under many masks.
+
+Mirrors lm-evaluation-harness v0.3 `BaseLM._loglikelihood_tokens` (lm_eval/base.py); facts in
+../shared/specs/lm_eval_task_spec.md §1.4. The numbers are lm-eval's, the work is not:
+  - context and continuation are encoded separately without BOS and concatenated, then
+    left-truncated exactly as lm-eval does: `inp = (ctx + cont)[-(max_length+1):][:-1]`;
+  - log-softmax over the tokenizer's real vocabulary (the first `config.tokenizer_vocab_size` =
+    50265 rows for OPT, as the paper's fork does); is_greedy = argmax over the same slice equals the
+    continuation token at every position;
+  - identical (prefix, continuation) token pairs are scored once;
+  - requests whose (truncated) prefix tokens are identical share one context pass through the KV
+    cache; the continuations then run batched on the expanded cache. Where left truncation makes
+    the prefixes differ they are simply different groups, and a group of one takes the plain path;
+  - the output head is applied only at the positions that predict a continuation token.
+
+Alignment (prefix p0..p3 kept after truncation, continuation c0..c2):
+
+    tokens      p0  p1  p2  p3 | c0  c1  c2
+    fed         p0  p1  p2  p3 | c0  c1          (the last continuation token is never fed)
+    predicts    p1  p2  p3  c0 | c1  c2
+    scored                  ^^   ^^  ^^          logits at positions len(prefix)-1 .. len(prefix)+len(cont)-2
+    shared path: context pass feeds p0..p3 (scores c0 from p3); continuation pass feeds c0 c1 on the cache.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+
+from opt66b import Capture, position_ids_from_mask
+from opt66b.io import Progress
+
+from .base import Request, Result
+
+KV_BUDGET_FACTOR = 4  # continuation batches may touch up to 4x batch_tokens key positions (expanded cache copies)
+PAD_SLACK = 32  # a row joins a batch only if it is at most max(32, first/8) tokens shorter than its first row
+
+
+@dataclass(frozen=True)
+class TokenRequest:
+    """One request as token ids after lm-eval's left truncation."""
+
+    prefix: tuple[int, ...]  # context tokens kept (>= 1)
+    continuation: tuple[int, ...]  # all continuation tokens (>= 1)
+
+    @property
+    def input_ids(self) -> list[int]:
+        """What the model reads: prefix + continuation[:-1] (<= max_length tokens)."""
+        return list(self.prefix + self.continuation[:-1])
+
+    @property
+    def tokens(self) -> list[int]:
+        """[context; continuation] window, <= max_length + 1 tokens (input_ids plus the last target)."""
+        return list(self.prefix + self.continuation)
+
+
+def token_requests(tokenizer: Any, requests: Sequence[Request], max_length: int) -> list[TokenRequest]:
+    """Tokenize as lm-eval does: each unique context / continuation string encoded once, separately,
+    without BOS; an empty context becomes [eos]; left truncation to max_length model inputs."""
+    ctx_texts = list(dict.fromkeys(r.context for r in requests))
+    cont_texts = list(dict.fromkeys(r.continuation for r in requests))
+    ctx_ids = dict(zip(ctx_texts, _encode_all(tokenizer, ctx_texts)))
+    cont_ids = dict(zip(cont_texts, _encode_all(tokenizer, cont_texts)))
+    out = []
+    for i, r in enumerate(requests):
+        ctx = ctx_ids[r.context] or [tokenizer.eos_id]
+        cont = cont_ids[r.continuation]
+        if not cont:
+            raise ValueError(f"request {i}: continuation {r.continuation!r} encodes to no tokens; "
+                             "every request must score at least one token")
+        if len(cont) > max_length:
+            raise ValueError(f"request {i}: continuation has {len(cont)} tokens, more than max_length={max_length}")
+        window = (ctx + cont)[-(max_length + 1):]
+        out.append(TokenRequest(tuple(window[:len(window) - len(cont)]), tuple(cont)))
+    return out
+
+
+def _encode_all(tokenizer: Any, texts: list[str]) -> list[list[int]]:
+    if hasattr(tokenizer, "encode_batch"):
+        return [list(ids) for ids in tokenizer.encode_batch(texts)]
+    return [list(tokenizer.encode(t)) for t in texts]
+
+
+@dataclass
+class _Pass:
+    """One forward: ids (B, T) right-padded, mask (B, past + T), and where to read logits."""
+
+    ids: torch.Tensor
+    mask: torch.Tensor
+    rows: torch.Tensor  # (N,) batch row of each scored position
+    pos: torch.Tensor  # (N,) position in the pass
+    targets: torch.Tensor  # (N,) token each position must predict
+    owner: torch.Tensor  # (N,) unique-request index the position belongs to
+    ctx_rows: torch.Tensor | None = None  # (B,) continuation pass: context-pass row of each row
+
+
+@dataclass
+class _Unit:
+    """A plain batch (`main` only) or a shared-context batch (`main` = context pass + `conts`)."""
+
+    main: _Pass
+    conts: list[_Pass] = field(default_factory=list)
+
+
+class Scorer:
+    """Tokenize and plan once; `run(head_mask, ffn_mask)` as often as needed.
+
+    results = Scorer(model, tokenizer, requests).run()  # [(summed log-prob in nats, is_greedy)]
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, requests: Sequence[Request], batch_tokens: int = 4096,
+                 max_length: int | None = None, progress_label: str | None = None):
+        if batch_tokens < 1:
+            raise ValueError(f"batch_tokens must be >= 1, got {batch_tokens}")
+        self.model, self.batch_tokens, self.progress_label = model, batch_tokens, progress_label
+        self.max_length = max_length or model.config.max_positions
+        if not 0 < self.max_length <= model.config.max_positions:
+            raise ValueError(f"max_length must be in [1, {model.config.max_positions}] (the model's positions), "
+                             f"got {self.max_length}")
+        self.vocab = model.config.tokenizer_vocab_size
+        self.requests = list(requests)
+        self.tokenized = token_requests(tokenizer, self.requests, self.max_length)
+        index: dict[TokenRequest, int] = {}
+        self.request_to_unique = [index.setdefault(t, len(index)) for t in self.tokenized]
+        self.unique = list(index)
+        self.units = self._plan()
+        self._records: list[dict[str, Any]] | None = None
+        self._record_masks: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.stats = self._stats()
+
+    # -- planning ------------------------------------------------------------------------------
+    def _plan(self) -> list[_Unit]:
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for u, t in enumerate(self.unique):
+            groups.setdefault(t.prefix, []).append(u)
+        plain = [us[0] for us in groups.values() if len(us) == 1]
+        shared = [us for us in groups.values() if len(us) > 1]
+        # Longest first: the first batch is the largest, so an out-of-memory error happens at once
+        # rather than hours in, and each batch pads to its first (longest) row with little waste.
+        plain.sort(key=lambda u: (-len(self.unique[u].input_ids), self.unique[u].input_ids))
+        shared.sort(key=lambda us: (-len(self.unique[us[0]].prefix), self.unique[us[0]].prefix))
+        units = [_Unit(self._plain_pass(b)) for b in _fill(plain, lambda u: len(self.unique[u].input_ids),
+                                                            self.batch_tokens)]
+        for batch in _fill(shared, lambda us: len(self.unique[us[0]].prefix), self.batch_tokens):
+            units.append(self._shared_unit(batch))
+        return units
+
+    def _plain_pass(self, batch: list[int]) -> _Pass:
+        seqs = [self.unique[u].input_ids for u in batch]
+        ids, mask = _pad(seqs)
+        rows, pos, targets, owner = [], [], [], []
+        for r, u in enumerate(batch):
+            t = self.unique[u]
+            start = len(t.prefix) - 1
+            for j, tok in enumerate(t.continuation):
+                rows.append(r), pos.append(start + j), targets.append(tok), owner.append(u)
+        return _Pass(ids, mask, *map(_long, (rows, pos, targets, owner)))
+
+    def _shared_unit(self, batch: list[list[int]]) -> _Unit:
+        prefixes = [list(self.unique[us[0]].prefix) for us in batch]
+        ids, mask = _pad(prefixes)
+        rows, pos, targets, owner = [], [], [], []
+        conts = []  # (context row, unique index) for continuations longer than one token
+        for r, us in enumerate(batch):
+            for u in us:
+                rows.append(r), pos.append(len(prefixes[r]) - 1)
+                targets.append(self.unique[u].continuation[0]), owner.append(u)
+                if len(self.unique[u].continuation) > 1:
+                    conts.append((r, u))
+        unit = _Unit(_Pass(ids, mask, *map(_long, (rows, pos, targets, owner))))
+        past = ids.shape[1]
+        conts.sort(key=lambda ru: (-len(self.unique[ru[1]].continuation), ru[1]))
+        fed = lambda ru: len(self.unique[ru[1]].continuation) - 1  # noqa: E731
+        for cb in _fill(conts, fed, self.batch_tokens, past=past, past_budget=KV_BUDGET_FACTOR * self.batch_tokens):
+            c_ids, c_mask = _pad([list(self.unique[u].continuation[:-1]) for _, u in cb])
+            ctx_rows = _long([r for r, _ in cb])
+            full_mask = torch.cat([mask[ctx_rows], c_mask], dim=1)  # (R, past + T)
+            rows, pos, targets, owner = [], [], [], []
+            for i, (_, u) in enumerate(cb):
+                for j, tok in enumerate(self.unique[u].continuation[1:]):
+                    rows.append(i), pos.append(j), targets.append(tok), owner.append(u)
+            unit.conts.append(_Pass(c_ids, full_mask, *map(_long, (rows, pos, targets, owner)), ctx_rows=ctx_rows))
+        return unit
+
+    def _stats(self) -> dict[str, int]:
+        passes = [p for unit in self.units for p in (unit.main, *unit.conts)]
+        return {"requests": len(self.requests), "unique_requests": len(self.unique),
+                "forward_passes": len(passes),
+                "tokens_fed": sum(int(p.ids.shape[0] * p.ids.shape[1] - (p.mask[:, -p.ids.shape[1]:] == 0).sum())
+                                  for p in passes),
+                "tokens_padded": sum(int(p.ids.numel()) for p in passes),
+                "logit_positions": sum(int(p.targets.numel()) for p in passes)}
+
+    # -- running -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def run(self, head_mask: torch.Tensor | None = None, ffn_mask: torch.Tensor | None = None,
+            start_layer: int = 0, record_layer_inputs: bool = False) -> list[Result]:
+        """[(log-likelihood in nats summed over the continuation, is_greedy)] in request order.
+
+        record_layer_inputs: keep the residual stream entering every layer of every pass (on CPU),
+            so later runs can pass start_layer. start_layer=l: recompute only layers >= l from the
+            recorded inputs; the masks must equal the recorded run's in layers < l.
+        """
+        cfg = self.model.config
+        if start_layer and record_layer_inputs:
+            raise ValueError("record_layer_inputs needs a full run (start_layer=0): layers < start_layer are not run")
+        if start_layer:
+            self._check_resume(start_layer, head_mask, ffn_mask)
+        records: list[dict[str, Any]] = []
+        lls = torch.zeros(len(self.unique), dtype=torch.float64)
+        misses = torch.zeros(len(self.unique), dtype=torch.long)
+        progress = Progress(len(self.units), self.progress_label) if self.progress_label else None
+        for k, unit in enumerate(self.units):
+            rec = self._records[k] if start_layer else None
+            want_cache = bool(unit.conts)
+            cap = Capture(layer_inputs=True, to_cpu=True) if record_layer_inputs else None
+            out = self._forward(unit.main, head_mask, ffn_mask, start_layer, rec and rec["main"], cap,
+                                use_cache=want_cache)
+            self._score(unit.main, out.hidden, lls, misses)
+            unit_rec = {"main": cap.layer_inputs if cap else None, "conts": []}
+            for j, cp in enumerate(unit.conts):
+                past = []
+                for i in range(cfg.num_layers):
+                    if i < start_layer:  # never read: layers < start_layer are not run; zero-stride stand-ins
+                        k_, v_ = out.past_key_values[0]
+                        stand_in = k_.new_zeros(()).expand(len(cp.ctx_rows), *k_.shape[1:])
+                        past.append((stand_in, stand_in))
+                    else:
+                        k_, v_ = out.past_key_values[i - start_layer]
+                        sel = cp.ctx_rows.to(k_.device)
+                        past.append((k_.index_select(0, sel), v_.index_select(0, sel)))  # (R, H, S, Dh)
+                c_cap = Capture(layer_inputs=True, to_cpu=True) if record_layer_inputs else None
+                c_out = self._forward(cp, head_mask, ffn_mask, start_layer, rec and rec["conts"][j], c_cap,
+                                      past=past)
+                self._score(cp, c_out.hidden, lls, misses)
+                unit_rec["conts"].append(c_cap.layer_inputs if c_cap else None)
+            records.append(unit_rec)
+            if progress:
+                progress.update()
+        if record_layer_inputs:
+            self._records = records
+            self._record_masks = self._full_masks(head_mask, ffn_mask)
+        return [(float(lls[u]), bool(misses[u] == 0)) for u in self.request_to_unique]
+
+    def _forward(self, p: _Pass, head_mask, ffn_mask, start_layer: int, rec: dict[int, torch.Tensor] | None,
+                 cap: Capture | None, use_cache: bool = False, past=None):
+        device = self.model.decoder.embed_tokens.weight.device
+        hidden_in = None
+        if start_layer:
+            hidden_in = rec[start_layer].to(device)
+        # Explicit positions: a padded continuation pass can span more than max_positions columns
+        # (longest prefix + longest continuation of different rows) although every row's real
+        # tokens fit; pads take table row 1, so the positions stay valid.
+        positions = position_ids_from_mask(p.mask, p.ids.shape[1])  # (B, T)
+        return self.model(p.ids.to(device), attention_mask=p.mask.to(device), head_mask=head_mask,
+                          ffn_mask=ffn_mask, past_key_values=past, use_cache=use_cache, capture=cap,
+                          logits="none", start_layer=start_layer, hidden_in=hidden_in,
+                          position_ids=positions.to(device))
+
+    def _score(self, p: _Pass, hidden: torch.Tensor, lls: torch.Tensor, misses: torch.Tensor) -> None:
+        if p.targets.numel() == 0:
+            return
+        h = hidden[p.rows.to(hidden.device), p.pos.to(hidden.device)]  # (N, W): only predicting positions
+        logits = self.model.logits(h)[:, :self.vocab].float()  # (N, V_tok): padded rows are not tokens
+        targets = p.targets.to(logits.device)
+        logp = torch.log_softmax(logits, dim=-1).gather(1, targets[:, None])[:, 0]  # (N,)
+        greedy = logits.argmax(dim=-1) == targets  # (N,)
+        lls.index_add_(0, p.owner, logp.double().cpu())
+        misses.index_add_(0, p.owner, (~greedy).long().cpu())
+
+    # -- resuming from recorded layer inputs ------------------------------------------------------
+    def _full_masks(self, head_mask, ffn_mask) -> tuple[torch.Tensor, torch.Tensor]:
+        cfg = self.model.config
+        h = torch.ones(cfg.num_layers, cfg.num_heads) if head_mask is None else torch.as_tensor(head_mask).detach().float().cpu()
+        f = torch.ones(cfg.num_layers) if ffn_mask is None else torch.as_tensor(ffn_mask).detach().float().cpu()
+        return h, f
+
+    def _check_resume(self, start_layer: int, head_mask, ffn_mask) -> None:
+        cfg = self.model.config
+        if not 0 <= start_layer < cfg.num_layers:
+            raise ValueError(f"start_layer must be in [0, {cfg.num_layers}), got {start_layer}")
+        if self._records is None:
+            raise ValueError("start_layer needs recorded layer inputs: call run(record_layer_inputs=True) first")
+        h, f = self._full_masks(head_mask, ffn_mask)
+        rh, rf = self._record_masks
+        if h.shape != rh.shape or f.shape != rf.shape or not (torch.equal(h[:start_layer], rh[:start_layer])
+                                                              and torch.equal(f[:start_layer], rf[:start_layer])):
+            raise ValueError(f"start_layer={start_layer}: the masks differ from the recorded run in layers "
+                             f"< {start_layer}, so the recorded inputs of layer {start_layer} do not apply")
+
+
+def _fill(items: list, length, budget: int, past: int = 0, past_budget: int | None = None) -> list[list]:
+    """Greedy batches over items sorted longest first: rows * first_length <= budget (and
+    rows * (past + first_length) <= past_budget); a batch always takes at least one item. Padding
+    is computed like real tokens, so a much shorter row starts a new batch instead (PAD_SLACK)."""
+    batches: list[list] = []
+    for item in items:
+        if batches:
+            rows, first = len(batches[-1]) + 1, length(batches[-1][0])
+            short_enough = first - length(item) <= max(PAD_SLACK, first // 8)
+            if short_enough and rows * first <= budget and (past_budget is None or rows * (past + first) <= past_budget):
+                batches[-1].append(item)
+                continue
+        batches.append([item])
+    return batches
+
+
+def _pad(seqs: list[list[int]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right padding: (B, T) ids and the (B, T) 0/1 attention mask."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for r, s in enumerate(seqs):
+        ids[r, :len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[r, :len(s)] = 1
+    return ids, mask
+
+
+def _long(values: list[int]) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.long)
