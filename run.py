@@ -15,7 +15,7 @@ import importlib
 import sys
 
 # Packages that contribute sub-commands, in the order they appear in --help.
-COMMAND_MODULES = ["opt66b.cli", "tasks.cli", "prune.cli", "induction.cli", "opt66b.scale_cli"]
+COMMAND_MODULES = ["opt66b.cli", "tasks.cli", "prune.cli", "induction.cli", "opt66b.scale_cli", "study.cli", "study.run_cli"]
 
 
 def build_parser() -> argparse.ArgumentParser:

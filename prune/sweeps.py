@@ -128,12 +128,19 @@ def run_sweep(model: Any, tokenizer: Any, tasks: dict[str, Any], sweep: str, ran
     todo = [u for u in my_units(units) if not u.path(root).is_file()]
     bar = Progress(len(todo), f"prune {sweep} ({ranking})") if todo else None
     evaluation, current = None, None
+    seen: dict[tuple[bytes, bytes], dict[str, Any]] = {}  # same masks -> same metrics, within one (task, shot)
     for unit in todo:
         head_mask, ffn_mask, info = unit_masks(unit, model.config, ranking, importance_dir, ffn_dir)
         if current != (unit.task, unit.shots):
             current = (unit.task, unit.shots)
             evaluation = make_evaluation(model, tokenizer, tasks[unit.task], unit.shots)
-        metrics = evaluation.run(head_mask=head_mask, ffn_mask=ffn_mask)
+            seen.clear()
+        # floor(p * N / 100) maps several percentages to one count on small models (8 heads: 0% and
+        # 10% both mask 0), so identical masks are evaluated once.
+        key = (_mask_bytes(head_mask), _mask_bytes(ffn_mask))
+        if key not in seen:
+            seen[key] = evaluation.run(head_mask=head_mask, ffn_mask=ffn_mask)
+        metrics = seen[key]
         metric = tasks[unit.task].PRIMARY_METRIC
         write_json(unit.path(root), {
             "task": unit.task, "shots": unit.shots, "head_percent": unit.head_percent,
@@ -145,6 +152,10 @@ def run_sweep(model: Any, tokenizer: Any, tasks: dict[str, Any], sweep: str, ran
     if rank_world()[0] == 0:
         merge_table(root, table, sweep, ranking, units, model.config, settings or {})
     return table
+
+
+def _mask_bytes(mask: Any) -> bytes:
+    return b"" if mask is None else mask.detach().float().cpu().numpy().tobytes()
 
 
 FINGERPRINT_KEYS = ("limit", "paper_quirks", "importance", "ffn_importance")

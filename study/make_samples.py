@@ -1,0 +1,144 @@
+"""Cut the bundled data samples (tasks/samples) from the full release files (../shared/data).
+
+Every sample file keeps its source's name and release format, so the task loaders read
+tasks/samples exactly as they read the full data directory (layout `<data>/<task dir>/<file>`):
+
+    jsonl      the first N lines, byte for byte
+    .lst       the first N label lines (PIQA, WinoGrande), aligned with the cut records
+    json       the first N objects of the JSON array, re-serialised as released (indent 4, ASCII escapes)
+    .txt.bz2   the first N six-line HellaSwag tasks, re-compressed (bz2 has no timestamp: deterministic)
+    .md        copied whole (WinoGrande's release README carries its license)
+
+Deterministic: no randomness, the output depends on the input bytes only. Usage:
+
+    python -m study.make_samples --data ../shared/data --out tasks/samples
+"""
+
+from __future__ import annotations
+
+import argparse
+import bz2
+import json
+import re
+import sys
+from pathlib import Path
+
+from opt66b.io import atomic_write_bytes, atomic_write_text, sha256_file
+
+DEFAULT_RECORDS = 40  # per file: enough for 5-shot prompts plus a few dozen docs to evaluate
+# Files whose records are large get fewer, to keep the whole bundle well under 1.5 MB.
+RECORDS = {
+    "multirc/train.jsonl": 4,  # one paragraph per line with ~11 questions x ~5 answers each
+    "multirc/val.jsonl": 4,
+    "boolq/val.jsonl": 30,
+    "hellaswag/hellaswag_train.jsonl.head3368.jsonl": 30,
+}
+SKIP = {"SHA256SUMS", "SOURCES.md"}  # index files of the full data; the samples get their own SOURCES.md
+
+
+def cut_jsonl(data: bytes, n: int) -> bytes:
+    """The first n non-empty lines, byte for byte."""
+    lines = [ln for ln in data.split(b"\n") if ln.strip()]
+    return b"".join(ln + b"\n" for ln in lines[:n])
+
+
+def cut_json_array(data: bytes, n: int, where: str) -> bytes:
+    records = json.loads(data.decode("utf-8"))
+    if not isinstance(records, list):
+        raise ValueError(f"{where}: expected a JSON array of records, got {type(records).__name__}")
+    return json.dumps(records[:n], indent=4).encode("ascii")  # MathQA's release layout, no trailing newline
+
+
+def cut_hellaswag_bz2(data: bytes, n: int) -> bytes:
+    """klosax's dump: 6 lines per task (context, gold, four endings)."""
+    lines = bz2.decompress(data).decode("utf-8").split("\n")
+    return bz2.compress("".join(ln + "\n" for ln in lines[: 6 * n]).encode("utf-8"), 9)
+
+
+def cut_file(src: Path, rel: str, n: int) -> bytes:
+    data = src.read_bytes()
+    if rel.endswith(".jsonl") or rel.endswith(".lst"):
+        return cut_jsonl(data, n)
+    if rel.endswith(".json"):
+        return cut_json_array(data, n, str(src))
+    if rel.endswith(".txt.bz2"):
+        return cut_hellaswag_bz2(data, n)
+    if rel.endswith(".md"):
+        return data
+    raise ValueError(f"{src}: no rule to cut a {src.suffix} file; add one to study/make_samples.py")
+
+
+def records_for(rel: str) -> int:
+    """Records kept for a file; a label file follows its records file (PIQA, WinoGrande)."""
+    base = re.sub(r"-labels\.lst$", ".jsonl", rel)
+    return RECORDS.get(base, DEFAULT_RECORDS)
+
+
+def source_sections(sources_md: str) -> dict[str, str]:
+    """SOURCES.md of the full data, split into {"task/file": its bullet list}."""
+    out: dict[str, str] = {}
+    for block in re.split(r"^### ", sources_md, flags=re.M)[1:]:
+        head, _, body = block.partition("\n")
+        out[head.strip().strip("`")] = body.strip()
+    return out
+
+
+def make_samples(data: Path, out: Path) -> dict[str, dict[str, int | str]]:
+    """Write every sample file and tasks/samples/SOURCES.md; returns {file: {records, bytes, sha256}}."""
+    if not data.is_dir():
+        raise FileNotFoundError(f"{data}: the full data directory is missing (expected ../shared/data)")
+    sources_path = data / "SOURCES.md"
+    if not sources_path.is_file():
+        raise FileNotFoundError(f"{sources_path}: missing; it names the source and license of each file")
+    sections = source_sections(sources_path.read_text(encoding="utf-8"))
+    made: dict[str, dict[str, int | str]] = {}
+    for src in sorted(p for p in data.rglob("*") if p.is_file() and p.name not in SKIP):
+        rel = src.relative_to(data).as_posix()
+        n = records_for(rel)
+        path = atomic_write_bytes(out / rel, cut_file(src, rel, n))
+        made[rel] = {"records": n if not rel.endswith(".md") else 0, "bytes": path.stat().st_size,
+                     "sha256": sha256_file(path), "source_sha256": sha256_file(src)}
+    atomic_write_text(out / "SOURCES.md", sources_text(made, sections))
+    return made
+
+
+def sources_text(made: dict[str, dict[str, int | str]], sections: dict[str, str]) -> str:
+    lines = ["# Bundled data samples", "",
+             "Small cuts of the real evaluation data, so the whole study runs on a fresh clone",
+             "(`python run.py all` with no --data). Each file keeps the name and format of the file it was",
+             "cut from in ../shared/data (see that folder's SOURCES.md for the full files); the loaders read",
+             "this folder exactly as they read the full data. Regenerate with",
+             "`python -m study.make_samples --data ../shared/data --out tasks/samples` (deterministic).",
+             "",
+             "How each file was cut: jsonl and .lst label files keep their first N lines byte for byte",
+             "(label files stay aligned with their records); MathQA's JSON arrays keep their first N",
+             "objects (re-serialised with indent 4, as released); HellaSwag's derived bz2 text dump keeps",
+             "its first N six-line tasks, re-compressed. The source, record count and license notes below",
+             "are those of the full file the sample was cut from.", "",
+             f"Total: {sum(int(m['bytes']) for m in made.values())} bytes in {len(made)} files.", ""]
+    for rel, m in made.items():
+        lines += [f"## `{rel}`", "",
+                  f"- sample: first {m['records']} records, {m['bytes']} bytes, sha256 `{m['sha256']}`"
+                  if m["records"] else f"- sample: whole file, {m['bytes']} bytes, sha256 `{m['sha256']}`",
+                  f"- cut from: ../shared/data/{rel} (sha256 `{m['source_sha256']}`)"]
+        body = sections.get(rel)
+        lines += ["- full file, per ../shared/data/SOURCES.md:", *("  " + ln for ln in body.splitlines())] if body \
+            else ["- full file: not described in ../shared/data/SOURCES.md"]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    root = Path(__file__).resolve().parents[1]
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", type=Path, default=root.parent / "shared" / "data", help="full data directory")
+    ap.add_argument("--out", type=Path, default=root / "tasks" / "samples", help="output directory")
+    args = ap.parse_args(argv)
+    made = make_samples(args.data, args.out)
+    total = sum(int(m["bytes"]) for m in made.values())
+    print(f"wrote {len(made)} sample files ({total} bytes) to {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

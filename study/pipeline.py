@@ -1,0 +1,122 @@
+"""`run.py all`: the whole study, in order, as the same sub-commands a user would type.
+
+Each step is one `run.py` sub-command with explicit arguments, run in this process; every step is
+resumable on its own (finished units are skipped), so rerunning `all` after a kill continues where
+it stopped. The list of commands is written to OUT/commands.txt so an auditor can replay any step.
+
+    evaluation -> head importance (+ aggregate) -> FFN oracle -> head / FFN / grid pruning
+    -> cross-task transfer -> Spearman matrices -> prefix matching -> copying -> capacity retained
+    -> synthetic copy task -> report
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from pathlib import Path
+
+PAPER_TASKS = ["hellaswag", "piqa", "arc_easy", "arc_challenge", "openbookqa", "winogrande", "boolq", "cb",
+               "copa", "wic", "wsc", "multirc", "rte", "record", "mathqa", "lambada"]
+SAMPLES_DIR = Path(__file__).resolve().parents[1] / "tasks" / "samples"
+# Model options forwarded verbatim to every step that loads the model.
+MODEL_OPTIONS = ["model", "tokenizer", "dtype", "device", "device_map", "max_memory", "offload", "random_weights"]
+
+
+def available_tasks(data_dir: Path, wanted: list[str], shots: list[int]) -> tuple[list[str], list[str]]:
+    """Split `wanted` into tasks whose eval split (and few-shot pool, when shots > 0) exist in
+    data_dir, and the rest with the reason, so a partial data directory still runs the study."""
+    from tasks.registry import get_task
+
+    ok, skipped = [], []
+    for name in wanted:
+        task = get_task(name, data_dir)
+        try:
+            task.eval_docs()
+            if max(shots) > 0:
+                task.fewshot_pool()
+            ok.append(name)
+        except (FileNotFoundError, ValueError) as err:
+            skipped.append(f"{name}: {str(err).splitlines()[0]}")
+    return ok, skipped
+
+
+def model_flags(args: argparse.Namespace) -> list[str]:
+    flags = []
+    for name in MODEL_OPTIONS:
+        value = getattr(args, name, None)
+        if value not in (None, False):
+            flags += [f"--{name.replace('_', '-')}", str(value)]
+    return flags
+
+
+def plan_steps(args: argparse.Namespace, tasks: list[str]) -> list[tuple[str, list[str]]]:
+    """The study as (label, run.py argv) pairs."""
+    out, data = Path(args.out), str(args.data)
+    shots = [str(s) for s in args.shots]
+    m = model_flags(args)
+    common = ["--data", data, "--tasks", *tasks, "--shots", *shots]
+    limit = ["--limit", str(args.limit)] if args.limit else []
+    imp, ffn, prune = str(out / "importance"), str(out / "ffn_importance"), str(out / "prune")
+    steps = [
+        ("evaluation", ["eval", *m, *common, *limit, "--out", str(out / "eval")]),
+        ("head importance", ["importance", "heads", *m, *common, "--n-docs", str(args.n_docs), "--out", imp]),
+        ("FFN oracle", ["importance", "ffn", *m, *common, *limit, "--out", ffn]),
+        ("head pruning (own ranking)", ["prune", "heads", *m, *common, *limit, "--ranking", "own",
+                                        "--importance", imp, "--out", prune]),
+        ("head pruning (aggregate ranking)", ["prune", "heads", *m, *common, *limit, "--ranking", "aggregate",
+                                              "--importance", imp, "--out", prune]),
+        ("FFN pruning", ["prune", "ffn", *m, *common, *limit, "--ranking", "own", "--ffn-importance", ffn,
+                         "--out", prune]),
+        ("combined grid", ["prune", "grid", *m, *common, *limit, "--ranking", "own", "--importance", imp,
+                           "--ffn-importance", ffn, "--out", prune]),
+    ]
+    if len(tasks) > 1:
+        # Cross-task transfer: every task pruned with the first task's ranking (the paper picks
+        # high/low-SRCC partners per shot; run `prune heads --ranking TASK` for other pairs).
+        source = tasks[0]
+        steps.append((f"cross-task transfer (ranking of {source})",
+                      ["prune", "heads", *m, *common, *limit, "--ranking", source, "--importance", imp,
+                       "--out", prune]))
+    steps += [
+        ("Spearman correlations", ["correlate", "--importance", imp, "--out", str(out / "correlate")]),
+        ("prefix matching", ["induction", "prefix", *m, "--seeds", str(args.seeds), "--out", str(out / "induction")]),
+        ("copying", ["induction", "copying", *m, "--seeds", str(args.seeds), "--out", str(out / "induction")]),
+        ("capacity retained", ["induction", "capacity", "--scores", str(out / "induction"), "--importance", imp,
+                               "--out", str(out / "capacity")]),
+        ("synthetic copy task", ["copytask", *m, "--seeds", str(min(args.seeds, 16)), "--out", str(out / "copytask")]),
+    ]
+    return steps
+
+
+def run_all(args: argparse.Namespace) -> int:
+    import run as run_module
+
+    from opt66b.io import write_json
+
+    from .report import write_report
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = Path(args.data)
+    tasks, skipped = available_tasks(data, args.tasks or PAPER_TASKS, args.shots)
+    for line in skipped:
+        print(f"[all] skipping {line}", file=sys.stderr)
+    write_json(out / "skipped_tasks.json", skipped)
+    if not tasks:
+        raise ValueError(f"{data}: none of the requested tasks has its data; see `python run.py data check --data {data}`")
+    steps = plan_steps(args, tasks)
+    (out / "commands.txt").write_text("".join("python run.py " + shlex.join(argv) + "\n" for _, argv in steps))
+    start = time.monotonic()
+    for i, (label, argv) in enumerate(steps, 1):
+        print(f"[all] step {i}/{len(steps)}: {label} ({time.monotonic() - start:.0f}s elapsed)", file=sys.stderr, flush=True)
+        code = run_module.main(argv)
+        if code:
+            print(f"[all] step '{label}' failed (exit {code}); fix the cause and rerun: finished work is kept",
+                  file=sys.stderr)
+            return code
+    report = write_report(out, skipped_tasks=skipped)
+    print(f"[all] done in {time.monotonic() - start:.0f}s; report: {report}", file=sys.stderr)
+    print(report)
+    return 0
