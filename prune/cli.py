@@ -38,15 +38,9 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
 
 
 def _validate(args: argparse.Namespace) -> None:
-    from tasks.registry import TASKS
+    from tasks.registry import check_task_args
 
-    unknown = [t for t in args.tasks if t not in TASKS]
-    if unknown:
-        raise KeyError(f"unknown task(s) {', '.join(unknown)}; valid names: {', '.join(TASKS)}")
-    if any(k < 0 for k in args.shots):
-        raise ValueError(f"--shots must be >= 0, got {args.shots}")
-    if getattr(args, "limit", None) is not None and args.limit < 1:
-        raise ValueError(f"--limit must be >= 1, got {args.limit}")
+    check_task_args(args.tasks, args.shots, getattr(args, "limit", None))
     if not args.data.is_dir():
         raise FileNotFoundError(f"{args.data}: data directory not found")
 

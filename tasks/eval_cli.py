@@ -58,15 +58,9 @@ def register_eval(sub: argparse._SubParsersAction) -> None:
 
 
 def _validate(args: argparse.Namespace) -> None:
-    from .registry import TASKS
+    from .registry import check_task_args
 
-    unknown = [t for t in args.tasks if t not in TASKS]
-    if unknown:
-        raise KeyError(f"unknown task(s) {unknown}; valid names: {', '.join(TASKS)}")
-    if any(k < 0 for k in args.shots):
-        raise ValueError(f"--shots must be >= 0, got {args.shots}")
-    if args.limit is not None and args.limit < 1:
-        raise ValueError(f"--limit must be >= 1, got {args.limit}")
+    check_task_args(args.tasks, args.shots, args.limit)
     if args.batch_tokens < 1:
         raise ValueError(f"--batch-tokens must be >= 1, got {args.batch_tokens}")
     if args.data is None or not Path(args.data).is_dir():

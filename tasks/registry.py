@@ -42,3 +42,14 @@ def get_task(name: str, data_dir: str | Path, paper_quirks: bool = False) -> Tas
     if name not in TASKS:
         raise KeyError(f"unknown task {name!r}; valid names: {', '.join(TASKS)}")
     return TASKS[name](data_dir, paper_quirks=paper_quirks)
+
+
+def check_task_args(tasks: list[str], shots: list[int], limit: int | None = None) -> None:
+    """Validate the --tasks / --shots / --limit options every task-running sub-command takes."""
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown:
+        raise KeyError(f"unknown task(s) {', '.join(unknown)}; valid names: {', '.join(TASKS)}")
+    if any(k < 0 for k in shots):
+        raise ValueError(f"--shots must be >= 0, got {shots}")
+    if limit is not None and limit < 1:
+        raise ValueError(f"--limit must be >= 1, got {limit}")

@@ -11,6 +11,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+FIXTURES = ROOT / "tests" / "fixtures" / "data"
+TOKENIZER_DIR = ROOT / "opt66b" / "assets" / "tiny-opt"  # the real OPT tokenizer files, bundled
 SHARED = ROOT.parent / "shared"
 SHARED_DATA = SHARED / "data"
 SHARED_TOKENIZER = SHARED / "tokenizer" / "opt"
@@ -26,6 +28,23 @@ def tiny_config():
     from opt66b import OPTConfig
 
     return OPTConfig(hidden_size=32, num_layers=2, num_heads=4, ffn_dim=64, vocab_size=128, max_positions=64)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module: on a 2-core machine running other jobs, torch's thread
+    pool oversubscribes the cores and small ops get many times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from opt66b import load_tokenizer
+
+    return load_tokenizer(TOKENIZER_DIR)
 
 
 @pytest.fixture

@@ -15,20 +15,7 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures" / "data"
 TOKENIZER_DIR = Path(__file__).resolve().parents[1] / "opt66b" / "assets" / "tiny-opt"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The shared 2-core machine is oversubscribed: one intra-op thread is much faster here."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    from opt66b import load_tokenizer
-
-    return load_tokenizer(TOKENIZER_DIR)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

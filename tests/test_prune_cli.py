@@ -20,15 +20,7 @@ TOKENIZER_DIR = ROOT / "opt66b" / "assets" / "tiny-opt"
 TOTAL_UNITS = 2 * 10  # 2 tasks x heads 0..90%
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The shared 2-core machine is oversubscribed: one intra-op thread is ~10x faster here."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
