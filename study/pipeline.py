@@ -38,7 +38,7 @@ def available_tasks(data_dir: Path, wanted: list[str], shots: list[int]) -> tupl
                 task.fewshot_pool()
             ok.append(name)
         except (FileNotFoundError, ValueError) as err:
-            skipped.append(f"{name}: {str(err).splitlines()[0]}")
+            skipped.append(str(err).splitlines()[0])
     return ok, skipped
 
 

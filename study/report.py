@@ -137,13 +137,15 @@ def pruning_section(run: Path, figs: Path) -> list[str]:
                 curve = ({h: v["0"] for h, v in cells.items() if "0" in v} if axis == "heads"
                          else {f: v for f, v in cells.get("0", {}).items()})
                 row.append(_inflection(curve))
-                if curve:
-                    xs = sorted(curve, key=float)
-                    series[f"{task} {shot}"] = ([float(x) for x in xs], [curve[x] for x in xs])
             rows.append(row)
+        for shot, cells in sorted(tab["mean_over_tasks"].items()):  # the paper plots the mean over tasks
+            curve = ({h: v["0"] for h, v in cells.items() if "0" in v} if axis == "heads"
+                     else dict(cells.get("0", {})))
+            xs = sorted(curve, key=float)
+            series[f"mean over tasks, {shot}"] = ([float(x) for x in xs], [curve[x] for x in xs])
         lines += _table(["task"] + [f"inflection % ({s})" for s in sorted(tab["mean_over_tasks"])], rows)
         _figure(lines, figures.curves(series, figs / f"prune-{sweep}-{ranking}.png",
-                                      f"{sweep} pruning, ranking {ranking}", f"% {axis} pruned", "metric x100"),
+                                      f"{sweep} pruning, ranking {ranking}", f"% {axis} pruned", "mean metric x100"),
                 run, f"{sweep} pruning {ranking}")
     return lines
 

@@ -26,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="tasks (default: all 16 that have data in --data; the others are listed as skipped)")
     p.add_argument("--shots", nargs="+", type=int, default=[0, 1, 5], help="shot counts (default: 0 1 5)")
     p.add_argument("--limit", type=int, default=None,
-                   help="eval docs per task after the seed-42 shuffle (default: 24 with the tiny defaults, else all)")
+                   help="eval docs per task after the seed-42 shuffle (default: 12 with the tiny defaults, else all)")
     p.add_argument("--n-docs", type=int, default=None,
                    help="importance docs per task (default: 16 with the tiny defaults, else 2500 as the paper)")
     p.add_argument("--seeds", type=int, default=None,
@@ -48,7 +48,7 @@ def _all(args: argparse.Namespace) -> int:
     if args.data is None:
         args.data = SAMPLES_DIR
     # The bundled samples hold a few dozen records per split, so the tiny defaults are small.
-    defaults = {"limit": 24, "n_docs": 16, "seeds": 8} if tiny else {"limit": None, "n_docs": 2500, "seeds": 100}
+    defaults = {"limit": 12, "n_docs": 16, "seeds": 8} if tiny else {"limit": None, "n_docs": 2500, "seeds": 100}
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
