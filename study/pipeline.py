@@ -21,7 +21,8 @@ PAPER_TASKS = ["hellaswag", "piqa", "arc_easy", "arc_challenge", "openbookqa", "
                "copa", "wic", "wsc", "multirc", "rte", "record", "mathqa", "lambada"]
 SAMPLES_DIR = Path(__file__).resolve().parents[1] / "tasks" / "samples"
 # Model options forwarded verbatim to every step that loads the model.
-MODEL_OPTIONS = ["model", "tokenizer", "dtype", "device", "device_map", "max_memory", "offload", "random_weights"]
+MODEL_OPTIONS = ["model", "tokenizer", "dtype", "device", "device_map", "max_memory", "offload", "random_weights",
+                 "random_weights_seed"]
 
 
 def available_tasks(data_dir: Path, wanted: list[str], shots: list[int]) -> tuple[list[str], list[str]]:
