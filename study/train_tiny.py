@@ -3,7 +3,9 @@
 A 2-layer pre-LN OPT with the real 50,272-row vocabulary, trained from scratch with Adam on rows
 that interleave natural text (the few-shot/train files of the bundled samples, never an eval split)
 with blocks of distinct random tokens repeated 2 to 4 times (the prefix-matching token pool:
-merge ranks minus 4% at each end). Why this recipe grows one clean induction circuit:
+merge ranks minus 4% at each end). The recipe is designed to grow one clean induction circuit,
+but it has NOT done so yet: the shipped model's top prefix-matching head scores 0.039 (see
+training_log.json and README "The tiny OPT" for what was tried). The design reasons:
 
 - 2 layers: an induction head needs a previous-token head below it (K-composition); one layer
   cannot build one, and more layers invite duplicates.
