@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import copy
 import random
-from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import random_model
-
-FIXTURES = Path(__file__).resolve().parent / "fixtures" / "data"
-TOKENIZER_DIR = Path(__file__).resolve().parents[1] / "opt66b" / "assets" / "tiny-opt"
+from conftest import FIXTURES, random_model
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
