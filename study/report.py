@@ -241,10 +241,18 @@ def copytask_section(run: Path) -> list[str]:
     res = _json(run / "copytask" / "copytask.json")
     if not res:
         return []
-    return ["## Synthetic in-context copying (the organism check)", "",
-            f"Accuracy of predicting the second repeat: all heads {res['accuracy_full']:.3f}; "
-            f"induction heads {res['induction_heads']} pruned {res['accuracy_induction_pruned']:.3f}; "
-            f"as many control heads {res['control_heads']} pruned {res['accuracy_control_pruned']:.3f}.", ""]
+    heads = lambda hs: ", ".join(f"L{layer}H{head}" for layer, head in hs) or "none"
+    rows = [["all heads", "-", res["accuracy_full"]],
+            ["induction heads (prefix matching >= 0.5)", heads(res["induction_heads"]), res["accuracy_induction_pruned"]],
+            ["control: least important by copy-task gradient importance", heads(res["control_heads"]),
+             res["accuracy_control_pruned"]]]
+    if "accuracy_control_prefix_matching_pruned" in res:
+        rows.append(["control: lowest prefix matching", heads(res.get("control_heads_prefix_matching", [])),
+                     res["accuracy_control_prefix_matching_pruned"]])
+    return (["## Synthetic in-context copying (the organism check)", "",
+             f"Accuracy of predicting each token of the second repeat ({res.get('seeds', '?')} sequences of "
+             f"{res.get('length', '?')} random tokens), with heads pruned:", ""]
+            + _table(["pruned", "heads", "copy accuracy"], rows))
 
 
 def write_report(run: str | Path, skipped_tasks: list[str] | None = None) -> Path:

@@ -53,24 +53,42 @@ def test_shipped_checkpoint_shape_size_and_dtype():
 
 
 @needs_organism
-@pytest.mark.xfail(strict=True, reason="the shipped organism has not grown an induction head yet (top prefix "
-                   "matching ~0.04 in training_log.json); remove this mark once study/train_tiny.py's recipe "
-                   "gives one")
 def test_organism_induction_head_and_copy_pruning():
+    """Point 5 of the study's organism: pruning the induction heads (prefix matching >= 0.5) collapses
+    in-context copying, pruning as many of the least important other heads does not."""
     from opt66b import load_model, load_tokenizer
     from study.copy_task import pruning_experiment, token_pool
 
-    torch.manual_seed(0)
     model = load_model(TINY, dtype=torch.float32)
     tok = load_tokenizer(TINY)
     res = pruning_experiment(model, token_pool(tok), seeds=8, length=25)
     top = max(max(row) for row in res["prefix_matching"])
     assert top >= 0.5, f"top prefix-matching head scores {top:.3f}"
-    assert res["induction_heads"], "no head scores >= 0.5"
-    # README numbers (8 seeds, length 25); 0.05 absolute slack covers CPU/BLAS rounding differences
-    assert res["accuracy_full"] >= 0.8
-    assert res["accuracy_induction_pruned"] <= 0.2
-    assert res["accuracy_control_pruned"] >= res["accuracy_full"] - 0.1
+    induction = res["induction_heads"]
+    assert 1 <= len(induction) <= 2, f"expected one or two induction heads, got {induction}"
+    assert all(layer == 1 for layer, _ in induction)  # K-composition needs a layer below
+    # the shipped model measures 1.000 / 0.000 / 0.990 (training_log.json, README); the margins below
+    # leave room for another CPU's rounding while still telling collapse from no effect
+    assert res["accuracy_full"] >= 0.9
+    assert res["accuracy_induction_pruned"] <= 0.1
+    assert res["accuracy_control_pruned"] >= res["accuracy_full"] - 0.05
+    assert not set(map(tuple, res["control_heads"])) & set(map(tuple, induction))
+
+
+@needs_organism
+def test_organism_has_a_previous_token_head_in_layer_0():
+    """The other half of the circuit: a layer-0 head that attends to the previous position."""
+    from opt66b import Capture, load_model, load_tokenizer
+    from study.copy_task import copy_batch, token_pool
+
+    model = load_model(TINY, dtype=torch.float32)
+    ids = copy_batch(token_pool(load_tokenizer(TINY)), 4, 25)  # (4, 51)
+    cap = Capture(probs=True)
+    with torch.no_grad():
+        model(ids, capture=cap, logits="none")
+    probs = cap.probs[0]  # (4, H, T, T)
+    prev = torch.diagonal(probs, offset=-1, dim1=-2, dim2=-1)[..., 4:].mean(dim=(0, 2))  # (H,) mass on i-1
+    assert float(prev.max()) >= 0.4, f"previous-token attention per layer-0 head: {prev.tolist()}"
 
 
 @needs_organism
@@ -97,3 +115,42 @@ def test_copy_experiment_runs_on_a_random_model(tiny_config):
     assert all(0.0 <= v <= 1.0 + 1e-6 for row in res["prefix_matching"] for v in row)  # fp32 sum of probs
     assert res["induction_heads"] == [] and res["control_heads"] == []
     assert res["accuracy_induction_pruned"] == res["accuracy_full"]  # nothing pruned: same forward
+
+
+
+@pytest.mark.skipif(__import__("platform").machine() not in ("x86_64", "AMD64"),
+                    reason="the training script's numeric pins (MKL, AVX2) are for x86-64 CPUs")
+def test_training_script_is_deterministic_across_cpu_code_paths(tmp_path):
+    """Two short runs of `python -m study.train_tiny` from the same seed write the same bits (the
+    shipped file's reproducibility claim, at 8 steps instead of 1,800), even when the second run's MKL
+    is restricted to AVX2 as on an older Intel CPU: the script's numeric pins make the code path the same.
+    Another seed writes other bits. Fresh directories get the tokenizer copied in."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from opt66b.io import sha256_file
+
+    short = ["--steps", "8", "--stage-a-steps", "4", "--batch", "8", "--long-every", "2", "--long-rows", "2",
+             "--long-row-tokens", "128", "--warmup", "2", "--eval-seeds", "1", "--negatives", "64"]
+    runs = {"a": ({}, []), "a2": ({}, []), "c": ({}, ["--seed", "1"])}
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists() and "GenuineIntel" in cpuinfo.read_text():
+        # MKL's reproducibility promise covers Intel CPUs only: elsewhere the AVX2 restriction may change bits
+        runs["a2"] = ({"MKL_ENABLE_INSTRUCTIONS": "AVX2"}, [])
+    logs = {}
+    for name, (env, extra) in runs.items():
+        env = {k: v for k, v in os.environ.items() if k not in ("MKL_CBWR", "ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")} | env
+        proc = subprocess.run([sys.executable, "-m", "study.train_tiny", *short, *extra, "--out", str(tmp_path / name)],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert (tmp_path / name / "vocab.json").is_file()  # copied from the embedded tiny OPT
+        logs[name] = json.loads((tmp_path / name / "training_log.json").read_text())
+    a, b, c = logs["a"], logs["a2"], logs["c"]
+    assert a["numerics"]["pins_applied"] and a["numerics"]["aten_cpu_capability"] == "AVX2"
+    assert a["model_sha256"] == sha256_file(tmp_path / "a" / "model.safetensors")
+    assert a["model_sha256"] == b["model_sha256"] and a["loss_curve"] == b["loss_curve"]
+    assert len(a["loss_curve"]) == 8 and a["settings"]["seed"] == 0
+    assert c["model_sha256"] != a["model_sha256"]

@@ -65,8 +65,6 @@ def test_every_artefact_exists_and_is_well_formed(study_run):
     assert (out / "commands.txt").read_text().count("python run.py ") == 13
 
 
-@pytest.mark.xfail(strict=True, reason="the shipped tiny OPT has not grown an induction head yet (top prefix-matching "
-                   "score 0.039, see README 'The tiny OPT'); remove this mark when study/train_tiny.py is fixed")
 def test_organism_has_an_induction_head(study_run):
     out, _ = study_run
     summary = json.loads((out / "induction/prefix_matching_paper.json").read_text())
