@@ -54,10 +54,16 @@ def heatmap(matrix: Sequence[Sequence[float]], path: str | Path, title: str, xla
     ax.set_title(title)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
+    from matplotlib.ticker import MaxNLocator
+
     if xticks is not None:
         ax.set_xticks(range(len(xticks)), xticks, rotation=60, ha="right", fontsize=7)
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # head / layer indices, never 0.5
     if yticks is not None:
         ax.set_yticks(range(len(yticks)), yticks, fontsize=7)
+    else:
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     if annotate:
         for i, row in enumerate(matrix):
             for j, v in enumerate(row):

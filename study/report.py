@@ -210,7 +210,10 @@ def induction_section(run: Path, figs: Path) -> list[str]:
         tensors = read_tensors(run / "capacity" / "capacity.safetensors")[0]
         x = tensors["x"].tolist()
         for score in sorted({k.split("|")[0] for k in tensors if k != "x"}):
-            series = {k.split("|")[1]: (x, tensors[k].tolist()) for k in tensors if k.startswith(score + "|")}
+            # the aggregate rankings against the random reference, as the table; per-task curves stay in
+            # capacity.safetensors (dozens of lines would hide the comparison)
+            series = {k.split("|")[1]: (x, tensors[k].tolist()) for k in sorted(tensors)
+                      if k.startswith(score + "|") and (k.endswith("/aggregate") or "|random" in k)}
             _figure(lines, figures.curves(series, figs / f"capacity-{score}.png", f"capacity retained: {score}",
                                           "% heads pruned", "% of total score kept",
                                           dashed=[k for k in series if k.startswith("random")]),
