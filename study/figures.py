@@ -47,6 +47,8 @@ def heatmap(matrix: Sequence[Sequence[float]], path: str | Path, title: str, xla
     if not have_matplotlib():
         return None
     plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     fig, ax = plt.subplots(figsize=FIGSIZE)
     im = ax.imshow(matrix, aspect="auto", origin="lower" if yticks is None else "upper",
                    cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
@@ -54,8 +56,6 @@ def heatmap(matrix: Sequence[Sequence[float]], path: str | Path, title: str, xla
     ax.set_title(title)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    from matplotlib.ticker import MaxNLocator
-
     if xticks is not None:
         ax.set_xticks(range(len(xticks)), xticks, rotation=60, ha="right", fontsize=7)
     else:

@@ -80,6 +80,8 @@ TEXT_FILES = ["boolq/fewglue_train.jsonl", "cb/train.jsonl", "copa/train.jsonl",
               "arc_easy/ARC-Easy-Train.jsonl", "arc_challenge/ARC-Challenge-Train.jsonl",
               "openbookqa/train.jsonl", "hellaswag/hellaswag_train.jsonl.head3368.jsonl",
               "winogrande/train_l.jsonl", "mathqa/dev.json"]
+EMBEDDED = ROOT / "opt66b" / "assets" / "tiny-opt"
+TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json")
 
 SETTINGS = dict(
     seed=0, threads=2, layers=2, heads=4, hidden=128, embed_dim=64, ffn=256, max_positions=2048,
@@ -266,13 +268,10 @@ def evaluate(model: OPT, pool: torch.Tensor, s: dict) -> dict:
             "copy_accuracy_control_prefix_matching_pruned": r4(res["accuracy_control_prefix_matching_pruned"])}
 
 
-TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json")
-
-
 def numeric_settings() -> dict:
     """What decides the bits besides the seed: the pins in force, ATen's kernel width, the CPU."""
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), "unknown") if Path("/proc/cpuinfo").exists() else "unknown"
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
+    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), "unknown")
     return {"pins": {name: os.environ.get(name) for name in NUMERIC_PINS}, "pins_applied": PINS_APPLIED,
             "aten_cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu": cpu,
             "threads": torch.get_num_threads()}
@@ -280,18 +279,17 @@ def numeric_settings() -> dict:
 
 def copy_tokenizer_files(out: Path) -> None:
     """Give a fresh output directory the embedded tiny OPT's tokenizer (the real OPT files)."""
-    embedded = ROOT / "opt66b" / "assets" / "tiny-opt"
     out.mkdir(parents=True, exist_ok=True)
-    if out.resolve() == embedded.resolve() or (out / "vocab.json").exists() or (out / "tokenizer.json").exists():
+    if (out / "vocab.json").exists() or (out / "tokenizer.json").exists():  # the embedded one included
         return
     for name in TOKENIZER_FILES:
-        shutil.copyfile(embedded / name, out / name)
+        shutil.copyfile(EMBEDDED / name, out / name)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  epilog="example: python -m study.train_tiny --out opt66b/assets/tiny-opt")
-    ap.add_argument("--out", type=Path, default=ROOT / "opt66b" / "assets" / "tiny-opt",
+    ap.add_argument("--out", type=Path, default=EMBEDDED,
                     help="output directory; config.json, model.safetensors and training_log.json are "
                          "written there (the tokenizer files are copied from the embedded tiny OPT "
                          "when the directory has none)")

@@ -5,6 +5,8 @@ The numbers asserted here are those of opt66b/assets/tiny-opt/training_log.json 
 
 from __future__ import annotations
 
+import platform
+
 import pytest
 import torch
 
@@ -117,8 +119,7 @@ def test_copy_experiment_runs_on_a_random_model(tiny_config):
     assert res["accuracy_induction_pruned"] == res["accuracy_full"]  # nothing pruned: same forward
 
 
-
-@pytest.mark.skipif(__import__("platform").machine() not in ("x86_64", "AMD64"),
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"),
                     reason="the training script's numeric pins (MKL, AVX2) are for x86-64 CPUs")
 def test_training_script_is_deterministic_across_cpu_code_paths(tmp_path):
     """Two short runs of `python -m study.train_tiny` from the same seed write the same bits (the
