@@ -2,7 +2,7 @@
 least-important-first (Bansal et al. 2023, Fig. 11).
 
 Mirrors amazon-science/llm-interpret scripts/plotting/prefix_copying_pruning.py and
-prefix_copying_task_specific.py (facts in ../shared/specs/paper_method_spec.md §8):
+prefix_copying_task_specific.py (docs/method.md, "Capacity retained"):
 
     retained(i) = 100 * sum_{h in pi[i:]} S_h / sum_h S_h ,   x(i) = 100 i / N ,   i = 0 .. N-1
 

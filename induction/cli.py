@@ -1,5 +1,5 @@
 """Sub-commands of run.py for the task-agnostic study: `induction prefix`, `induction copying`,
-`induction capacity` (paper_method_spec.md §6-8). Heavy imports happen inside the handlers."""
+`induction capacity` (docs/method.md, "Induction heads"). Heavy imports happen inside the handlers."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Copying score per attention head (the paper's "Algorithm 2" as its code runs it, and a fix).
 
-Mirrors amazon-science/llm-interpret lm_eval/prefix_matching_copying.py (facts in
-../shared/specs/paper_method_spec.md §7). Input: BOS + N distinct random tokens (N = 4(25 + 2s)).
+Mirrors amazon-science/llm-interpret lm_eval/prefix_matching_copying.py (paper Appendix A.8,
+Algorithm 2; docs/method.md, "Copying"). Input: BOS + N distinct random tokens (N = 4(25 + 2s)).
 Both variants score each query position j = 1 .. T-1 (BOS excluded) and average over j:
 
     c      = the tokens at positions 0..j (the "attendable" tokens, BOS included)

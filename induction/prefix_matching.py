@@ -1,7 +1,7 @@
 """Prefix-matching score per attention head (the paper's "Algorithm 1" as its code runs it, and a fix).
 
-Mirrors amazon-science/llm-interpret lm_eval/prefix_matching_copying.py (facts in
-../shared/specs/paper_method_spec.md §6; the peer definition is TransformerLens' induction score, §11).
+Mirrors amazon-science/llm-interpret lm_eval/prefix_matching_copying.py (paper Appendix A.8,
+Algorithm 1; the peer definition is TransformerLens' induction score; docs/method.md).
 
 Input: BOS + the same L distinct tokens repeated R (= 4) times, one forward pass. For a query j in
 repeats 2..R, a head's score is the attention mass from j onto the positions that *follow* an earlier

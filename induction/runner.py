@@ -2,8 +2,8 @@
 mean and unbiased variance over seeds, safetensors + JSON outputs.
 
 Mirrors the seed loop of amazon-science/llm-interpret lm_eval/prefix_matching_copying.py
-(paper_method_spec.md §6-7: seeds 0..99, each seed weighted equally, `torch.var` (unbiased) over
-seeds), with explicit per-seed RNGs and no pickle.
+(seeds 0..99, each seed weighted equally, `torch.var` (unbiased) over seeds; docs/method.md), with
+explicit per-seed RNGs and no pickle.
 
 Layout written under OUT:
     seeds/{kind}_{variant}_seed_{s}.safetensors  "scores" (L, H), "tokens" (T,)   one per finished seed

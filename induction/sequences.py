@@ -1,7 +1,7 @@
 """Random token sequences for the task-agnostic induction study (prefix matching and copying).
 
 Mirrors the token pool and sequence shapes of amazon-science/llm-interpret
-lm_eval/prefix_matching_copying.py (facts in ../shared/specs/paper_method_spec.md §6-7), with one
+lm_eval/prefix_matching_copying.py (paper Appendix A.8; docs/method.md), with one
 deliberate fix: the paper draws tokens with numpy's *global, never seeded* RNG, so its sequences
 cannot be reproduced; here every draw goes through `numpy.random.default_rng(seed)` for seed s, and
 the sequences are saved next to the scores.

@@ -1,7 +1,7 @@
 """OPT model configuration: a plain dataclass, the exact-name size table, and an HF config.json reader.
 
 Reference: transformers' `OPTConfig` (configuration_opt.py) and the per-size values of the official
-facebook/opt-* configs (see ../shared/specs/opt_checkpoint_facts.md §1.6 and §2).
+facebook/opt-* configs (docs/porting.md).
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ class OPTConfig:
         }
 
 
-# Exact-name size table (opt_checkpoint_facts.md §2). Looked up by exact name only.
+# Exact-name size table (the Hub's facebook/opt-* config.json values). Looked up by exact name only.
 OPT_CONFIGS: dict[str, dict[str, Any]] = {
     "opt-125m": dict(hidden_size=768, num_layers=12, num_heads=12, ffn_dim=3072),
     "opt-350m": dict(hidden_size=1024, num_layers=24, num_heads=16, ffn_dim=4096,

@@ -1,7 +1,7 @@
 """Convert an official OPT `pytorch_model*.bin` checkpoint into safetensors shards.
 
 Mirrors what huggingface/safetensors bindings/python/convert.py (the SFconvertbot) does, shard by
-shard (opt_checkpoint_facts.md §3.2-3.3), with two differences: tensors are loaded with
+shard (docs/porting.md), with two differences: tensors are loaded with
 `torch.load(weights_only=True, mmap=True)` (no pickle code runs, and a 10 GB shard is paged in from
 disk instead of copied into RAM), and every output file is written atomically so an interrupted
 conversion resumes where it stopped.

@@ -1,7 +1,7 @@
 """A hand-written OPT decoder whose numbers match transformers' `OPTForCausalLM`.
 
 Mirrors huggingface/transformers src/transformers/models/opt/modeling_opt.py (facts in
-../shared/specs/opt_checkpoint_facts.md §1). Parameter names are HF's, under `decoder.`, so loading
+docs/porting.md). Parameter names are HF's, under `decoder.`, so loading
 is "strip an optional `model.` prefix" and nothing more.
 
 Dimension letters used in shape comments:

@@ -1,6 +1,6 @@
 """Streaming offload: run decoder layers whose weights live elsewhere through two reused buffers.
 
-Two sources, one machinery (facts: ../shared/specs/opt_checkpoint_facts.md §5.2-5.3, which explain
+Two sources, one machinery (docs/scale.md, which explains
 why accelerate's per-forward, unpinned, unprefetched copies are slow):
   * pinned host memory -> GPU: layers placed on "cpu" while the compute device is a GPU keep their
     weights in pinned host tensors; layer i+1 is copied into the idle buffer on a side CUDA stream

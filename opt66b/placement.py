@@ -1,8 +1,7 @@
 """Layer placement: `--device-map` (auto | layer ranges | JSON file) and `--max-memory` budgets.
 
-Mirrors the idea of accelerate's `infer_auto_device_map` (facts: ../shared/specs/opt_checkpoint_facts.md
-§5.1, §6) with two deliberate differences: sizes come from the OPTConfig alone (no checkpoint, no
-meta model), and the tied output head never leaves the embedding's device (§5.2: accelerate's auto
+Mirrors the idea of accelerate's `infer_auto_device_map` (docs/scale.md) with two deliberate differences:
+sizes come from the OPTConfig alone (no checkpoint, no meta model), and the tied output head never leaves the embedding's device (accelerate's auto
 map could split OPT's lm_head from embed_tokens, transformers issue 31037).
 
 Rules of the auto map (documented in the README too):

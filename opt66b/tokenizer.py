@@ -1,6 +1,6 @@
 """The OPT tokenizer (GPT-2 byte-level BPE with RoBERTa/fairseq ids), built with `tokenizers`.
 
-Reproduces transformers' GPT2Tokenizer as configured for OPT (opt_checkpoint_facts.md §4):
+Reproduces transformers' GPT2Tokenizer as configured for OPT (docs/porting.md):
 byte-level pre-tokenizer without prefix space, the BPE model from vocab.json + merges.txt, and the
 special tokens of tokenizer_config.json (`</s>` 2 and `<pad>` 1 for OPT) matched atomically in
 text; `<s>` and `<unk>` are ordinary text to OPT's tokenizer, as in transformers.

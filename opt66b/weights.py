@@ -1,6 +1,6 @@
 """Load HF OPT checkpoints from safetensors shards: meta-device build, one read per tensor, strict accounting.
 
-Checkpoint facts (../shared/specs/opt_checkpoint_facts.md §3): keys come with or without the
+Checkpoint facts (docs/porting.md): keys come with or without the
 `model.` prefix depending on the size; `lm_head.weight` may be stored, absent (tied), or the only
 survivor of the tied pair (SFconvertbot conversions drop one name of a shared storage).
 

@@ -71,10 +71,10 @@ def evaluation_factory(limit: int | None, batch_tokens: int):
 def register_importance(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("importance", help="head importance (gradients) or oracle FFN importance (knockouts)",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description="Importance scores for the pruning study (paper_method_spec.md §1, §3).",
-                       epilog="examples:\n  python run.py importance heads --data ../shared/data --tasks copa "
+                       description="Importance scores for the pruning study (docs/method.md).",
+                       epilog="examples:\n  python run.py importance heads --data ~/data --tasks copa "
                               "--shots 0 --n-docs 50 --out runs/tiny/importance\n"
-                              "  python run.py importance ffn --data ../shared/data --tasks copa --shots 0 "
+                              "  python run.py importance ffn --data ~/data --tasks copa --shots 0 "
                               "--out runs/tiny/ffn")
     kinds = p.add_subparsers(dest="kind", metavar="KIND", required=True)
     h = kinds.add_parser(
@@ -84,7 +84,7 @@ def register_importance(sub: argparse._SubParsersAction) -> None:
                     "NLL of the continuation; IS[l,h] = sum over positions of |a . dL/da| / sum(N_e - 1) "
                     "(last layer: / sum(Y_e)). Writes OUT/shots-K/{task}.safetensors ('importance' (L, H)) "
                     "and OUT/shots-K/aggregate.safetensors (mean over tasks). Resumable per (task, shot).",
-        epilog="example:\n  python run.py importance heads --model ~/ckpt/opt-1.3b --data ../shared/data "
+        epilog="example:\n  python run.py importance heads --model ~/ckpt/opt-1.3b --data ~/data "
                "--tasks copa rte --shots 0 1 5 --n-docs 2500 --out runs/1.3b/importance")
     _study_args(h, [0, 1, 5])
     h.add_argument("--n-docs", type=int, default=2500, help="first N docs of the importance split (default: 2500)")
@@ -103,7 +103,7 @@ def register_importance(sub: argparse._SubParsersAction) -> None:
                     "(their recorded outputs are reused). Units OUT/shots-K/{task}/layer-XXX.json; merged "
                     "OUT/shots-K/{task}.json with 'drop', 'base' and 'ranking' (ascending, stable); "
                     "OUT/shots-K/aggregate.json ranks the mean drop over tasks.",
-        epilog="example:\n  python run.py importance ffn --model ~/ckpt/opt-1.3b --data ../shared/data "
+        epilog="example:\n  python run.py importance ffn --model ~/ckpt/opt-1.3b --data ~/data "
                "--tasks copa rte --shots 0 1 5 --out runs/1.3b/ffn")
     _study_args(f, [0, 1, 5])
     _eval_args(f)
@@ -169,7 +169,7 @@ def register_prune(sub: argparse._SubParsersAction) -> None:
                     "(cross-task transfer, e.g. to mathqa or lambada). One unit file per evaluation under "
                     "OUT/{sweep}-{ranking}/, skipped on rerun; table OUT/{sweep}-{ranking}.json.",
         epilog="example:\n  python run.py prune heads --ranking own --importance runs/1.3b/importance "
-               "--data ../shared/data --tasks copa rte --shots 0 1 5 --out runs/1.3b/prune")
+               "--data ~/data --tasks copa rte --shots 0 1 5 --out runs/1.3b/prune")
     p.add_argument("sweep", choices=["heads", "ffn", "grid"], help="what to prune")
     _study_args(p, [0, 1, 5])
     _eval_args(p)

@@ -13,7 +13,7 @@ and writes OUT/correlations.json with, for every shot K (flat head vectors of le
     vs_aggregate[task]             the same four numbers against the shot's aggregate ranking
 and cross_shot["0v1" | "0v5" | "1v5" | ...]: per task the same numbers between two shots, plus
 their mean and sample variance over tasks. Input file hashes are recorded. Facts:
-../shared/specs/paper_method_spec.md §5.
+docs/method.md ("SRCC" and "Aggregate ranking").
 """
 
 from __future__ import annotations
@@ -153,7 +153,7 @@ def run_correlate(importance_dir: Path, out_dir: Path, shots: Sequence[int] | No
         if not vectors:
             raise FileNotFoundError(f"{Path(importance_dir) / f'shots-{k}'}: only an aggregate file, no task files")
         source = "file"
-        if agg is None:  # not written (yet): the paper's definition, mean of the raw task tensors (§5.2)
+        if agg is None:  # not written (yet): the paper's definition, mean of the raw task tensors
             agg, source = aggregate_importance(list(vectors.values())).double(), "mean of the task files"
             log(f"shots-{k}: no {AGGREGATE_NAME}.safetensors, using the mean of {len(vectors)} task files")
         by_shot[k] = {t: v.reshape(-1).tolist() for t, v in vectors.items()}  # (L*H,) layer-major

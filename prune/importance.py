@@ -1,7 +1,7 @@
 """Head importance (gradient-based) and oracle FFN importance (knock one FFN out, measure the drop).
 
 Mirrors amazon-science/llm-interpret `BaseLM.calculate_importance` (lm_eval/base.py) and
-scripts/plotting/fc_importance.py; facts in ../shared/specs/paper_method_spec.md §1 and §3.
+scripts/plotting/fc_importance.py; docs/method.md ("Head importance", "FFN importance").
 Michel et al. (NeurIPS 2019) define the same head score; their code is pmichel31415/pytorch-pretrained-BERT.
 
 Head score, per layer l and head h, over examples e = [context; gold continuation] of N_e tokens
@@ -131,7 +131,7 @@ def ffn_importance(evaluation: Any, num_layers: int, metric: str, layers: Sequen
     is called after each new layer (write its unit file there).
 
     Returns {"metric", "base", "base_metrics", "drop" (L floats), "metrics" (per layer), "ranking"}
-    where ranking lists layer ids by ascending drop, stable (ties: lower layer first, paper §3).
+    where ranking lists layer ids by ascending drop, stable (ties: lower layer first, as the paper's code).
     """
     layers = list(range(num_layers)) if layers is None else list(layers)
     per_layer: dict[int, dict[str, float]] = dict(done or {})

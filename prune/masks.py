@@ -1,7 +1,7 @@
 """Rankings and masks for pruning: which heads / FFNs a p% step removes, and mask files on disk.
 
 Mirrors the mask construction of amazon-science/llm-interpret (lm_eval/models/opt.py; facts in
-../shared/specs/paper_method_spec.md §2 and §4):
+docs/method.md, "Masks" and "Pruning"):
 
     heads: flatten the (L, H) importance, sort ascending, zero the first floor(p * L*H / 100)
     FFNs:  take the ordered list of layer ids (least important first), zero the first floor(p * L / 100)
@@ -9,7 +9,7 @@ Mirrors the mask construction of amazon-science/llm-interpret (lm_eval/models/op
 Differences from the paper's code, both deliberate: the head sort is *stable* (torch.sort there is
 not, so the paper's tie order is unspecified; ours is "lower flat index first"), and masks are
 saved as safetensors, never pickle. The aggregate ranking is the arithmetic mean of the raw task
-importances (§5.2), with no per-task normalisation; `normalize_per_layer` is Michel et al.'s
+importances (docs/method.md), with no per-task normalisation; `normalize_per_layer` is Michel et al.'s
 optional per-layer L2 normalisation and is off unless a caller asks for it.
 
 Flat head index = layer * H + head (layer-major, 0-based), as `importance.view(-1)` in the paper.
@@ -76,7 +76,7 @@ def head_mask_for_percent(importance: torch.Tensor, percent: float) -> torch.Ten
 
 
 def ffn_ranking(drops: Sequence[float] | torch.Tensor) -> list[int]:
-    """Layer ids ordered by metric drop when each FFN is knocked out, ascending, stable (§3).
+    """Layer ids ordered by metric drop when each FFN is knocked out, ascending, stable (docs/method.md).
 
     `drops[i]` = base metric - metric without FFN i. FFNs whose removal helps come first; ties keep
     the lower layer first, as Python's sorted() in the paper's scripts.
@@ -104,7 +104,7 @@ def ffn_mask_for_percent(ranking: Sequence[int], percent: float, num_layers: int
 
 
 def aggregate_importance(importances: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Arithmetic mean of raw (L, H) task importances -> (L, H) float32 (§5.2; no normalisation)."""
+    """Arithmetic mean of raw (L, H) task importances -> (L, H) float32 (no normalisation, as the paper)."""
     if len(importances) == 0:
         raise ValueError("aggregate_importance needs at least one (layers, heads) tensor, got none")
     checked = [_check_importance(imp, f"importance #{i}") for i, imp in enumerate(importances)]

@@ -1,6 +1,6 @@
 """Rank statistics in plain Python: Spearman's rho with its t-test p-value, Pearson, the paper's variant.
 
-What is computed (facts in ../shared/specs/paper_method_spec.md §5.1 and §10.1):
+What is computed (docs/method.md, "SRCC"):
 
 * `spearman(x, y)`: the true Spearman rank correlation = Pearson correlation of the *ranks* of x
   and y, ties given their average rank; the two-sided p-value is scipy.stats.spearmanr's
@@ -184,7 +184,8 @@ def paper_argsort_correlation(x: Any, y: Any) -> float:
 
     llm-interpret's spearman_rankings.py feeds torch.sort(...)[1] rows to spearmanr; the rows are
     permutations, so this equals Pearson of the argsorts (inverse rank permutations), ~0.45 for two
-    score sets that share only a layer profile and ~0 for head-level agreement without one (§5.1).
+    score sets that share only a layer profile and ~0 for head-level agreement without one
+    (docs/method.md, "SRCC").
     Our argsort is stable (torch.sort's tie order is unspecified).
     """
     xs, ys = _pair(x, y)

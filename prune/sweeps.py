@@ -2,7 +2,7 @@
 
 Mirrors amazon-science/llm-interpret's pruning runs (main.py with mask_heads / mask_iterative_fc,
 scripts/plotting/{iterative_pruning,combined_pruning,crosstask_accuracy,fc_importance}.py); facts
-in ../shared/specs/paper_method_spec.md §3-4. Each unit (task, shot, percentage or grid cell, or
+in docs/method.md ("Pruning"). Each unit (task, shot, percentage or grid cell, or
 knocked-out layer) is one evaluation written atomically to its own small JSON file; a rerun skips
 units whose file exists, so a killed run loses only the unit in flight. Tables are merged from the
 unit files. Units are split over torchrun processes with opt66b.distributed.my_units.

@@ -1,4 +1,4 @@
-"""Sub-commands of the study package: `copytask` (the organism check of issue 6, point 5).
+"""Sub-commands of the study package: `copytask` (the tiny organism's check; docs/tiny-opt.md).
 
 Mirrors the pattern of opt66b/cli.py: `register(sub)` adds the parsers, heavy imports happen in the
 handlers so `run.py --help` stays instant.

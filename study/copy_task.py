@@ -1,8 +1,8 @@
 """The synthetic in-context copying task, prefix matching, and the induction-head pruning experiment.
 
-Sequences follow Bansal et al. (ACL 2023) Algorithm 1 (facts in ../shared/specs/paper_method_spec.md
-§6): distinct random tokens from OPT's merge-rank pool, the 4% most and 4% least frequent merges
-excluded, after a BOS (`</s>`, id 2). The copying task asks the model to continue a repeat:
+Sequences follow Bansal et al. (ACL 2023) Algorithm 1 (docs/method.md, "Prefix matching"): distinct
+random tokens from OPT's merge-rank pool, the 4% most and 4% least frequent merges excluded, after a BOS
+(`</s>`, id 2). The copying task asks the model to continue a repeat:
 
     index:   0    1 .. L        L+1 .. 2L
     tokens:  BOS  s0 .. s(L-1)  s0  .. s(L-1)

@@ -1,4 +1,4 @@
-"""Cut the bundled data samples (tasks/samples) from the full release files (../shared/data).
+"""Cut the bundled data samples (tasks/samples) from the full release files (docs/data.md).
 
 Every sample file keeps its source's name and release format, so the task loaders read
 tasks/samples exactly as they read the full data directory (layout `<data>/<task dir>/<file>`):
@@ -11,7 +11,7 @@ tasks/samples exactly as they read the full data directory (layout `<data>/<task
 
 Deterministic: no randomness, the output depends on the input bytes only. Usage:
 
-    python -m study.make_samples --data ../shared/data --out tasks/samples
+    python -m study.make_samples --data FULL_DATA --out tasks/samples
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def source_sections(sources_md: str) -> dict[str, str]:
 def make_samples(data: Path, out: Path) -> dict[str, dict[str, int | str]]:
     """Write every sample file and tasks/samples/SOURCES.md; returns {file: {records, bytes, sha256}}."""
     if not data.is_dir():
-        raise FileNotFoundError(f"{data}: the full data directory is missing (expected ../shared/data)")
+        raise FileNotFoundError(f"{data}: the full data directory is missing (the directory the samples are cut from)")
     sources_path = data / "SOURCES.md"
     if not sources_path.is_file():
         raise FileNotFoundError(f"{sources_path}: missing; it names the source and license of each file")
@@ -106,9 +106,9 @@ def sources_text(made: dict[str, dict[str, int | str]], sections: dict[str, str]
     lines = ["# Bundled data samples", "",
              "Small cuts of the real evaluation data, so the whole study runs on a fresh clone",
              "(`python run.py all` with no --data). Each file keeps the name and format of the file it was",
-             "cut from in ../shared/data (see that folder's SOURCES.md for the full files); the loaders read",
-             "this folder exactly as they read the full data. Regenerate with",
-             "`python -m study.make_samples --data ../shared/data --out tasks/samples` (deterministic).",
+             "cut from in the full data directory (docs/data.md; its SOURCES.md describes the full files);",
+             "the loaders read this folder exactly as they read the full data. Regenerate with",
+             "`python -m study.make_samples --data FULL_DATA --out tasks/samples` (deterministic).",
              "",
              "How each file was cut: jsonl and .lst label files keep their first N lines byte for byte",
              "(label files stay aligned with their records); MathQA's JSON arrays keep their first N",
@@ -120,10 +120,10 @@ def sources_text(made: dict[str, dict[str, int | str]], sections: dict[str, str]
         lines += [f"## `{rel}`", "",
                   f"- sample: first {m['records']} records, {m['bytes']} bytes, sha256 `{m['sha256']}`"
                   if m["records"] else f"- sample: whole file, {m['bytes']} bytes, sha256 `{m['sha256']}`",
-                  f"- cut from: ../shared/data/{rel} (sha256 `{m['source_sha256']}`)"]
+                  f"- cut from: full data `{rel}` (sha256 `{m['source_sha256']}`)"]
         body = sections.get(rel)
-        lines += ["- full file, per ../shared/data/SOURCES.md:", *("  " + ln for ln in body.splitlines())] if body \
-            else ["- full file: not described in ../shared/data/SOURCES.md"]
+        lines += ["- full file, per the full data's SOURCES.md:", *("  " + ln for ln in body.splitlines())] if body \
+            else ["- full file: not described in the full data's SOURCES.md"]
         lines.append("")
     return "\n".join(lines)
 

@@ -18,7 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "OUT/commands.txt) and resumes on rerun.",
         epilog="examples:\n"
                "  python run.py all --out runs/tiny                         # tiny OPT + bundled samples, < 5 min on 2 cores\n"
-               "  python run.py all --model ~/ckpt/opt-1.3b --data ../shared/data --tasks copa rte wic \\\n"
+               "  python run.py all --model ~/ckpt/opt-1.3b --data ~/data --tasks copa rte wic \\\n"
                "      --shots 0 1 5 --n-docs 2500 --seeds 100 --out runs/1.3b")
     add_model_args(p)
     p.add_argument("--data", type=Path, default=None, help="data directory (default: the bundled tasks/samples)")

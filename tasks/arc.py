@@ -1,6 +1,6 @@
 """AI2 Reasoning Challenge, Easy and Challenge sets: evaluated on test, demos from train.
 
-Mirrors lm-evaluation-harness v0.3 `lm_eval/tasks/arc.py` (facts: lm_eval_task_spec.md §2.9).
+Mirrors lm-evaluation-harness v0.3 `lm_eval/tasks/arc.py` (prompts in docs/method.md).
 Clark et al., "Think you have Solved Question Answering? Try ARC, the AI2 Reasoning Challenge",
 2018, https://arxiv.org/abs/1803.05457, https://allenai.org/data/arc. Reads the ARC-V1-Feb2018
 jsonl (`question.stem`, `question.choices[{text,label}]`) or an HF `ai2_arc` export

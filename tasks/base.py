@@ -1,7 +1,7 @@
 """The Task abstraction: a small declarative class per dataset; the base class owns the algorithms.
 
-Mirrors lm-evaluation-harness v0.3's `Task` / `MultipleChoiceTask` (lm_eval/base.py), facts in
-../shared/specs/lm_eval_task_spec.md §1. A subclass says where its data is and how a record becomes
+Mirrors lm-evaluation-harness v0.3's `Task` / `MultipleChoiceTask` (lm_eval/base.py);
+docs/method.md, "Evaluation". A subclass says where its data is and how a record becomes
 text, target and candidate continuations; this module owns few-shot assembly, the seeded document
 order and request construction, so every task follows the same rules.
 
@@ -48,11 +48,11 @@ class Task:
     PRIMARY_METRIC: str = "acc"  # what the paper reads (ReCoRD: em)
     DATA_DIR: str = ""  # folder under --data holding this task's files
     FILES: dict[str, list[SplitFile]] = {}  # split -> accepted files, original release first, then HF export
-    PUBLISHED: dict[str, int] = {}  # split -> published doc count (lm_eval_task_spec.md §2)
+    PUBLISHED: dict[str, int] = {}  # split -> published doc count (docs/data.md)
 
     def __init__(self, data_dir: str | Path, paper_quirks: bool = False):
         """paper_quirks: follow the paper's lm-eval fork where it differs from stock lm-eval
-        (MathQA demo targets without the leading space; lm_eval_task_spec.md §2.14)."""
+        (MathQA demo targets without the leading space, as the fork's MathQA writes them)."""
         self.data_dir = Path(data_dir)
         self.paper_quirks = paper_quirks
         self._cache: dict[str, list[Doc]] = {}
@@ -143,7 +143,7 @@ class Task:
             raise KeyError(f"{self.NAME} has no metric {metric!r}; it has {sorted(self.METRICS)}")
         return AGGREGATIONS[self.METRICS[metric]](values)
 
-    # -- importance-score data (paper_method_spec.md §1.2) ---------------------------------------
+    # -- importance-score data (docs/method.md, "Head importance") ---------------------------------
     def importance_docs(self) -> list[Doc]:
         """The split the paper computes importance on: train (WSC: its positive-only pool), else validation."""
         return self.fewshot_pool()
@@ -191,7 +191,7 @@ class MultipleChoiceTask(Task):
     METRICS = {"acc": "mean", "acc_norm": "mean"}
 
     def importance_target(self, doc: Doc) -> str:
-        # The paper's doc_to_cont is choices[gold] with no leading space (paper_method_spec.md §1.2).
+        # The paper's doc_to_cont is choices[gold] with no leading space (the paper's code, docs/method.md).
         return doc["choices"][doc["gold"]] if self.paper_quirks else self.doc_to_target(doc)
 
     def doc_to_text(self, doc: Doc) -> str:

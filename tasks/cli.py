@@ -1,4 +1,4 @@
-"""Task sub-commands of run.py: `data` (tasks/data_cli.py) and `eval` (scoring engineer)."""
+"""Task sub-commands of run.py: `data` (tasks/data_cli.py) and `eval` (tasks/eval_cli.py)."""
 
 from __future__ import annotations
 

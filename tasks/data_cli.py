@@ -1,5 +1,5 @@
 """`run.py data check`: per task and split, which file was found, its doc count against the published
-count (lm_eval_task_spec.md §2), which stand-in files are used, and what a missing split blocks."""
+count (docs/data.md), which stand-in files are used, and what a missing split blocks."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ def register_data(sub: argparse._SubParsersAction) -> None:
         description="Data utilities. `check` reads every task's files under --data and reports, per task "
                     "and split, the file used, record counts against the published counts, fallbacks "
                     "and what each missing split blocks.",
-        epilog="example:\n  python run.py data check --data ../shared/data\n"
-               "  python run.py data check --data ../shared/data --tasks piqa mathqa --json report.json")
+        epilog="example:\n  python run.py data check --data ~/data\n"
+               "  python run.py data check --data ~/data --tasks piqa mathqa --json report.json")
     p.add_argument("action", choices=["check"], help="what to do")
     p.add_argument("--data", type=Path, required=True, help="data directory (<data>/<task>/<file as released>)")
     p.add_argument("--tasks", nargs="+", default=None, help="task names (default: all 16)")

@@ -1,7 +1,7 @@
 """`run.py eval`: score tasks at several shot counts and write lm-eval-layout results, resumably.
 
-Mirrors lm-evaluation-harness v0.3 `main.py` + `evaluator.simple_evaluate` output (facts:
-../shared/specs/lm_eval_task_spec.md §1.6). Layout under --out, per shot count K:
+Mirrors lm-evaluation-harness v0.3 `main.py` + `evaluator.simple_evaluate` output (the
+harness's results.json layout). Layout under --out, per shot count K:
 
     shots-K/results.json           {"results": {task: {metric: value}}, "versions": {task: V}, "config": {...}}
     shots-K/tasks/<task>.json      one task's metrics + settings; written last, so it marks the task done
@@ -35,7 +35,7 @@ def register_eval(sub: argparse._SubParsersAction) -> None:
         description="Score each task's log-likelihood requests with the shared-context scorer and write, per "
                     "shot count K, OUT/shots-K/results.json (lm-eval layout) and OUT/shots-K/requests/<task>.jsonl. "
                     "Reruns skip tasks already complete.",
-        epilog="example:\n  python run.py eval --model ~/ckpt/opt-1.3b --data ../shared/data --tasks boolq hellaswag "
+        epilog="example:\n  python run.py eval --model ~/ckpt/opt-1.3b --data ~/data --tasks boolq hellaswag "
                "--shots 0 1 5 --limit 200 --out runs/eval-1.3b\n"
                "  python run.py eval --model ~/ckpt/opt-1.3b --tasks copa --shots 1 --head-mask masks/heads-30.safetensors "
                "--out runs/eval-pruned")

@@ -1,7 +1,7 @@
 """Evaluate one task at one shot count: prompts -> Scorer -> per-doc metrics -> aggregated metrics.
 
-Mirrors lm-evaluation-harness v0.3 `evaluator.evaluate` for a single task (facts:
-../shared/specs/lm_eval_task_spec.md §1.2-1.6): the seeded doc order and demos come from
+Mirrors lm-evaluation-harness v0.3 `evaluator.evaluate` for a single task (docs/method.md,
+"Evaluation"): the seeded doc order and demos come from
 `Task.instances`, scoring from tasks/scoring.py, aggregation from the task (tasks/metrics.py).
 
 `TaskEvaluation` builds the prompts and the scoring plan once, so a pruning sweep can evaluate the

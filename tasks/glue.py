@@ -1,6 +1,6 @@
 """RTE as lm-eval's GLUE task (`glue.RTE`): the registry name `rte` maps here, not to SuperGLUE.
 
-Mirrors lm-evaluation-harness v0.3 `lm_eval/tasks/glue.py` RTE (facts: lm_eval_task_spec.md §2.6).
+Mirrors lm-evaluation-harness v0.3 `lm_eval/tasks/glue.py` RTE (prompts in docs/method.md).
 Dagan et al., "The PASCAL Recognising Textual Entailment Challenge" (RTE1-3, 5), as packaged by
 Wang et al., "GLUE", ICLR 2019, https://arxiv.org/abs/1804.07461, https://gluebenchmark.com/.
 Reads the SuperGLUE RTE release (premise/hypothesis, label "entailment"/"not_entailment"; same

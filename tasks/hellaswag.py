@@ -1,10 +1,10 @@
 """HellaSwag: pick the plausible continuation of an ActivityNet / WikiHow context.
 
-Mirrors lm-evaluation-harness v0.3 `lm_eval/tasks/hellaswag.py` (facts: lm_eval_task_spec.md §2.11).
+Mirrors lm-evaluation-harness v0.3 `lm_eval/tasks/hellaswag.py` (prompts in docs/method.md).
 Zellers et al., "HellaSwag: Can a Machine Really Finish Your Sentence?", ACL 2019,
 https://arxiv.org/abs/1905.07830, https://rowanzellers.com/hellaswag/ (data MIT-licensed).
 Reads rowanz/hellaswag jsonl (hellaswag_val.jsonl / hellaswag_train.jsonl) or an HF `hellaswag`
-export. Fallbacks (../shared/data/SOURCES.md): klosax's derived text dump of the val set
+export. Fallbacks (docs/data.md): klosax's derived text dump of the val set
 (hellaswag_val_full.txt.bz2), whose context line is already preprocessed and has lost the
 ctx_a/ctx_b boundary, so ctx_b is NOT re-capitalised ("...on a roof. he" where lm-eval has
 "He"): prompts from it are approximate; and the first 3368 train records.

@@ -1,7 +1,7 @@
 """LAMBADA (OpenAI's detokenized test set): predict a passage's last word; greedy acc and perplexity.
 
 Mirrors lm-evaluation-harness v0.3 `lm_eval/tasks/lambada.py` with its dataset script (config
-`original`, exposed as the validation split; facts: lm_eval_task_spec.md §2.15). Paperno et al.,
+`original`, exposed as the validation split). Paperno et al.,
 "The LAMBADA dataset: Word prediction requiring a broad discourse context", ACL 2016,
 https://arxiv.org/abs/1606.06031; the OpenAI file (sha256 4aa8d02c...) is the one GPT-2 used.
 No train split: demos are drawn from the same set, minus the evaluated doc.

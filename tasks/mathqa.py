@@ -1,6 +1,6 @@
 """MathQA: math word problems with 5 options parsed from one string; evaluated on test.
 
-Mirrors lm-evaluation-harness v0.3 `lm_eval/tasks/mathqa.py` (facts: lm_eval_task_spec.md §2.14).
+Mirrors lm-evaluation-harness v0.3 `lm_eval/tasks/mathqa.py` (prompts in docs/method.md).
 Amini et al., "MathQA: Towards Interpretable Math Word Problem Solving with Operation-Based
 Formalisms", NAACL 2019, https://arxiv.org/abs/1905.13319, https://math-qa.github.io/.
 Reads the release (test.json / train.json, one JSON array each) or an HF `math_qa` export

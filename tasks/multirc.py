@@ -1,6 +1,6 @@
 """MultiRC: one doc per (paragraph, question, candidate answer) row; acc = all answers of a question right.
 
-Mirrors lm-evaluation-harness v0.3 `superglue.MultiRC` (facts: lm_eval_task_spec.md §2.4).
+Mirrors lm-evaluation-harness v0.3 `superglue.MultiRC` (prompts in docs/method.md).
 Khashabi et al., "Looking Beyond the Surface: A Challenge Set for Reading Comprehension over
 Multiple Sentences", NAACL 2018, https://cogcomp.seas.upenn.edu/multirc/ (SuperGLUE version).
 The release nests questions and answers under each paragraph; they are flattened to answer rows in

@@ -1,6 +1,6 @@
 """OpenBookQA (main config): evaluated on test, demos from train; the stem is the query, no wrapper.
 
-Mirrors lm-evaluation-harness v0.3 `lm_eval/tasks/openbookqa.py` (facts: lm_eval_task_spec.md §2.10).
+Mirrors lm-evaluation-harness v0.3 `lm_eval/tasks/openbookqa.py` (prompts in docs/method.md).
 Mihaylov et al., "Can a Suit of Armor Conduct Electricity? A New Dataset for Open Book Question
 Answering", EMNLP 2018, https://arxiv.org/abs/1809.02789, https://allenai.org/data/open-book-qa.
 Reads OpenBookQA-V1-Sep2018 Data/Main jsonl (`question.stem`, `question.choices`) or an HF

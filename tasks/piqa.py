@@ -1,11 +1,11 @@
 """PIQA: physical commonsense, two solutions per goal; labels in a separate .lst file.
 
-Mirrors lm-evaluation-harness v0.3 `lm_eval/tasks/piqa.py` (facts: lm_eval_task_spec.md §2.12).
+Mirrors lm-evaluation-harness v0.3 `lm_eval/tasks/piqa.py` (prompts in docs/method.md).
 Bisk et al., "PIQA: Reasoning about Physical Commonsense in Natural Language", AAAI 2020,
 https://arxiv.org/abs/1911.11641, https://yonatanbisk.com/piqa/ (Academic Free License v3.0).
 Reads the release (valid.jsonl + valid-labels.lst, train.jsonl + train-labels.lst, line-aligned)
-or an HF `piqa` export (validation.jsonl / train.jsonl with a `label` field). The train split is
-missing from ../shared/data: few-shot (k>0) then raises a clear error; 0-shot works.
+or an HF `piqa` export (validation.jsonl / train.jsonl with a `label` field). Without the train split
+(docs/data.md) few-shot (k>0) then raises a clear error; 0-shot works.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """ReCoRD: cloze queries over news passages; one request per candidate entity; em / f1 (no acc).
 
-Mirrors lm-evaluation-harness v0.3 `superglue.ReCoRD` (facts: lm_eval_task_spec.md §2.5). Zhang et al.,
+Mirrors lm-evaluation-harness v0.3 `superglue.ReCoRD` (prompts in docs/method.md). Zhang et al.,
 "ReCoRD: Bridging the Gap between Human and Machine Commonsense Reading Comprehension",
 https://arxiv.org/abs/1810.12885, https://sheng-z.github.io/ReCoRD-explorer/ (SuperGLUE version).
 The release nests queries (`qas`) under each passage, with entities as character spans

@@ -1,7 +1,7 @@
 """Log-likelihood scoring of (context, continuation) requests: plan once, run under many masks.
 
-Mirrors lm-evaluation-harness v0.3 `BaseLM._loglikelihood_tokens` (lm_eval/base.py); facts in
-../shared/specs/lm_eval_task_spec.md §1.4. The numbers are lm-eval's, the work is not:
+Mirrors lm-evaluation-harness v0.3 `BaseLM._loglikelihood_tokens` (lm_eval/base.py);
+docs/method.md, "Evaluation". The numbers are lm-eval's, the work is not:
   - context and continuation are encoded separately without BOS and concatenated, then
     left-truncated exactly as lm-eval does: `inp = (ctx + cont)[-(max_length+1):][:-1]`;
   - log-softmax over the tokenizer's real vocabulary (the first `config.tokenizer_vocab_size` =

@@ -1,8 +1,9 @@
 """SuperGLUE tasks with one record per doc: BoolQ, CB, COPA, WiC, WSC (MultiRC: multirc.py, ReCoRD: record.py).
 
-Mirrors lm-evaluation-harness v0.3 `lm_eval/tasks/superglue.py` (facts: lm_eval_task_spec.md §2.1-2.3,
-§2.7-2.8). Benchmark: Wang et al., "SuperGLUE: A Stickier Benchmark for General-Purpose Language
-Understanding Systems", NeurIPS 2019, https://arxiv.org/abs/1905.00537, https://super.gluebenchmark.com/.
+Mirrors lm-evaluation-harness v0.3 `lm_eval/tasks/superglue.py` (prompts in
+docs/method.md). Benchmark: Wang et al., "SuperGLUE: A Stickier Benchmark for General-Purpose
+Language Understanding Systems", NeurIPS 2019, https://arxiv.org/abs/1905.00537,
+https://super.gluebenchmark.com/.
 Reads the SuperGLUE release jsonl (val.jsonl/train.jsonl; boolean or class-name labels) or the HF
 `super_glue` export (validation.jsonl/train.jsonl; integer labels, WSC spans flattened).
 """

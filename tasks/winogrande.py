@@ -1,6 +1,6 @@
 """Winogrande (xl): partial scoring: the option fills the blank in the context, the suffix is scored.
 
-Mirrors lm-evaluation-harness v0.3 `lm_eval/tasks/winogrande.py` (facts: lm_eval_task_spec.md §2.13),
+Mirrors lm-evaluation-harness v0.3 `lm_eval/tasks/winogrande.py` (docs/method.md),
 which follows Trinh & Le 2018, "A Simple Method for Commonsense Reasoning". Sakaguchi et al.,
 "WinoGrande: An Adversarial Winograd Schema Challenge at Scale", AAAI 2020,
 https://arxiv.org/abs/1907.10641, https://winogrande.allenai.org/ (CC BY 2.0). Reads the v1.1

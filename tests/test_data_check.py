@@ -1,4 +1,4 @@
-"""`run.py data check` on the fixtures and, where ../shared/data exists, counts on the full files."""
+"""`run.py data check` on the fixtures and, where the full data exists, counts on the full files."""
 
 from __future__ import annotations
 

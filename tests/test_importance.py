@@ -93,7 +93,7 @@ def test_head_importance_matches_independent_autograd(model, tokenizer, task_nam
     assert float(expect.min()) > 0  # every head has a non-trivial score, so the comparison means something
 
     # Same weights in float64: the algorithm itself (positions, |.| per token, denominators) must
-    # agree to the 1e-5; what remains is the float32 cast of a.g and its float32 sum (~1e-7).
+    # agree to 1e-5; what remains is the float32 cast of a.g and its float32 sum (~1e-7).
     imp64, counts = head_importance(copy.deepcopy(model).double(), tokenizer, examples)
     assert counts == {"examples": 3, "positions": positions, "targets": targets, "truncated": 0}
     # The reference feeds all N_e tokens; ours drops the last one (its dL/da is 0 in every layer).

@@ -131,7 +131,7 @@ def test_prefix_scores_match_transformers_attentions(tmp_path):
             atts = hf(tokens.view(1, -1), output_attentions=True).attentions  # per layer (1, H, T, T)
         for variant in ("paper", "corrected"):
             ref = np.stack([_reference_score(a[0], length, variant) for a in atts])  # (L, H)
-            # 1e-5 (the bar): both fp32, patterns agree to ~1e-7, sums of <= 3 entries
+            # 1e-5 (the project's bar): both fp32, patterns agree to ~1e-7, sums of <= 3 entries
             np.testing.assert_allclose(ours[variant].numpy(), ref, atol=1e-5)
 
 

@@ -11,13 +11,13 @@ from prune.masks import (aggregate_importance, count_for_percent, ffn_mask_for_p
                          head_mask_for_percent, head_ranking, normalize_per_layer, read_importance, read_masks,
                          write_masks)
 
-# paper_method_spec.md §4.1 / §4.2: OPT-66B (64 layers x 72 heads = 4608) counts per 10% step.
+# OPT-66B (64 layers x 72 heads = 4608) counts per 10% step: floor(p * n / 100), as the paper's code.
 HEADS_66B = {10: 460, 20: 921, 30: 1382, 40: 1843, 50: 2304, 60: 2764, 70: 3225, 80: 3686, 90: 4147}
 FFNS_66B = {10: 6, 20: 12, 30: 19, 40: 25, 50: 32, 60: 38, 70: 44, 80: 51, 90: 57}
 
 
 @pytest.mark.parametrize("percent", sorted(HEADS_66B))
-def test_66b_head_mask_counts_match_spec_table(percent):
+def test_66b_head_mask_counts_match_paper_counts(percent):
     importance = torch.rand(64, 72, generator=torch.Generator().manual_seed(percent))
     mask = head_mask_for_percent(importance, percent)
     assert mask.shape == (64, 72) and mask.dtype == torch.float32
@@ -27,7 +27,7 @@ def test_66b_head_mask_counts_match_spec_table(percent):
 
 
 @pytest.mark.parametrize("percent", sorted(FFNS_66B))
-def test_66b_ffn_mask_counts_match_spec_table(percent):
+def test_66b_ffn_mask_counts_match_paper_counts(percent):
     ranking = torch.randperm(64, generator=torch.Generator().manual_seed(percent)).tolist()
     mask = ffn_mask_for_percent(ranking, percent, 64)
     assert int((mask == 0).sum()) == FFNS_66B[percent] == count_for_percent(percent, 64)

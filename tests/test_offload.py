@@ -2,7 +2,7 @@
 
 The GPU path (pinned memory, side stream, events) cannot run here; the same slot/prefetch/reuse
 logic runs on CPU with synchronous copies (`attach_pinned_streamer(..., "cpu")`), which is what
-these tests exercise. Tolerance 1e-5 (the issue's): streamed layers run the same float32 kernels on
+these tests exercise. Tolerance 1e-5 (the project's bar): streamed layers run the same float32 kernels on
 the same values, so results are in fact bit-identical; 1e-5 leaves room for BLAS blocking changes.
 """
 

@@ -1,11 +1,11 @@
 """Parity of opt66b's decoder with transformers' OPTForCausalLM (modeling_opt.py) on random weights.
 
 Each config is saved with `save_pretrained` as a real HF checkpoint directory, rewritten into the
-key layouts found on the Hub (opt_checkpoint_facts.md §3: `model.decoder.*` with or without
+key layouts found on the Hub (docs/porting.md: `model.decoder.*` with or without
 `lm_head.weight`, bare `decoder.*`, `lm_head.weight` as the only survivor of the tied pair), single
 file and sharded, then loaded with `opt66b.load_model` and compared position by position.
 
-Tolerance: fp32 logits to 1e-4 max abs (the issue's bar). On torch 2.13 CPU the measured difference
+Tolerance: fp32 logits to 1e-4 max abs (the project's bar). On torch 2.13 CPU the measured difference
 is exactly 0.0 for every config and padding side (logits up to ~10 in magnitude): both sides run the
 same ops in the same order. 1e-4 leaves room for other kernels/BLAS builds (fused vs eager attention
 reorder fp32 sums, ~1e-6) without hiding a real bug (a wrong position, mask or layer norm changes

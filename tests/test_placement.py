@@ -19,7 +19,7 @@ from opt66b import OPT, OPT_CONFIGS, config_for_size, load_model, save_checkpoin
 from opt66b.placement import (GIB, activation_reserve, auto_device_map, build_device_map, head_params, layer_params,
                               parse_max_memory, parse_size)
 
-# Parameter counts from opt_checkpoint_facts.md §6.1 (tied lm_head counted once).
+# Parameter counts of the released facebook/opt-* checkpoints (tied lm_head counted once).
 FACTS = {"opt-125m": (7_087_872, 125_239_296), "opt-350m": (12_596_224, 331_196_416),
          "opt-1.3b": (50_358_272, 1_315_758_080), "opt-2.7b": (78_676_480, 2_651_596_800),
          "opt-6.7b": (201_379_840, 6_658_473_984), "opt-13b": (314_639_360, 12_853_473_280),
@@ -89,7 +89,7 @@ def test_auto_map_opt66b_on_one_h100_and_h200():
     cfg = config_for_size("opt-66b")
     one = auto_device_map(cfg, parse_max_memory("cuda:0=70GiB,cpu=200GiB"), torch.float16)
     gpu_layers = one.layers.count("cuda:0")
-    assert 30 <= gpu_layers <= 34  # opt_checkpoint_facts.md §6.3: ~32-34 layers resident on one H100
+    assert 30 <= gpu_layers <= 34  # ~32-34 fp16 layers fit one 80 GB H100 (docs/scale.md)
     assert one.compute == "cuda:0" and len(one.streamed_layers()) == 64 - gpu_layers
     big = auto_device_map(cfg, parse_max_memory("cuda:0=139GiB"), torch.float16)
     assert big.layers == ["cuda:0"] * 64 and big.streamed_layers() == []

@@ -65,7 +65,8 @@ def first(name: str):
     return task, doc, ctx, [(r.context, r.continuation) for r in task.construct_requests(doc, ctx)]
 
 
-# Expected strings below were written by hand from lm_eval_task_spec.md §2 and the raw fixture records.
+# Expected strings below were written by hand from lm-eval v0.3's doc_to_text / doc_to_target and the
+# raw fixture records.
 
 def test_boolq_first_doc():
     _, _, ctx, reqs = first("boolq")

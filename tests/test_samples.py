@@ -23,7 +23,7 @@ EXPECTED = {
     "winogrande/dev-labels.lst": 40, "winogrande/dev.jsonl": 40, "winogrande/train_l-labels.lst": 40,
     "winogrande/train_l.jsonl": 40, "wsc/train.jsonl": 40, "wsc/val.jsonl": 40,
 }
-# Splits the full data lacks too (../shared/data/SOURCES.md "Missing"), so the samples cannot have them.
+# Splits the full data lacks too (docs/data.md, "Missing splits"), so the samples cannot have them.
 MISSING_UPSTREAM = {("record", "validation"), ("piqa", "train")}
 
 

@@ -1,5 +1,5 @@
 """The OPT tokenizer (opt66b/tokenizer.py) against transformers' GPT2Tokenizer on the real OPT files
-(../shared/tokenizer/opt) for a few hundred strings taken from ../shared/data, plus edge cases:
+(when present) for a few hundred strings taken from the full data, plus edge cases:
 leading spaces, newlines, unicode, empty strings and special-token text. BOS (`</s>`, id 2) is
 prepended only when asked, as transformers does with add_special_tokens=True for OPT."""
 

@@ -1,5 +1,6 @@
-"""Checkpoint loading (opt66b/weights.py): every bad-input case of the foundation issue's point 5 is
-a clear error naming the key and/or the file, and good checkpoints load without duplicated weights."""
+"""Checkpoint loading (opt66b/weights.py): every bad-input case (missing, extra,
+mis-shaped or duplicated keys, bad index) is a clear error naming the key and/or the file, and good
+checkpoints load without duplicated weights."""
 
 from __future__ import annotations
 

@@ -3,13 +3,13 @@
 
     python tests/benchmarks/bench_ffn_oracle.py                                   # CPU, fixture data
     python tests/benchmarks/bench_ffn_oracle.py --size opt-1.3b --device cuda --dtype float16 \
-        --data ../shared/data --task boolq --shots 1 --limit 200
+        --data ~/data --task boolq --shots 1 --limit 200
 
 Builds an OPT with random weights (a named size from opt66b.OPT_CONFIGS, or the small default
 shape below), evaluates one task, and times prune.importance.ffn_importance for all layers twice:
 naive (base + L full evaluations) and cached (one base run that records every layer's input, then
 each knockout l recomputes only layers l..L-1). Prints both times, the ratio cached / naive
-(target <= 0.6, issue 4) and checks the two give the same per-layer metrics. The ideal ratio for
+(target <= 0.6) and checks the two give the same per-layer metrics. The ideal ratio for
 layer-dominated cost is (1 + (L+1)/2) / (1 + L); the scoring head (output projection at the scored
 positions) is paid in full by both. Not collected by pytest (bench_*.py).
 """

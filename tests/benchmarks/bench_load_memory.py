@@ -9,7 +9,7 @@ parameters, 1.82 GB in fp16, 4 shards + index), then runs each case in a fresh i
 baseline = VmRSS after importing torch and the loading library and a warm-up on a tiny OPT
 (one forward: kernel code pages; one meta build: meta-kernel registrations), see CHILD; the case loads the model, runs one
 forward pass on 32 tokens (so lazily mapped weights are really touched) and reports VmHWM (peak
-RSS). Printed ratio = (peak - baseline) / bytes of the loaded parameters. Targets (foundation issue):
+RSS). Printed ratio = (peak - baseline) / bytes of the loaded parameters. Targets:
 <= 1.05 for fp16, <= 1.1 for the fp32 upcast. Not collected by pytest (bench_*.py).
 """
 
@@ -137,7 +137,7 @@ def main() -> None:
         size = build_checkpoint(ckpt, args.layers, args.hidden, args.ffn, args.shards, args.seed)
         print(f"checkpoint: {ckpt}, {size / 1e9:.2f} GB fp16 in {args.shards} shards", flush=True)
         if size < 1.5e9:
-            print("warning: below the issue's 1.5 GB minimum", file=sys.stderr)
+            print("warning: below the 1.5 GB minimum", file=sys.stderr)
         cases = [("opt66b", "float16"), ("opt66b", "float32")]
         if not args.no_transformers:
             cases += [("transformers", "float16"), ("transformers", "float32")]

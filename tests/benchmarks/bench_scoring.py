@@ -13,7 +13,7 @@ Baseline = lm-eval v0.3 `_loglikelihood_tokens` at batch 1: per request one forw
 truncated input with full-vocabulary logits at every position, log-softmax over the first 50265.
 Printed: seconds, time ratio, tokens fed by each, tokens fed / unique-prefix tokens (the size of
 the token trie of all inputs: what a perfect prefix cache would feed), per-task accuracies (must
-be identical) and the largest log-likelihood difference. Target (issue 3): >= 2.7x on the mix.
+be identical) and the largest log-likelihood difference. Target: >= 2.7x on the mix.
 Not collected by pytest (bench_*.py).
 """
 
