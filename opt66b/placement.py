@@ -62,12 +62,25 @@ def dtype_bytes(dtype: torch.dtype) -> int:
     return torch.empty((), dtype=dtype).element_size()
 
 
+def attention_head_params(cfg: OPTConfig) -> int:
+    """Parameters one attention head owns: its Dh rows of q, k, v (+ their biases) and its Dh columns
+    of out_proj, 4 D Dh + 3 Dh; out_proj's bias belongs to the layer (pruning a head keeps it)."""
+    d, dh = cfg.hidden_size, cfg.head_dim
+    return 4 * d * dh + (3 * dh if cfg.enable_bias else 0)
+
+
+def ffn_params(cfg: OPTConfig) -> int:
+    """Parameters of one FFN block: fc1 and fc2, 2 D F (+ F + D bias); its LayerNorm is not counted."""
+    d, f = cfg.hidden_size, cfg.ffn_dim
+    return 2 * d * f + ((f + d) if cfg.enable_bias else 0)
+
+
 def layer_params(cfg: OPTConfig) -> int:
     """Parameters of one decoder layer: attention 4D^2 (+4D bias), FFN 2DF (+F+D bias), 2 LayerNorms."""
-    d, f = cfg.hidden_size, cfg.ffn_dim
-    bias = (4 * d + f + d) if cfg.enable_bias else 0
+    d = cfg.hidden_size
+    out_bias = d if cfg.enable_bias else 0
     ln = 4 * d if cfg.layer_norm_elementwise_affine else 0
-    return 4 * d * d + 2 * d * f + bias + ln
+    return cfg.num_heads * attention_head_params(cfg) + out_bias + ffn_params(cfg) + ln
 
 
 def head_params(cfg: OPTConfig) -> int:

@@ -82,8 +82,11 @@ def register_importance(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="One forward+backward per training example on [prompt; gold continuation], loss = mean "
                     "NLL of the continuation; IS[l,h] = sum over positions of |a . dL/da| / sum(N_e - 1) "
-                    "(last layer: / sum(Y_e)). Writes OUT/shots-K/{task}.safetensors ('importance' (L, H)) "
-                    "and OUT/shots-K/aggregate.safetensors (mean over tasks). Resumable per (task, shot).",
+                    "(last layer: / sum(Y_e)). Writes OUT/shots-K/{task}.safetensors with tensors 'importance' "
+                    "(L, H) (the paper's denominators) and 'importance_uniform' (every layer over sum(N_e - 1)), "
+                    "and OUT/shots-K/aggregate.safetensors: the mean over the seen tasks whose files exist (the "
+                    "paper's 14 by default; mathqa and lambada are unseen), recording its members. Resumable "
+                    "per (task, shot).",
         epilog="example:\n  python run.py importance heads --model ~/ckpt/opt-1.3b --data ~/data "
                "--tasks copa rte --shots 0 1 5 --n-docs 2500 --out runs/1.3b/importance")
     _study_args(h, [0, 1, 5])
@@ -93,6 +96,11 @@ def register_importance(sub: argparse._SubParsersAction) -> None:
                    help="left-truncate examples to this many model inputs (default: the model's max positions)")
     h.add_argument("--normalize-per-layer", action="store_true",
                    help="divide each layer's scores by their L2 norm (Michel et al.; the paper does not)")
+    h.add_argument("--seen-tasks", nargs="+", default=None,
+                   help="tasks the aggregate averages, when their files exist (default: the paper's 14; "
+                        "mathqa and lambada are unseen)")
+    h.add_argument("--update-aggregate", action="store_true",
+                   help="replace an existing aggregate whose member tasks or files changed (default: refuse)")
     h.set_defaults(func=_importance_heads)
 
     f = kinds.add_parser(
@@ -112,13 +120,17 @@ def register_importance(sub: argparse._SubParsersAction) -> None:
 
 
 def _importance_heads(args: argparse.Namespace) -> int:
-    from opt66b.distributed import barrier, my_units, rank_world
-    from opt66b.io import Progress, read_tensors, run_metadata, write_tensors
+    from tasks.registry import check_task_args
 
-    from .importance import head_importance
-    from .masks import aggregate_importance
+    from opt66b.distributed import barrier, my_units, rank_world
+    from opt66b.io import Progress, run_metadata, write_tensors
+
+    from .aggregate import PAPER_SEEN_TASKS, write_aggregate
+    from .importance import head_score_sums, importance_from_sums
 
     _validate(args)
+    if args.seen_tasks:
+        check_task_args(args.seen_tasks, args.shots)
     if args.n_docs < 1:
         raise ValueError(f"--n-docs must be >= 1, got {args.n_docs}")
     model, tokenizer, tasks, settings = _load(args)
@@ -130,19 +142,19 @@ def _importance_heads(args: argparse.Namespace) -> int:
         examples = tasks[name].importance_examples(args.n_docs, k, random.Random(args.seed),
                                                    paper_quirks=args.paper_quirks)
         bar = Progress(len(examples), f"importance {name} {k}-shot")
-        imp, counts = head_importance(model, tokenizer, examples,
-                                      max_length=args.max_length or model.config.max_positions,
-                                      normalize_per_layer=args.normalize_per_layer, progress=bar.update)
-        write_tensors(path, {"importance": imp}, run_metadata(**{
+        total, counts = head_score_sums(model, tokenizer, examples,
+                                        max_length=args.max_length or model.config.max_positions,
+                                        progress=bar.update)
+        variants = {key: importance_from_sums(total, counts, denominator, args.normalize_per_layer)
+                    for key, denominator in (("importance", "paper"), ("importance_uniform", "uniform"))}
+        write_tensors(path, variants, run_metadata(**{
             **settings, "task": name, "shots": k, "seed": args.seed, "n_docs": args.n_docs, "counts": counts,
             "normalize_per_layer": args.normalize_per_layer, "max_length": args.max_length}))
     barrier()
     if rank_world()[0] == 0:
         for k in args.shots:
-            shot_dir = args.out / f"shots-{k}"
-            imps = [read_tensors(shot_dir / f"{name}.safetensors")[0]["importance"] for name in tasks]
-            write_tensors(shot_dir / "aggregate.safetensors", {"importance": aggregate_importance(imps)},
-                          run_metadata(**{**settings, "shots": k, "aggregate_of": list(tasks), "seed": args.seed}))
+            write_aggregate(args.out / f"shots-{k}", args.seen_tasks or PAPER_SEEN_TASKS,
+                            update=args.update_aggregate, settings={**settings, "shots": k, "seed": args.seed})
     return 0
 
 

@@ -57,22 +57,13 @@ def example_head_scores(model: Any, input_ids: Sequence[int], continuation: Sequ
     return torch.stack(scores).cpu()  # (L, H)
 
 
-def head_importance(model: Any, tokenizer: Any, examples: Sequence[Any], max_length: int = 2048,
-                    normalize_per_layer: bool = False,
+DENOMINATORS = ("paper", "uniform")
+
+
+def head_score_sums(model: Any, tokenizer: Any, examples: Sequence[Any], max_length: int = 2048,
                     progress: Callable[[int], None] | None = None) -> tuple[torch.Tensor, dict[str, int]]:
-    """Gradient-based head importance IS (L, H) float32 on `examples` (Request(context, continuation)).
-
-    How to read it: IS[l, h] is the mean, over token positions, of |first-order change of the loss
-    (nats) if head h of layer l were removed| (a . dL/da is the Taylor estimate of the loss change
-    when a -> 0). Larger = more important. Scores are comparable across heads of the same task and
-    shot; the last layer uses the target-token denominator (paper quirk), so it reads larger. With
-    normalize_per_layer each layer's row is divided by its L2 norm (Michel et al.; not the paper).
-
-    Tokens as lm-eval builds them (tasks.scoring.token_requests: no BOS, separate encoding, left
-    truncation to max_length model inputs). Returns (IS, counts) with counts = {"examples",
-    "positions" = sum(N_e - 1), "targets" = sum(Y_e), "truncated" (examples cut on the left)}.
-    Accumulation is float32 whatever the model dtype; weights get no gradient.
-    """
+    """S[l, h] (L, H) float32 = sum over examples and positions of |a . dL/da|, and the counts
+    {"examples", "positions" = sum(N_e - 1), "targets" = sum(Y_e), "truncated"} (see head_importance)."""
     if not examples:
         raise ValueError("head_importance needs at least one example, got none")
     cfg = model.config
@@ -91,13 +82,45 @@ def head_importance(model: Any, tokenizer: Any, examples: Sequence[Any], max_len
                 progress(1)
     if positions == 0:
         raise ValueError("every example has a single token; the importance denominators are zero")
-    denom = torch.full((cfg.num_layers, 1), float(positions))  # (L, 1)
-    denom[-1] = float(targets)
-    importance = total / denom  # (L, H)
+    return total, {"examples": len(examples), "positions": positions, "targets": targets, "truncated": truncated}
+
+
+def importance_from_sums(total: torch.Tensor, counts: dict[str, int], denominator: str = "paper",
+                         normalize_per_layer: bool = False) -> torch.Tensor:
+    """IS (L, H) float32 from the sums S. denominator "paper": layers < L-1 divide by sum(N_e - 1),
+    the last layer by sum(Y_e) (the paper's code); "uniform": every layer by sum(N_e - 1), so the last
+    layer is on the same per-position scale as the others (in one global ranking the paper's choice
+    inflates it by about sum(N_e - 1) / sum(Y_e))."""
+    if denominator not in DENOMINATORS:
+        raise ValueError(f"denominator must be one of {DENOMINATORS}, got {denominator!r}")
+    denom = torch.full((total.shape[0], 1), float(counts["positions"]), dtype=torch.float64)  # (L, 1)
+    if denominator == "paper":
+        denom[-1] = float(counts["targets"])
+    importance = total.double() / denom  # (L, H)
     if normalize_per_layer:
-        importance = l2_normalize_per_layer(importance).float()
-    counts = {"examples": len(examples), "positions": positions, "targets": targets, "truncated": truncated}
-    return importance, counts
+        importance = l2_normalize_per_layer(importance)
+    return importance.float()
+
+
+def head_importance(model: Any, tokenizer: Any, examples: Sequence[Any], max_length: int = 2048,
+                    normalize_per_layer: bool = False, denominator: str = "paper",
+                    progress: Callable[[int], None] | None = None) -> tuple[torch.Tensor, dict[str, int]]:
+    """Gradient-based head importance IS (L, H) float32 on `examples` (Request(context, continuation)).
+
+    How to read it: IS[l, h] is the mean, over token positions, of |first-order change of the loss
+    (nats) if head h of layer l were removed| (a . dL/da is the Taylor estimate of the loss change
+    when a -> 0). Larger = more important. Scores are comparable across heads of the same task and
+    shot; with the paper's denominator the last layer uses the target-token count, so it reads
+    larger (denominator="uniform" divides every layer by the position count). With
+    normalize_per_layer each layer's row is divided by its L2 norm (Michel et al.; not the paper).
+
+    Tokens as lm-eval builds them (tasks.scoring.token_requests: no BOS, separate encoding, left
+    truncation to max_length model inputs). Returns (IS, counts) with counts = {"examples",
+    "positions" = sum(N_e - 1), "targets" = sum(Y_e), "truncated" (examples cut on the left)}.
+    Accumulation is float32 whatever the model dtype; weights get no gradient.
+    """
+    total, counts = head_score_sums(model, tokenizer, examples, max_length, progress)
+    return importance_from_sums(total, counts, denominator, normalize_per_layer), counts
 
 
 # -- oracle FFN importance -----------------------------------------------------------------------

@@ -108,6 +108,22 @@ def test_head_importance_matches_independent_autograd(model, tokenizer, task_nam
     assert all(p.grad is None and not p.requires_grad for p in model.parameters())
 
 
+def test_uniform_denominator_matches_independent_float64(model, tokenizer):
+    """The errata variant: every layer, the last included, divided by sum(N_e - 1)."""
+    from prune.importance import head_importance
+    from tasks.registry import get_task
+
+    examples = get_task("copa", FIXTURES).importance_examples(3, 1, random.Random(7))
+    paper, positions, targets = expected_importance(model, tokenizer, examples)
+    expect = paper.clone()
+    expect[-1] *= targets / positions  # undo the paper's last-layer sum(Y_e) for sum(N_e - 1)
+    assert positions > 3 * targets  # so the two variants differ by more than the tolerance below
+    uniform, _ = head_importance(copy.deepcopy(model).double(), tokenizer, examples, denominator="uniform")
+    torch.testing.assert_close(uniform.double(), expect, rtol=1e-5, atol=0.0)  # as the paper test above
+    with pytest.raises(ValueError, match="denominator"):
+        head_importance(model, tokenizer, examples, denominator="targets")
+
+
 def test_left_truncation_is_counted(model, tokenizer):
     from prune.importance import head_importance
     from tasks.base import Request

@@ -1,0 +1,149 @@
+"""The paper's protocol on hand-built inputs: seen-task aggregate, transfer partners, inflection rules, headline."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from opt66b.io import read_tensors, write_tensors
+from prune.aggregate import PAPER_SEEN_TASKS, aggregate_of, write_aggregate
+from prune.inflection import grid_within_tolerance, headline, knee, within_tolerance
+from prune.transfer import choose_tasks, partners, transfer_plan
+
+
+def _write(shot_dir, task, value):
+    imp = torch.full((2, 3), float(value))
+    imp[0, 0] = float(value) * 2  # not constant, so a mixed-up member shows in the mean
+    write_tensors(shot_dir / f"{task}.safetensors", {"importance": imp, "importance_uniform": imp / 2})
+
+
+# -- aggregate --------------------------------------------------------------------------------------
+def test_aggregate_is_the_mean_over_seen_tasks_only(tmp_path):
+    for task, v in (("copa", 1.0), ("rte", 3.0), ("mathqa", 100.0), ("lambada", 1000.0)):
+        _write(tmp_path, task, v)
+    path = write_aggregate(tmp_path, log=lambda m: None)
+    tensors, _ = read_tensors(path)
+    expect = torch.full((2, 3), 2.0)
+    expect[0, 0] = 4.0  # (2 + 6) / 2: mathqa and lambada (100, 1000) are left out
+    assert torch.equal(tensors["importance"], expect)
+    assert torch.equal(tensors["importance_uniform"], expect / 2)
+    assert aggregate_of(path) == [t for t in PAPER_SEEN_TASKS if t in ("copa", "rte")]  # the paper's order
+
+
+def test_writing_other_tasks_never_changes_the_aggregate_silently(tmp_path):
+    _write(tmp_path, "copa", 1.0)
+    path = write_aggregate(tmp_path, log=lambda m: None)
+    before = path.read_bytes()
+    _write(tmp_path, "lambada", 7.0)  # an unseen task: the aggregate stays as it is
+    assert write_aggregate(tmp_path, log=lambda m: None) == path and path.read_bytes() == before
+    _write(tmp_path, "rte", 5.0)  # a new seen task: refuse, naming both member lists
+    with pytest.raises(ValueError, match=r"averages \['copa'\].*added \['rte'\].*--update-aggregate"):
+        write_aggregate(tmp_path, log=lambda m: None)
+    assert path.read_bytes() == before
+    said = []
+    write_aggregate(tmp_path, update=True, log=said.append)
+    assert "added ['rte']" in said[0] and aggregate_of(path) == [t for t in PAPER_SEEN_TASKS if t in ("copa", "rte")]
+
+
+def test_seen_set_is_settable(tmp_path):
+    _write(tmp_path, "copa", 1.0)
+    _write(tmp_path, "mathqa", 3.0)
+    path = write_aggregate(tmp_path, seen=["mathqa"], log=lambda m: None)
+    assert aggregate_of(path) == ["mathqa"] and float(read_tensors(path)[0]["importance"][1, 1]) == 3.0
+
+
+# -- transfer partners ------------------------------------------------------------------------------
+BLOCK = {
+    "tasks": ["copa", "mathqa", "rte", "wic", "winogrande"],
+    # rows/columns in `tasks` order; the two variants disagree on purpose
+    "spearman": {"rho": [[1.0, 0.99, 0.5, -0.2, 0.7],
+                         [0.99, 1.0, 0.1, 0.1, 0.1],
+                         [0.5, 0.1, 1.0, 0.3, 0.2],
+                         [-0.2, 0.1, 0.3, 1.0, 0.4],
+                         [0.7, 0.1, 0.2, 0.4, 1.0]]},
+    "paper_argsort_pearson": [[1.0, -0.9, 0.05, 0.3, 0.1],
+                              [-0.9, 1.0, 0.0, 0.0, 0.0],
+                              [0.05, 0.0, 1.0, 0.2, 0.2],
+                              [0.3, 0.0, 0.2, 1.0, 0.2],
+                              [0.1, 0.0, 0.2, 0.2, 1.0]],
+}
+SEEN = ["copa", "rte", "wic", "winogrande"]
+
+
+def test_partners_pick_highest_and_lowest_among_seen_tasks():
+    # mathqa (unseen) has the highest true rho with copa and the lowest argsort value: never a partner
+    got = partners(BLOCK, "copa", "spearman", SEEN)
+    assert got["high"] == {"task": "winogrande", "value": 0.7} and got["low"] == {"task": "wic", "value": -0.2}
+    got = partners(BLOCK, "copa", "paper_argsort_pearson", SEEN)
+    assert got["high"]["task"] == "wic" and got["low"]["task"] == "rte"
+    # ties: the task listed first wins (wic: rte and winogrande both 0.2 under argsort)
+    got = partners(BLOCK, "wic", "paper_argsort_pearson", SEEN)
+    assert got["high"]["task"] == "copa" and got["low"]["task"] == "rte"
+    with pytest.raises(KeyError, match="record"):
+        partners(BLOCK, "record", "spearman", SEEN)
+
+
+def test_missing_task_gets_the_documented_substitute():
+    chosen = choose_tasks(["copa", "rte", "winogrande"], ["copa", "winogrande", "record"],
+                          ["hellaswag", "copa", "rte", "winogrande"])
+    assert chosen == [{"task": "copa"}, {"task": "winogrande"}, {"task": "rte", "instead_of": "record"}]
+
+
+def test_transfer_plan_lists_partner_runs_and_unseen_tasks():
+    plan = transfer_plan({"shots": {"0": BLOCK}}, wanted=["copa", "winogrande"], seen=SEEN, unseen=["mathqa"])
+    assert plan["paper_choice_variant"] == "paper_argsort_pearson"
+    copa = plan["shots"]["0"]["chosen"][0]
+    assert copa["rankings"] == {"own": "copa", "aggregate": "aggregate"}
+    assert plan["shots"]["0"]["unseen"] == [{"task": "mathqa", "rankings": {"own": "mathqa", "aggregate": "aggregate"}}]
+    runs = {(r["task"], r["ranking"]) for r in plan["runs"]}
+    # copa: winogrande/wic (spearman), wic/rte (argsort) -> 3 distinct sources; no duplicates
+    assert {s for t, s in runs if t == "copa"} == {"winogrande", "wic", "rte"}
+    assert len(plan["runs"]) == len(runs)
+
+
+# -- inflection rules ---------------------------------------------------------------------------------
+def test_knee_is_the_largest_slope_change():
+    # slopes (points per %): 0-10 -0.01, 10-20 -0.02, 20-30 -0.05, 30-40 -1.0 -> bends at 10: 0.01,
+    # at 20: 0.03, at 30: 0.95 -> knee 30
+    curve = {"0": 80.0, "10": 79.9, "20": 79.7, "30": 79.2, "40": 69.2}
+    assert knee(curve) == 30.0
+    assert knee(curve, min_bend=1.0) is None  # 0.95 < 1.0
+    assert knee({"0": 50.0, "10": 50.0, "20": 50.0}) is None  # flat: no bend
+    assert knee({0: 1.0, 10: 1.0}) is None  # two points have no interior
+    # equal bends: the smaller percentage
+    assert knee({0: 10.0, 10: 10.0, 20: 8.0, 30: 4.0}, min_bend=0.0) == 10.0  # bends 0.2 at 10, 0.2 at 20
+
+
+def test_tolerance_rule_walks_up_and_stops_at_the_first_failure():
+    curve = {"0": 60.0, "10": 59.5, "20": 61.0, "30": 58.9, "40": 59.8, "50": 40.0}
+    assert within_tolerance(curve, 1.0) == 20.0  # 30% is 1.1 below; the recovery at 40% does not count
+    assert within_tolerance(curve, 1.2) == 40.0
+    assert within_tolerance({"10": 1.0}) is None  # no unpruned point
+
+
+def test_grid_rule_needs_every_dominated_cell_within_tolerance():
+    grid = {"0": {"0": 50.0, "10": 49.5, "20": 45.0},
+            "10": {"0": 49.8, "10": 49.0, "20": 49.9},
+            "20": {"0": 48.0, "10": 49.9, "20": 49.9}}
+    # (10,20) is fine alone but (0,20) below it fails; (20, *) fail through (20,0)
+    assert grid_within_tolerance(grid, 1.0) == [(0.0, 0.0), (0.0, 10.0), (10.0, 0.0), (10.0, 10.0)]
+
+
+def test_headline_counts_parameters_from_the_config():
+    from opt66b.config import config_for_size
+
+    cfg = config_for_size("opt-66b")
+    heads = {str(p): 70.0 - (0 if p <= 70 else p - 70) for p in range(0, 100, 10)}
+    ffn = {"0": 70.0, "10": 69.5, "20": 69.2, "30": 60.0}
+    out = headline(heads, ffn, {"0": {"0": 70.0, "10": 69.9}, "10": {"0": 69.0, "10": 68.0}}, cfg, tolerance=1.0)
+    d, dh, f = 9216, 128, 36864
+    per_head, per_ffn = 4 * d * dh + 3 * dh, 2 * d * f + f + d  # q, k, v rows (+ bias) and out_proj columns
+    assert out["heads"]["head_percent"] == 70.0 and out["heads"]["heads_removed"] == 3225  # floor(0.7 * 4608)
+    assert out["heads"]["params_removed"] == 3225 * per_head  # ~15.2e9
+    assert out["ffn"]["ffns_removed"] == 12 and out["ffn"]["params_removed"] == 12 * per_ffn  # ~8.2e9
+    # cells within 1 point: (0,0), (0,10), (10,0); (10,10) is 2 below. 6 FFNs (~4.1e9) beat 460 heads (~2.2e9)
+    assert (out["both"]["head_percent"], out["both"]["ffn_percent"]) == (0.0, 10.0)
+    assert out["both"]["params_removed"] == 6 * per_ffn
+    json.dumps(out)  # plain JSON
