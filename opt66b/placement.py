@@ -4,7 +4,7 @@ Mirrors the idea of accelerate's `infer_auto_device_map` (docs/scale.md) with tw
 sizes come from the OPTConfig alone (no checkpoint, no meta model), and the tied output head never leaves the embedding's device (accelerate's auto
 map could split OPT's lm_head from embed_tokens, transformers issue 31037).
 
-Rules of the auto map (documented in the README too):
+Rules of the auto map (documented in docs/scale.md too):
   * the "head group" - token + position embeddings, project_in/out (350m), final layer norm and the
     output head (tied to the embedding, or an untied lm_head) - goes whole on the FIRST listed
     device; the final hidden state (B, T, W) travels back to it once per forward, which is cheap;

@@ -60,7 +60,7 @@ def accuracy_section(run: Path) -> list[str]:
 
 
 def importance_section(run: Path, figs: Path) -> list[str]:
-    lines = ["## Head importance (gradient-based, paper §1)", ""]
+    lines = ["## Head importance (gradient-based; docs/method.md §2)", ""]
     found = False
     for shot in _shot_dirs(run / "importance"):
         agg = shot / "aggregate.safetensors"
@@ -73,7 +73,7 @@ def importance_section(run: Path, figs: Path) -> list[str]:
         _figure(lines, path, run, f"aggregate head importance {shot.name}")
     if not found:
         lines += ["(no importance files under importance/)", ""]
-    lines += ["## FFN importance (oracle knockouts, paper §3)", ""]
+    lines += ["## FFN importance (oracle knockouts; docs/method.md §3)", ""]
     for shot in _shot_dirs(run / "ffn_importance"):
         agg = _json(shot / "aggregate.json")
         if not agg:
@@ -100,7 +100,7 @@ def _inflection(curve: dict[str, float]) -> float | None:
 
 
 def pruning_section(run: Path, figs: Path) -> list[str]:
-    lines = ["## Pruning sweeps (paper §4)", "",
+    lines = ["## Pruning sweeps (docs/method.md §4)", "",
              f"Inflection point: the largest % pruned at which the metric stays within {INFLECTION_POINTS:g} "
              "point of the unpruned model (metric x100).", ""]
     tables = sorted((run / "prune").glob("*.json")) if (run / "prune").is_dir() else []
@@ -151,7 +151,7 @@ def pruning_section(run: Path, figs: Path) -> list[str]:
 
 
 def correlation_section(run: Path, figs: Path) -> list[str]:
-    lines = ["## Spearman rank correlation of head importance (paper §5)", ""]
+    lines = ["## Spearman rank correlation of head importance (docs/method.md §5)", ""]
     corr = _json(run / "correlate" / "correlations.json")
     if not corr:
         return lines + ["(no correlate/correlations.json)", ""]
@@ -176,7 +176,7 @@ def correlation_section(run: Path, figs: Path) -> list[str]:
 
 
 def induction_section(run: Path, figs: Path) -> list[str]:
-    lines = ["## Induction heads: prefix matching and copying (paper §6-7)", ""]
+    lines = ["## Induction heads: prefix matching and copying (docs/method.md §7-8)", ""]
     ind = run / "induction"
     found = sorted(ind.glob("*.json")) if ind.is_dir() else []
     if not found:
@@ -198,7 +198,7 @@ def induction_section(run: Path, figs: Path) -> list[str]:
         lines += overlap_lines(run, top_prefix)
     cap = _json(run / "capacity" / "capacity.json")
     if cap:
-        lines += ["## Capacity retained under head pruning (paper §8)", ""]
+        lines += ["## Capacity retained under head pruning (docs/method.md §9)", ""]
         # The report keeps the aggregate rankings and the random reference; capacity.json has every task.
         table = {k: v for k, v in cap["retained_at_pruned_percent"].items()
                  if k.endswith("/aggregate") or k.endswith("random_expected")}

@@ -6,7 +6,7 @@ two kinds: natural text from the bundled samples' train/few-shot files (never an
 "span recall" rows: a context of random pool tokens (merge ranks minus 4% at each end, the
 prefix-matching pool) followed by spans of 2-3 tokens copied from random places in that context.
 It grows one previous-token head in layer 0 and induction heads in layer 1 (numbers in
-training_log.json and README "The tiny OPT"). Why each choice:
+training_log.json and docs/tiny-opt.md). Why each choice:
 
 - frozen random token table, 64 wide: tokens stay near-orthogonal (46,000 pool tokens in 64 dims),
   so the copy and match circuits must work for any token, including the ~45,000 never seen in

@@ -3,7 +3,7 @@
 Standard library only. Every record carries a `where` string ("<file>:<line>" for JSONL / label
 files, "<file>: record <i>" for JSON arrays, "<file>: task <i>" for the HellaSwag text dump) so a
 malformed line or a missing field is reported with the file and line to fix. Data layout:
-`<data>/<task dir>/<file as released>`, see README "Data layout" and each task's `FILES`.
+`<data>/<task dir>/<file as released>`, see docs/data.md and each task's `FILES`.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny random configs, seeded generators, and the location of ../shared."""
+"""Shared fixtures: tiny random configs, seeded generators, and where the optional full data and
+OPT tokenizer files live (a sibling directory of the checkout; tests that need them skip without them)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""prune/masks.py: p% counts against the spec tables, rankings, masks, aggregation and mask files."""
+"""prune/masks.py: p% counts against the paper's OPT-66B counts, rankings, masks, aggregation and mask files."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The tiny OPT organism shipped in opt66b/assets/tiny-opt, and the synthetic copying task.
 
-The numbers asserted here are those of opt66b/assets/tiny-opt/training_log.json and the README.
+The numbers asserted here are those of opt66b/assets/tiny-opt/training_log.json and docs/tiny-opt.md.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def test_organism_induction_head_and_copy_pruning():
     induction = res["induction_heads"]
     assert 1 <= len(induction) <= 2, f"expected one or two induction heads, got {induction}"
     assert all(layer == 1 for layer, _ in induction)  # K-composition needs a layer below
-    # the shipped model measures 1.000 / 0.000 / 0.990 (training_log.json, README); the margins below
+    # the shipped model measures 1.000 / 0.000 / 0.990 (training_log.json, docs/tiny-opt.md); the margins below
     # leave room for another CPU's rounding while still telling collapse from no effect
     assert res["accuracy_full"] >= 0.9
     assert res["accuracy_induction_pruned"] <= 0.1
