@@ -78,10 +78,12 @@ def _unembed_rows(model: OPT, tokens: torch.Tensor, device: torch.device) -> tor
     return u.to(device)
 
 
-def _heads_through_unembedding(u_c: torch.Tensor, w_o: torch.Tensor, num_heads: int) -> torch.Tensor:
-    """M[k, h] = W_O^h^T U_c[k]: (T, H, Dh), so head h's logit of token k from a value vector v is v . M[k, h]."""
+def _heads_through_unembedding(u_c: torch.Tensor, att: torch.nn.Module) -> torch.Tensor:
+    """M[k, h] = W_O^h^T U_c[k]: (T, H, Dh), so head h's logit of token k from a value vector v is v . M[k, h].
+    A head removed from a pruned checkpoint has W_O^h = 0."""
     t = u_c.shape[0]
-    return (u_c @ w_o.float()).view(t, num_heads, -1)  # (T, D) @ (D, H*Dh) -> (T, H, Dh)
+    w_o = att.out_weight_by_head().to(u_c.device).float().flatten(1)  # (D, H, Dh) -> (D, H*Dh)
+    return (u_c @ w_o).view(t, att.total_heads, -1)  # (T, D) @ (D, H*Dh) -> (T, H, Dh)
 
 
 @torch.no_grad()
@@ -100,13 +102,17 @@ def copying_paper(model: OPT, tokens: torch.Tensor, head_chunk: int = 8, exact_s
         dev = layer.device
         att = layer.self_attn
         u = layer.self_attn_layer_norm(x.to(dev))[0]  # (T, D)
-        q = (att.q_proj(u) * att.scaling).view(t, cfg.num_heads, -1).transpose(0, 1)  # (H, T, Dh)
-        k = att.k_proj(u).view(t, cfg.num_heads, -1).transpose(0, 1)  # (H, T, Dh)
-        v = att.v_proj(u).view(t, cfg.num_heads, -1).transpose(0, 1).float()  # (H, T, Dh), b_V included
-        scores = (q @ k.transpose(-1, -2)).float()  # (H, T, T); softmax is monotone, argmax suffices
-        attended = scores.masked_fill(~causal.to(dev), float("-inf")).argmax(-1)  # (H, T)
+        if att.num_heads == 0:  # a pruned checkpoint's layer without heads: nothing to copy
+            continue
+        # h kept heads (all H unless the checkpoint is pruned), then back to the original numbering
+        q = (att.q_proj(u) * att.scaling).view(t, att.num_heads, -1).transpose(0, 1)  # (h, T, Dh)
+        k = att.k_proj(u).view(t, att.num_heads, -1).transpose(0, 1)  # (h, T, Dh)
+        v = att.v_proj(u).view(t, att.num_heads, -1).transpose(0, 1).float()  # (h, T, Dh), b_V included
+        scores = (q @ k.transpose(-1, -2)).float()  # (h, T, T); softmax is monotone, argmax suffices
+        attended = scores.masked_fill(~causal.to(dev), float("-inf")).argmax(-1)  # (h, T)
+        v, attended = att.to_all_heads(v[None])[0], att.to_all_heads(attended[None])[0]  # (H, T, Dh), (H, T)
         u_c = _unembed_rows(model, tokens, dev)  # (T, D)
-        m = _heads_through_unembedding(u_c, att.out_proj.weight, cfg.num_heads)  # (T, H, Dh)
+        m = _heads_through_unembedding(u_c, att)  # (T, H, Dh)
         bias_logit = u_c @ att.out_proj.bias.float() if att.out_proj.bias is not None else torch.zeros(t, device=dev)
         for h0 in range(0, cfg.num_heads, head_chunk):
             hs = slice(h0, min(h0 + head_chunk, cfg.num_heads))
@@ -125,9 +131,9 @@ def _full_vocab_lse(model: OPT, att: torch.nn.Module, v: torch.Tensor, first_hea
     hc, t, dh = v.shape
     w = model.output_weight.float()
     out = torch.empty(hc, t, device=v.device)
+    w_all = att.out_weight_by_head()  # (D, H, Dh)
     for i in range(hc):
-        h = first_head + i
-        w_o = att.out_proj.weight[:, h * dh:(h + 1) * dh].float()  # (D, Dh)
+        w_o = w_all[:, first_head + i].float()  # (D, Dh)
         for p0 in range(0, t, chunk):
             o = v[i, p0:p0 + chunk] @ w_o.T  # (pc, D)
             if att.out_proj.bias is not None:
@@ -164,7 +170,7 @@ class _CopyingCapture(Capture):
             self.u_c[dev] = _unembed_rows(self.model, self.tokens, dev)
         att = self.model.decoder.layers[layer].self_attn
         n_heads = self.model.config.num_heads
-        m = _heads_through_unembedding(self.u_c[dev], att.out_proj.weight, n_heads)  # (T, H, Dh), no b_O
+        m = _heads_through_unembedding(self.u_c[dev], att)  # (T, H, Dh), no b_O
         zf = z[0].float()  # (H, T, Dh)
         for h0 in range(0, n_heads, self.head_chunk):
             hs = slice(h0, min(h0 + self.head_chunk, n_heads))

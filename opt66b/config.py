@@ -7,7 +7,7 @@ facebook/opt-* configs (docs/porting.md).
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,11 @@ class OPTConfig:
     bos_token_id: int = 2
     eos_token_id: int = 2
     tokenizer_vocab_size: int = 50265  # real token ids; rows 50265..50271 of the embedding are padding
+    # Physically pruned checkpoints (export.py). Head ids keep the ORIGINAL numbering 0..num_heads-1:
+    # num_heads stays the unpruned count, masks and scores stay (layers, num_heads), and a removed
+    # head reads as absent (zero output). layer -> removed head ids; layers whose FFN is removed.
+    pruned_heads: dict[int, tuple[int, ...]] = field(default_factory=dict)
+    pruned_ffn: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.word_embed_proj_dim is None:
@@ -42,6 +47,15 @@ class OPTConfig:
                 raise ValueError(f"OPTConfig.{name} must be positive, got {getattr(self, name)}")
         if self.tokenizer_vocab_size > self.vocab_size:
             self.tokenizer_vocab_size = self.vocab_size
+        self.pruned_heads = {int(layer): tuple(sorted({int(h) for h in heads}))
+                             for layer, heads in sorted(self.pruned_heads.items(), key=lambda kv: int(kv[0])) if heads}
+        self.pruned_ffn = tuple(sorted({int(layer) for layer in self.pruned_ffn}))
+        for layer, heads in self.pruned_heads.items():
+            if not 0 <= layer < self.num_layers or not all(0 <= h < self.num_heads for h in heads):
+                raise ValueError(f"pruned_heads {{{layer}: {list(heads)}}} is outside the model's "
+                                 f"{self.num_layers} layers x {self.num_heads} heads")
+        if any(not 0 <= layer < self.num_layers for layer in self.pruned_ffn):
+            raise ValueError(f"{PRUNED_FFN_KEY} {list(self.pruned_ffn)} names layers outside 0..{self.num_layers - 1}")
 
     @property
     def head_dim(self) -> int:
@@ -54,6 +68,18 @@ class OPTConfig:
     @property
     def has_final_layer_norm(self) -> bool:
         return self.do_layer_norm_before and not self.remove_final_layer_norm
+
+    def kept_heads(self, layer: int) -> list[int]:
+        """Original ids of the heads layer `layer` still has (all of 0..num_heads-1 unless pruned)."""
+        removed = set(self.pruned_heads.get(layer, ()))
+        return [h for h in range(self.num_heads) if h not in removed]
+
+    def has_ffn(self, layer: int) -> bool:
+        return layer not in self.pruned_ffn
+
+    @property
+    def is_pruned(self) -> bool:
+        return bool(self.pruned_heads or self.pruned_ffn)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -82,7 +108,22 @@ class OPTConfig:
             "dropout": 0.0,
             "attention_dropout": 0.0,
             "layerdrop": 0.0,
+            **self.pruned_hf_dict(),
         }
+
+    def pruned_hf_dict(self) -> dict[str, Any]:
+        """What was physically removed, as config.json records it: transformers' `pruned_heads`
+        convention ({"layer": [heads]}, string keys as json writes them) plus the removed FFNs."""
+        out: dict[str, Any] = {}
+        if self.pruned_heads:
+            out[PRUNED_HEADS_KEY] = {str(layer): list(heads) for layer, heads in self.pruned_heads.items()}
+        if self.pruned_ffn:
+            out[PRUNED_FFN_KEY] = list(self.pruned_ffn)
+        return out
+
+
+PRUNED_HEADS_KEY = "pruned_heads"  # transformers' PretrainedConfig name and layout
+PRUNED_FFN_KEY = "opt66b_pruned_ffn"  # no transformers equivalent: our own, prefixed so it cannot clash
 
 
 # Exact-name size table (the Hub's facebook/opt-* config.json values). Looked up by exact name only.
@@ -156,7 +197,27 @@ def config_from_hf(source: str | Path | dict[str, Any]) -> OPTConfig:
     if missing:
         raise ValueError(f"{where}: missing required keys {missing}")
     kwargs = {ours: raw[theirs] for theirs, ours in _HF_KEYS.items() if theirs in raw and raw[theirs] is not None}
+    kwargs.update(_pruned_from_hf(raw, where))
     return OPTConfig(**kwargs)
+
+
+def _pruned_from_hf(raw: dict[str, Any], where: str) -> dict[str, Any]:
+    """OPTConfig's pruned_heads / pruned_ffn from config.json's `pruned_heads` and `opt66b_pruned_ffn`."""
+    out: dict[str, Any] = {}
+    heads = raw.get(PRUNED_HEADS_KEY) or {}
+    ok = isinstance(heads, dict) and all(str(k).isdigit() and isinstance(v, list) and
+                                         all(isinstance(h, int) and not isinstance(h, bool) for h in v)
+                                         for k, v in heads.items())
+    if not ok:
+        raise ValueError(f'{where}: {PRUNED_HEADS_KEY} must map layer ids to lists of head ids, e.g. {{"3": [0, 5]}}')
+    if heads:
+        out["pruned_heads"] = {int(k): v for k, v in heads.items()}
+    ffn = raw.get(PRUNED_FFN_KEY) or []
+    if not isinstance(ffn, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ffn):
+        raise ValueError(f"{where}: {PRUNED_FFN_KEY} must be a list of layer ids, e.g. [2, 7]")
+    if ffn:
+        out["pruned_ffn"] = ffn
+    return out
 
 
 def config_field_names() -> list[str]:

@@ -13,6 +13,9 @@ Interventions are explicit forward arguments:
         out_proj). 0 zeroes the head; out_proj's bias is per layer and stays, as in the paper's code.
     ffn_mask (L,): scales the layer's whole FFN block. 0 skips it (the block is not computed); a
         post-LN (350m) layer still applies its trailing layer norm, as in the paper's code.
+    Physically pruned checkpoints (config.pruned_heads / pruned_ffn, written by export.py) compute
+    only the heads and FFNs they have; masks stay (L, H) / (L,) in the original numbering, and a
+    removed head or FFN is absent whatever its mask value (as if masked with 0).
     capture: a `Capture` (see capture.py) that records attention probabilities and per-head outputs.
 """
 
@@ -69,59 +72,125 @@ def attention_allowed(key_real: torch.Tensor | None, batch: int, new: int, past:
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: OPTConfig):
+    """OPT self-attention over the heads this layer has. In a pruned checkpoint (config.pruned_heads)
+    q/k/v have rows and out_proj has columns for the kept heads only; head masks, captured
+    probabilities and head outputs stay in the original numbering (H heads, removed ones zero)."""
+
+    def __init__(self, cfg: OPTConfig, layer: int = 0):
         super().__init__()
         d, b = cfg.hidden_size, cfg.enable_bias
-        self.num_heads, self.head_dim = cfg.num_heads, cfg.head_dim
+        self.total_heads, self.head_dim = cfg.num_heads, cfg.head_dim
+        kept = cfg.kept_heads(layer)
+        self.num_heads = len(kept)
+        # None when every head is present, so an unpruned layer runs exactly the ops it always did.
+        self.head_ids: list[int] | None = None if self.num_heads == cfg.num_heads else kept
         self.scaling = self.head_dim ** -0.5
-        self.q_proj = nn.Linear(d, d, bias=b)
-        self.k_proj = nn.Linear(d, d, bias=b)
-        self.v_proj = nn.Linear(d, d, bias=b)
-        self.out_proj = nn.Linear(d, d, bias=b)
+        inner = self.num_heads * self.head_dim
+        if inner:
+            self.q_proj = nn.Linear(d, inner, bias=b)
+            self.k_proj = nn.Linear(d, inner, bias=b)
+            self.v_proj = nn.Linear(d, inner, bias=b)
+            self.out_proj = nn.Linear(inner, d, bias=b)
+        elif b:
+            self.out_proj = OutputBias(d)  # every head removed: out_proj's bias is all that is left
 
     def split_heads(self, x: torch.Tensor) -> torch.Tensor:
         bsz, t, _ = x.shape
-        return x.view(bsz, t, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, T, Dh)
+        return x.view(bsz, t, self.num_heads, self.head_dim).transpose(1, 2)  # (B, h, T, Dh), h kept heads
+
+    def to_all_heads(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, h, ...) over the kept heads -> (B, H, ...) in the original numbering, zeros for
+        removed heads (out of place, so gradients flow back to x)."""
+        if self.head_ids is None:
+            return x
+        full = x.new_zeros(x.shape[0], self.total_heads, *x.shape[2:])  # (B, H, ...)
+        return full.index_copy(1, torch.tensor(self.head_ids, device=x.device), x)
+
+    def out_weight_by_head(self) -> torch.Tensor:
+        """out_proj's weight as (D, H, Dh) in the original head numbering, zeros for removed heads."""
+        d = self.total_heads * self.head_dim
+        if self.num_heads == 0:
+            bias = self.out_proj.bias if hasattr(self, "out_proj") else None
+            return torch.zeros(d, self.total_heads, self.head_dim, device=None if bias is None else bias.device)
+        w = self.out_proj.weight.view(d, self.num_heads, self.head_dim)  # (D, h*Dh) -> (D, h, Dh)
+        return self.to_all_heads(w.transpose(0, 1)).transpose(0, 1)  # (D, H, Dh)
 
     def forward(self, x: torch.Tensor, allowed: torch.Tensor, head_scale: torch.Tensor | None,
                 past: tuple[torch.Tensor, torch.Tensor] | None, capture: Capture | None, layer: int,
                 ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        if self.num_heads == 0:
+            return self._forward_no_heads(x, allowed, past, capture, layer)
         bsz, t, d = x.shape
         # HF scales q (bias included) before QK^T; kept in this order for identical fp16 rounding.
-        q = self.split_heads(self.q_proj(x) * self.scaling)  # (B, H, T, Dh)
-        k = self.split_heads(self.k_proj(x))  # (B, H, T, Dh)
-        v = self.split_heads(self.v_proj(x))  # (B, H, T, Dh)
+        q = self.split_heads(self.q_proj(x) * self.scaling)  # (B, h, T, Dh)
+        k = self.split_heads(self.k_proj(x))  # (B, h, T, Dh)
+        v = self.split_heads(self.v_proj(x))  # (B, h, T, Dh)
         if past is not None:
-            k = torch.cat([past[0], k], dim=2)  # (B, H, S, Dh)
-            v = torch.cat([past[1], v], dim=2)  # (B, H, S, Dh)
+            k = torch.cat([past[0], k], dim=2)  # (B, h, S, Dh)
+            v = torch.cat([past[1], v], dim=2)  # (B, h, S, Dh)
         want_probs = capture is not None and capture.wants_probs(layer)
         if want_probs:
-            scores = torch.matmul(q, k.transpose(-1, -2)).float()  # (B, H, T, S), softmax in fp32
+            scores = torch.matmul(q, k.transpose(-1, -2)).float()  # (B, h, T, S), softmax in fp32
             scores = scores.masked_fill(~allowed, torch.finfo(torch.float32).min)
             probs = torch.softmax(scores, dim=-1)
-            capture.record_probs(layer, probs)
-            z = torch.matmul(probs.to(v.dtype), v)  # (B, H, T, Dh)
+            capture.record_probs(layer, self.to_all_heads(probs))  # (B, H, T, S)
+            z = torch.matmul(probs.to(v.dtype), v)  # (B, h, T, Dh)
         else:
             # Fused attention; the scale is already folded into q. Fused kernels keep fp32 softmax.
-            z = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=1.0)  # (B, H, T, Dh)
+            z = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=1.0)  # (B, h, T, Dh)
         if head_scale is not None:
+            if self.head_ids is not None:
+                head_scale = head_scale[torch.tensor(self.head_ids, device=head_scale.device)]  # (H,) -> (h,)
             z = z * head_scale.to(z.dtype).view(1, self.num_heads, 1, 1)
         if capture is not None and capture.wants_heads(layer):
-            z = capture.record_heads(layer, z)
-        out = self.out_proj(z.transpose(1, 2).reshape(bsz, t, d))  # (B, T, H*Dh) -> (B, T, D)
+            if self.head_ids is None:
+                z = capture.record_heads(layer, z)
+            else:  # record (B, H, T, Dh) and continue from it, so gradients on the record reach z's users
+                full = capture.record_heads(layer, self.to_all_heads(z))
+                z = full.index_select(1, torch.tensor(self.head_ids, device=full.device))  # (B, h, T, Dh)
+        out = self.out_proj(z.transpose(1, 2).reshape(bsz, t, self.num_heads * self.head_dim))  # (B, T, h*Dh) -> (B, T, D)
         return out, (k, v)
+
+    def _forward_no_heads(self, x: torch.Tensor, allowed: torch.Tensor, past, capture: Capture | None,
+                          layer: int) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """A layer whose heads were all removed adds out_proj's bias (what the masked model's
+        out_proj(0) gives) and nothing else; the cache keeps its (B, 0, S, Dh) shape."""
+        bsz, t, d = x.shape
+        s = allowed.shape[-1]
+        if capture is not None and capture.wants_probs(layer):
+            capture.record_probs(layer, x.new_zeros(bsz, self.total_heads, t, s, dtype=torch.float32))
+        empty = x.new_zeros(bsz, 0, s, self.head_dim)  # (B, 0, S, Dh)
+        out = x.new_zeros(bsz, t, d) if not hasattr(self, "out_proj") else \
+            self.out_proj.bias.to(x.dtype).expand(bsz, t, d)  # (D,) -> (B, T, D)
+        if capture is not None and capture.wants_heads(layer):
+            z = capture.record_heads(layer, x.new_zeros(bsz, self.total_heads, t, self.head_dim))  # (B, H, T, Dh)
+            # Adds exact zeros, but puts the record in the graph: d loss / d z exists (and is 0),
+            # as for a masked head of the full model, so head gradients work on every layer.
+            out = out + z.sum(dim=(1, 3)).unsqueeze(-1) * 0.0  # (B, T) -> (B, T, 1)
+        return out, (empty, empty)
+
+
+class OutputBias(nn.Module):
+    """out_proj of a layer without heads: only the bias (named `out_proj.bias`, as in the checkpoint)."""
+
+    def __init__(self, d: int):
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(d))
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, cfg: OPTConfig):
+    def __init__(self, cfg: OPTConfig, layer: int = 0):
         super().__init__()
         d, b, aff = cfg.hidden_size, cfg.enable_bias, cfg.layer_norm_elementwise_affine
         self.pre_ln = cfg.do_layer_norm_before
-        self.self_attn = Attention(cfg)
+        self.self_attn = Attention(cfg, layer)
         self.self_attn_layer_norm = nn.LayerNorm(d, eps=cfg.layer_norm_eps, elementwise_affine=aff)
-        self.fc1 = nn.Linear(d, cfg.ffn_dim, bias=b)
-        self.fc2 = nn.Linear(cfg.ffn_dim, d, bias=b)
-        self.final_layer_norm = nn.LayerNorm(d, eps=cfg.layer_norm_eps, elementwise_affine=aff)
+        self.has_ffn = cfg.has_ffn(layer)
+        if self.has_ffn:
+            self.fc1 = nn.Linear(d, cfg.ffn_dim, bias=b)
+            self.fc2 = nn.Linear(cfg.ffn_dim, d, bias=b)
+        if self.has_ffn or not self.pre_ln:  # a post-LN layer applies it even without an FFN
+            self.final_layer_norm = nn.LayerNorm(d, eps=cfg.layer_norm_eps, elementwise_affine=aff)
 
     def forward(self, h: torch.Tensor, allowed: torch.Tensor, head_scale: torch.Tensor | None,
                 ffn_scale: float | torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None,
@@ -131,7 +200,7 @@ class DecoderLayer(nn.Module):
         h = h + a
         if not self.pre_ln:
             h = self.self_attn_layer_norm(h)
-        skip_ffn = isinstance(ffn_scale, float) and ffn_scale == 0.0
+        skip_ffn = not self.has_ffn or (isinstance(ffn_scale, float) and ffn_scale == 0.0)
         if not skip_ffn:
             x = self.final_layer_norm(h) if self.pre_ln else h
             f = self.fc2(F.relu(self.fc1(x)))  # (B, T, F) inside
@@ -144,7 +213,9 @@ class DecoderLayer(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return self.fc1.weight.device
+        for p in self.parameters():  # fc1 may be pruned away; any parameter tells where the layer is
+            return p.device
+        return torch.device("cpu")
 
 
 class Decoder(nn.Module):
@@ -157,7 +228,7 @@ class Decoder(nn.Module):
         if cfg.has_projection:
             self.project_in = nn.Linear(cfg.word_embed_proj_dim, cfg.hidden_size, bias=False)
             self.project_out = nn.Linear(cfg.hidden_size, cfg.word_embed_proj_dim, bias=False)
-        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_layers))
+        self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.num_layers))
         if cfg.has_final_layer_norm:
             self.final_layer_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps,
                                                  elementwise_affine=cfg.layer_norm_elementwise_affine)

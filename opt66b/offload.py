@@ -80,7 +80,7 @@ class LayerStreamer:
         self.compute, self.dtype = torch.device(compute), dtype
         self.force_reuse: bool | None = None  # None: reuse buffers only when autograd is off
         self.direction = 1  # +1 forward order, -1 reverse (layerwise_backward's sweep)
-        self.slots = [self._empty_layer() for _ in range(2)] if self.streamed else []
+        self.slots = [self._empty_layer(self.streamed[0]) for _ in range(2)] if self.streamed else []
         self.holding: list[int | None] = [None, None]  # layer index in each slot
         self.busy = [False, False]  # acquired and not yet released
         self.fresh: dict[int, DecoderLayer] = {}
@@ -90,11 +90,25 @@ class LayerStreamer:
         self.ready = [torch.cuda.Event() for _ in range(2)] if cuda else [None, None]
         self.free = [torch.cuda.Event() for _ in range(2)] if cuda else [None, None]
 
-    def _empty_layer(self) -> DecoderLayer:
+    def _empty_layer(self, i: int) -> DecoderLayer:
         with torch.device("meta"):
-            layer = DecoderLayer(self.model.config)
+            layer = DecoderLayer(self.model.config, i)
         layer = layer.to_empty(device=self.compute).to(self.dtype).eval()
+        layer.shape_key = self._shape_key(i)
         return layer.requires_grad_(False)
+
+    def _shape_key(self, i: int) -> tuple:
+        """Layers with equal keys have identical parameter shapes and head ids (all of them, unless pruned)."""
+        cfg = self.model.config
+        return tuple(cfg.pruned_heads.get(i, ())), cfg.has_ffn(i)
+
+    def _fit_slot(self, s: int, i: int) -> None:
+        """A pruned checkpoint's layers differ in shape: rebuild slot s for layer i when they do."""
+        if self.slots[s].shape_key == self._shape_key(i):
+            return
+        if self.free[s] is not None:
+            self.free[s].synchronize()  # the slot's last user has finished before its memory is dropped
+        self.slots[s] = self._empty_layer(i)
 
     def _copy_into(self, layer: DecoderLayer, i: int, non_blocking: bool) -> None:
         src = self.fetch(i)
@@ -116,6 +130,7 @@ class LayerStreamer:
         s = idle[0] if len(idle) == 1 or self.holding[idle[0]] is None else \
             min(idle, key=lambda k: self.holding[k] is not None)
         self.holding[s] = i
+        self._fit_slot(s, i)
         if self.side is not None:
             with torch.cuda.stream(self.side):
                 self.side.wait_event(self.free[s])  # the previous user of this buffer has finished
@@ -135,7 +150,7 @@ class LayerStreamer:
             return self.model.decoder.layers[i]
         reuse = (not torch.is_grad_enabled()) if self.force_reuse is None else self.force_reuse
         if not reuse:
-            layer = self._empty_layer()
+            layer = self._empty_layer(i)
             self._copy_into(layer, i, non_blocking=False)
             self.fresh[i] = layer
             return layer
@@ -192,7 +207,7 @@ def load_streamed(ckpt_dir: str | Path, dtype: torch.dtype | None = None, device
         ckpt.evict(key)
     prefix = {i: f"decoder.layers.{i}." for i in range(cfg.num_layers)}
     keys = {i: {n[len(prefix[i]):]: plan[n][0] for n in plan if n.startswith(prefix[i])} for i in prefix}
-    first = ckpt.view(keys[0]["fc1.weight"]).dtype
+    first = ckpt.view(plan["decoder.embed_tokens.weight"][0]).dtype
     streamer = LayerStreamer(model, range(cfg.num_layers), device,
                              lambda i: {n: ckpt.view(k) for n, k in keys[i].items()}, dtype or first,
                              evict=lambda i: [ckpt.evict(k) for k in keys[i].values()])

@@ -75,12 +75,22 @@ def ffn_params(cfg: OPTConfig) -> int:
     return 2 * d * f + ((f + d) if cfg.enable_bias else 0)
 
 
-def layer_params(cfg: OPTConfig) -> int:
-    """Parameters of one decoder layer: attention 4D^2 (+4D bias), FFN 2DF (+F+D bias), 2 LayerNorms."""
+def layer_params(cfg: OPTConfig, layer: int | None = None) -> int:
+    """Parameters of decoder layer `layer` (None: an unpruned layer): its heads, out_proj's bias (kept
+    even with no heads), the FFN and 2 LayerNorms. A pruned checkpoint's layer has only its kept heads;
+    without its FFN a pre-LN layer has no final_layer_norm either (a post-LN one keeps it)."""
     d = cfg.hidden_size
-    out_bias = d if cfg.enable_bias else 0
-    ln = 4 * d if cfg.layer_norm_elementwise_affine else 0
-    return cfg.num_heads * attention_head_params(cfg) + out_bias + ffn_params(cfg) + ln
+    heads = cfg.num_heads if layer is None else len(cfg.kept_heads(layer))
+    ffn = layer is None or cfg.has_ffn(layer)
+    n = heads * attention_head_params(cfg) + (d if cfg.enable_bias else 0) + (ffn_params(cfg) if ffn else 0)
+    if cfg.layer_norm_elementwise_affine:
+        n += 2 * d * (2 if ffn or not cfg.do_layer_norm_before else 1)
+    return n
+
+
+def layer_bytes(cfg: OPTConfig, dtype: torch.dtype) -> list[int]:
+    """Bytes of each decoder layer at `dtype` (they differ in a pruned checkpoint)."""
+    return [layer_params(cfg, i) * dtype_bytes(dtype) for i in range(cfg.num_layers)]
 
 
 def head_params(cfg: OPTConfig) -> int:
@@ -163,10 +173,9 @@ def compress_ranges(layers: list[str]) -> dict[str, str]:
 
 
 def _fill_sizes(dm: DeviceMap, cfg: OPTConfig, dtype: torch.dtype) -> DeviceMap:
-    per_layer = layer_params(cfg) * dtype_bytes(dtype)
     sizes = {dm.head: head_params(cfg) * dtype_bytes(dtype)}
-    for d in dm.layers:
-        sizes[d] = sizes.get(d, 0) + per_layer
+    for d, nbytes in zip(dm.layers, layer_bytes(cfg, dtype)):
+        sizes[d] = sizes.get(d, 0) + nbytes
     dm.bytes_per_device = sizes
     return dm
 
@@ -177,7 +186,8 @@ def auto_device_map(cfg: OPTConfig, max_memory: dict[str, int], dtype: torch.dty
     if not max_memory:
         raise ValueError("--device-map auto needs --max-memory, e.g. cuda:0=70GiB,cpu=200GiB")
     devices = list(max_memory)
-    per_layer = layer_params(cfg) * dtype_bytes(dtype)
+    sizes = layer_bytes(cfg, dtype)
+    buffer = max(sizes)  # a stream buffer must hold the largest layer
     head_bytes = head_params(cfg) * dtype_bytes(dtype)
     gpus = [d for d in devices if torch.device(d).type != "cpu"]
     compute = gpus[-1] if gpus else devices[0]  # streamed layers follow the last GPU's own layers
@@ -194,28 +204,29 @@ def auto_device_map(cfg: OPTConfig, max_memory: dict[str, int], dtype: torch.dty
     layers: list[str] = []
     di = 0
     for i in range(cfg.num_layers):
+        per_layer = sizes[i]
         while di < len(devices) and free[devices[di]] < per_layer:
             di += 1
         if di == len(devices):
-            need = head_bytes + cfg.num_layers * per_layer
+            need = head_bytes + sum(sizes)
             raise ValueError(f"layers {i}..{cfg.num_layers - 1} do not fit: the model needs {need / GIB:.2f} GiB "
-                             f"of weights ({per_layer / GIB:.2f} GiB per layer) but --max-memory gives "
+                             f"of weights ({per_layer / GIB:.2f} GiB for layer {i}) but --max-memory gives "
                              f"{sum(max_memory.values()) / GIB:.2f} GiB; add devices, raise budgets or add cpu=...")
         dev = devices[di]
         if torch.device(dev).type == "cpu" and gpus and not any(torch.device(x).type == "cpu" for x in layers):
             # first streamed layer: the compute GPU must hold two layer buffers (double buffering)
-            free[compute] -= 2 * per_layer
+            free[compute] -= 2 * buffer
             if free[compute] < 0:
                 # evict GPU layers (from the end of the compute device's run) until the buffers fit
                 while free[compute] < 0:
                     on_compute = [k for k, d in enumerate(layers) if d == compute]
                     if not on_compute:
-                        raise ValueError(f"{compute} cannot hold two stream buffers of {per_layer / GIB:.2f} GiB "
+                        raise ValueError(f"{compute} cannot hold two stream buffers of {buffer / GIB:.2f} GiB "
                                          "next to its activation reserve; raise its --max-memory budget")
                     j = on_compute[-1]
                     layers[j] = dev
-                    free[compute] += per_layer
-                    free[dev] -= per_layer
+                    free[compute] += sizes[j]
+                    free[dev] -= sizes[j]
                 if free[dev] < per_layer:
                     raise ValueError(f"no room on {dev} for streamed layers; raise its --max-memory budget")
                 layers.sort(key=lambda d: devices.index(d))  # keep each device's layers contiguous

@@ -20,7 +20,7 @@ from .distributed import local_cuda_offset, local_rank, rank_world
 from .io import sha256_file
 from .model import OPT
 from .offload import attach_pinned_streamer, load_streamed
-from .placement import (GIB, build_device_map, dtype_bytes, head_params, layer_params, parse_max_memory,
+from .placement import (GIB, build_device_map, dtype_bytes, head_params, layer_bytes, parse_max_memory,
                         shift_cuda)
 from .tokenizer import OPTTokenizer, load_tokenizer
 from .weights import _set_param, load_model
@@ -156,8 +156,7 @@ def load_from_args(args: argparse.Namespace, log=None) -> tuple[Any, OPTTokenize
 def check_stream_budget(cfg: OPTConfig, dtype: torch.dtype, budget: int | None, device: str) -> int:
     """Bytes the mmap streaming mode keeps resident (head group + two layer buffers); raises if over
     `budget` (activations come on top: leave room for them)."""
-    per = dtype_bytes(dtype)
-    need = head_params(cfg) * per + 2 * layer_params(cfg) * per
+    need = head_params(cfg) * dtype_bytes(dtype) + 2 * max(layer_bytes(cfg, dtype))
     if budget is not None and need > budget:
         raise ValueError(f"--max-memory {device}={budget / GIB:.2f} GiB is below what streaming needs: "
                          f"{need / GIB:.2f} GiB (embeddings/head + two layer buffers) plus activations")
