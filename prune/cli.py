@@ -8,12 +8,14 @@ import random
 from pathlib import Path
 
 from .correlate_cli import register_correlate
+from .export_cli import register_export
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     register_importance(sub)
     register_prune(sub)
     register_correlate(sub)
+    register_export(sub)
 
 
 # -- shared options ---------------------------------------------------------------------------------

@@ -77,6 +77,11 @@ def ffn_ranking_for(ffn_dir: Path, ranking: str, task: str, shots: int, num_laye
     if not path.is_file():
         raise FileNotFoundError(f"{path}: FFN importance missing for ranking {ranking!r} (task {task}, "
                                 f"{shots}-shot); run `run.py importance ffn` for it first")
+    return read_ffn_ranking(path, num_layers)
+
+
+def read_ffn_ranking(path: Path, num_layers: int) -> list[int]:
+    """The 'ranking' (layer ids, least important first) of a `run.py importance ffn` JSON file."""
     data = read_json(path)
     if "ranking" not in data:
         raise KeyError(f"{path}: no 'ranking' key; the FFN study of this task is incomplete, rerun it")
