@@ -10,12 +10,17 @@ VARIANT_CHOICES = ("paper", "corrected", "both")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from opt66b.cli_options import add_out_arg, example
+
     p = sub.add_parser("induction", help="task-agnostic head scores: prefix matching, copying, capacity retained",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="Prefix-matching and copying scores per head on random token sequences, "
-                                   "and the share of them kept under head pruning.")
+                                   "and the share of them kept under head pruning.",
+                       epilog=example("python run.py induction prefix --seeds 8 --out runs/tiny/induction"))
     inner = p.add_subparsers(dest="induction_command", metavar="STEP", required=True)
     _register_scores(inner, "prefix", "prefix-matching score per head (BOS + 4 repeats of 25+2s distinct tokens)",
-                     "python run.py induction prefix --model ~/ckpt/opt-1.3b --seeds 100 --out runs/opt-1.3b/induction")
+                     "python run.py induction prefix --model ~/ckpt/opt-1.3b --seeds 100 --out runs/opt-1.3b/induction",
+                     "python run.py induction prefix --random-weights opt-66b --device cuda:0 --plan --throughput 400")
     c = _register_scores(inner, "copying", "copying score per head (BOS + 4(25+2s) distinct tokens)",
                          "python run.py induction copying --model ~/ckpt/opt-1.3b --seeds 100 --out runs/opt-1.3b/induction")
     c.add_argument("--head-chunk", type=int, default=8, help="heads scored at once (bounds memory; default 8)")
@@ -27,18 +32,18 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "head count to OUT/capacity.safetensors (keys 'score|shots-K/name', plus 'x', the expected "
                     "random line 'score|random_expected' and seeded random orders) and a 10%-step table to "
                     "OUT/capacity.json.",
-        epilog="example:\n  python run.py induction capacity --scores runs/tiny/induction "
-               "--importance runs/tiny/importance --out runs/tiny/capacity")
+        epilog=example("python run.py induction capacity --scores runs/tiny/induction "
+                       "--importance runs/tiny/importance --out runs/tiny/capacity"))
     k.add_argument("--scores", type=Path, required=True, help="directory written by `induction prefix`/`copying`")
     k.add_argument("--importance", type=Path, required=True, help="directory with shots-K/*.safetensors")
-    k.add_argument("--out", type=Path, required=True, help="output directory")
+    add_out_arg(k)
     k.add_argument("--random-seeds", type=int, nargs="*", default=[0],
                    help="seeds of random pruning orders to add (default: 0)")
     k.set_defaults(func=_capacity)
 
 
-def _register_scores(inner: argparse._SubParsersAction, name: str, help_text: str, example: str):
-    from opt66b.runtime import add_model_args
+def _register_scores(inner: argparse._SubParsersAction, name: str, help_text: str, *examples: str):
+    from opt66b.cli_options import add_model_args, add_out_arg, add_plan_args, example
 
     p = inner.add_parser(
         name, help=help_text, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -46,17 +51,20 @@ def _register_scores(inner: argparse._SubParsersAction, name: str, help_text: st
                     "from merge ranks [4%%, 96%%); writes OUT/seeds/* per seed (resumable), "
                     f"OUT/{'prefix_matching' if name == 'prefix' else 'copying'}_{{variant}}.safetensors "
                     "(mean, var, scores, tokens, lengths, seeds) and a JSON summary with the top heads.",
-        epilog=f"example:\n  {example}")
+        epilog=example(*examples))
     add_model_args(p)
-    p.add_argument("--seeds", type=int, default=100, help="number of seeds 0..N-1 (default: 100, as the paper)")
-    p.add_argument("--first-seed", type=int, default=0, help="first seed (default: 0)")
+    p.add_argument("--seeds", type=int, default=100, help="number of seeds (default: 100, as the paper)")
+    p.add_argument("--seed", "--first-seed", dest="first_seed", type=int, default=0,
+                   help="first seed: sequences of seeds SEED..SEED+N-1 (default: 0, as the paper; "
+                        "--first-seed is the old spelling)")
     p.add_argument("--variant", choices=VARIANT_CHOICES, default="both", help="which score(s) (default: both)")
-    p.add_argument("--out", type=Path, required=True, help="output directory")
+    add_out_arg(p)
     p.add_argument("--exclude-ratio", type=float, default=0.04,
                    help="fraction of most and of least frequent merges left out of the pool (default: 0.04)")
     p.add_argument("--start-length", type=int, default=25, help="base length of seed 0 (default: 25)")
     p.add_argument("--length-step", type=int, default=2, help="base length increase per seed (default: 2)")
     p.add_argument("--top", type=int, default=20, help="heads listed in the JSON summary (default: 20)")
+    add_plan_args(p, f"induction {name}")
     p.set_defaults(func=_scores, kind=name)
     return p
 
@@ -73,7 +81,7 @@ def _scores(args: argparse.Namespace) -> int:
     from .runner import run_seeds
 
     if args.seeds < 1 or args.first_seed < 0:
-        raise ValueError(f"--seeds must be >= 1 and --first-seed >= 0, got {args.seeds} and {args.first_seed}")
+        raise ValueError(f"--seeds must be >= 1 and --seed >= 0, got {args.seeds} and {args.first_seed}")
     if args.start_length < 1 or args.length_step < 0:
         raise ValueError("--start-length must be >= 1 and --length-step >= 0")
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))

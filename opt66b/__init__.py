@@ -1,11 +1,32 @@
-"""opt66b: a hand-written OPT decoder with native head/FFN masks, capture, KV reuse and strict loading."""
+"""opt66b: a hand-written OPT decoder with native head/FFN masks, capture, KV reuse and strict loading.
 
-from .capture import Capture, frozen
-from .config import OPT_CONFIGS, OPTConfig, config_for_size, config_from_hf
-from .model import OPT, DecoderOutput, position_ids_from_mask
-from .tokenizer import OPTTokenizer, load_tokenizer
-from .weights import CheckpointError, load_model, save_checkpoint
+The public names below are imported on first use (PEP 562), so a submodule that needs no torch,
+such as `opt66b.cli_options` (the argparse grammar behind `run.py --help`), imports without it.
+"""
 
-__all__ = ["Capture", "frozen", "OPT_CONFIGS", "OPTConfig", "config_for_size", "config_from_hf", "OPT",
-           "DecoderOutput", "position_ids_from_mask", "OPTTokenizer", "load_tokenizer", "CheckpointError",
-           "load_model", "save_checkpoint"]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# public name -> submodule that defines it
+_EXPORTS = {
+    "Capture": "capture", "frozen": "capture",
+    "OPT_CONFIGS": "config", "OPTConfig": "config", "config_for_size": "config", "config_from_hf": "config",
+    "OPT": "model", "DecoderOutput": "model", "position_ids_from_mask": "model",
+    "OPTTokenizer": "tokenizer", "load_tokenizer": "tokenizer",
+    "CheckpointError": "weights", "load_model": "weights", "save_checkpoint": "weights",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'opt66b' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

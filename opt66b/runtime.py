@@ -1,6 +1,6 @@
 """Shared command-line plumbing for loading a model: the options every sub-command takes.
 
-`add_model_args(parser)` declares --model, --dtype, --device and the scale options (--device-map,
+`add_model_args(parser)` (opt66b/cli_options.py) declares --model, --dtype, --device and the scale options (--device-map,
 --max-memory, --offload, --random-weights; see placement.py and offload.py); `load_from_args(args)`
 returns the model, its tokenizer and a JSON-able description (including the device map and memory
 per device) recorded in every output file. With no --model the embedded tiny OPT is used.
@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 import torch
 
+from .cli_options import add_model_args  # noqa: F401  (re-exported: the options load_from_args reads)
 from .config import OPTConfig, config_for_size, config_from_hf
 from .distributed import local_cuda_offset, local_rank, rank_world
 from .io import sha256_file
@@ -27,31 +28,6 @@ from .weights import _set_param, load_model
 
 TINY_MODEL_DIR = Path(__file__).resolve().parent / "assets" / "tiny-opt"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-def add_model_args(parser: argparse.ArgumentParser) -> None:
-    g = parser.add_argument_group("model")
-    g.add_argument("--model", type=Path, default=None,
-                   help="HF OPT checkpoint directory with safetensors (default: the embedded tiny OPT)")
-    g.add_argument("--tokenizer", type=Path, default=None,
-                   help="directory with vocab.json + merges.txt (default: the model directory)")
-    g.add_argument("--dtype", choices=sorted(DTYPES), default=None,
-                   help="weight dtype (default: float32 on CPU, float16 on GPU)")
-    g.add_argument("--device", default=None, help="compute device, e.g. cpu or cuda:0 (default: cuda if available)")
-    g.add_argument("--device-map", default=None, metavar="MAP",
-                   help="layer placement: auto (needs --max-memory), ranges like 0-31:cuda:0,32-63:cuda:1 "
-                        "(optional embed:DEVICE entry for the embeddings/output head), or a .json file")
-    g.add_argument("--max-memory", default=None, metavar="BUDGETS",
-                   help="per-device budgets for --device-map auto and --offload mmap, e.g. "
-                        "cuda:0=70GiB,cuda:1=70GiB,cpu=200GiB")
-    g.add_argument("--offload", choices=["auto", "none", "pinned", "mmap"], default="auto",
-                   help="auto/pinned: layers mapped to cpu are streamed to the GPU from pinned memory; "
-                        "none: they run on the CPU; mmap: every layer streamed from the safetensors files "
-                        "(CPU-only big models; peak RSS bounded by --max-memory cpu=...)")
-    g.add_argument("--random-weights", default=None, metavar="SIZE",
-                   help="no checkpoint: random weights of an official shape (e.g. opt-66b) built directly on "
-                        "the devices; tokenizer from the embedded tiny OPT. For placement/speed tests only")
-    g.add_argument("--random-weights-seed", type=int, default=0, help="seed of --random-weights (default 0)")
 
 
 def resolve_device(name: str | None) -> torch.device:

@@ -19,24 +19,21 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 # -- shared options ---------------------------------------------------------------------------------
-def _study_args(p: argparse.ArgumentParser, shots_default: list[int]) -> None:
-    from opt66b.runtime import add_model_args
+def _study_args(p: argparse.ArgumentParser, evaluates: bool) -> None:
+    """Model, task, output and plan options of an importance or prune step (the shared grammar)."""
+    from opt66b.cli_options import add_model_args, add_out_arg
+
+    from tasks.cli_options import add_task_args
 
     add_model_args(p)
-    p.add_argument("--data", type=Path, required=True, help="data directory (<data>/<task>/<file as released>)")
-    p.add_argument("--tasks", nargs="+", required=True, help="task names (see `run.py data check`)")
-    p.add_argument("--shots", type=int, nargs="+", default=shots_default,
-                   help=f"few-shot counts (default: {' '.join(map(str, shots_default))})")
-    p.add_argument("--out", type=Path, required=True, help="output directory (finished units are skipped on rerun)")
-    p.add_argument("--paper-quirks", action="store_true",
-                   help="follow the paper's lm-eval fork where it differs (MC targets without the leading "
-                        "space, WSC positives only in importance data, MathQA demo targets); off by default")
+    add_task_args(p, limit=evaluates)
+    add_out_arg(p, "output directory (finished units are skipped on rerun)")
 
 
-def _eval_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N eval docs after the seeded "
-                                                           "shuffle (default: all; for quick runs)")
-    p.add_argument("--batch-tokens", type=int, default=4096, help="tokens per scoring batch (default: 4096)")
+def _eval_seed_arg(p: argparse.ArgumentParser) -> None:
+    from opt66b.cli_options import add_seed_arg
+
+    add_seed_arg(p, 42, "eval doc shuffle and few-shot demo sampling seed (lm-eval's, as `run.py eval`)")
 
 
 def _validate(args: argparse.Namespace) -> None:
@@ -60,24 +57,25 @@ def _load(args: argparse.Namespace):
     return model, tokenizer, tasks, settings
 
 
-def evaluation_factory(limit: int | None, batch_tokens: int):
+def evaluation_factory(limit: int | None, batch_tokens: int, seed: int = 42):
     """(model, tokenizer, task, shots) -> TaskEvaluation, built once per (task, shot)."""
     from tasks.evaluate import TaskEvaluation
 
     def make(model, tokenizer, task, shots):
-        return TaskEvaluation(model, tokenizer, task, shots, limit=limit, batch_tokens=batch_tokens)
+        return TaskEvaluation(model, tokenizer, task, shots, limit=limit, seed=seed, batch_tokens=batch_tokens)
     return make
 
 
 # -- importance ---------------------------------------------------------------------------------------
 def register_importance(sub: argparse._SubParsersAction) -> None:
+    from opt66b.cli_options import add_plan_args, add_seed_arg, example
+
     p = sub.add_parser("importance", help="head importance (gradients) or oracle FFN importance (knockouts)",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="Importance scores for the pruning study (docs/method.md).",
-                       epilog="examples:\n  python run.py importance heads --data ~/data --tasks copa "
-                              "--shots 0 --n-docs 50 --out runs/tiny/importance\n"
-                              "  python run.py importance ffn --data ~/data --tasks copa --shots 0 "
-                              "--out runs/tiny/ffn")
+                       epilog=example("python run.py importance heads --tasks copa --shots 0 --n-docs 50 "
+                                      "--out runs/tiny/importance",
+                                      "python run.py importance ffn --tasks copa --shots 0 --out runs/tiny/ffn"))
     kinds = p.add_subparsers(dest="kind", metavar="KIND", required=True)
     h = kinds.add_parser(
         "heads", help="gradient-based head importance per task and shot",
@@ -89,11 +87,13 @@ def register_importance(sub: argparse._SubParsersAction) -> None:
                     "and OUT/shots-K/aggregate.safetensors: the mean over the seen tasks whose files exist (the "
                     "paper's 14 by default; mathqa and lambada are unseen), recording its members. Resumable "
                     "per (task, shot).",
-        epilog="example:\n  python run.py importance heads --model ~/ckpt/opt-1.3b --data ~/data "
-               "--tasks copa rte --shots 0 1 5 --n-docs 2500 --out runs/1.3b/importance")
-    _study_args(h, [0, 1, 5])
+        epilog=example("python run.py importance heads --model ~/ckpt/opt-1.3b --data ~/data "
+                       "--tasks copa rte --shots 0 1 5 --n-docs 2500 --out runs/1.3b/importance",
+                       "python run.py importance heads --random-weights opt-66b --device cuda:0 --data ~/data "
+                       "--tasks copa --n-docs 2500 --plan --throughput 400"))
+    _study_args(h, evaluates=False)
     h.add_argument("--n-docs", type=int, default=2500, help="first N docs of the importance split (default: 2500)")
-    h.add_argument("--seed", type=int, default=1234, help="few-shot demo sampler seed (default: 1234, as the paper)")
+    add_seed_arg(h, 1234, "few-shot demo sampler seed (the paper's)")
     h.add_argument("--max-length", type=int, default=None,
                    help="left-truncate examples to this many model inputs (default: the model's max positions)")
     h.add_argument("--normalize-per-layer", action="store_true",
@@ -103,6 +103,7 @@ def register_importance(sub: argparse._SubParsersAction) -> None:
                         "mathqa and lambada are unseen)")
     h.add_argument("--update-aggregate", action="store_true",
                    help="replace an existing aggregate whose member tasks or files changed (default: refuse)")
+    add_plan_args(h, "importance heads")
     h.set_defaults(func=_importance_heads)
 
     f = kinds.add_parser(
@@ -113,11 +114,12 @@ def register_importance(sub: argparse._SubParsersAction) -> None:
                     "(their recorded outputs are reused). Units OUT/shots-K/{task}/layer-XXX.json; merged "
                     "OUT/shots-K/{task}.json with 'drop', 'base' and 'ranking' (ascending, stable); "
                     "OUT/shots-K/aggregate.json ranks the mean drop over tasks.",
-        epilog="example:\n  python run.py importance ffn --model ~/ckpt/opt-1.3b --data ~/data "
-               "--tasks copa rte --shots 0 1 5 --out runs/1.3b/ffn")
-    _study_args(f, [0, 1, 5])
-    _eval_args(f)
+        epilog=example("python run.py importance ffn --model ~/ckpt/opt-1.3b --data ~/data "
+                       "--tasks copa rte --shots 0 1 5 --out runs/1.3b/ffn"))
+    _study_args(f, evaluates=True)
+    _eval_seed_arg(f)
     f.add_argument("--naive", action="store_true", help="re-run every layer for every knockout (reference; slower)")
+    add_plan_args(f, "importance ffn")
     f.set_defaults(func=_importance_ffn)
 
 
@@ -166,13 +168,15 @@ def _importance_ffn(args: argparse.Namespace) -> int:
     _validate(args)
     model, tokenizer, tasks, settings = _load(args)
     run_ffn_importance(model, tokenizer, tasks, args.shots, args.out,
-                       evaluation_factory(args.limit, args.batch_tokens), cached=not args.naive,
-                       settings={**settings, "limit": args.limit})
+                       evaluation_factory(args.limit, args.batch_tokens, args.seed), cached=not args.naive,
+                       settings={**settings, "limit": args.limit, "seed": args.seed})
     return 0
 
 
 # -- prune --------------------------------------------------------------------------------------------
 def register_prune(sub: argparse._SubParsersAction) -> None:
+    from opt66b.cli_options import add_plan_args, example
+
     p = sub.add_parser(
         "prune", help="pruning sweeps: heads, FFNs or the combined grid, from any ranking",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -182,11 +186,11 @@ def register_prune(sub: argparse._SubParsersAction) -> None:
                     "each task's ranking, 'aggregate' the mean over tasks, a task name that task's "
                     "(cross-task transfer, e.g. to mathqa or lambada). One unit file per evaluation under "
                     "OUT/{sweep}-{ranking}/, skipped on rerun; table OUT/{sweep}-{ranking}.json.",
-        epilog="example:\n  python run.py prune heads --ranking own --importance runs/1.3b/importance "
-               "--data ~/data --tasks copa rte --shots 0 1 5 --out runs/1.3b/prune")
+        epilog=example("python run.py prune heads --ranking own --importance runs/1.3b/importance "
+                       "--model ~/ckpt/opt-1.3b --data ~/data --tasks copa rte --shots 0 1 5 --out runs/1.3b/prune"))
     p.add_argument("sweep", choices=["heads", "ffn", "grid"], help="what to prune")
-    _study_args(p, [0, 1, 5])
-    _eval_args(p)
+    _study_args(p, evaluates=True)
+    _eval_seed_arg(p)
     p.add_argument("--ranking", default="own", help="own | aggregate | TASK (default: own)")
     p.add_argument("--importance", type=Path, default=None, help="output dir of `run.py importance heads`")
     p.add_argument("--ffn-importance", type=Path, default=None, help="output dir of `run.py importance ffn`")
@@ -194,6 +198,7 @@ def register_prune(sub: argparse._SubParsersAction) -> None:
                    help="head percentages (default: 0..90 step 10; grid 0..70)")
     p.add_argument("--ffn-percents", type=float, nargs="+", default=None,
                    help="FFN percentages (default: 0..90 step 10; grid 0..50)")
+    add_plan_args(p, "prune")
     p.set_defaults(func=_prune)
 
 
@@ -214,9 +219,9 @@ def _prune(args: argparse.Namespace) -> int:
         raise ValueError(f"prune {args.sweep} needs --ffn-importance DIR (from `run.py importance ffn`)")
     model, tokenizer, tasks, settings = _load(args)
     table = run_sweep(model, tokenizer, tasks, args.sweep, args.ranking, args.shots, args.out,
-                      evaluation_factory(args.limit, args.batch_tokens), importance_dir=args.importance,
+                      evaluation_factory(args.limit, args.batch_tokens, args.seed), importance_dir=args.importance,
                       ffn_dir=args.ffn_importance, head_percents=args.head_percents, ffn_percents=args.ffn_percents,
-                      settings={**settings, "limit": args.limit, "importance": args.importance,
+                      settings={**settings, "limit": args.limit, "seed": args.seed, "importance": args.importance,
                                 "ffn_importance": args.ffn_importance})
     print(table)
     return 0

@@ -7,6 +7,8 @@ from pathlib import Path
 
 
 def register_correlate(sub: argparse._SubParsersAction) -> None:
+    from opt66b.cli_options import add_out_arg, example
+
     p = sub.add_parser(
         "correlate", help="Spearman correlations between head-importance rankings (tasks, aggregate, shots)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -15,9 +17,9 @@ def register_correlate(sub: argparse._SubParsersAction) -> None:
                     "(average ranks for ties, t-test with n-2 df), the paper's argsort-Pearson variant "
                     "(labelled paper_argsort_pearson), the top-30% head overlap, every task against the "
                     "aggregate, and every task across shots (0v1, 0v5, 1v5) with mean and variance.",
-        epilog="example:\n  python run.py correlate --importance runs/tiny/importance --out runs/tiny/correlate")
+        epilog=example("python run.py correlate --importance runs/tiny/importance --out runs/tiny/correlate"))
     p.add_argument("--importance", type=Path, required=True, help="directory with shots-K/*.safetensors")
-    p.add_argument("--out", type=Path, required=True, help="output directory (correlations.json is written there)")
+    add_out_arg(p, "output directory (correlations.json is written there)")
     p.add_argument("--shots", type=int, nargs="+", default=None, help="shot counts to use (default: all found)")
     p.add_argument("--tasks", nargs="+", default=None, help="tasks to use (default: all found)")
     p.add_argument("--top-fraction", type=float, default=0.3,

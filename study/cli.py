@@ -11,7 +11,7 @@ from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from opt66b.runtime import add_model_args
+    from opt66b.cli_options import add_model_args, add_out_arg, add_plan_args, example
 
     p = sub.add_parser(
         "copytask", help="synthetic in-context copying: accuracy with induction heads vs control heads pruned",
@@ -20,12 +20,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "accuracy of predicting the second repeat with all heads, with the induction heads "
                     "(prefix matching >= threshold) pruned, and with as many least-important heads pruned "
                     "(copying-task gradient importance; a second control uses the lowest prefix matching).",
-        epilog="example:\n  python run.py copytask --seeds 16 --out runs/tiny/copytask   # the embedded tiny OPT")
+        epilog=example("python run.py copytask --seeds 16 --out runs/tiny/copytask   # the embedded tiny OPT"))
     add_model_args(p)
     p.add_argument("--seeds", type=int, default=16, help="sequences (seeds 0..N-1) for accuracy and prefix matching")
     p.add_argument("--length", type=int, default=25, help="random tokens per repeat (prefix matching: + 2*seed)")
     p.add_argument("--threshold", type=float, default=0.5, help="prefix-matching score that makes an induction head")
-    p.add_argument("--out", type=Path, required=True, help="output directory (copytask.json is written there)")
+    add_out_arg(p, "output directory (copytask.json is written there)")
+    add_plan_args(p, "copytask")
     p.set_defaults(func=_copytask)
 
 

@@ -19,7 +19,6 @@ from pathlib import Path
 
 PAPER_TASKS = ["hellaswag", "piqa", "arc_easy", "arc_challenge", "openbookqa", "winogrande", "boolq", "cb",
                "copa", "wic", "wsc", "multirc", "rte", "record", "mathqa", "lambada"]
-SAMPLES_DIR = Path(__file__).resolve().parents[1] / "tasks" / "samples"
 # Model options forwarded verbatim to every step that loads the model.
 MODEL_OPTIONS = ["model", "tokenizer", "dtype", "device", "device_map", "max_memory", "offload", "random_weights",
                  "random_weights_seed"]

@@ -10,18 +10,22 @@ from typing import Any
 
 
 def register_data(sub: argparse._SubParsersAction) -> None:
+    from opt66b.cli_options import add_json_arg, example
+
+    from .cli_options import add_data_arg
+
     p = sub.add_parser(
         "data", help="inspect the evaluation data directory",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Data utilities. `check` reads every task's files under --data and reports, per task "
                     "and split, the file used, record counts against the published counts, fallbacks "
                     "and what each missing split blocks.",
-        epilog="example:\n  python run.py data check --data ~/data\n"
-               "  python run.py data check --data ~/data --tasks piqa mathqa --json report.json")
+        epilog=example("python run.py data check --data ~/data",
+                       "python run.py data check --data ~/data --tasks piqa mathqa --json report.json"))
     p.add_argument("action", choices=["check"], help="what to do")
-    p.add_argument("--data", type=Path, required=True, help="data directory (<data>/<task>/<file as released>)")
+    add_data_arg(p)
     p.add_argument("--tasks", nargs="+", default=None, help="task names (default: all 16)")
-    p.add_argument("--json", type=Path, default=None, help="also write the report as JSON to this file")
+    add_json_arg(p, "the report")
     p.set_defaults(func=_data)
 
 
@@ -105,12 +109,15 @@ def format_report(rows: list[dict[str, Any]]) -> str:
 def _data(args: argparse.Namespace) -> int:
     if not args.data.is_dir():
         raise FileNotFoundError(f"{args.data}: data directory not found (layout: <data>/<task>/<file as released>)")
-    rows = check_data(args.data, args.tasks)
-    print(format_report(rows))
-    if args.json:
-        from opt66b.io import run_metadata, write_json
+    from opt66b.cli_options import emit_json
 
-        write_json(args.json, {"rows": rows, "meta": run_metadata(data=str(args.data))})
+    rows = check_data(args.data, args.tasks)
+    if args.json is None or str(args.json) != "-":
+        print(format_report(rows))
+    if args.json is not None:
+        from opt66b.io import run_metadata
+
+        emit_json(args.json, {"rows": rows, "meta": run_metadata(data=str(args.data))})
     errors = [r for r in rows if r["status"] == "error"]
     for r in errors:
         print(f"run.py data: error: {r['note']}", file=sys.stderr)

@@ -20,14 +20,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-SAMPLES_DIR = Path(__file__).resolve().parent / "samples"
 # Settings that change the numbers; a per-task file is reused only if all of them match.
 RESUME_KEYS = ("task", "version", "shots", "limit", "seed", "max_length", "paper_quirks", "model_id",
                "model_config_sha256", "dtype", "head_mask", "ffn_mask", "data_files")
 
 
 def register_eval(sub: argparse._SubParsersAction) -> None:
-    from opt66b.runtime import add_model_args
+    from opt66b.cli_options import add_model_args, add_out_arg, add_plan_args, add_seed_arg, example
+
+    from .cli_options import add_task_args
 
     p = sub.add_parser(
         "eval", help="evaluate tasks (lm-eval v0.3 prompts and scoring) at several shot counts",
@@ -35,25 +36,19 @@ def register_eval(sub: argparse._SubParsersAction) -> None:
         description="Score each task's log-likelihood requests with the shared-context scorer and write, per "
                     "shot count K, OUT/shots-K/results.json (lm-eval layout) and OUT/shots-K/requests/<task>.jsonl. "
                     "Reruns skip tasks already complete.",
-        epilog="example:\n  python run.py eval --model ~/ckpt/opt-1.3b --data ~/data --tasks boolq hellaswag "
-               "--shots 0 1 5 --limit 200 --out runs/eval-1.3b\n"
-               "  python run.py eval --model ~/ckpt/opt-1.3b --tasks copa --shots 1 --head-mask masks/heads-30.safetensors "
-               "--out runs/eval-pruned")
+        epilog=example("python run.py eval --model ~/ckpt/opt-1.3b --data ~/data --tasks boolq hellaswag "
+                       "--shots 0 1 5 --limit 200 --out runs/eval-1.3b",
+                       "python run.py eval --model ~/ckpt/opt-1.3b --tasks copa --shots 1 "
+                       "--head-mask masks/heads-30.safetensors --out runs/eval-pruned",
+                       "python run.py eval --random-weights opt-66b --device cuda:0 --tasks copa --plan"))
     add_model_args(p)
-    p.add_argument("--data", type=Path, default=SAMPLES_DIR if SAMPLES_DIR.is_dir() else None,
-                   required=not SAMPLES_DIR.is_dir(),
-                   help="data directory (<data>/<task>/<file as released>; default: the bundled tasks/samples)")
-    p.add_argument("--tasks", nargs="+", required=True, help="task names, e.g. boolq hellaswag copa")
-    p.add_argument("--shots", nargs="+", type=int, default=[0], help="shot counts (default: 0)")
-    p.add_argument("--limit", type=int, default=None, help="first N docs after the seed shuffle (default: all)")
-    p.add_argument("--seed", type=int, default=42, help="shuffle / demo sampling seed (lm-eval: 42)")
+    add_task_args(p)
+    add_seed_arg(p, 42, "doc shuffle and few-shot demo sampling seed (lm-eval's)")
     p.add_argument("--head-mask", type=Path, default=None, help="safetensors file with 'head_mask' (layers, heads)")
     p.add_argument("--ffn-mask", type=Path, default=None, help="safetensors file with 'ffn_mask' (layers,)")
-    p.add_argument("--batch-tokens", type=int, default=4096, help="token budget per forward batch (default 4096)")
     p.add_argument("--max-length", type=int, default=None, help="model input positions (default: the model's, 2048)")
-    p.add_argument("--paper-quirks", action="store_true",
-                   help="follow the paper's lm-eval fork where it differs (MathQA demo targets)")
-    p.add_argument("--out", type=Path, required=True, help="output directory")
+    add_out_arg(p)
+    add_plan_args(p, "eval")
     p.set_defaults(func=_eval)
 
 

@@ -97,5 +97,5 @@ def test_rerun_resumes_without_recomputing(study_run):
 def test_report_redraws_from_a_finished_run(study_run, capsys):
     out, _ = study_run
     (out / "report.md").unlink()
-    assert run.main(["report", "--run", str(out)]) == 0
+    assert run.main(["report", "--out", str(out)]) == 0
     assert (out / "report.md").is_file()

@@ -1,0 +1,248 @@
+"""`--plan`: what a step (or `run.py all`) costs, printed without running it and without any weights.
+
+Every model pass a step makes is enumerated with the step's own planning code, on a config-only
+stand-in for the model: evaluation batches come from tasks.scoring.Scorer (length-sorted batches
+under --batch-tokens, contexts shared through the KV cache), importance examples from
+Task.importance_examples + token_requests, induction sequences from induction.sequences, sweep
+evaluations from prune.sweeps.sweep_units (identical masks evaluated once, as the sweep does).
+Tokenizing is cheap; the model is never built, so an official size name (`--random-weights
+opt-66b`) plans as well as a checkpoint directory (only its config.json is read).
+
+Costs, per pass of B rows x T new positions over S key positions (S = cached past + T), in a layer:
+
+    FLOPs    2 B T (4 D^2 + 2 D F)  weight matmuls (attention projections + FFN; an FFN masked to 0 is skipped)
+           + 4 B T S D              attention scores and weighted values, computed dense
+           + 2 N W V                output head at the N positions that are scored (the rest is never projected)
+    backward = 2 x forward          (head importance, the copy task's importance)
+    activations  B T (6 D + F) bytes of one layer's working set (opt66b/placement.py's reserve rule)
+           + B H T S x 4            one fp32 attention-score block
+           + 2 B S D bytes per layer on the device when the pass keeps a KV cache
+           + 2 N V x 4 on the head device (fp32 logits and log-softmax)
+           backward: the working set and score block of every layer on the device are kept
+    time = FLOPs / throughput; throughput measured by a timed layer-shaped matmul on the compute
+           device (calibrate_tflops), or given as --throughput TFLOPS. Layers placed on several
+           devices run one after another, so one device's throughput is the rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Callable
+
+FLOP_MODEL = ("forward = 2 x weight-matrix params x tokens + attention 4 x D x T x S per layer + output head "
+              "2 x W x V per scored position; backward = 2 x forward")
+
+
+@dataclass
+class Shape:
+    """What the FLOP and memory rules need of the model (no weights)."""
+
+    cfg: Any
+    dtype_bytes: int
+    layers_on: dict[str, int]  # device -> decoder layers it runs (streamed layers count on the compute device)
+    weights_on: dict[str, int]  # device -> bytes of weights resident there
+    head: str  # device of the embeddings and output head
+
+    @property
+    def attn_matrix_params(self) -> int:
+        return 4 * self.cfg.hidden_size ** 2
+
+    @property
+    def ffn_matrix_params(self) -> int:
+        return 2 * self.cfg.hidden_size * self.cfg.ffn_dim
+
+
+@dataclass
+class StepPlan:
+    """Accumulated cost of one step; `add` one model pass (or `times` identical ones) at a time."""
+
+    label: str
+    shape: Shape
+    command: str = ""
+    forward: int = 0
+    backward: int = 0
+    tokens: int = 0  # real (non-pad) tokens fed to the model
+    padded_tokens: int = 0  # B x T actually computed
+    logit_positions: int = 0
+    flops: float = 0.0
+    activations: dict[str, int] = field(default_factory=dict)  # device -> peak activation bytes
+    host_bytes: int = 0  # host memory beyond the weights (recorded layer inputs)
+    notes: list[str] = field(default_factory=list)
+
+    def add(self, rows: int, new: int, keys: int | None = None, real: int | None = None, layers: int | None = None,
+            ffn_layers: int | None = None, logit_rows: int = 0, backward: bool = False, cache: bool = False,
+            times: int = 1) -> None:
+        cfg, s = self.shape.cfg, self.shape
+        keys = new if keys is None else keys
+        layers = cfg.num_layers if layers is None else layers
+        ffn_layers = layers if ffn_layers is None else ffn_layers
+        bt = rows * new
+        forward = (2 * bt * (layers * s.attn_matrix_params + ffn_layers * s.ffn_matrix_params)
+                   + 4 * bt * keys * cfg.hidden_size * layers
+                   + 2 * logit_rows * cfg.word_embed_proj_dim * cfg.vocab_size)
+        self.flops += times * forward * (3 if backward else 1)
+        self.forward += times
+        self.backward += times if backward else 0
+        self.tokens += times * (bt if real is None else real)
+        self.padded_tokens += times * bt
+        self.logit_positions += times * logit_rows
+        working = bt * (6 * cfg.hidden_size + cfg.ffn_dim) * s.dtype_bytes + rows * cfg.num_heads * new * keys * 4
+        run_share = layers / cfg.num_layers  # a pass from start_layer runs the last `layers` layers
+        for dev, n in s.layers_on.items():
+            on_dev = round(n * run_share)
+            if not on_dev:
+                continue
+            need = working * (on_dev if backward else 1)
+            if cache:
+                need += 2 * rows * keys * cfg.hidden_size * s.dtype_bytes * on_dev
+            self.activations[dev] = max(self.activations.get(dev, 0), need)
+        logits = 2 * logit_rows * cfg.vocab_size * 4
+        self.activations[s.head] = max(self.activations.get(s.head, 0), logits)
+
+    def add_flops(self, flops: float) -> None:
+        """Work done outside a model pass (the paper's copying score runs layer pieces by hand)."""
+        self.flops += flops
+
+    def peak(self) -> dict[str, int]:
+        devices = dict.fromkeys([*self.shape.weights_on, *self.activations])
+        return {d: self.shape.weights_on.get(d, 0) + self.activations.get(d, 0) for d in devices}
+
+
+# -- planners: one per step, each mirroring the step's own loop -----------------------------------------
+def _scorer_passes(step: StepPlan, scorer: Any, layers: int | None = None, ffn_layers: int | None = None,
+                   times: int = 1) -> None:
+    """Every pass of a tasks.scoring.Scorer plan: context batches (with a KV cache when they carry
+    continuations) and the continuation batches on the cache."""
+    for unit in scorer.units:
+        for p in (unit.main, *unit.conts):
+            rows, new = p.ids.shape
+            real = int(p.mask[:, -new:].sum())
+            step.add(rows, new, keys=p.mask.shape[1], real=real, layers=layers, ffn_layers=ffn_layers,
+                     logit_rows=int(p.targets.numel()), cache=bool(unit.conts) and p is unit.main, times=times)
+
+
+_EVALUATIONS: dict[tuple, Any] = {}  # within one plan (cleared by `reset`), steps share evaluation plans
+
+
+def reset() -> None:
+    _EVALUATIONS.clear()
+
+
+def _evaluation(args: argparse.Namespace, shape: Shape, tokenizer: Any, task: Any, shots: int) -> Any:
+    from tasks.evaluate import TaskEvaluation
+
+    key = (task.NAME, str(args.data), task.paper_quirks, shots, args.limit, args.seed, args.batch_tokens, getattr(args, "max_length", None))
+    if key not in _EVALUATIONS:
+        stand_in = SimpleNamespace(config=shape.cfg)  # the Scorer reads the config only
+        _EVALUATIONS[key] = TaskEvaluation(stand_in, tokenizer, task, shots, limit=args.limit, seed=args.seed,
+                                           batch_tokens=args.batch_tokens, max_length=getattr(args, "max_length", None))
+    return _EVALUATIONS[key]
+
+
+def _tasks(args: argparse.Namespace) -> dict[str, Any]:
+    from tasks.registry import check_task_args, get_task
+
+    check_task_args(args.tasks, args.shots, getattr(args, "limit", None))
+    if not Path(args.data).is_dir():
+        raise FileNotFoundError(f"--data {args.data}: data directory not found")
+    return {t: get_task(t, args.data, paper_quirks=args.paper_quirks) for t in dict.fromkeys(args.tasks)}
+
+
+def plan_eval(step: StepPlan, args: argparse.Namespace, tokenizer: Any) -> None:
+    tasks = _tasks(args)
+    for shots in args.shots:
+        for task in tasks.values():
+            _scorer_passes(step, _evaluation(args, step.shape, tokenizer, task, shots).scorer)
+
+
+def plan_head_importance(step: StepPlan, args: argparse.Namespace, tokenizer: Any) -> None:
+    from tasks.scoring import token_requests
+
+    max_length = args.max_length or step.shape.cfg.max_positions
+    for name, task in _tasks(args).items():
+        for k in args.shots:
+            examples = task.importance_examples(args.n_docs, k, random.Random(args.seed), paper_quirks=args.paper_quirks)
+            for t in token_requests(tokenizer, examples, max_length):
+                step.add(1, len(t.input_ids), logit_rows=len(t.continuation), backward=True)
+
+
+def plan_ffn_importance(step: StepPlan, args: argparse.Namespace, tokenizer: Any) -> None:
+    cfg = step.shape.cfg
+    for name, task in _tasks(args).items():
+        for k in args.shots:
+            scorer = _evaluation(args, step.shape, tokenizer, task, k).scorer
+            _scorer_passes(step, scorer)  # the base run, recording every layer's input
+            for layer in range(cfg.num_layers):  # FFN `layer` knocked out: layers >= layer rerun
+                run = cfg.num_layers if args.naive else cfg.num_layers - layer
+                _scorer_passes(step, scorer, layers=run, ffn_layers=run - 1)
+            if not args.naive:  # one (task, shot) recorded at a time
+                recorded = scorer.stats["tokens_padded"] * cfg.hidden_size * step.shape.dtype_bytes * cfg.num_layers
+                step.host_bytes = max(step.host_bytes, recorded)
+    if not args.naive:
+        step.notes.append("the base run keeps every layer's input in host memory for the knockouts (host bytes)")
+
+
+def plan_prune(step: StepPlan, args: argparse.Namespace, tokenizer: Any) -> None:
+    from prune.masks import count_for_percent
+    from prune.sweeps import DEFAULT_PERCENTS, sweep_units
+
+    cfg = step.shape.cfg
+    grid = args.sweep == "grid"
+    hp = args.head_percents if args.head_percents is not None else DEFAULT_PERCENTS["grid_heads" if grid else "heads"]
+    fp = args.ffn_percents if args.ffn_percents is not None else DEFAULT_PERCENTS["grid_ffn" if grid else "ffn"]
+    tasks = _tasks(args)
+    evaluations = {}
+    for unit in sweep_units(args.sweep, list(tasks), args.shots, hp, fp):
+        # run_sweep evaluates identical masks once per (task, shot): a 0% mask is no mask, and two
+        # percentages with the same floor(p * N / 100) give the same mask.
+        heads = None if not unit.head_percent else count_for_percent(unit.head_percent, cfg.num_layers * cfg.num_heads)
+        ffns = None if not unit.ffn_percent else count_for_percent(unit.ffn_percent, cfg.num_layers)
+        evaluations.setdefault((unit.task, unit.shots), set()).add((heads, ffns))
+    for (name, k), keys in evaluations.items():
+        scorer = _evaluation(args, step.shape, tokenizer, tasks[name], k).scorer
+        for _, ffns in keys:
+            _scorer_passes(step, scorer, ffn_layers=cfg.num_layers - (ffns or 0))
+
+
+def plan_induction(step: StepPlan, args: argparse.Namespace, tokenizer: Any) -> None:
+    from induction.sequences import REPEATS, base_length
+
+    cfg = step.shape.cfg
+    d, heads = cfg.hidden_size, cfg.num_heads
+    variants = ["paper", "corrected"] if args.variant == "both" else [args.variant]
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
+        t = REPEATS * base_length(seed, args.start_length, args.length_step) + 1
+        if args.induction_command == "prefix":
+            step.add(1, t)  # one forward for every variant
+            step.activations[step.shape.head] = max(step.activations.get(step.shape.head, 0), heads * t * t * 4)
+            continue
+        per_layer_readout = 2 * t * d * d + 2 * t * t * d  # unembedded ids through W_O, then (T, T) per head
+        if "corrected" in variants:
+            step.add(1, t)
+            step.add_flops(cfg.num_layers * per_layer_readout)
+        if "paper" in variants:  # no model pass: q, k, v of the embedding-level input in every layer
+            step.add_flops(cfg.num_layers * (2 * t * 3 * d * d + 2 * t * t * d + per_layer_readout))
+    if args.induction_command == "copying" and "paper" in variants:
+        step.notes.append("the paper's copying variant runs layer pieces, not passes: counted in FLOPs only")
+
+
+def plan_copytask(step: StepPlan, args: argparse.Namespace, tokenizer: Any) -> None:
+    """study/copy_task.pruning_experiment: prefix matching per seed, one importance pass with its
+    backward on the (seeds, 1 + 2L) batch, then four accuracy passes (full, induction heads pruned,
+    two controls)."""
+    for s in range(args.seeds):
+        step.add(1, 1 + 4 * (args.length + 2 * s))
+    rows, t = args.seeds, 1 + 2 * args.length
+    step.add(rows, t, logit_rows=rows * (args.length - 1), backward=True)
+    step.add(rows, t, logit_rows=rows * (args.length - 1), times=4)
+
+
+PLANNERS: dict[str, Callable[[StepPlan, argparse.Namespace, Any], None]] = {
+    "eval": plan_eval, "importance heads": plan_head_importance, "importance ffn": plan_ffn_importance,
+    "prune": plan_prune, "induction prefix": plan_induction, "induction copying": plan_induction,
+    "copytask": plan_copytask,
+}

@@ -1,0 +1,205 @@
+"""`run.py CMD --plan`: resolve the model's shape and placement from the options (no weights), plan the
+step (or every step of `run.py all`) with study/plan.py, estimate time, print a table or --json PATH.
+
+    plan = make_plan(args)        # {"model": ..., "steps": [...], "total": {...}}, JSON-able
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .plan import FLOP_MODEL, PLANNERS, Shape, StepPlan, reset
+
+GIB = 1 << 30
+
+
+def model_shape(args: argparse.Namespace) -> tuple[Shape, Any, dict[str, Any]]:
+    """(Shape, tokenizer, description) as load_from_args would place the model, from config.json or
+    an official size name only: the same device map, streaming and dtype rules, no tensors."""
+    from opt66b.config import config_for_size, config_from_hf
+    from opt66b.placement import build_device_map, dtype_bytes, head_params, layer_params, parse_max_memory
+    from opt66b.runtime import TINY_MODEL_DIR, resolve_device, resolve_dtype
+    from opt66b.tokenizer import load_tokenizer
+
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
+    size = args.random_weights
+    model_dir = None if size else (Path(args.model) if args.model else TINY_MODEL_DIR)
+    cfg = config_for_size(size) if size else config_from_hf(model_dir)
+    per = dtype_bytes(dtype)
+    layer_bytes, head_bytes = layer_params(cfg) * per, head_params(cfg) * per
+    dm = None
+    if args.offload == "mmap":  # every layer streamed from the files through two buffers
+        head = str(device)
+        weights, layers_on = {head: head_bytes + 2 * layer_bytes}, {head: cfg.num_layers}
+    else:
+        dm = build_device_map(args.device_map, cfg, dtype, parse_max_memory(args.max_memory),
+                              compute=str(device) if device.type != "cpu" else None)
+        if dm is None:
+            head = str(device)
+            weights, layers_on = {head: head_bytes + cfg.num_layers * layer_bytes}, {head: cfg.num_layers}
+        else:
+            head, weights, layers_on = dm.head, dict(dm.bytes_per_device), {}
+            streamed = set(dm.streamed_layers()) if args.offload != "none" else set()
+            for i, dev in enumerate(dm.layers):
+                runs_on = dm.compute if i in streamed else dev
+                layers_on[runs_on] = layers_on.get(runs_on, 0) + 1
+            if streamed:  # two layer buffers on the compute device (double buffering)
+                weights[dm.compute] = weights.get(dm.compute, 0) + 2 * layer_bytes
+    tokenizer = load_tokenizer(Path(args.tokenizer) if args.tokenizer else (model_dir or TINY_MODEL_DIR))
+    params = head_params(cfg) + cfg.num_layers * layer_params(cfg)
+    info = {"model": f"random:{size}" if size else str(model_dir), "layers": cfg.num_layers, "heads": cfg.num_heads,
+            "hidden": cfg.hidden_size, "ffn": cfg.ffn_dim, "params": params, "dtype": str(dtype).removeprefix("torch."),
+            "device": str(device), "compute": dm.compute if dm else str(device),
+            "device_map": dm.to_json() if dm else None, "budget_gib": dm.to_json()["budget_gib"] if dm else {}}
+    return Shape(cfg, per, layers_on, weights, head), tokenizer, info
+
+
+def calibrate_tflops(device: str, dtype_name: str, cfg: Any, seconds: float = 0.3) -> tuple[float | None, str]:
+    """Sustained TFLOP/s of a layer-shaped matmul (tokens x D) @ (D x F) on `device`, timed for about
+    `seconds` after a warm-up; shapes are capped so the CPU check stays short. (None, why) when the
+    device is not on this machine."""
+    import torch
+
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        return None, f"{device} is not on this machine: no time estimate (give --throughput TFLOPS)"
+    dtype = getattr(torch, dtype_name)
+    on_gpu = dev.type == "cuda"
+    d = min(cfg.hidden_size, 8192 if on_gpu else 1024)
+    f = min(cfg.ffn_dim, 4 * d)
+    m = 4096 if on_gpu else 512
+    gen = torch.Generator(device=dev).manual_seed(0)
+    a = torch.randn(m, d, device=dev, generator=gen).to(dtype)  # (tokens, D)
+    w = torch.randn(d, f, device=dev, generator=gen).to(dtype)  # (D, F)
+    sync = torch.cuda.synchronize if on_gpu else (lambda: None)
+    a @ w  # warm-up (kernel selection, caches)
+    sync()
+    reps, start = 0, time.perf_counter()
+    while reps < 3 or time.perf_counter() - start < seconds:
+        a @ w
+        reps += 1
+        if on_gpu and reps % 8:
+            continue
+        sync()
+    sync()
+    elapsed = time.perf_counter() - start
+    return 2 * m * d * f * reps / elapsed / 1e12, f"measured: {reps} matmuls ({m} x {d}) @ ({d} x {f}) {dtype_name} on {device}"
+
+
+def plan_steps_of(args: argparse.Namespace, shape: Shape, tokenizer: Any) -> list[StepPlan]:
+    """The step itself, or for `all` every step of its commands.txt, each planned by its own planner."""
+    reset()
+    if args.plan_step != "all":
+        step = StepPlan(args.plan_step, shape)
+        PLANNERS[args.plan_step](step, args, tokenizer)
+        return [step]
+    import run as run_module
+
+    from .pipeline import PAPER_TASKS, available_tasks, plan_steps
+    from .run_cli import all_defaults
+
+    all_defaults(args)
+    tasks, skipped = available_tasks(Path(args.data), args.tasks or PAPER_TASKS, args.shots)
+    if not tasks:
+        raise ValueError(f"{args.data}: none of the requested tasks has its data; see `python run.py data check`")
+    args.out = args.out or Path("OUT")
+    parser = run_module.build_parser()
+    steps = []
+    for label, argv in plan_steps(args, tasks):
+        sub = parser.parse_args(argv)
+        step = StepPlan(label, shape, command="python run.py " + shlex.join(argv))
+        if getattr(sub, "plan_step", None):
+            PLANNERS[sub.plan_step](step, sub, tokenizer)
+        else:
+            step.notes.append("reads earlier results only: no model passes")
+        steps.append(step)
+    if skipped:
+        steps[0].notes += [f"skipped: {line}" for line in skipped]
+    return steps
+
+
+def make_plan(args: argparse.Namespace) -> dict[str, Any]:
+    shape, tokenizer, info = model_shape(args)
+    steps = plan_steps_of(args, shape, tokenizer)
+    if args.throughput is not None:
+        if args.throughput <= 0:
+            raise ValueError(f"--throughput must be > 0 TFLOP/s, got {args.throughput}")
+        tflops, source = args.throughput, "given (--throughput)"
+    else:
+        tflops, source = calibrate_tflops(info["compute"], info["dtype"], shape.cfg)
+    rows = []
+    for s in steps:
+        rows.append({"step": s.label, "command": s.command, "forward_passes": s.forward, "backward_passes": s.backward,
+                     "tokens": s.tokens, "padded_tokens": s.padded_tokens, "logit_positions": s.logit_positions,
+                     "flops": s.flops, "seconds": s.flops / (tflops * 1e12) if tflops else None,
+                     "peak_bytes": s.peak(), "host_bytes": s.host_bytes, "notes": s.notes})
+    peak: dict[str, int] = {}
+    for r in rows:
+        for dev, b in r["peak_bytes"].items():
+            peak[dev] = max(peak.get(dev, 0), b)
+    total = {k: sum(r[k] for r in rows) for k in ("forward_passes", "backward_passes", "tokens", "padded_tokens",
+                                                  "logit_positions", "flops")}
+    total.update(seconds=total["flops"] / (tflops * 1e12) if tflops else None, peak_bytes=peak,
+                 host_bytes=max(r["host_bytes"] for r in rows))
+    return {"model": info, "weights_bytes": shape.weights_on, "throughput_tflops": tflops,
+            "throughput_source": source, "flop_model": FLOP_MODEL, "steps": rows, "total": total}
+
+
+def _num(x: float) -> str:
+    for unit, scale in (("E", 1e18), ("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if x >= scale:
+            return f"{x / scale:.3g}{unit}"
+    return f"{x:.3g}"
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    if seconds < 60:
+        return f"{seconds:.2g}s"
+    h, rest = divmod(round(seconds), 3600)
+    return f"{h}h{rest // 60:02d}m" if h else f"{rest // 60}m{rest % 60:02d}s"
+
+
+def format_plan(plan: dict[str, Any]) -> str:
+    m = plan["model"]
+    lines = [f"plan for {m['model']}: {m['layers']} layers x {m['heads']} heads, {m['params'] / 1e9:.3g}B params, "
+             f"{m['dtype']}, compute on {m['compute']} (nothing was run, no weights were read)",
+             f"FLOPs: {plan['flop_model']}",
+             f"throughput: {plan['throughput_tflops'] or 0:.4g} TFLOP/s, {plan['throughput_source']}", ""]
+    head = f"{'step':<38}{'fwd':>8}{'bwd':>7}{'tokens':>9}{'padded':>9}{'FLOPs':>9}{'time':>9}  peak memory per device"
+    lines += [head, "-" * len(head)]
+    budgets = m["budget_gib"]
+
+    def mem(peak: dict[str, int]) -> str:
+        return ", ".join(f"{d} {b / GIB:.1f} GiB" + (f" of {budgets[d]:g}" + (" OVER BUDGET" if b > budgets[d] * GIB else "")
+                                                      if d in budgets else "") for d, b in peak.items())
+    for r in [*plan["steps"], {"step": "total", **plan["total"], "notes": []}]:
+        if r["step"] == "total":
+            lines.append("-" * len(head))
+        lines.append(f"{r['step'][:37]:<38}{r['forward_passes']:>8}{r['backward_passes']:>7}{_num(r['tokens']):>9}"
+                     f"{_num(r['padded_tokens']):>9}{_num(r['flops']):>9}{_duration(r['seconds']):>9}  {mem(r['peak_bytes'])}")
+        lines += [f"{'':<4}note: {n}" for n in r["notes"]]
+    if plan["total"]["host_bytes"]:
+        lines.append(f"host memory beyond the weights (largest step): {plan['total']['host_bytes'] / GIB:.1f} GiB")
+    lines.append("peak = weights placed on the device + the largest pass's activations (estimate, see study/plan.py); "
+                 "time = FLOPs / throughput, transfers of streamed layers not included")
+    return "\n".join(lines)
+
+
+def run_plan(args: argparse.Namespace) -> int:
+    from opt66b.cli_options import emit_json
+
+    plan = make_plan(args)
+    if args.json is None or str(args.json) != "-":
+        print(format_plan(plan))
+    emit_json(args.json, plan)
+    if args.json is not None and str(args.json) != "-":
+        print(f"plan written to {args.json}", file=sys.stderr)
+    return 0

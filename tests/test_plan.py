@@ -1,0 +1,115 @@
+"""`--plan` (study/plan.py): the planned passes and tokens are what the run then processes, the FLOP
+rule on a hand-computed case, and OPT-66B plans on one 141 GiB GPU and on 2 x 80 GiB without a GPU."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import run
+from opt66b.model import OPT
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    """Counts every model pass (OPT.forward), the tokens it is fed and every backward (autograd.grad)."""
+    seen = {"forward_passes": 0, "backward_passes": 0, "tokens": 0, "padded_tokens": 0}
+    forward, grad = OPT.forward, torch.autograd.grad
+
+    def counting_forward(self, input_ids, attention_mask=None, *args, **kwargs):
+        rows, new = input_ids.shape
+        seen["forward_passes"] += 1
+        seen["padded_tokens"] += rows * new
+        seen["tokens"] += rows * new if attention_mask is None else int(attention_mask[:, -new:].sum())
+        return forward(self, input_ids, attention_mask, *args, **kwargs)
+
+    def counting_grad(*args, **kwargs):
+        seen["backward_passes"] += 1
+        return grad(*args, **kwargs)
+
+    monkeypatch.setattr(OPT, "forward", counting_forward)
+    monkeypatch.setattr(torch.autograd, "grad", counting_grad)
+    return seen
+
+
+def plan_of(argv, tmp_path, capsys) -> dict:
+    path = tmp_path / "plan.json"
+    assert run.main([*argv, "--plan", "--throughput", "1", "--json", str(path)]) == 0
+    assert "nothing was run" in capsys.readouterr().out
+    return json.loads(path.read_text())
+
+
+def test_planned_passes_and_tokens_equal_what_each_step_processes(tmp_path, counted, capsys):
+    imp, ffn = tmp_path / "importance", tmp_path / "ffn"
+    tasks = ["--tasks", "copa", "--limit", "3"]
+    steps = [  # (argv without --out, its output directory); small, the tiny model is 2 layers x 4 heads
+        (["eval", "--tasks", "copa", "boolq", "--limit", "2", "--shots", "0", "1"], tmp_path / "eval"),
+        (["importance", "heads", "--tasks", "copa", "--shots", "0", "1", "--n-docs", "3"], imp),
+        (["importance", "ffn", *tasks, "--shots", "0", "1"], ffn),
+        # 0% (no mask) and 10% (floor(0.8) = 0 heads: a mask of ones) are different evaluations, 20% and
+        # 24% mask the same 1 head and are evaluated once: the plan must follow the sweep's dedupe
+        (["prune", "heads", *tasks, "--shots", "0", "--importance", str(imp), "--head-percents", "0", "10", "20",
+          "24"], tmp_path / "prune"),
+        (["prune", "grid", *tasks, "--shots", "1", "--importance", str(imp), "--ffn-importance", str(ffn),
+          "--head-percents", "0", "50", "--ffn-percents", "0", "50"], tmp_path / "prune"),
+        (["induction", "prefix", "--seeds", "2"], tmp_path / "induction"),
+        (["induction", "copying", "--seeds", "2"], tmp_path / "induction"),
+        (["copytask", "--seeds", "3", "--length", "6"], tmp_path / "copytask"),
+    ]
+    for argv, out in steps:
+        planned = plan_of(argv, tmp_path, capsys)["total"]
+        assert counted["forward_passes"] == 0, "planning ran the model"
+        assert run.main([*argv, "--out", str(out)]) == 0
+        for key in counted:
+            assert planned[key] == counted[key], (argv[:2], key, planned[key], counted[key])
+            counted[key] = 0
+        assert planned["forward_passes"] > 0 and planned["tokens"] > 0
+
+
+TINY = {"layers": 2, "d": 128, "f": 256, "w": 64, "v": 50272}
+
+
+def test_flops_follow_the_stated_rule_on_a_hand_computed_pass(tmp_path, capsys):
+    # induction prefix, seed 0: one pass of BOS + 4 x 25 tokens, no output head, no backward
+    t, c = 1 + 4 * 25, TINY
+    per_layer = 2 * t * (4 * c["d"] ** 2 + 2 * c["d"] * c["f"]) + 4 * t * t * c["d"]
+    plan = plan_of(["induction", "prefix", "--seeds", "1"], tmp_path, capsys)
+    assert plan["total"]["flops"] == c["layers"] * per_layer
+    assert plan["total"]["seconds"] == pytest.approx(c["layers"] * per_layer / 1e12)  # --throughput 1 TFLOP/s
+    # head importance: forward + backward = 3 x forward, output head at the continuation positions
+    plan = plan_of(["importance", "heads", "--tasks", "copa", "--shots", "0", "--n-docs", "1"], tmp_path, capsys)
+    step = plan["steps"][0]
+    n, y = step["tokens"], step["logit_positions"]
+    forward = c["layers"] * (2 * n * (4 * c["d"] ** 2 + 2 * c["d"] * c["f"]) + 4 * n * n * c["d"]) + 2 * y * c["w"] * c["v"]
+    assert (step["forward_passes"], step["backward_passes"]) == (1, 1)
+    assert step["flops"] == 3 * forward
+
+
+def opt66b_params() -> int:
+    # the published opt-66b shape: 64 layers, D 9216, F 36864, vocabulary 50272, 2048 + 2 positions
+    d, f, layers = 9216, 36864, 64
+    per_layer = 4 * d * d + 2 * d * f + (4 * d + f + d) + 4 * d  # matrices, biases, two layer norms
+    return layers * per_layer + 50272 * d + 2050 * d + 2 * d
+
+
+@pytest.mark.parametrize("budgets", ["cuda:0=141GiB", "cuda:0=80GiB,cuda:1=80GiB"])
+def test_opt66b_plans_without_a_gpu(budgets, tmp_path, capsys):
+    argv = ["eval", "--random-weights", "opt-66b", "--device", "cuda:0", "--device-map", "auto",
+            "--max-memory", budgets, "--tasks", "copa", "--shots", "0", "--limit", "8"]
+    path = tmp_path / "plan66.json"
+    assert run.main([*argv, "--plan", "--throughput", "400", "--json", str(path)]) == 0
+    printed = capsys.readouterr().out
+    plan = json.loads(path.read_text())
+    weights = plan["weights_bytes"]
+    assert sum(weights.values()) == 2 * opt66b_params()  # float16, every parameter placed once
+    gib = 1 << 30
+    budget = {d: float(b.removesuffix("GiB")) * gib for d, b in (x.split("=") for x in budgets.split(","))}
+    assert set(weights) == set(budget)
+    total = plan["total"]
+    for dev, peak in total["peak_bytes"].items():
+        assert weights[dev] < peak <= budget[dev], (dev, peak)  # activations on top, within the budget
+    assert total["seconds"] == pytest.approx(total["flops"] / 400e12)
+    assert total["forward_passes"] > 0 and total["backward_passes"] == 0
+    assert "OVER BUDGET" not in printed and "random:opt-66b" in printed
