@@ -119,7 +119,7 @@ class Attention(nn.Module):
                 past: tuple[torch.Tensor, torch.Tensor] | None, capture: Capture | None, layer: int,
                 ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         if self.num_heads == 0:
-            return self._forward_no_heads(x, allowed, past, capture, layer)
+            return self._forward_no_heads(x, allowed, head_scale, capture, layer)
         bsz, t, d = x.shape
         # HF scales q (bias included) before QK^T; kept in this order for identical fp16 rounding.
         q = self.split_heads(self.q_proj(x) * self.scaling)  # (B, h, T, Dh)
@@ -151,8 +151,8 @@ class Attention(nn.Module):
         out = self.out_proj(z.transpose(1, 2).reshape(bsz, t, self.num_heads * self.head_dim))  # (B, T, h*Dh) -> (B, T, D)
         return out, (k, v)
 
-    def _forward_no_heads(self, x: torch.Tensor, allowed: torch.Tensor, past, capture: Capture | None,
-                          layer: int) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    def _forward_no_heads(self, x: torch.Tensor, allowed: torch.Tensor, head_scale: torch.Tensor | None,
+                          capture: Capture | None, layer: int) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """A layer whose heads were all removed adds out_proj's bias (what the masked model's
         out_proj(0) gives) and nothing else; the cache keeps its (B, 0, S, Dh) shape."""
         bsz, t, d = x.shape
@@ -167,6 +167,8 @@ class Attention(nn.Module):
             # Adds exact zeros, but puts the record in the graph: d loss / d z exists (and is 0),
             # as for a masked head of the full model, so head gradients work on every layer.
             out = out + z.sum(dim=(1, 3)).unsqueeze(-1) * 0.0  # (B, T) -> (B, T, 1)
+        if head_scale is not None and head_scale.requires_grad:
+            out = out + head_scale.sum() * 0.0  # the same for a head mask: its gradient here is 0
         return out, (empty, empty)
 
 

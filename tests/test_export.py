@@ -152,6 +152,27 @@ def test_capture_scores_keep_the_original_head_numbering(exported, one_thread):
         assert (score_s - score_f).abs().max() <= TOL * max(1.0, float(score_f.abs().max()))
 
 
+def test_layerwise_backward_on_an_exported_model(exported, one_thread):
+    """The bounded-memory head gradients (one layer at a time, also through the mmap streamer) give the
+    full-graph capture's head scores on an exported model, the layer without heads included."""
+    from opt66b import Capture
+    from opt66b.offload import layerwise_backward
+
+    _, d, _, _, _ = exported
+    small = load_model(d / "out")
+    ids, mask = ids_for(small.config, seed=5)
+    cap = Capture(heads=True, grads=True)
+    out = small(ids, attention_mask=mask, capture=cap, logits="none")
+    loss = small.logits(out.hidden).logsumexp(-1).sum()
+    grads = torch.autograd.grad(loss, cap.head_list())
+    want = torch.stack([(z.detach() * g).sum(-1).abs().sum((0, 2)) for z, g in zip(cap.head_list(), grads)])  # (L, H)
+    for model in (small, load_streamed(d / "out")):
+        value, head_grad, scores = layerwise_backward(model, ids, mask, lambda h: model.logits(h).logsumexp(-1).sum())
+        assert value == pytest.approx(float(loss.detach()), rel=1e-5)
+        assert (scores - want).abs().max() <= 1e-4 * float(want.max())
+        assert torch.all(scores[0] == 0) and torch.all(head_grad[0] == 0)  # layer 0 has no heads left
+
+
 def test_pruning_an_exported_model_further(exported, tmp_path, one_thread):
     full, d, head, ffn, _ = exported
     more = head.clone()

@@ -10,10 +10,12 @@ it exports the pruned checkpoint and then measures, each in a fresh interpreter:
     masked:   the full checkpoint loaded, evaluated with head_mask/ffn_mask
     exported: the pruned checkpoint loaded, evaluated without masks
 Columns: checkpoint bytes on disk, load time (load_model, fp32 on CPU: the fp16 shards upcast),
-peak RSS of the process (VmHWM: load + eval), and eval tokens/s: a no-grad forward over --batch x
---seq tokens scoring the last position (logits="last"; what log-likelihood scoring costs besides
-its few target rows), best of --repeats after a warm-up. Ratios are exported / masked. Not collected
-by pytest (bench_*.py).
+peak RSS of the process (VmHWM over load + one forward) above its RSS after importing torch. Eval
+tokens/s: a no-grad forward over --batch x --seq tokens scoring the last position (logits="last";
+what log-likelihood scoring costs besides its few target rows), both models in one process timed
+alternately for --repeats rounds after a warm-up, best of each (on a shared machine, interleaving
+makes outside load hit both alike; the 0%/0% row, two identical models, shows the noise left).
+Ratios are exported / masked. Not collected by pytest (bench_*.py).
 """
 
 from __future__ import annotations
@@ -42,7 +44,8 @@ def vm(field):
             return int(line.split()[1]) * 1024  # kB -> bytes
     raise RuntimeError(field)
 
-ckpt, masks, batch, seq, repeats = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+ckpt, masks, batch, seq = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+base = vm("VmRSS")  # the interpreter with torch imported: the same in both cases
 t0 = time.perf_counter()
 model = load_model(ckpt, dtype=torch.float32)
 load_s = time.perf_counter() - t0
@@ -50,16 +53,37 @@ head = ffn = None
 if masks != "-":
     head, ffn = read_masks(masks)
 ids = torch.randint(3, 50000, (batch, seq), generator=torch.Generator().manual_seed(0))  # (B, T)
-best = float("inf")
 with torch.no_grad():
-    model(ids[:1, :8], head_mask=head, ffn_mask=ffn, logits="last")  # warm-up
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = model(ids, head_mask=head, ffn_mask=ffn, logits="last")
-        best = min(best, time.perf_counter() - t0)
+    out = model(ids, head_mask=head, ffn_mask=ffn, logits="last")  # every weight is touched once
 assert torch.isfinite(out.logits).all()
-print(json.dumps(dict(load_s=load_s, peak=vm("VmHWM"), tok_s=batch * seq / best,
-                      logits=out.logits[:, -1, :4].tolist())))
+print(json.dumps(dict(load_s=load_s, peak=vm("VmHWM") - base, logits=out.logits[:, -1, :4].tolist())))
+"""
+
+
+# Speed: both models in one process, timed alternately (A B A B ...), so that load from other
+# processes on a shared machine hits both alike; best time of each over the rounds.
+SPEED_CHILD = r"""
+import json, sys, time
+sys.path.insert(0, {root!r})
+import torch
+torch.set_num_threads({threads})
+from opt66b import load_model
+from opt66b.mask_files import read_masks
+
+full, masks, small, batch, seq, rounds = sys.argv[1:4] + [int(a) for a in sys.argv[4:7]]
+head, ffn = read_masks(masks)
+runs = {{"masked": (load_model(full, dtype=torch.float32), head, ffn), "exported": (load_model(small, dtype=torch.float32), None, None)}}
+ids = torch.randint(3, 50000, (batch, seq), generator=torch.Generator().manual_seed(0))  # (B, T)
+best = {{k: float("inf") for k in runs}}
+with torch.no_grad():
+    for model, h, f in runs.values():
+        model(ids[:1, :8], head_mask=h, ffn_mask=f, logits="last")  # warm-up
+    for _ in range(rounds):
+        for name, (model, h, f) in runs.items():
+            t0 = time.perf_counter()
+            model(ids, head_mask=h, ffn_mask=f, logits="last")
+            best[name] = min(best[name], time.perf_counter() - t0)
+print(json.dumps({{k: batch * seq / v for k, v in best.items()}}))
 """
 
 
@@ -67,11 +91,20 @@ def dir_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.iterdir() if p.suffix == ".safetensors")
 
 
-def measure(ckpt: Path, masks: Path | None, args: argparse.Namespace) -> dict:
-    code = CHILD.format(root=str(ROOT), threads=args.threads)
-    out = subprocess.run([sys.executable, "-c", code, str(ckpt), str(masks) if masks else "-", str(args.batch),
-                          str(args.seq), str(args.repeats)], capture_output=True, text=True, check=True)
+def child(code: str, *argv) -> dict:
+    out = subprocess.run([sys.executable, "-c", code, *map(str, argv)], capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def measure(ckpt: Path, masks: Path | None, args: argparse.Namespace) -> dict:
+    """Load time and peak RSS in a fresh interpreter."""
+    return child(CHILD.format(root=str(ROOT), threads=args.threads), ckpt, masks or "-", args.batch, args.seq)
+
+
+def speeds(full: Path, masks: Path, small: Path, args: argparse.Namespace) -> dict:
+    """Eval tokens/s of the masked full model and the exported one, interleaved in one interpreter."""
+    return child(SPEED_CHILD.format(root=str(ROOT), threads=args.threads), full, masks, small, args.batch,
+                 args.seq, args.repeats)
 
 
 def main() -> int:
@@ -89,7 +122,7 @@ def main() -> int:
     ap.add_argument("--ffn-percents", type=float, nargs="+", default=[0, 20])
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seq", type=int, default=128)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5, help="timing rounds, each model once per round")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
@@ -117,6 +150,8 @@ def main() -> int:
                 out = tmp / f"x{hp:g}_{fp:g}"
                 export_pruned(src, out, head, ffn, max_shard_bytes=1 << 30)
                 exported = measure(out, None, args)
+                tok_s = speeds(src, masks, out, args)
+                masked["tok_s"], exported["tok_s"] = tok_s["masked"], tok_s["exported"]
                 diff = max(abs(a - b) for ra, rb in zip(masked["logits"], exported["logits"]) for a, b in zip(ra, rb))
                 rows.append((hp, fp, full_bytes, dir_bytes(out), masked, exported, diff))
                 for p in out.iterdir():
@@ -124,9 +159,9 @@ def main() -> int:
                 out.rmdir()
     mib = 1 << 20
     print(f"\n{args.shape}, random fp16 weights, eval fp32 on CPU ({args.threads} threads), "
-          f"{args.batch}x{args.seq} tokens, best of {args.repeats}; ratio = exported / masked full model")
-    print("| heads | FFNs | ckpt MiB masked / exported (ratio) | load s masked / exported | peak RSS MiB masked / "
-          "exported (ratio) | tokens/s masked / exported (speed-up) | max logit diff |")
+          f"{args.batch}x{args.seq} tokens, best of {args.repeats} interleaved rounds; ratio = exported / masked")
+    print("| heads | FFNs | ckpt MiB masked / exported (ratio) | load s masked / exported | peak RSS MiB above "
+          "baseline, masked / exported (ratio) | tokens/s masked / exported (speed-up) | max logit diff |")
     print("|---|---|---|---|---|---|---|")
     for hp, fp, fb, eb, m, e, diff in rows:
         print(f"| {hp:g}% | {fp:g}% | {fb / mib:.0f} / {eb / mib:.0f} ({eb / fb:.2f}) | {m['load_s']:.2f} / "
