@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-VARIANT_CHOICES = ("paper", "corrected", "both")
+VARIANT_CHOICES = ("paper", "corrected", "index_fix", "both", "all")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -57,7 +57,9 @@ def _register_scores(inner: argparse._SubParsersAction, name: str, help_text: st
     p.add_argument("--seed", "--first-seed", dest="first_seed", type=int, default=0,
                    help="first seed: sequences of seeds SEED..SEED+N-1 (default: 0, as the paper; "
                         "--first-seed is the old spelling)")
-    p.add_argument("--variant", choices=VARIANT_CHOICES, default="both", help="which score(s) (default: both)")
+    p.add_argument("--variant", choices=VARIANT_CHOICES, default="all",
+                   help="which score(s): paper, corrected, index_fix (copying only: the paper's computation read "
+                        "at the attended position), both (paper and corrected) or all (default: all)")
     add_out_arg(p)
     p.add_argument("--exclude-ratio", type=float, default=0.04,
                    help="fraction of most and of least frequent merges left out of the pool (default: 0.04)")
@@ -85,7 +87,14 @@ def _scores(args: argparse.Namespace) -> int:
     if args.start_length < 1 or args.length_step < 0:
         raise ValueError("--start-length must be >= 1 and --length-step >= 0")
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
-    variants = ["paper", "corrected"] if args.variant == "both" else [args.variant]
+    from .copying import VARIANTS as COPYING_VARIANTS
+    from .prefix_matching import VARIANTS as PREFIX_VARIANTS
+
+    available = list(PREFIX_VARIANTS if args.kind == "prefix" else COPYING_VARIANTS)
+    variants = {"all": available, "both": ["paper", "corrected"]}.get(args.variant, [args.variant])
+    if any(v not in available for v in variants):
+        raise ValueError(f"--variant {args.variant} does not exist for `induction {args.kind}`; "
+                         f"choose from {', '.join(available)}, both or all")
     model, tokenizer, info = load_from_args(args)
     cfg = model.config
     pool = sq.token_pool(tokenizer, args.exclude_ratio)

@@ -2,7 +2,7 @@
 
 Mirrors amazon-science/llm-interpret lm_eval/prefix_matching_copying.py (paper Appendix A.8,
 Algorithm 2; docs/method.md, "Copying"). Input: BOS + N distinct random tokens (N = 4(25 + 2s)).
-Both variants score each query position j = 1 .. T-1 (BOS excluded) and average over j:
+Every variant scores each query position j = 1 .. T-1 (BOS excluded) and average over j:
 
     c      = the tokens at positions 0..j (the "attendable" tokens, BOS included)
     z      = head h's output at j, read at the vocabulary ids c        (T_j = j + 1 values)
@@ -20,6 +20,12 @@ a non-copying head keeps a positive floor of about 1 / (number of positive entri
     softmax(l)[c] = exp(l[c] - max) * exp(max - logsumexp(l)), so z = exp(l[c] - max_c l[c]) gives the
     identical score without the 50272-way normaliser (`exact_softmax=True` computes the normaliser in
     position chunks as the code does; the tests check both agree).
+"index_fix": the paper's computation with only its index fixed: z is read from the OV output of the
+    attended *source* position m_j, o_h = W_O^h v_proj(u)_h[m_j] + b_O, still on the embedding-level
+    input, with b_O, no final layer norm and full-vocabulary probabilities, at the ids c of query j.
+    It asks what Algorithm 2 means (does the head's OV circuit raise the logit of the token it
+    attends to?) and differs from "paper" by that one index, so a difference between the two is the
+    index bug's alone; for a head attending to itself (m_j = j) the two agree exactly.
 "corrected": the real forward pass. z_h[j] = sum_k A_h[j, k] v_h[k] (the head's attention-weighted
     value vector, exactly what out_proj reads, on the true residual stream), pushed through head h's
     slice of out_proj without b_O and the LN-free unembedding: z = logits (not probabilities) at the
@@ -42,7 +48,7 @@ import torch.nn.functional as F
 
 from opt66b import OPT, Capture
 
-VARIANTS = ("paper", "corrected")
+VARIANTS = ("paper", "index_fix", "corrected")
 
 
 def shares(values: torch.Tensor, attended: torch.Tensor, exp_space: bool) -> torch.Tensor:
@@ -88,9 +94,12 @@ def _heads_through_unembedding(u_c: torch.Tensor, att: torch.nn.Module) -> torch
 
 @torch.no_grad()
 def copying_paper(model: OPT, tokens: torch.Tensor, head_chunk: int = 8, exact_softmax: bool = False,
-                  position_chunk: int = 256) -> torch.Tensor:
+                  position_chunk: int = 256, read_at: str = "query") -> torch.Tensor:
     """The paper's copying score (see module docstring) for `tokens` (T,) = BOS + distinct ids.
-    Returns (L, H) float32."""
+    read_at="query": the head's OV output at query j (the code); "source": at the attended
+    position m_j (the "index_fix" variant). Returns (L, H) float32."""
+    if read_at not in ("query", "source"):
+        raise ValueError(f"read_at must be 'query' or 'source', got {read_at!r}")
     cfg = model.config
     t = tokens.numel()
     dev0 = model.decoder.embed_tokens.weight.device
@@ -116,9 +125,15 @@ def copying_paper(model: OPT, tokens: torch.Tensor, head_chunk: int = 8, exact_s
         bias_logit = u_c @ att.out_proj.bias.float() if att.out_proj.bias is not None else torch.zeros(t, device=dev)
         for h0 in range(0, cfg.num_heads, head_chunk):
             hs = slice(h0, min(h0 + head_chunk, cfg.num_heads))
-            logits = torch.einsum("hjd,khd->hjk", v[hs], m[:, hs]) + bias_logit  # (hc, T, T) query j, key k
+            logits = torch.einsum("hjd,khd->hjk", v[hs], m[:, hs]) + bias_logit  # (hc, T, T) output at j, id of k
+            if read_at == "source":
+                # row j <- row m_j: the OV output of the attended position, still read at query j's ids c
+                rows = attended[hs].unsqueeze(-1).expand(-1, -1, t)  # (hc, T, T)
+                logits = logits.gather(1, rows)
             if exact_softmax:
-                lse = _full_vocab_lse(model, att, v[hs], hs.start, position_chunk)  # (hc, T)
+                lse = _full_vocab_lse(model, att, v[hs], hs.start, position_chunk)  # (hc, T) per output row
+                if read_at == "source":
+                    lse = lse.gather(1, attended[hs])  # (hc, T): the normaliser of row m_j
                 probs = torch.exp(logits - lse.unsqueeze(-1))  # (hc, T, T): full-vocabulary softmax at ids c
                 out[li, hs] = shares(probs, attended[hs], exp_space=False).cpu()
             else:
@@ -195,6 +210,8 @@ def copying_seed(model: OPT, tokens: torch.Tensor, variants: Iterable[str] = VAR
     for v in variants:
         if v == "paper":
             out[v] = copying_paper(model, tokens, head_chunk=head_chunk)
+        elif v == "index_fix":
+            out[v] = copying_paper(model, tokens, head_chunk=head_chunk, read_at="source")
         elif v == "corrected":
             out[v] = copying_corrected(model, tokens, head_chunk=head_chunk)
         else:

@@ -11,6 +11,11 @@ and writes OUT/correlations.json with, for every shot K (flat head vectors of le
                                    llm-interpret scripts/plotting/spearman_rankings.py; spec §5.1)
     top_overlap                    task x task, share of the top-30% heads in common
     vs_aggregate[task]             the same four numbers against the shot's aggregate ranking
+    random_baseline[task]          the same four numbers against a random permutation of 0..n-1 (seeded;
+                                   the paper's --random row): what "no agreement" looks like
+    denominators[task]             when the file also holds "importance_uniform": Spearman rho between
+                                   the paper's and the uniform-denominator rankings, and the share of
+                                   last-layer heads in each one's top 30%
 and cross_shot["0v1" | "0v5" | "1v5" | ...]: per task the same numbers between two shots, plus
 their mean and sample variance over tasks. Input file hashes are recorded. Facts:
 docs/method.md ("SRCC" and "Aggregate ranking").
@@ -25,10 +30,10 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from opt66b.io import Progress, file_hashes, run_metadata, write_json
+from opt66b.io import Progress, file_hashes, read_tensors, run_metadata, write_json
 
 from . import stats
-from .masks import aggregate_importance, read_importance
+from .masks import UNIFORM_IMPORTANCE_KEY, aggregate_importance, read_importance
 
 AGGREGATE_NAME = "aggregate"
 OUTPUT_NAME = "correlations.json"
@@ -42,6 +47,10 @@ DEFINITIONS = {
                              "only to compare with the paper's figure numbers",
     "top_overlap": "|top_k(a) & top_k(b)| / k with k = floor(top_fraction * n) most important heads",
     "variance": "sample variance over tasks (n-1 denominator)",
+    "random_baseline": "each task against a random permutation of 0..n-1 drawn by random.Random(random_seed)",
+    "denominators": "paper (last layer over target tokens) against uniform (every layer over positions): "
+                    "Spearman rho of the two rankings; last_layer_share_top = share of last-layer heads "
+                    "among the top_fraction most important heads of each",
 }
 
 
@@ -87,8 +96,33 @@ def pair_stats(a: Sequence[float], b: Sequence[float], top_fraction: float) -> d
             "top_overlap": stats.top_fraction_overlap(a, b, top_fraction)}
 
 
+def last_layer_share(values: Sequence[float], num_heads: int, top_fraction: float) -> float:
+    """Share of the top `top_fraction` most important heads of a flat (L*H,) vector that sit in the last layer."""
+    k = stats.top_count(top_fraction, len(values))
+    first_last = len(values) - num_heads  # flat index of the last layer's head 0
+    return sum(i >= first_last for i in stats.argsort(values)[-k:]) / k
+
+
+def denominator_effect(paper: Sequence[float], uniform: Sequence[float], num_heads: int,
+                       top_fraction: float) -> dict[str, Any]:
+    """How the paper's last-layer denominator moves a ranking against the uniform one."""
+    rho, p = stats.spearman(paper, uniform)
+    return {"rho": rho, "p": p, "last_layer_share_top": {
+        "paper": last_layer_share(paper, num_heads, top_fraction),
+        "uniform": last_layer_share(uniform, num_heads, top_fraction)}}
+
+
+def random_vector(n: int, seed: int) -> list[float]:
+    """A random permutation of 0..n-1 as floats (random.Random(seed)): a ranking with no relation to any task."""
+    import random
+
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    return [float(i) for i in order]
+
+
 def correlate_shot(vectors: dict[str, list[float]], aggregate: list[float] | None,
-                   top_fraction: float) -> dict[str, Any]:
+                   top_fraction: float, random_seed: int | None = 0) -> dict[str, Any]:
     """Task x task matrices (rows/columns in `tasks` order) and every task against the aggregate."""
     rho, p = stats.spearman_matrix(vectors)
     out: dict[str, Any] = {
@@ -100,6 +134,10 @@ def correlate_shot(vectors: dict[str, list[float]], aggregate: list[float] | Non
     }
     if aggregate is not None:
         out["vs_aggregate"] = {t: pair_stats(v, aggregate, top_fraction) for t, v in vectors.items()}
+    if random_seed is not None:
+        rand = random_vector(out["n_heads"], random_seed)
+        out["random_seed"] = random_seed
+        out["random_baseline"] = {t: pair_stats(v, rand, top_fraction) for t, v in vectors.items()}
     return out
 
 
@@ -130,7 +168,7 @@ def _finite_or_none(obj: Any) -> Any:
 
 def run_correlate(importance_dir: Path, out_dir: Path, shots: Sequence[int] | None = None,
                   tasks: Sequence[str] | None = None, top_fraction: float = 0.3,
-                  log: Callable[[str], None] | None = None) -> Path:
+                  log: Callable[[str], None] | None = None, random_seed: int | None = 0) -> Path:
     """Compute everything above and write OUT/correlations.json atomically; returns its path."""
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     if not 0 < top_fraction <= 1:
@@ -139,10 +177,16 @@ def run_correlate(importance_dir: Path, out_dir: Path, shots: Sequence[int] | No
     shape: tuple[int, ...] | None = None
     by_shot: dict[int, dict[str, list[float]]] = {}
     aggregates: dict[int, tuple[list[float], str]] = {}
+    denominators: dict[int, dict[str, Any]] = {}
     for k, files in found.items():
         vectors = {}
+        denominators[k] = {}
         for name, path in files.items():
             imp = read_importance(path)
+            if UNIFORM_IMPORTANCE_KEY in read_tensors(path)[0]:
+                uniform = read_importance(path, key=UNIFORM_IMPORTANCE_KEY)
+                denominators[k][name] = denominator_effect(imp.reshape(-1).tolist(), uniform.reshape(-1).tolist(),
+                                                           imp.shape[1], top_fraction)  # (L*H,) layer-major
             if shape is None:
                 shape = tuple(imp.shape)
             elif tuple(imp.shape) != shape:
@@ -162,8 +206,8 @@ def run_correlate(importance_dir: Path, out_dir: Path, shots: Sequence[int] | No
     progress = Progress(len(by_shot) + 1, "correlate")
     per_shot = {}
     for k, vectors in by_shot.items():
-        per_shot[str(k)] = {**correlate_shot(vectors, aggregates[k][0], top_fraction),
-                            "aggregate_source": aggregates[k][1]}
+        per_shot[str(k)] = {**correlate_shot(vectors, aggregates[k][0], top_fraction, random_seed),
+                            "aggregate_source": aggregates[k][1], "denominators": denominators[k]}
         progress.update()
     crossed = cross_shot(by_shot, top_fraction)
     progress.update()
@@ -171,7 +215,7 @@ def run_correlate(importance_dir: Path, out_dir: Path, shots: Sequence[int] | No
     all_files = [p for files in found.values() for p in files.values()]
     result = {
         "metadata": run_metadata(importance_dir=str(importance_dir), shots=sorted(by_shot),
-                                 top_fraction=top_fraction, layers_heads=list(shape or ()),
+                                 top_fraction=top_fraction, random_seed=random_seed, layers_heads=list(shape or ()),
                                  input_sha256=file_hashes(all_files)),
         "definitions": DEFINITIONS,
         "shots": per_shot,

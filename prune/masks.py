@@ -27,6 +27,7 @@ import torch
 from opt66b.io import read_tensors
 from opt66b.mask_files import FFN_MASK_KEY, HEAD_MASK_KEY, read_masks, write_masks  # noqa: F401 (re-exported)
 IMPORTANCE_KEY = "importance"
+UNIFORM_IMPORTANCE_KEY = "importance_uniform"  # the same scores with every layer over the position count
 
 
 def count_for_percent(percent: float, total: int) -> int:
@@ -126,15 +127,18 @@ def normalize_per_layer(importance: torch.Tensor, eps: float = 1e-20) -> torch.T
 
 
 # -- files --------------------------------------------------------------------------------------
-def read_importance(path: str | Path, num_layers: int | None = None, num_heads: int | None = None) -> torch.Tensor:
-    """Read the "importance" (L, H) tensor of an importance file as float64, checking shape and values."""
+def read_importance(path: str | Path, num_layers: int | None = None, num_heads: int | None = None,
+                    key: str = IMPORTANCE_KEY) -> torch.Tensor:
+    """Read the (L, H) tensor `key` of an importance file as float64, checking shape and values.
+
+    key: "importance" (the paper's denominators) or "importance_uniform" (every layer over positions)."""
     tensors, _ = read_tensors(path)
-    if IMPORTANCE_KEY not in tensors:
-        raise KeyError(f"{path}: no '{IMPORTANCE_KEY}' tensor (found {sorted(tensors)}); "
+    if key not in tensors:
+        raise KeyError(f"{path}: no '{key}' tensor (found {sorted(tensors)}); "
                        f"is this an output of `run.py importance heads`?")
-    imp = tensors[IMPORTANCE_KEY]
+    imp = tensors[key]
     if imp.dim() != 2 or (num_layers is not None and imp.shape[0] != num_layers) or \
             (num_heads is not None and imp.shape[1] != num_heads):
-        raise ValueError(f"{path}: '{IMPORTANCE_KEY}' has shape {tuple(imp.shape)}, expected (layers, heads)"
+        raise ValueError(f"{path}: '{key}' has shape {tuple(imp.shape)}, expected (layers, heads)"
                          f"{'' if num_layers is None else f' = ({num_layers}, {num_heads})'}")
-    return _check_importance(imp.double(), f"{path}: '{IMPORTANCE_KEY}'")
+    return _check_importance(imp.double(), f"{path}: '{key}'")

@@ -29,8 +29,9 @@ def _naive_share(z: torch.Tensor, m: int) -> float:
 
 
 @torch.no_grad()
-def _naive_paper(model: OPT, tokens: torch.Tensor) -> torch.Tensor:
-    """Spec §7 step by step: out_proj on v placed in one head's slice, softmax over the full vocab."""
+def _naive_paper(model: OPT, tokens: torch.Tensor, at_source: bool = False) -> torch.Tensor:
+    """Algorithm 2 as the paper's code runs it, step by step: out_proj on v placed in one head's slice,
+    softmax over the full vocab, read at query j (at_source: at the attended position m_j instead)."""
     cfg = model.config
     t, n_heads, dh = tokens.numel(), cfg.num_heads, cfg.head_dim
     x = model.embed(tokens.view(1, t), torch.arange(t).view(1, t) + 2)[0]  # (T, D)
@@ -47,8 +48,11 @@ def _naive_paper(model: OPT, tokens: torch.Tensor) -> torch.Tensor:
             placed = torch.zeros_like(v)
             placed[:, h * dh:(h + 1) * dh] = v[:, h * dh:(h + 1) * dh]
             q_h = torch.softmax(model.logits(att.out_proj(placed)), -1)  # (T, V), b_O included
-            out[li, h] = sum(_naive_share(q_h[j][tokens[:j + 1]], int(probs_att[h, j, :j + 1].argmax()))
-                             for j in range(1, t)) / (t - 1)
+            total = 0.0
+            for j in range(1, t):
+                m_j = int(probs_att[h, j, :j + 1].argmax())
+                total += _naive_share(q_h[m_j if at_source else j][tokens[:j + 1]], m_j)
+            out[li, h] = total / (t - 1)
     return out
 
 
@@ -116,3 +120,44 @@ def test_identity_ov_head_outscores_random_ov_head():
         # probabilities), random head 0.16 / 0.09; the bars leave room for float differences
         assert scores[0, 0] > 0.45, (fn.__name__, scores)
         assert scores[0, 0] > scores[0, 1] + 0.2, (fn.__name__, scores)
+
+
+@torch.no_grad()
+def _attends_elsewhere_share(model: OPT, tokens: torch.Tensor) -> float:
+    """Share of (layer, head, query j >= 1) whose embedding-level attention argmax m_j is not j."""
+    cfg = model.config
+    t, n_heads, dh = tokens.numel(), cfg.num_heads, cfg.head_dim
+    x = model.embed(tokens.view(1, t), torch.arange(t).view(1, t) + 2)[0]  # (T, D)
+    causal = torch.ones(t, t, dtype=torch.bool).tril()  # (T, T)
+    elsewhere = []
+    for layer in model.decoder.layers:
+        att = layer.self_attn
+        u = layer.self_attn_layer_norm(x)
+        q = att.q_proj(u).view(t, n_heads, dh).transpose(0, 1)  # (H, T, Dh)
+        k = att.k_proj(u).view(t, n_heads, dh).transpose(0, 1)  # (H, T, Dh)
+        m = (q @ k.transpose(1, 2)).masked_fill(~causal, float("-inf")).argmax(-1)  # (H, T)
+        elsewhere.append(m[:, 1:] != torch.arange(1, t))
+    return float(torch.stack(elsewhere).float().mean())
+
+
+def test_index_fix_matches_a_full_vocabulary_loop_on_heads_attending_elsewhere():
+    """The index-fix-only variant reads the OV output at the attended source position m_j. On heads
+    that attend to themselves it equals the paper's; here most queries attend elsewhere, so the loop
+    checks the source indexing and the test sees the two variants differ."""
+    cfg = OPTConfig(hidden_size=32, num_layers=2, num_heads=4, ffn_dim=64, vocab_size=128, max_positions=64)
+    model = random_model(cfg, seed=11)
+    with torch.no_grad():  # larger query/key weights: sharp attention, mostly on other positions
+        for layer in model.decoder.layers:
+            layer.self_attn.q_proj.weight.mul_(3.0)
+            layer.self_attn.k_proj.weight.mul_(3.0)
+    tokens = sq.copying_sequence(list(range(3, 128)), seed=1, bos_id=2, length=20)  # (21,)
+    assert _attends_elsewhere_share(model, tokens) > 0.5
+    naive = _naive_paper(model, tokens, at_source=True)
+    # 1e-5: float32 softmax / exp of the same logits, as in the test above
+    torch.testing.assert_close(copying_paper(model, tokens, read_at="source"), naive, atol=1e-5, rtol=0)
+    torch.testing.assert_close(copying_paper(model, tokens, read_at="source", exact_softmax=True, position_chunk=6,
+                                             head_chunk=3), naive, atol=1e-5, rtol=0)
+    paper = copying_paper(model, tokens)
+    assert float((paper - naive).abs().max()) > 0.05  # the index matters on these heads
+    with pytest.raises(ValueError, match="read_at"):
+        copying_paper(model, tokens, read_at="key")

@@ -147,3 +147,37 @@ def test_headline_counts_parameters_from_the_config():
     assert (out["both"]["head_percent"], out["both"]["ffn_percent"]) == (0.0, 10.0)
     assert out["both"]["params_removed"] == 6 * per_ffn
     json.dumps(out)  # plain JSON
+
+
+# -- errata side by side in correlations.json --------------------------------------------------------
+def test_last_layer_share_and_denominator_effect_by_hand():
+    from prune.correlate import denominator_effect, last_layer_share
+
+    # 3 layers x 2 heads, flat layer-major; top 50% = 3 heads
+    paper = [1.0, 2.0, 3.0, 4.0, 50.0, 60.0]  # the last layer (flat 4, 5) inflated: it tops the ranking
+    uniform = [1.0, 2.0, 3.0, 4.0, 0.5, 0.6]  # same heads over one denominator: last layer at the bottom
+    assert last_layer_share(paper, 2, 0.5) == pytest.approx(2 / 3)  # top 3: flat 3, 4, 5
+    assert last_layer_share(uniform, 2, 0.5) == 0.0  # top 3: flat 1, 2, 3
+    got = denominator_effect(paper, uniform, 2, 0.5)
+    # ranks paper 1..6, uniform 3,4,5,6,1,2: d = -2,-2,-2,-2,4,4 -> rho = 1 - 6*48/(6*35) = -0.3714...
+    assert got["rho"] == pytest.approx(1 - 6 * 48 / (6 * 35))
+    assert got["last_layer_share_top"] == {"paper": pytest.approx(2 / 3), "uniform": 0.0}
+
+
+def test_correlate_writes_a_seeded_random_baseline_and_the_denominator_rows(tmp_path):
+    from prune.correlate import random_vector, run_correlate
+
+    gen = torch.Generator().manual_seed(0)
+    shot = tmp_path / "imp" / "shots-0"
+    shot.mkdir(parents=True)
+    for task in ("copa", "rte", "wic"):
+        imp = torch.rand(4, 6, generator=gen) + 0.1
+        write_tensors(shot / f"{task}.safetensors", {"importance": imp, "importance_uniform": imp * 2})
+    corr = json.loads(run_correlate(tmp_path / "imp", tmp_path / "out", log=lambda m: None).read_text())
+    block = corr["shots"]["0"]
+    assert sorted(random_vector(24, 0)) == [float(i) for i in range(24)] and random_vector(24, 0) != random_vector(24, 1)
+    for row in block["random_baseline"].values():
+        assert set(row) == {"rho", "p", "paper_argsort_pearson", "top_overlap"}
+    # importance_uniform = 2 x importance: identical rankings
+    assert all(d["rho"] == pytest.approx(1.0) for d in block["denominators"].values())
+    assert block["random_seed"] == 0 and "random_baseline" in corr["definitions"]
