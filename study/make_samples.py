@@ -9,6 +9,12 @@ tasks/samples exactly as they read the full data directory (layout `<data>/<task
     .txt.bz2   the first N six-line HellaSwag tasks, re-compressed (bz2 has no timestamp: deterministic)
     .md        copied whole (WinoGrande's release README carries its license)
 
+Stand-ins, for the two splits the full data lacks (named standin_*, each loader lists them last, and
+`run.py data check` reports them as "stand-in"): ReCoRD's eval docs are the FewGLUE train queries
+after the ones kept as its few-shot pool, and PIQA's few-shot pool is the validation records after
+the ones kept as its eval docs. Each is cut from the lines *after* the sample of its source file, so
+a stand-in never shares a record with the split it sits beside.
+
 Deterministic: no randomness, the output depends on the input bytes only. Usage:
 
     python -m study.make_samples --data FULL_DATA --out tasks/samples
@@ -32,14 +38,29 @@ RECORDS = {
     "multirc/val.jsonl": 4,
     "boolq/val.jsonl": 30,
     "hellaswag/hellaswag_train.jsonl.head3368.jsonl": 30,
+    "record/fewglue_train.jsonl": 16,  # 32 queries in all: 16 for the few-shot pool, 16 for the stand-in eval
+}
+# stand-in file -> (source file, records); cut from the source lines after records_for(source)
+STANDINS = {
+    "record/standin_val_from_fewglue_train.jsonl": ("record/fewglue_train.jsonl", 16),
+    "piqa/standin_train_from_valid.jsonl": ("piqa/valid.jsonl", 40),
+    "piqa/standin_train_from_valid-labels.lst": ("piqa/valid-labels.lst", 40),
+}
+STANDIN_ROLE = {
+    "record/standin_val_from_fewglue_train.jsonl": "ReCoRD eval docs (the validation split is missing)",
+    "piqa/standin_train_from_valid.jsonl": "PIQA few-shot pool (the train split is missing)",
+    "piqa/standin_train_from_valid-labels.lst": "labels of the PIQA few-shot stand-in",
 }
 SKIP = {"SHA256SUMS", "SOURCES.md"}  # index files of the full data; the samples get their own SOURCES.md
 
 
-def cut_jsonl(data: bytes, n: int) -> bytes:
-    """The first n non-empty lines, byte for byte."""
+def cut_jsonl(data: bytes, n: int, start: int = 0) -> bytes:
+    """Non-empty lines start .. start+n-1 (the first n by default; fewer if the file is shorter), byte
+    for byte. A stand-in (start > 0) must get all n."""
     lines = [ln for ln in data.split(b"\n") if ln.strip()]
-    return b"".join(ln + b"\n" for ln in lines[:n])
+    if start and start + n > len(lines):
+        raise ValueError(f"asked for lines {start}..{start + n - 1} of a file with {len(lines)} records")
+    return b"".join(ln + b"\n" for ln in lines[start:start + n])
 
 
 def cut_json_array(data: bytes, n: int, where: str) -> bytes:
@@ -98,6 +119,11 @@ def make_samples(data: Path, out: Path) -> dict[str, dict[str, int | str]]:
         path = atomic_write_bytes(out / rel, cut_file(src, rel, n))
         made[rel] = {"records": n if not rel.endswith(".md") else 0, "bytes": path.stat().st_size,
                      "sha256": sha256_file(path), "source_sha256": sha256_file(src)}
+    for rel, (source, n) in STANDINS.items():
+        src = data / source
+        path = atomic_write_bytes(out / rel, cut_jsonl(src.read_bytes(), n, start=records_for(source)))
+        made[rel] = {"records": n, "bytes": path.stat().st_size, "sha256": sha256_file(path),
+                     "source_sha256": sha256_file(src), "standin_of": source, "start": records_for(source)}
     atomic_write_text(out / "SOURCES.md", sources_text(made, sections))
     return made
 
@@ -115,8 +141,22 @@ def sources_text(made: dict[str, dict[str, int | str]], sections: dict[str, str]
              "objects (re-serialised with indent 4, as released); HellaSwag's derived bz2 text dump keeps",
              "its first N six-line tasks, re-compressed. The source, record count and license notes below",
              "are those of the full file the sample was cut from.", "",
+             "Two files are STAND-INS, marked below, for splits the full data lacks: ReCoRD's eval docs",
+             "(FewGLUE train queries 17-32; queries 1-16 are its few-shot pool) and PIQA's few-shot pool",
+             "(validation records 41-80 and their labels; records 1-40 are its eval docs). Each is disjoint",
+             "from the split it sits beside; `python run.py data check --data tasks/samples` lists them as",
+             "\"stand-in\". Numbers from them are not comparable with the paper's.", "",
              f"Total: {sum(int(m['bytes']) for m in made.values())} bytes in {len(made)} files.", ""]
     for rel, m in made.items():
+        if "standin_of" in m:
+            first = int(m["start"]) + 1
+            lines += [f"## `{rel}` (STAND-IN)", "",
+                      f"- role: {STANDIN_ROLE[rel]}; not the split its loader uses it for",
+                      f"- sample: records {first}..{first + int(m['records']) - 1} of full data `{m['standin_of']}` "
+                      f"(the sample of that file keeps records 1..{first - 1}, so the two are disjoint), "
+                      f"{m['bytes']} bytes, sha256 `{m['sha256']}`",
+                      f"- source and license: as `{m['standin_of']}` above", ""]
+            continue
         lines += [f"## `{rel}`", "",
                   f"- sample: first {m['records']} records, {m['bytes']} bytes, sha256 `{m['sha256']}`"
                   if m["records"] else f"- sample: whole file, {m['bytes']} bytes, sha256 `{m['sha256']}`",

@@ -26,6 +26,7 @@ class SplitFile:
     labels: str | None = None  # separate label file, one label per line (PIQA, Winogrande)
     fallback: str = ""  # non-empty: this file stands in for the real split (says how)
     count: int | None = None  # expected docs for a fallback file (None: the published count)
+    standin: bool = False  # built from another split of the same task (bundled samples only), not a cut of this split
 
 
 def read_jsonl(path: Path) -> list[Record]:

@@ -31,7 +31,7 @@ def register_data(sub: argparse._SubParsersAction) -> None:
 
 def check_data(data_dir: Path, names: list[str] | None = None) -> list[dict[str, Any]]:
     """One row per (task, split): file (+ sha256), docs, published, status in {"ok", "count differs",
-    "fallback", "missing", "error"}, and a note saying what a fallback / missing file means."""
+    "fallback", "stand-in", "missing", "error"}, and a note saying what a fallback / missing file means."""
     from opt66b.io import sha256_file
 
     from .registry import TASKS, get_task
@@ -48,7 +48,7 @@ def check_data(data_dir: Path, names: list[str] | None = None) -> list[dict[str,
                                    "published": task.PUBLISHED.get(split), "status": "", "note": ""}
             found = task.split_file(split)
             if found is None:
-                tried = ", ".join(s.name for s in task.FILES.get(split, []))
+                tried = ", ".join(s.name for s in task.FILES.get(split, []) if not s.standin)
                 row["status"] = "missing"
                 row["note"] = (f"{name} {split} missing ({tried}): "
                                + ("0-shot only" if role == "few-shot" else "task cannot be evaluated"))
@@ -69,7 +69,9 @@ def check_data(data_dir: Path, names: list[str] | None = None) -> list[dict[str,
                 rows.append(row)
                 continue
             expected = spec.count if spec.fallback and spec.count is not None else row["published"]
-            if spec.fallback:
+            if spec.standin:  # built from another split: no published count to compare with
+                row["status"], row["note"], expected = "stand-in", spec.fallback, None
+            elif spec.fallback:
                 row["status"], row["note"] = "fallback", spec.fallback
             else:
                 row["status"] = "ok"
@@ -101,7 +103,8 @@ def format_report(rows: list[dict[str, Any]]) -> str:
         where = Path(r["file"]).name if r["file"] else ""
         note = f"{where}  {r['note']}".strip()
         lines.append(f"{r['task']:<14}{r['split']:<11}{r['role']:<9}{docs:>7}{pub:>11}  {r['status']:<14}{note}")
-    n = {s: sum(r["status"] == s for r in rows) for s in ("ok", "fallback", "count differs", "missing", "error")}
+    n = {s: sum(r["status"] == s for r in rows)
+         for s in ("ok", "fallback", "stand-in", "count differs", "missing", "error")}
     lines.append(", ".join(f"{v} {k}" for k, v in n.items()))
     return "\n".join(lines)
 

@@ -5,7 +5,8 @@ Bisk et al., "PIQA: Reasoning about Physical Commonsense in Natural Language", A
 https://arxiv.org/abs/1911.11641, https://yonatanbisk.com/piqa/ (Academic Free License v3.0).
 Reads the release (valid.jsonl + valid-labels.lst, train.jsonl + train-labels.lst, line-aligned)
 or an HF `piqa` export (validation.jsonl / train.jsonl with a `label` field). Without the train split
-(docs/data.md) few-shot (k>0) then raises a clear error; 0-shot works.
+(docs/data.md) few-shot (k>0) then raises a clear error; 0-shot works. The bundled samples carry
+a labelled stand-in pool cut from the validation file after their eval docs.
 """
 
 from __future__ import annotations
@@ -16,10 +17,17 @@ from .base import Doc, MultipleChoiceTask
 from .data import SplitFile, field, label_index
 
 
+# The bundled samples' few-shot pool (study/make_samples.py): the real train file is not available.
+STANDIN_TRAIN, STANDIN_TRAIN_LABELS = "standin_train_from_valid.jsonl", "standin_train_from_valid-labels.lst"
+
+
 class PiQA(MultipleChoiceTask):
     NAME, VERSION, DATA_DIR = "piqa", 0, "piqa"
     FILES = {"validation": [SplitFile("valid.jsonl", labels="valid-labels.lst"), SplitFile("validation.jsonl")],
-             "train": [SplitFile("train.jsonl", labels="train-labels.lst")]}
+             "train": [SplitFile("train.jsonl", labels="train-labels.lst"),
+                       SplitFile(STANDIN_TRAIN, labels=STANDIN_TRAIN_LABELS, standin=True,
+                                 fallback="STAND-IN for train: validation records cut after the sample's eval "
+                                          "docs (disjoint from them); few-shot demos only")]}
     PUBLISHED = {"validation": 1838, "train": 16113}
 
     def process_record(self, rec: dict[str, Any], where: str) -> Doc:

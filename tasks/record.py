@@ -42,9 +42,16 @@ def token_f1(gold: str, pred: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
+# The bundled samples' eval docs (study/make_samples.py): the real validation file is not available.
+STANDIN_VALIDATION = "standin_val_from_fewglue_train.jsonl"
+
+
 class ReCoRD(Task):
     NAME, VERSION, DATA_DIR = "record", 0, "record"
-    FILES = {"validation": [SplitFile("val.jsonl"), SplitFile("validation.jsonl")],
+    FILES = {"validation": [SplitFile("val.jsonl"), SplitFile("validation.jsonl"),
+                            SplitFile(STANDIN_VALIDATION, standin=True,
+                                      fallback="STAND-IN for validation: FewGLUE train queries after the "
+                                               "sample's few-shot pool (disjoint from it); not the eval split")],
              "train": [SplitFile("train.jsonl"),
                        SplitFile("fewglue_train.jsonl", count=32,
                                  fallback="FewGLUE 32-query subset of train (full train missing)")]}
