@@ -203,13 +203,14 @@ def register_prune(sub: argparse._SubParsersAction) -> None:
 
 
 def _prune(args: argparse.Namespace) -> int:
-    from tasks.registry import TASKS
+    from tasks.registry import ALL_TASKS
 
     from .sweeps import run_sweep
 
     _validate(args)
-    if args.ranking not in ("own", "aggregate") and args.ranking not in TASKS:
-        raise KeyError(f"--ranking must be own, aggregate or a task name ({', '.join(TASKS)}); got {args.ranking!r}")
+    if args.ranking not in ("own", "aggregate") and args.ranking not in ALL_TASKS:
+        raise KeyError(f"--ranking must be own, aggregate or a task name ({', '.join(ALL_TASKS)}); "
+                       f"got {args.ranking!r}")
     for name, vals in (("--head-percents", args.head_percents), ("--ffn-percents", args.ffn_percents)):
         if vals is not None and any(not 0 <= v <= 100 for v in vals):
             raise ValueError(f"{name} must be in [0, 100], got {vals}")
