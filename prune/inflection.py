@@ -125,3 +125,41 @@ def curve_points(curve: Mapping[Any, float], min_bend: float = DEFAULT_MIN_BEND,
                  tolerance: float = DEFAULT_TOLERANCE) -> dict[str, float | None]:
     """Both rules on one curve: {"knee": %, "within_tolerance": %}."""
     return {"knee": knee(curve, min_bend), "within_tolerance": within_tolerance(curve, tolerance)}
+
+
+# -- curves from a sweep table (prune/sweeps.py merge_table layout) -----------------------------------
+def sweep_curve(cells: Mapping[str, Mapping[str, float]], axis: str) -> dict[float, float]:
+    """One task's curve from table["results"][task]["shots-K"] = {head %: {FFN %: value}}: axis "heads"
+    reads FFN 0%, axis "ffn" reads heads 0%."""
+    if axis == "heads":
+        return {float(h): float(row["0"]) for h, row in cells.items() if "0" in row}
+    if axis == "ffn":
+        return {float(f): float(v) for f, v in cells.get("0", {}).items()}
+    raise ValueError(f"axis must be 'heads' or 'ffn', got {axis!r}")
+
+
+def mean_curve(table: Mapping[str, Any], tasks: Any, shot: str, axis: str) -> tuple[dict[float, float], list[str]]:
+    """(mean over `tasks` of their curves at the percentages every one of them has, the tasks used).
+
+    Tasks absent from the table at that shot are left out and so not listed; the paper's mean is over
+    its 14 seen tasks, never the unseen ones or the synthetic copy task."""
+    curves = {t: sweep_curve(table["results"][t][shot], axis) for t in tasks
+              if shot in table.get("results", {}).get(t, {})}
+    if not curves:
+        return {}, []
+    common = set.intersection(*(set(c) for c in curves.values()))
+    return {x: sum(c[x] for c in curves.values()) / len(curves) for x in sorted(common)}, list(curves)
+
+
+def mean_grid(table: Mapping[str, Any], tasks: Any, shot: str) -> tuple[dict[str, dict[str, float]], list[str]]:
+    """The grid analogue of mean_curve: {head %: {FFN %: mean}} over the tasks that have the shot."""
+    grids = {t: table["results"][t][shot] for t in tasks if shot in table.get("results", {}).get(t, {})}
+    if not grids:
+        return {}, []
+    out: dict[str, dict[str, float]] = {}
+    for h in next(iter(grids.values())):
+        for f in next(iter(grids.values()))[h]:
+            vals = [g[h][f] for g in grids.values() if f in g.get(h, {})]
+            if len(vals) == len(grids):
+                out.setdefault(h, {})[f] = sum(vals) / len(vals)
+    return out, list(grids)

@@ -102,3 +102,49 @@ def transfer_plan(correlations: dict[str, Any], wanted: Sequence[str] = PAPER_TR
                       "unseen": [{"task": t, "rankings": {"own": t, "aggregate": "aggregate"}}
                                  for t in unseen if t in block["tasks"]]}
     return {"paper_choice_variant": PAPER_CHOICE_VARIANT, "variants": list(variants), "shots": shots, "runs": runs}
+
+
+def run_transfer(plan: dict[str, Any], prune_dir: Any, sweep: Any, percents: Sequence[float] = DEFAULT_PERCENTS,
+                 log: Any = None) -> Any:
+    """Run the partner pruning of `plan` and write PRUNE_DIR/transfer.json with every curve.
+
+    sweep(task, ranking, shots, out_dir, percents) -> table path runs one ordinary head sweep
+    (prune/sweeps.run_sweep bound to a loaded model); each (task, partner) pair gets its own
+    out_dir PRUNE_DIR/transfer/<task>/ so its units resume like any sweep's. Own and aggregate curves
+    are read from PRUNE_DIR/heads-own.json and heads-aggregate.json (the ordinary sweeps).
+    """
+    from pathlib import Path
+
+    from opt66b.io import read_json, write_json
+
+    from .inflection import sweep_curve
+
+    prune_dir = Path(prune_dir)
+    pairs: dict[tuple[str, str], list[int]] = {}
+    for r in plan["runs"]:
+        pairs.setdefault((r["task"], r["ranking"]), []).append(r["shots"])
+    tables = {}
+    for (task, source), shots in pairs.items():
+        tables[(task, source)] = read_json(sweep(task, source, sorted(shots), prune_dir / "transfer" / task,
+                                                 list(percents)))
+    base = {name: read_json(prune_dir / f"heads-{name}.json") for name in ("own", "aggregate")
+            if (prune_dir / f"heads-{name}.json").is_file()}
+
+    def curve(table: dict | None, task: str, shot: str) -> dict[str, float] | None:
+        cells = (table or {}).get("results", {}).get(task, {}).get(shot)
+        return None if cells is None else {f"{x:g}": y for x, y in sweep_curve(cells, "heads").items()}
+
+    out = {k: v for k, v in plan.items() if k != "runs"}
+    for key, block in out["shots"].items():
+        shot = f"shots-{key}"
+        for entry in block["chosen"] + block["unseen"]:
+            task = entry["task"]
+            entry["curves"] = {"own": curve(base.get("own"), task, shot),
+                               "aggregate": curve(base.get("aggregate"), task, shot)}
+            for variant, sides in entry.get("partners", {}).items():
+                for side, partner in sides.items():
+                    entry["curves"][f"{side}:{variant}"] = curve(tables.get((task, partner["task"])), task, shot)
+    path = write_json(prune_dir / "transfer.json", out)
+    if log:
+        log(f"wrote {path}")
+    return path

@@ -8,7 +8,9 @@ size when matplotlib is present, and that a rerun resumes instead of recomputing
 from __future__ import annotations
 
 import json
+import re
 import struct
+import zlib
 
 import pytest
 
@@ -29,8 +31,17 @@ def study_run(tmp_path_factory):
 
 
 def png_size(path) -> tuple[int, int]:
+    """(width, height) of a well-formed PNG: signature, every chunk's CRC, IHDR first, IEND last."""
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    pos, kinds = 8, []
+    while pos < len(data):
+        (length,), kind = struct.unpack(">I", data[pos:pos + 4]), data[pos + 4:pos + 8]
+        body, (crc,) = data[pos + 8:pos + 8 + length], struct.unpack(">I", data[pos + 8 + length:pos + 12 + length])
+        assert zlib.crc32(kind + body) == crc, f"{path}: bad CRC in chunk {kind!r}"
+        kinds.append(kind)
+        pos += 12 + length
+    assert kinds[0] == b"IHDR" and kinds[-1] == b"IEND" and b"IDAT" in kinds, (path, kinds[:3])
     return struct.unpack(">II", data[16:24])  # IHDR width, height
 
 
@@ -71,18 +82,38 @@ def test_organism_has_an_induction_head(study_run):
 
 
 @pytest.mark.skipif(not figures.have_matplotlib(), reason="matplotlib (the `plots` extra) is not installed")
-def test_figures_are_non_empty_images_of_the_expected_size(study_run):
+def test_every_figure_is_a_well_formed_png_and_the_index_matches_the_files(study_run):
     out, _ = study_run
-    pngs = sorted((out / "figures").glob("*.png"))
-    names = {p.name for p in pngs}
-    for expected in ("importance-aggregate-shots-0.png", "ffn-importance-shots-0.png", "prune-heads-own.png",
-                     "grid-own-shots-0.png", "srcc-shots-0.png", "prefix_matching_paper.png",
-                     "capacity-prefix_matching_paper.png"):
-        assert expected in names, expected
-    want = (int(figures.FIGSIZE[0] * figures.DPI), int(figures.FIGSIZE[1] * figures.DPI))
+    pngs = {p.relative_to(out).as_posix() for p in (out / "figures").glob("*.png")}
     for p in pngs:
-        assert png_size(p) == want and p.stat().st_size > 5000, p
-    assert "figures/srcc-shots-0.png" in (out / "report.md").read_text()
+        w, h = png_size(out / p)
+        assert w >= 300 and h >= 200 and (out / p).stat().st_size > 5000, p
+    report = (out / "report.md").read_text()
+    index = report.split("## Figure index", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| (Fig\. [^|]+|not in the paper) \| [^|]+ \| \[([^\]]+)\]", index, re.M)
+    assert sorted(f for _, f in rows) == sorted(pngs)  # each file once, no file unlisted or missing
+    numbered = {n.strip() for n, _ in rows}
+    for fig in ("Fig. 4, 13", "Fig. 5, 17", "Fig. 6, 18", "Fig. 7", "Fig. 8, 20", "Fig. 9, 21, 22", "Fig. 11",
+                "Fig. 14-16", "Fig. 23, 24"):
+        assert fig in numbered, fig
+    for p in pngs:
+        assert f"]({p})" in report.split("## Figure index", 1)[1]  # drawn in its section too
+
+
+def test_report_lists_all_tasks_and_the_protocol(study_run):
+    out, _ = study_run
+    report = (out / "report.md").read_text()
+    tasks_table = report.split("## Tasks", 1)[1].split("\n## ", 1)[0]
+    from prune.aggregate import PAPER_SEEN_TASKS, PAPER_UNSEEN_TASKS
+
+    for t in (*PAPER_SEEN_TASKS, *PAPER_UNSEEN_TASKS, "synthetic_copy"):
+        assert f"| {t} |" in tasks_table, t
+    assert "NOT the paper's" in tasks_table
+    headline = json.loads((out / "headline.json").read_text())
+    assert headline["tolerance_points"] == 1.0 and headline["shots"]["shots-0"]["heads"] is not None
+    transfer = json.loads((out / "prune/transfer.json").read_text())
+    assert transfer["paper_choice_variant"] == "paper_argsort_pearson"
+    assert any("curves" in e for b in transfer["shots"].values() for e in b["chosen"])
 
 
 def test_rerun_resumes_without_recomputing(study_run):

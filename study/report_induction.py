@@ -1,0 +1,225 @@
+"""Report sections on rankings and induction: transfer, SRCC in both variants, prefix matching and
+copying (every variant), their overlap with important heads over all heads, capacity, the copy task.
+
+Part of `report.md` (study/report.py owns the page, the figure index and the task order).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from opt66b.io import read_tensors
+from prune import stats
+
+from . import figures
+from .report import Figures, _json, _shot_dirs, _table, _xy, paper_order
+
+INDUCTION_THRESHOLD = 0.5  # a head with prefix matching (or copying) >= 0.5 is counted as an induction head
+TOP_FRACTION = 0.3  # "important heads": the top 30% of the aggregate ranking, as the paper's overlap
+
+VARIANT_SENTENCES = {
+    "prefix_matching_paper": "the paper's Algorithm 1 as its code runs it, including a spurious key at position 1 "
+                             "for the last token of repeats 2-4",
+    "prefix_matching_corrected": "the same attention sums over only the positions that truly follow an earlier "
+                                 "occurrence of the query's token",
+    "copying_paper": "the paper's code: embedding-level input to every layer, the head's OV output at the query "
+                     "position (plus the output bias), full-vocabulary probabilities, no final layer norm",
+    "copying_index_fix": "the paper's computation with only its index fixed: the OV output of the attended source "
+                         "position, everything else as the paper's",
+    "copying_corrected": "the real forward pass: the head's attention-weighted value vector through its slice of "
+                         "the output projection (no bias) and the unembedding, as logits",
+}
+
+
+# -- transfer -------------------------------------------------------------------------------------------
+def transfer_section(run: Path, figs: Figures) -> list[str]:
+    lines = ["## Cross-task transfer (paper §5, Figs. 9, 21, 22)", ""]
+    tr = _json(run / "prune" / "transfer.json")
+    if not tr:
+        return lines + ["(no prune/transfer.json)", ""]
+    lines += [f"Partners are the seen tasks with the highest and lowest correlation under both statistics; the "
+              f"paper's published partners correspond to `{tr['paper_choice_variant']}` (its SRCC as its code "
+              "computes it). `high:spearman` / `low:spearman` use the true Spearman rho.", ""]
+    for key, block in tr["shots"].items():
+        rows, panels = [], {}
+        for entry in block["chosen"]:
+            sub = f" (instead of {entry['instead_of']})" if "instead_of" in entry else ""
+            for variant, sides in entry["partners"].items():
+                rows.append([entry["task"] + sub, variant, f"{sides['high']['task']} ({sides['high']['value']:.3f})",
+                             f"{sides['low']['task']} ({sides['low']['value']:.3f})"])
+        lines += [f"### shots-{key}", ""] + _table(["task", "statistic", "highest partner", "lowest partner"], rows)
+        curve_rows = []
+        for entry in block["chosen"] + block["unseen"]:
+            series = {name: _xy({float(x): y for x, y in c.items()}) for name, c in entry["curves"].items() if c}
+            panels[entry["task"] + (" (unseen)" if entry in block["unseen"] else "")] = series
+            for name, c in entry["curves"].items():
+                if c:
+                    curve_rows.append([entry["task"], name] + [c.get(p) for p in ("0", "10", "30", "50", "70", "90")])
+        lines += _table(["task", "ranking", "0%", "10%", "30%", "50%", "70%", "90%"], curve_rows)
+        figs.add(lines, figures.curve_panels(panels, figs.dir / f"transfer-shots-{key}.png",
+                                             f"cross-task transfer, shots-{key}", "% heads pruned", "metric x100",
+                                             dashed=[k for p in panels.values() for k in p if "spearman" in k]),
+                 "9, 21, 22", f"cross-task transfer, shots-{key}")
+    return lines
+
+
+# -- SRCC -------------------------------------------------------------------------------------------------
+def correlation_section(run: Path, figs: Figures) -> list[str]:
+    lines = ["## Rank correlation of head importance (paper §5, Figs. 8, 20)", ""]
+    corr = _json(run / "correlate" / "correlations.json")
+    if not corr:
+        return lines + ["(no correlate/correlations.json)", ""]
+    lines += ["Both statistics are drawn: the true Spearman rho (p-values below) and the paper's SRCC as its code "
+              "computes it (Pearson of argsort vectors, which the paper's figures show). The last row of each "
+              "matrix is a random permutation of the heads (seeded): what no agreement looks like.", ""]
+    for key, block in corr["shots"].items():
+        shot = key if key.startswith("shots-") else f"shots-{key}"
+        tasks = block["tasks"]
+        rand = block.get("random_baseline", {})
+        rows = tasks + (["random"] if rand else [])
+        true = [list(r) for r in block["spearman"]["rho"]] + ([[rand[t]["rho"] for t in tasks]] if rand else [])
+        arg = [list(r) for r in block["paper_argsort_pearson"]] + \
+            ([[rand[t]["paper_argsort_pearson"] for t in tasks]] if rand else [])
+        figs.add(lines, figures.matrix_panels({"true Spearman rho": (true, rows, tasks),
+                                               "paper's SRCC (argsort Pearson)": (arg, rows, tasks)},
+                                              figs.dir / f"srcc-{shot}.png", f"rank correlation of importance, {shot}"),
+                 "8, 20", f"SRCC in both variants with a random row, {shot}")
+        p = block["spearman"]["p"]
+        weak = [f"{a}/{b} p={p[i][j]:.2g}" for i, a in enumerate(tasks) for j, b in enumerate(tasks)
+                if j > i and p[i][j] is not None and p[i][j] >= 0.05]
+        lines += [f"{shot}: Spearman p-values (two-sided t, n = {block['n_heads']} heads): "
+                  + (f"{len(weak)} pairs not significant at 0.05: {', '.join(weak)}" if weak else
+                     "every pair significant at 0.05"), ""]
+        if rand:
+            lines += _table(["task", "rho vs random", "p", "argsort vs random", "top-30% overlap vs random"],
+                            [[t, rand[t]["rho"], rand[t]["p"], rand[t]["paper_argsort_pearson"], rand[t]["top_overlap"]]
+                             for t in tasks])
+        if block.get("vs_aggregate"):
+            rows = [[t, v["rho"], v["paper_argsort_pearson"], v["top_overlap"]] for t, v in block["vs_aggregate"].items()]
+            lines += ["Against the aggregate ranking:", ""]
+            lines += _table(["task", "Spearman rho", "paper's SRCC (argsort)", "top-30% overlap"], rows)
+        if block.get("denominators"):
+            lines += ["Erratum, last-layer denominator: the paper divides the last layer by target tokens and the "
+                      "others by positions; `uniform` divides every layer by positions.", ""]
+            lines += _table(["ranking", "Spearman rho paper vs uniform", "last-layer share of top 30%: paper",
+                             "uniform"],
+                            [[t, d["rho"], d["last_layer_share_top"]["paper"], d["last_layer_share_top"]["uniform"]]
+                             for t, d in block["denominators"].items()])
+    if corr.get("cross_shot"):
+        lines += ["### Across shots (same task)", ""]
+        rows = [[pair, v["mean"]["rho"], v["variance"]["rho"], v["mean"]["paper_argsort_pearson"],
+                 v["mean"]["top_overlap"]] for pair, v in corr["cross_shot"].items()]
+        lines += _table(["shots", "mean Spearman rho", "variance", "mean paper's SRCC", "mean top-30% overlap"], rows)
+    return lines
+
+
+# -- induction scores, overlap, capacity --------------------------------------------------------------------
+def induction_section(run: Path, figs: Figures) -> list[str]:
+    lines = ["## Induction heads: prefix matching and copying (paper §6, Appendix A.8)", ""]
+    ind = run / "induction"
+    scores = {p.stem: read_tensors(p)[0]["mean"] for p in sorted(ind.glob("*.safetensors"))} if ind.is_dir() else {}
+    scores = {k: scores[k] for k in VARIANT_SENTENCES if k in scores}
+    if not scores:
+        return lines + ["(no induction outputs)", ""]
+    lines += _table(["score", "definition", "top heads"],
+                    [[name, VARIANT_SENTENCES[name], ", ".join(_top(mean, 3))] for name, mean in scores.items()])
+    for name, mean in scores.items():
+        figs.add(lines, figures.heatmap(mean.tolist(), figs.dir / f"{name}.png", name.replace("_", " "), "head", "layer"),
+                 "", f"{name.replace('_', ' ')} per head (paper §6 heatmaps)")
+    lines += overlap_lines(run, scores)
+    return lines + capacity_lines(run, figs)
+
+
+def _top(mean, k: int) -> list[str]:
+    flat, heads = mean.flatten().tolist(), mean.shape[1]
+    order = sorted(range(len(flat)), key=lambda i: -flat[i])[:k]
+    return [f"L{i // heads}H{i % heads} {flat[i]:.3f}" for i in order]
+
+
+def overlap_lines(run: Path, scores: dict) -> list[str]:
+    """Induction heads among the important heads, over ALL heads (no top-N cut), for every score."""
+    lines = [f"Overlap with the aggregate ranking, over all heads: induction heads = score >= "
+             f"{INDUCTION_THRESHOLD:g}; important = top {TOP_FRACTION:.0%} of the aggregate; rho = Spearman "
+             "between the score and the aggregate importance.", ""]
+    rows = []
+    for shot in _shot_dirs(run / "importance"):
+        agg = shot / "aggregate.safetensors"
+        if not agg.is_file():
+            continue
+        imp = read_tensors(agg)[0]["importance"]
+        heads = imp.shape[1]
+        flat_imp = imp.flatten().tolist()
+        k = stats.top_count(TOP_FRACTION, len(flat_imp))
+        top = set(stats.argsort(flat_imp)[-k:])
+        for name, mean in scores.items():
+            flat = mean.flatten().tolist()
+            induction = [i for i, v in enumerate(flat) if v >= INDUCTION_THRESHOLD]
+            shared = sorted(set(induction) & top)
+            rows.append([shot.name, name, len(induction), f"{len(shared)}/{len(induction)}",
+                         ", ".join(f"L{i // heads}H{i % heads}" for i in shared) or "-",
+                         stats.spearman(flat, flat_imp)[0], stats.top_fraction_overlap(flat, flat_imp, TOP_FRACTION)])
+    if not rows:
+        return lines + ["(no aggregate importance)", ""]
+    return lines + _table(["shots", "score", "induction heads", "among important", "which", "rho",
+                           "top-30% overlap"], rows)
+
+
+def capacity_lines(run: Path, figs: Figures) -> list[str]:
+    cap = _json(run / "capacity" / "capacity.json")
+    if not cap:
+        return []
+    lines = ["## Capacity retained under head pruning (paper §6, Figs. 11, 23, 24)", ""]
+    table = {k: v for k, v in cap["retained_at_pruned_percent"].items()
+             if k.endswith("/aggregate") or k.endswith("random_expected")}
+    if table:
+        pcts = list(next(iter(table.values())))
+        lines += ["% of the total score kept when the given % of heads is pruned least-important-first:", ""]
+        lines += _table(["scores / ranking"] + pcts,
+                        [[k.replace("|", " / ")] + [v[p] for p in pcts] for k, v in sorted(table.items())])
+    tensors = read_tensors(run / "capacity" / "capacity.safetensors")[0]
+    x = tensors["x"].tolist()
+    for score in sorted({k.split("|")[0] for k in tensors if k != "x"}):
+        keys = [k for k in sorted(tensors) if k.startswith(score + "|")]
+        series = {k.split("|")[1]: (x, tensors[k].tolist()) for k in keys
+                  if k.endswith("/aggregate") or "|random" in k}
+        figs.add(lines, figures.curves(series, figs.dir / f"capacity-{score}.png", f"capacity retained: {score}",
+                                       "% heads pruned", "% of total score kept",
+                                       dashed=[k for k in series if k.startswith("random")]),
+                 "11", f"capacity retained, aggregate rankings, {score}")
+        if score.endswith("_paper"):  # the paper's per-task figures use its own scores
+            panels: dict[str, dict] = {}
+            for k in keys:
+                ranking = k.split("|")[1]
+                if "/" in ranking and not ranking.endswith("/aggregate"):
+                    shot, task = ranking.split("/", 1)
+                    panels.setdefault(shot, {})[task] = (x, tensors[k].tolist())
+            for shot in panels:
+                panels[shot] = {t: panels[shot][t] for t in paper_order(panels[shot])}
+                panels[shot]["random (expected)"] = (x, tensors[f"{score}|random_expected"].tolist())
+            figs.add(lines, figures.curve_panels(panels, figs.dir / f"capacity-tasks-{score}.png",
+                                                 f"capacity retained per task ranking: {score}", "% heads pruned",
+                                                 "% of total score kept", dashed=["random (expected)"]),
+                     "23, 24", f"capacity retained per task ranking, {score}")
+    return lines
+
+
+# -- the synthetic copy task (organism check) -------------------------------------------------------------
+def copytask_section(run: Path) -> list[str]:
+    res = _json(run / "copytask" / "copytask.json")
+    if not res:
+        return []
+
+    def heads(hs):
+        return ", ".join(f"L{layer}H{head}" for layer, head in hs) or "none"
+
+    rows = [["all heads", "-", res["accuracy_full"]],
+            ["induction heads (prefix matching >= 0.5)", heads(res["induction_heads"]), res["accuracy_induction_pruned"]],
+            ["control: least important by copy-task gradient importance", heads(res["control_heads"]),
+             res["accuracy_control_pruned"]]]
+    if "accuracy_control_prefix_matching_pruned" in res:
+        rows.append(["control: lowest prefix matching", heads(res.get("control_heads_prefix_matching", [])),
+                     res["accuracy_control_prefix_matching_pruned"]])
+    return (["## Synthetic in-context copying (the organism check, not in the paper)", "",
+             f"Accuracy of predicting each token of the second repeat ({res.get('seeds', '?')} sequences of "
+             f"{res.get('length', '?')} random tokens), with heads pruned:", ""]
+            + _table(["pruned", "heads", "copy accuracy"], rows))
