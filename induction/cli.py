@@ -71,6 +71,20 @@ def _register_scores(inner: argparse._SubParsersAction, name: str, help_text: st
     return p
 
 
+def selected_variants(kind: str, variant: str) -> list[str]:
+    """The score variants --variant asks for: "all" = every variant of the score, "both" = paper and
+    corrected; index_fix exists for copying only (ValueError otherwise)."""
+    from .copying import VARIANTS as COPYING_VARIANTS
+    from .prefix_matching import VARIANTS as PREFIX_VARIANTS
+
+    available = list(PREFIX_VARIANTS if kind == "prefix" else COPYING_VARIANTS)
+    variants = {"all": available, "both": ["paper", "corrected"]}.get(variant, [variant])
+    if any(v not in available for v in variants):
+        raise ValueError(f"--variant {variant} does not exist for `induction {kind}`; "
+                         f"choose from {', '.join(available)}, both or all")
+    return variants
+
+
 def _scores(args: argparse.Namespace) -> int:
     import torch
 
@@ -87,14 +101,7 @@ def _scores(args: argparse.Namespace) -> int:
     if args.start_length < 1 or args.length_step < 0:
         raise ValueError("--start-length must be >= 1 and --length-step >= 0")
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
-    from .copying import VARIANTS as COPYING_VARIANTS
-    from .prefix_matching import VARIANTS as PREFIX_VARIANTS
-
-    available = list(PREFIX_VARIANTS if args.kind == "prefix" else COPYING_VARIANTS)
-    variants = {"all": available, "both": ["paper", "corrected"]}.get(args.variant, [args.variant])
-    if any(v not in available for v in variants):
-        raise ValueError(f"--variant {args.variant} does not exist for `induction {args.kind}`; "
-                         f"choose from {', '.join(available)}, both or all")
+    variants = selected_variants(args.kind, args.variant)
     model, tokenizer, info = load_from_args(args)
     cfg = model.config
     pool = sq.token_pool(tokenizer, args.exclude_ratio)

@@ -213,7 +213,9 @@ def plan_induction(step: StepPlan, args: argparse.Namespace, tokenizer: Any) -> 
 
     cfg = step.shape.cfg
     d, heads = cfg.hidden_size, cfg.num_heads
-    variants = ["paper", "corrected"] if args.variant == "both" else [args.variant]
+    from induction.cli import selected_variants
+
+    variants = selected_variants(args.kind, args.variant)
     for seed in range(args.first_seed, args.first_seed + args.seeds):
         t = REPEATS * base_length(seed, args.start_length, args.length_step) + 1
         if args.induction_command == "prefix":
@@ -224,7 +226,7 @@ def plan_induction(step: StepPlan, args: argparse.Namespace, tokenizer: Any) -> 
         if "corrected" in variants:
             step.add(1, t)
             step.add_flops(cfg.num_layers * per_layer_readout)
-        if "paper" in variants:  # no model pass: q, k, v of the embedding-level input in every layer
+        for _ in {"paper", "index_fix"} & set(variants):  # no model pass: q, k, v of the embedding-level input
             step.add_flops(cfg.num_layers * (2 * t * 3 * d * d + 2 * t * t * d + per_layer_readout))
     if args.induction_command == "copying" and "paper" in variants:
         step.notes.append("the paper's copying variant runs layer pieces, not passes: counted in FLOPs only")
