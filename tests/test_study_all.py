@@ -93,7 +93,7 @@ def test_every_figure_is_a_well_formed_png_and_the_index_matches_the_files(study
     rows = re.findall(r"^\| (Fig\. [^|]+|not in the paper) \| [^|]+ \| \[([^\]]+)\]", index, re.M)
     assert sorted(f for _, f in rows) == sorted(pngs)  # each file once, no file unlisted or missing
     numbered = {n.strip() for n, _ in rows}
-    for fig in ("Fig. 4, 13", "Fig. 5, 17", "Fig. 6, 18", "Fig. 7", "Fig. 8, 20", "Fig. 9, 21, 22", "Fig. 11",
+    for fig in ("Fig. 4, 13", "Fig. 5, 17", "Fig. 6, 18", "Fig. 7", "Fig. 8, 20", "Fig. 11",
                 "Fig. 14-16", "Fig. 23, 24"):
         assert fig in numbered, fig
     for p in pngs:
@@ -111,9 +111,6 @@ def test_report_lists_all_tasks_and_the_protocol(study_run):
     assert "NOT the paper's" in tasks_table
     headline = json.loads((out / "headline.json").read_text())
     assert headline["tolerance_points"] == 1.0 and headline["shots"]["shots-0"]["heads"] is not None
-    transfer = json.loads((out / "prune/transfer.json").read_text())
-    assert transfer["paper_choice_variant"] == "paper_argsort_pearson"
-    assert any("curves" in e for b in transfer["shots"].values() for e in b["chosen"])
 
 
 def test_rerun_resumes_without_recomputing(study_run):
