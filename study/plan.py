@@ -47,13 +47,22 @@ class Shape:
     weights_on: dict[str, int]  # device -> bytes of weights resident there
     head: str  # device of the embeddings and output head
 
-    @property
-    def attn_matrix_params(self) -> int:
-        return 4 * self.cfg.hidden_size ** 2
+    def __post_init__(self) -> None:
+        cfg = self.cfg
+        d, dh = cfg.hidden_size, cfg.head_dim
+        heads = [len(cfg.kept_heads(i)) for i in range(cfg.num_layers)]  # fewer in a pruned checkpoint
+        self.ffn_params = [2 * d * cfg.ffn_dim if cfg.has_ffn(i) else 0 for i in range(cfg.num_layers)]
+        matrices = [4 * d * dh * h + f for h, f in zip(heads, self.ffn_params)]  # q, k, v, out_proj; fc1, fc2
+        widths = [dh * h for h in heads]  # query/key width of the kept heads
+        # suffix sums: a pass from start_layer runs layers start_layer..L-1
+        self._matrices = [sum(matrices[i:]) for i in range(cfg.num_layers + 1)]
+        self._widths = [sum(widths[i:]) for i in range(cfg.num_layers + 1)]
 
-    @property
-    def ffn_matrix_params(self) -> int:
-        return 2 * self.cfg.hidden_size * self.cfg.ffn_dim
+    def matrix_params(self, start_layer: int = 0) -> int:
+        return self._matrices[start_layer]
+
+    def attention_width(self, start_layer: int = 0) -> int:
+        return self._widths[start_layer]
 
 
 @dataclass
@@ -73,16 +82,17 @@ class StepPlan:
     host_bytes: int = 0  # host memory beyond the weights (recorded layer inputs)
     notes: list[str] = field(default_factory=list)
 
-    def add(self, rows: int, new: int, keys: int | None = None, real: int | None = None, layers: int | None = None,
-            ffn_layers: int | None = None, logit_rows: int = 0, backward: bool = False, cache: bool = False,
+    def add(self, rows: int, new: int, keys: int | None = None, real: int | None = None, start_layer: int = 0,
+            ffn_skipped: float = 0, logit_rows: int = 0, backward: bool = False, cache: bool = False,
             times: int = 1) -> None:
+        """One pass of `rows` x `new` positions over `keys` key positions from `start_layer` on;
+        `ffn_skipped`: weight-matrix parameters of the FFNs masked to 0 (skipped by the model)."""
         cfg, s = self.shape.cfg, self.shape
         keys = new if keys is None else keys
-        layers = cfg.num_layers if layers is None else layers
-        ffn_layers = layers if ffn_layers is None else ffn_layers
+        layers = cfg.num_layers - start_layer
         bt = rows * new
-        forward = (2 * bt * (layers * s.attn_matrix_params + ffn_layers * s.ffn_matrix_params)
-                   + 4 * bt * keys * cfg.hidden_size * layers
+        forward = (2 * bt * (s.matrix_params(start_layer) - ffn_skipped)
+                   + 4 * bt * keys * s.attention_width(start_layer)
                    + 2 * logit_rows * cfg.word_embed_proj_dim * cfg.vocab_size)
         self.flops += times * forward * (3 if backward else 1)
         self.forward += times
@@ -113,7 +123,7 @@ class StepPlan:
 
 
 # -- planners: one per step, each mirroring the step's own loop -----------------------------------------
-def _scorer_passes(step: StepPlan, scorer: Any, layers: int | None = None, ffn_layers: int | None = None,
+def _scorer_passes(step: StepPlan, scorer: Any, start_layer: int = 0, ffn_skipped: float = 0,
                    times: int = 1) -> None:
     """Every pass of a tasks.scoring.Scorer plan: context batches (with a KV cache when they carry
     continuations) and the continuation batches on the cache."""
@@ -121,7 +131,7 @@ def _scorer_passes(step: StepPlan, scorer: Any, layers: int | None = None, ffn_l
         for p in (unit.main, *unit.conts):
             rows, new = p.ids.shape
             real = int(p.mask[:, -new:].sum())
-            step.add(rows, new, keys=p.mask.shape[1], real=real, layers=layers, ffn_layers=ffn_layers,
+            step.add(rows, new, keys=p.mask.shape[1], real=real, start_layer=start_layer, ffn_skipped=ffn_skipped,
                      logit_rows=int(p.targets.numel()), cache=bool(unit.conts) and p is unit.main, times=times)
 
 
@@ -177,8 +187,8 @@ def plan_ffn_importance(step: StepPlan, args: argparse.Namespace, tokenizer: Any
             scorer = _evaluation(args, step.shape, tokenizer, task, k).scorer
             _scorer_passes(step, scorer)  # the base run, recording every layer's input
             for layer in range(cfg.num_layers):  # FFN `layer` knocked out: layers >= layer rerun
-                run = cfg.num_layers if args.naive else cfg.num_layers - layer
-                _scorer_passes(step, scorer, layers=run, ffn_layers=run - 1)
+                _scorer_passes(step, scorer, start_layer=0 if args.naive else layer,
+                               ffn_skipped=step.shape.ffn_params[layer])
             if not args.naive:  # one (task, shot) recorded at a time
                 recorded = scorer.stats["tokens_padded"] * cfg.hidden_size * step.shape.dtype_bytes * cfg.num_layers
                 step.host_bytes = max(step.host_bytes, recorded)
@@ -195,6 +205,8 @@ def plan_prune(step: StepPlan, args: argparse.Namespace, tokenizer: Any) -> None
     hp = args.head_percents if args.head_percents is not None else DEFAULT_PERCENTS["grid_heads" if grid else "heads"]
     fp = args.ffn_percents if args.ffn_percents is not None else DEFAULT_PERCENTS["grid_ffn" if grid else "ffn"]
     tasks = _tasks(args)
+    present = [p for p in step.shape.ffn_params if p]
+    mean_ffn = sum(present) / max(len(present), 1)  # which FFNs a ranking masks is known only at run time
     evaluations = {}
     for unit in sweep_units(args.sweep, list(tasks), args.shots, hp, fp):
         # run_sweep evaluates identical masks once per (task, shot): a 0% mask is no mask, and two
@@ -205,7 +217,7 @@ def plan_prune(step: StepPlan, args: argparse.Namespace, tokenizer: Any) -> None
     for (name, k), keys in evaluations.items():
         scorer = _evaluation(args, step.shape, tokenizer, tasks[name], k).scorer
         for _, ffns in keys:
-            _scorer_passes(step, scorer, ffn_layers=cfg.num_layers - (ffns or 0))
+            _scorer_passes(step, scorer, ffn_skipped=(ffns or 0) * mean_ffn)
 
 
 def plan_induction(step: StepPlan, args: argparse.Namespace, tokenizer: Any) -> None:

@@ -22,7 +22,7 @@ def model_shape(args: argparse.Namespace) -> tuple[Shape, Any, dict[str, Any]]:
     """(Shape, tokenizer, description) as load_from_args would place the model, from config.json or
     an official size name only: the same device map, streaming and dtype rules, no tensors."""
     from opt66b.config import config_for_size, config_from_hf
-    from opt66b.placement import build_device_map, dtype_bytes, head_params, layer_params, parse_max_memory
+    from opt66b.placement import build_device_map, dtype_bytes, head_params, layer_bytes, layer_params, parse_max_memory
     from opt66b.runtime import TINY_MODEL_DIR, resolve_device, resolve_dtype
     from opt66b.tokenizer import load_tokenizer
 
@@ -32,17 +32,17 @@ def model_shape(args: argparse.Namespace) -> tuple[Shape, Any, dict[str, Any]]:
     model_dir = None if size else (Path(args.model) if args.model else TINY_MODEL_DIR)
     cfg = config_for_size(size) if size else config_from_hf(model_dir)
     per = dtype_bytes(dtype)
-    layer_bytes, head_bytes = layer_params(cfg) * per, head_params(cfg) * per
+    per_layer, head_bytes = layer_bytes(cfg, dtype), head_params(cfg) * per
     dm = None
     if args.offload == "mmap":  # every layer streamed from the files through two buffers
         head = str(device)
-        weights, layers_on = {head: head_bytes + 2 * layer_bytes}, {head: cfg.num_layers}
+        weights, layers_on = {head: head_bytes + 2 * max(per_layer)}, {head: cfg.num_layers}
     else:
         dm = build_device_map(args.device_map, cfg, dtype, parse_max_memory(args.max_memory),
                               compute=str(device) if device.type != "cpu" else None)
         if dm is None:
             head = str(device)
-            weights, layers_on = {head: head_bytes + cfg.num_layers * layer_bytes}, {head: cfg.num_layers}
+            weights, layers_on = {head: head_bytes + sum(per_layer)}, {head: cfg.num_layers}
         else:
             head, weights, layers_on = dm.head, dict(dm.bytes_per_device), {}
             streamed = set(dm.streamed_layers()) if args.offload != "none" else set()
@@ -50,9 +50,9 @@ def model_shape(args: argparse.Namespace) -> tuple[Shape, Any, dict[str, Any]]:
                 runs_on = dm.compute if i in streamed else dev
                 layers_on[runs_on] = layers_on.get(runs_on, 0) + 1
             if streamed:  # two layer buffers on the compute device (double buffering)
-                weights[dm.compute] = weights.get(dm.compute, 0) + 2 * layer_bytes
+                weights[dm.compute] = weights.get(dm.compute, 0) + 2 * max(per_layer)
     tokenizer = load_tokenizer(Path(args.tokenizer) if args.tokenizer else (model_dir or TINY_MODEL_DIR))
-    params = head_params(cfg) + cfg.num_layers * layer_params(cfg)
+    params = head_params(cfg) + sum(layer_params(cfg, i) for i in range(cfg.num_layers))
     info = {"model": f"random:{size}" if size else str(model_dir), "layers": cfg.num_layers, "heads": cfg.num_heads,
             "hidden": cfg.hidden_size, "ffn": cfg.ffn_dim, "params": params, "dtype": str(dtype).removeprefix("torch."),
             "device": str(device), "compute": dm.compute if dm else str(device),

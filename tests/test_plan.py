@@ -113,3 +113,31 @@ def test_opt66b_plans_without_a_gpu(budgets, tmp_path, capsys):
     assert total["seconds"] == pytest.approx(total["flops"] / 400e12)
     assert total["forward_passes"] > 0 and total["backward_passes"] == 0
     assert "OVER BUDGET" not in printed and "random:opt-66b" in printed
+
+
+def test_all_plans_every_step_without_loading_a_model(tmp_path, counted, capsys):
+    argv = ["all", "--tasks", "copa", "--shots", "0", "--limit", "2", "--n-docs", "2", "--seeds", "2"]
+    plan = plan_of(argv, tmp_path, capsys)
+    captured = capsys.readouterr()
+    assert counted["forward_passes"] == 0 and "loading" not in captured.err
+    labels = [s["step"] for s in plan["steps"]]
+    assert labels[0] == "evaluation" and "synthetic copy task" in labels
+    assert all(s["command"].startswith("python run.py ") for s in plan["steps"])
+    # every step that runs the model has passes; the ones that read results only have none
+    for s in plan["steps"]:
+        reads_only = s["command"].split()[2] in ("correlate",) or " capacity " in s["command"]
+        assert (s["forward_passes"] == 0) == reads_only, s["step"]
+    assert plan["total"]["forward_passes"] == sum(s["forward_passes"] for s in plan["steps"])
+
+
+def test_throughput_is_measured_on_this_machine_or_reported_missing(tmp_path, capsys):
+    path = tmp_path / "plan.json"
+    assert run.main(["induction", "prefix", "--seeds", "1", "--plan", "--json", str(path)]) == 0
+    plan = json.loads(path.read_text())
+    assert plan["throughput_source"].startswith("measured") and plan["throughput_tflops"] > 0
+    assert plan["total"]["seconds"] == pytest.approx(plan["total"]["flops"] / (plan["throughput_tflops"] * 1e12))
+    # a device this machine lacks: no time rather than a guess, and the table says how to get one
+    if not torch.cuda.is_available():
+        assert run.main(["induction", "prefix", "--seeds", "1", "--device", "cuda:0", "--plan"]) == 0
+        out = capsys.readouterr().out
+        assert "give --throughput TFLOPS" in out and "?" in out
