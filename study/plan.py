@@ -46,6 +46,7 @@ class Shape:
     layers_on: dict[str, int]  # device -> decoder layers it runs (streamed layers count on the compute device)
     weights_on: dict[str, int]  # device -> bytes of weights resident there
     head: str  # device of the embeddings and output head
+    streamed: dict[int, int] = field(default_factory=dict)  # layer -> bytes copied to the compute device per pass
 
     def __post_init__(self) -> None:
         cfg = self.cfg
@@ -57,6 +58,7 @@ class Shape:
         # suffix sums: a pass from start_layer runs layers start_layer..L-1
         self._matrices = [sum(matrices[i:]) for i in range(cfg.num_layers + 1)]
         self._widths = [sum(widths[i:]) for i in range(cfg.num_layers + 1)]
+        self._streamed = [sum(b for i, b in self.streamed.items() if i >= start) for start in range(cfg.num_layers + 1)]
 
     def matrix_params(self, start_layer: int = 0) -> int:
         return self._matrices[start_layer]
@@ -80,6 +82,7 @@ class StepPlan:
     flops: float = 0.0
     activations: dict[str, int] = field(default_factory=dict)  # device -> peak activation bytes
     host_bytes: int = 0  # host memory beyond the weights (recorded layer inputs)
+    streamed_bytes: int = 0  # weights copied from host memory or disk to the compute device (--offload)
     notes: list[str] = field(default_factory=list)
 
     def add(self, rows: int, new: int, keys: int | None = None, real: int | None = None, start_layer: int = 0,
@@ -100,6 +103,7 @@ class StepPlan:
         self.tokens += times * (bt if real is None else real)
         self.padded_tokens += times * bt
         self.logit_positions += times * logit_rows
+        self.streamed_bytes += times * s._streamed[start_layer]
         working = bt * (6 * cfg.hidden_size + cfg.ffn_dim) * s.dtype_bytes + rows * cfg.num_heads * new * keys * 4
         run_share = layers / cfg.num_layers  # a pass from start_layer runs the last `layers` layers
         for dev, n in s.layers_on.items():

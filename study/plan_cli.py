@@ -33,10 +33,11 @@ def model_shape(args: argparse.Namespace) -> tuple[Shape, Any, dict[str, Any]]:
     cfg = config_for_size(size) if size else config_from_hf(model_dir)
     per = dtype_bytes(dtype)
     per_layer, head_bytes = layer_bytes(cfg, dtype), head_params(cfg) * per
-    dm = None
+    dm, streamed = None, {}
     if args.offload == "mmap":  # every layer streamed from the files through two buffers
         head = str(device)
         weights, layers_on = {head: head_bytes + 2 * max(per_layer)}, {head: cfg.num_layers}
+        streamed = dict(enumerate(per_layer))
     else:
         dm = build_device_map(args.device_map, cfg, dtype, parse_max_memory(args.max_memory),
                               compute=str(device) if device.type != "cpu" else None)
@@ -45,7 +46,7 @@ def model_shape(args: argparse.Namespace) -> tuple[Shape, Any, dict[str, Any]]:
             weights, layers_on = {head: head_bytes + sum(per_layer)}, {head: cfg.num_layers}
         else:
             head, weights, layers_on = dm.head, dict(dm.bytes_per_device), {}
-            streamed = set(dm.streamed_layers()) if args.offload != "none" else set()
+            streamed = {i: per_layer[i] for i in dm.streamed_layers()} if args.offload != "none" else {}
             for i, dev in enumerate(dm.layers):
                 runs_on = dm.compute if i in streamed else dev
                 layers_on[runs_on] = layers_on.get(runs_on, 0) + 1
@@ -57,7 +58,7 @@ def model_shape(args: argparse.Namespace) -> tuple[Shape, Any, dict[str, Any]]:
             "hidden": cfg.hidden_size, "ffn": cfg.ffn_dim, "params": params, "dtype": str(dtype).removeprefix("torch."),
             "device": str(device), "compute": dm.compute if dm else str(device),
             "device_map": dm.to_json() if dm else None, "budget_gib": dm.to_json()["budget_gib"] if dm else {}}
-    return Shape(cfg, per, layers_on, weights, head), tokenizer, info
+    return Shape(cfg, per, layers_on, weights, head, streamed), tokenizer, info
 
 
 def calibrate_tflops(device: str, dtype_name: str, cfg: Any, seconds: float = 0.3) -> tuple[float | None, str]:
@@ -138,7 +139,8 @@ def make_plan(args: argparse.Namespace) -> dict[str, Any]:
         rows.append({"step": s.label, "command": s.command, "forward_passes": s.forward, "backward_passes": s.backward,
                      "tokens": s.tokens, "padded_tokens": s.padded_tokens, "logit_positions": s.logit_positions,
                      "flops": s.flops, "seconds": s.flops / (tflops * 1e12) if tflops else None,
-                     "peak_bytes": s.peak(), "host_bytes": s.host_bytes, "notes": s.notes})
+                     "peak_bytes": s.peak(), "host_bytes": s.host_bytes, "streamed_bytes": s.streamed_bytes,
+                     "notes": s.notes})
     peak: dict[str, int] = {}
     for r in rows:
         for dev, b in r["peak_bytes"].items():
@@ -146,7 +148,7 @@ def make_plan(args: argparse.Namespace) -> dict[str, Any]:
     total = {k: sum(r[k] for r in rows) for k in ("forward_passes", "backward_passes", "tokens", "padded_tokens",
                                                   "logit_positions", "flops")}
     total.update(seconds=total["flops"] / (tflops * 1e12) if tflops else None, peak_bytes=peak,
-                 host_bytes=max(r["host_bytes"] for r in rows))
+                 host_bytes=max(r["host_bytes"] for r in rows), streamed_bytes=sum(r["streamed_bytes"] for r in rows))
     return {"model": info, "weights_bytes": shape.weights_on, "throughput_tflops": tflops,
             "throughput_source": source, "flop_model": FLOP_MODEL, "steps": rows, "total": total}
 
@@ -188,6 +190,9 @@ def format_plan(plan: dict[str, Any]) -> str:
         lines += [f"{'':<4}note: {n}" for n in r["notes"]]
     if plan["total"]["host_bytes"]:
         lines.append(f"host memory beyond the weights (largest step): {plan['total']['host_bytes'] / GIB:.1f} GiB")
+    if plan["total"]["streamed_bytes"]:
+        lines.append(f"weights streamed to {m['compute']} (--offload): {plan['total']['streamed_bytes'] / GIB:,.0f} GiB "
+                     "in all; their transfer time comes on top of the estimate where it is not hidden by compute")
     lines.append("peak = weights placed on the device + the largest pass's activations (estimate, see study/plan.py); "
                  "time = FLOPs / throughput, transfers of streamed layers not included")
     return "\n".join(lines)
