@@ -63,7 +63,9 @@ def test_planned_passes_and_tokens_equal_what_each_step_processes(tmp_path, coun
         assert counted["forward_passes"] == 0, "planning ran the model"
         assert run.main([*argv, "--out", str(out)]) == 0
         for key in counted:
-            assert planned[key] == counted[key], (argv[:2], key, planned[key], counted[key])
+            # a step whose passes change needs its planner in study/plan.py changed with it
+            assert planned[key] == counted[key], (f"`run.py {' '.join(argv[:2])}`: planned {key} {planned[key]} "
+                                                  f"!= {counted[key]} processed; update its planner in study/plan.py")
             counted[key] = 0
         assert planned["forward_passes"] > 0 and planned["tokens"] > 0
 
