@@ -15,8 +15,11 @@ Costs, per pass of B rows x T new positions over S key positions (S = cached pas
            + 2 N W V                output head at the N positions that are scored (the rest is never projected)
     backward = 2 x forward          (head importance, the copy task's importance)
     activations  B T (6 D + F) bytes of one layer's working set (opt66b/placement.py's reserve rule)
-           + B H T S x 4            one fp32 attention-score block
-           + 2 B S D bytes per layer on the device when the pass keeps a KV cache
+           + B H T S x 4            one fp32 attention-score block, in passes that capture attention
+                                    (the scorer's passes use fused attention, which does not keep it)
+           + 2 K D bytes per layer on the device for K row-positions of cached keys and values: a
+                                    context batch's cache, and a continuation batch's copy of its rows'
+                                    cache held beside it (tasks/scoring.py bounds it by --batch-tokens)
            + 2 N V x 4 on the head device (fp32 logits and log-softmax)
            backward: the working set and score block of every layer on the device are kept
     time = FLOPs / throughput; throughput measured by a timed layer-shaped matmul on the compute
@@ -86,10 +89,12 @@ class StepPlan:
     notes: list[str] = field(default_factory=list)
 
     def add(self, rows: int, new: int, keys: int | None = None, real: int | None = None, start_layer: int = 0,
-            ffn_skipped: float = 0, logit_rows: int = 0, backward: bool = False, cache: bool = False,
-            times: int = 1) -> None:
-        """One pass of `rows` x `new` positions over `keys` key positions from `start_layer` on;
-        `ffn_skipped`: weight-matrix parameters of the FFNs masked to 0 (skipped by the model)."""
+            ffn_skipped: float = 0, logit_rows: int = 0, backward: bool = False, kv_rows: int = 0,
+            scores: bool = True, times: int = 1) -> None:
+        """One pass of `rows` x `new` positions over `keys` key positions from `start_layer` on.
+        ffn_skipped: weight-matrix parameters of the FFNs masked to 0 (skipped by the model);
+        kv_rows: rows x positions of keys and values held per layer during the pass (KV caches);
+        scores: the pass materializes its attention scores (captured passes; fused attention does not)."""
         cfg, s = self.shape.cfg, self.shape
         keys = new if keys is None else keys
         layers = cfg.num_layers - start_layer
@@ -104,18 +109,17 @@ class StepPlan:
         self.padded_tokens += times * bt
         self.logit_positions += times * logit_rows
         self.streamed_bytes += times * s._streamed[start_layer]
-        working = bt * (6 * cfg.hidden_size + cfg.ffn_dim) * s.dtype_bytes + rows * cfg.num_heads * new * keys * 4
+        working = bt * (6 * cfg.hidden_size + cfg.ffn_dim) * s.dtype_bytes
+        if scores:
+            working += rows * cfg.num_heads * new * keys * 4
         run_share = layers / cfg.num_layers  # a pass from start_layer runs the last `layers` layers
-        for dev, n in s.layers_on.items():
-            on_dev = round(n * run_share)
-            if not on_dev:
-                continue
-            need = working * (on_dev if backward else 1)
-            if cache:
-                need += 2 * rows * keys * cfg.hidden_size * s.dtype_bytes * on_dev
+        for dev in dict.fromkeys([*s.layers_on, s.head]):
+            on_dev = round(s.layers_on.get(dev, 0) * run_share)
+            need = (working * (on_dev if backward else 1) if on_dev else 0)
+            need += 2 * kv_rows * cfg.hidden_size * s.dtype_bytes * on_dev
+            if dev == s.head:
+                need += 2 * logit_rows * cfg.vocab_size * 4  # fp32 logits and their log-softmax
             self.activations[dev] = max(self.activations.get(dev, 0), need)
-        logits = 2 * logit_rows * cfg.vocab_size * 4
-        self.activations[s.head] = max(self.activations.get(s.head, 0), logits)
 
     def add_flops(self, flops: float) -> None:
         """Work done outside a model pass (the paper's copying score runs layer pieces by hand)."""
@@ -129,14 +133,19 @@ class StepPlan:
 # -- planners: one per step, each mirroring the step's own loop -----------------------------------------
 def _scorer_passes(step: StepPlan, scorer: Any, start_layer: int = 0, ffn_skipped: float = 0,
                    times: int = 1) -> None:
-    """Every pass of a tasks.scoring.Scorer plan: context batches (with a KV cache when they carry
-    continuations) and the continuation batches on the cache."""
+    """Every pass of a tasks.scoring.Scorer plan: context batches (keeping their KV cache when they
+    carry continuations) and the continuation batches, each on its rows' copy of that cache plus
+    its own new keys, while the context batch's cache is still held."""
     for unit in scorer.units:
+        context_rows, context_len = unit.main.ids.shape
+        context_kv = context_rows * context_len if unit.conts else 0
         for p in (unit.main, *unit.conts):
             rows, new = p.ids.shape
-            real = int(p.mask[:, -new:].sum())
-            step.add(rows, new, keys=p.mask.shape[1], real=real, start_layer=start_layer, ffn_skipped=ffn_skipped,
-                     logit_rows=int(p.targets.numel()), cache=bool(unit.conts) and p is unit.main, times=times)
+            keys = p.mask.shape[1]
+            kv = context_kv + (rows * keys if p is not unit.main else 0)
+            step.add(rows, new, keys=keys, real=int(p.mask[:, -new:].sum()), start_layer=start_layer,
+                     ffn_skipped=ffn_skipped, logit_rows=int(p.targets.numel()), kv_rows=kv, scores=False,
+                     times=times)
 
 
 _EVALUATIONS: dict[tuple, Any] = {}  # within one plan (cleared by `reset`), steps share evaluation plans
