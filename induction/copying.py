@@ -138,6 +138,9 @@ def copying_paper(model: OPT, tokens: torch.Tensor, head_chunk: int = 8, exact_s
                 out[li, hs] = shares(probs, attended[hs], exp_space=False).cpu()
             else:
                 out[li, hs] = shares(logits, attended[hs], exp_space=True).cpu()
+        if att.head_ids is not None:  # heads a pruned checkpoint lacks copy nothing (their b_O-only logits
+            removed = [h for h in range(cfg.num_heads) if h not in att.head_ids]  # would give a share anyway)
+            out[li, removed] = 0.0
     return out
 
 

@@ -41,7 +41,7 @@ from safetensors.torch import save_file
 
 from .config import PRUNED_FFN_KEY, PRUNED_HEADS_KEY, OPTConfig, config_from_hf
 from .convert import COPIED_FILES, _nbytes
-from .io import atomic_write_text, sha256_file
+from .io import Progress, atomic_write_text, sha256_file
 from .model import OPT
 from .placement import dtype_bytes, head_params, layer_params
 from .weights import INDEX_NAME, _ST_DTYPES, checkpoint_files, plan_keys, read_safetensors_header
@@ -194,14 +194,16 @@ def export_pruned(src_dir: str | Path, out_dir: str | Path, head_mask: torch.Ten
     atomic_write_text(plan_file, json.dumps(fingerprint, indent=2) + "\n")
     weight_map: dict[str, str] = {}
     total = 0
+    bar = Progress(len(shards), "export shards")
     with contextlib.ExitStack() as stack:
         handles: dict[Path, Any] = {}
-        for i, (shard, fname) in enumerate(zip(shards, names)):
+        for shard, fname in zip(shards, names):
             for name in shard:
                 weight_map[_out_key(name)] = fname
                 total += _nbytes(list(want[name]), headers[plan[name][1]][plan[name][0]]["dtype"])
             if (out_dir / fname).is_file():
-                log(f"[export] {i + 1}/{len(shards)} {fname} exists, kept")
+                log(f"[export] {fname} exists (unfinished earlier run), kept")
+                bar.update()
                 continue
             tensors = {}
             for name in shard:
@@ -216,8 +218,8 @@ def export_pruned(src_dir: str | Path, out_dir: str | Path, head_mask: torch.Ten
             tmp = out_dir / f".{fname}.tmp"
             save_file(tensors, str(tmp), metadata={"format": "pt"})
             os.replace(tmp, out_dir / fname)
-            log(f"[export] {i + 1}/{len(shards)} {fname}: {len(tensors)} tensors")
             del tensors
+            bar.update()
     atomic_write_text(out_dir / INDEX_NAME, json.dumps({"metadata": {"total_size": total},
                                                         "weight_map": weight_map}, indent=2) + "\n")
     for fname in COPIED_FILES:
@@ -226,10 +228,12 @@ def export_pruned(src_dir: str | Path, out_dir: str | Path, head_mask: torch.Ten
     src_raw = json.loads((src_dir / "config.json").read_text())
     source_files = sorted({*stored.values(), src_dir / "config.json",
                            *([src_dir / INDEX_NAME] if (src_dir / INDEX_NAME).is_file() else [])})
-    log(f"[export] hashing the {len(source_files)} source files")
+    hashes, bar = {}, Progress(len(source_files), "export: sha256 of the source files")
+    for path in source_files:
+        hashes[path.name] = sha256_file(path)
+        bar.update()
     embed_key, embed_path = plan["decoder.embed_tokens.weight"]
-    record = {"source": str(src_dir.resolve()),
-              "source_sha256": {p.name: sha256_file(p) for p in source_files},
+    record = {"source": str(src_dir.resolve()), "source_sha256": hashes,
               **removal_summary(src, dst, _ST_DTYPES[headers[embed_path][embed_key]["dtype"]]), **(provenance or {})}
     earlier = src_raw.get(EXPORT_KEY)
     if earlier:  # the source is itself an export: keep where it came from

@@ -113,7 +113,7 @@ class Attention(nn.Module):
             bias = self.out_proj.bias if hasattr(self, "out_proj") else None
             return torch.zeros(d, self.total_heads, self.head_dim, device=None if bias is None else bias.device)
         w = self.out_proj.weight.view(d, self.num_heads, self.head_dim)  # (D, h*Dh) -> (D, h, Dh)
-        return self.to_all_heads(w.transpose(0, 1)).transpose(0, 1)  # (D, H, Dh)
+        return self.to_all_heads(w)  # (D, H, Dh)
 
     def forward(self, x: torch.Tensor, allowed: torch.Tensor, head_scale: torch.Tensor | None,
                 past: tuple[torch.Tensor, torch.Tensor] | None, capture: Capture | None, layer: int,

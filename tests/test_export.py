@@ -230,3 +230,23 @@ def test_bad_masks_are_refused(tiny_config):
         pruned_config(tiny_config, torch.full((2, 4), 0.5))
     with pytest.raises(ValueError, match="removes every head of every layer"):
         pruned_config(tiny_config, torch.zeros(2, 4))
+
+
+def test_copying_scores_on_an_exported_model(exported, one_thread):
+    """The paper's copying score reads each layer on the embeddings alone, so a kept head scores as in
+    the full model; removed heads score 0 (both variants, exact softmax too), in the original numbering."""
+    from induction.copying import copying_corrected, copying_paper
+
+    full, d, head, _, _ = exported
+    small = load_model(d / "out")
+    tokens = torch.cat([torch.tensor([2]), torch.randperm(full.config.vocab_size - 3,
+                                                          generator=torch.Generator().manual_seed(6))[:15] + 3])  # (T,)
+    want = copying_paper(full, tokens)
+    for exact in (False, True):
+        got = copying_paper(small, tokens, exact_softmax=exact)
+        kept = head.bool()
+        assert got.shape == want.shape and torch.all(got[~kept] == 0)
+        assert (got[kept] - want[kept]).abs().max() <= 1e-4  # scores in [0, 1]; fp32 softmax ratios
+    corrected = copying_corrected(small, tokens)
+    assert corrected.shape == want.shape and torch.all(corrected[~head.bool()] == 0)
+    assert torch.isfinite(corrected).all() and corrected[head.bool()].abs().sum() > 0

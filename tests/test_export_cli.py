@@ -85,6 +85,12 @@ def test_export_from_rankings_then_eval_induction_and_importance(checkpoint, ran
                  "--shots", "0", "--n-docs", "2", "--out", str(tmp_path / "imp")]) == 0
     imp = read_tensors(tmp_path / "imp" / "shots-0" / "copa.safetensors")[0]["importance"]
     assert imp.shape == (2, 2) and torch.all(imp[0] == 0) and torch.all(imp[1] > 0)
+    # a sweep on the exported model with its own ranking: the removed heads rank first, so 50% (2 of
+    # the 4 original heads) is the exported model itself and 75% removes one more
+    assert main(["prune", "heads", "--model", str(out), "--importance", str(tmp_path / "imp"), *common,
+                 "--shots", "0", "--head-percents", "0", "50", "75", "--out", str(tmp_path / "sweep")]) == 0
+    table = read_json(tmp_path / "sweep" / "heads-own.json")["results"]["copa"]["shots-0"]
+    assert table["0"]["0"] == table["50"]["0"] and set(table) == {"0", "50", "75"}
 
 
 def _bad(argv, capsys, out):

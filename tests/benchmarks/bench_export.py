@@ -2,19 +2,22 @@
 """Exported (physically pruned) checkpoints against the masked full model, measured side by side.
 
     python tests/benchmarks/bench_export.py                    # opt-125m shape
-    python tests/benchmarks/bench_export.py --shape opt-1.3b   # 1.3B shape: slow on 2 cores, ~5 GB RAM
+    python tests/benchmarks/bench_export.py --shape opt-1.3b --batch 1 --seq 32 --repeats 2   # slow, ~11 GB RAM
 
 For a random-weight fp16 checkpoint of an official shape (written to a temp dir), at each pruning
-point (heads 0/30/50/70% x FFNs 0/20%, units chosen by a seeded random ranking, as a sweep would)
-it exports the pruned checkpoint and then measures, each in a fresh interpreter:
-    masked:   the full checkpoint loaded, evaluated with head_mask/ffn_mask
-    exported: the pruned checkpoint loaded, evaluated without masks
-Columns: checkpoint bytes on disk, load time (load_model, fp32 on CPU: the fp16 shards upcast),
-peak RSS of the process (VmHWM over load + one forward) above its RSS after importing torch. Eval
-tokens/s: a no-grad forward over --batch x --seq tokens scoring the last position (logits="last";
-what log-likelihood scoring costs besides its few target rows), both models in one process timed
-alternately for --repeats rounds after a warm-up, best of each (on a shared machine, interleaving
-makes outside load hit both alike; the 0%/0% row, two identical models, shows the noise left).
+point (heads 0/30/50/70% x FFNs 0/20%, units chosen by a seeded random ranking, as a sweep would) it
+exports the pruned checkpoint and compares it with the full checkpoint evaluated under the masks:
+  * checkpoint bytes on disk;
+  * load time (load_model, fp32 on CPU: the fp16 shards are upcast) and peak RSS (VmHWM over the
+    load and one forward, above the interpreter's RSS after importing torch), each model loaded
+    first in a fresh interpreter; the full checkpoint's are measured once (the masks do not
+    change what is loaded), the exported one's at every point;
+  * eval tokens/s: a no-grad forward over --batch x --seq tokens scoring the last position
+    (logits="last"; what log-likelihood scoring costs besides its few target rows), masked full
+    model and exported model in the same interpreter, timed alternately for --repeats rounds after
+    a warm-up, best of each: on a shared machine outside load then hits both alike (the 0%/0% row,
+    two identical models, shows the noise that is left);
+  * the largest logit difference between the two (fp32 summation order only).
 Ratios are exported / masked. Not collected by pytest (bench_*.py).
 """
 
@@ -30,6 +33,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+# argv: first checkpoint (measured: load time, peak RSS), then optionally the full checkpoint and its
+# mask file for the interleaved timing. Prints one JSON line.
 CHILD = r"""
 import json, sys, time
 sys.path.insert(0, {root!r})
@@ -44,46 +49,30 @@ def vm(field):
             return int(line.split()[1]) * 1024  # kB -> bytes
     raise RuntimeError(field)
 
-ckpt, masks, batch, seq = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-base = vm("VmRSS")  # the interpreter with torch imported: the same in both cases
+first, full, masks = sys.argv[1], sys.argv[2], sys.argv[3]
+batch, seq, rounds = int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
+ids = torch.randint(3, 50000, (batch, seq), generator=torch.Generator().manual_seed(0))  # (B, T)
+base = vm("VmRSS")  # the interpreter with torch imported
 t0 = time.perf_counter()
-model = load_model(ckpt, dtype=torch.float32)
+model = load_model(first, dtype=torch.float32)
 load_s = time.perf_counter() - t0
-head = ffn = None
-if masks != "-":
+with torch.no_grad():
+    out = model(ids, logits="last").logits  # every weight touched once
+assert torch.isfinite(out).all()
+result = dict(load_s=load_s, peak=vm("VmHWM") - base)
+if full != "-":
     head, ffn = read_masks(masks)
-ids = torch.randint(3, 50000, (batch, seq), generator=torch.Generator().manual_seed(0))  # (B, T)
-with torch.no_grad():
-    out = model(ids, head_mask=head, ffn_mask=ffn, logits="last")  # every weight is touched once
-assert torch.isfinite(out.logits).all()
-print(json.dumps(dict(load_s=load_s, peak=vm("VmHWM") - base, logits=out.logits[:, -1, :4].tolist())))
-"""
-
-
-# Speed: both models in one process, timed alternately (A B A B ...), so that load from other
-# processes on a shared machine hits both alike; best time of each over the rounds.
-SPEED_CHILD = r"""
-import json, sys, time
-sys.path.insert(0, {root!r})
-import torch
-torch.set_num_threads({threads})
-from opt66b import load_model
-from opt66b.mask_files import read_masks
-
-full, masks, small, batch, seq, rounds = sys.argv[1:4] + [int(a) for a in sys.argv[4:7]]
-head, ffn = read_masks(masks)
-runs = {{"masked": (load_model(full, dtype=torch.float32), head, ffn), "exported": (load_model(small, dtype=torch.float32), None, None)}}
-ids = torch.randint(3, 50000, (batch, seq), generator=torch.Generator().manual_seed(0))  # (B, T)
-best = {{k: float("inf") for k in runs}}
-with torch.no_grad():
-    for model, h, f in runs.values():
-        model(ids[:1, :8], head_mask=h, ffn_mask=f, logits="last")  # warm-up
-    for _ in range(rounds):
-        for name, (model, h, f) in runs.items():
-            t0 = time.perf_counter()
-            model(ids, head_mask=h, ffn_mask=f, logits="last")
-            best[name] = min(best[name], time.perf_counter() - t0)
-print(json.dumps({{k: batch * seq / v for k, v in best.items()}}))
+    runs = {{"exported": (model, None, None), "masked": (load_model(full, dtype=torch.float32), head, ffn)}}
+    best = {{k: float("inf") for k in runs}}
+    with torch.no_grad():
+        ref = runs["masked"][0](ids, head_mask=head, ffn_mask=ffn, logits="last").logits  # also the warm-up
+        for _ in range(rounds):
+            for name, (m, h, f) in runs.items():
+                t0 = time.perf_counter()
+                m(ids, head_mask=h, ffn_mask=f, logits="last")
+                best[name] = min(best[name], time.perf_counter() - t0)
+    result.update(tok_s={{k: batch * seq / v for k, v in best.items()}}, diff=float((out - ref).abs().max()))
+print(json.dumps(result))
 """
 
 
@@ -91,20 +80,11 @@ def dir_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.iterdir() if p.suffix == ".safetensors")
 
 
-def child(code: str, *argv) -> dict:
+def measure(first: Path, args: argparse.Namespace, full: Path | None = None, masks: Path | None = None) -> dict:
+    code = CHILD.format(root=str(ROOT), threads=args.threads)
+    argv = [first, full or "-", masks or "-", args.batch, args.seq, args.repeats]
     out = subprocess.run([sys.executable, "-c", code, *map(str, argv)], capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def measure(ckpt: Path, masks: Path | None, args: argparse.Namespace) -> dict:
-    """Load time and peak RSS in a fresh interpreter."""
-    return child(CHILD.format(root=str(ROOT), threads=args.threads), ckpt, masks or "-", args.batch, args.seq)
-
-
-def speeds(full: Path, masks: Path, small: Path, args: argparse.Namespace) -> dict:
-    """Eval tokens/s of the masked full model and the exported one, interleaved in one interpreter."""
-    return child(SPEED_CHILD.format(root=str(ROOT), threads=args.threads), full, masks, small, args.batch,
-                 args.seq, args.repeats)
 
 
 def main() -> int:
@@ -131,42 +111,43 @@ def main() -> int:
     gen = torch.Generator().manual_seed(args.seed)
     importance = torch.rand(cfg.num_layers, cfg.num_heads, generator=gen)  # (L, H) a seeded random ranking
     ffn_order = torch.randperm(cfg.num_layers, generator=gen).tolist()
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     with tempfile.TemporaryDirectory(prefix="bench_export_") as tmp:
         tmp = Path(tmp)
         src = tmp / "full"
-        print(f"writing a random {args.shape} checkpoint (fp16) to {src}", file=sys.stderr, flush=True)
+        log(f"writing a random {args.shape} checkpoint (fp16) to {src}")
         model = build_random_model(cfg, torch.float16, lambda name: torch.device("cpu"), seed=args.seed)
         save_checkpoint(model, src, max_shard_bytes=1 << 30)
         del model
-        full_bytes = dir_bytes(src)
+        full = measure(src, args)
+        log(f"full checkpoint: {json.dumps(full)}")
         rows = []
         for hp in args.head_percents:
             for fp in args.ffn_percents:
                 head = head_mask_for_percent(importance, hp)
                 ffn = ffn_mask_for_percent(ffn_order, fp, cfg.num_layers)
                 masks = write_masks(tmp / f"m{hp:g}_{fp:g}.safetensors", head, ffn)
-                print(f"heads {hp:g}% ffn {fp:g}%: measuring", file=sys.stderr, flush=True)
-                masked = measure(src, masks, args)
                 out = tmp / f"x{hp:g}_{fp:g}"
                 export_pruned(src, out, head, ffn, max_shard_bytes=1 << 30)
-                exported = measure(out, None, args)
-                tok_s = speeds(src, masks, out, args)
-                masked["tok_s"], exported["tok_s"] = tok_s["masked"], tok_s["exported"]
-                diff = max(abs(a - b) for ra, rb in zip(masked["logits"], exported["logits"]) for a, b in zip(ra, rb))
-                rows.append((hp, fp, full_bytes, dir_bytes(out), masked, exported, diff))
+                log(f"heads {hp:g}% ffn {fp:g}%: measuring")
+                rows.append((hp, fp, dir_bytes(out), measure(out, args, src, masks)))
+                log(f"  {json.dumps(rows[-1][3])}, {rows[-1][2]} bytes")
                 for p in out.iterdir():
                     p.unlink()
                 out.rmdir()
+        full_bytes = dir_bytes(src)
     mib = 1 << 20
-    print(f"\n{args.shape}, random fp16 weights, eval fp32 on CPU ({args.threads} threads), "
-          f"{args.batch}x{args.seq} tokens, best of {args.repeats} interleaved rounds; ratio = exported / masked")
-    print("| heads | FFNs | ckpt MiB masked / exported (ratio) | load s masked / exported | peak RSS MiB above "
-          "baseline, masked / exported (ratio) | tokens/s masked / exported (speed-up) | max logit diff |")
+    print(f"\n{args.shape}, random fp16 weights, eval fp32 on CPU ({args.threads} threads), {args.batch}x{args.seq} "
+          f"tokens, best of {args.repeats} interleaved rounds; ratio = exported / masked full model. Masked full "
+          f"model: {full_bytes / mib:.0f} MiB on disk, load {full['load_s']:.2f} s, peak RSS {full['peak'] / mib:.0f} MiB")
+    print("| heads | FFNs | checkpoint MiB (ratio) | load s (ratio) | peak RSS MiB (ratio) | "
+          "tokens/s masked / exported (speed-up) | max logit diff |")
     print("|---|---|---|---|---|---|---|")
-    for hp, fp, fb, eb, m, e, diff in rows:
-        print(f"| {hp:g}% | {fp:g}% | {fb / mib:.0f} / {eb / mib:.0f} ({eb / fb:.2f}) | {m['load_s']:.2f} / "
-              f"{e['load_s']:.2f} | {m['peak'] / mib:.0f} / {e['peak'] / mib:.0f} ({e['peak'] / m['peak']:.2f}) | "
-              f"{m['tok_s']:.0f} / {e['tok_s']:.0f} ({e['tok_s'] / m['tok_s']:.2f}x) | {diff:.1e} |")
+    for hp, fp, eb, e in rows:
+        t = e["tok_s"]
+        print(f"| {hp:g}% | {fp:g}% | {eb / mib:.0f} ({eb / full_bytes:.2f}) | {e['load_s']:.2f} "
+              f"({e['load_s'] / full['load_s']:.2f}) | {e['peak'] / mib:.0f} ({e['peak'] / full['peak']:.2f}) | "
+              f"{t['masked']:.1f} / {t['exported']:.1f} ({t['exported'] / t['masked']:.2f}x) | {e['diff']:.1e} |")
     return 0
 
 
