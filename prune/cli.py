@@ -188,7 +188,9 @@ def register_prune(sub: argparse._SubParsersAction) -> None:
                     "OUT/{sweep}-{ranking}/, skipped on rerun; table OUT/{sweep}-{ranking}.json.",
         epilog=example("python run.py prune heads --ranking own --importance runs/1.3b/importance "
                        "--model ~/ckpt/opt-1.3b --data ~/data --tasks copa rte --shots 0 1 5 --out runs/1.3b/prune"))
-    p.add_argument("sweep", choices=["heads", "ffn", "grid"], help="what to prune")
+    p.add_argument("sweep", choices=["heads", "ffn", "grid", "transfer"],
+                   help="what to prune; transfer: the paper's cross-task protocol (chosen tasks pruned with the "
+                        "rankings of their highest- and lowest-correlated seen tasks, docs/protocol.md)")
     _study_args(p, evaluates=True)
     _eval_seed_arg(p)
     p.add_argument("--ranking", default="own", help="own | aggregate | TASK (default: own)")
@@ -198,6 +200,11 @@ def register_prune(sub: argparse._SubParsersAction) -> None:
                    help="head percentages (default: 0..90 step 10; grid 0..70)")
     p.add_argument("--ffn-percents", type=float, nargs="+", default=None,
                    help="FFN percentages (default: 0..90 step 10; grid 0..50)")
+    p.add_argument("--correlations", type=Path, default=None,
+                   help="transfer: correlations.json of `run.py correlate` (the partners are read from it)")
+    p.add_argument("--transfer-tasks", nargs="+", default=["copa", "winogrande", "record"],
+                   help="transfer: the tasks pruned with their partners' rankings (default: the paper's copa "
+                        "winogrande record; a task without importance is replaced as docs/protocol.md says)")
     add_plan_args(p, "prune")
     p.set_defaults(func=_prune)
 
@@ -214,6 +221,8 @@ def _prune(args: argparse.Namespace) -> int:
     for name, vals in (("--head-percents", args.head_percents), ("--ffn-percents", args.ffn_percents)):
         if vals is not None and any(not 0 <= v <= 100 for v in vals):
             raise ValueError(f"{name} must be in [0, 100], got {vals}")
+    if args.sweep == "transfer":
+        return _transfer(args)
     if args.sweep in ("heads", "grid") and args.importance is None:
         raise ValueError(f"prune {args.sweep} needs --importance DIR (from `run.py importance heads`)")
     if args.sweep in ("ffn", "grid") and args.ffn_importance is None:
@@ -225,4 +234,34 @@ def _prune(args: argparse.Namespace) -> int:
                       settings={**settings, "limit": args.limit, "seed": args.seed, "importance": args.importance,
                                 "ffn_importance": args.ffn_importance})
     print(table)
+    return 0
+
+
+def _transfer(args: argparse.Namespace) -> int:
+    from opt66b.io import read_json
+
+    from .sweeps import run_sweep
+    from .transfer import DEFAULT_PERCENTS, run_transfer, transfer_plan
+
+    if args.correlations is None or args.importance is None:
+        raise ValueError("prune transfer needs --correlations FILE (from `run.py correlate`) and --importance DIR")
+    if not args.correlations.is_file():
+        raise FileNotFoundError(f"{args.correlations}: not found; run `run.py correlate` first")
+    corr = read_json(args.correlations)
+    corr["shots"] = {k: v for k, v in corr.get("shots", {}).items() if int(k) in args.shots}
+    plan = transfer_plan(corr, args.transfer_tasks)
+    missing = sorted({r["task"] for r in plan["runs"]} - set(args.tasks))
+    if missing:
+        raise ValueError(f"--tasks must include the transfer targets {missing} (their data is needed)")
+    percents = args.head_percents or list(DEFAULT_PERCENTS)
+    model, tokenizer, tasks, settings = _load(args)
+    make = evaluation_factory(args.limit, args.batch_tokens, args.seed)
+
+    def sweep(task, source, shots, out_dir, pcts):
+        return run_sweep(model, tokenizer, {task: tasks[task]}, "heads", source, shots, out_dir, make,
+                         importance_dir=args.importance, head_percents=pcts,
+                         settings={**settings, "limit": args.limit, "seed": args.seed, "importance": args.importance,
+                                   "ffn_importance": None})
+
+    print(run_transfer(plan, args.out, sweep, percents))
     return 0

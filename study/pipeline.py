@@ -4,8 +4,9 @@ Each step is one `run.py` sub-command with explicit arguments, run in this proce
 resumable on its own (finished units are skipped), so rerunning `all` after a kill continues where
 it stopped. The list of commands is written to OUT/commands.txt so an auditor can replay any step.
 
-    evaluation -> head importance (+ aggregate) -> FFN oracle -> head / FFN / grid pruning
-    -> cross-task transfer -> Spearman matrices -> prefix matching -> copying -> capacity retained
+    data check -> evaluation -> head importance (+ aggregate of the seen tasks) -> FFN oracle
+    -> head / FFN / grid pruning -> Spearman matrices -> cross-task transfer (partners from them)
+    -> prefix matching -> copying -> capacity retained
     -> synthetic copy task -> report
 """
 
@@ -19,6 +20,14 @@ from pathlib import Path
 
 PAPER_TASKS = ["hellaswag", "piqa", "arc_easy", "arc_challenge", "openbookqa", "winogrande", "boolq", "cb",
                "copa", "wic", "wsc", "multirc", "rte", "record", "mathqa", "lambada"]
+# The default run adds the synthetic copy task (not the paper's; never in its aggregate or task means).
+DEFAULT_TASKS = PAPER_TASKS + ["synthetic_copy"]
+
+
+def seen_in(tasks: list[str]) -> list[str]:
+    from prune.aggregate import PAPER_SEEN_TASKS
+
+    return [t for t in tasks if t in PAPER_SEEN_TASKS]
 # Model options forwarded verbatim to every step that loads the model.
 MODEL_OPTIONS = ["model", "tokenizer", "dtype", "device", "device_map", "max_memory", "offload", "random_weights",
                  "random_weights_seed"]
@@ -60,6 +69,7 @@ def plan_steps(args: argparse.Namespace, tasks: list[str]) -> list[tuple[str, li
     limit = ["--limit", str(args.limit)] if args.limit else []
     imp, ffn, prune = str(out / "importance"), str(out / "ffn_importance"), str(out / "prune")
     steps = [
+        ("data check", ["data", "check", "--data", data, "--tasks", *tasks, "--json", str(out / "data_check.json")]),
         ("evaluation", ["eval", *m, *common, *limit, "--out", str(out / "eval")]),
         ("head importance", ["importance", "heads", *m, *common, "--n-docs", str(args.n_docs), "--out", imp]),
         ("FFN oracle", ["importance", "ffn", *m, *common, *limit, "--out", ffn]),
@@ -72,15 +82,15 @@ def plan_steps(args: argparse.Namespace, tasks: list[str]) -> list[tuple[str, li
         ("combined grid", ["prune", "grid", *m, *common, *limit, "--ranking", "own", "--importance", imp,
                            "--ffn-importance", ffn, "--out", prune]),
     ]
-    if len(tasks) > 1:
-        # Cross-task transfer: every task pruned with the first task's ranking (the paper picks
-        # high/low-SRCC partners per shot; run `prune heads --ranking TASK` for other pairs).
-        source = tasks[0]
-        steps.append((f"cross-task transfer (ranking of {source})",
-                      ["prune", "heads", *m, *common, *limit, "--ranking", source, "--importance", imp,
-                       "--out", prune]))
+    corr = str(out / "correlate")
     steps += [
-        ("Spearman correlations", ["correlate", "--importance", imp, "--out", str(out / "correlate")]),
+        ("Spearman correlations", ["correlate", "--importance", imp, "--out", corr]),
+    ]
+    if len(seen_in(tasks)) > 1:  # partners need at least two seen tasks with importance
+        steps.append(("cross-task transfer (highest / lowest correlated partners)",
+                      ["prune", "transfer", *m, *common, *limit, "--correlations", str(Path(corr) / "correlations.json"),
+                       "--importance", imp, "--out", prune]))
+    steps += [
         ("prefix matching", ["induction", "prefix", *m, "--seeds", str(args.seeds), "--out", str(out / "induction")]),
         ("copying", ["induction", "copying", *m, "--seeds", str(args.seeds), "--out", str(out / "induction")]),
         ("capacity retained", ["induction", "capacity", "--scores", str(out / "induction"), "--importance", imp,
@@ -100,7 +110,7 @@ def run_all(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     data = Path(args.data)
-    tasks, skipped = available_tasks(data, args.tasks or PAPER_TASKS, args.shots)
+    tasks, skipped = available_tasks(data, args.tasks or DEFAULT_TASKS, args.shots)
     for line in skipped:
         print(f"[all] skipping {line}", file=sys.stderr)
     write_json(out / "skipped_tasks.json", skipped)

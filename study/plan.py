@@ -214,6 +214,18 @@ def plan_prune(step: StepPlan, args: argparse.Namespace, tokenizer: Any) -> None
     from prune.sweeps import DEFAULT_PERCENTS, sweep_units
 
     cfg = step.shape.cfg
+    if args.sweep == "transfer":  # partners are read from correlations.json at run time: plan the upper bound
+        from prune.transfer import DEFAULT_PERCENTS as TRANSFER_PERCENTS
+
+        tasks = _tasks(args)
+        counts = {count_for_percent(p, cfg.num_layers * cfg.num_heads) for p in args.head_percents or TRANSFER_PERCENTS}
+        for name in [t for t in args.transfer_tasks if t in tasks]:
+            for k in args.shots:
+                scorer = _evaluation(args, step.shape, tokenizer, tasks[name], k).scorer
+                for _ in range(4 * len(counts)):  # at most 4 partners (2 per statistic)
+                    _scorer_passes(step, scorer, ffn_layers=cfg.num_layers)
+        step.notes.append("transfer: at most 4 partner rankings per chosen task; correlations.json says how many")
+        return
     grid = args.sweep == "grid"
     hp = args.head_percents if args.head_percents is not None else DEFAULT_PERCENTS["grid_heads" if grid else "heads"]
     fp = args.ffn_percents if args.ffn_percents is not None else DEFAULT_PERCENTS["grid_ffn" if grid else "ffn"]

@@ -102,11 +102,11 @@ def plan_steps_of(args: argparse.Namespace, shape: Shape, tokenizer: Any) -> lis
         return [step]
     import run as run_module
 
-    from .pipeline import PAPER_TASKS, available_tasks, plan_steps
+    from .pipeline import DEFAULT_TASKS, available_tasks, plan_steps
     from .run_cli import all_defaults
 
     all_defaults(args)
-    tasks, skipped = available_tasks(Path(args.data), args.tasks or PAPER_TASKS, args.shots)
+    tasks, skipped = available_tasks(Path(args.data), args.tasks or DEFAULT_TASKS, args.shots)
     if not tasks:
         raise ValueError(f"{args.data}: none of the requested tasks has its data; see `python run.py data check`")
     args.out = args.out or Path("OUT")

@@ -55,7 +55,7 @@ def test_every_artefact_exists_and_is_well_formed(study_run):
         assert agg["importance"].shape == (2, 4) and bool((agg["importance"] >= 0).all())
         ffn = json.loads((out / f"ffn_importance/shots-{k}/aggregate.json").read_text())
         assert sorted(ffn["ranking"]) == [0, 1]
-    for name in ("heads-own", "heads-aggregate", "ffn-own", "grid-own", "heads-copa"):
+    for name in ("heads-own", "heads-aggregate", "ffn-own", "grid-own"):
         table = json.loads((out / f"prune/{name}.json").read_text())
         assert not table["missing_units"] and set(table["results"]) == set(ran), name
     corr = json.loads((out / "correlate/correlations.json").read_text())
@@ -72,7 +72,7 @@ def test_every_artefact_exists_and_is_well_formed(study_run):
     for heading in ("Accuracy per task and shot", "Head importance", "Pruning sweeps", "Spearman",
                     "Induction heads", "Capacity retained", "piqa"):
         assert heading in report, heading
-    assert (out / "commands.txt").read_text().count("python run.py ") == 13
+    assert (out / "commands.txt").read_text().count("python run.py ") == 14
 
 
 def test_organism_has_an_induction_head(study_run):
@@ -93,7 +93,7 @@ def test_every_figure_is_a_well_formed_png_and_the_index_matches_the_files(study
     rows = re.findall(r"^\| (Fig\. [^|]+|not in the paper) \| [^|]+ \| \[([^\]]+)\]", index, re.M)
     assert sorted(f for _, f in rows) == sorted(pngs)  # each file once, no file unlisted or missing
     numbered = {n.strip() for n, _ in rows}
-    for fig in ("Fig. 4, 13", "Fig. 5, 17", "Fig. 6, 18", "Fig. 7", "Fig. 8, 20", "Fig. 11",
+    for fig in ("Fig. 4, 13", "Fig. 5, 17", "Fig. 6, 18", "Fig. 7", "Fig. 8, 20", "Fig. 9, 21, 22", "Fig. 11",
                 "Fig. 14-16", "Fig. 23, 24"):
         assert fig in numbered, fig
     for p in pngs:
@@ -111,6 +111,12 @@ def test_report_lists_all_tasks_and_the_protocol(study_run):
     assert "NOT the paper's" in tasks_table
     headline = json.loads((out / "headline.json").read_text())
     assert headline["tolerance_points"] == 1.0 and headline["shots"]["shots-0"]["heads"] is not None
+    transfer = json.loads((out / "prune/transfer.json").read_text())
+    assert transfer["paper_choice_variant"] == "paper_argsort_pearson"
+    chosen = transfer["shots"]["0"]["chosen"]
+    # winogrande and record are not in this run: the first seen tasks left stand in, and say so
+    assert [c["task"] for c in chosen] == ["copa", "piqa", "boolq"] and chosen[1]["instead_of"] == "winogrande"
+    assert all(c["curves"]["own"] and c["curves"]["high:paper_argsort_pearson"] for c in chosen)
 
 
 def test_rerun_resumes_without_recomputing(study_run):
