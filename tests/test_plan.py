@@ -123,11 +123,11 @@ def test_all_plans_every_step_without_loading_a_model(tmp_path, counted, capsys)
     captured = capsys.readouterr()
     assert counted["forward_passes"] == 0 and "loading" not in captured.err
     labels = [s["step"] for s in plan["steps"]]
-    assert labels[0] == "evaluation" and "synthetic copy task" in labels
+    assert labels[:2] == ["data check", "evaluation"] and "synthetic copy task" in labels
     assert all(s["command"].startswith("python run.py ") for s in plan["steps"])
     # every step that runs the model has passes; the ones that read results only have none
     for s in plan["steps"]:
-        reads_only = s["command"].split()[2] in ("correlate",) or " capacity " in s["command"]
+        reads_only = s["command"].split()[2] in ("correlate", "data") or " capacity " in s["command"]
         assert (s["forward_passes"] == 0) == reads_only, s["step"]
     assert plan["total"]["forward_passes"] == sum(s["forward_passes"] for s in plan["steps"])
 
