@@ -1,5 +1,6 @@
 """Sub-commands of run.py for the task-agnostic study: `induction prefix`, `induction copying`,
-`induction capacity` (docs/method.md, "Induction heads"). Heavy imports happen inside the handlers."""
+`induction capacity` (docs/method.md, "Induction heads"). Heavy imports happen inside the handlers, which only
+parse, load and call induction/experiments.py and induction/capacity.py."""
 
 from __future__ import annotations
 
@@ -85,63 +86,29 @@ def selected_variants(kind: str, variant: str) -> list[str]:
     return variants
 
 
-def _scores(args: argparse.Namespace) -> int:
+def _scores(args: argparse.Namespace, loaded=None) -> int:
     import torch
 
-    from opt66b.io import sha256_file
     from opt66b.runtime import load_from_args
 
-    from . import sequences as sq
-    from .copying import copying_seed
-    from .prefix_matching import prefix_matching_seed
-    from .runner import run_seeds
+    from .experiments import run_copying, run_prefix_matching
 
     if args.seeds < 1 or args.first_seed < 0:
         raise ValueError(f"--seeds must be >= 1 and --seed >= 0, got {args.seeds} and {args.first_seed}")
-    if args.start_length < 1 or args.length_step < 0:
-        raise ValueError("--start-length must be >= 1 and --length-step >= 0")
-    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     variants = selected_variants(args.kind, args.variant)
-    model, tokenizer, info = load_from_args(args)
-    cfg = model.config
-    pool = sq.token_pool(tokenizer, args.exclude_ratio)
-    if max(pool) >= cfg.vocab_size:
-        raise ValueError(f"token pool reaches id {max(pool)} but the model has {cfg.vocab_size} embedding rows; "
-                         "does the tokenizer belong to this model?")
-
-    def length(seed: int) -> int:
-        return sq.base_length(seed, args.start_length, args.length_step)
-
-    longest = 4 * length(seeds[-1]) + 1
-    if longest > cfg.max_positions:
-        raise ValueError(f"seed {seeds[-1]} needs {longest} positions but the model has {cfg.max_positions}; "
-                         "use fewer seeds or a smaller --start-length/--length-step")
+    model, tokenizer, info = loaded or load_from_args(args)
+    common = dict(seeds=args.seeds, first_seed=args.first_seed, variants=variants, exclude_ratio=args.exclude_ratio,
+                  start_length=args.start_length, length_step=args.length_step, top=args.top,
+                  recompute=getattr(args, "recompute", False))
     if args.kind == "prefix":
-        kind = "prefix_matching"
-
-        def make(seed: int) -> torch.Tensor:
-            return sq.prefix_sequence(pool, seed, tokenizer.bos_id, length(seed))
-
-        def score(tokens: torch.Tensor, vs: list[str]) -> dict[str, torch.Tensor]:
-            return prefix_matching_seed(model, tokens, (tokens.numel() - 1) // 4, vs)
+        kind, res = "prefix_matching", run_prefix_matching(model, tokenizer, info, args.out, **common)
     else:
-        kind = "copying"
-
-        def make(seed: int) -> torch.Tensor:
-            return sq.copying_sequence(pool, seed, tokenizer.bos_id, 4 * length(seed))
-
-        def score(tokens: torch.Tensor, vs: list[str]) -> dict[str, torch.Tensor]:
-            return copying_seed(model, tokens, vs, head_chunk=args.head_chunk)
-
-    merges = tokenizer.merges_path
-    settings = {**info, "exclude_ratio": args.exclude_ratio, "pool_size": len(pool),
-                "merges_sha256": sha256_file(merges) if merges else None, "start_length": args.start_length,
-                "length_step": args.length_step, "rng": "numpy.random.default_rng(seed)"}
-    summary = run_seeds(kind, seeds, variants, args.out, make, score, settings, top=args.top)
-    for v, res in summary.items():
-        flat = int(torch.argmax(res["mean"]))
-        print(f"{kind} {v}: top head layer {flat // cfg.num_heads} head {flat % cfg.num_heads} "
-              f"score {float(res['mean'].flatten()[flat]):.4f} -> {args.out}/{kind}_{v}.json")
+        kind, res = "copying", run_copying(model, tokenizer, info, args.out, head_chunk=args.head_chunk, **common)
+    heads = model.config.num_heads
+    for v, scores in res["summary"].items():
+        flat = int(torch.argmax(scores["mean"]))
+        print(f"{kind} {v}: top head layer {flat // heads} head {flat % heads} "
+              f"score {float(scores['mean'].flatten()[flat]):.4f} -> {args.out}/{kind}_{v}.json")
     return 0
 
 

@@ -10,7 +10,8 @@ Layout written under OUT:
     {kind}_{variant}.safetensors   "mean", "var" (L, H), "scores" (S, L, H), "tokens" (S, Tmax) padded
                                    with <pad> (1), "lengths" (S,), "seeds" (S,)
     {kind}_{variant}.json          settings, seeds, top heads (layer, head, mean, var)
-kind is "prefix_matching" or "copying". A killed run resumes: finished seeds are read back.
+kind is "prefix_matching" or "copying". A killed run resumes: finished seeds whose fingerprint
+matches (opt66b.store) are read back.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from opt66b.io import Progress, read_tensors, run_metadata, write_json, write_tensors
+from opt66b.store import UnitStore
 
 from .sequences import pack
 
@@ -33,24 +35,28 @@ def seed_path(out: Path, kind: str, variant: str, seed: int) -> Path:
 
 def run_seeds(kind: str, seeds: Sequence[int], variants: Sequence[str], out: str | Path,
               make_tokens: Callable[[int], torch.Tensor], score: ScoreFn, settings: dict[str, Any],
-              top: int = 20) -> dict[str, dict[str, torch.Tensor]]:
-    """Score every seed (skipping seeds whose files exist), then aggregate per variant.
+              top: int = 20, store: UnitStore | None = None) -> dict[str, dict[str, torch.Tensor]]:
+    """Score every seed (skipping seeds whose unit files hold the same fingerprint), then aggregate
+    per variant.
 
-    make_tokens(seed) -> (T,) int64 sequence; score(tokens, missing_variants) -> {variant: (L, H)}.
-    Returns {variant: {"mean", "var", "scores"}}.
+    make_tokens(seed) -> (T,) int64 sequence; score(tokens, missing_variants) -> {variant: (L, H)}
+    store fingerprints each seed file (kind, variant, seed
+    on top of its common fields). Returns {variant: {"mean", "var", "scores"}}.
     """
     out = Path(out)
+    store = store or UnitStore({})
     if not seeds:
         raise ValueError("no seeds to run; pass --seeds N with N >= 1")
     progress = Progress(len(seeds), kind)
     for s in seeds:
         tokens = make_tokens(s)
-        missing = [v for v in variants if not seed_path(out, kind, v, s).is_file()]
+        missing = [v for v in variants if not store.done(seed_path(out, kind, v, s), kind=kind, variant=v, seed=s)]
         if missing:
             results = score(tokens, missing)
             for v in missing:
                 meta = run_metadata(kind=kind, variant=v, seed=s, **settings)
-                write_tensors(seed_path(out, kind, v, s), {"scores": results[v], "tokens": tokens}, meta)
+                store.write_tensors(seed_path(out, kind, v, s), {"scores": results[v], "tokens": tokens}, meta,
+                                    kind=kind, variant=v, seed=s)
         progress.update()
     summary = {}
     for v in variants:

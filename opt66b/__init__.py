@@ -11,7 +11,7 @@ from typing import Any
 
 # public name -> submodule that defines it
 _EXPORTS = {
-    "Capture": "capture", "frozen": "capture",
+    "Capture": "capture", "frozen": "capture", "head_attribution": "capture", "load": "runtime",
     "OPT_CONFIGS": "config", "OPTConfig": "config", "config_for_size": "config", "config_from_hf": "config",
     "OPT": "model", "DecoderOutput": "model", "position_ids_from_mask": "model",
     "OPTTokenizer": "tokenizer", "load_tokenizer": "tokenizer",

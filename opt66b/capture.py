@@ -84,6 +84,19 @@ class Capture:
         self.layer_inputs.clear()
 
 
+def head_attribution(heads: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+    """(H,) float32 attribution of each head: sum over batch and positions of |a . dL/da|.
+
+    heads, grads: (B, H, T, Dh) a head's attention-weighted value vector (what `Capture(heads=True)`
+    records) and the loss gradient with respect to it. a . dL/da is the first-order change of the
+    loss if the head's output were removed (Michel et al. 2019; Bansal et al. 2023 eq. 1); the
+    absolute value is taken per token position before summing. One formula for every caller
+    (head importance with full autograd or the layer-wise backward, the copy task's control).
+    """
+    per_position = (heads.float() * grads.float()).sum(-1).abs()  # (B, H, T): |a . dL/da| per position
+    return per_position.sum(-1).sum(0)  # (H,)
+
+
 @contextmanager
 def frozen(model: nn.Module) -> Iterator[nn.Module]:
     """Temporarily set requires_grad=False on every parameter (restored on exit, even on error),

@@ -47,6 +47,9 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
                    help="no checkpoint: random weights of an official shape (e.g. opt-66b) built directly on "
                         "the devices; tokenizer from the embedded tiny OPT. For placement/speed tests and --plan")
     g.add_argument("--random-weights-seed", type=int, default=0, help="seed of --random-weights (default 0)")
+    g.add_argument("--recompute", action="store_true",
+                   help="replace result units in --out made with other settings (default: refuse them, naming "
+                        "the file and what changed)")
 
 
 def add_out_arg(parser: argparse.ArgumentParser, what: str = "output directory") -> None:

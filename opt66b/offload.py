@@ -25,7 +25,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from .capture import Capture
+from .capture import Capture, head_attribution
 from .model import OPT, DecoderLayer, attention_allowed, position_ids_from_mask
 from .weights import _ST_DTYPES, _set_param, checkpoint_files, config_from_hf, plan_keys, read_safetensors_header
 
@@ -268,7 +268,7 @@ def layerwise_backward(model: OPT, input_ids: torch.Tensor, attention_mask: torc
     loss_fn maps the final (B, T, W) hidden state to a scalar (e.g. via model.logits). Returns
     (loss, d loss / d head_mask (L, H) at `head_mask` (default all ones), head scores (L, H)) where
     scores[l, h] = sum over batch and positions of |sum_Dh a * dL/da| for head h's output a
-    (B, H, T, Dh) - prune.importance's attribution. Activations kept: one (B, T, D) input per layer.
+    (B, H, T, Dh) (capture.head_attribution). Activations kept: one (B, T, D) input per layer.
     """
     cfg = model.config
     head_mask = torch.ones(cfg.num_layers, cfg.num_heads) if head_mask is None else head_mask.detach()
@@ -304,7 +304,7 @@ def layerwise_backward(model: OPT, input_ids: torch.Tensor, attention_mask: torc
                 out = layer(x, allowed, hs, 1.0, None, cap, i)[0]
                 z = cap.heads[i]  # (B, H, T, Dh)
                 grad, rows[i], gz = torch.autograd.grad(out, (x, hs, z), grad.to(out.device))
-            scores[i] = (z.detach().float() * gz.float()).sum(-1).abs().sum(dim=(0, 2)).cpu()  # (H,)
+            scores[i] = head_attribution(z.detach(), gz).cpu()  # (H,)
             _release(model, i)
         return float(loss.detach()), torch.stack([r.cpu() for r in rows]), torch.stack(scores)  # (L, H) x 2
     finally:

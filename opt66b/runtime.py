@@ -1,9 +1,11 @@
 """Shared command-line plumbing for loading a model: the options every sub-command takes.
 
-`add_model_args(parser)` (opt66b/cli_options.py) declares --model, --dtype, --device and the scale options (--device-map,
---max-memory, --offload, --random-weights; see placement.py and offload.py); `load_from_args(args)`
-returns the model, its tokenizer and a JSON-able description (including the device map and memory
-per device) recorded in every output file. With no --model the embedded tiny OPT is used.
+`load(path, dtype=..., device=..., device_map=..., max_memory=..., offload=..., random_weights=...)`
+returns the model, its tokenizer and a JSON-able description (including the device map, memory per
+device and the content identity used by result fingerprints) recorded in every output file; with no
+path the embedded tiny OPT is used. `add_model_args(parser)` declares the same settings as options
+(--model, --dtype, --device, --device-map, --max-memory, --offload, --random-weights) and
+`load_from_args(args)` calls `load` with them.
 """
 
 from __future__ import annotations
@@ -18,11 +20,11 @@ import torch
 from .cli_options import add_model_args  # noqa: F401  (re-exported: the options load_from_args reads)
 from .config import OPTConfig, config_for_size, config_from_hf
 from .distributed import local_cuda_offset, local_rank, rank_world
-from .io import sha256_file
 from .model import OPT
 from .offload import attach_pinned_streamer, load_streamed
 from .placement import (GIB, build_device_map, dtype_bytes, head_params, layer_bytes, parse_max_memory,
                         shift_cuda)
+from .store import checkpoint_identity, tokenizer_identity
 from .tokenizer import OPTTokenizer, load_tokenizer
 from .weights import _set_param, load_model
 
@@ -67,33 +69,55 @@ def build_random_model(cfg: OPTConfig, dtype: torch.dtype, device_for: Callable[
     return model.eval()
 
 
-def load_from_args(args: argparse.Namespace, log=None) -> tuple[Any, OPTTokenizer, dict[str, Any]]:
-    """Load model + tokenizer as the options say; returns (model, tokenizer, model_info)."""
+# The loader's keyword arguments, as argparse dest names (add_model_args declares them).
+LOAD_OPTIONS = ("model", "tokenizer", "dtype", "device", "device_map", "max_memory", "offload", "random_weights",
+                "random_weights_seed")
+
+
+def load(model: str | Path | None = None, *, tokenizer: str | Path | None = None, dtype: str | torch.dtype | None = None,
+         device: str | torch.device | None = None, device_map: str | None = None,
+         max_memory: str | dict[str, int] | None = None, offload: str = "auto", random_weights: str | None = None,
+         random_weights_seed: int = 0, log: Callable[[str], None] | None = None,
+         ) -> tuple[OPT, OPTTokenizer, dict[str, Any]]:
+    """Load an OPT checkpoint (default: the embedded tiny OPT) and its tokenizer.
+
+    model: HF checkpoint directory with safetensors. tokenizer: directory with vocab.json +
+    merges.txt (default: the model's). dtype: "float32"/"float16"/"bfloat16" or a torch dtype
+    (default float32 on CPU, float16 on GPU). device: compute device (default: this process's GPU,
+    else cpu). device_map / max_memory / offload: layer placement and streaming (placement.py,
+    offload.py; same values as the --device-map / --max-memory / --offload options).
+    random_weights: an official size name (e.g. "opt-125m") to build random weights instead of
+    reading a checkpoint (tokenizer from the embedded tiny OPT), seeded by random_weights_seed.
+
+    Returns (model, tokenizer, info): info is JSON-able (path, dtype, device map, memory, offload)
+    and holds "identity", the content identity every result's fingerprint uses (opt66b.store).
+    Every load is announced through `log` (default: stderr) on a line starting with "loading".
+    """
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-    device = resolve_device(getattr(args, "device", None))
-    dtype = resolve_dtype(getattr(args, "dtype", None), device)
-    max_memory = parse_max_memory(getattr(args, "max_memory", None))
-    offload = getattr(args, "offload", "auto") or "auto"
-    size = getattr(args, "random_weights", None)
-    model_dir = None if size else (Path(args.model) if getattr(args, "model", None) else TINY_MODEL_DIR)
+    device = resolve_device(None if device is None else str(device))
+    dtype = dtype if isinstance(dtype, torch.dtype) else resolve_dtype(dtype, device)
+    max_memory = max_memory if isinstance(max_memory, dict) else parse_max_memory(max_memory)
+    offload = offload or "auto"
+    size = random_weights
+    model_dir = None if size else (Path(model) if model else TINY_MODEL_DIR)
     if model_dir is not None and not model_dir.is_dir():
         raise FileNotFoundError(f"{model_dir}: model directory not found")
-    tok_dir = Path(args.tokenizer) if getattr(args, "tokenizer", None) else (model_dir or TINY_MODEL_DIR)
+    tok_dir = Path(tokenizer) if tokenizer else (model_dir or TINY_MODEL_DIR)
     dm = None
     dtype_name = str(dtype).removeprefix("torch.")
     if offload == "mmap":
         if size:
             raise ValueError("--offload mmap streams from safetensors files; it needs --model, not --random-weights")
-        if getattr(args, "device_map", None):
+        if device_map:
             raise ValueError("--offload mmap streams every layer; drop --device-map")
         cfg = config_from_hf(model_dir)
         check_stream_budget(cfg, dtype, max_memory.get(str(device)) or max_memory.get(device.type), str(device))
-        log(f"streaming {model_dir} from memory-mapped shards as {dtype_name} on {device}")
-        model = load_streamed(model_dir, dtype=dtype, device=device)
+        log(f"loading {model_dir} as {dtype_name}: streaming from memory-mapped shards on {device}")
+        net = load_streamed(model_dir, dtype=dtype, device=device)
     else:
         cfg = config_for_size(size) if size else config_from_hf(model_dir)
         compute = str(device) if device.type != "cpu" else None
-        dm = build_device_map(getattr(args, "device_map", None), cfg, dtype, max_memory, compute=compute)
+        dm = build_device_map(device_map, cfg, dtype, max_memory, compute=compute)
         if dm is not None and rank_world()[1] > 1 and torch.cuda.is_available():
             gpus = len({d for d in [dm.head, *dm.layers] if torch.device(d).type == "cuda"})
             dm = shift_cuda(dm, local_cuda_offset(gpus))  # this process's own GPUs
@@ -101,32 +125,44 @@ def load_from_args(args: argparse.Namespace, log=None) -> tuple[Any, OPTTokenize
             log(dm.summary())
         device_for = dm.device_for if dm is not None else (lambda name: device)
         if size:
-            log(f"building random {size} weights as {dtype_name}")
-            model = build_random_model(cfg, dtype, device_for, getattr(args, "random_weights_seed", 0))
+            log(f"loading random {size} weights (seed {random_weights_seed}) as {dtype_name}")
+            net = build_random_model(cfg, dtype, device_for, random_weights_seed)
         else:
             log(f"loading {model_dir} as {dtype_name} on {dm.head if dm else device}")
-            model = load_model(model_dir, dtype=dtype, device=device, device_for=device_for, log=log)
+            net = load_model(model_dir, dtype=dtype, device=device, device_for=device_for, log=log)
         streamed = dm.streamed_layers() if dm is not None and offload != "none" else []
         if offload == "pinned" and not streamed:
             raise ValueError("--offload pinned needs a --device-map that puts layers on cpu and a GPU compute device")
         if streamed:
             log(f"streaming {len(streamed)} host layers to {dm.compute} (pinned, prefetched)")
-            attach_pinned_streamer(model, streamed, dm.compute)
-    tokenizer = load_tokenizer(tok_dir)
+            attach_pinned_streamer(net, streamed, dm.compute)
+    tok = load_tokenizer(tok_dir)
+    if size:
+        identity = {"random_weights": size, "seed": random_weights_seed}
+    else:
+        identity = checkpoint_identity(model_dir)
+    identity["tokenizer"] = tokenizer_identity(tok_dir)
     info = {
         "model": f"random:{size}" if size else str(model_dir),
-        "config_sha256": None if size else sha256_file(model_dir / "config.json"),
+        "config_sha256": None if size else identity["config_sha256"],
         "dtype": dtype_name,
         "device": str(device),
         "layers": cfg.num_layers,
         "heads": cfg.num_heads,
         "device_map": dm.to_json() if dm is not None else None,
         "max_memory_gib": {k: round(v / GIB, 3) for k, v in max_memory.items()},
-        "offload": "mmap" if offload == "mmap" else ("pinned" if model.streamer is not None else "none"),
+        "offload": "mmap" if offload == "mmap" else ("pinned" if net.streamer is not None else "none"),
+        "identity": identity,
     }
     if size:
-        info["random_weights_seed"] = getattr(args, "random_weights_seed", 0)
-    return model, tokenizer, info
+        info["random_weights_seed"] = random_weights_seed
+    return net, tok, info
+
+
+def load_from_args(args: argparse.Namespace, log=None) -> tuple[Any, OPTTokenizer, dict[str, Any]]:
+    """`load` with the options of `add_model_args` (absent attributes take load's defaults)."""
+    kwargs = {name: getattr(args, name) for name in LOAD_OPTIONS if getattr(args, name, None) is not None}
+    return load(**kwargs, log=log)
 
 
 def check_stream_budget(cfg: OPTConfig, dtype: torch.dtype, budget: int | None, device: str) -> int:

@@ -1,10 +1,9 @@
 """Pruning-study sub-commands of run.py: `importance heads|ffn` and `prune heads|ffn|grid` (defined here);
-`correlate` lives in correlate_cli.py."""
+`correlate` lives in correlate_cli.py. The handlers only parse, load and call prune/experiments.py."""
 
 from __future__ import annotations
 
 import argparse
-import random
 from pathlib import Path
 
 from .correlate_cli import register_correlate
@@ -44,26 +43,8 @@ def _validate(args: argparse.Namespace) -> None:
         raise FileNotFoundError(f"{args.data}: data directory not found")
 
 
-def _load(args: argparse.Namespace):
-    from opt66b.io import file_hashes
-    from opt66b.runtime import load_from_args
-    from tasks.registry import get_task
-
-    model, tokenizer, info = load_from_args(args)
-    tasks = {t: get_task(t, args.data, paper_quirks=args.paper_quirks) for t in dict.fromkeys(args.tasks)}
-    files = [f for task in tasks.values() for f in task.data_files()]
-    settings = {"model": info, "data_sha256": file_hashes(files), "tasks": list(tasks), "shots": args.shots,
-                "paper_quirks": args.paper_quirks}
-    return model, tokenizer, tasks, settings
-
-
-def evaluation_factory(limit: int | None, batch_tokens: int, seed: int = 42):
-    """(model, tokenizer, task, shots) -> TaskEvaluation, built once per (task, shot)."""
-    from tasks.evaluate import TaskEvaluation
-
-    def make(model, tokenizer, task, shots):
-        return TaskEvaluation(model, tokenizer, task, shots, limit=limit, seed=seed, batch_tokens=batch_tokens)
-    return make
+def _recompute(args: argparse.Namespace) -> bool:
+    return bool(getattr(args, "recompute", False))
 
 
 # -- importance ---------------------------------------------------------------------------------------
@@ -123,53 +104,35 @@ def register_importance(sub: argparse._SubParsersAction) -> None:
     f.set_defaults(func=_importance_ffn)
 
 
-def _importance_heads(args: argparse.Namespace) -> int:
+def _importance_heads(args: argparse.Namespace, loaded=None) -> int:
+    from opt66b.runtime import load_from_args
     from tasks.registry import check_task_args
 
-    from opt66b.distributed import barrier, my_units, rank_world
-    from opt66b.io import Progress, run_metadata, write_tensors
-
-    from .aggregate import PAPER_SEEN_TASKS, write_aggregate
-    from .importance import head_score_sums, importance_from_sums
+    from .experiments import run_head_importance
 
     _validate(args)
     if args.seen_tasks:
         check_task_args(args.seen_tasks, args.shots)
     if args.n_docs < 1:
         raise ValueError(f"--n-docs must be >= 1, got {args.n_docs}")
-    model, tokenizer, tasks, settings = _load(args)
-    # (task, shot) is the unit: split across torchrun processes, skipped when its file exists.
-    for name, k in my_units([(t, k) for k in args.shots for t in tasks]):
-        path = args.out / f"shots-{k}" / f"{name}.safetensors"
-        if path.is_file():
-            continue
-        examples = tasks[name].importance_examples(args.n_docs, k, random.Random(args.seed),
-                                                   paper_quirks=args.paper_quirks)
-        bar = Progress(len(examples), f"importance {name} {k}-shot")
-        total, counts = head_score_sums(model, tokenizer, examples,
-                                        max_length=args.max_length or model.config.max_positions,
-                                        progress=bar.update)
-        variants = {key: importance_from_sums(total, counts, denominator, args.normalize_per_layer)
-                    for key, denominator in (("importance", "paper"), ("importance_uniform", "uniform"))}
-        write_tensors(path, variants, run_metadata(**{
-            **settings, "task": name, "shots": k, "seed": args.seed, "n_docs": args.n_docs, "counts": counts,
-            "normalize_per_layer": args.normalize_per_layer, "max_length": args.max_length}))
-    barrier()
-    if rank_world()[0] == 0:
-        for k in args.shots:
-            write_aggregate(args.out / f"shots-{k}", args.seen_tasks or PAPER_SEEN_TASKS,
-                            update=args.update_aggregate, settings={**settings, "shots": k, "seed": args.seed})
+    model, tokenizer, info = loaded or load_from_args(args)
+    run_head_importance(model, tokenizer, info, args.data, args.tasks, args.shots, args.out, n_docs=args.n_docs,
+                        seed=args.seed, max_length=args.max_length, normalize_per_layer=args.normalize_per_layer,
+                        paper_quirks=args.paper_quirks, seen_tasks=args.seen_tasks,
+                        update_aggregate=args.update_aggregate, recompute=_recompute(args))
     return 0
 
 
-def _importance_ffn(args: argparse.Namespace) -> int:
-    from .sweeps import run_ffn_importance
+def _importance_ffn(args: argparse.Namespace, loaded=None) -> int:
+    from opt66b.runtime import load_from_args
+
+    from .experiments import run_ffn_oracle
 
     _validate(args)
-    model, tokenizer, tasks, settings = _load(args)
-    run_ffn_importance(model, tokenizer, tasks, args.shots, args.out,
-                       evaluation_factory(args.limit, args.batch_tokens, args.seed), cached=not args.naive,
-                       settings={**settings, "limit": args.limit, "seed": args.seed})
+    model, tokenizer, info = loaded or load_from_args(args)
+    run_ffn_oracle(model, tokenizer, info, args.data, args.tasks, args.shots, args.out, limit=args.limit,
+                   seed=args.seed, batch_tokens=args.batch_tokens, cached=not args.naive, paper_quirks=args.paper_quirks,
+                   recompute=_recompute(args))
     return 0
 
 
@@ -209,10 +172,11 @@ def register_prune(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_prune)
 
 
-def _prune(args: argparse.Namespace) -> int:
+def _prune(args: argparse.Namespace, loaded=None) -> int:
+    from opt66b.runtime import load_from_args
     from tasks.registry import ALL_TASKS
 
-    from .sweeps import run_sweep
+    from .experiments import run_prune_sweep
 
     _validate(args)
     if args.ranking not in ("own", "aggregate") and args.ranking not in ALL_TASKS:
@@ -227,13 +191,12 @@ def _prune(args: argparse.Namespace) -> int:
         raise ValueError(f"prune {args.sweep} needs --importance DIR (from `run.py importance heads`)")
     if args.sweep in ("ffn", "grid") and args.ffn_importance is None:
         raise ValueError(f"prune {args.sweep} needs --ffn-importance DIR (from `run.py importance ffn`)")
-    model, tokenizer, tasks, settings = _load(args)
-    table = run_sweep(model, tokenizer, tasks, args.sweep, args.ranking, args.shots, args.out,
-                      evaluation_factory(args.limit, args.batch_tokens, args.seed), importance_dir=args.importance,
-                      ffn_dir=args.ffn_importance, head_percents=args.head_percents, ffn_percents=args.ffn_percents,
-                      settings={**settings, "limit": args.limit, "seed": args.seed, "importance": args.importance,
-                                "ffn_importance": args.ffn_importance})
-    print(table)
+    model, tokenizer, info = loaded or load_from_args(args)
+    res = run_prune_sweep(model, tokenizer, info, args.data, args.tasks, args.shots, args.out, sweep=args.sweep,
+                          ranking=args.ranking, importance=args.importance, ffn_importance=args.ffn_importance,
+                          head_percents=args.head_percents, ffn_percents=args.ffn_percents, limit=args.limit,
+                          seed=args.seed, batch_tokens=args.batch_tokens, paper_quirks=args.paper_quirks, recompute=_recompute(args))
+    print(res["table"])
     return 0
 
 

@@ -22,10 +22,11 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from opt66b import Capture, frozen
+from opt66b import Capture, frozen, head_attribution
 from opt66b.io import Progress
+from opt66b.offload import layerwise_backward
 
-from tasks.scoring import token_requests
+from tasks.scoring import TokenRequest, token_requests
 
 from .masks import ffn_ranking, normalize_per_layer as l2_normalize_per_layer
 
@@ -36,41 +37,43 @@ def example_head_scores(model: Any, input_ids: Sequence[int], continuation: Sequ
     input_ids = prefix + continuation[:-1] (tasks.scoring.TokenRequest.input_ids): the last
     continuation token is never fed, since its position predicts nothing and so has dL/da = 0 in
     every layer; dropping it changes no score. L = mean NLL (float32) of the continuation tokens.
-    Weights must be frozen by the caller (see `head_importance`); gradients reach the head outputs only.
+    Weights must be frozen by the caller (see `head_score_sums_tokens`); gradients reach the head
+    outputs only. A model with a layer streamer (--offload) takes the bounded-memory layer-wise
+    backward (opt66b.offload.layerwise_backward: one layer's weights and graph at a time).
     """
     device = model.decoder.embed_tokens.weight.device
     x = torch.tensor([list(input_ids)], dtype=torch.long, device=device)  # (1, N-1)
     n, y = x.shape[1], len(continuation)
-    cap = Capture(heads=True, grads=True)
-    with torch.enable_grad():
-        out = model(x, capture=cap, logits="none")
+    targets = torch.tensor(list(continuation), dtype=torch.long, device=device)  # (Y,)
+
+    def loss_fn(hidden: torch.Tensor) -> torch.Tensor:
         # Position p predicts token p+1; the Y targets are read at the last Y fed positions:
         #   fed:      c0 c1 ... c_{C-1} y0 ... y_{Y-2}
         #   predicts:           ...  y0 y1 ... y_{Y-1}   (positions C-1 .. N-2)
-        hidden = out.hidden[:, n - y:]  # (1, Y, W)
-        logits = model.logits(hidden).float()  # (1, Y, V)
-        targets = torch.tensor(list(continuation), dtype=torch.long, device=logits.device)  # (Y,)
-        loss = torch.nn.functional.cross_entropy(logits[0], targets)  # mean NLL over the Y targets
+        logits = model.logits(hidden[:, n - y:]).float()  # (1, Y, V)
+        return torch.nn.functional.cross_entropy(logits[0], targets.to(logits.device))  # mean NLL over Y
+
+    if getattr(model, "streamer", None) is not None:
+        return layerwise_backward(model, x, None, loss_fn)[2]  # (L, H)
+    cap = Capture(heads=True, grads=True)
+    with torch.enable_grad():
+        out = model(x, capture=cap, logits="none")
         heads = cap.head_list()  # L tensors (1, H, N-1, Dh)
-        grads = torch.autograd.grad(loss, heads)
-    scores = [(a.float() * g.float()).sum(-1).abs().sum(-1)[0] for a, g in zip(heads, grads)]  # L x (H,)
-    return torch.stack(scores).cpu()  # (L, H)
+        grads = torch.autograd.grad(loss_fn(out.hidden), heads)
+    return torch.stack([head_attribution(a, g) for a, g in zip(heads, grads)]).cpu()  # (L, H)
 
 
 DENOMINATORS = ("paper", "uniform")
 
 
-def head_score_sums(model: Any, tokenizer: Any, examples: Sequence[Any], max_length: int = 2048,
-                    progress: Callable[[int], None] | None = None) -> tuple[torch.Tensor, dict[str, int]]:
-    """S[l, h] (L, H) float32 = sum over examples and positions of |a . dL/da|, and the counts
-    {"examples", "positions" = sum(N_e - 1), "targets" = sum(Y_e), "truncated"} (see head_importance)."""
-    if not examples:
+def head_score_sums_tokens(model: Any, tokenized: Sequence[TokenRequest],
+                           progress: Callable[[int], None] | None = None) -> tuple[torch.Tensor, dict[str, int]]:
+    """S[l, h] (L, H) float32 on token-level examples (prefix, continuation), one forward + one
+    backward each, and the counts {"examples" (= passes each way), "positions" = sum(N_e - 1) (= tokens
+    fed), "targets" = sum(Y_e)}."""
+    if not tokenized:
         raise ValueError("head_importance needs at least one example, got none")
     cfg = model.config
-    tokenized = token_requests(tokenizer, examples, max_length)
-    # lm-eval's left truncation keeps max_length + 1 tokens; the paper's code never truncates.
-    truncated = sum(len(t.prefix) < len(c) for t, c in
-                    zip(tokenized, (r.prefix for r in token_requests(tokenizer, examples, 1 << 40))))
     total = torch.zeros(cfg.num_layers, cfg.num_heads, dtype=torch.float32)  # (L, H)
     positions = targets = 0
     with frozen(model):
@@ -82,7 +85,21 @@ def head_score_sums(model: Any, tokenizer: Any, examples: Sequence[Any], max_len
                 progress(1)
     if positions == 0:
         raise ValueError("every example has a single token; the importance denominators are zero")
-    return total, {"examples": len(examples), "positions": positions, "targets": targets, "truncated": truncated}
+    return total, {"examples": len(tokenized), "positions": positions, "targets": targets}
+
+
+def head_score_sums(model: Any, tokenizer: Any, examples: Sequence[Any], max_length: int = 2048,
+                    progress: Callable[[int], None] | None = None) -> tuple[torch.Tensor, dict[str, int]]:
+    """S[l, h] (L, H) float32 = sum over examples and positions of |a . dL/da|, and the counts
+    {"examples", "positions" = sum(N_e - 1), "targets" = sum(Y_e), "truncated"} (see head_importance)."""
+    if not examples:
+        raise ValueError("head_importance needs at least one example, got none")
+    tokenized = token_requests(tokenizer, examples, max_length)
+    # lm-eval's left truncation keeps max_length + 1 tokens; the paper's code never truncates.
+    truncated = sum(len(t.prefix) < len(c) for t, c in
+                    zip(tokenized, (r.prefix for r in token_requests(tokenizer, examples, 1 << 40))))
+    total, counts = head_score_sums_tokens(model, tokenized, progress)
+    return total, {**counts, "truncated": truncated}
 
 
 def importance_from_sums(total: torch.Tensor, counts: dict[str, int], denominator: str = "paper",
@@ -120,6 +137,14 @@ def head_importance(model: Any, tokenizer: Any, examples: Sequence[Any], max_len
     Accumulation is float32 whatever the model dtype; weights get no gradient.
     """
     total, counts = head_score_sums(model, tokenizer, examples, max_length, progress)
+    return importance_from_sums(total, counts, denominator, normalize_per_layer), counts
+
+
+def head_importance_tokens(model: Any, tokenized: Sequence[TokenRequest], normalize_per_layer: bool = False,
+                           denominator: str = "paper") -> tuple[torch.Tensor, dict[str, int]]:
+    """`head_importance` on examples already tokenized (TokenRequest(prefix, continuation)), e.g.
+    synthetic token sequences: (IS (L, H) float32, counts without "truncated")."""
+    total, counts = head_score_sums_tokens(model, tokenized)
     return importance_from_sums(total, counts, denominator, normalize_per_layer), counts
 
 

@@ -14,6 +14,7 @@ Layout under OUT for `run.py prune heads --ranking own`:
 
 from __future__ import annotations
 
+import hashlib
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,8 @@ import torch
 
 from opt66b.distributed import barrier, my_units, rank_world
 from opt66b.io import Progress, read_json, write_json
+from opt66b.store import UnitStore, Work
+from tasks.evaluate import task_fingerprint
 
 from .importance import primary_points
 from .masks import count_for_percent, ffn_mask_for_percent, ffn_ranking, head_mask_for_percent, read_importance
@@ -100,8 +103,10 @@ def unit_masks(unit: Unit, cfg: Any, ranking: str, importance_dir: Path | None,
         if importance_dir is None:
             raise ValueError("head pruning needs --importance DIR (output of `run.py importance heads`)")
         path = head_importance_file(importance_dir, ranking, unit.task, unit.shots)
-        head_mask = head_mask_for_percent(read_importance(path, cfg.num_layers, cfg.num_heads), unit.head_percent)
+        importance = read_importance(path, cfg.num_layers, cfg.num_heads)
+        head_mask = head_mask_for_percent(importance, unit.head_percent)
         info["head_importance"] = str(path)
+        info["head_sha256"] = hashlib.sha256(importance.float().numpy().tobytes()).hexdigest()  # ranking by content
     if unit.ffn_percent:
         if ffn_dir is None:
             raise ValueError("FFN pruning needs --ffn-importance DIR (output of `run.py importance ffn`)")
@@ -117,10 +122,14 @@ def unit_masks(unit: Unit, cfg: Any, ranking: str, importance_dir: Path | None,
 def run_sweep(model: Any, tokenizer: Any, tasks: dict[str, Any], sweep: str, ranking: str, shots: Sequence[int],
               out_dir: Path, make_evaluation: EvaluationFactory, importance_dir: Path | None = None,
               ffn_dir: Path | None = None, head_percents: Sequence[float] | None = None,
-              ffn_percents: Sequence[float] | None = None, settings: dict[str, Any] | None = None) -> Path:
+              ffn_percents: Sequence[float] | None = None, settings: dict[str, Any] | None = None,
+              store: UnitStore | None = None, work: Work | None = None) -> Path:
     """Evaluate every unit of `sweep` not yet on disk, then (rank 0) merge OUT/{sweep}-{ranking}.json.
 
     tasks: name -> Task. ranking: "own", "aggregate" or a task name (cross-task transfer).
+    store: fingerprints the unit files (model, settings; each unit adds its task's identity, shot,
+    percentages and the content of the rankings its masks come from); a unit on disk is reused only
+    when they match. work: counts the forward passes and tokens of the evaluations run.
     Returns the table path. Metric values are the task's primary metric in points (x100).
     """
     hp = list(head_percents if head_percents is not None else
@@ -128,14 +137,21 @@ def run_sweep(model: Any, tokenizer: Any, tasks: dict[str, Any], sweep: str, ran
     fp = list(ffn_percents if ffn_percents is not None else
               DEFAULT_PERCENTS["grid_ffn" if sweep == "grid" else "ffn"])
     root = Path(out_dir) / f"{sweep}-{ranking}"
-    check_fingerprint(root, settings or {})
+    store = store or UnitStore({})
     units = sweep_units(sweep, list(tasks), shots, hp, fp)
-    todo = [u for u in my_units(units) if not u.path(root).is_file()]
+    task_ids = {name: task_fingerprint(task) for name, task in tasks.items()}
+    todo = []
+    for unit in my_units(units):
+        head_mask, ffn_mask, info = unit_masks(unit, model.config, ranking, importance_dir, ffn_dir)
+        fields = {**task_ids[unit.task], "shots": unit.shots, "head_percent": unit.head_percent,
+                  "ffn_percent": unit.ffn_percent, "ranking": ranking, "head_ranking_sha256": info.get("head_sha256"),
+                  "ffn_ranking": info.get("ffn_ranking")}
+        if not store.done(unit.path(root), **fields):
+            todo.append((unit, head_mask, ffn_mask, info, fields))
     bar = Progress(len(todo), f"prune {sweep} ({ranking})") if todo else None
     evaluation, current = None, None
     seen: dict[tuple[bytes, bytes], dict[str, Any]] = {}  # same masks -> same metrics, within one (task, shot)
-    for unit in todo:
-        head_mask, ffn_mask, info = unit_masks(unit, model.config, ranking, importance_dir, ffn_dir)
+    for unit, head_mask, ffn_mask, info, fields in todo:
         if current != (unit.task, unit.shots):
             current = (unit.task, unit.shots)
             evaluation = make_evaluation(model, tokenizer, tasks[unit.task], unit.shots)
@@ -145,12 +161,15 @@ def run_sweep(model: Any, tokenizer: Any, tasks: dict[str, Any], sweep: str, ran
         key = (_mask_bytes(head_mask), _mask_bytes(ffn_mask))
         if key not in seen:
             seen[key] = evaluation.run(head_mask=head_mask, ffn_mask=ffn_mask)
+            if work is not None:
+                work.add(**evaluation_work(evaluation))
         metrics = seen[key]
         metric = tasks[unit.task].PRIMARY_METRIC
-        write_json(unit.path(root), {
+        info = {k: v for k, v in info.items() if k != "head_sha256"}
+        store.write_json(unit.path(root), {
             "task": unit.task, "shots": unit.shots, "head_percent": unit.head_percent,
             "ffn_percent": unit.ffn_percent, "ranking": ranking, "metric": metric,
-            "value": primary_points(metrics, metric), "metrics": metrics, **info})
+            "value": primary_points(metrics, metric), "metrics": metrics, **info}, **fields)
         bar.update()
     barrier()
     table = Path(out_dir) / f"{sweep}-{ranking}.json"
@@ -163,25 +182,10 @@ def _mask_bytes(mask: Any) -> bytes:
     return b"" if mask is None else mask.detach().float().cpu().numpy().tobytes()
 
 
-FINGERPRINT_KEYS = ("limit", "paper_quirks", "importance", "ffn_importance")
-MODEL_KEYS = ("model", "config_sha256", "dtype")
-
-
-def check_fingerprint(root: Path, settings: dict[str, Any]) -> None:
-    """Refuse to mix units made under other settings (model, dtype, --limit, quirks, ranking dirs)
-    into one table: the first run writes root/fingerprint.json, later runs must match it."""
-    model = settings.get("model") or {}
-    fp = {**{k: str(settings.get(k)) for k in FINGERPRINT_KEYS},
-          **{f"model.{k}": str(model.get(k)) for k in MODEL_KEYS}}
-    path = root / "fingerprint.json"
-    if path.is_file():
-        old = read_json(path)
-        diff = {k: (old.get(k), v) for k, v in fp.items() if old.get(k) != v}
-        if diff:
-            raise ValueError(f"{path}: this output directory holds units made with other settings "
-                             f"{diff} (was, now); use another --out or delete {root}")
-    elif rank_world()[0] == 0:
-        write_json(path, fp)
+def evaluation_work(evaluation: Any) -> dict[str, int]:
+    """Forward passes and tokens of one full run of a TaskEvaluation (its scorer's plan); {} for stand-ins."""
+    stats = getattr(getattr(evaluation, "scorer", None), "stats", None)
+    return {"forward": stats["forward_passes"], "tokens": stats["tokens_fed"]} if stats else {}
 
 
 def merge_table(root: Path, table: Path, sweep: str, ranking: str, units: Sequence[Unit], cfg: Any,
@@ -223,43 +227,53 @@ def merge_table(root: Path, table: Path, sweep: str, ranking: str, units: Sequen
 # -- oracle FFN importance as a unit loop ----------------------------------------------------------
 def run_ffn_importance(model: Any, tokenizer: Any, tasks: dict[str, Any], shots: Sequence[int], out_dir: Path,
                        make_evaluation: EvaluationFactory, cached: bool = True,
-                       settings: dict[str, Any] | None = None) -> list[Path]:
+                       settings: dict[str, Any] | None = None, store: UnitStore | None = None,
+                       work: Work | None = None) -> list[Path]:
     """Per (task, shot): knock each FFN out alone; units OUT/shots-K/task/layer-XXX.json (+ base.json);
     merged OUT/shots-K/task.json {drop, base, ranking}; OUT/shots-K/aggregate.json ranks the mean drop.
 
     The (task, shot) pair is the torchrun split unit here: the layer loop shares one recorded base
-    pass (layer inputs), which must stay in one process.
+    pass (layer inputs), which must stay in one process. store: fingerprints the files (see
+    run_sweep); work counts one scorer plan per run (the base run plus one per new layer; with
+    cached=True a knockout run recomputes layers l.. only).
     """
     from opt66b.io import run_metadata
 
     from .importance import ffn_importance
 
+    store = store or UnitStore({})
     num_layers = model.config.num_layers
     pairs = [(t, k) for t in tasks for k in shots]
     written = []
     for task_name, k in my_units(pairs):
         unit_dir = Path(out_dir) / f"shots-{k}" / task_name
         merged = Path(out_dir) / f"shots-{k}" / f"{task_name}.json"
-        if merged.is_file():
+        fields = {**task_fingerprint(tasks[task_name]), "shots": k}
+        if store.done(merged, **fields):
             continue
         done = {}
         for layer in range(num_layers):
             p = unit_dir / f"layer-{layer:03d}.json"
-            if p.is_file():
+            if store.done(p, **fields, layer=layer):
                 done[layer] = read_json(p)["metrics"]
         evaluation = make_evaluation(model, tokenizer, tasks[task_name], k)
         metric = tasks[task_name].PRIMARY_METRIC
 
-        def save(layer: int, metrics: dict[str, float], _dir: Path = unit_dir) -> None:
-            write_json(_dir / f"layer-{layer:03d}.json", {"layer": layer, "metrics": metrics})
+        def save(layer: int, metrics: dict[str, float], _dir: Path = unit_dir, _fields=fields) -> None:
+            store.write_json(_dir / f"layer-{layer:03d}.json", {"layer": layer, "metrics": metrics}, **_fields,
+                             layer=layer)
 
         todo = num_layers - len(done)
         bar = Progress(todo, f"ffn oracle {task_name} {k}-shot") if todo else None
         res = ffn_importance(evaluation, num_layers, metric, done=done, on_layer=save, cached=cached,
                              progress=bar.update if bar else None)
+        if work is not None:
+            per_run = evaluation_work(evaluation)
+            for _ in range(1 + todo):
+                work.add(**per_run)
         write_json(unit_dir / "base.json", {"metrics": res["base_metrics"]})
         res.update(task=task_name, shots=k, meta=run_metadata(**{**(settings or {}), "shots": k, "cached": cached}))
-        write_json(merged, res)
+        store.write_json(merged, res, **fields)
         written.append(merged)
     barrier()
     if rank_world()[0] == 0:

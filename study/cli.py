@@ -30,26 +30,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_copytask)
 
 
-def _copytask(args: argparse.Namespace) -> int:
+def _copytask(args: argparse.Namespace, loaded=None) -> int:
     import sys
 
-    from opt66b.io import run_metadata, write_json
     from opt66b.runtime import load_from_args
 
-    from .copy_task import pruning_experiment, token_pool
+    from .copy_task import run_copy_task
 
     if args.seeds < 1 or args.length < 2:
         raise ValueError(f"--seeds must be >= 1 and --length >= 2, got {args.seeds} and {args.length}")
-    path = args.out / "copytask.json"
-    if path.exists():
-        print(f"{path} exists; delete it to recompute", file=sys.stderr)
-        return 0
-    model, tokenizer, info = load_from_args(args)
-    result = pruning_experiment(model, token_pool(tokenizer), seeds=args.seeds, length=args.length,
-                                threshold=args.threshold, bos_id=tokenizer.bos_id)
-    write_json(path, {**run_metadata(model=info, seeds=args.seeds, length=args.length,
-                                     threshold=args.threshold), **result})
-    print(f"copy accuracy: full {result['accuracy_full']:.3f}, induction heads {result['induction_heads']} "
-          f"pruned {result['accuracy_induction_pruned']:.3f}, control {result['control_heads']} pruned "
-          f"{result['accuracy_control_pruned']:.3f}; wrote {path}", file=sys.stderr)
+    model, tokenizer, info = loaded or load_from_args(args)
+    res = run_copy_task(model, tokenizer, info, args.out, seeds=args.seeds, length=args.length,
+                        threshold=args.threshold, recompute=getattr(args, "recompute", False))["result"]
+    print(f"copy accuracy: full {res['accuracy_full']:.3f}, induction heads {res['induction_heads']} "
+          f"pruned {res['accuracy_induction_pruned']:.3f}, control {res['control_heads']} pruned "
+          f"{res['accuracy_control_pruned']:.3f}; wrote {args.out / 'copytask.json'}", file=sys.stderr)
     return 0

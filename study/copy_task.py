@@ -1,8 +1,9 @@
 """The synthetic in-context copying task, prefix matching, and the induction-head pruning experiment.
 
-Sequences follow Bansal et al. (ACL 2023) Algorithm 1 (docs/method.md, "Prefix matching"): distinct
-random tokens from OPT's merge-rank pool, the 4% most and 4% least frequent merges excluded, after a BOS
-(`</s>`, id 2). The copying task asks the model to continue a repeat:
+Sequences follow Bansal et al. (ACL 2023) Algorithm 1 (docs/method.md, "Prefix matching") and are
+those of the induction study (induction/sequences.py: distinct random tokens from OPT's
+merge-rank pool, the 4% most and 4% least frequent merges excluded, after a BOS (`</s>`, id 2),
+drawn by numpy default_rng(seed)). The copying task asks the model to continue a repeat:
 
     index:   0    1 .. L        L+1 .. 2L
     tokens:  BOS  s0 .. s(L-1)  s0  .. s(L-1)
@@ -12,65 +13,38 @@ random tokens from OPT's merge-rank pool, the 4% most and 4% least frequent merg
 accuracy = mean over those L-1 targets of [argmax logits == target]. A model that copies through an
 induction head gets near 1; a model without one gets near 0 (1 in 46,000 by chance).
 
-Prefix matching (the paper's Algorithm 1, without its off-by-one spurious key): with R repeats, a
-query at a token of repeat r >= 2 sums its attention over the positions right after each earlier
-occurrence of its token; the score averages that over queries, so 1 means a perfect induction head.
+Prefix matching is induction/prefix_matching.py's "corrected" variant (the paper's Algorithm 1
+without its off-by-one spurious key) and the control heads' importance is prune/importance.py's
+gradient score, so this check tests the code the study runs.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any, Sequence
+
 import torch
 
-from opt66b import Capture, OPT, OPTTokenizer, frozen
-
-EXCLUDE_RATIO = 0.04  # the paper's --frequent_exclude_ratio: drop 4% of merge ranks at each end
-
-
-def token_pool(tokenizer: OPTTokenizer, exclude_ratio: float = EXCLUDE_RATIO) -> torch.Tensor:
-    """(P,) vocab ids of the merged tokens by merge rank, minus the first and last `exclude_ratio`
-    share (46,000 of OPT's 50,000 merges)."""
-    ranked = tokenizer.merge_ranked_ids()
-    cut = int(exclude_ratio * len(ranked))
-    return torch.tensor(ranked[cut:len(ranked) - cut], dtype=torch.long)
+from induction.prefix_matching import prefix_matching_seed
+from induction.sequences import EXCLUDE_RATIO, prefix_sequence, token_pool
+from opt66b import OPT, OPTTokenizer
+from opt66b.store import UnitStore, Work, in_memory_info, model_fingerprint
+from prune.importance import head_importance_tokens
+from tasks.scoring import TokenRequest
 
 
-def repeated_sequence(pool: torch.Tensor, length: int, repeats: int, seed: int, bos_id: int = 2) -> torch.Tensor:
-    """(1 + repeats * length,) ids: BOS then `length` distinct pool tokens (seeded), repeated."""
-    if length < 2 or length > pool.numel():
-        raise ValueError(f"length must be in 2..{pool.numel()} (the pool size), got {length}")
-    g = torch.Generator().manual_seed(seed)
-    seq = pool[torch.randperm(pool.numel(), generator=g)[:length]]  # (length,) distinct tokens
-    return torch.cat([torch.tensor([bos_id]), seq.repeat(repeats)])
-
-
-def prefix_matching(model: OPT, pool: torch.Tensor, seeds: int = 4, length: int = 25, repeats: int = 4,
+def prefix_matching(model: OPT, pool: Sequence[int], seeds: int = 4, length: int = 25, repeats: int = 4,
                     bos_id: int = 2) -> torch.Tensor:
     """(L, H) mean prefix-matching score in [0, 1] over `seeds` sequences (seed s has length + 2s
-    tokens, as the paper's 25 + 2s). 1: every query attends only to tokens that followed its own
-    token earlier (an induction head); ~0: it looks elsewhere (BOS, the previous token, ...)."""
-    cfg = model.config
-    total = torch.zeros(cfg.num_layers, cfg.num_heads)
-    device = model.decoder.embed_tokens.weight.device
+    tokens, as the paper's 25 + 2s): induction.prefix_matching's "corrected" variant on
+    induction.sequences' draws. 1: every query attends only to tokens that followed its own token
+    earlier (an induction head); ~0: it looks elsewhere (BOS, the previous token, ...)."""
+    scores = []
     for s in range(seeds):
         n = length + 2 * s
-        ids = repeated_sequence(pool, n, repeats, s, bos_id)
-        cap = Capture(probs=True)
-        with torch.no_grad():
-            model(ids.view(1, -1).to(device), capture=cap, logits="none")  # (1, T)
-        # Query at index q = 1 + r*n + j (repeat r >= 1, token j); its token followed an earlier
-        # occurrence at index 1 + m*n + j for m < r, so the keys are 2 + m*n + j.
-        queries, keys = [], []
-        for r in range(1, repeats):
-            for j in range(n):
-                for m in range(r):
-                    queries.append(1 + r * n + j)
-                    keys.append(2 + m * n + j)
-        q, k = torch.tensor(queries), torch.tensor(keys)
-        n_queries = (repeats - 1) * n
-        for layer in range(cfg.num_layers):
-            probs = cap.probs[layer][0].float().cpu()  # (H, T, T)
-            total[layer] += probs[:, q, k].sum(dim=1) / n_queries  # (H,)
-    return total / seeds
+        ids = prefix_sequence(pool, s, bos_id, n, repeats)  # (1 + repeats * n,)
+        scores.append(prefix_matching_seed(model, ids, n, ["corrected"])["corrected"])
+    return torch.stack(scores).mean(0)  # (S, L, H) -> (L, H)
 
 
 def heads_above(scores: torch.Tensor, threshold: float = 0.5) -> list[tuple[int, int]]:
@@ -88,9 +62,9 @@ def mask_without(num_layers: int, num_heads: int, pruned: list[tuple[int, int]])
     return mask
 
 
-def copy_batch(pool: torch.Tensor, seeds: int, length: int, bos_id: int = 2) -> torch.Tensor:
-    """(seeds, 1 + 2*length) ids: row s is BOS + seq + seq for seed s."""
-    return torch.stack([repeated_sequence(pool, length, 2, s, bos_id) for s in range(seeds)])
+def copy_batch(pool: Sequence[int], seeds: int, length: int, bos_id: int = 2) -> torch.Tensor:
+    """(seeds, 1 + 2*length) ids: row s is BOS + seq + seq, seq drawn for seed s (induction.sequences)."""
+    return torch.stack([prefix_sequence(pool, s, bos_id, length, repeats=2) for s in range(seeds)])
 
 
 def copy_accuracy(model: OPT, ids: torch.Tensor, head_mask: torch.Tensor | None = None) -> float:
@@ -107,29 +81,23 @@ def copy_accuracy(model: OPT, ids: torch.Tensor, head_mask: torch.Tensor | None 
 
 
 def copy_importance(model: OPT, ids: torch.Tensor) -> torch.Tensor:
-    """(L, H) gradient head importance on the copying task (the paper's proxy, §1 of the method spec):
-    mean over rows and positions of |a . dNLL/da|, a the head's output before out_proj, NLL the mean
-    loss of the predictable second-repeat tokens. Small = the task barely depends on the head."""
+    """(L, H) gradient head importance on the copying task: prune.importance's score (|a . dL/da|
+    per position, one forward + backward per row) with each row of (B, 1 + 2L) `ids` an example
+    whose continuation is the predictable second repeat s1 .. s(L-1). Small = the task barely
+    depends on the head."""
     length = (ids.shape[1] - 1) // 2
-    device = model.decoder.embed_tokens.weight.device
-    cap = Capture(heads=True, grads=True)
-    with frozen(model), torch.enable_grad():
-        out = model(ids.to(device), capture=cap, logits="none")
-        logits = model.logits(out.hidden[:, length + 1:2 * length]).float()  # (B, L-1, V)
-        target = ids[:, length + 2:].to(device)  # (B, L-1)
-        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), target.flatten())  # (B*(L-1), V) rows
-        heads = cap.head_list()  # L tensors (B, H, T, Dh)
-        grads = torch.autograd.grad(loss, heads)
-    scores = [(a * g).sum(-1).abs().mean(dim=(0, 2)) for a, g in zip(heads, grads)]  # each (H,)
-    return torch.stack(scores).float().cpu()  # (L, H)
+    rows = [row.tolist() for row in ids]
+    examples = [TokenRequest(prefix=tuple(r[:length + 2]), continuation=tuple(r[length + 2:])) for r in rows]
+    return head_importance_tokens(model, examples)[0]
 
 
-def pruning_experiment(model: OPT, pool: torch.Tensor, seeds: int = 16, length: int = 25,
+def pruning_experiment(model: OPT, pool: Sequence[int], seeds: int = 16, length: int = 25,
                        threshold: float = 0.5, bos_id: int = 2) -> dict:
     """The organism check: copy accuracy with all heads, with the induction heads (prefix matching
     >= threshold) pruned, and with as many control heads pruned. Two controls: the least important
     heads by copying-task gradient importance (`copy_importance`, the primary control) and the heads
-    with the lowest prefix-matching scores. Prefix matching and accuracy use seeds 0..seeds-1."""
+    with the lowest prefix-matching scores. Prefix matching and accuracy use seeds 0..seeds-1.
+    pool: token ids to draw from (induction.sequences.token_pool)."""
     cfg = model.config
     pm = prefix_matching(model, pool, seeds=seeds, length=length, bos_id=bos_id)
     ids = copy_batch(pool, seeds, length, bos_id)
@@ -151,3 +119,32 @@ def pruning_experiment(model: OPT, pool: torch.Tensor, seeds: int = 16, length: 
         "accuracy_control_pruned": acc(control),
         "accuracy_control_prefix_matching_pruned": acc(control_pm),
     }
+
+
+def run_copy_task(model: OPT, tokenizer: OPTTokenizer, info: dict[str, Any] | None, out: str | Path, *,
+                  seeds: int = 16, length: int = 25, threshold: float = 0.5, exclude_ratio: float = EXCLUDE_RATIO,
+                  recompute: bool = False) -> dict[str, Any]:
+    """The organism check as one unit: out/copytask.json with the accuracies, the induction and
+    control heads and their scores (see pruning_experiment), reused on rerun when its fingerprint
+    matches. Returns {"result": ..., "work": forward/backward passes and tokens computed}."""
+    from opt66b.io import read_json, run_metadata
+
+    if seeds < 1 or length < 2:
+        raise ValueError(f"--seeds must be >= 1 and --length >= 2, got {seeds} and {length}")
+    info = info or in_memory_info(model)
+    path = Path(out) / "copytask.json"
+    store = UnitStore(model_fingerprint(info), recompute=recompute)
+    fields = {"seeds": seeds, "length": length, "threshold": threshold, "exclude_ratio": exclude_ratio}
+    work = Work()
+    if store.done(path, **fields):
+        return {"result": read_json(path), "work": work.as_dict()}
+    result = pruning_experiment(model, token_pool(tokenizer, exclude_ratio), seeds=seeds, length=length,
+                                threshold=threshold, bos_id=tokenizer.bos_id)
+    pm_tokens = sum(1 + 4 * (length + 2 * s) for s in range(seeds))
+    work.add(forward=seeds, tokens=pm_tokens)  # prefix matching: one forward per seed
+    work.add(forward=seeds, backward=seeds, tokens=seeds * 2 * length)  # importance: one per row (2L tokens fed)
+    work.add(forward=4, tokens=4 * seeds * (1 + 2 * length))  # four batched accuracy forwards
+    record = {**run_metadata(model=info, seeds=seeds, length=length, threshold=threshold,
+                             exclude_ratio=exclude_ratio), **result}
+    store.write_json(path, record, **fields)
+    return {"result": record, "work": work.as_dict()}

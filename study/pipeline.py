@@ -1,8 +1,10 @@
-"""`run.py all`: the whole study, in order, as the same sub-commands a user would type.
+"""`run.py all`: the whole study, in order, on a model loaded once.
 
-Each step is one `run.py` sub-command with explicit arguments, run in this process; every step is
-resumable on its own (finished units are skipped), so rerunning `all` after a kill continues where
-it stopped. The list of commands is written to OUT/commands.txt so an auditor can replay any step.
+Each step is one `run.py` sub-command with explicit arguments, written to OUT/commands.txt so an
+auditor can replay any step alone; in `all` the same argument list is parsed by the same parser and
+run by the same handler in this process, handed the one loaded model, so a replayed line computes
+exactly what the step computed. Every step is resumable on its own (units whose fingerprint
+matches are skipped), so rerunning `all` after a kill continues where it stopped.
 
     data check -> evaluation -> head importance (+ aggregate of the seen tasks) -> FFN oracle
     -> head / FFN / grid pruning -> Spearman matrices -> cross-task transfer (partners from them)
@@ -52,8 +54,11 @@ def available_tasks(data_dir: Path, wanted: list[str], shots: list[int]) -> tupl
 
 
 def model_flags(args: argparse.Namespace) -> list[str]:
+    """The model options of `all`, forwarded verbatim to every step that uses the model."""
+    from opt66b.runtime import LOAD_OPTIONS
+
     flags = []
-    for name in MODEL_OPTIONS:
+    for name in LOAD_OPTIONS:
         value = getattr(args, name, None)
         if value not in (None, False):
             flags += [f"--{name.replace('_', '-')}", str(value)]
@@ -100,10 +105,16 @@ def plan_steps(args: argparse.Namespace, tasks: list[str]) -> list[tuple[str, li
     return steps
 
 
-def run_all(args: argparse.Namespace) -> int:
+def step_args(argv: list[str]) -> argparse.Namespace:
+    """The parsed options of one step, exactly as `python run.py <argv>` would parse them."""
     import run as run_module
 
+    return run_module.build_parser().parse_args(argv)
+
+
+def run_all(args: argparse.Namespace) -> int:
     from opt66b.io import write_json
+    from opt66b.runtime import LOAD_OPTIONS, load_from_args
 
     from .report import write_report
 
@@ -119,9 +130,23 @@ def run_all(args: argparse.Namespace) -> int:
     steps = plan_steps(args, tasks)
     (out / "commands.txt").write_text("".join("python run.py " + shlex.join(argv) + "\n" for _, argv in steps))
     start = time.monotonic()
+    loaded = load_from_args(args)  # the one model load of the whole study
     for i, (label, argv) in enumerate(steps, 1):
         print(f"[all] step {i}/{len(steps)}: {label} ({time.monotonic() - start:.0f}s elapsed)", file=sys.stderr, flush=True)
-        code = run_module.main(argv)
+        # Each step is the sub-command its commands.txt line replays, parsed by the same parser and run
+        # by the same handler, in this process, on the model loaded above.
+        step = step_args(argv)
+        uses_model = hasattr(step, "model")
+        if uses_model:
+            differ = [o for o in LOAD_OPTIONS if getattr(step, o, None) != getattr(args, o, None)]
+            if differ:
+                raise AssertionError(f"step {label!r} would load another model ({', '.join(differ)})")
+            step.recompute = getattr(args, "recompute", False)
+        try:
+            code = step.func(step, loaded=loaded) if uses_model else step.func(step)
+        except (FileNotFoundError, ValueError, KeyError):
+            print(f"[all] step '{label}' failed; fix the cause and rerun: finished work is kept", file=sys.stderr)
+            raise
         if code:
             print(f"[all] step '{label}' failed (exit {code}); fix the cause and rerun: finished work is kept",
                   file=sys.stderr)

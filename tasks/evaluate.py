@@ -14,9 +14,14 @@ same task under many masks:
 
 from __future__ import annotations
 
-from typing import Any
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
 
 import torch
+
+from opt66b.io import file_hashes, read_json
 
 from .base import Result, Task
 from .metrics import task_metrics
@@ -72,3 +77,101 @@ def evaluate_task(model: Any, tokenizer: Any, task: Task, shots: int, limit: int
                         max_length=max_length, progress_label=progress_label)
     metrics = ev.run(head_mask=head_mask, ffn_mask=ffn_mask)
     return {"metrics": metrics, "records": ev.records()}
+
+
+# -- the evaluation experiment: tasks x shot counts, resumable per (task, shot) -------------------
+def task_fingerprint(task: Task) -> dict[str, Any]:
+    """What fixes a task's numbers besides the model and settings: name, VERSION, data files by content."""
+    from opt66b.store import files_fingerprint
+
+    return {"task": task.NAME, "version": task.VERSION, "data_sha256": files_fingerprint(task.data_files())}
+
+
+def load_eval_masks(head_path: Path | None, ffn_path: Path | None, num_layers: int, num_heads: int):
+    """(head_mask (L, H) or None, ffn_mask (L,) or None) from the given files; a file lacking the
+    tensor asked of it, or of the wrong shape for this model, is an error naming the file."""
+    from opt66b.mask_files import read_masks
+
+    head = ffn = None
+    if head_path is not None:
+        head, _ = read_masks(head_path, num_layers, num_heads)
+        if head is None:
+            raise KeyError(f"{head_path}: no 'head_mask' tensor (layers, heads) = ({num_layers}, {num_heads}) in it")
+    if ffn_path is not None:
+        _, ffn = read_masks(ffn_path, num_layers, num_heads)
+        if ffn is None:
+            raise KeyError(f"{ffn_path}: no 'ffn_mask' tensor (layers,) = ({num_layers},) in it")
+    return head, ffn
+
+
+def run_evaluation(model: Any, tokenizer: Any, info: dict[str, Any] | None, data: str | Path, tasks: Sequence[str],
+                   shots: Sequence[int], out: str | Path, *, limit: int | None = None, seed: int = 42,
+                   head_mask: str | Path | None = None, ffn_mask: str | Path | None = None,
+                   batch_tokens: int = 4096, max_length: int | None = None, paper_quirks: bool = False,
+                   recompute: bool = False) -> dict[str, Any]:
+    """Evaluate `tasks` at every shot count and write lm-eval-layout results under `out`.
+
+    Per shot count K: out/shots-K/tasks/<task>.json (one unit: metrics + settings + fingerprint),
+    out/shots-K/requests/<task>.jsonl (per request log-likelihoods) and out/shots-K/results.json
+    ({"results": {task: {metric: value}}, "versions", "config"}). A unit already on disk with the same
+    fingerprint is reused; one with another fingerprint is a ValueError (recompute=True replaces it).
+    head_mask / ffn_mask: safetensors files with 'head_mask' (L, H) / 'ffn_mask' (L,).
+    info: the loader's info dict (opt66b.load); None identifies the model by its weights.
+    Returns {"results": {K: {task: metrics}}, "work": forward passes and tokens computed by this call}.
+    """
+    from opt66b.io import atomic_write_text, run_metadata, sha256_file, write_json
+    from opt66b.store import UnitStore, Work, in_memory_info, model_fingerprint
+
+    from .registry import get_task
+
+    info = info or in_memory_info(model)
+    out = Path(out)
+    cfg = model.config
+    head, ffn = load_eval_masks(head_mask, ffn_mask, cfg.num_layers, cfg.num_heads)
+    mask_ids = {"head_mask": None if head_mask is None else {"path": str(head_mask), "sha256": sha256_file(head_mask)},
+                "ffn_mask": None if ffn_mask is None else {"path": str(ffn_mask), "sha256": sha256_file(ffn_mask)}}
+    max_length = max_length or cfg.max_positions
+    model_id = info["model"] + (f"#seed{info['random_weights_seed']}" if "random_weights_seed" in info else "")
+    store = UnitStore({**model_fingerprint(info), "limit": limit, "seed": seed, "max_length": max_length,
+                       "paper_quirks": paper_quirks,
+                       "head_mask_sha256": (mask_ids["head_mask"] or {}).get("sha256"),
+                       "ffn_mask_sha256": (mask_ids["ffn_mask"] or {}).get("sha256")}, recompute=recompute)
+    work = Work()
+    objects = {name: get_task(name, data, paper_quirks=paper_quirks) for name in tasks}
+    all_results: dict[int, dict[str, Any]] = {}
+    for k in shots:
+        shot_dir = out / f"shots-{k}"
+        results, versions, configs = {}, {}, {}
+        for name, task in objects.items():
+            fields = {**task_fingerprint(task), "shots": k}
+            task_file = shot_dir / "tasks" / f"{name}.json"
+            if store.done(task_file, **fields):
+                done = read_json(task_file)
+                print(f"[eval] {name} {k}-shot: done earlier ({task_file}), skipped", file=sys.stderr)
+            else:
+                ev = TaskEvaluation(model, tokenizer, task, k, limit=limit, seed=seed, batch_tokens=batch_tokens,
+                                    max_length=max_length, progress_label=f"eval {name} {k}-shot")
+                stats = ev.scorer.stats
+                print(f"[eval] {name} {k}-shot: {len(ev.instances)} docs, {len(ev.requests)} requests, "
+                      f"{stats['forward_passes']} forward passes", file=sys.stderr, flush=True)
+                metrics = ev.run(head_mask=head, ffn_mask=ffn)
+                work.add(forward=stats["forward_passes"], tokens=stats["tokens_fed"])
+                lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in ev.records())
+                atomic_write_text(shot_dir / "requests" / f"{name}.jsonl", lines)
+                settings = {"task": name, "version": task.VERSION, "shots": k, "limit": limit, "seed": seed,
+                            "max_length": max_length, "paper_quirks": paper_quirks, "model_id": model_id,
+                            "model_config_sha256": info.get("config_sha256"), "dtype": info["dtype"], **mask_ids,
+                            "data_files": file_hashes(task.data_files())}
+                config = run_metadata(**settings, model=info, batch_tokens=batch_tokens, scoring=stats)
+                done = {"results": metrics, "version": task.VERSION, "config": config}
+                store.write_json(task_file, done, **fields)
+                print(f"[eval] {name} {k}-shot: " + ", ".join(f"{m}={v:.4f}" for m, v in metrics.items()),
+                      file=sys.stderr, flush=True)
+            results[name], versions[name], configs[name] = done["results"], done["version"], done["config"]
+        config = run_metadata(seed=seed, shots=k, limit=limit, max_length=max_length, paper_quirks=paper_quirks,
+                              model=info, **mask_ids, batch_tokens=batch_tokens,
+                              data_files={n: c["data_files"] for n, c in configs.items()})
+        write_json(shot_dir / "results.json", {"results": results, "versions": versions, "config": config})
+        print(f"[eval] wrote {shot_dir / 'results.json'}", file=sys.stderr)
+        all_results[k] = results
+    return {"results": all_results, "work": work.as_dict()}

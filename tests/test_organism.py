@@ -26,17 +26,42 @@ def test_heads_above_and_mask_hand_computed():
     assert mask_without(2, 2, [(1, 0)]).tolist() == [[1.0, 1.0], [0.0, 1.0]]
 
 
-def test_repeated_sequence_layout():
-    from study.copy_task import repeated_sequence
+def test_copy_batch_layout_is_the_induction_studys_draw():
+    from induction.sequences import prefix_sequence
+    from study.copy_task import copy_batch
 
-    pool = torch.arange(100, 200)
-    ids = repeated_sequence(pool, 5, 3, seed=7)
-    assert ids[0] == 2 and ids.numel() == 16  # BOS + 3 x 5
-    assert torch.equal(ids[1:6], ids[6:11]) and torch.equal(ids[1:6], ids[11:16])
-    assert len(set(ids[1:6].tolist())) == 5  # distinct tokens
-    assert torch.equal(ids, repeated_sequence(pool, 5, 3, seed=7))  # seeded
-    with pytest.raises(ValueError, match="length"):
-        repeated_sequence(pool, 1, 2, seed=0)
+    pool = list(range(100, 200))
+    ids = copy_batch(pool, 3, 5)
+    assert ids.shape == (3, 11) and bool((ids[:, 0] == 2).all())  # BOS + 2 x 5
+    assert torch.equal(ids[:, 1:6], ids[:, 6:11])
+    assert all(len(set(row[1:6].tolist())) == 5 for row in ids)  # distinct tokens
+    for s in range(3):  # row s is seed s of the prefix-matching sequences, with two repeats
+        assert torch.equal(ids[s], prefix_sequence(pool, s, 2, 5, repeats=2))
+    assert not torch.equal(ids[0], ids[1])
+
+
+def test_copy_importance_is_prunes_head_importance(tiny_config):
+    """The control ranking is prune.importance's score on examples whose continuation is the
+    predictable second repeat, checked against an independent float64 autograd of |a . dL/da|."""
+    from conftest import random_model
+    from opt66b import Capture
+    from study.copy_task import copy_batch, copy_importance
+
+    model = random_model(tiny_config).double()
+    ids = copy_batch(list(range(10, 120)), 2, 6)  # (2, 13)
+    got = copy_importance(model, ids)
+    total = torch.zeros(2, 4, dtype=torch.float64)
+    for row in ids:
+        cap = Capture(heads=True, grads=True)
+        with torch.enable_grad():
+            out = model(row[:-1].view(1, -1), capture=cap)  # the last token is only a target
+            loss = torch.nn.functional.cross_entropy(out.logits[0, 7:], row[8:])  # s1..s5 of the repeat
+            grads = torch.autograd.grad(loss, cap.head_list())
+        for layer, (a, g) in enumerate(zip(cap.head_list(), grads)):
+            total[layer] += (a * g).sum(-1).abs().sum(-1)[0]
+    total[0] /= 2 * 12  # positions fed: 12 per row
+    total[1] /= 2 * 5  # last layer: targets, 5 per row
+    torch.testing.assert_close(got.double(), total, rtol=1e-5, atol=1e-9)  # float32 accumulation of a.g
 
 
 @needs_organism
@@ -58,8 +83,9 @@ def test_shipped_checkpoint_shape_size_and_dtype():
 def test_organism_induction_head_and_copy_pruning():
     """Point 5 of the study's organism: pruning the induction heads (prefix matching >= 0.5) collapses
     in-context copying, pruning as many of the least important other heads does not."""
+    from induction.sequences import token_pool
     from opt66b import load_model, load_tokenizer
-    from study.copy_task import pruning_experiment, token_pool
+    from study.copy_task import pruning_experiment
 
     model = load_model(TINY, dtype=torch.float32)
     tok = load_tokenizer(TINY)
@@ -80,8 +106,9 @@ def test_organism_induction_head_and_copy_pruning():
 @needs_organism
 def test_organism_has_a_previous_token_head_in_layer_0():
     """The other half of the circuit: a layer-0 head that attends to the previous position."""
+    from induction.sequences import token_pool
     from opt66b import Capture, load_model, load_tokenizer
-    from study.copy_task import copy_batch, token_pool
+    from study.copy_task import copy_batch
 
     model = load_model(TINY, dtype=torch.float32)
     ids = copy_batch(token_pool(load_tokenizer(TINY)), 4, 25)  # (4, 51)
@@ -112,7 +139,7 @@ def test_copy_experiment_runs_on_a_random_model(tiny_config):
     from study.copy_task import pruning_experiment
 
     model = random_model(tiny_config)
-    res = pruning_experiment(model, torch.arange(10, 120), seeds=2, length=6, threshold=0.99)
+    res = pruning_experiment(model, list(range(10, 120)), seeds=2, length=6, threshold=0.99)
     assert len(res["prefix_matching"]) == 2 and len(res["prefix_matching"][0]) == 4
     assert all(0.0 <= v <= 1.0 + 1e-6 for row in res["prefix_matching"] for v in row)  # fp32 sum of probs
     assert res["induction_heads"] == [] and res["control_heads"] == []

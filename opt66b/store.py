@@ -1,0 +1,204 @@
+"""The unit store: every resumable result file carries the fingerprint of what produced it.
+
+A long study is cut into units (one task at one shot count, one pruning percentage, one seed, ...);
+each unit's result is written atomically (opt66b.io) together with a fingerprint: the model's
+identity and dtype, the data files' sha256, the task VERSIONs, and every setting that changes the
+numbers, plus CODE_VERSION. A rerun reuses a unit only when its fingerprint is the same; a unit made
+under other settings is an error naming the file and the fields that differ (never a silent mix),
+unless the caller asks to recompute.
+
+Identity is by content, never by path spelling, so the same data given by another path, or a run
+directory moved elsewhere, still resumes. A checkpoint is identified cheaply but surely: the bytes of
+config.json, and for every safetensors shard its size and the sha256 of its header (names, dtypes,
+shapes and byte offsets of every tensor), plus the tokenizer files; not a hash of 130 GB of weights.
+
+    store = UnitStore(model_fingerprint(info), recompute=False)
+    if not store.done(path, task="copa", shots=1):
+        store.write_json(path, {"metrics": ...}, task="copa", shots=1)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .io import read_json, sha256_file, write_json, write_tensors
+
+# Bump when a code change alters numbers of existing units: their files are then refused, not reused.
+CODE_VERSION = 1
+FINGERPRINT_KEY = "fingerprint"  # JSON key / safetensors metadata key holding a unit's fingerprint
+TOKENIZER_FILES = ("vocab.json", "merges.txt")
+
+
+_SHA_CACHE: dict[tuple[str, int, int], str] = {}
+
+
+def content_sha256(path: str | Path) -> str:
+    """sha256 of a file, remembered per (real path, size, mtime) so the steps of one run hash each
+    data file once."""
+    path = Path(path)
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _SHA_CACHE:
+        _SHA_CACHE[key] = sha256_file(path)
+    return _SHA_CACHE[key]
+
+
+def files_fingerprint(paths: Any) -> dict[str, str]:
+    """{"<dir>/<name>": sha256} of files by content; the key keeps only the last directory and the
+    file name (e.g. "copa/val.jsonl"), so the same data under another root resumes."""
+    return {f"{Path(p).parent.name}/{Path(p).name}": content_sha256(p) for p in sorted(map(str, paths))}
+
+
+def in_memory_info(model: torch.nn.Module) -> dict[str, Any]:
+    """A loader-style info dict for a model built in Python rather than loaded (identity by weights)."""
+    dtype = next(model.parameters()).dtype
+    return {"model": "in-memory", "dtype": str(dtype).removeprefix("torch."), "identity": weights_identity(model)}
+
+
+class Work:
+    """What an experiment call computed (resumed units count nothing): model passes and tokens fed."""
+
+    def __init__(self) -> None:
+        self.forward_passes = self.backward_passes = self.tokens = 0
+
+    def add(self, forward: int = 0, backward: int = 0, tokens: int = 0) -> None:
+        self.forward_passes += forward
+        self.backward_passes += backward
+        self.tokens += tokens
+
+    def as_dict(self) -> dict[str, int]:
+        return {"forward_passes": self.forward_passes, "backward_passes": self.backward_passes, "tokens": self.tokens}
+
+
+def _canonical(obj: Any) -> Any:
+    """JSON-normal form (tuples -> lists, Paths -> str, dict keys -> str), so equal settings compare equal."""
+    return json.loads(json.dumps(obj, sort_keys=True, default=str))
+
+
+def _sha256_json(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(_canonical(obj), sort_keys=True).encode()).hexdigest()
+
+
+def shard_identity(path: Path) -> dict[str, Any]:
+    """Size and header sha256 of one safetensors file (the header names every tensor, its dtype,
+    shape and byte range, so a re-export, a re-shard or another dtype changes it)."""
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = f.read(min(n, 100 << 20))
+    return {"bytes": path.stat().st_size, "header_sha256": hashlib.sha256(header).hexdigest()}
+
+
+def checkpoint_identity(model_dir: str | Path) -> dict[str, Any]:
+    """{"config_sha256", "shards": {file name: {bytes, header_sha256}}} of an HF checkpoint directory."""
+    model_dir = Path(model_dir)
+    shards = sorted(model_dir.glob("*.safetensors"))
+    return {"config_sha256": sha256_file(model_dir / "config.json"),
+            "shards": {p.name: shard_identity(p) for p in shards}}
+
+
+def tokenizer_identity(tok_dir: str | Path) -> dict[str, str | None]:
+    """sha256 of vocab.json and merges.txt (None where absent): the token ids every prompt becomes."""
+    tok_dir = Path(tok_dir)
+    return {name: sha256_file(tok_dir / name) if (tok_dir / name).is_file() else None for name in TOKENIZER_FILES}
+
+
+def weights_identity(model: torch.nn.Module) -> dict[str, Any]:
+    """Identity of an in-memory model (built in Python, not loaded): sha256 over its parameters'
+    names, shapes, dtypes and bytes. Reads every weight: meant for small models."""
+    h = hashlib.sha256()
+    for name, p in model.named_parameters():
+        t = p.detach().cpu().contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return {"weights_sha256": h.hexdigest()}
+
+
+def model_fingerprint(info: dict[str, Any]) -> dict[str, Any]:
+    """The model part of every fingerprint: identity (by content) and dtype, from a loader's info dict."""
+    return {"model": info["identity"], "dtype": info["dtype"]}
+
+
+def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(obj, dict) and obj:
+        out: dict[str, Any] = {}
+        for k, v in obj.items():
+            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: obj}
+
+
+def fingerprint_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Dotted names of the fields that differ between two fingerprints (model.shards.x.bytes, limit, ...)."""
+    a, b = _flatten(old), _flatten(new)
+    return sorted(k for k in set(a) | set(b) if a.get(k, "<absent>") != b.get(k, "<absent>"))
+
+
+def _short(value: Any, width: int = 40) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
+class UnitStore:
+    """Fingerprinted result files for one experiment. `common` holds what every unit shares (model,
+    dtype, ...); each call adds the unit's own fields. recompute=True replaces units whose
+    fingerprint differs instead of refusing them (the CLI's --recompute)."""
+
+    def __init__(self, common: dict[str, Any], recompute: bool = False):
+        self.common = _canonical({"code_version": CODE_VERSION, **common})
+        self.recompute = recompute
+
+    def fingerprint(self, **fields: Any) -> dict[str, Any]:
+        return _canonical({**self.common, **fields})
+
+    def done(self, path: str | Path, **fields: Any) -> bool:
+        """True if `path` holds this unit made by the same fingerprint (skip it); False if absent
+        (or different and recompute is on). A different fingerprint is a ValueError naming the
+        file and the fields that changed."""
+        path = Path(path)
+        if not path.is_file():
+            return False
+        old = read_fingerprint(path)
+        new = self.fingerprint(**fields)
+        if old == new:
+            return True
+        if self.recompute:
+            return False
+        if old is None:
+            raise ValueError(f"{path}: has no fingerprint (written by older code); rerun with --recompute to "
+                             "replace it, or use another --out")
+        diff = fingerprint_diff(old, new)
+        shown = "; ".join(f"{k}: was {_short(_flatten(old).get(k))}, now {_short(_flatten(new).get(k))}"
+                          for k in diff[:4])
+        more = f" (+{len(diff) - 4} more)" if len(diff) > 4 else ""
+        raise ValueError(f"{path}: made with different settings ({', '.join(diff)}): {shown}{more}; rerun with "
+                         "--recompute to replace it, or use another --out")
+
+    def write_json(self, path: str | Path, obj: dict[str, Any], **fields: Any) -> Path:
+        return write_json(path, {**obj, FINGERPRINT_KEY: self.fingerprint(**fields)})
+
+    def write_tensors(self, path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, Any] | None = None,
+                      **fields: Any) -> Path:
+        return write_tensors(path, tensors, {**(metadata or {}), FINGERPRINT_KEY: self.fingerprint(**fields)})
+
+
+def read_fingerprint(path: str | Path) -> dict[str, Any] | None:
+    """The fingerprint stored in a unit file (JSON key or safetensors metadata), None if it has none."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:  # the header only: no tensor is read
+            raw = (f.metadata() or {}).get(FINGERPRINT_KEY)
+        return None if raw is None else json.loads(raw)
+    data = read_json(path)
+    return data.get(FINGERPRINT_KEY) if isinstance(data, dict) else None
+
+
+def fingerprint_sha256(fields: dict[str, Any]) -> str:
+    """A short content id of any settings (e.g. a ranking file's content in a sweep unit's fingerprint)."""
+    return _sha256_json(fields)

@@ -1,0 +1,137 @@
+"""The pruning study's experiments as functions of a loaded model: head importance, the oracle FFN
+study and the head / FFN / grid pruning sweeps (Bansal et al. 2023 §3-4).
+
+Each takes (model, tokenizer, info) from `opt66b.load`, the data directory, task names and shot
+counts, writes its unit files under `out` through one opt66b.store.UnitStore (a unit on disk is
+reused only when its fingerprint matches; recompute=True replaces mismatching units), and returns
+{"out": ..., "work": {"forward_passes", "backward_passes", "tokens"}} for what it computed.
+
+    model, tok, info = opt66b.load("~/ckpt/opt-1.3b")
+    run_head_importance(model, tok, info, "data", ["copa"], [0, 1], "runs/imp", n_docs=100)
+    run_ffn_oracle(model, tok, info, "data", ["copa"], [0, 1], "runs/ffn", limit=100)
+    run_prune_sweep(model, tok, info, "data", ["copa"], [0, 1], "runs/prune", sweep="heads",
+                    importance="runs/imp")
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any, Sequence
+
+from opt66b.io import file_hashes
+from opt66b.store import UnitStore, Work, in_memory_info, model_fingerprint
+
+
+def _setup(model: Any, info: dict[str, Any] | None, data: str | Path, tasks: Sequence[str], shots: Sequence[int],
+           paper_quirks: bool) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """(info, Task objects by name, metadata settings recorded in every output)."""
+    from tasks.registry import check_task_args, get_task
+
+    check_task_args(list(tasks), list(shots))
+    info = info or in_memory_info(model)
+    objects = {t: get_task(t, data, paper_quirks=paper_quirks) for t in dict.fromkeys(tasks)}
+    files = [f for task in objects.values() for f in task.data_files()]
+    settings = {"model": info, "data_sha256": file_hashes(files), "tasks": list(objects), "shots": list(shots),
+                "paper_quirks": paper_quirks}
+    return info, objects, settings
+
+
+def _evaluations(limit: int | None, batch_tokens: int, seed: int):
+    """(model, tokenizer, task, shots) -> TaskEvaluation, built once per (task, shot)."""
+    from tasks.evaluate import TaskEvaluation
+
+    def make(model, tokenizer, task, shots):
+        return TaskEvaluation(model, tokenizer, task, shots, limit=limit, seed=seed, batch_tokens=batch_tokens)
+    return make
+
+
+def run_head_importance(model: Any, tokenizer: Any, info: dict[str, Any] | None, data: str | Path,
+                        tasks: Sequence[str], shots: Sequence[int], out: str | Path, *, n_docs: int = 2500,
+                        seed: int = 1234, max_length: int | None = None, normalize_per_layer: bool = False,
+                        paper_quirks: bool = False, seen_tasks: Sequence[str] | None = None,
+                        update_aggregate: bool = False, recompute: bool = False) -> dict[str, Any]:
+    """Gradient head importance per (task, shot): out/shots-K/<task>.safetensors with 'importance'
+    (L, H) (the paper's denominators) and 'importance_uniform' (every layer over the position count),
+    and out/shots-K/aggregate.safetensors, the mean over the seen tasks present (prune/aggregate.py;
+    seen_tasks default: the paper's 14; update_aggregate replaces one whose members changed).
+    n_docs: first N docs of the importance split; seed: the few-shot demo sampler (the paper's 1234).
+    One forward + backward per example (the layer-wise bounded-memory backward when the model
+    streams its layers)."""
+    from opt66b.distributed import barrier, my_units, rank_world
+    from opt66b.io import Progress, run_metadata
+    from tasks.evaluate import task_fingerprint
+
+    from .aggregate import PAPER_SEEN_TASKS, write_aggregate
+    from .importance import head_score_sums, importance_from_sums
+
+    if n_docs < 1:
+        raise ValueError(f"--n-docs must be >= 1, got {n_docs}")
+    info, objects, settings = _setup(model, info, data, tasks, shots, paper_quirks)
+    out = Path(out)
+    length = max_length or model.config.max_positions
+    store = UnitStore({**model_fingerprint(info), "seed": seed, "n_docs": n_docs, "max_length": length,
+                       "normalize_per_layer": normalize_per_layer, "paper_quirks": paper_quirks}, recompute=recompute)
+    work = Work()
+    # (task, shot) is the unit: split across torchrun processes, skipped when its fingerprint matches.
+    for name, k in my_units([(t, k) for k in shots for t in objects]):
+        path = out / f"shots-{k}" / f"{name}.safetensors"
+        fields = {**task_fingerprint(objects[name]), "shots": k}
+        if store.done(path, **fields):
+            continue
+        examples = objects[name].importance_examples(n_docs, k, random.Random(seed), paper_quirks=paper_quirks)
+        bar = Progress(len(examples), f"importance {name} {k}-shot")
+        total, counts = head_score_sums(model, tokenizer, examples, max_length=length, progress=bar.update)
+        work.add(forward=counts["examples"], backward=counts["examples"], tokens=counts["positions"])
+        variants = {key: importance_from_sums(total, counts, denominator, normalize_per_layer)
+                    for key, denominator in (("importance", "paper"), ("importance_uniform", "uniform"))}
+        store.write_tensors(path, variants, run_metadata(**{
+            **settings, "task": name, "shots": k, "seed": seed, "n_docs": n_docs, "counts": counts,
+            "normalize_per_layer": normalize_per_layer, "max_length": max_length}), **fields)
+    barrier()
+    if rank_world()[0] == 0:
+        for k in shots:
+            write_aggregate(out / f"shots-{k}", seen_tasks or PAPER_SEEN_TASKS, update=update_aggregate,
+                            settings={**settings, "shots": k, "seed": seed})
+    return {"out": out, "work": work.as_dict()}
+
+
+def run_ffn_oracle(model: Any, tokenizer: Any, info: dict[str, Any] | None, data: str | Path, tasks: Sequence[str],
+                   shots: Sequence[int], out: str | Path, *, limit: int | None = None, seed: int = 42,
+                   batch_tokens: int = 4096, cached: bool = True, paper_quirks: bool = False, recompute: bool = False) -> dict[str, Any]:
+    """Oracle FFN importance: per (task, shot) and layer l, base metric - metric with FFN l alone
+    removed (points). Units out/shots-K/<task>/layer-XXX.json, merged out/shots-K/<task>.json
+    ('drop', 'base', 'ranking'), out/shots-K/aggregate.json. cached=False re-runs every layer (reference)."""
+    from .sweeps import run_ffn_importance
+
+    info, objects, settings = _setup(model, info, data, tasks, shots, paper_quirks)
+    store = UnitStore({**model_fingerprint(info), "limit": limit, "seed": seed, "paper_quirks": paper_quirks},
+                      recompute=recompute)
+    work = Work()
+    run_ffn_importance(model, tokenizer, objects, shots, Path(out), _evaluations(limit, batch_tokens, seed),
+                       cached=cached, settings={**settings, "limit": limit, "seed": seed}, store=store, work=work)
+    return {"out": Path(out), "work": work.as_dict()}
+
+
+def run_prune_sweep(model: Any, tokenizer: Any, info: dict[str, Any] | None, data: str | Path, tasks: Sequence[str],
+                    shots: Sequence[int], out: str | Path, *, sweep: str, ranking: str = "own",
+                    importance: str | Path | None = None, ffn_importance: str | Path | None = None,
+                    head_percents: Sequence[float] | None = None, ffn_percents: Sequence[float] | None = None,
+                    limit: int | None = None, seed: int = 42, batch_tokens: int = 4096, paper_quirks: bool = False,
+                    recompute: bool = False) -> dict[str, Any]:
+    """Pruning sweep `sweep` ("heads", "ffn" or "grid") with `ranking` ("own", "aggregate" or a task
+    name: cross-task transfer) from the outputs of run_head_importance (`importance`) and/or
+    run_ffn_oracle (`ffn_importance`). Units under out/<sweep>-<ranking>/, table out/<sweep>-<ranking>.json
+    (returned as "table")."""
+    from .sweeps import run_sweep
+
+    info, objects, settings = _setup(model, info, data, tasks, shots, paper_quirks)
+    store = UnitStore({**model_fingerprint(info), "limit": limit, "seed": seed, "paper_quirks": paper_quirks},
+                      recompute=recompute)
+    work = Work()
+    table = run_sweep(model, tokenizer, objects, sweep, ranking, shots, Path(out), _evaluations(limit, batch_tokens, seed),
+                      importance_dir=importance, ffn_dir=ffn_importance, head_percents=head_percents,
+                      ffn_percents=ffn_percents, settings={**settings, "limit": limit, "seed": seed, "importance": importance,
+                                                          "ffn_importance": ffn_importance},
+                      store=store, work=work)
+    return {"out": Path(out), "table": table, "work": work.as_dict()}
