@@ -9,8 +9,9 @@ unless the caller asks to recompute.
 
 Identity is by content, never by path spelling, so the same data given by another path, or a run
 directory moved elsewhere, still resumes. A checkpoint is identified cheaply but surely: the bytes of
-config.json, and for every safetensors shard its size and the sha256 of its header (names, dtypes,
-shapes and byte offsets of every tensor), plus the tokenizer files; not a hash of 130 GB of weights.
+config.json, and for every safetensors shard its size, the sha256 of its header (names, dtypes,
+shapes and byte offsets of every tensor) and of 1 MiB of weights sampled across it, plus the
+tokenizer files; not a hash of 130 GB of weights.
 
     store = UnitStore(model_fingerprint(info), recompute=False)
     if not store.done(path, task="copa", shots=1):
@@ -84,13 +85,24 @@ def _sha256_json(obj: Any) -> str:
     return hashlib.sha256(json.dumps(_canonical(obj), sort_keys=True).encode()).hexdigest()
 
 
+SAMPLE_BLOCKS, SAMPLE_BYTES = 16, 64 << 10  # weight bytes read per shard: 16 blocks of 64 KiB, evenly spread
+
+
 def shard_identity(path: Path) -> dict[str, Any]:
-    """Size and header sha256 of one safetensors file (the header names every tensor, its dtype,
-    shape and byte range, so a re-export, a re-shard or another dtype changes it)."""
+    """Size, header sha256 and a sample sha256 of one safetensors file. The header names every
+    tensor, its dtype, shape and byte range (a re-export, re-shard or dtype change alters it); the
+    sample hashes 16 evenly spread 64 KiB blocks of the weights, so two checkpoints of the same
+    shape (a fine-tune, another seed) differ too, for 1 MiB read per shard instead of all of it."""
+    size = path.stat().st_size
     with open(path, "rb") as f:
         n = int.from_bytes(f.read(8), "little")
         header = f.read(min(n, 100 << 20))
-    return {"bytes": path.stat().st_size, "header_sha256": hashlib.sha256(header).hexdigest()}
+        sample = hashlib.sha256()
+        start, span = 8 + n, max(size - 8 - n, 0)
+        for i in range(SAMPLE_BLOCKS):
+            f.seek(start + (span - SAMPLE_BYTES) * i // max(SAMPLE_BLOCKS - 1, 1) if span > SAMPLE_BYTES else start)
+            sample.update(f.read(SAMPLE_BYTES))
+    return {"bytes": size, "header_sha256": hashlib.sha256(header).hexdigest(), "sample_sha256": sample.hexdigest()}
 
 
 def checkpoint_identity(model_dir: str | Path) -> dict[str, Any]:

@@ -70,7 +70,9 @@ import torch.nn.functional as F  # noqa: E402
 from opt66b import OPT, OPTConfig, load_tokenizer, save_checkpoint  # noqa: E402
 from opt66b.io import Progress, run_metadata, sha256_file, write_json  # noqa: E402
 
-from .copy_task import pruning_experiment, token_pool  # noqa: E402
+from induction.sequences import token_pool  # noqa: E402
+
+from .copy_task import pruning_experiment  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "tasks" / "samples"
@@ -208,7 +210,7 @@ def train(out: Path, settings: dict, log=lambda m: print(m, file=sys.stderr, flu
     torch.use_deterministic_algorithms(True)
     g = torch.Generator().manual_seed(s["seed"])
     tok = load_tokenizer(out)
-    pool = token_pool(tok)
+    pool = torch.tensor(token_pool(tok), dtype=torch.long)  # (P,) merge-rank pool
     rows = Rows(text_stream(tok, SAMPLES), pool, s, g, tok.bos_id)
     cfg = OPTConfig(hidden_size=s["hidden"], num_layers=s["layers"], num_heads=s["heads"], ffn_dim=s["ffn"],
                     max_positions=s["max_positions"], word_embed_proj_dim=s["embed_dim"])
@@ -254,7 +256,7 @@ def train(out: Path, settings: dict, log=lambda m: print(m, file=sys.stderr, flu
 
 def evaluate(model: OPT, pool: torch.Tensor, s: dict) -> dict:
     """The organism check (study.copy_task.pruning_experiment) on the fp16-rounded weights in float32."""
-    res = pruning_experiment(model, pool, seeds=s["eval_seeds"], length=s["eval_length"])
+    res = pruning_experiment(model, pool.tolist(), seeds=s["eval_seeds"], length=s["eval_length"])
     pm = torch.tensor(res["prefix_matching"])  # (L, H)
     top = int(pm.argmax())
     r4 = lambda x: round(float(x), 4)

@@ -21,13 +21,50 @@ from study import figures
 TASKS = ["copa", "boolq", "piqa"]
 
 
+LOADS: dict[str, int] = {}  # model loads counted during the fixture's `run.py all`
+
+
+def counted_run(argv: list[str]) -> dict[str, int]:
+    """run.main(argv) == 0, counting model loads three ways: calls of opt66b.load, checkpoint reads
+    (weights.load_model) and stderr lines starting with "loading" (what a user sees)."""
+    import contextlib
+    import io
+
+    import opt66b.runtime as runtime
+
+    counts = {"load_calls": 0, "checkpoint_reads": 0}
+    real_load, real_read = runtime.load, runtime.load_model
+
+    def load(*args, **kwargs):
+        counts["load_calls"] += 1
+        return real_load(*args, **kwargs)
+
+    def read(*args, **kwargs):
+        counts["checkpoint_reads"] += 1
+        return real_read(*args, **kwargs)
+
+    err = io.StringIO()
+    runtime.load, runtime.load_model = load, read
+    try:
+        with contextlib.redirect_stderr(err):
+            assert run.main(argv) == 0, err.getvalue()[-3000:]
+    finally:
+        runtime.load, runtime.load_model = real_load, real_read
+    counts["announced"] = sum(line.startswith("loading") for line in err.getvalue().splitlines())
+    return counts
+
+
 @pytest.fixture(scope="module")
 def study_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("study") / "run"
     argv = ["all", "--tasks", *TASKS, "--shots", "0", "1", "--limit", "6", "--n-docs", "4", "--seeds", "3",
             "--out", str(out)]
-    assert run.main(argv) == 0
+    LOADS.update(counted_run(argv))
     return out, argv
+
+
+def test_the_whole_study_loads_the_model_once(study_run):
+    assert LOADS == {"load_calls": 1, "checkpoint_reads": 1, "announced": 1}  # every model step shares it
 
 
 def png_size(path) -> tuple[int, int]:
