@@ -104,6 +104,7 @@ def _scores(args: argparse.Namespace, loaded=None) -> int:
         kind, res = "prefix_matching", run_prefix_matching(model, tokenizer, info, args.out, **common)
     else:
         kind, res = "copying", run_copying(model, tokenizer, info, args.out, head_chunk=args.head_chunk, **common)
+    args.work = res["work"]
     heads = model.config.num_heads
     for v, scores in res["summary"].items():
         flat = int(torch.argmax(scores["mean"]))

@@ -93,7 +93,9 @@ def head_attribution(heads: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
     absolute value is taken per token position before summing. One formula for every caller
     (head importance with full autograd or the layer-wise backward, the copy task's control).
     """
-    per_position = (heads.float() * grads.float()).sum(-1).abs()  # (B, H, T): |a . dL/da| per position
+    # detached: the score is a number, not part of any graph (keeping one would hold every example's
+    # activations alive across a whole importance run)
+    per_position = (heads.detach().float() * grads.detach().float()).sum(-1).abs()  # (B, H, T)
     return per_position.sum(-1).sum(0)  # (H,)
 
 

@@ -116,10 +116,10 @@ def _importance_heads(args: argparse.Namespace, loaded=None) -> int:
     if args.n_docs < 1:
         raise ValueError(f"--n-docs must be >= 1, got {args.n_docs}")
     model, tokenizer, info = loaded or load_from_args(args)
-    run_head_importance(model, tokenizer, info, args.data, args.tasks, args.shots, args.out, n_docs=args.n_docs,
+    args.work = run_head_importance(model, tokenizer, info, args.data, args.tasks, args.shots, args.out, n_docs=args.n_docs,
                         seed=args.seed, max_length=args.max_length, normalize_per_layer=args.normalize_per_layer,
                         paper_quirks=args.paper_quirks, seen_tasks=args.seen_tasks,
-                        update_aggregate=args.update_aggregate, recompute=_recompute(args))
+                        update_aggregate=args.update_aggregate, recompute=_recompute(args))["work"]
     return 0
 
 
@@ -130,9 +130,9 @@ def _importance_ffn(args: argparse.Namespace, loaded=None) -> int:
 
     _validate(args)
     model, tokenizer, info = loaded or load_from_args(args)
-    run_ffn_oracle(model, tokenizer, info, args.data, args.tasks, args.shots, args.out, limit=args.limit,
+    args.work = run_ffn_oracle(model, tokenizer, info, args.data, args.tasks, args.shots, args.out, limit=args.limit,
                    seed=args.seed, batch_tokens=args.batch_tokens, cached=not args.naive, paper_quirks=args.paper_quirks,
-                   recompute=_recompute(args))
+                   recompute=_recompute(args))["work"]
     return 0
 
 
@@ -196,6 +196,7 @@ def _prune(args: argparse.Namespace, loaded=None) -> int:
                           ranking=args.ranking, importance=args.importance, ffn_importance=args.ffn_importance,
                           head_percents=args.head_percents, ffn_percents=args.ffn_percents, limit=args.limit,
                           seed=args.seed, batch_tokens=args.batch_tokens, paper_quirks=args.paper_quirks, recompute=_recompute(args))
+    args.work = res["work"]
     print(res["table"])
     return 0
 

@@ -40,8 +40,9 @@ def _copytask(args: argparse.Namespace, loaded=None) -> int:
     if args.seeds < 1 or args.length < 2:
         raise ValueError(f"--seeds must be >= 1 and --length >= 2, got {args.seeds} and {args.length}")
     model, tokenizer, info = loaded or load_from_args(args)
-    res = run_copy_task(model, tokenizer, info, args.out, seeds=args.seeds, length=args.length,
-                        threshold=args.threshold, recompute=getattr(args, "recompute", False))["result"]
+    out = run_copy_task(model, tokenizer, info, args.out, seeds=args.seeds, length=args.length,
+                        threshold=args.threshold, recompute=getattr(args, "recompute", False))
+    res, args.work = out["result"], out["work"]
     print(f"copy accuracy: full {res['accuracy_full']:.3f}, induction heads {res['induction_heads']} "
           f"pruned {res['accuracy_induction_pruned']:.3f}, control {res['control_heads']} pruned "
           f"{res['accuracy_control_pruned']:.3f}; wrote {args.out / 'copytask.json'}", file=sys.stderr)

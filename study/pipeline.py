@@ -4,7 +4,9 @@ Each step is one `run.py` sub-command with explicit arguments, written to OUT/co
 auditor can replay any step alone; in `all` the same argument list is parsed by the same parser and
 run by the same handler in this process, handed the one loaded model, so a replayed line computes
 exactly what the step computed. Every step is resumable on its own (units whose fingerprint
-matches are skipped), so rerunning `all` after a kill continues where it stopped.
+matches are skipped), so rerunning `all` after a kill continues where it stopped. OUT/work.json
+records, per model step, the forward / backward passes and tokens this invocation computed (resumed
+units count nothing).
 
     data check -> evaluation -> head importance (+ aggregate of the seen tasks) -> FFN oracle
     -> head / FFN / grid pruning -> Spearman matrices -> cross-task transfer (partners from them)
@@ -131,6 +133,7 @@ def run_all(args: argparse.Namespace) -> int:
     (out / "commands.txt").write_text("".join("python run.py " + shlex.join(argv) + "\n" for _, argv in steps))
     start = time.monotonic()
     loaded = load_from_args(args)  # the one model load of the whole study
+    work: dict[str, dict[str, int]] = {}
     for i, (label, argv) in enumerate(steps, 1):
         print(f"[all] step {i}/{len(steps)}: {label} ({time.monotonic() - start:.0f}s elapsed)", file=sys.stderr, flush=True)
         # Each step is the sub-command its commands.txt line replays, parsed by the same parser and run
@@ -147,6 +150,9 @@ def run_all(args: argparse.Namespace) -> int:
         except (FileNotFoundError, ValueError, KeyError):
             print(f"[all] step '{label}' failed; fix the cause and rerun: finished work is kept", file=sys.stderr)
             raise
+        if hasattr(step, "work"):
+            work[label] = step.work
+            write_json(out / "work.json", work)
         if code:
             print(f"[all] step '{label}' failed (exit {code}); fix the cause and rerun: finished work is kept",
                   file=sys.stderr)

@@ -270,13 +270,13 @@ def plan_induction(step: StepPlan, args: argparse.Namespace, tokenizer: Any) -> 
 
 
 def plan_copytask(step: StepPlan, args: argparse.Namespace, tokenizer: Any) -> None:
-    """study/copy_task.pruning_experiment: prefix matching per seed, one importance pass with its
-    backward on the (seeds, 1 + 2L) batch, then four accuracy passes (full, induction heads pruned,
-    two controls)."""
+    """study/copy_task.pruning_experiment: prefix matching per seed, prune.importance's forward +
+    backward per row (2L tokens fed, the second repeat's L-1 targets), then four accuracy passes on the
+    (seeds, 1 + 2L) batch (full, induction heads pruned, two controls)."""
     for s in range(args.seeds):
         step.add(1, 1 + 4 * (args.length + 2 * s))
     rows, t = args.seeds, 1 + 2 * args.length
-    step.add(rows, t, logit_rows=rows * (args.length - 1), backward=True)
+    step.add(1, 2 * args.length, logit_rows=args.length - 1, backward=True, times=rows)
     step.add(rows, t, logit_rows=rows * (args.length - 1), times=4)
 
 

@@ -71,8 +71,8 @@ def _eval(args: argparse.Namespace, loaded=None) -> int:
     from .evaluate import run_evaluation
 
     model, tokenizer, info = loaded or load_from_args(args)
-    run_evaluation(model, tokenizer, info, args.data, args.tasks, args.shots, args.out, limit=args.limit,
+    args.work = run_evaluation(model, tokenizer, info, args.data, args.tasks, args.shots, args.out, limit=args.limit,
                    seed=args.seed, head_mask=args.head_mask, ffn_mask=args.ffn_mask, batch_tokens=args.batch_tokens,
                    max_length=args.max_length, paper_quirks=args.paper_quirks,
-                   recompute=getattr(args, "recompute", False))
+                   recompute=getattr(args, "recompute", False))["work"]
     return 0

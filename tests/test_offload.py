@@ -177,3 +177,23 @@ def test_runtime_offload_mmap_and_budget(tmp_path, cfg, batch):
     args.max_memory = "cpu=1000"  # bytes: below head group + two layer buffers
     with pytest.raises(ValueError, match="below what streaming needs"):
         load_from_args(args, log=lambda m: None)
+
+
+def test_head_importance_of_a_streamed_model_takes_the_layerwise_backward(pair, monkeypatch):
+    """Under --offload (a streamer present), head importance runs the bounded-memory layer-wise
+    backward, once per example, and gives the resident model's autograd scores."""
+    importance = pytest.importorskip("prune.importance")
+    from tasks.scoring import TokenRequest
+
+    model, streamed = pair
+    examples = [TokenRequest(prefix=(2, 17, 40, 33), continuation=(12, 55, 7)),
+                TokenRequest(prefix=(2, 9, 81), continuation=(100, 4))]
+    calls = []
+    real = importance.layerwise_backward
+    monkeypatch.setattr(importance, "layerwise_backward", lambda *a, **k: calls.append(1) or real(*a, **k))
+    want, counts = importance.head_importance_tokens(model, examples)
+    assert calls == []  # resident model: plain autograd
+    got, streamed_counts = importance.head_importance_tokens(streamed, examples)
+    assert len(calls) == 2 and streamed_counts == counts  # one layer-wise backward per example
+    assert float(want.abs().min()) > 0
+    assert (got - want).abs().max() < TOL * max(1.0, float(want.abs().max()))  # see module docstring
