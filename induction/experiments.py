@@ -22,6 +22,7 @@ from opt66b.io import sha256_file
 from opt66b.store import UnitStore, Work, in_memory_info, model_fingerprint
 
 from . import sequences as sq
+from .copying import VARIANTS as COPYING_VARIANTS
 from .copying import copying_seed
 from .prefix_matching import VARIANTS, prefix_matching_seed
 from .runner import run_seeds
@@ -85,7 +86,7 @@ def run_prefix_matching(model: Any, tokenizer: Any, info: dict[str, Any] | None,
 
 
 def run_copying(model: Any, tokenizer: Any, info: dict[str, Any] | None, out: str | Path, *, seeds: int = 100,
-                first_seed: int = 0, variants: Sequence[str] = VARIANTS, exclude_ratio: float = sq.EXCLUDE_RATIO,
+                first_seed: int = 0, variants: Sequence[str] = COPYING_VARIANTS, exclude_ratio: float = sq.EXCLUDE_RATIO,
                 start_length: int = sq.START_LENGTH, length_step: int = sq.LENGTH_STEP, head_chunk: int = 8,
                 top: int = 20, recompute: bool = False) -> dict[str, Any]:
     """Copying score per head, seeds first_seed.. (BOS + 4(25 + 2s) distinct tokens; one forward per

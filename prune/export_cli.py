@@ -89,7 +89,7 @@ def masks_from_args(args: argparse.Namespace, cfg: Any):
     Without a ranking (--dry-run with percentages only) the masks remove the first units in flat
     order: sizes depend on how many units go, not which (opt66b.export.config_for_counts)."""
     from opt66b.io import sha256_file
-    from tasks.eval_cli import load_eval_masks
+    from tasks.evaluate import load_eval_masks
 
     from .masks import count_for_percent, ffn_mask_for_percent, head_mask_for_percent, read_importance
     from .sweeps import read_ffn_ranking
