@@ -189,9 +189,9 @@ def synthetic_copy_docs(tokenizer, n_docs: int = COPY_DOCS, words: int = COPY_WO
     sequence; each doc draws L distinct ones with random.Random(seed)."""
     import random
 
-    from .copy_task import token_pool
+    from induction.sequences import token_pool
 
-    vocab = [i for i in token_pool(tokenizer).tolist()
+    vocab = [i for i in token_pool(tokenizer)
              if re.fullmatch(r" [a-z]{3,}", text := tokenizer.decode([i])) and tokenizer.encode(text) == [i]]
     rng = random.Random(seed)
     lines = []
