@@ -186,7 +186,7 @@ def _prune(args: argparse.Namespace, loaded=None) -> int:
         if vals is not None and any(not 0 <= v <= 100 for v in vals):
             raise ValueError(f"{name} must be in [0, 100], got {vals}")
     if args.sweep == "transfer":
-        return _transfer(args)
+        return _transfer(args, loaded)
     if args.sweep in ("heads", "grid") and args.importance is None:
         raise ValueError(f"prune {args.sweep} needs --importance DIR (from `run.py importance heads`)")
     if args.sweep in ("ffn", "grid") and args.ffn_importance is None:
@@ -201,31 +201,23 @@ def _prune(args: argparse.Namespace, loaded=None) -> int:
     return 0
 
 
-def _transfer(args: argparse.Namespace) -> int:
+def _transfer(args: argparse.Namespace, loaded=None) -> int:
     from opt66b.io import read_json
+    from opt66b.runtime import load_from_args
 
-    from .sweeps import run_sweep
-    from .transfer import DEFAULT_PERCENTS, run_transfer, transfer_plan
+    from .experiments import run_transfer_study
 
     if args.correlations is None or args.importance is None:
         raise ValueError("prune transfer needs --correlations FILE (from `run.py correlate`) and --importance DIR")
     if not args.correlations.is_file():
         raise FileNotFoundError(f"{args.correlations}: not found; run `run.py correlate` first")
     corr = read_json(args.correlations)
-    corr["shots"] = {k: v for k, v in corr.get("shots", {}).items() if int(k) in args.shots}
-    plan = transfer_plan(corr, args.transfer_tasks)
-    missing = sorted({r["task"] for r in plan["runs"]} - set(args.tasks))
-    if missing:
-        raise ValueError(f"--tasks must include the transfer targets {missing} (their data is needed)")
-    percents = args.head_percents or list(DEFAULT_PERCENTS)
-    model, tokenizer, tasks, settings = _load(args)
-    make = evaluation_factory(args.limit, args.batch_tokens, args.seed)
-
-    def sweep(task, source, shots, out_dir, pcts):
-        return run_sweep(model, tokenizer, {task: tasks[task]}, "heads", source, shots, out_dir, make,
-                         importance_dir=args.importance, head_percents=pcts,
-                         settings={**settings, "limit": args.limit, "seed": args.seed, "importance": args.importance,
-                                   "ffn_importance": None})
-
-    print(run_transfer(plan, args.out, sweep, percents))
+    model, tokenizer, info = loaded or load_from_args(args)
+    res = run_transfer_study(model, tokenizer, info, args.data, args.tasks, args.shots, args.out, correlations=corr,
+                             importance=args.importance, transfer_tasks=args.transfer_tasks,
+                             head_percents=args.head_percents, limit=args.limit, seed=args.seed,
+                             batch_tokens=args.batch_tokens, paper_quirks=args.paper_quirks,
+                             recompute=_recompute(args))
+    args.work = res["work"]
+    print(res["table"])
     return 0

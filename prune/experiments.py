@@ -135,3 +135,38 @@ def run_prune_sweep(model: Any, tokenizer: Any, info: dict[str, Any] | None, dat
                                                           "ffn_importance": ffn_importance},
                       store=store, work=work)
     return {"out": Path(out), "table": table, "work": work.as_dict()}
+
+
+def run_transfer_study(model: Any, tokenizer: Any, info: dict[str, Any] | None, data: str | Path,
+                       tasks: Sequence[str], shots: Sequence[int], out: str | Path, *, correlations: dict[str, Any],
+                       importance: str | Path, transfer_tasks: Sequence[str] | None = None,
+                       head_percents: Sequence[float] | None = None, limit: int | None = None, seed: int = 42,
+                       batch_tokens: int = 4096, paper_quirks: bool = False,
+                       recompute: bool = False) -> dict[str, Any]:
+    """Cross-task transfer as the paper runs it (Fig. 9): for each chosen task and shot, head sweeps
+    with the rankings of its highest- and lowest-SRCC partners (prune/transfer.py picks them from
+    `correlations`, the content of correlations.json); own and aggregate come from the ordinary
+    sweeps. Writes out/transfer.json (returned as "table")."""
+    from .sweeps import run_sweep
+    from .transfer import DEFAULT_PERCENTS, PAPER_TRANSFER_TASKS, run_transfer, transfer_plan
+
+    corr = {**correlations, "shots": {k: v for k, v in correlations.get("shots", {}).items() if int(k) in shots}}
+    plan = transfer_plan(corr, transfer_tasks or PAPER_TRANSFER_TASKS)
+    missing = sorted({r["task"] for r in plan["runs"]} - set(tasks))
+    if missing:
+        raise ValueError(f"--tasks must include the transfer targets {missing} (their data is needed)")
+    info, objects, settings = _setup(model, info, data, tasks, shots, paper_quirks)
+    store = UnitStore({**model_fingerprint(info), "limit": limit, "seed": seed, "paper_quirks": paper_quirks},
+                      recompute=recompute)
+    work = Work()
+    make = _evaluations(limit, batch_tokens, seed)
+
+    def sweep(task, source, shot, out_dir, pcts):
+        return run_sweep(model, tokenizer, {task: objects[task]}, "heads", source, shot, out_dir, make,
+                         importance_dir=importance, head_percents=pcts,
+                         settings={**settings, "limit": limit, "seed": seed, "importance": importance,
+                                   "ffn_importance": None}, store=store, work=work)
+
+    table = run_transfer(plan, Path(out), sweep, list(head_percents or DEFAULT_PERCENTS))
+    return {"out": Path(out), "table": table, "work": work.as_dict()}
+
