@@ -223,7 +223,7 @@ def plan_prune(step: StepPlan, args: argparse.Namespace, tokenizer: Any) -> None
             for k in args.shots:
                 scorer = _evaluation(args, step.shape, tokenizer, tasks[name], k).scorer
                 for _ in range(4 * len(counts)):  # at most 4 partners (2 per statistic)
-                    _scorer_passes(step, scorer, ffn_layers=cfg.num_layers)
+                    _scorer_passes(step, scorer)
         step.notes.append("transfer: at most 4 partner rankings per chosen task; correlations.json says how many")
         return
     grid = args.sweep == "grid"

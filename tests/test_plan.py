@@ -132,6 +132,17 @@ def test_all_plans_every_step_without_loading_a_model(tmp_path, counted, capsys)
     assert plan["total"]["forward_passes"] == sum(s["forward_passes"] for s in plan["steps"])
 
 
+def test_all_plans_the_transfer_step(tmp_path, capsys):
+    """With a transfer target (copa) and a partner among the tasks, `all --plan` bounds the transfer
+    sweeps: 4 partner rankings x the sweep's distinct percentages, each an evaluation of copa."""
+    argv = ["all", "--tasks", "copa", "boolq", "--shots", "0", "--limit", "2", "--n-docs", "2", "--seeds", "2"]
+    plan = plan_of(argv, tmp_path, capsys)
+    steps = {s["step"].split(" (")[0]: s for s in plan["steps"]}
+    transfer = steps["cross-task transfer"]
+    assert transfer["forward_passes"] > 0 and transfer["backward_passes"] == 0
+    assert transfer["forward_passes"] % 4 == 0  # at most 4 partners, each the same per-sweep passes
+
+
 def test_throughput_is_measured_on_this_machine_or_reported_missing(tmp_path, capsys):
     path = tmp_path / "plan.json"
     assert run.main(["induction", "prefix", "--seeds", "1", "--plan", "--json", str(path)]) == 0
