@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from pathlib import Path
 
 # Packages that contribute sub-commands, in the order they appear in --help.
 COMMAND_MODULES = ["opt66b.cli", "tasks.cli", "prune.cli", "induction.cli", "opt66b.scale_cli", "study.cli", "study.run_cli"]
@@ -32,23 +33,82 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Options that name an output directory / file: checked (creatable, writable, not a file) before any
+# computation, and cleared of temp files orphaned by killed writes.
+OUTPUT_DIR_OPTIONS = {"out": "--out", "dst": "dst", "run": "--run"}
+OUTPUT_FILE_OPTIONS = {"json": "--json"}
+# Errors that mean "the input is wrong", not "the program is": one line, exit 2.
+USER_ERRORS = (OSError, ValueError, KeyError, EOFError, UnicodeError)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. A user-facing failure prints one line `run.py CMD: error: ...` and returns 2;
+    anything else is reported as an internal error (exit 1). `--debug` anywhere on the line (or
+    OPT66B_DEBUG=1) shows the traceback instead."""
+    import os
+
     from opt66b.cli_options import require_out
 
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("OPT66B_DEBUG") == "1"
+    argv = [a for a in argv if a != "--debug"]
     parser = build_parser()
+    parser.add_argument("--debug", action="store_true", help="show Python tracebacks of errors (anywhere on the line)")
     args = parser.parse_args(argv)
     require_out(parser, args)
+    previous = os.environ.get("OPT66B_DEBUG")
+    if debug:
+        os.environ["OPT66B_DEBUG"] = "1"  # steps of `run.py all` run through main() too
     try:
         if getattr(args, "plan", False):
             from study.plan_cli import run_plan  # the cost of the step, instead of the step
 
             return run_plan(args)
+        check_outputs(args)
         return int(args.func(args) or 0)
-    except (FileNotFoundError, ValueError, KeyError) as err:
-        # User-facing problems (missing files, malformed records, bad masks): one clear line, exit 2.
-        msg = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"run.py {args.command}: error: {msg}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        print(f"run.py {args.command}: interrupted; finished units are kept, rerun to resume", file=sys.stderr)
+        return 130
+    except Exception as err:
+        if debug:
+            raise
+        if isinstance(err, USER_ERRORS):
+            # KeyError's str() adds quotes; its first argument is our message.
+            msg = err.args[0] if isinstance(err, KeyError) and err.args else err
+            print(f"run.py {args.command}: error: {_one_line(msg)}", file=sys.stderr)
+            return 2
+        if type(err).__name__ == "OutOfMemoryError":  # torch's, a RuntimeError: not a bug of ours
+            print(f"run.py {args.command}: error: out of device memory ({_one_line(err)[:200]}); lower "
+                  "--batch-tokens, or spread the model with --device-map/--offload", file=sys.stderr)
+            return 2
+        print(f"run.py {args.command}: internal error ({type(err).__name__}: {_one_line(err)}); "
+              "rerun with --debug for the traceback and report it", file=sys.stderr)
+        return 1
+    finally:
+        if previous is None:
+            os.environ.pop("OPT66B_DEBUG", None)
+        else:
+            os.environ["OPT66B_DEBUG"] = previous
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """Every output directory/file option is writable before the command computes anything."""
+    from opt66b.io import check_output_dir
+
+    for name, label in OUTPUT_DIR_OPTIONS.items():
+        if getattr(args, name, None) is not None:
+            check_output_dir(getattr(args, name), label)
+    for name, label in OUTPUT_FILE_OPTIONS.items():
+        path = getattr(args, name, None)
+        if isinstance(path, (str, Path)) and str(path) != "-":  # "-": stdout
+            path = Path(path)
+            if path.is_dir():
+                raise IsADirectoryError(f"{label} {path}: is a directory; give a file name")
+            check_output_dir(path.parent, label)
+
+
+def _one_line(msg: object) -> str:
+    return " ".join(str(msg).split())
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from opt66b.io import Progress, read_tensors, run_metadata, write_json, write_tensors
+from opt66b.io import Progress, check_finite_heads, read_tensors, run_metadata, write_json, write_tensors
 from opt66b.store import UnitStore
 
 from .sequences import pack
@@ -54,6 +54,7 @@ def run_seeds(kind: str, seeds: Sequence[int], variants: Sequence[str], out: str
         if missing:
             results = score(tokens, missing)
             for v in missing:
+                check_finite_heads(results[v], f"{kind} ({v}) seed {s}")
                 meta = run_metadata(kind=kind, variant=v, seed=s, **settings)
                 store.write_tensors(seed_path(out, kind, v, s), {"scores": results[v], "tokens": tokens}, meta,
                                     kind=kind, variant=v, seed=s)

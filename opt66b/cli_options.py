@@ -50,6 +50,9 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--recompute", action="store_true",
                    help="replace result units in --out made with other settings (default: refuse them, naming "
                         "the file and what changed)")
+    g.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="CPU threads for torch (default: torch's choice, printed; recorded in every output). "
+                        "On a shared machine set it to the cores you may use")
 
 
 def add_out_arg(parser: argparse.ArgumentParser, what: str = "output directory") -> None:

@@ -169,11 +169,67 @@ _HF_KEYS = {
 _HF_REQUIRED = ("hidden_size", "num_hidden_layers", "num_attention_heads", "ffn_dim")
 
 
+# Types of the config.json values this reader uses (HF key -> JSON type); anything else is an error
+# naming the key. Booleans must be JSON booleans: the string "false" is truthy in Python and would
+# silently select the other architecture.
+_HF_INT_POSITIVE = ("hidden_size", "num_hidden_layers", "num_attention_heads", "ffn_dim", "vocab_size",
+                    "max_position_embeddings", "word_embed_proj_dim")
+_HF_INT_TOKEN = ("pad_token_id", "bos_token_id", "eos_token_id")
+_HF_BOOL = ("do_layer_norm_before", "_remove_final_layer_norm", "enable_bias", "layer_norm_elementwise_affine",
+            "tie_word_embeddings")
+_MAX_DIM = 1 << 24  # far above any OPT (66b: hidden 9216, ffn 36864, vocab 50272); catches byte garbage
+
+
+def _json_type(value: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "an integer",
+            float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def check_hf_config(raw: Any, where: str) -> None:
+    """Types and ranges of every config.json value the reader uses; ValueError naming the key."""
+    if not isinstance(raw, dict):
+        raise ValueError(f"{where}: expected a JSON object of config keys, got {_json_type(raw)}; "
+                         "is this an HF config.json?")
+    for key in ("model_type", "activation_function"):
+        if key in raw and not isinstance(raw[key], str):
+            raise ValueError(f"{where}: '{key}' must be a string, got {_json_type(raw[key])} {raw[key]!r:.40}")
+    for key in _HF_INT_POSITIVE + _HF_INT_TOKEN:
+        value = raw.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{where}: '{key}' must be an integer, got {_json_type(value)} {value!r:.40}; "
+                             f"write it as a bare number, e.g. \"{key}\": {_example(value)}")
+        low = 1 if key in _HF_INT_POSITIVE else 0
+        if not low <= value <= _MAX_DIM:
+            raise ValueError(f"{where}: '{key}' = {value} is out of range [{low}, {_MAX_DIM}]")
+    for key in _HF_BOOL:
+        value = raw.get(key)
+        if value is not None and not isinstance(value, bool):
+            raise ValueError(f"{where}: '{key}' must be a JSON boolean (true or false), got {_json_type(value)} "
+                             f"{value!r:.40}")
+    vocab = raw.get("vocab_size")
+    for key in _HF_INT_TOKEN:
+        if isinstance(vocab, int) and isinstance(raw.get(key), int) and raw[key] >= vocab:
+            raise ValueError(f"{where}: '{key}' = {raw[key]} is not below vocab_size {vocab}")
+    hidden, heads = raw.get("hidden_size"), raw.get("num_attention_heads")
+    if isinstance(hidden, int) and isinstance(heads, int) and hidden % heads:
+        raise ValueError(f"{where}: hidden_size {hidden} is not divisible by num_attention_heads {heads}")
+
+
+def _example(value: Any) -> str:
+    try:
+        return str(int(float(value)))
+    except (TypeError, ValueError):
+        return "128"
+
+
 def config_from_hf(source: str | Path | dict[str, Any]) -> OPTConfig:
     """Read an HF OPT config.json (a path, a checkpoint directory or an already-parsed dict).
 
-    Missing optional keys take transformers' defaults; values this decoder does not implement
-    (another model type, another activation) are a ValueError naming the key.
+    Missing optional keys take transformers' defaults; wrongly typed or out-of-range values and
+    values this decoder does not implement (another model type, another activation) are a
+    ValueError naming the file and key.
     """
     where = "config dict"
     if not isinstance(source, dict):
@@ -184,16 +240,17 @@ def config_from_hf(source: str | Path | dict[str, Any]) -> OPTConfig:
             raise FileNotFoundError(f"{path}: no config.json; a checkpoint directory needs one (HF OPT format)")
         where = str(path)
         try:
-            source = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: not valid JSON ({err})") from err
+            source = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"{path}: not valid JSON ({err}); fix or re-download it") from err
     raw = source
+    check_hf_config(raw, where)
     if raw.get("model_type", "opt") != "opt":
         raise ValueError(f"{where}: model_type is {raw['model_type']!r}, only 'opt' is supported")
     act = raw.get("activation_function", "relu")
     if act != "relu":
         raise ValueError(f"{where}: activation_function {act!r} is not supported (OPT uses 'relu')")
-    missing = [k for k in _HF_REQUIRED if k not in raw]
+    missing = [k for k in _HF_REQUIRED if raw.get(k) is None]
     if missing:
         raise ValueError(f"{where}: missing required keys {missing}")
     kwargs = {ours: raw[theirs] for theirs, ours in _HF_KEYS.items() if theirs in raw and raw[theirs] is not None}

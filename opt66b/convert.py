@@ -27,6 +27,9 @@ from typing import Callable
 
 import torch
 
+from .config import config_from_hf
+from .weights import confined_path
+
 BIN_INDEX = "pytorch_model.bin.index.json"
 BIN_SINGLE = "pytorch_model.bin"
 ST_INDEX = "model.safetensors.index.json"
@@ -41,11 +44,15 @@ def bin_shards(src: Path) -> tuple[list[Path], dict[str, str] | None]:
     index = src / BIN_INDEX
     if index.is_file():
         try:
-            weight_map = json.loads(index.read_text()).get("weight_map")
-        except (json.JSONDecodeError, AttributeError) as err:
+            weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map")
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as err:
             raise ValueError(f"{index}: not a valid index JSON object ({err}); re-download it") from err
         if not isinstance(weight_map, dict) or not weight_map:
             raise ValueError(f"{index}: has no 'weight_map' object; re-download it")
+        for key, name in weight_map.items():
+            if not isinstance(name, str):
+                raise ValueError(f"{index}: key {key!r} maps to {type(name).__name__} {name!r:.40}, expected a file name")
+            confined_path(src, name, f"{index}: key {key!r}")
         names = sorted(set(weight_map.values()))
         for name in names:
             if not (src / name).is_file():
@@ -118,10 +125,10 @@ def convert_bin_checkpoint(src: str | Path, dst: str | Path, log: Callable[[str]
         raise FileNotFoundError(f"{src}: source checkpoint directory not found")
     if not (src / "config.json").is_file():
         raise FileNotFoundError(f"{src / 'config.json'}: missing; the converted checkpoint needs the model's config.json")
+    config_from_hf(src)  # typed validation before hours of conversion
     if src.resolve() == dst.resolve():
         raise ValueError(f"{dst}: the output directory must differ from the source")
     shards, bin_map = bin_shards(src)
-    dst.mkdir(parents=True, exist_ok=True)
     n = len(shards)
     weight_map: dict[str, str] = {}
     total = 0
@@ -147,6 +154,7 @@ def convert_bin_checkpoint(src: str | Path, dst: str | Path, log: Callable[[str]
                 raise ValueError(f"{src / BIN_INDEX}: maps {wrong[:4]} to {path.name}, which does not contain them; "
                                  "the index and the shards disagree, re-download them")
         tensors = {k: t.contiguous() for k, t in state.items()}
+        dst.mkdir(parents=True, exist_ok=True)  # only now: a source that fails to load leaves no dst behind
         tmp = dst / f".{name}.tmp"
         save_file(tensors, str(tmp), metadata={"format": "pt"})
         os.replace(tmp, out)

@@ -2,15 +2,22 @@
 
 Every result file is written to a temporary name in the same directory and renamed into place, so
 a killed run leaves either the old file or the new one, never half of one. Resumable loops test
-`exists(path)` to skip finished units.
+`exists(path)` to skip finished units. The temporary name carries the writer's host and process id
+(`.<name>.<host>-<pid>-<random>.tmp`), so the next run in the same output directory can tell a
+killed writer's orphan from a live one and remove it (`check_output_dir`).
+
+JSON results are strict JSON: a NaN or infinity is an error naming the file and the key, never
+a bare `NaN` token that other JSON readers reject.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import platform
+import socket
 import sys
 import tempfile
 import time
@@ -26,10 +33,14 @@ def _umask() -> int:
     return mask
 
 
+_HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]  # no dots or odd characters
+ORPHAN_AGE_S = 3600  # a temp file of another host (shared file system) is an orphan after an idle hour
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{_HOST}-{os.getpid()}-", suffix=".tmp")
     try:
         # mkstemp makes the file 0600; results are shared on clusters, so give what open() would give
         if hasattr(os, "fchmod"):
@@ -51,15 +62,111 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 
 def write_json(path: str | Path, obj: Any) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+    """Atomic, strict JSON write: a non-finite float is a ValueError naming the file and its key."""
+    try:
+        text = json.dumps(obj, indent=2, sort_keys=False, default=_json_default, allow_nan=False)
+    except ValueError as err:
+        where = nonfinite_key(obj)
+        raise ValueError(f"{path}: refusing to write a non-finite number at {where or 'a value'} "
+                         "(results must be finite, strict JSON); the computation that produced it failed: "
+                         "NaN/corrupt weights or float16 overflow (try --dtype float32)?") from err
+    return atomic_write_text(path, text + "\n")
 
 
-def read_json(path: str | Path) -> Any:
+def nonfinite_key(obj: Any, where: str = "") -> str | None:
+    """Key path ("results.acc", "rows[3].docs") of the first NaN/inf float in a JSON-like object."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return where or "the top level"
+    if isinstance(obj, dict):
+        items = ((f"{where}.{k}" if where else str(k), v) for k, v in obj.items())
+    elif isinstance(obj, (list, tuple)):
+        items = ((f"{where}[{i}]", v) for i, v in enumerate(obj))
+    else:
+        return None
+    for key, value in items:
+        found = nonfinite_key(value, key)
+        if found:
+            return found
+    return None
+
+
+def check_finite_heads(scores: torch.Tensor, where: str) -> None:
+    """ValueError naming the first (layer, head) of an (L, H) score table that is NaN or inf."""
+    scores = scores.detach()
+    bad = ~torch.isfinite(scores)
+    if bool(bad.any()):
+        layer, head = (int(i) for i in bad.nonzero()[0])
+        raise ValueError(f"{where}: layer {layer} head {head} score is {float(scores[layer, head])} "
+                         f"({int(bad.sum())} non-finite); corrupt or NaN weights, or float16 overflow "
+                         "(try --dtype float32 or bfloat16)")
+
+
+def check_output_dir(path: str | Path, label: str = "--out") -> Path:
+    """Fail fast, before any computation, unless `path` is (or can be created as) a writable
+    directory; then remove temp files orphaned there by killed writes. Creates nothing."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"{label} {path}: exists and is not a directory; choose another output path")
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe != path and not probe.is_dir():
+        raise NotADirectoryError(f"{label} {path}: cannot be created, {probe} is a file; choose another output path")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        what = "is not writable" if probe == path else f"cannot be created ({probe} is not writable)"
+        raise PermissionError(f"{label} {path}: {what}; fix its permissions or choose another output path")
+    if path.is_dir():
+        for orphan in remove_orphans(path):
+            print(f"removed {orphan}: left by an interrupted write", file=sys.stderr)
+    return path
+
+
+def remove_orphans(root: str | Path) -> list[Path]:
+    """Delete `.<name>.<host>-<pid>-<random>.tmp` files under root whose writer is gone (this host
+    and a dead pid, or another host and untouched for ORPHAN_AGE_S). Returns what was removed."""
+    removed = []
+    for tmp in Path(root).rglob(".*.tmp"):
+        writer = tmp.name[:-len(".tmp")].rsplit(".", 1)[-1].split("-")  # [host, pid, random]
+        if len(writer) != 3 or not writer[1].isdigit() or not tmp.is_file():
+            continue  # not a name atomic_write_bytes makes
+        host, pid = writer[0], int(writer[1])
+        if host == _HOST:
+            orphan = pid != os.getpid() and not _pid_alive(pid)
+        else:
+            orphan = time.time() - tmp.stat().st_mtime > ORPHAN_AGE_S
+        if orphan:
+            try:
+                tmp.unlink()
+                removed.append(tmp)
+            except FileNotFoundError:  # its writer's cleanup or another run got there first
+                pass
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def read_json(path: str | Path, fix: str = "delete it to recompute", want: type | None = None) -> Any:
+    """Parse a JSON file; invalid JSON or UTF-8 (or, with `want`, another top-level type) is a
+    ValueError naming the file and saying how to `fix` it."""
     path = Path(path)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err}); delete it to recompute") from err
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not valid JSON ({err}); {fix}") from err
+    if want is not None and not isinstance(value, want):
+        raise ValueError(f"{path}: expected a JSON {'object' if want is dict else want.__name__}, "
+                         f"got {type(value).__name__}; {fix}")
+    return value
 
 
 def write_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, Any] | None = None) -> Path:
@@ -77,8 +184,12 @@ def read_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, s
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not found")
-    with safe_open(str(path), framework="pt") as f:
-        return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+    except Exception as err:  # safetensors raises its own SafetensorError (and OSError) for corrupt files
+        raise ValueError(f"{path}: not a readable safetensors file ({type(err).__name__}: {err}); "
+                         "regenerate or re-download it") from err
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -101,6 +212,7 @@ def run_metadata(**settings: Any) -> dict[str, Any]:
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "python": sys.version.split()[0],
         "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
         "platform": platform.platform(),
         "argv": sys.argv,
     }

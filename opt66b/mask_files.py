@@ -1,5 +1,10 @@
 """Mask files: safetensors with "head_mask" (L, H) and/or "ffn_mask" (L,), float32.
 
+Values are 1 (keep) and 0 (prune). Fractional values scale a head's or FFN's output (soft masks,
+a legitimate research tool) and are accepted only when asked for (`soft=True`, the CLI's
+--soft-masks), so a mask saved from scores or probabilities by mistake is not run silently.
+Values outside [0, 1] are always an error.
+
 The model is the one place that knows what a mask is, so the file format lives here too: `run.py
 eval --head-mask F` (tasks) and the pruning sweeps (prune) read and write masks through it.
 """
@@ -38,11 +43,12 @@ def write_masks(path: str | Path, head_mask: torch.Tensor | None = None, ffn_mas
     return write_tensors(path, tensors, metadata)
 
 
-def read_masks(path: str | Path, num_layers: int | None = None,
-               num_heads: int | None = None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """Read (head_mask (L, H) or None, ffn_mask (L,) or None) from a mask file, checking shapes.
+def read_masks(path: str | Path, num_layers: int | None = None, num_heads: int | None = None,
+               soft: bool = False) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Read (head_mask (L, H) or None, ffn_mask (L,) or None) from a mask file, checking shapes and values.
 
     Pass the model's num_layers / num_heads to have a mismatch reported here, naming the file.
+    Values must lie in [0, 1]; values strictly between 0 and 1 need soft=True.
     """
     tensors, _ = read_tensors(path)
     unknown = sorted(set(tensors) - {HEAD_MASK_KEY, FFN_MASK_KEY})
@@ -64,6 +70,22 @@ def read_masks(path: str | Path, num_layers: int | None = None,
                              f"({want_l},); was it made for another model?")
         ffn = ffn.float()
     for name, t in ((HEAD_MASK_KEY, head), (FFN_MASK_KEY, ffn)):
-        if t is not None and not bool(torch.isfinite(t).all()):
-            raise ValueError(f"{path}: '{name}' contains non-finite values; regenerate the mask")
+        if t is not None:
+            check_mask_values(t, f"{path}: '{name}'", soft)
     return head, ffn
+
+
+def check_mask_values(mask: torch.Tensor, where: str, soft: bool = False) -> None:
+    """ValueError naming the first bad entry unless every value is finite and in [0, 1] (and in
+    {0, 1} unless soft)."""
+    flat = mask.detach().float().cpu().reshape(-1)  # (numel,)
+    bad = ~torch.isfinite(flat) | (flat < 0) | (flat > 1)
+    rule = "masks hold 1 (keep) or 0 (prune)"
+    if not soft:
+        bad |= (flat != 0) & (flat != 1)
+        rule += "; fractional values need --soft-masks"
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0])
+        index = tuple(int(j) for j in torch.unravel_index(torch.tensor(i), mask.shape)) if mask.dim() else ()
+        raise ValueError(f"{where}{list(index)} = {float(flat[i])} ({int(bad.sum())} such value(s)): {rule}, "
+                         "values outside [0, 1] are never allowed; regenerate the mask")

@@ -42,6 +42,21 @@ def parse_size(text: str) -> int:
     return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
 
 
+DEVICE_TYPES = ("cpu", "cuda", "mps")  # what this toolkit runs on
+
+
+def device_name(name: str, where: str) -> torch.device:
+    """A device written by the user ("cpu", "cuda", "cuda:1") -> torch.device, or a ValueError
+    naming the option. Whether the device exists here is checked when a model is loaded."""
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        dev = None
+    if dev is None or dev.type not in DEVICE_TYPES:
+        raise ValueError(f"{where}: device {name!r} is not one of cpu, cuda, cuda:N, mps")
+    return dev
+
+
 def parse_max_memory(text: str | None) -> dict[str, int]:
     """'cuda:0=70GiB,cuda:1=70GiB,cpu=200GiB' -> ordered {device: bytes}."""
     if not text:
@@ -51,7 +66,7 @@ def parse_max_memory(text: str | None) -> dict[str, int]:
         dev, sep, size = part.strip().rpartition("=")
         if not sep or not dev:
             raise ValueError(f"--max-memory entry {part!r} must look like DEVICE=SIZE, e.g. cuda:0=70GiB")
-        torch.device(dev)  # raises on a malformed device name
+        device_name(dev, "--max-memory")
         if dev in out:
             raise ValueError(f"--max-memory names {dev} twice")
         out[dev] = parse_size(size)
@@ -247,7 +262,7 @@ def parse_layer_ranges(spec: str | dict, num_layers: int, where: str = "--device
         if len(item) != 2:
             raise ValueError(f"{where}: entry {':'.join(item)!r} must look like FIRST-LAST:DEVICE, e.g. 0-31:cuda:0")
         rng, dev = str(item[0]).strip(), str(item[1]).strip()
-        torch.device(dev)
+        device_name(dev, where)
         if rng in ("embed", "head"):
             head = dev
             continue

@@ -22,8 +22,8 @@ from .config import OPTConfig, config_for_size, config_from_hf
 from .distributed import local_cuda_offset, local_rank, rank_world
 from .model import OPT
 from .offload import attach_pinned_streamer, load_streamed
-from .placement import (GIB, build_device_map, dtype_bytes, head_params, layer_bytes, parse_max_memory,
-                        shift_cuda)
+from .placement import (GIB, build_device_map, device_name, dtype_bytes, head_params, layer_bytes,
+                        parse_max_memory, shift_cuda)
 from .store import checkpoint_identity, tokenizer_identity
 from .tokenizer import OPTTokenizer, load_tokenizer
 from .weights import _set_param, load_model
@@ -32,11 +32,38 @@ TINY_MODEL_DIR = Path(__file__).resolve().parent / "assets" / "tiny-opt"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
+def apply_threads(threads: int | None, log=None) -> int:
+    """Set torch's intra-op thread count (None keeps torch's default); says which on stderr."""
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
+        log(f"threads: {torch.get_num_threads()} (--threads)")
+    else:
+        log(f"threads: {torch.get_num_threads()} (torch's default; set --threads N on a shared machine)")
+    return torch.get_num_threads()
+
+
 def resolve_device(name: str | None) -> torch.device:
     """--device value; by default the GPU of this process (LOCAL_RANK under torchrun) or the CPU."""
     if name is None:
         return torch.device(f"cuda:{local_rank() % torch.cuda.device_count()}" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    return check_device_available(device_name(name, "--device"), "--device")
+
+
+def check_device_available(dev: torch.device, where: str) -> torch.device:
+    """ValueError naming the option when `dev` does not exist on this machine."""
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{where} {dev}: CUDA is not available here (no GPU, or a CPU-only torch); "
+                             "use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"{where} {dev}: this machine has {torch.cuda.device_count()} GPU(s), "
+                             f"cuda:0..cuda:{torch.cuda.device_count() - 1}")
+    if dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ValueError(f"{where} {dev}: MPS is not available here; use --device cpu")
+    return dev
 
 
 def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:
@@ -122,6 +149,8 @@ def load(model: str | Path | None = None, *, tokenizer: str | Path | None = None
             gpus = len({d for d in [dm.head, *dm.layers] if torch.device(d).type == "cuda"})
             dm = shift_cuda(dm, local_cuda_offset(gpus))  # this process's own GPUs
         if dm is not None:
+            for dev in dict.fromkeys([dm.head, *dm.layers]):
+                check_device_available(torch.device(dev), "--device-map")
             log(dm.summary())
         device_for = dm.device_for if dm is not None else (lambda name: device)
         if size:
@@ -137,6 +166,10 @@ def load(model: str | Path | None = None, *, tokenizer: str | Path | None = None
             log(f"streaming {len(streamed)} host layers to {dm.compute} (pinned, prefetched)")
             attach_pinned_streamer(net, streamed, dm.compute)
     tok = load_tokenizer(tok_dir)
+    top = tok.max_id()
+    if top >= cfg.vocab_size:
+        raise ValueError(f"{tok_dir}: tokenizer ids reach {top} but the model has {cfg.vocab_size} embedding rows; "
+                         "does the tokenizer belong to this model?")
     if size:
         identity = {"random_weights": size, "seed": random_weights_seed}
     else:
@@ -161,6 +194,7 @@ def load(model: str | Path | None = None, *, tokenizer: str | Path | None = None
 
 def load_from_args(args: argparse.Namespace, log=None) -> tuple[Any, OPTTokenizer, dict[str, Any]]:
     """`load` with the options of `add_model_args` (absent attributes take load's defaults)."""
+    apply_threads(getattr(args, "threads", None), log)
     kwargs = {name: getattr(args, name) for name in LOAD_OPTIONS if getattr(args, name, None) is not None}
     return load(**kwargs, log=log)
 

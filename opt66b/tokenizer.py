@@ -12,11 +12,12 @@ trained and as the induction sequences start.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from tokenizers import AddedToken, Tokenizer, decoders, pre_tokenizers
 from tokenizers.models import BPE
+
+from .io import read_json
 
 SPECIAL_TOKENS = ("</s>", "<pad>")  # what OPT's tokenizer_config.json registers (bos=eos=unk="</s>", pad)
 CANARY = ("hello\n\nhello", [42891, 50118, 50118, 42891])  # GPT-2 ids remapped to OPT's, from HF's tokenizer
@@ -37,8 +38,14 @@ class OPTTokenizer:
         """Build from `tokenizer.json` when present, else from `vocab.json` + `merges.txt`."""
         d = Path(directory)
         vocab, merges = d / "vocab.json", d / "merges.txt"
+        if not d.is_dir():
+            raise FileNotFoundError(f"{d}: tokenizer directory not found")
         if (d / "tokenizer.json").is_file():
-            tok = Tokenizer.from_file(str(d / "tokenizer.json"))
+            try:
+                tok = Tokenizer.from_file(str(d / "tokenizer.json"))
+            except Exception as err:  # the tokenizers library raises its own exception type
+                raise ValueError(f"{d / 'tokenizer.json'}: not a readable tokenizer file ({err}); "
+                                 "re-download it") from err
             tok.post_processor = None  # BOS is added explicitly by encode(), never by the template
             return cls(tok, merges if merges.is_file() else None)
         for path in (vocab, merges):
@@ -48,7 +55,7 @@ class OPTTokenizer:
         try:
             model = BPE.from_file(str(vocab), str(merges), fuse_unk=False)
         except Exception as err:
-            raise ValueError(f"{d}: could not read vocab.json/merges.txt ({err})") from err
+            raise ValueError(f"{d}: could not read vocab.json/merges.txt ({err}); re-download them") from err
         tok = Tokenizer(model)
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tok.decoder = decoders.ByteLevel()
@@ -58,6 +65,10 @@ class OPTTokenizer:
     @property
     def vocab_size(self) -> int:
         return self._tok.get_vocab_size(with_added_tokens=True)
+
+    def max_id(self) -> int:
+        """The largest token id (an embedding table needs max_id() + 1 rows)."""
+        return max(self._tok.get_vocab(with_added_tokens=True).values())
 
     def encode(self, text: str, bos: bool = False) -> list[int]:
         ids = self._tok.encode(text, add_special_tokens=False).ids if text else []
@@ -82,11 +93,15 @@ class OPTTokenizer:
         if self.merges_path is None:
             raise ValueError("merge ranks need merges.txt next to the tokenizer")
         ids = []
-        with open(self.merges_path, encoding="utf-8") as f:
-            for line in f:
+        with open(self.merges_path, encoding="utf-8", errors="replace") as f:
+            for n, line in enumerate(f, 1):
                 if line.startswith("#version") or not line.strip():
                     continue
-                a, b = line.rstrip("\n").split(" ")
+                parts = line.rstrip("\n").split(" ")
+                if len(parts) != 2:
+                    raise ValueError(f"{self.merges_path}:{n}: expected two tokens separated by one space, "
+                                     f"got {line.strip()!r:.60}; re-download merges.txt")
+                a, b = parts
                 idx = self._tok.token_to_id(a + b)
                 if idx is None:
                     raise ValueError(f"{self.merges_path}: merge {line.strip()!r} produces a token missing from vocab.json")
@@ -105,7 +120,7 @@ def special_tokens(directory: Path) -> list[str]:
     cfg_path = directory / "tokenizer_config.json"
     if not cfg_path.is_file():
         return list(SPECIAL_TOKENS)
-    cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    cfg = read_json(cfg_path, "fix or re-download it", want=dict)
     found = []
     for key in ("bos_token", "eos_token", "unk_token", "pad_token"):
         value = cfg.get(key)

@@ -25,6 +25,7 @@ from safetensors import safe_open
 from torch import nn
 
 from .config import OPTConfig, config_from_hf
+from .io import read_json
 from .model import OPT
 
 INDEX_NAME = "model.safetensors.index.json"
@@ -37,11 +38,17 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be loaded as it is; the message names the file and key."""
 
 
+_ST_ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
+                "U16": 2, "U32": 4, "U64": 8, "F8_E4M3": 1, "F8_E5M2": 1}
+
+
 def read_safetensors_header(path: Path) -> dict[str, dict]:
     """Parse and validate a safetensors header without reading tensor data.
 
-    Checks that the header is complete JSON and that every tensor's byte range lies inside the
-    file, so a truncated download fails here with the file's name instead of deep inside a read.
+    Checks that the header is a complete JSON object, that every entry has a known dtype, a shape
+    of non-negative integers and data_offsets [begin, end] whose length matches shape x dtype, and
+    that every byte range lies inside the file: a truncated download or a hand-edited header fails
+    here with the file's name and the tensor's key instead of deep inside a read.
     """
     size = path.stat().st_size
     with open(path, "rb") as f:
@@ -56,14 +63,46 @@ def read_safetensors_header(path: Path) -> dict[str, dict]:
             header = json.loads(f.read(n))
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise CheckpointError(f"{path}: corrupt safetensors header ({err}); re-download this shard") from err
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: safetensors header is a JSON {type(header).__name__}, not an object; "
+                              "the file is corrupt, re-download it")
     data_bytes = size - 8 - n
-    header.pop("__metadata__", None)
+    meta = header.pop("__metadata__", None)
+    if meta is not None and not (isinstance(meta, dict) and all(isinstance(v, str) for v in meta.values())):
+        raise CheckpointError(f"{path}: '__metadata__' must map names to strings; the header is corrupt")
     for key, info in header.items():
-        begin, end = info["data_offsets"]
-        if end > data_bytes:
-            raise CheckpointError(f"{path}: tensor {key!r} ends at byte {end} of a {data_bytes}-byte data section; "
-                                  "the shard is truncated, re-download it")
+        _check_header_entry(path, key, info, data_bytes)
     return header
+
+
+def _check_header_entry(path: Path, key: str, info: object, data_bytes: int) -> None:
+    bad = f"{path}: tensor {key!r}"
+    fix = "the header is corrupt, re-download or re-convert this shard"
+    if not isinstance(info, dict):
+        raise CheckpointError(f"{bad}: header entry is {type(info).__name__}, not an object; {fix}")
+    for field in ("dtype", "shape", "data_offsets"):
+        if field not in info:
+            raise CheckpointError(f"{bad}: header entry lacks '{field}' (has {sorted(info)}); {fix}")
+    dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+    if not isinstance(dtype, str) or dtype not in _ST_ITEMSIZE:
+        raise CheckpointError(f"{bad}: unknown dtype {dtype!r:.40}; {fix}")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
+                                              for d in shape):
+        raise CheckpointError(f"{bad}: shape {shape!r:.60} is not a list of non-negative integers; {fix}")
+    if (not isinstance(offsets, list) or len(offsets) != 2
+            or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
+            or not 0 <= offsets[0] <= offsets[1]):
+        raise CheckpointError(f"{bad}: data_offsets {offsets!r:.60} is not [begin, end] with 0 <= begin <= end; {fix}")
+    begin, end = offsets
+    if end > data_bytes:
+        raise CheckpointError(f"{bad} ends at byte {end} of a {data_bytes}-byte data section; "
+                              "the shard is truncated, re-download it")
+    numel = 1
+    for d in shape:
+        numel *= d
+    if end - begin != numel * _ST_ITEMSIZE[dtype]:
+        raise CheckpointError(f"{bad}: data_offsets span {end - begin} bytes but shape {shape} x {dtype} needs "
+                              f"{numel * _ST_ITEMSIZE[dtype]}; {fix}")
 
 
 CHUNK_BYTES = 8 << 20  # read buffer of the converting path; small next to any real tensor
@@ -104,26 +143,51 @@ def checkpoint_files(ckpt_dir: Path) -> dict[str, Path]:
         raise FileNotFoundError(f"{ckpt_dir}: checkpoint directory not found")
     index = ckpt_dir / INDEX_NAME
     if index.is_file():
-        try:
-            raw = json.loads(index.read_text())
-        except json.JSONDecodeError as err:
-            raise CheckpointError(f"{index}: not valid JSON ({err})") from err
-        weight_map = raw.get("weight_map", raw)  # accelerate writes a flat {name: file} map
-        if not isinstance(weight_map, dict) or not weight_map:
-            raise CheckpointError(f"{index}: no weight_map")
-        files = {}
-        for key, name in weight_map.items():
-            path = ckpt_dir / name
-            if not path.is_file():
-                raise CheckpointError(f"{index}: key {key!r} is mapped to {name}, which does not exist in {ckpt_dir}")
-            files[key] = path
-        return files
+        return _index_files(ckpt_dir, index)
     single = ckpt_dir / SINGLE_NAME
     if single.is_file():
         return {key: single for key in read_safetensors_header(single)}
     bins = sorted(p.name for p in ckpt_dir.glob("pytorch_model*.bin"))
     hint = f" It has {bins[0]}...: convert it with `python run.py convert {ckpt_dir} OUT_DIR`." if bins else ""
     raise FileNotFoundError(f"{ckpt_dir}: neither {SINGLE_NAME} nor {INDEX_NAME} found.{hint}")
+
+
+def _index_files(ckpt_dir: Path, index: Path) -> dict[str, Path]:
+    """{key: shard path} from a shard index, every path confined to the checkpoint directory."""
+    try:
+        raw = read_json(index, "re-download it", want=dict)
+    except ValueError as err:
+        raise CheckpointError(str(err)) from err
+    weight_map = raw.get("weight_map", raw)  # accelerate writes a flat {name: file} map
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CheckpointError(f"{index}: no 'weight_map' object of {{tensor name: shard file}}; re-download it")
+    files: dict[str, Path] = {}
+    for key, name in weight_map.items():
+        if not isinstance(name, str):
+            raise CheckpointError(f"{index}: key {key!r} maps to {type(name).__name__} {name!r:.40}, "
+                                  "expected a shard file name")
+        files[key] = confined_path(ckpt_dir, name, f"{index}: key {key!r}")
+        if not files[key].is_file():
+            raise CheckpointError(f"{index}: key {key!r} is mapped to {name}, which does not exist in {ckpt_dir}")
+    return files
+
+
+def confined_path(root: Path, name: str, where: str) -> Path:
+    """root / name for a file name read from a file inside `root`; refuses absolute names, `..` and
+    symlinks that resolve outside root, so a checkpoint can only load its own files."""
+    rel = Path(name)
+    if not name or rel.is_absolute() or ".." in rel.parts:
+        raise CheckpointError(f"{where}: file name {name!r} must be relative to {root} without '..'; "
+                              "a checkpoint may only name files inside its own directory")
+    path = root / rel
+    # The Hugging Face hub cache keeps snapshots/<revision>/<file> as links to ../../blobs/<hash>.
+    allowed = [root.resolve()]
+    if root.resolve().parent.name == "snapshots":
+        allowed.append(root.resolve().parent.parent / "blobs")
+    if path.exists() and not any(path.resolve().is_relative_to(a) for a in allowed):
+        raise CheckpointError(f"{where}: {name} is a link to {path.resolve()}, outside {root}; "
+                              "copy the file into the checkpoint directory instead")
+    return path
 
 
 def canonical_key(key: str) -> str:

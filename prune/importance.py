@@ -23,7 +23,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from opt66b import Capture, frozen, head_attribution
-from opt66b.io import Progress
+from opt66b.io import Progress, check_finite_heads
 from opt66b.offload import layerwise_backward
 
 from tasks.scoring import TokenRequest, token_requests
@@ -77,8 +77,10 @@ def head_score_sums_tokens(model: Any, tokenized: Sequence[TokenRequest],
     total = torch.zeros(cfg.num_layers, cfg.num_heads, dtype=torch.float32)  # (L, H)
     positions = targets = 0
     with frozen(model):
-        for t in tokenized:
-            total += example_head_scores(model, t.input_ids, t.continuation)
+        for e, t in enumerate(tokenized):
+            scores = example_head_scores(model, t.input_ids, t.continuation)  # (L, H)
+            check_finite_heads(scores, f"head importance: example {e} ({len(t.continuation)} continuation tokens)")
+            total += scores
             positions += len(t.input_ids)  # N_e - 1
             targets += len(t.continuation)  # Y_e
             if progress is not None:

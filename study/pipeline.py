@@ -34,7 +34,7 @@ def seen_in(tasks: list[str]) -> list[str]:
     return [t for t in tasks if t in PAPER_SEEN_TASKS]
 # Model options forwarded verbatim to every step that loads the model.
 MODEL_OPTIONS = ["model", "tokenizer", "dtype", "device", "device_map", "max_memory", "offload", "random_weights",
-                 "random_weights_seed"]
+                 "random_weights_seed", "threads"]
 
 
 def available_tasks(data_dir: Path, wanted: list[str], shots: list[int]) -> tuple[list[str], list[str]]:
@@ -121,14 +121,14 @@ def run_all(args: argparse.Namespace) -> int:
     from .report import write_report
 
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     data = Path(args.data)
     tasks, skipped = available_tasks(data, args.tasks or DEFAULT_TASKS, args.shots)
     for line in skipped:
         print(f"[all] skipping {line}", file=sys.stderr)
-    write_json(out / "skipped_tasks.json", skipped)
     if not tasks:
         raise ValueError(f"{data}: none of the requested tasks has its data; see `python run.py data check --data {data}`")
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "skipped_tasks.json", skipped)
     steps = plan_steps(args, tasks)
     (out / "commands.txt").write_text("".join("python run.py " + shlex.join(argv) + "\n" for _, argv in steps))
     start = time.monotonic()

@@ -291,6 +291,24 @@ def headline_section(run: Path, tolerance: float) -> list[str]:
     return lines + _table(["shots", "pruned", "heads %", "FFN %", "heads", "FFNs", "parameters removed"], rows)
 
 
+# What a report is built from (relative to the run directory); none of them present is an error.
+REPORT_INPUTS = ("eval/shots-K/results.json", "importance/shots-K/aggregate.safetensors",
+                 "ffn_importance/shots-K/aggregate.json", "prune/*.json", "correlate/correlations.json",
+                 "induction/*.json", "capacity/capacity.json", "copytask/copytask.json")
+
+
+def require_results(run: Path) -> None:
+    """FileNotFoundError listing what was looked for when `run` holds nothing to report."""
+    if any(next(run.glob(pattern.replace("shots-K", "shots-*")), None) for pattern in REPORT_INPUTS):
+        return
+    hint = ""
+    if next(run.glob("shots-*/results.json"), None) or next(run.glob("shots-*/*.safetensors"), None):
+        hint = (" It looks like the --out of a single command (eval/importance); report reads the run "
+                "directory of `run.py all`, which holds eval/, importance/, ... below it.")
+    raise FileNotFoundError(f"{run}: nothing to report; looked for {', '.join(REPORT_INPUTS)}.{hint} "
+                            f"Run `python run.py all --out {run}` first")
+
+
 def write_report(run: str | Path, skipped_tasks: list[str] | None = None, tolerance: float = DEFAULT_TOLERANCE,
                  min_bend: float = DEFAULT_MIN_BEND) -> Path:
     from .report_induction import copytask_section, correlation_section, induction_section, transfer_section
@@ -298,6 +316,7 @@ def write_report(run: str | Path, skipped_tasks: list[str] | None = None, tolera
     run = Path(run)
     if not run.is_dir():
         raise FileNotFoundError(f"{run}: run directory not found")
+    require_results(run)
     if skipped_tasks is None:
         skipped_tasks = _json(run / "skipped_tasks.json") or []
     figs = Figures(run)

@@ -32,26 +32,40 @@ class SplitFile:
 def read_jsonl(path: Path) -> list[Record]:
     """One JSON object per non-empty line; ValueError naming file and line otherwise."""
     out = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{n}"
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{where}: malformed JSON ({err.msg} at column {err.colno}); "
-                                 "fix or re-download the file") from err
-            if not isinstance(rec, dict):
-                raise ValueError(f"{where}: expected a JSON object, got {type(rec).__name__}")
-            out.append((where, rec))
+    for n, line in enumerate(_text(path).split("\n"), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{n}"
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{where}: malformed JSON ({err.msg} at column {err.colno}); "
+                             "fix or re-download the file") from err
+        if not isinstance(rec, dict):
+            raise ValueError(f"{where}: expected a JSON object, got {type(rec).__name__}")
+        out.append((where, rec))
     return out
+
+
+def _text(path: Path, compressed: bool = False) -> str:
+    """The file's text; a corrupt bz2 stream or invalid UTF-8 is a ValueError naming the file (and the
+    line of the first bad byte)."""
+    try:
+        raw = bz2.decompress(path.read_bytes()) if compressed else path.read_bytes()
+    except (OSError, EOFError, ValueError) as err:
+        raise ValueError(f"{path}: corrupt or truncated bz2 data ({err}); re-download the file") from err
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[:err.start].count(b"\n") + 1
+        raise ValueError(f"{path}:{line}: invalid UTF-8 (byte {raw[err.start]:#04x} at offset {err.start}); "
+                         "the data files are UTF-8 text, re-download or re-export the file") from err
 
 
 def read_json_array(path: Path) -> list[Record]:
     """A file holding one JSON array of objects (MathQA's release format)."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(_text(path))
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}:{err.lineno}: malformed JSON ({err.msg}); fix or re-download the file") from err
     if not isinstance(data, list):
@@ -66,8 +80,7 @@ def read_json_array(path: Path) -> list[Record]:
 
 def read_hellaswag_txt_bz2(path: Path) -> list[Record]:
     """klosax's derived HellaSwag dump: 6 lines per task (context, gold 0-3, four endings)."""
-    with bz2.open(path, "rt", encoding="utf-8") as f:
-        lines = f.read().split("\n")
+    lines = _text(path, compressed=True).split("\n")
     if lines and lines[-1] == "":
         lines.pop()
     if len(lines) % 6:
@@ -85,7 +98,7 @@ def read_hellaswag_txt_bz2(path: Path) -> list[Record]:
 
 def read_labels(path: Path, n: int) -> list[str]:
     """A label file (one label per line) that must line up with n records."""
-    labels = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    labels = [ln.strip() for ln in _text(path).splitlines() if ln.strip()]
     if len(labels) != n:
         raise ValueError(f"{path}: {len(labels)} labels for {n} records; the label file must line up "
                          "with the records file line by line")

@@ -124,4 +124,4 @@ def _data(args: argparse.Namespace) -> int:
     errors = [r for r in rows if r["status"] == "error"]
     for r in errors:
         print(f"run.py data: error: {r['note']}", file=sys.stderr)
-    return 1 if errors else 0
+    return 2 if errors else 0  # unusable data is bad input, like any other

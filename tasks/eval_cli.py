@@ -44,6 +44,8 @@ def register_eval(sub: argparse._SubParsersAction) -> None:
     add_seed_arg(p, 42, "doc shuffle and few-shot demo sampling seed (lm-eval's)")
     p.add_argument("--head-mask", type=Path, default=None, help="safetensors file with 'head_mask' (layers, heads)")
     p.add_argument("--ffn-mask", type=Path, default=None, help="safetensors file with 'ffn_mask' (layers,)")
+    p.add_argument("--soft-masks", action="store_true",
+                   help="accept fractional mask values in (0, 1) (scaled heads/FFNs; recorded in the results)")
     p.add_argument("--max-length", type=int, default=None, help="model input positions (default: the model's, 2048)")
     add_out_arg(p)
     add_plan_args(p, "eval")
@@ -58,9 +60,13 @@ def _validate(args: argparse.Namespace) -> None:
         raise ValueError(f"--batch-tokens must be >= 1, got {args.batch_tokens}")
     if args.data is None or not Path(args.data).is_dir():
         raise FileNotFoundError(f"--data {args.data}: data directory not found")
+    from opt66b.mask_files import read_masks
+
     for flag, path in (("--head-mask", args.head_mask), ("--ffn-mask", args.ffn_mask)):
         if path is not None and not Path(path).is_file():
             raise FileNotFoundError(f"{flag} {path}: mask file not found")
+        if path is not None:
+            read_masks(path, soft=getattr(args, "soft_masks", False))  # values checked before the model loads
 
 
 def _eval(args: argparse.Namespace, loaded=None) -> int:
@@ -73,6 +79,6 @@ def _eval(args: argparse.Namespace, loaded=None) -> int:
     model, tokenizer, info = loaded or load_from_args(args)
     args.work = run_evaluation(model, tokenizer, info, args.data, args.tasks, args.shots, args.out, limit=args.limit,
                    seed=args.seed, head_mask=args.head_mask, ffn_mask=args.ffn_mask, batch_tokens=args.batch_tokens,
-                   max_length=args.max_length, paper_quirks=args.paper_quirks,
+                   max_length=args.max_length, paper_quirks=args.paper_quirks, soft_masks=getattr(args, "soft_masks", False),
                    recompute=getattr(args, "recompute", False))["work"]
     return 0

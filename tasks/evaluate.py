@@ -15,6 +15,7 @@ same task under many masks:
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -50,7 +51,22 @@ class TaskEvaluation:
         """Aggregated metrics ({metric: value}, fractions not points) under the given masks."""
         self.results = self.scorer.run(head_mask=head_mask, ffn_mask=ffn_mask, start_layer=start_layer,
                                        record_layer_inputs=record_layer_inputs)
+        self._check_finite()
         return task_metrics(self.task, self.instances, self.results)
+
+    def _check_finite(self) -> None:
+        """A NaN/inf log-likelihood would turn into a plausible-looking accuracy (NaN compares
+        false): an error naming the task, doc and request instead."""
+        k = 0
+        for inst in self.instances:
+            for j, req in enumerate(inst.requests):
+                ll = self.results[k][0]
+                k += 1
+                if not math.isfinite(ll):
+                    raise ValueError(
+                        f"{self.task.NAME} {self.shots}-shot: doc {inst.doc_id} request {j} (continuation "
+                        f"{req.continuation!r:.40}) has log-likelihood {ll}; the model produced non-finite "
+                        "logits: corrupt or NaN weights, or float16 overflow (try --dtype float32 or bfloat16)")
 
     def records(self) -> list[dict[str, Any]]:
         """One JSON-able record per request of the latest run: doc_id, context, continuation,
@@ -87,18 +103,19 @@ def task_fingerprint(task: Task) -> dict[str, Any]:
     return {"task": task.NAME, "version": task.VERSION, "data_sha256": files_fingerprint(task.data_files())}
 
 
-def load_eval_masks(head_path: Path | None, ffn_path: Path | None, num_layers: int, num_heads: int):
+def load_eval_masks(head_path: Path | None, ffn_path: Path | None, num_layers: int, num_heads: int,
+                    soft: bool = False):
     """(head_mask (L, H) or None, ffn_mask (L,) or None) from the given files; a file lacking the
     tensor asked of it, or of the wrong shape for this model, is an error naming the file."""
     from opt66b.mask_files import read_masks
 
     head = ffn = None
     if head_path is not None:
-        head, _ = read_masks(head_path, num_layers, num_heads)
+        head, _ = read_masks(head_path, num_layers, num_heads, soft)
         if head is None:
             raise KeyError(f"{head_path}: no 'head_mask' tensor (layers, heads) = ({num_layers}, {num_heads}) in it")
     if ffn_path is not None:
-        _, ffn = read_masks(ffn_path, num_layers, num_heads)
+        _, ffn = read_masks(ffn_path, num_layers, num_heads, soft)
         if ffn is None:
             raise KeyError(f"{ffn_path}: no 'ffn_mask' tensor (layers,) = ({num_layers},) in it")
     return head, ffn
@@ -108,7 +125,7 @@ def run_evaluation(model: Any, tokenizer: Any, info: dict[str, Any] | None, data
                    shots: Sequence[int], out: str | Path, *, limit: int | None = None, seed: int = 42,
                    head_mask: str | Path | None = None, ffn_mask: str | Path | None = None,
                    batch_tokens: int = 4096, max_length: int | None = None, paper_quirks: bool = False,
-                   recompute: bool = False) -> dict[str, Any]:
+                   soft_masks: bool = False, recompute: bool = False) -> dict[str, Any]:
     """Evaluate `tasks` at every shot count and write lm-eval-layout results under `out`.
 
     Per shot count K: out/shots-K/tasks/<task>.json (one unit: metrics + settings + fingerprint),
@@ -127,15 +144,15 @@ def run_evaluation(model: Any, tokenizer: Any, info: dict[str, Any] | None, data
     info = info or in_memory_info(model)
     out = Path(out)
     cfg = model.config
-    head, ffn = load_eval_masks(head_mask, ffn_mask, cfg.num_layers, cfg.num_heads)
-    mask_ids = {"head_mask": None if head_mask is None else {"path": str(head_mask), "sha256": sha256_file(head_mask)},
-                "ffn_mask": None if ffn_mask is None else {"path": str(ffn_mask), "sha256": sha256_file(ffn_mask)}}
+    head, ffn = load_eval_masks(head_mask, ffn_mask, cfg.num_layers, cfg.num_heads, soft_masks)
+    mask_ids = {key: None if path is None else {"path": str(path), "sha256": sha256_file(path), "soft_masks": soft_masks}
+                for key, path in (("head_mask", head_mask), ("ffn_mask", ffn_mask))}
     max_length = max_length or cfg.max_positions
     model_id = info["model"] + (f"#seed{info['random_weights_seed']}" if "random_weights_seed" in info else "")
     store = UnitStore({**model_fingerprint(info), "limit": limit, "seed": seed, "max_length": max_length,
                        "paper_quirks": paper_quirks,
                        "head_mask_sha256": (mask_ids["head_mask"] or {}).get("sha256"),
-                       "ffn_mask_sha256": (mask_ids["ffn_mask"] or {}).get("sha256")}, recompute=recompute)
+                       "ffn_mask_sha256": (mask_ids["ffn_mask"] or {}).get("sha256"), "soft_masks": soft_masks}, recompute=recompute)
     work = Work()
     objects = {name: get_task(name, data, paper_quirks=paper_quirks) for name in tasks}
     all_results: dict[int, dict[str, Any]] = {}

@@ -88,7 +88,7 @@ def test_convert_errors_name_the_file(tiny_config, tmp_path):
         convert_bin_checkpoint(src, tmp_path / "out")
     empty = tmp_path / "d"
     empty.mkdir()
-    (empty / "config.json").write_text("{}")
+    (empty / "config.json").write_text(json.dumps(tiny_config.to_hf_dict()))  # a valid config, no weights
     with pytest.raises(FileNotFoundError, match="pytorch_model.bin"):
         convert_bin_checkpoint(empty, tmp_path / "out")
 

@@ -37,7 +37,7 @@ def test_cli_exits_nonzero_on_a_malformed_file_and_names_it(capsys, tmp_path):
     shutil.copytree(FIXTURES / "rte", tmp_path / "rte")
     with open(tmp_path / "rte" / "train.jsonl", "a") as f:
         f.write("not json\n")
-    assert _run(["data", "check", "--data", str(tmp_path), "--tasks", "rte", "copa"]) == 1
+    assert _run(["data", "check", "--data", str(tmp_path), "--tasks", "rte", "copa"]) == 2
     captured = capsys.readouterr()
     assert "rte/train.jsonl:9: malformed JSON" in captured.err
     assert "copa validation missing (val.jsonl, validation.jsonl): task cannot be evaluated" in captured.out
@@ -62,5 +62,5 @@ def test_full_files_have_the_published_counts(name):
 def test_a_file_that_differs_from_SHA256SUMS_is_an_error(capsys, tmp_path):
     shutil.copytree(FIXTURES / "copa", tmp_path / "copa")
     (tmp_path / "SHA256SUMS").write_text("0" * 64 + "  copa/val.jsonl\n")
-    assert _run(["data", "check", "--data", str(tmp_path), "--tasks", "copa"]) == 1
+    assert _run(["data", "check", "--data", str(tmp_path), "--tasks", "copa"]) == 2
     assert "copa/val.jsonl: sha256 differs" in capsys.readouterr().err
