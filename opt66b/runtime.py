@@ -11,6 +11,7 @@ path the embedded tiny OPT is used. `add_model_args(parser)` declares the same s
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -41,7 +42,10 @@ def apply_threads(threads: int | None, log=None) -> int:
         torch.set_num_threads(threads)
         log(f"threads: {torch.get_num_threads()} (--threads)")
     else:
-        log(f"threads: {torch.get_num_threads()} (torch's default; set --threads N on a shared machine)")
+        busy = ""
+        if hasattr(os, "getloadavg") and os.getloadavg()[0] > (os.cpu_count() or 1):
+            busy = f"; the machine is busy (load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores): try --threads 1"
+        log(f"threads: {torch.get_num_threads()} (torch's default{busy or '; set --threads N on a shared machine'})")
     return torch.get_num_threads()
 
 

@@ -115,7 +115,7 @@ class Kit:
         return self.model("nan", weights=weights())
 
 
-# -- helpers to corrupt files -------------------------------------------------------------------------
+# -- corrupt copies of real files ------------------------------------------------------------------
 def tiny_config() -> dict[str, Any]:
     return json.loads((TINY / "config.json").read_text())
 

@@ -202,3 +202,14 @@ def test_hf_cache_snapshot_links_into_its_blobs_load(tmp_path):
 def test_fixtures_are_untouched_by_the_table():
     """The table corrupts copies only."""
     assert (FIXTURES / "copa" / "val.jsonl").read_bytes().startswith(b"{")
+
+
+def test_an_unwritable_output_dir_is_refused_before_work(tmp_path, monkeypatch):
+    """(Permission bits do not stop root, who runs this suite in containers, so os.access is faked.)"""
+    import opt66b.io as io
+
+    monkeypatch.setattr(io.os, "access", lambda path, mode: False)
+    with pytest.raises(PermissionError, match=r"--out .*new.*cannot be created \(.* is not writable\)"):
+        io.check_output_dir(tmp_path / "new")
+    with pytest.raises(PermissionError, match="is not writable"):
+        io.check_output_dir(tmp_path)
