@@ -53,7 +53,7 @@ def resolve_device(name: str | None) -> torch.device:
     """--device value; by default the GPU of this process (LOCAL_RANK under torchrun) or the CPU."""
     if name is None:
         return torch.device(f"cuda:{local_rank() % torch.cuda.device_count()}" if torch.cuda.is_available() else "cpu")
-    return check_device_available(device_name(name, "--device"), "--device")
+    return device_name(name, "--device")  # whether it exists here: check_device_available (not for --plan)
 
 
 def check_device_available(dev: torch.device, where: str) -> torch.device:
@@ -125,7 +125,7 @@ def load(model: str | Path | None = None, *, tokenizer: str | Path | None = None
     Every load is announced through `log` (default: stderr) on a line starting with "loading".
     """
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-    device = resolve_device(None if device is None else str(device))
+    device = check_device_available(resolve_device(None if device is None else str(device)), "--device")
     dtype = dtype if isinstance(dtype, torch.dtype) else resolve_dtype(dtype, device)
     max_memory = max_memory if isinstance(max_memory, dict) else parse_max_memory(max_memory)
     offload = offload or "auto"

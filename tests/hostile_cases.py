@@ -546,8 +546,8 @@ def output_cases() -> list[Case]:
                           ("file", "not a directory")))
         cases.append(Case("output paths", f"{name}-out-under-file", lambda kit, out, make=make:
                           make(out.parent / "file" / "sub"), ("file", "cannot be created")))
-    cases.append(Case("output paths", "report-run-is-file", lambda kit, out: ["report", "--run", str(out.parent / "file")],
-                      ("--run", "not a directory")))
+    cases.append(Case("output paths", "report-run-is-file", lambda kit, out: ["report", "--out", str(out.parent / "file")],
+                      ("--out", "not a directory")))
     return cases
 
 
@@ -590,11 +590,11 @@ def resume_cases() -> list[Case]:
 
 def study_cases() -> list[Case]:
     return [
-        Case("study commands", "report-empty", prefilled_out({"README": b""}, lambda out: ["report", "--run", str(out)]),
+        Case("study commands", "report-empty", prefilled_out({"README": b""}, lambda out: ["report", "--out", str(out)]),
              ("nothing to report", "eval/shots-K/results.json")),
-        Case("study commands", "report-eval-only", prefilled_out({"shots-0/results.json": b"{}"}, lambda out: ["report", "--run", str(out)]),
+        Case("study commands", "report-eval-only", prefilled_out({"shots-0/results.json": b"{}"}, lambda out: ["report", "--out", str(out)]),
              ("nothing to report", "single command")),
-        Case("study commands", "report-missing", lambda kit, out: ["report", "--run", str(out)], ("not found",)),
+        Case("study commands", "report-missing", lambda kit, out: ["report", "--out", str(out)], ("not found",)),
         Case("study commands", "all-unknown-task", lambda kit, out: ["all", "--tasks", "nosuchtask", "--out", str(out)],
              ("nosuchtask",)),
         Case("study commands", "all-no-data", lambda kit, out: ["all", "--data", str(kit.once("empty-data", lambda d: None)),
