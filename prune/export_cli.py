@@ -111,7 +111,8 @@ def masks_from_args(args: argparse.Namespace, cfg: Any):
                        ("--head-importance", args.head_importance), ("--ffn-ranking", args.ffn_ranking)):
         if path is not None and not path.is_file():
             raise FileNotFoundError(f"{flag} {path}: file not found")
-    head, ffn = load_eval_masks(args.head_mask, args.ffn_mask, L, H)  # the files `run.py eval` reads
+    # the files `run.py eval` reads; soft: fractional values get export's own message (it cannot scale)
+    head, ffn = load_eval_masks(args.head_mask, args.ffn_mask, L, H, soft=True)
     for key, path in (("head_mask", args.head_mask), ("ffn_mask", args.ffn_mask)):
         if path is not None:
             prov.update({key: str(path), f"{key}_sha256": sha256_file(path)})
