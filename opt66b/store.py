@@ -204,9 +204,13 @@ def read_fingerprint(path: str | Path) -> dict[str, Any] | None:
     if path.suffix == ".safetensors":
         from safetensors import safe_open
 
-        with safe_open(str(path), framework="pt") as f:  # the header only: no tensor is read
-            raw = (f.metadata() or {}).get(FINGERPRINT_KEY)
-        return None if raw is None else json.loads(raw)
+        try:
+            with safe_open(str(path), framework="pt") as f:  # the header only: no tensor is read
+                raw = (f.metadata() or {}).get(FINGERPRINT_KEY)
+            return None if raw is None else json.loads(raw)
+        except Exception as err:  # SafetensorError for a corrupt or truncated file, JSONDecodeError
+            raise ValueError(f"{path}: not a readable result file ({type(err).__name__}: {err}); delete it to "
+                             "recompute") from err
     data = read_json(path)
     return data.get(FINGERPRINT_KEY) if isinstance(data, dict) else None
 

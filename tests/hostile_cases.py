@@ -570,7 +570,7 @@ def resume_cases() -> list[Case]:
     return [
         Case("resume", "eval-unit-not-json", prefilled_out({task_json: b"{"}, ev), ("copa.json", "not valid JSON")),
         Case("resume", "eval-unit-invalid-utf8", prefilled_out({task_json: b'{"\xff": 1}'}, ev), ("copa.json",)),
-        Case("resume", "eval-unit-other-settings", prefilled_out({task_json: other}, ev), ("copa.json", "different settings")),
+        Case("resume", "eval-unit-other-settings", prefilled_out({task_json: other}, ev), ("copa.json", "--recompute")),
         Case("resume", "importance-unit-corrupt", prefilled_out({"shots-0/copa.safetensors": b"garbage"}, imp),
              ("copa.safetensors", "safetensors")),
         Case("resume", "importance-unit-truncated", prefilled_out({"shots-0/copa.safetensors": b"\x10\x00\x00\x00\x00\x00\x00\x00{}"}, imp),
