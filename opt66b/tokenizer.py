@@ -66,10 +66,6 @@ class OPTTokenizer:
     def vocab_size(self) -> int:
         return self._tok.get_vocab_size(with_added_tokens=True)
 
-    def max_id(self) -> int:
-        """The largest token id (an embedding table needs max_id() + 1 rows)."""
-        return max(self._tok.get_vocab(with_added_tokens=True).values())
-
     def encode(self, text: str, bos: bool = False) -> list[int]:
         ids = self._tok.encode(text, add_special_tokens=False).ids if text else []
         return [self.bos_id, *ids] if bos else ids
