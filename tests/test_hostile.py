@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from hostile_cases import FIXTURES, ROOT, TINY, Kit, all_cases, ev, index_of, with_config
+from hostile_cases import all_cases
+from hostile_kit import FIXTURES, ROOT, TINY, Kit, ev, index_of, with_config
 
 CASES = all_cases()
 GROUPS = ("checkpoints", "configs", "conversion", "data", "data check", "masks", "options", "output paths",
