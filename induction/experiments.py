@@ -30,7 +30,7 @@ from .runner import run_seeds
 
 def _run(kind: str, model: Any, tokenizer: Any, info: dict[str, Any] | None, out: str | Path, seeds: int,
          first_seed: int, variants: Sequence[str], exclude_ratio: float, start_length: int, length_step: int,
-         top: int, recompute: bool,
+         top: int, recompute: bool, fields: dict[str, Any],
          make: Callable[[list[int], int, int], torch.Tensor],
          score: Callable[[torch.Tensor, list[str], int], dict[str, torch.Tensor]],
          passes: Callable[[list[str]], int]) -> dict[str, Any]:
@@ -58,7 +58,7 @@ def _run(kind: str, model: Any, tokenizer: Any, info: dict[str, Any] | None, out
                 "merges_sha256": sha256_file(merges) if merges else None, "start_length": start_length,
                 "length_step": length_step, "rng": "numpy.random.default_rng(seed)"}
     store = UnitStore({**model_fingerprint(info), "exclude_ratio": exclude_ratio, "start_length": start_length,
-                       "length_step": length_step}, recompute=recompute)
+                       "length_step": length_step, **fields}, recompute=recompute)
     work = Work()
 
     def counted(tokens: torch.Tensor, vs: list[str]) -> dict[str, torch.Tensor]:
@@ -79,7 +79,7 @@ def run_prefix_matching(model: Any, tokenizer: Any, info: dict[str, Any] | None,
     one forward each). Writes out/prefix_matching_<variant>.{safetensors,json} and out/seeds/*."""
     bos = tokenizer.bos_id
     return _run("prefix_matching", model, tokenizer, info, out, seeds, first_seed, variants, exclude_ratio,
-                start_length, length_step, top, recompute,
+                start_length, length_step, top, recompute, {},
                 make=lambda pool, s, n: sq.prefix_sequence(pool, s, bos, n),
                 score=lambda tokens, vs, n: prefix_matching_seed(model, tokens, n, vs),
                 passes=lambda vs: 1)
@@ -90,10 +90,13 @@ def run_copying(model: Any, tokenizer: Any, info: dict[str, Any] | None, out: st
                 start_length: int = sq.START_LENGTH, length_step: int = sq.LENGTH_STEP, head_chunk: int = 8,
                 top: int = 20, recompute: bool = False) -> dict[str, Any]:
     """Copying score per head, seeds first_seed.. (BOS + 4(25 + 2s) distinct tokens; one forward per
-    variant). head_chunk bounds memory, not numbers. Writes out/copying_<variant>.{safetensors,json}."""
+    variant). head_chunk bounds memory; as the batch shape of the per-head products it can move
+    the last float bits, so it is part of the units' fingerprint. Writes out/copying_<variant>.{safetensors,json}."""
     bos = tokenizer.bos_id
     return _run("copying", model, tokenizer, info, out, seeds, first_seed, variants, exclude_ratio,
-                start_length, length_step, top, recompute,
+                start_length, length_step, top, recompute, {"head_chunk": head_chunk},
                 make=lambda pool, s, n: sq.copying_sequence(pool, s, bos, 4 * n),
                 score=lambda tokens, vs, n: copying_seed(model, tokens, vs, head_chunk=head_chunk),
-                passes=len)
+                # only the corrected variant runs the model; the paper's and index_fix run layer pieces
+                # on the embedding-level input (no model pass), as study/plan.py counts them
+                passes=lambda vs: int("corrected" in vs))

@@ -195,7 +195,8 @@ def _prune(args: argparse.Namespace, loaded=None) -> int:
     res = run_prune_sweep(model, tokenizer, info, args.data, args.tasks, args.shots, args.out, sweep=args.sweep,
                           ranking=args.ranking, importance=args.importance, ffn_importance=args.ffn_importance,
                           head_percents=args.head_percents, ffn_percents=args.ffn_percents, limit=args.limit,
-                          seed=args.seed, batch_tokens=args.batch_tokens, paper_quirks=args.paper_quirks, recompute=_recompute(args))
+                          seed=args.seed, batch_tokens=args.batch_tokens, paper_quirks=args.paper_quirks, recompute=_recompute(args),
+                          cache=getattr(args, "evaluation_cache", None))
     args.work = res["work"]
     print(res["table"])
     return 0
@@ -217,7 +218,7 @@ def _transfer(args: argparse.Namespace, loaded=None) -> int:
                              importance=args.importance, transfer_tasks=args.transfer_tasks,
                              head_percents=args.head_percents, limit=args.limit, seed=args.seed,
                              batch_tokens=args.batch_tokens, paper_quirks=args.paper_quirks,
-                             recompute=_recompute(args))
+                             recompute=_recompute(args), cache=getattr(args, "evaluation_cache", None))
     args.work = res["work"]
     print(res["table"])
     return 0

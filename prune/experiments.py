@@ -105,8 +105,8 @@ def run_ffn_oracle(model: Any, tokenizer: Any, info: dict[str, Any] | None, data
     from .sweeps import run_ffn_importance
 
     info, objects, settings = _setup(model, info, data, tasks, shots, paper_quirks)
-    store = UnitStore({**model_fingerprint(info), "limit": limit, "seed": seed, "paper_quirks": paper_quirks},
-                      recompute=recompute)
+    store = UnitStore({**model_fingerprint(info), "limit": limit, "seed": seed, "paper_quirks": paper_quirks,
+                       "batch_tokens": batch_tokens}, recompute=recompute)
     work = Work()
     run_ffn_importance(model, tokenizer, objects, shots, Path(out), _evaluations(limit, batch_tokens, seed),
                        cached=cached, settings={**settings, "limit": limit, "seed": seed}, store=store, work=work)
@@ -118,22 +118,23 @@ def run_prune_sweep(model: Any, tokenizer: Any, info: dict[str, Any] | None, dat
                     importance: str | Path | None = None, ffn_importance: str | Path | None = None,
                     head_percents: Sequence[float] | None = None, ffn_percents: Sequence[float] | None = None,
                     limit: int | None = None, seed: int = 42, batch_tokens: int = 4096, paper_quirks: bool = False,
-                    recompute: bool = False) -> dict[str, Any]:
+                    recompute: bool = False, cache: Any = None) -> dict[str, Any]:
     """Pruning sweep `sweep` ("heads", "ffn" or "grid") with `ranking` ("own", "aggregate" or a task
     name: cross-task transfer) from the outputs of run_head_importance (`importance`) and/or
     run_ffn_oracle (`ffn_importance`). Units under out/<sweep>-<ranking>/, table out/<sweep>-<ranking>.json
-    (returned as "table")."""
+    (returned as "table"). cache: a tasks.evaluate.EvaluationCache of this model shared with other
+    steps (evaluations they ran are not run again)."""
     from .sweeps import run_sweep
 
     info, objects, settings = _setup(model, info, data, tasks, shots, paper_quirks)
-    store = UnitStore({**model_fingerprint(info), "limit": limit, "seed": seed, "paper_quirks": paper_quirks},
-                      recompute=recompute)
+    store = UnitStore({**model_fingerprint(info), "limit": limit, "seed": seed, "paper_quirks": paper_quirks,
+                       "batch_tokens": batch_tokens}, recompute=recompute)
     work = Work()
     table = run_sweep(model, tokenizer, objects, sweep, ranking, shots, Path(out), _evaluations(limit, batch_tokens, seed),
                       importance_dir=importance, ffn_dir=ffn_importance, head_percents=head_percents,
                       ffn_percents=ffn_percents, settings={**settings, "limit": limit, "seed": seed, "importance": importance,
                                                           "ffn_importance": ffn_importance},
-                      store=store, work=work)
+                      store=store, work=work, cache=cache)
     return {"out": Path(out), "table": table, "work": work.as_dict()}
 
 
@@ -142,11 +143,14 @@ def run_transfer_study(model: Any, tokenizer: Any, info: dict[str, Any] | None, 
                        importance: str | Path, transfer_tasks: Sequence[str] | None = None,
                        head_percents: Sequence[float] | None = None, limit: int | None = None, seed: int = 42,
                        batch_tokens: int = 4096, paper_quirks: bool = False,
-                       recompute: bool = False) -> dict[str, Any]:
+                       recompute: bool = False, cache: Any = None) -> dict[str, Any]:
     """Cross-task transfer as the paper runs it (Fig. 9): for each chosen task and shot, head sweeps
     with the rankings of its highest- and lowest-SRCC partners (prune/transfer.py picks them from
     `correlations`, the content of correlations.json); own and aggregate come from the ordinary
-    sweeps. Writes out/transfer.json (returned as "table")."""
+    sweeps. Writes out/transfer.json (returned as "table"). cache: as run_prune_sweep's; by default
+    one for this call, shared by its partner sweeps (their 0% cells are the same evaluation)."""
+    from tasks.evaluate import EvaluationCache
+
     from .sweeps import run_sweep
     from .transfer import DEFAULT_PERCENTS, PAPER_TRANSFER_TASKS, run_transfer, transfer_plan
 
@@ -156,16 +160,17 @@ def run_transfer_study(model: Any, tokenizer: Any, info: dict[str, Any] | None, 
     if missing:
         raise ValueError(f"--tasks must include the transfer targets {missing} (their data is needed)")
     info, objects, settings = _setup(model, info, data, tasks, shots, paper_quirks)
-    store = UnitStore({**model_fingerprint(info), "limit": limit, "seed": seed, "paper_quirks": paper_quirks},
-                      recompute=recompute)
+    store = UnitStore({**model_fingerprint(info), "limit": limit, "seed": seed, "paper_quirks": paper_quirks,
+                       "batch_tokens": batch_tokens}, recompute=recompute)
     work = Work()
     make = _evaluations(limit, batch_tokens, seed)
+    cache = cache or EvaluationCache(model)
 
     def sweep(task, source, shot, out_dir, pcts):
         return run_sweep(model, tokenizer, {task: objects[task]}, "heads", source, shot, out_dir, make,
                          importance_dir=importance, head_percents=pcts,
                          settings={**settings, "limit": limit, "seed": seed, "importance": importance,
-                                   "ffn_importance": None}, store=store, work=work)
+                                   "ffn_importance": None}, store=store, work=work, cache=cache)
 
     table = run_transfer(plan, Path(out), sweep, list(head_percents or DEFAULT_PERCENTS))
     return {"out": Path(out), "table": table, "work": work.as_dict()}

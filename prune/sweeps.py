@@ -25,7 +25,7 @@ import torch
 from opt66b.distributed import barrier, my_units, rank_world
 from opt66b.io import Progress, read_json, write_json
 from opt66b.store import UnitStore, Work
-from tasks.evaluate import task_fingerprint
+from tasks.evaluate import EvaluationCache, task_fingerprint
 
 from .importance import primary_points
 from .masks import count_for_percent, ffn_mask_for_percent, ffn_ranking, head_mask_for_percent, read_importance
@@ -123,13 +123,16 @@ def run_sweep(model: Any, tokenizer: Any, tasks: dict[str, Any], sweep: str, ran
               out_dir: Path, make_evaluation: EvaluationFactory, importance_dir: Path | None = None,
               ffn_dir: Path | None = None, head_percents: Sequence[float] | None = None,
               ffn_percents: Sequence[float] | None = None, settings: dict[str, Any] | None = None,
-              store: UnitStore | None = None, work: Work | None = None) -> Path:
+              store: UnitStore | None = None, work: Work | None = None,
+              cache: EvaluationCache | None = None) -> Path:
     """Evaluate every unit of `sweep` not yet on disk, then (rank 0) merge OUT/{sweep}-{ranking}.json.
 
     tasks: name -> Task. ranking: "own", "aggregate" or a task name (cross-task transfer).
     store: fingerprints the unit files (model, settings; each unit adds its task's identity, shot,
     percentages and the content of the rankings its masks come from); a unit on disk is reused only
     when they match. work: counts the forward passes and tokens of the evaluations run.
+    cache: evaluations already run on this model (tasks.evaluate.EvaluationCache; `run.py all` shares
+    one between its steps); by default one for this sweep, so identical masks are evaluated once.
     Returns the table path. Metric values are the task's primary metric in points (x100).
     """
     hp = list(head_percents if head_percents is not None else
@@ -150,20 +153,16 @@ def run_sweep(model: Any, tokenizer: Any, tasks: dict[str, Any], sweep: str, ran
             todo.append((unit, head_mask, ffn_mask, info, fields))
     bar = Progress(len(todo), f"prune {sweep} ({ranking})") if todo else None
     evaluation, current = None, None
-    seen: dict[tuple[bytes, bytes], dict[str, Any]] = {}  # same masks -> same metrics, within one (task, shot)
+    cache = cache or EvaluationCache(model)
     for unit, head_mask, ffn_mask, info, fields in todo:
         if current != (unit.task, unit.shots):
             current = (unit.task, unit.shots)
             evaluation = make_evaluation(model, tokenizer, tasks[unit.task], unit.shots)
-            seen.clear()
-        # floor(p * N / 100) maps several percentages to one count on small models (8 heads: 0% and
-        # 10% both mask 0), so identical masks are evaluated once.
-        key = (_mask_bytes(head_mask), _mask_bytes(ffn_mask))
-        if key not in seen:
-            seen[key] = evaluation.run(head_mask=head_mask, ffn_mask=ffn_mask)
-            if work is not None:
-                work.add(**evaluation_work(evaluation))
-        metrics = seen[key]
+        # floor(p * N / 100) maps several percentages to one count on small models (8 heads: 10% and
+        # 20% may mask the same heads), and sweeps share cells: identical masks are evaluated once.
+        metrics, computed = cache.run(evaluation, head_mask, ffn_mask)
+        if computed and work is not None:
+            work.add(**evaluation_work(evaluation))
         metric = tasks[unit.task].PRIMARY_METRIC
         info = {k: v for k, v in info.items() if k != "head_sha256"}
         store.write_json(unit.path(root), {
@@ -176,10 +175,6 @@ def run_sweep(model: Any, tokenizer: Any, tasks: dict[str, Any], sweep: str, ran
     if rank_world()[0] == 0:
         merge_table(root, table, sweep, ranking, units, model.config, settings or {})
     return table
-
-
-def _mask_bytes(mask: Any) -> bytes:
-    return b"" if mask is None else mask.detach().float().cpu().numpy().tobytes()
 
 
 def evaluation_work(evaluation: Any) -> dict[str, int]:

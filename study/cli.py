@@ -11,7 +11,7 @@ from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from opt66b.cli_options import add_model_args, add_out_arg, add_plan_args, example
+    from opt66b.cli_options import add_model_args, add_out_arg, add_plan_args, add_seed_arg, example
 
     p = sub.add_parser(
         "copytask", help="synthetic in-context copying: accuracy with induction heads vs control heads pruned",
@@ -22,7 +22,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "(copying-task gradient importance; a second control uses the lowest prefix matching).",
         epilog=example("python run.py copytask --seeds 16 --out runs/tiny/copytask   # the embedded tiny OPT"))
     add_model_args(p)
-    p.add_argument("--seeds", type=int, default=16, help="sequences (seeds 0..N-1) for accuracy and prefix matching")
+    p.add_argument("--seeds", type=int, default=16,
+                   help="sequences (seeds SEED..SEED+N-1) for accuracy and prefix matching (default: 16)")
+    add_seed_arg(p, 0, "first seed: sequence i is drawn by numpy default_rng(SEED + i), as the induction study's")
     p.add_argument("--length", type=int, default=25, help="random tokens per repeat (prefix matching: + 2*seed)")
     p.add_argument("--threshold", type=float, default=0.5, help="prefix-matching score that makes an induction head")
     add_out_arg(p, "output directory (copytask.json is written there)")
@@ -37,11 +39,12 @@ def _copytask(args: argparse.Namespace, loaded=None) -> int:
 
     from .copy_task import run_copy_task
 
-    if args.seeds < 1 or args.length < 2:
-        raise ValueError(f"--seeds must be >= 1 and --length >= 2, got {args.seeds} and {args.length}")
+    if args.seeds < 1 or args.length < 2 or args.seed < 0:
+        raise ValueError(f"--seeds must be >= 1, --length >= 2 and --seed >= 0, got {args.seeds}, {args.length} "
+                         f"and {args.seed}")
     model, tokenizer, info = loaded or load_from_args(args)
     out = run_copy_task(model, tokenizer, info, args.out, seeds=args.seeds, length=args.length,
-                        threshold=args.threshold, recompute=getattr(args, "recompute", False))
+                        threshold=args.threshold, first_seed=args.seed, recompute=getattr(args, "recompute", False))
     res, args.work = out["result"], out["work"]
     print(f"copy accuracy: full {res['accuracy_full']:.3f}, induction heads {res['induction_heads']} "
           f"pruned {res['accuracy_induction_pruned']:.3f}, control {res['control_heads']} pruned "

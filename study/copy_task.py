@@ -34,13 +34,14 @@ from tasks.scoring import TokenRequest
 
 
 def prefix_matching(model: OPT, pool: Sequence[int], seeds: int = 4, length: int = 25, repeats: int = 4,
-                    bos_id: int = 2) -> torch.Tensor:
-    """(L, H) mean prefix-matching score in [0, 1] over `seeds` sequences (seed s has length + 2s
-    tokens, as the paper's 25 + 2s): induction.prefix_matching's "corrected" variant on
+                    bos_id: int = 2, first_seed: int = 0) -> torch.Tensor:
+    """(L, H) mean prefix-matching score in [0, 1] over the sequences of seeds first_seed ..
+    first_seed + seeds - 1 (seed s has length + 2s tokens, as the paper's 25 + 2s):
+    induction.prefix_matching's "corrected" variant on
     induction.sequences' draws. 1: every query attends only to tokens that followed its own token
     earlier (an induction head); ~0: it looks elsewhere (BOS, the previous token, ...)."""
     scores = []
-    for s in range(seeds):
+    for s in range(first_seed, first_seed + seeds):
         n = length + 2 * s
         ids = prefix_sequence(pool, s, bos_id, n, repeats)  # (1 + repeats * n,)
         scores.append(prefix_matching_seed(model, ids, n, ["corrected"])["corrected"])
@@ -62,9 +63,11 @@ def mask_without(num_layers: int, num_heads: int, pruned: list[tuple[int, int]])
     return mask
 
 
-def copy_batch(pool: Sequence[int], seeds: int, length: int, bos_id: int = 2) -> torch.Tensor:
-    """(seeds, 1 + 2*length) ids: row s is BOS + seq + seq, seq drawn for seed s (induction.sequences)."""
-    return torch.stack([prefix_sequence(pool, s, bos_id, length, repeats=2) for s in range(seeds)])
+def copy_batch(pool: Sequence[int], seeds: int, length: int, bos_id: int = 2, first_seed: int = 0) -> torch.Tensor:
+    """(seeds, 1 + 2*length) ids: row i is BOS + seq + seq, seq drawn for seed first_seed + i
+    (induction.sequences)."""
+    return torch.stack([prefix_sequence(pool, s, bos_id, length, repeats=2)
+                        for s in range(first_seed, first_seed + seeds)])
 
 
 def copy_accuracy(model: OPT, ids: torch.Tensor, head_mask: torch.Tensor | None = None) -> float:
@@ -92,15 +95,16 @@ def copy_importance(model: OPT, ids: torch.Tensor) -> torch.Tensor:
 
 
 def pruning_experiment(model: OPT, pool: Sequence[int], seeds: int = 16, length: int = 25,
-                       threshold: float = 0.5, bos_id: int = 2) -> dict:
+                       threshold: float = 0.5, bos_id: int = 2, first_seed: int = 0) -> dict:
     """The organism check: copy accuracy with all heads, with the induction heads (prefix matching
     >= threshold) pruned, and with as many control heads pruned. Two controls: the least important
     heads by copying-task gradient importance (`copy_importance`, the primary control) and the heads
-    with the lowest prefix-matching scores. Prefix matching and accuracy use seeds 0..seeds-1.
+    with the lowest prefix-matching scores. Prefix matching and accuracy use the sequences of seeds
+    first_seed .. first_seed + seeds - 1.
     pool: token ids to draw from (induction.sequences.token_pool)."""
     cfg = model.config
-    pm = prefix_matching(model, pool, seeds=seeds, length=length, bos_id=bos_id)
-    ids = copy_batch(pool, seeds, length, bos_id)
+    pm = prefix_matching(model, pool, seeds=seeds, length=length, bos_id=bos_id, first_seed=first_seed)
+    ids = copy_batch(pool, seeds, length, bos_id, first_seed)
     importance = copy_importance(model, ids)
     induction = heads_above(pm, threshold)
     k = len(induction)
@@ -109,7 +113,7 @@ def pruning_experiment(model: OPT, pool: Sequence[int], seeds: int = 16, length:
     control_pm = others(pm)[:k]
     acc = lambda pruned: copy_accuracy(model, ids, mask_without(cfg.num_layers, cfg.num_heads, pruned))
     return {
-        "seeds": seeds, "length": length, "threshold": threshold,
+        "seeds": seeds, "first_seed": first_seed, "length": length, "threshold": threshold,
         "prefix_matching": pm.tolist(), "copy_importance": importance.tolist(),
         "induction_heads": [list(h) for h in induction],
         "control_heads": [list(h) for h in control],
@@ -123,28 +127,29 @@ def pruning_experiment(model: OPT, pool: Sequence[int], seeds: int = 16, length:
 
 def run_copy_task(model: OPT, tokenizer: OPTTokenizer, info: dict[str, Any] | None, out: str | Path, *,
                   seeds: int = 16, length: int = 25, threshold: float = 0.5, exclude_ratio: float = EXCLUDE_RATIO,
-                  recompute: bool = False) -> dict[str, Any]:
+                  first_seed: int = 0, recompute: bool = False) -> dict[str, Any]:
     """The organism check as one unit: out/copytask.json with the accuracies, the induction and
     control heads and their scores (see pruning_experiment), reused on rerun when its fingerprint
     matches. Returns {"result": ..., "work": forward/backward passes and tokens computed}."""
     from opt66b.io import read_json, run_metadata
 
-    if seeds < 1 or length < 2:
-        raise ValueError(f"--seeds must be >= 1 and --length >= 2, got {seeds} and {length}")
+    if seeds < 1 or length < 2 or first_seed < 0:
+        raise ValueError(f"--seeds must be >= 1, --length >= 2 and --seed >= 0, got {seeds}, {length} and {first_seed}")
     info = info or in_memory_info(model)
     path = Path(out) / "copytask.json"
     store = UnitStore(model_fingerprint(info), recompute=recompute)
-    fields = {"seeds": seeds, "length": length, "threshold": threshold, "exclude_ratio": exclude_ratio}
+    fields = {"seeds": seeds, "first_seed": first_seed, "length": length, "threshold": threshold,
+              "exclude_ratio": exclude_ratio}
     work = Work()
     if store.done(path, **fields):
         return {"result": read_json(path), "work": work.as_dict()}
     result = pruning_experiment(model, token_pool(tokenizer, exclude_ratio), seeds=seeds, length=length,
-                                threshold=threshold, bos_id=tokenizer.bos_id)
-    pm_tokens = sum(1 + 4 * (length + 2 * s) for s in range(seeds))
+                                threshold=threshold, bos_id=tokenizer.bos_id, first_seed=first_seed)
+    pm_tokens = sum(1 + 4 * (length + 2 * s) for s in range(first_seed, first_seed + seeds))
     work.add(forward=seeds, tokens=pm_tokens)  # prefix matching: one forward per seed
     work.add(forward=seeds, backward=seeds, tokens=seeds * 2 * length)  # importance: one per row (2L tokens fed)
     work.add(forward=4, tokens=4 * seeds * (1 + 2 * length))  # four batched accuracy forwards
-    record = {**run_metadata(model=info, seeds=seeds, length=length, threshold=threshold,
+    record = {**run_metadata(model=info, seeds=seeds, first_seed=first_seed, length=length, threshold=threshold,
                              exclude_ratio=exclude_ratio), **result}
     store.write_json(path, record, **fields)
     return {"result": record, "work": work.as_dict()}

@@ -4,7 +4,9 @@ Each step is one `run.py` sub-command with explicit arguments, written to OUT/co
 auditor can replay any step alone; in `all` the same argument list is parsed by the same parser and
 run by the same handler in this process, handed the one loaded model, so a replayed line computes
 exactly what the step computed. Every step is resumable on its own (units whose fingerprint
-matches are skipped), so rerunning `all` after a kill continues where it stopped. OUT/work.json
+matches are skipped), so rerunning `all` after a kill continues where it stopped. The steps share
+one evaluation cache (tasks.evaluate.EvaluationCache), so a cell two sweeps contain is evaluated
+once; a replayed commands.txt line recomputes it and gets the same numbers. OUT/work.json
 records, per model step, the forward / backward passes and tokens this invocation computed (resumed
 units count nothing).
 
@@ -67,6 +69,25 @@ def model_flags(args: argparse.Namespace) -> list[str]:
     return flags
 
 
+# `all`'s options forwarded to the steps that take them (the first words of a step's argv).
+FORWARDED = {
+    "paper_quirks": ("eval", "importance", "prune"),
+    "batch_tokens": ("eval", "importance ffn", "prune"),
+    "seed": ("eval", "importance", "prune", "induction prefix", "induction copying", "copytask"),
+}
+
+
+def forward_options(args: argparse.Namespace, argv: list[str]) -> list[str]:
+    """argv plus the FORWARDED options of `all` that were given and that this step takes."""
+    extra = []
+    for name, commands in FORWARDED.items():
+        value = getattr(args, name, None)
+        if value in (None, False) or not any(argv[:len(c.split())] == c.split() for c in commands):
+            continue
+        extra += [f"--{name.replace('_', '-')}"] + ([] if value is True else [str(value)])
+    return argv + extra
+
+
 def plan_steps(args: argparse.Namespace, tasks: list[str]) -> list[tuple[str, list[str]]]:
     """The study as (label, run.py argv) pairs."""
     out, data = Path(args.out), str(args.data)
@@ -104,7 +125,7 @@ def plan_steps(args: argparse.Namespace, tasks: list[str]) -> list[tuple[str, li
                                "--out", str(out / "capacity")]),
         ("synthetic copy task", ["copytask", *m, "--seeds", str(min(args.seeds, 16)), "--out", str(out / "copytask")]),
     ]
-    return steps
+    return [(label, forward_options(args, argv)) for label, argv in steps]
 
 
 def step_args(argv: list[str]) -> argparse.Namespace:
@@ -117,6 +138,8 @@ def step_args(argv: list[str]) -> argparse.Namespace:
 def run_all(args: argparse.Namespace) -> int:
     from opt66b.io import write_json
     from opt66b.runtime import LOAD_OPTIONS, load_from_args
+
+    from tasks.evaluate import EvaluationCache
 
     from .report import write_report
 
@@ -133,6 +156,7 @@ def run_all(args: argparse.Namespace) -> int:
     (out / "commands.txt").write_text("".join("python run.py " + shlex.join(argv) + "\n" for _, argv in steps))
     start = time.monotonic()
     loaded = load_from_args(args)  # the one model load of the whole study
+    cache = EvaluationCache(loaded[0])
     work: dict[str, dict[str, int]] = {}
     for i, (label, argv) in enumerate(steps, 1):
         print(f"[all] step {i}/{len(steps)}: {label} ({time.monotonic() - start:.0f}s elapsed)", file=sys.stderr, flush=True)
@@ -145,6 +169,7 @@ def run_all(args: argparse.Namespace) -> int:
             if differ:
                 raise AssertionError(f"step {label!r} would load another model ({', '.join(differ)})")
             step.recompute = getattr(args, "recompute", False)
+            step.evaluation_cache = cache  # evaluations one step ran are not run again by a later one
         try:
             code = step.func(step, loaded=loaded) if uses_model else step.func(step)
         except (FileNotFoundError, ValueError, KeyError):

@@ -149,16 +149,42 @@ def _scorer_passes(step: StepPlan, scorer: Any, start_layer: int = 0, ffn_skippe
 
 
 _EVALUATIONS: dict[tuple, Any] = {}  # within one plan (cleared by `reset`), steps share evaluation plans
+# Full evaluations already planned, by (evaluation, head mask id, FFN mask id): `run.py all` shares a
+# tasks.evaluate.EvaluationCache between its steps, so a cell planned once is not planned again.
+_RUNS: set[tuple] = set()
 
 
 def reset() -> None:
     _EVALUATIONS.clear()
+    _RUNS.clear()
+
+
+def _evaluation_key(args: argparse.Namespace, shape: Shape, task: Any, shots: int) -> tuple:
+    """As TaskEvaluation.identity: no --max-length means the model's positions (eval states it, sweeps do not)."""
+    return (task.NAME, str(args.data), task.paper_quirks, shots, args.limit, args.seed, args.batch_tokens,
+            getattr(args, "max_length", None) or shape.cfg.max_positions)
+
+
+def _mask_id(kind: str, source: str | None, count: int | None) -> tuple | None:
+    """What fixes a sweep's mask before its ranking is read: None (no mask), a mask of ones (count 0,
+    whatever the ranking) or `count` units masked by the ranking of `source`. Two rankings that happen
+    to mask the same units are the same evaluation at run time, but two here: the plan is an upper bound."""
+    return None if count is None else (kind, source if count else None, count)
+
+
+def _plan_run(step: StepPlan, args: argparse.Namespace, tokenizer: Any, task: Any, shots: int,
+              head_id: tuple | None = None, ffn_id: tuple | None = None, ffn_skipped: float = 0) -> None:
+    """One full evaluation under masks, unless an earlier step of this plan already runs it."""
+    key = (_evaluation_key(args, step.shape, task, shots), head_id, ffn_id)
+    if key not in _RUNS:
+        _RUNS.add(key)
+        _scorer_passes(step, _evaluation(args, step.shape, tokenizer, task, shots).scorer, ffn_skipped=ffn_skipped)
 
 
 def _evaluation(args: argparse.Namespace, shape: Shape, tokenizer: Any, task: Any, shots: int) -> Any:
     from tasks.evaluate import TaskEvaluation
 
-    key = (task.NAME, str(args.data), task.paper_quirks, shots, args.limit, args.seed, args.batch_tokens, getattr(args, "max_length", None))
+    key = _evaluation_key(args, shape, task, shots)
     if key not in _EVALUATIONS:
         stand_in = SimpleNamespace(config=shape.cfg)  # the Scorer reads the config only
         _EVALUATIONS[key] = TaskEvaluation(stand_in, tokenizer, task, shots, limit=args.limit, seed=args.seed,
@@ -176,9 +202,13 @@ def _tasks(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def plan_eval(step: StepPlan, args: argparse.Namespace, tokenizer: Any) -> None:
+    """Every evaluation runs (the per-request log-likelihoods are written); later sweeps reuse them."""
     tasks = _tasks(args)
+    masks = (_mask_id("head file", str(args.head_mask), -1) if args.head_mask else None,
+             _mask_id("ffn file", str(args.ffn_mask), -1) if args.ffn_mask else None)
     for shots in args.shots:
         for task in tasks.values():
+            _RUNS.add((_evaluation_key(args, step.shape, task, shots), *masks))
             _scorer_passes(step, _evaluation(args, step.shape, tokenizer, task, shots).scorer)
 
 
@@ -213,17 +243,23 @@ def plan_prune(step: StepPlan, args: argparse.Namespace, tokenizer: Any) -> None
     from prune.masks import count_for_percent
     from prune.sweeps import DEFAULT_PERCENTS, sweep_units
 
+    from prune.sweeps import ranking_name
+
     cfg = step.shape.cfg
+    heads_total = cfg.num_layers * cfg.num_heads
     if args.sweep == "transfer":  # partners are read from correlations.json at run time: plan the upper bound
+        from prune.aggregate import PAPER_SEEN_TASKS
         from prune.transfer import DEFAULT_PERCENTS as TRANSFER_PERCENTS
+        from prune.transfer import choose_tasks
 
         tasks = _tasks(args)
-        counts = {count_for_percent(p, cfg.num_layers * cfg.num_heads) for p in args.head_percents or TRANSFER_PERCENTS}
-        for name in [t for t in args.transfer_tasks if t in tasks]:
+        available = [t for t in tasks if t in PAPER_SEEN_TASKS]  # the seen tasks that will have importance
+        for name in [c["task"] for c in choose_tasks(available, args.transfer_tasks)]:  # with substitutes
             for k in args.shots:
-                scorer = _evaluation(args, step.shape, tokenizer, tasks[name], k).scorer
-                for _ in range(4 * len(counts)):  # at most 4 partners (2 per statistic)
-                    _scorer_passes(step, scorer)
+                for partner in range(min(4, len(available) - 1)):  # 2 per statistic, sharing one cache
+                    for p in args.head_percents or TRANSFER_PERCENTS:
+                        count = count_for_percent(p, heads_total) if p else None
+                        _plan_run(step, args, tokenizer, tasks[name], k, _mask_id("heads", f"partner {partner}", count))
         step.notes.append("transfer: at most 4 partner rankings per chosen task; correlations.json says how many")
         return
     grid = args.sweep == "grid"
@@ -232,17 +268,14 @@ def plan_prune(step: StepPlan, args: argparse.Namespace, tokenizer: Any) -> None
     tasks = _tasks(args)
     present = [p for p in step.shape.ffn_params if p]
     mean_ffn = sum(present) / max(len(present), 1)  # which FFNs a ranking masks is known only at run time
-    evaluations = {}
     for unit in sweep_units(args.sweep, list(tasks), args.shots, hp, fp):
-        # run_sweep evaluates identical masks once per (task, shot): a 0% mask is no mask, and two
-        # percentages with the same floor(p * N / 100) give the same mask.
-        heads = None if not unit.head_percent else count_for_percent(unit.head_percent, cfg.num_layers * cfg.num_heads)
+        # run_sweep evaluates identical masks once: a 0% mask is no mask, two percentages with the same
+        # floor(p * N / 100) give the same mask, and cells of earlier steps are not run again.
+        source = ranking_name(args.ranking, unit.task)
+        heads = None if not unit.head_percent else count_for_percent(unit.head_percent, heads_total)
         ffns = None if not unit.ffn_percent else count_for_percent(unit.ffn_percent, cfg.num_layers)
-        evaluations.setdefault((unit.task, unit.shots), set()).add((heads, ffns))
-    for (name, k), keys in evaluations.items():
-        scorer = _evaluation(args, step.shape, tokenizer, tasks[name], k).scorer
-        for _, ffns in keys:
-            _scorer_passes(step, scorer, ffn_skipped=(ffns or 0) * mean_ffn)
+        _plan_run(step, args, tokenizer, tasks[unit.task], unit.shots, _mask_id("heads", source, heads),
+                  _mask_id("ffn", source, ffns), ffn_skipped=(ffns or 0) * mean_ffn)
 
 
 def plan_induction(step: StepPlan, args: argparse.Namespace, tokenizer: Any) -> None:
@@ -273,7 +306,7 @@ def plan_copytask(step: StepPlan, args: argparse.Namespace, tokenizer: Any) -> N
     """study/copy_task.pruning_experiment: prefix matching per seed, prune.importance's forward +
     backward per row (2L tokens fed, the second repeat's L-1 targets), then four accuracy passes on the
     (seeds, 1 + 2L) batch (full, induction heads pruned, two controls)."""
-    for s in range(args.seeds):
+    for s in range(args.seed, args.seed + args.seeds):
         step.add(1, 1 + 4 * (args.length + 2 * s))
     rows, t = args.seeds, 1 + 2 * args.length
     step.add(1, 2 * args.length, logit_rows=args.length - 1, backward=True, times=rows)

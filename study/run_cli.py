@@ -28,6 +28,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="importance docs per task (default: 16 with the tiny defaults, else 2500 as the paper)")
     p.add_argument("--seeds", type=int, default=None,
                    help="induction seeds (default: 8 with the tiny defaults, else 100 as the paper)")
+    p.add_argument("--seed", type=int, default=None, metavar="N",
+                   help="seed of every randomised step (default: each step's own: 42 for eval docs and demos as "
+                        "lm-eval, 1234 for importance demos as the paper's code, 0 for induction sequences)")
+    p.add_argument("--batch-tokens", type=int, default=None, metavar="N",
+                   help="token budget per scoring batch of every evaluating step (default: 4096); lower it when "
+                        "--plan shows the activations do not fit")
     add_out_arg(p, "run directory")
     add_plan_args(p, "all")
     p.set_defaults(func=_all)

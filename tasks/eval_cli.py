@@ -80,5 +80,5 @@ def _eval(args: argparse.Namespace, loaded=None) -> int:
     args.work = run_evaluation(model, tokenizer, info, args.data, args.tasks, args.shots, args.out, limit=args.limit,
                    seed=args.seed, head_mask=args.head_mask, ffn_mask=args.ffn_mask, batch_tokens=args.batch_tokens,
                    max_length=args.max_length, paper_quirks=args.paper_quirks, soft_masks=getattr(args, "soft_masks", False),
-                   recompute=getattr(args, "recompute", False))["work"]
+                   recompute=getattr(args, "recompute", False), cache=getattr(args, "evaluation_cache", None))["work"]
     return 0

@@ -46,6 +46,12 @@ class TaskEvaluation:
                              progress_label=progress_label)
         self.results: list[Result] | None = None  # of the latest run, in request order
 
+    def identity(self) -> str:
+        """What fixes this evaluation's numbers on a given model (EvaluationCache's key): the task's
+        identity and prompt variant, shots, limit, seed and the batching."""
+        return json.dumps([task_fingerprint(self.task), getattr(self.task, "paper_quirks", False), self.shots,
+                           self.limit, self.seed, self.scorer.batch_tokens, self.scorer.max_length], sort_keys=True)
+
     def run(self, head_mask: torch.Tensor | None = None, ffn_mask: torch.Tensor | None = None,
             start_layer: int = 0, record_layer_inputs: bool = False) -> dict[str, float]:
         """Aggregated metrics ({metric: value}, fractions not points) under the given masks."""
@@ -96,6 +102,57 @@ def evaluate_task(model: Any, tokenizer: Any, task: Task, shots: int, limit: int
 
 
 # -- the evaluation experiment: tasks x shot counts, resumable per (task, shot) -------------------
+class EvaluationCache:
+    """Metrics of the full evaluations already run on one loaded model, by what fixes them: the
+    task's identity (name, VERSION, data by content, paper quirks), shots, limit, seed, batch budget,
+    max length, and the exact mask values.
+
+    `run.py all` shares one between its steps, so an evaluation that several sweeps contain is run
+    once: every 0% unit is the unpruned evaluation, the grid's FFN-0% column is the head sweep and its
+    heads-0% row the FFN sweep, and one sweep evaluates two percentages that mask the same heads once.
+    Reuse is exact, not approximate: the same masks on the same batches run the same operations.
+    Only full runs are kept (start_layer 0); the FFN oracle's layer-skipping runs are not.
+    """
+
+    def __init__(self, model: Any):
+        self.model = model
+        self._metrics: dict[tuple[str, bytes, bytes], dict[str, float]] = {}
+        self._pinned: dict[str, Any] = {}
+
+    def key(self, evaluation: Any, head_mask: Any, ffn_mask: Any) -> tuple[str, bytes, bytes]:
+        """An evaluation without an identity() (a test's stand-in) is only equal to itself; it is
+        kept alive here so its id is never reused by another object."""
+        if hasattr(evaluation, "identity"):
+            ident = evaluation.identity()
+        else:
+            ident = f"object {id(evaluation)}"
+            self._pinned[ident] = evaluation
+        return ident, _mask_bytes(head_mask), _mask_bytes(ffn_mask)
+
+    def run(self, evaluation: Any, head_mask: Any = None, ffn_mask: Any = None) -> tuple[dict[str, float], bool]:
+        """(metrics, computed): the cached metrics of this evaluation under these masks, or a new
+        full run of it (computed=True) that is then kept."""
+        scorer = getattr(evaluation, "scorer", None)
+        if scorer is not None and scorer.model is not self.model:
+            raise ValueError("EvaluationCache: this evaluation scores another model than the cache's")
+        key = self.key(evaluation, head_mask, ffn_mask)
+        if key in self._metrics:
+            return dict(self._metrics[key]), False
+        metrics = evaluation.run(head_mask=head_mask, ffn_mask=ffn_mask)
+        self._metrics[key] = dict(metrics)
+        return metrics, True
+
+    def put(self, evaluation: "TaskEvaluation", metrics: dict[str, float], head_mask: Any = None,
+            ffn_mask: Any = None) -> None:
+        """Keep the metrics of a full run made elsewhere (the evaluation step's own run)."""
+        self._metrics[self.key(evaluation, head_mask, ffn_mask)] = dict(metrics)
+
+
+def _mask_bytes(mask: Any) -> bytes:
+    """A mask's exact values (None: no mask, which differs from a mask of ones only in the ops run)."""
+    return b"" if mask is None else torch.as_tensor(mask).detach().float().cpu().numpy().tobytes()
+
+
 def task_fingerprint(task: Task) -> dict[str, Any]:
     """What fixes a task's numbers besides the model and settings: name, VERSION, data files by content."""
     from opt66b.store import files_fingerprint
@@ -125,7 +182,8 @@ def run_evaluation(model: Any, tokenizer: Any, info: dict[str, Any] | None, data
                    shots: Sequence[int], out: str | Path, *, limit: int | None = None, seed: int = 42,
                    head_mask: str | Path | None = None, ffn_mask: str | Path | None = None,
                    batch_tokens: int = 4096, max_length: int | None = None, paper_quirks: bool = False,
-                   soft_masks: bool = False, recompute: bool = False) -> dict[str, Any]:
+                   soft_masks: bool = False, recompute: bool = False,
+                   cache: EvaluationCache | None = None) -> dict[str, Any]:
     """Evaluate `tasks` at every shot count and write lm-eval-layout results under `out`.
 
     Per shot count K: out/shots-K/tasks/<task>.json (one unit: metrics + settings + fingerprint),
@@ -134,6 +192,8 @@ def run_evaluation(model: Any, tokenizer: Any, info: dict[str, Any] | None, data
     fingerprint is reused; one with another fingerprint is a ValueError (recompute=True replaces it).
     head_mask / ffn_mask: safetensors files with 'head_mask' (L, H) / 'ffn_mask' (L,).
     info: the loader's info dict (opt66b.load); None identifies the model by its weights.
+    cache: every run made here is kept in it (later sweeps reuse the unpruned evaluation); it is
+    never read, since the per-request log-likelihoods are written too.
     Returns {"results": {K: {task: metrics}}, "work": forward passes and tokens computed by this call}.
     """
     from opt66b.io import atomic_write_text, run_metadata, sha256_file, write_json
@@ -150,7 +210,7 @@ def run_evaluation(model: Any, tokenizer: Any, info: dict[str, Any] | None, data
     max_length = max_length or cfg.max_positions
     model_id = info["model"] + (f"#seed{info['random_weights_seed']}" if "random_weights_seed" in info else "")
     store = UnitStore({**model_fingerprint(info), "limit": limit, "seed": seed, "max_length": max_length,
-                       "paper_quirks": paper_quirks,
+                       "paper_quirks": paper_quirks, "batch_tokens": batch_tokens,
                        "head_mask_sha256": (mask_ids["head_mask"] or {}).get("sha256"),
                        "ffn_mask_sha256": (mask_ids["ffn_mask"] or {}).get("sha256"), "soft_masks": soft_masks}, recompute=recompute)
     work = Work()
@@ -172,6 +232,8 @@ def run_evaluation(model: Any, tokenizer: Any, info: dict[str, Any] | None, data
                 print(f"[eval] {name} {k}-shot: {len(ev.instances)} docs, {len(ev.requests)} requests, "
                       f"{stats['forward_passes']} forward passes", file=sys.stderr, flush=True)
                 metrics = ev.run(head_mask=head, ffn_mask=ffn)
+                if cache is not None:
+                    cache.put(ev, metrics, head, ffn)
                 work.add(forward=stats["forward_passes"], tokens=stats["tokens_fed"])
                 lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in ev.records())
                 atomic_write_text(shot_dir / "requests" / f"{name}.jsonl", lines)

@@ -101,6 +101,33 @@ def test_induction_steps_take_an_explicit_seed_and_the_old_spelling():
     assert _parse(["induction", "prefix", "--first-seed", "3", "--out", "x"]).first_seed == 3
 
 
+def test_copytask_takes_an_explicit_seed():
+    assert _parse(["copytask", "--out", "x"]).seed == 0
+    assert _parse(["copytask", "--seed", "5", "--out", "x"]).seed == 5
+
+
+def test_all_forwards_seed_batch_tokens_and_quirks_to_every_step_that_takes_them():
+    from study.pipeline import plan_steps, step_args
+    from study.run_cli import all_defaults
+
+    argv = ["all", "--tasks", "copa", "piqa", "--out", "x"]
+    plain = {label: step_args(a) for label, a in plan_steps(all_defaults(_parse(argv)), ["copa", "piqa"])}
+    given = {label: step_args(a) for label, a in plan_steps(
+        all_defaults(_parse([*argv, "--seed", "9", "--batch-tokens", "777", "--paper-quirks"])), ["copa", "piqa"])}
+    takes = lambda step, name: name in vars(step)
+    for label, step in given.items():  # step_args parsed each line: no step was given an option it lacks
+        seed = "first_seed" if takes(step, "first_seed") else "seed"  # induction's --seed is its first seed
+        for name, value in ((seed, 9), ("batch_tokens", 777), ("paper_quirks", True)):
+            if takes(step, name):
+                assert getattr(step, name) == value, (label, name)
+                assert getattr(plain[label], name) != value, (label, name)  # the step's own default without it
+    seeded = [label for label, step in given.items() if takes(step, "seed") or takes(step, "first_seed")]
+    assert len(seeded) == 11 and "synthetic copy task" in seeded and "prefix matching" in seeded
+    assert [label for label, step in given.items() if takes(step, "batch_tokens")] == [
+        "evaluation", "FFN oracle", "head pruning (own ranking)", "head pruning (aggregate ranking)", "FFN pruning",
+        "combined grid", "cross-task transfer (highest / lowest correlated partners)"]
+
+
 def test_out_is_required_unless_planning(capsys):
     with pytest.raises(SystemExit) as err:
         run.main(["eval", "--tasks", "copa"])

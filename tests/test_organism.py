@@ -38,6 +38,9 @@ def test_copy_batch_layout_is_the_induction_studys_draw():
     for s in range(3):  # row s is seed s of the prefix-matching sequences, with two repeats
         assert torch.equal(ids[s], prefix_sequence(pool, s, 2, 5, repeats=2))
     assert not torch.equal(ids[0], ids[1])
+    shifted = copy_batch(pool, 2, 5, first_seed=4)  # --seed 4: seeds 4 and 5
+    assert torch.equal(shifted[0], prefix_sequence(pool, 4, 2, 5, repeats=2))
+    assert torch.equal(shifted[1], prefix_sequence(pool, 5, 2, 5, repeats=2))
 
 
 def test_copy_importance_is_prunes_head_importance(tiny_config):

@@ -56,7 +56,7 @@ def test_planned_passes_and_tokens_equal_what_each_step_processes(tmp_path, coun
           "--head-percents", "0", "50", "--ffn-percents", "0", "50"], tmp_path / "prune"),
         (["induction", "prefix", "--seeds", "2"], tmp_path / "induction"),
         (["induction", "copying", "--seeds", "2"], tmp_path / "induction"),
-        (["copytask", "--seeds", "3", "--length", "6"], tmp_path / "copytask"),
+        (["copytask", "--seeds", "3", "--length", "6", "--seed", "2"], tmp_path / "copytask"),
     ]
     for argv, out in steps:
         planned = plan_of(argv, tmp_path, capsys)["total"]

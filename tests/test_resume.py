@@ -142,6 +142,9 @@ def test_other_data_file_other_limit_refused_same_data_elsewhere_resumes(ckpts, 
     # Other limit: refused, naming the field.
     code, err = _run_err(capsys, [*base, "--data", str(copy), "--limit", "2"])
     assert code == 2 and f"{unit}: made with different settings (limit)" in err, err
+    # Another batch budget: another batch shape can move the last bits, so it is a setting too.
+    code, err = _run_err(capsys, [*base, "--data", str(copy), "--limit", "3", "--batch-tokens", "512"])
+    assert code == 2 and f"{unit}: made with different settings (batch_tokens)" in err, err
     # One record of the data file changed: refused, naming that file's hash.
     data_file = sorted((copy / "rte").glob("*.jsonl"))
     for path in data_file:

@@ -112,6 +112,51 @@ def test_every_artefact_exists_and_is_well_formed(study_run):
     assert (out / "commands.txt").read_text().count("python run.py ") == 14
 
 
+def test_work_json_counts_what_each_step_computed_by_hand(study_run):
+    """work.json against counts derived from the settings alone (--n-docs 4, --seeds 3, shots 0 1)."""
+    out, _ = study_run
+    work = json.loads((out / "work.json").read_text())
+    pm_tokens = sum(1 + 4 * (25 + 2 * s) for s in range(3))  # BOS + 4 repeats of 25 + 2s tokens: 101+109+117
+    assert pm_tokens == 327
+    expected = {
+        # one forward + one backward per importance doc: 3 tasks x 2 shot counts x 4 docs
+        "head importance": {"forward_passes": 24, "backward_passes": 24},
+        # one forward per seed
+        "prefix matching": {"forward_passes": 3, "backward_passes": 0, "tokens": pm_tokens},
+        # one model pass per seed (the corrected variant) on BOS + 4 (25 + 2s) tokens; the paper's and
+        # index_fix variants run layer pieces on the embeddings, not the model
+        "copying": {"forward_passes": 3, "backward_passes": 0, "tokens": pm_tokens},
+        # prefix matching (3 seeds), importance (3 rows of 2 x 25 tokens fed, forward + backward),
+        # four accuracy passes on the (3, 1 + 2 x 25) batch
+        "synthetic copy task": {"forward_passes": 3 + 3 + 4, "backward_passes": 3,
+                                "tokens": pm_tokens + 3 * 50 + 4 * 3 * 51},
+    }
+    for step, counts in expected.items():
+        for key, value in counts.items():
+            assert work[step][key] == value, (step, key, work[step])
+    for step in ("evaluation", "FFN oracle", "head pruning (own ranking)", "combined grid"):
+        assert work[step]["forward_passes"] > 0 and work[step]["backward_passes"] == 0, step
+
+
+def test_all_plan_counts_the_passes_the_run_made(study_run, tmp_path, capsys):
+    """`all --plan` follows the evaluation cache the steps share: equal to work.json wherever the
+    masks are known before the run, an upper bound where two rankings may mask the same heads."""
+    out, argv = study_run
+    path = tmp_path / "plan.json"
+    assert run.main([*argv, "--plan", "--throughput", "1", "--json", str(path)]) == 0
+    capsys.readouterr()
+    planned = {s["step"]: s for s in json.loads(path.read_text())["steps"]}
+    work = json.loads((out / "work.json").read_text())
+    upper_bound = {"head pruning (aggregate ranking)", "cross-task transfer (highest / lowest correlated partners)"}
+    assert set(work) <= set(planned) and "combined grid" in work and upper_bound <= set(work)
+    for step, done in work.items():
+        for key in ("forward_passes", "backward_passes", "tokens"):
+            if step in upper_bound:
+                assert done[key] <= planned[step][key], (step, key)
+            else:
+                assert done[key] == planned[step][key], (step, key, done[key], planned[step][key])
+
+
 def test_organism_has_an_induction_head(study_run):
     out, _ = study_run
     summary = json.loads((out / "induction/prefix_matching_paper.json").read_text())

@@ -190,3 +190,43 @@ def test_ffn_importance_units_resume_and_aggregate(tmp_path):
     run_ffn_importance(Model(), None, tasks, [0], tmp_path, make)
     assert [(key, start) for key, _, _, start in log] == [(("rte", 0), 0), (("rte", 0), 2)]
     assert json.loads((tmp_path / "shots-0" / "rte.json").read_text())["ranking"] == [0, 3, 1, 2]
+
+
+def test_shared_evaluation_cache_reuses_cells_exactly_and_runs_each_once(model, tokenizer, tmp_path):
+    """`run.py all` shares one EvaluationCache between its steps: the grid's FFN-0% column is the head
+    sweep's cells and its heads-0% row the FFN sweep's. Reused values equal a fresh run of the same
+    cell (bit for bit: JSON floats compared as written), and only the new cells are run."""
+    from opt66b.io import write_tensors
+    from opt66b.store import Work
+    from prune.sweeps import run_sweep
+    from tasks.evaluate import EvaluationCache, TaskEvaluation
+    from tasks.registry import get_task
+
+    tasks = {"copa": get_task("copa", FIXTURES)}
+    g = torch.Generator().manual_seed(5)
+    write_tensors(tmp_path / "imp" / "shots-0" / "copa.safetensors", {"importance": torch.rand(4, 4, generator=g)})
+    (tmp_path / "ffn" / "shots-0").mkdir(parents=True)
+    (tmp_path / "ffn" / "shots-0" / "copa.json").write_text(json.dumps({"ranking": [2, 0, 3, 1]}))
+    make = lambda m, tok, task, k: TaskEvaluation(m, tok, task, k, limit=4, batch_tokens=256)
+    dirs = dict(importance_dir=tmp_path / "imp", ffn_dir=tmp_path / "ffn")
+    hp, fp = [0, 25, 50], [0, 25, 50]
+
+    def sweeps(root, cache):
+        works = {}
+        for sweep, kw in (("heads", {"head_percents": hp}), ("ffn", {"ffn_percents": fp}),
+                          ("grid", {"head_percents": hp, "ffn_percents": fp})):
+            works[sweep] = Work()
+            run_sweep(model, tokenizer, tasks, sweep, "own", [0], root, make, **dirs, **kw, work=works[sweep],
+                      cache=cache)
+        tables = {s: json.loads((root / f"{s}-own.json").read_text())["results"]["copa"]["shots-0"] for s in works}
+        return tables, {s: w.forward_passes for s, w in works.items()}
+
+    with torch.no_grad():
+        shared, shared_passes = sweeps(tmp_path / "shared", EvaluationCache(model))
+        fresh, fresh_passes = sweeps(tmp_path / "fresh", None)
+    assert shared == fresh  # every cell, reused or not, equals its own fresh evaluation
+    per_run = fresh_passes["heads"] // 3  # 3 distinct head masks, one full evaluation each
+    assert fresh_passes == {"heads": 3 * per_run, "ffn": 3 * per_run, "grid": 9 * per_run}
+    # shared: the FFN sweep's 0% is the head sweep's; the grid runs only its 4 cells with both masked
+    assert shared_passes == {"heads": 3 * per_run, "ffn": 2 * per_run, "grid": 4 * per_run}
+    assert shared["grid"]["25"]["0"] == shared["heads"]["25"]["0"] and shared["grid"]["0"]["50"] == shared["ffn"]["0"]["50"]
