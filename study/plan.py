@@ -166,10 +166,11 @@ def _evaluation_key(args: argparse.Namespace, shape: Shape, task: Any, shots: in
 
 
 def _mask_id(kind: str, source: str | None, count: int | None) -> tuple | None:
-    """What fixes a sweep's mask before its ranking is read: None (no mask), a mask of ones (count 0,
-    whatever the ranking) or `count` units masked by the ranking of `source`. Two rankings that happen
-    to mask the same units are the same evaluation at run time, but two here: the plan is an upper bound."""
-    return None if count is None else (kind, source if count else None, count)
+    """What fixes a sweep's mask before its ranking is read: None for no mask and for a mask of ones
+    (count 0, whatever the ranking; the same evaluation, see tasks.evaluate.EvaluationCache), else
+    `count` units masked by the ranking of `source`. Two rankings that happen to mask the same units
+    are one evaluation at run time, but two here: the plan is an upper bound there."""
+    return None if not count else (kind, source, count)
 
 
 def _plan_run(step: StepPlan, args: argparse.Namespace, tokenizer: Any, task: Any, shots: int,

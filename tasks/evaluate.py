@@ -110,7 +110,8 @@ class EvaluationCache:
     `run.py all` shares one between its steps, so an evaluation that several sweeps contain is run
     once: every 0% unit is the unpruned evaluation, the grid's FFN-0% column is the head sweep and its
     heads-0% row the FFN sweep, and one sweep evaluates two percentages that mask the same heads once.
-    Reuse is exact, not approximate: the same masks on the same batches run the same operations.
+    Reuse is exact, not approximate: the same masks on the same batches run the same operations (a
+    mask of ones counts as no mask: multiplying by 1.0 changes no bit).
     Only full runs are kept (start_layer 0); the FFN oracle's layer-skipping runs are not.
     """
 
@@ -149,8 +150,12 @@ class EvaluationCache:
 
 
 def _mask_bytes(mask: Any) -> bytes:
-    """A mask's exact values (None: no mask, which differs from a mask of ones only in the ops run)."""
-    return b"" if mask is None else torch.as_tensor(mask).detach().float().cpu().numpy().tobytes()
+    """A mask's exact values; no mask and a mask of ones are the same key: the model multiplies by the
+    mask (x * 1.0 == x exactly in IEEE arithmetic, any dtype), so their runs agree bit for bit."""
+    if mask is None:
+        return b""
+    values = torch.as_tensor(mask).detach().float().cpu()
+    return b"" if bool((values == 1.0).all()) else values.numpy().tobytes()
 
 
 def task_fingerprint(task: Task) -> dict[str, Any]:

@@ -48,8 +48,8 @@ def test_planned_passes_and_tokens_equal_what_each_step_processes(tmp_path, coun
         (["eval", "--tasks", "copa", "boolq", "--limit", "2", "--shots", "0", "1"], tmp_path / "eval"),
         (["importance", "heads", "--tasks", "copa", "--shots", "0", "1", "--n-docs", "3"], imp),
         (["importance", "ffn", *tasks, "--shots", "0", "1"], ffn),
-        # 0% (no mask) and 10% (floor(0.8) = 0 heads: a mask of ones) are different evaluations, 20% and
-        # 24% mask the same 1 head and are evaluated once: the plan must follow the sweep's dedupe
+        # 0% (no mask) and 10% (floor(0.8) = 0 heads: a mask of ones) are one evaluation, 20% and 24%
+        # mask the same 1 head and are evaluated once: the plan must follow the sweep's dedupe
         (["prune", "heads", *tasks, "--shots", "0", "--importance", str(imp), "--head-percents", "0", "10", "20",
           "24"], tmp_path / "prune"),
         (["prune", "grid", *tasks, "--shots", "1", "--importance", str(imp), "--ffn-importance", str(ffn),

@@ -230,3 +230,21 @@ def test_shared_evaluation_cache_reuses_cells_exactly_and_runs_each_once(model, 
     # shared: the FFN sweep's 0% is the head sweep's; the grid runs only its 4 cells with both masked
     assert shared_passes == {"heads": 3 * per_run, "ffn": 2 * per_run, "grid": 4 * per_run}
     assert shared["grid"]["25"]["0"] == shared["heads"]["25"]["0"] and shared["grid"]["0"]["50"] == shared["ffn"]["0"]["50"]
+
+
+def test_a_mask_of_ones_is_no_mask_bit_for_bit(model, tokenizer):
+    """Why EvaluationCache keys a mask of ones as no mask: the model multiplies head outputs and FFN
+    outputs by the mask, and x * 1.0 == x exactly, so every log-likelihood is the same bits."""
+    from tasks.evaluate import TaskEvaluation
+    from tasks.registry import get_task
+
+    ev = TaskEvaluation(model, tokenizer, get_task("copa", FIXTURES), 1, limit=4, batch_tokens=256)
+    with torch.no_grad():
+        ev.run()
+        plain = [ll for ll, _ in ev.results]
+        ev.run(head_mask=torch.ones(4, 4), ffn_mask=torch.ones(4))
+        ones = [ll for ll, _ in ev.results]
+        ev.run(head_mask=torch.ones(4, 4).index_put_((torch.tensor([1]), torch.tensor([2])), torch.tensor(0.0)))
+        pruned = [ll for ll, _ in ev.results]
+    assert ones == plain  # float equality of every request's log-likelihood
+    assert pruned != plain  # masking one head changes them: the comparison can fail
