@@ -216,7 +216,9 @@ def run_correlate(importance_dir: Path, out_dir: Path, shots: Sequence[int] | No
     result = {
         "metadata": run_metadata(importance_dir=str(importance_dir), shots=sorted(by_shot),
                                  top_fraction=top_fraction, random_seed=random_seed, layers_heads=list(shape or ()),
-                                 input_sha256=file_hashes(all_files)),
+                                 # keyed relative to the importance dir: a moved run records the same
+                                 input_sha256={str(Path(f).relative_to(importance_dir)): h
+                                               for f, h in file_hashes(all_files).items()}),
         "definitions": DEFINITIONS,
         "shots": per_shot,
         "cross_shot": crossed,

@@ -63,7 +63,7 @@ def test_correlate_cli_end_to_end(tmp_path):
     assert c05["variance"]["rho"] == pytest.approx(var, abs=1e-15)
 
     meta = res["metadata"]
-    assert meta["input_sha256"][str(written[(1, "b")])] == sha256_file(written[(1, "b")])
+    assert meta["input_sha256"]["shots-1/b.safetensors"] == sha256_file(written[(1, "b")])  # relative: moves keep it
     assert len(meta["input_sha256"]) == 12 and meta["layers_heads"] == [3, 4]
     assert "PAPER'S VARIANT" in res["definitions"]["paper_argsort_pearson"]
 
