@@ -2,7 +2,7 @@
 """Exported (physically pruned) checkpoints against the masked full model, measured side by side.
 
     python tests/benchmarks/bench_export.py                    # opt-125m shape
-    python tests/benchmarks/bench_export.py --shape opt-1.3b --batch 1 --seq 32 --repeats 2   # slow, ~11 GB RAM
+    python tests/benchmarks/bench_export.py --shape opt-1.3b --batch 1 --seq 128 --repeats 5  # ~15 min, ~11 GB RAM
 
 For a random-weight fp16 checkpoint of an official shape (written to a temp dir), at each pruning
 point (heads 0/30/50/70% x FFNs 0/20%, units chosen by a seeded random ranking, as a sweep would) it
