@@ -19,12 +19,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-# Keys whose values describe how/when/where a file was made, not what was computed.
+# Keys whose values describe how/when/where a file was made, not what was computed (input_sha256: hashes
+# of input files whose own metadata holds timestamps; their numbers are compared file by file).
 PROVENANCE = {"created", "argv", "python", "torch", "platform", "fingerprint", "model", "meta", "config",
               "data_sha256", "data_files", "head_importance", "importance", "ffn_importance", "scores_dir",
               "importance_dir", "merges_sha256", "model_id", "model_config_sha256", "missing_units", "dtype",
               "device", "device_map", "layers", "heads", "max_memory_gib", "offload", "identity", "config_sha256",
-              "random_weights_seed", "sources"}
+              "random_weights_seed", "sources", "input_sha256"}
 
 
 def _norm(value, run: Path, aliases: dict[str, str]):
