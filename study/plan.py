@@ -21,7 +21,9 @@ Costs, per pass of B rows x T new positions over S key positions (S = cached pas
                                     context batch's cache, and a continuation batch's copy of its rows'
                                     cache held beside it (tasks/scoring.py bounds it by --batch-tokens)
            + 2 N V x 4 on the head device (fp32 logits and log-softmax)
-           backward: the working set and score block of every layer on the device are kept
+           backward: the working set and score block of every layer on the device are kept; with
+                     streamed layers (--offload) importance takes opt66b.offload.layerwise_backward,
+                     which keeps one B T D input per layer and one layer's working set
     time = FLOPs / throughput; throughput measured by a timed layer-shaped matmul on the compute
            device (calibrate_tflops), or given as --throughput TFLOPS. Layers placed on several
            devices run one after another, so one device's throughput is the rate.
@@ -115,7 +117,12 @@ class StepPlan:
         run_share = layers / cfg.num_layers  # a pass from start_layer runs the last `layers` layers
         for dev in dict.fromkeys([*s.layers_on, s.head]):
             on_dev = round(s.layers_on.get(dev, 0) * run_share)
-            need = (working * (on_dev if backward else 1) if on_dev else 0)
+            if not on_dev:
+                need = 0
+            elif backward and s.streamed:  # layer-wise backward: every layer's input, one layer's graph
+                need = working + bt * cfg.hidden_size * s.dtype_bytes * on_dev
+            else:
+                need = working * (on_dev if backward else 1)
             need += 2 * kv_rows * cfg.hidden_size * s.dtype_bytes * on_dev
             if dev == s.head:
                 need += 2 * logit_rows * cfg.vocab_size * 4  # fp32 logits and their log-softmax
@@ -222,6 +229,9 @@ def plan_head_importance(step: StepPlan, args: argparse.Namespace, tokenizer: An
             examples = task.importance_examples(args.n_docs, k, random.Random(args.seed), paper_quirks=args.paper_quirks)
             for t in token_requests(tokenizer, examples, max_length):
                 step.add(1, len(t.input_ids), logit_rows=len(t.continuation), backward=True)
+    if not step.shape.streamed:
+        step.notes.append("the backward keeps every layer's activations; with --offload (streamed layers) it is "
+                          "layer-wise and keeps one input per layer")
 
 
 def plan_ffn_importance(step: StepPlan, args: argparse.Namespace, tokenizer: Any) -> None:

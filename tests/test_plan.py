@@ -89,6 +89,29 @@ def test_flops_follow_the_stated_rule_on_a_hand_computed_pass(tmp_path, capsys):
     assert step["flops"] == 3 * forward
 
 
+def test_backward_memory_resident_keeps_every_layer_streamed_keeps_one_input_per_layer():
+    """The activation rule of a backward pass (study/plan.py), on a hand-computed pass of a 3-layer
+    shape: resident, the backward keeps each layer's working set B T (6 D + F) x bytes; with streamed
+    layers importance is layer-wise (opt66b.offload.layerwise_backward) and keeps one B T D input per
+    layer plus one layer's working set."""
+    from types import SimpleNamespace
+
+    from study.plan import Shape, StepPlan
+
+    d, f, layers, heads, v, b, t, nbytes = 16, 64, 3, 2, 100, 2, 5, 2
+    cfg = SimpleNamespace(hidden_size=d, ffn_dim=f, num_layers=layers, num_heads=heads, head_dim=d // heads,
+                          word_embed_proj_dim=d, vocab_size=v, kept_heads=lambda i: list(range(heads)),
+                          has_ffn=lambda i: True)
+    working = b * t * (6 * d + f) * nbytes
+    logits = 2 * 4 * v * 4  # 4 scored positions, fp32 logits and log-softmax
+    for streamed, kept in (({}, layers * working), ({2: 1000}, working + layers * b * t * d * nbytes)):
+        shape = Shape(cfg, nbytes, {"cuda:0": layers}, {"cuda:0": 0}, "cuda:0", streamed)
+        step = StepPlan("importance heads", shape)
+        step.add(b, t, logit_rows=4, backward=True, scores=False)
+        assert step.activations["cuda:0"] == kept + logits, streamed
+    assert layers * working > working + layers * b * t * d * nbytes  # the layer-wise rule is the smaller
+
+
 def opt66b_params() -> int:
     # the published opt-66b shape: 64 layers, D 9216, F 36864, vocabulary 50272, 2048 + 2 positions
     d, f, layers = 9216, 36864, 64
