@@ -167,3 +167,20 @@ def test_moved_run_directory_resumes(ckpts, importance_dir, tmp_path, capsys):
     moved = [str(tmp_path / "imp-moved") if a == str(importance_dir) else a for a in argv]
     assert _run_err(capsys, [*moved, "--out", str(tmp_path / "b")])[0] == 0
     assert stamps and all(p.stat().st_mtime_ns == t for p, t in stamps.items())
+
+
+def test_importance_made_with_streamed_layers_is_reused_by_all(tmp_path, capsys):
+    """The OPT-66B-on-one-GPU recipe (README): head importance alone with streamed layers (layer-wise
+    backward), then `all` into the same --out reuses its units: placement is not part of the
+    fingerprint, since streaming gives the resident model's numbers (tests/test_offload.py)."""
+    import json
+
+    out = tmp_path / "run"
+    small = ["--tasks", "copa", "rte", "--shots", "0", "--n-docs", "3"]
+    assert _run_err(capsys, ["importance", "heads", "--offload", "mmap", *small, "--out", str(out / "importance")])[0] == 0
+    unit = out / "importance" / "shots-0" / "copa.safetensors"
+    stamp = unit.stat().st_mtime_ns
+    code, err = _run_err(capsys, ["all", *small, "--limit", "2", "--seeds", "1", "--out", str(out)])
+    assert code == 0, err[-2000:]
+    assert json.loads((out / "work.json").read_text())["head importance"]["forward_passes"] == 0
+    assert unit.stat().st_mtime_ns == stamp
