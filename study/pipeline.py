@@ -82,7 +82,7 @@ def forward_options(args: argparse.Namespace, argv: list[str]) -> list[str]:
     extra = []
     for name, commands in FORWARDED.items():
         value = getattr(args, name, None)
-        if value in (None, False) or not any(argv[:len(c.split())] == c.split() for c in commands):
+        if value is None or value is False or not any(argv[:len(c.split())] == c.split() for c in commands):
             continue
         extra += [f"--{name.replace('_', '-')}"] + ([] if value is True else [str(value)])
     return argv + extra

@@ -58,10 +58,12 @@ def all_defaults(args: argparse.Namespace) -> argparse.Namespace:
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    for key in ("limit", "n_docs", "seeds"):
-        value = getattr(args, key)
+    for key in ("limit", "n_docs", "seeds", "batch_tokens"):
+        value = getattr(args, key, None)
         if value is not None and value < 1:
             raise ValueError(f"--{key.replace('_', '-')} must be >= 1, got {value}")
+    if getattr(args, "seed", None) is not None and args.seed < 0:  # checked before any step runs
+        raise ValueError(f"--seed must be >= 0 (it seeds numpy's default_rng in the induction steps), got {args.seed}")
     return args
 
 

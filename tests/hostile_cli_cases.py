@@ -50,6 +50,10 @@ def option_cases() -> list[Case]:
           ("positions",)),
         o("copytask-length", ["copytask", "--length", "1", "--out", "OUT"], ("--length",)),
         o("all-limit-zero", ["all", "--limit", "0", "--out", "OUT"], ("--limit",)),
+        # checked before any step runs (0 once passed as "not given": a budget of 0 was silently 4096)
+        o("all-batch-tokens-zero", ["all", "--batch-tokens", "0", "--out", "OUT"], ("--batch-tokens",)),
+        o("all-seed-negative", ["all", "--seed", "-1", "--out", "OUT"], ("--seed",)),
+        o("copytask-seed-negative", ["copytask", "--seed", "-1", "--out", "OUT"], ("--seed",)),
         o("dtype-choice", e + ["--dtype", "float8"], ("--dtype", "float8")),
         o("shots-not-int", e + ["--shots", "one"], ("--shots", "one")),
         o("unknown-option", e + ["--frobnicate"], ("--frobnicate",)),

@@ -123,6 +123,8 @@ def test_all_forwards_seed_batch_tokens_and_quirks_to_every_step_that_takes_them
                 assert getattr(plain[label], name) != value, (label, name)  # the step's own default without it
     seeded = [label for label, step in given.items() if takes(step, "seed") or takes(step, "first_seed")]
     assert len(seeded) == 11 and "synthetic copy task" in seeded and "prefix matching" in seeded
+    zero = dict(plan_steps(all_defaults(_parse([*argv, "--seed", "0"])), ["copa", "piqa"]))
+    assert zero["synthetic copy task"][-2:] == ["--seed", "0"]  # 0 is a seed given, not "no seed"
     assert [label for label, step in given.items() if takes(step, "batch_tokens")] == [
         "evaluation", "FFN oracle", "head pruning (own ranking)", "head pruning (aggregate ranking)", "FFN pruning",
         "combined grid", "cross-task transfer (highest / lowest correlated partners)"]
