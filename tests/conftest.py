@@ -69,3 +69,14 @@ def random_model(cfg, seed: int = 0, dtype=torch.float32):
                 p.normal_(0, 0.2)
     model.requires_grad_(False)
     return model
+def write_checkpoint(model, path):
+    """`model` as a loadable checkpoint directory: safetensors shards + config.json
+    (opt66b.save_checkpoint) and the bundled OPT tokenizer files. Returns the path."""
+    from opt66b import save_checkpoint
+
+    save_checkpoint(model, path)
+    for name in ("vocab.json", "merges.txt", "tokenizer_config.json"):
+        (path / name).write_bytes((TOKENIZER_DIR / name).read_bytes())
+    return path
+
+

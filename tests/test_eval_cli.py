@@ -3,28 +3,23 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 import torch
 
-from conftest import ROOT, random_model
-from opt66b import OPTConfig, save_checkpoint
+from conftest import ROOT, random_model, write_checkpoint
+from opt66b import OPTConfig
 from opt66b.io import read_json, sha256_file, write_tensors
 from run import main
 
 FIXTURES = ROOT / "tests" / "fixtures" / "data"
-TOKENIZER_DIR = ROOT / "opt66b" / "assets" / "tiny-opt"
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     d = tmp_path_factory.mktemp("ckpt")
     cfg = OPTConfig(hidden_size=16, num_layers=2, num_heads=2, ffn_dim=32, vocab_size=50272, max_positions=2048)
-    save_checkpoint(random_model(cfg, seed=21), d)
-    for name in ("vocab.json", "merges.txt", "tokenizer_config.json"):
-        shutil.copy(TOKENIZER_DIR / name, d / name)
-    return d
+    return write_checkpoint(random_model(cfg, seed=21), d)
 
 
 def run_eval(checkpoint, out, *extra):

@@ -4,13 +4,12 @@ exported model, and bad input (exit 2, one line, nothing written)."""
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 import torch
-from conftest import FIXTURES, TOKENIZER_DIR, random_model
+from conftest import FIXTURES, random_model, write_checkpoint
 
-from opt66b import OPTConfig, load_model, save_checkpoint
+from opt66b import OPTConfig, load_model
 from opt66b.io import read_json, read_tensors, write_json, write_tensors
 from opt66b.mask_files import write_masks
 from run import main
@@ -20,10 +19,7 @@ from run import main
 def checkpoint(tmp_path_factory):
     d = tmp_path_factory.mktemp("ckpt") / "src"
     cfg = OPTConfig(hidden_size=16, num_layers=2, num_heads=2, ffn_dim=32, vocab_size=50272, max_positions=2048)
-    save_checkpoint(random_model(cfg, seed=21), d)
-    for name in ("vocab.json", "merges.txt", "tokenizer_config.json"):
-        shutil.copy(TOKENIZER_DIR / name, d / name)
-    return d
+    return write_checkpoint(random_model(cfg, seed=21), d)
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import argparse
 import pytest
 import torch
 
-from conftest import random_model
+from conftest import random_model, write_checkpoint
 from opt66b import OPTConfig, save_checkpoint
 from opt66b.offload import attach_pinned_streamer, forward_layer_major, layerwise_backward, load_streamed
 
@@ -162,12 +162,10 @@ def test_host_streamer_reuses_two_buffers(cfg, batch):
 
 
 def test_runtime_offload_mmap_and_budget(tmp_path, cfg, batch):
-    from opt66b.runtime import TINY_MODEL_DIR, load_from_args
+    from opt66b.runtime import load_from_args
 
     model = random_model(cfg, seed=3)
-    save_checkpoint(model, tmp_path)
-    for name in ("vocab.json", "merges.txt", "tokenizer_config.json"):
-        (tmp_path / name).write_bytes((TINY_MODEL_DIR / name).read_bytes())
+    write_checkpoint(model, tmp_path)
     args = argparse.Namespace(model=tmp_path, tokenizer=None, dtype="float32", device="cpu", device_map=None,
                               max_memory="cpu=1GiB", offload="mmap", random_weights=None, random_weights_seed=0)
     streamed, _, info = load_from_args(args, log=lambda m: None)

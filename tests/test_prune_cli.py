@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -13,10 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, random_model
+from conftest import ROOT, random_model, write_checkpoint
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "data"
-TOKENIZER_DIR = ROOT / "opt66b" / "assets" / "tiny-opt"
 TOTAL_UNITS = 2 * 10  # 2 tasks x heads 0..90%
 
 
@@ -26,16 +24,14 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def study(tmp_path_factory, one_thread):
     """A tiny checkpoint with the real tokenizer, and its head + FFN importance from the CLI."""
-    from opt66b import OPTConfig, save_checkpoint
+    from opt66b import OPTConfig
 
     import run
 
     root = tmp_path_factory.mktemp("study")
     ckpt = root / "ckpt"
     cfg = OPTConfig(hidden_size=64, num_layers=3, num_heads=4, ffn_dim=128, max_positions=1024)
-    save_checkpoint(random_model(cfg, seed=7), ckpt)
-    for name in ("vocab.json", "merges.txt", "tokenizer_config.json"):
-        shutil.copy(TOKENIZER_DIR / name, ckpt / name)
+    write_checkpoint(random_model(cfg, seed=7), ckpt)
     common = ["--model", str(ckpt), "--device", "cpu", "--data", str(FIXTURES), "--tasks", "boolq", "rte"]
     assert run.main(["importance", "heads", *common, "--shots", "1", "--n-docs", "3",
                      "--out", str(root / "imp")]) == 0

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from compare_runs import compare
-from conftest import FIXTURES, ROOT, TOKENIZER_DIR, random_model
+from conftest import FIXTURES, ROOT, random_model, write_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -40,13 +40,10 @@ sys.exit(run.main(sys.argv[1:]))
 
 
 def _checkpoint(path: Path, seed: int) -> Path:
-    from opt66b import OPTConfig, save_checkpoint
+    from opt66b import OPTConfig
 
     cfg = OPTConfig(hidden_size=32, num_layers=2, num_heads=4, ffn_dim=64, max_positions=512)
-    save_checkpoint(random_model(cfg, seed=seed), path)
-    for name in ("vocab.json", "merges.txt", "tokenizer_config.json"):
-        shutil.copy(TOKENIZER_DIR / name, path / name)
-    return path
+    return write_checkpoint(random_model(cfg, seed=seed), path)
 
 
 @pytest.fixture(scope="module")
