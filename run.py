@@ -75,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(err, USER_ERRORS):
             # KeyError's str() adds quotes; its first argument is our message.
             msg = err.args[0] if isinstance(err, KeyError) and err.args else err
+            msg = _with_cause(args, err, msg)
             print(f"run.py {args.command}: error: {_one_line(msg)}", file=sys.stderr)
             return 2
         if type(err).__name__ == "OutOfMemoryError":  # torch's, a RuntimeError: not a bug of ours
@@ -105,6 +106,24 @@ def check_outputs(args: argparse.Namespace) -> None:
             if path.is_dir():
                 raise IsADirectoryError(f"{label} {path}: is a directory; give a file name")
             check_output_dir(path.parent, label)
+
+
+def _with_cause(args: argparse.Namespace, err: Exception, msg: object) -> object:
+    """A non-finite value met while running a model: add where it comes from (which weight file and
+    tensor, or the activations; opt66b.diagnose), so the user knows what to fix."""
+    from opt66b.io import NonFiniteError
+
+    if not isinstance(err, NonFiniteError) or err.cause_known or not hasattr(args, "random_weights"):
+        return msg
+    from opt66b.diagnose import explain_nonfinite
+    from opt66b.runtime import TINY_MODEL_DIR, resolve_device, resolve_dtype
+
+    try:
+        dtype = resolve_dtype(getattr(args, "dtype", None), resolve_device(getattr(args, "device", None)))
+        model_dir = None if args.random_weights else Path(args.model or TINY_MODEL_DIR).expanduser()
+        return f"{msg}; {explain_nonfinite(model_dir, dtype)}"
+    except Exception as diag_err:  # the diagnosis must never hide the error it explains
+        return f"{msg} (the weights could not be scanned: {diag_err})"
 
 
 def _one_line(msg: object) -> str:

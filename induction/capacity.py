@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 import torch
 
-from opt66b.io import read_tensors, run_metadata, write_json, write_tensors
+from opt66b.io import check_finite_heads, read_tensors, run_metadata, write_json, write_tensors
 
 
 def retained_curve(scores: torch.Tensor, importance: torch.Tensor) -> torch.Tensor:
@@ -91,12 +91,17 @@ def run_capacity(scores_dir: str | Path, importance_dir: str | Path, out: str | 
         tensors, _ = read_tensors(path)
         if "mean" not in tensors:
             raise KeyError(f"{path}: no 'mean' tensor; is this a `run.py induction` output?")
+        check_finite_heads(tensors["mean"], f"{path}: 'mean'")
+        if bool((tensors["mean"] < 0).any()):
+            raise ValueError(f"{path}: 'mean' has negative scores (min {float(tensors['mean'].min()):.4g}); prefix-"
+                             "matching and copying scores lie in [0, 1]: rerun `run.py induction` to rewrite it")
         scores[name] = tensors["mean"]
     importances = {}
     for name, path in find_importances(importance_dir).items():
         tensors, _ = read_tensors(path)
         if "importance" not in tensors:
             raise KeyError(f"{path}: no 'importance' tensor (found {sorted(tensors)}); expected (L, H) importance")
+        check_finite_heads(tensors["importance"], f"{path}: 'importance'")
         importances[name] = tensors["importance"]
     n = next(iter(scores.values())).numel()
     curves = {"x": pruned_percent(n)}

@@ -19,8 +19,6 @@ separately stored copy is kept as it is.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import sys
 from pathlib import Path
 from typing import Callable
@@ -28,6 +26,7 @@ from typing import Callable
 import torch
 
 from .config import config_from_hf
+from .io import atomic_save_file, atomic_write_bytes, atomic_write_text
 from .weights import confined_path
 
 BIN_INDEX = "pytorch_model.bin.index.json"
@@ -117,7 +116,6 @@ def convert_bin_checkpoint(src: str | Path, dst: str | Path, log: Callable[[str]
     """Convert `src` (config.json + pytorch_model*.bin) into `dst` (config.json + safetensors
     shards + model.safetensors.index.json + tokenizer files). One .bin shard is loaded at a time;
     output shards that already exist are kept (resume after an interruption). Returns dst."""
-    from safetensors.torch import save_file
 
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     src, dst = Path(src), Path(dst)
@@ -155,20 +153,16 @@ def convert_bin_checkpoint(src: str | Path, dst: str | Path, log: Callable[[str]
                                  "the index and the shards disagree, re-download them")
         tensors = {k: t.contiguous() for k, t in state.items()}
         dst.mkdir(parents=True, exist_ok=True)  # only now: a source that fails to load leaves no dst behind
-        tmp = dst / f".{name}.tmp"
-        save_file(tensors, str(tmp), metadata={"format": "pt"})
-        os.replace(tmp, out)
+        atomic_save_file(tensors, out, metadata={"format": "pt"})
         for key, t in tensors.items():
             weight_map[key] = name
             total += t.numel() * t.element_size()
         del state, tensors
     index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
-    tmp = dst / f".{ST_INDEX}.tmp"
-    tmp.write_text(json.dumps(index, indent=2) + "\n")
-    os.replace(tmp, dst / ST_INDEX)
+    atomic_write_text(dst / ST_INDEX, json.dumps(index, indent=2) + "\n")
     for fname in COPIED_FILES:
         if (src / fname).is_file():
-            shutil.copyfile(src / fname, dst / fname)
+            atomic_write_bytes(dst / fname, (src / fname).read_bytes())
     log(f"[convert] wrote {n} shard(s), {len(weight_map)} tensors, {total / 2**30:.2f} GiB to {dst}")
     return dst
 

@@ -28,20 +28,17 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
-import shutil
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from .config import PRUNED_FFN_KEY, PRUNED_HEADS_KEY, OPTConfig, config_from_hf
 from .convert import COPIED_FILES, _nbytes
-from .io import Progress, atomic_write_text, sha256_file
+from .io import Progress, atomic_save_file, atomic_write_bytes, atomic_write_text, sha256_file
 from .model import OPT
 from .placement import dtype_bytes, head_params, layer_params
 from .weights import INDEX_NAME, _ST_DTYPES, checkpoint_files, plan_keys, read_safetensors_header
@@ -215,16 +212,14 @@ def export_pruned(src_dir: str | Path, out_dir: str | Path, head_mask: torch.Ten
                     raise AssertionError(f"{name}: sliced to {None if t is None else tuple(t.shape)}, "
                                          f"the pruned model needs {want[name]}")
                 tensors[_out_key(name)] = t.contiguous()
-            tmp = out_dir / f".{fname}.tmp"
-            save_file(tensors, str(tmp), metadata={"format": "pt"})
-            os.replace(tmp, out_dir / fname)
+            atomic_save_file(tensors, out_dir / fname, metadata={"format": "pt"})
             del tensors
             bar.update()
     atomic_write_text(out_dir / INDEX_NAME, json.dumps({"metadata": {"total_size": total},
                                                         "weight_map": weight_map}, indent=2) + "\n")
     for fname in COPIED_FILES:
         if fname != "config.json" and (src_dir / fname).is_file():
-            shutil.copyfile(src_dir / fname, out_dir / fname)
+            atomic_write_bytes(out_dir / fname, (src_dir / fname).read_bytes())
     src_raw = json.loads((src_dir / "config.json").read_text())
     source_files = sorted({*stored.values(), src_dir / "config.json",
                            *([src_dir / INDEX_NAME] if (src_dir / INDEX_NAME).is_file() else [])})

@@ -37,6 +37,17 @@ _HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]  # no dots
 ORPHAN_AGE_S = 3600  # a temp file of another host (shared file system) is an orphan after an idle hour
 
 
+class WriteError(OSError):
+    """A result file could not be written (full disk, file-size limit, ...): the message names it,
+    and the previous version of the file, if any, is intact."""
+
+
+def _write_failed(path: Path, err: BaseException) -> WriteError:
+    why = getattr(err, "strerror", None) or str(err)
+    return WriteError(f"{path}: could not be written ({why}); nothing partial was left and any earlier version "
+                      "is intact: free disk space or raise the file-size limit (ulimit -f), then rerun to continue")
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -50,15 +61,46 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(err, OSError) and not isinstance(err, WriteError):
+            raise _write_failed(path, err) from err
         raise
+    return path
+
+
+def atomic_save_file(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> Path:
+    """safetensors' save_file (streams a large shard to disk without building it in memory) through a
+    temporary name: a write that fails midway leaves no partial file and names `path`."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    tmp = path.parent / f".{path.name}.{_HOST}-{os.getpid()}-{os.urandom(4).hex()}.tmp"
+    try:
+        save_file(tensors, str(tmp), metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException as err:
+        if tmp.exists():
+            tmp.unlink()
+        if isinstance(err, (KeyboardInterrupt, SystemExit)):
+            raise
+        raise _write_failed(path, err) from err  # SafetensorError ("File too large") is not an OSError
     return path
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+class NonFiniteError(ValueError):
+    """A NaN or infinity where a finite number is required (a log-likelihood, a head score, a result).
+    run.py adds the cause (opt66b.diagnose: which weight file and tensor, or the activations) when
+    the failing command ran a model; `cause_known` is True when the message already names it."""
+
+    def __init__(self, message: str, cause_known: bool = False):
+        super().__init__(message)
+        self.cause_known = cause_known
 
 
 def write_json(path: str | Path, obj: Any) -> Path:
@@ -67,7 +109,7 @@ def write_json(path: str | Path, obj: Any) -> Path:
         text = json.dumps(obj, indent=2, sort_keys=False, default=_json_default, allow_nan=False)
     except ValueError as err:
         where = nonfinite_key(obj)
-        raise ValueError(f"{path}: refusing to write a non-finite number at {where or 'a value'} "
+        raise NonFiniteError(f"{path}: refusing to write a non-finite number at {where or 'a value'} "
                          "(results must be finite, strict JSON); the computation that produced it failed: "
                          "NaN/corrupt weights or float16 overflow (try --dtype float32)?") from err
     return atomic_write_text(path, text + "\n")
@@ -96,7 +138,7 @@ def check_finite_heads(scores: torch.Tensor, where: str) -> None:
     bad = ~torch.isfinite(scores)
     if bool(bad.any()):
         layer, head = (int(i) for i in bad.nonzero()[0])
-        raise ValueError(f"{where}: layer {layer} head {head} score is {float(scores[layer, head])} "
+        raise NonFiniteError(f"{where}: layer {layer} head {head} score is {float(scores[layer, head])} "
                          f"({int(bad.sum())} non-finite); corrupt or NaN weights, or float16 overflow "
                          "(try --dtype float32 or bfloat16)")
 
@@ -117,6 +159,12 @@ def check_output_dir(path: str | Path, label: str = "--out") -> Path:
     if not os.access(probe, os.W_OK | os.X_OK):
         what = "is not writable" if probe == path else f"cannot be created ({probe} is not writable)"
         raise PermissionError(f"{label} {path}: {what}; fix its permissions or choose another output path")
+    if probe != path:  # permission bits do not tell (root, /proc, read-only mounts): try, and undo
+        try:
+            os.rmdir(tempfile.mkdtemp(dir=probe, prefix=".opt66b-probe-"))
+        except OSError as err:
+            raise PermissionError(f"{label} {path}: cannot be created in {probe} ({err.strerror or err}); choose "
+                                  "another output path") from err
     if path.is_dir():
         for orphan in remove_orphans(path):
             print(f"removed {orphan}: left by an interrupted write", file=sys.stderr)

@@ -27,7 +27,8 @@ from torch import nn
 
 from .capture import Capture, head_attribution
 from .model import OPT, DecoderLayer, attention_allowed, position_ids_from_mask
-from .weights import _ST_DTYPES, _set_param, checkpoint_files, config_from_hf, plan_keys, read_safetensors_header
+from .weights import (_ST_DTYPES, CheckpointError, _set_param, check_plan, checkpoint_files, config_from_hf, plan_keys,
+                      read_safetensors_header)
 
 Fetch = Callable[[int], dict[str, torch.Tensor]]  # layer index -> {local param name: host tensor}
 _PAGE = mmap.PAGESIZE
@@ -41,14 +42,16 @@ class MmapCheckpoint:
         self.files = checkpoint_files(self.dir)
         self._maps: dict[Path, mmap.mmap] = {}
         self._info: dict[str, tuple[Path, int, int, torch.dtype, list[int]]] = {}
+        self.headers: dict[Path, dict] = {}
         for path in sorted(set(self.files.values())):
-            header = read_safetensors_header(path)
+            header = self.headers[path] = read_safetensors_header(path)
             with open(path, "rb") as f:
                 n = int.from_bytes(f.read(8), "little")
                 self._maps[path] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
             for key, info in header.items():
                 if info["dtype"] not in _ST_DTYPES:
-                    raise ValueError(f"{path}: {key!r} has dtype {info['dtype']}, expected F16/BF16/F32")
+                    raise CheckpointError(f"{path}: {key!r} has dtype {info['dtype']}, expected a float type "
+                                          "(F16/BF16/F32)")
                 begin, end = info["data_offsets"]
                 self._info[key] = (path, 8 + n + begin, end - begin, _ST_DTYPES[info["dtype"]], info["shape"])
 
@@ -199,6 +202,7 @@ def load_streamed(ckpt_dir: str | Path, dtype: torch.dtype | None = None, device
     with torch.device("meta"):
         model = OPT(cfg)
     plan, _ = plan_keys(ckpt.files, cfg, [n for n, _ in model.named_parameters()])
+    check_plan(plan, ckpt.headers, {n: tuple(p.shape) for n, p in model.named_parameters()})  # as load_model does
     for name, (key, path) in plan.items():
         if name.startswith("decoder.layers."):
             continue

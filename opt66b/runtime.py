@@ -20,12 +20,13 @@ import torch
 
 from .cli_options import add_model_args  # noqa: F401  (re-exported: the options load_from_args reads)
 from .config import OPTConfig, config_for_size, config_from_hf
+from .diagnose import check_weights_finite
 from .distributed import local_cuda_offset, local_rank, rank_world
 from .model import OPT
 from .offload import attach_pinned_streamer, load_streamed
 from .placement import (GIB, build_device_map, device_name, dtype_bytes, head_params, layer_bytes,
                         parse_max_memory, shift_cuda)
-from .store import checkpoint_identity, tokenizer_identity
+from .identity import checkpoint_identity, tokenizer_identity
 from .tokenizer import OPTTokenizer, load_tokenizer
 from .weights import _set_param, load_model
 
@@ -130,10 +131,10 @@ def load(model: str | Path | None = None, *, tokenizer: str | Path | None = None
     max_memory = max_memory if isinstance(max_memory, dict) else parse_max_memory(max_memory)
     offload = offload or "auto"
     size = random_weights
-    model_dir = None if size else (Path(model) if model else TINY_MODEL_DIR)
+    model_dir = None if size else (Path(model).expanduser() if model else TINY_MODEL_DIR)
     if model_dir is not None and not model_dir.is_dir():
         raise FileNotFoundError(f"{model_dir}: model directory not found")
-    tok_dir = Path(tokenizer) if tokenizer else (model_dir or TINY_MODEL_DIR)
+    tok_dir = Path(tokenizer).expanduser() if tokenizer else (model_dir or TINY_MODEL_DIR)
     dm = None
     dtype_name = str(dtype).removeprefix("torch.")
     if offload == "mmap":
@@ -145,6 +146,7 @@ def load(model: str | Path | None = None, *, tokenizer: str | Path | None = None
         check_stream_budget(cfg, dtype, max_memory.get(str(device)) or max_memory.get(device.type), str(device))
         log(f"loading {model_dir} as {dtype_name}: streaming from memory-mapped shards on {device}")
         net = load_streamed(model_dir, dtype=dtype, device=device)
+        check_weights_finite(net, model_dir, dtype)  # the resident head group; streamed layers: on error
     else:
         cfg = config_for_size(size) if size else config_from_hf(model_dir)
         compute = str(device) if device.type != "cpu" else None
@@ -163,6 +165,8 @@ def load(model: str | Path | None = None, *, tokenizer: str | Path | None = None
         else:
             log(f"loading {model_dir} as {dtype_name} on {dm.head if dm else device}")
             net = load_model(model_dir, dtype=dtype, device=device, device_for=device_for, log=log)
+        # A NaN/inf weight is refused here, naming its file and tensor, before any step computes or writes.
+        check_weights_finite(net, model_dir, dtype)
         streamed = dm.streamed_layers() if dm is not None and offload != "none" else []
         if offload == "pinned" and not streamed:
             raise ValueError("--offload pinned needs a --device-map that puts layers on cpu and a GPU compute device")

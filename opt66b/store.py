@@ -8,10 +8,10 @@ under other settings is an error naming the file and the fields that differ (nev
 unless the caller asks to recompute.
 
 Identity is by content, never by path spelling, so the same data given by another path, or a run
-directory moved elsewhere, still resumes. A checkpoint is identified cheaply but surely: the bytes of
-config.json, and for every safetensors shard its size, the sha256 of its header (names, dtypes,
-shapes and byte offsets of every tensor) and of 1 MiB of weights sampled across it, plus the
-tokenizer files; not a hash of 130 GB of weights.
+directory moved elsewhere, still resumes. A checkpoint is identified by all of its bytes: config.json,
+every safetensors shard's content hash (opt66b/identity.py: computed once per file and remembered
+by path, size, modification time and inode) and the tokenizer files, so two checkpoints that differ
+in any one weight are two models.
 
     store = UnitStore(model_fingerprint(info), recompute=False)
     if not store.done(path, task="copa", shots=1):
@@ -27,12 +27,12 @@ from typing import Any
 
 import torch
 
+from .identity import checkpoint_identity, tokenizer_identity  # noqa: F401  (re-exported)
 from .io import read_json, sha256_file, write_json, write_tensors
 
 # Bump when a code change alters numbers of existing units: their files are then refused, not reused.
 CODE_VERSION = 1
 FINGERPRINT_KEY = "fingerprint"  # JSON key / safetensors metadata key holding a unit's fingerprint
-TOKENIZER_FILES = ("vocab.json", "merges.txt")
 
 
 _SHA_CACHE: dict[tuple[str, int, int], str] = {}
@@ -83,40 +83,6 @@ def _canonical(obj: Any) -> Any:
 
 def _sha256_json(obj: Any) -> str:
     return hashlib.sha256(json.dumps(_canonical(obj), sort_keys=True).encode()).hexdigest()
-
-
-SAMPLE_BLOCKS, SAMPLE_BYTES = 16, 64 << 10  # weight bytes read per shard: 16 blocks of 64 KiB, evenly spread
-
-
-def shard_identity(path: Path) -> dict[str, Any]:
-    """Size, header sha256 and a sample sha256 of one safetensors file. The header names every
-    tensor, its dtype, shape and byte range (a re-export, re-shard or dtype change alters it); the
-    sample hashes 16 evenly spread 64 KiB blocks of the weights, so two checkpoints of the same
-    shape (a fine-tune, another seed) differ too, for 1 MiB read per shard instead of all of it."""
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        n = int.from_bytes(f.read(8), "little")
-        header = f.read(min(n, 100 << 20))
-        sample = hashlib.sha256()
-        start, span = 8 + n, max(size - 8 - n, 0)
-        for i in range(SAMPLE_BLOCKS):
-            f.seek(start + (span - SAMPLE_BYTES) * i // max(SAMPLE_BLOCKS - 1, 1) if span > SAMPLE_BYTES else start)
-            sample.update(f.read(SAMPLE_BYTES))
-    return {"bytes": size, "header_sha256": hashlib.sha256(header).hexdigest(), "sample_sha256": sample.hexdigest()}
-
-
-def checkpoint_identity(model_dir: str | Path) -> dict[str, Any]:
-    """{"config_sha256", "shards": {file name: {bytes, header_sha256}}} of an HF checkpoint directory."""
-    model_dir = Path(model_dir)
-    shards = sorted(model_dir.glob("*.safetensors"))
-    return {"config_sha256": sha256_file(model_dir / "config.json"),
-            "shards": {p.name: shard_identity(p) for p in shards}}
-
-
-def tokenizer_identity(tok_dir: str | Path) -> dict[str, str | None]:
-    """sha256 of vocab.json and merges.txt (None where absent): the token ids every prompt becomes."""
-    tok_dir = Path(tok_dir)
-    return {name: sha256_file(tok_dir / name) if (tok_dir / name).is_file() else None for name in TOKENIZER_FILES}
 
 
 def weights_identity(model: torch.nn.Module) -> dict[str, Any]:

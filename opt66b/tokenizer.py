@@ -36,7 +36,7 @@ class OPTTokenizer:
     @classmethod
     def from_dir(cls, directory: str | Path) -> "OPTTokenizer":
         """Build from `tokenizer.json` when present, else from `vocab.json` + `merges.txt`."""
-        d = Path(directory)
+        d = Path(directory).expanduser()
         vocab, merges = d / "vocab.json", d / "merges.txt"
         if not d.is_dir():
             raise FileNotFoundError(f"{d}: tokenizer directory not found")
@@ -56,6 +56,10 @@ class OPTTokenizer:
             model = BPE.from_file(str(vocab), str(merges), fuse_unk=False)
         except Exception as err:
             raise ValueError(f"{d}: could not read vocab.json/merges.txt ({err}); re-download them") from err
+        for token in SPECIAL_TOKENS:  # added later, a missing one would silently get a new id
+            if model.token_to_id(token) is None:
+                raise ValueError(f"{vocab}: lacks OPT's special token {token!r} (</s> is id 2, <pad> id 1 in OPT); "
+                                 "is this an OPT vocab.json? re-download it")
         tok = Tokenizer(model)
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tok.decoder = decoders.ByteLevel()

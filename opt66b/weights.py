@@ -138,7 +138,7 @@ def _read_converted(path: Path, key: str, info: dict, stored: torch.dtype, dtype
 
 def checkpoint_files(ckpt_dir: Path) -> dict[str, Path]:
     """Map every stored key to its shard file, from the index or from the single file."""
-    ckpt_dir = Path(ckpt_dir)
+    ckpt_dir = Path(ckpt_dir).expanduser()
     if not ckpt_dir.is_dir():
         raise FileNotFoundError(f"{ckpt_dir}: checkpoint directory not found")
     index = ckpt_dir / INDEX_NAME
@@ -222,6 +222,20 @@ def plan_keys(stored: dict[str, Path], cfg: OPTConfig, targets: list[str]) -> tu
     return by_canon, ignored
 
 
+def check_plan(plan: dict[str, tuple[str, Path]], headers: dict[Path, dict], shapes: dict[str, tuple[int, ...]]) -> None:
+    """Every planned tensor exists in its file with the parameter's shape and a float dtype: the
+    checks both loaders (resident and --offload mmap) run before reading any weight."""
+    for name, (key, path) in plan.items():
+        info = headers[path].get(key)
+        if info is None:
+            raise CheckpointError(f"{path}: the index maps {key!r} to this file, but the file has no such tensor")
+        if tuple(info["shape"]) != shapes[name]:
+            raise CheckpointError(f"{path}: {key!r} has shape {tuple(info['shape'])}, this config needs "
+                                  f"{shapes[name]}; does config.json match the weights?")
+        if info["dtype"] not in _ST_DTYPES:
+            raise CheckpointError(f"{path}: {key!r} has dtype {info['dtype']}, expected a float type (F16/BF16/F32)")
+
+
 def _set_param(model: nn.Module, name: str, tensor: torch.Tensor) -> None:
     owner_name, _, leaf = name.rpartition(".")
     owner = model.get_submodule(owner_name)
@@ -237,26 +251,15 @@ def load_model(ckpt_dir: str | Path, dtype: torch.dtype | None = None, device: s
     Parameters come back with requires_grad=False: this is an analysis toolkit; call
     `model.requires_grad_(True)` to train.
     """
-    ckpt_dir = Path(ckpt_dir)
+    ckpt_dir = Path(ckpt_dir).expanduser()
     cfg = config_from_hf(ckpt_dir)
     stored = checkpoint_files(ckpt_dir)
     with torch.device("meta"):
         model = OPT(cfg)
     targets = dict(model.named_parameters())
     plan, ignored = plan_keys(stored, cfg, list(targets))
-    headers: dict[Path, dict] = {}
-    for path in sorted(set(p for _, p in plan.values())):
-        headers[path] = read_safetensors_header(path)
-    for name, (key, path) in plan.items():
-        info = headers[path].get(key)
-        if info is None:
-            raise CheckpointError(f"{path}: the index maps {key!r} to this file, but the file has no such tensor")
-        want = tuple(targets[name].shape)
-        if tuple(info["shape"]) != want:
-            raise CheckpointError(f"{path}: {key!r} has shape {tuple(info['shape'])}, this config needs {want}; "
-                                  "does config.json match the weights?")
-        if info["dtype"] not in _ST_DTYPES:
-            raise CheckpointError(f"{path}: {key!r} has dtype {info['dtype']}, expected a float type (F16/BF16/F32)")
+    headers = {path: read_safetensors_header(path) for path in sorted(set(p for _, p in plan.values()))}
+    check_plan(plan, headers, {name: tuple(p.shape) for name, p in targets.items()})
     by_file: dict[Path, list[str]] = {}
     for name, (_, path) in plan.items():
         by_file.setdefault(path, []).append(name)

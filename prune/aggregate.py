@@ -47,6 +47,22 @@ def recorded_members(path: Path) -> dict[str, str] | None:
     return json.loads(meta["aggregate_inputs"])
 
 
+def check_aggregate_before(shot_dir: Path, tasks: Sequence[str], seen: Sequence[str] = PAPER_SEEN_TASKS,
+                           update: bool = False) -> None:
+    """Refuse, before any work, a run whose seen tasks would change the members of an existing
+    aggregate (the same refusal write_aggregate makes at the end, once it is knowable up front)."""
+    path = Path(shot_dir) / AGGREGATE_FILE
+    if update or not path.is_file():
+        return
+    old = recorded_members(path)
+    after = set(aggregate_members(shot_dir, seen)) | {t for t in tasks if t in seen}
+    if old is not None and set(old) != after:
+        added, removed = sorted(after - set(old)), sorted(set(old) - after)
+        change = "; ".join(p for p in (f"adds {added}" if added else "", f"removes {removed}" if removed else "") if p)
+        raise ValueError(f"{path}: averages {sorted(old)}, and this run {change}; pass --update-aggregate to "
+                         "replace it (rankings made from the old one go stale) or write to another --out")
+
+
 def write_aggregate(shot_dir: Path, seen: Sequence[str] = PAPER_SEEN_TASKS, update: bool = False,
                     settings: dict | None = None, log: Callable[[str], None] | None = None) -> Path | None:
     """(Re)write shot_dir/aggregate.safetensors as the mean over the seen tasks present there.

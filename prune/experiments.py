@@ -62,16 +62,20 @@ def run_head_importance(model: Any, tokenizer: Any, info: dict[str, Any] | None,
     from opt66b.io import Progress, run_metadata
     from tasks.evaluate import task_fingerprint
 
-    from .aggregate import PAPER_SEEN_TASKS, write_aggregate
+    from .aggregate import PAPER_SEEN_TASKS, check_aggregate_before, write_aggregate
     from .importance import head_score_sums, importance_from_sums
 
     if n_docs < 1:
         raise ValueError(f"--n-docs must be >= 1, got {n_docs}")
     info, objects, settings = _setup(model, info, data, tasks, shots, paper_quirks)
     out = Path(out)
-    length = max_length or model.config.max_positions
+    length = model.config.max_positions if max_length is None else max_length
+    if not 0 < length <= model.config.max_positions:
+        raise ValueError(f"--max-length must be in [1, {model.config.max_positions}] (the model's positions), got {length}")
     store = UnitStore({**model_fingerprint(info), "seed": seed, "n_docs": n_docs, "max_length": length,
                        "normalize_per_layer": normalize_per_layer, "paper_quirks": paper_quirks}, recompute=recompute)
+    for k in shots:  # an aggregate this run would change is refused now, not after hours of work
+        check_aggregate_before(out / f"shots-{k}", list(objects), seen_tasks or PAPER_SEEN_TASKS, update_aggregate)
     work = Work()
     # (task, shot) is the unit: split across torchrun processes, skipped when its fingerprint matches.
     for name, k in my_units([(t, k) for k in shots for t in objects]):

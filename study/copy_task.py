@@ -135,6 +135,8 @@ def run_copy_task(model: OPT, tokenizer: OPTTokenizer, info: dict[str, Any] | No
 
     if seeds < 1 or length < 2 or first_seed < 0:
         raise ValueError(f"--seeds must be >= 1, --length >= 2 and --seed >= 0, got {seeds}, {length} and {first_seed}")
+    if not 0 < threshold <= 1:  # prefix-matching scores lie in [0, 1]: another threshold selects all or no heads
+        raise ValueError(f"--threshold must be in (0, 1] (prefix-matching scores lie in [0, 1]), got {threshold}")
     info = info or in_memory_info(model)
     path = Path(out) / "copytask.json"
     store = UnitStore(model_fingerprint(info), recompute=recompute)

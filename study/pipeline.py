@@ -39,9 +39,11 @@ MODEL_OPTIONS = ["model", "tokenizer", "dtype", "device", "device_map", "max_mem
                  "random_weights_seed", "threads"]
 
 
-def available_tasks(data_dir: Path, wanted: list[str], shots: list[int]) -> tuple[list[str], list[str]]:
-    """Split `wanted` into tasks whose eval split (and few-shot pool, when shots > 0) exist in
-    data_dir, and the rest with the reason, so a partial data directory still runs the study."""
+def available_tasks(data_dir: Path, wanted: list[str], shots: list[int],
+                    explicit: bool = False) -> tuple[list[str], list[str]]:
+    """Split `wanted` into tasks whose eval split (and few-shot pool, when shots > 0) can be read
+    from data_dir, and the rest with the reason, so a partial data directory still runs the default
+    study. Tasks the user named (`explicit`) must all be readable: one that is not is an error."""
     from tasks.registry import get_task
 
     ok, skipped = [], []
@@ -53,6 +55,9 @@ def available_tasks(data_dir: Path, wanted: list[str], shots: list[int]) -> tupl
                 task.fewshot_pool()
             ok.append(name)
         except (FileNotFoundError, ValueError) as err:
+            if explicit:
+                raise type(err)(f"--tasks {name}: {str(err).splitlines()[0]} (drop it from --tasks to run "
+                                "without it)") from err
             skipped.append(str(err).splitlines()[0])
     return ok, skipped
 
@@ -136,7 +141,7 @@ def step_args(argv: list[str]) -> argparse.Namespace:
 
 
 def run_all(args: argparse.Namespace) -> int:
-    from opt66b.io import write_json
+    from opt66b.io import atomic_write_text, write_json
     from opt66b.runtime import LOAD_OPTIONS, load_from_args
 
     from tasks.evaluate import EvaluationCache
@@ -145,17 +150,19 @@ def run_all(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     data = Path(args.data)
-    tasks, skipped = available_tasks(data, args.tasks or DEFAULT_TASKS, args.shots)
+    tasks, skipped = available_tasks(data, args.tasks or DEFAULT_TASKS, args.shots, explicit=bool(args.tasks))
     for line in skipped:
         print(f"[all] skipping {line}", file=sys.stderr)
     if not tasks:
         raise ValueError(f"{data}: none of the requested tasks has its data; see `python run.py data check --data {data}`")
+    steps = plan_steps(args, tasks)
+    start = time.monotonic()
+    # The one model load of the whole study, before anything is written: a model it refuses (NaN
+    # weights, a bad checkpoint) leaves no run directory behind.
+    loaded = load_from_args(args)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "skipped_tasks.json", skipped)
-    steps = plan_steps(args, tasks)
-    (out / "commands.txt").write_text("".join("python run.py " + shlex.join(argv) + "\n" for _, argv in steps))
-    start = time.monotonic()
-    loaded = load_from_args(args)  # the one model load of the whole study
+    atomic_write_text(out / "commands.txt", "".join("python run.py " + shlex.join(argv) + "\n" for _, argv in steps))
     cache = EvaluationCache(loaded[0])
     work: dict[str, dict[str, int]] = {}
     for i, (label, argv) in enumerate(steps, 1):

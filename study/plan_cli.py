@@ -106,7 +106,7 @@ def plan_steps_of(args: argparse.Namespace, shape: Shape, tokenizer: Any) -> lis
     from .run_cli import all_defaults
 
     all_defaults(args)
-    tasks, skipped = available_tasks(Path(args.data), args.tasks or DEFAULT_TASKS, args.shots)
+    tasks, skipped = available_tasks(Path(args.data), args.tasks or DEFAULT_TASKS, args.shots, explicit=bool(args.tasks))
     if not tasks:
         raise ValueError(f"{args.data}: none of the requested tasks has its data; see `python run.py data check`")
     args.out = args.out or Path("OUT")

@@ -13,12 +13,11 @@ Sections on correlations, transfer and the induction scores are in study/report_
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
 
-from opt66b.io import atomic_write_text, read_tensors, write_json
+from opt66b.io import atomic_write_text, read_json, read_tensors, write_json
 from prune.aggregate import PAPER_SEEN_TASKS, PAPER_UNSEEN_TASKS, aggregate_of
 from prune.inflection import DEFAULT_MIN_BEND, DEFAULT_TOLERANCE, RULES, curve_points, headline, mean_curve, mean_grid, \
     sweep_curve
@@ -30,7 +29,8 @@ PRIMARY = {"record": "em"}  # the paper reads em for ReCoRD and acc for every ot
 
 
 def _json(path: Path) -> Any | None:
-    return json.loads(path.read_text()) if path.is_file() else None
+    """A run's JSON file, None when absent; a damaged one is an error naming it."""
+    return read_json(path, "rerun the step that writes it (its units resume)") if path.is_file() else None
 
 
 def _shot_dirs(root: Path) -> list[Path]:

@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 import torch
 
-from opt66b.io import file_hashes, read_json
+from opt66b.io import NonFiniteError, file_hashes, read_json
 
 from .base import Result, Task
 from .metrics import task_metrics
@@ -69,7 +69,7 @@ class TaskEvaluation:
                 ll = self.results[k][0]
                 k += 1
                 if not math.isfinite(ll):
-                    raise ValueError(
+                    raise NonFiniteError(
                         f"{self.task.NAME} {self.shots}-shot: doc {inst.doc_id} request {j} (continuation "
                         f"{req.continuation!r:.40}) has log-likelihood {ll}; the model produced non-finite "
                         "logits: corrupt or NaN weights, or float16 overflow (try --dtype float32 or bfloat16)")
@@ -212,7 +212,7 @@ def run_evaluation(model: Any, tokenizer: Any, info: dict[str, Any] | None, data
     head, ffn = load_eval_masks(head_mask, ffn_mask, cfg.num_layers, cfg.num_heads, soft_masks)
     mask_ids = {key: None if path is None else {"path": str(path), "sha256": sha256_file(path), "soft_masks": soft_masks}
                 for key, path in (("head_mask", head_mask), ("ffn_mask", ffn_mask))}
-    max_length = max_length or cfg.max_positions
+    max_length = cfg.max_positions if max_length is None else max_length
     model_id = info["model"] + (f"#seed{info['random_weights_seed']}" if "random_weights_seed" in info else "")
     store = UnitStore({**model_fingerprint(info), "limit": limit, "seed": seed, "max_length": max_length,
                        "paper_quirks": paper_quirks, "batch_tokens": batch_tokens,

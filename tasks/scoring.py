@@ -115,9 +115,9 @@ class Scorer:
         if batch_tokens < 1:
             raise ValueError(f"batch_tokens must be >= 1, got {batch_tokens}")
         self.model, self.batch_tokens, self.progress_label = model, batch_tokens, progress_label
-        self.max_length = max_length or model.config.max_positions
+        self.max_length = model.config.max_positions if max_length is None else max_length
         if not 0 < self.max_length <= model.config.max_positions:
-            raise ValueError(f"max_length must be in [1, {model.config.max_positions}] (the model's positions), "
+            raise ValueError(f"--max-length must be in [1, {model.config.max_positions}] (the model's positions), "
                              f"got {self.max_length}")
         self.vocab = model.config.tokenizer_vocab_size
         self.requests = list(requests)

@@ -24,6 +24,21 @@ needs_shared_tokenizer = pytest.mark.skipif(not (SHARED_TOKENIZER / "vocab.json"
                                             reason=f"{SHARED_TOKENIZER} absent: the real OPT tokenizer files are not here")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def identity_cache(tmp_path_factory):
+    """The checkpoint hash cache (opt66b/identity.py) lives in a temporary directory, never the user's."""
+    import os
+
+    path = tmp_path_factory.mktemp("identity-cache")
+    before = os.environ.get("OPT66B_CACHE_DIR")
+    os.environ["OPT66B_CACHE_DIR"] = str(path)
+    yield path
+    if before is None:
+        os.environ.pop("OPT66B_CACHE_DIR", None)
+    else:
+        os.environ["OPT66B_CACHE_DIR"] = before
+
+
 @pytest.fixture
 def tiny_config():
     from opt66b import OPTConfig

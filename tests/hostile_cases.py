@@ -127,7 +127,8 @@ def checkpoint_cases() -> list[Case]:
               Case("checkpoints", "model-is-file", model_is_file, ("config.json", "not found")),
               Case("checkpoints", "model-missing", lambda kit, out: ev(out, model=kit.root / "nope"), ("nope", "not found")),
               Case("checkpoints", "nan-weights", lambda kit, out: ev(out, model=kit.nan_model()),
-                   ("copa", "doc", "request", "log-likelihood nan", "weights"))]
+                   ("model.safetensors", "layers.0.self_attn.q_proj.weight", "1 NaN", "re-download"))]
+    cases += nonfinite_and_streaming_cases()
     index_cases: list[tuple[str, Any, tuple[str, ...]]] = [
         ("not-json", "{", ("model.safetensors.index.json", "not valid JSON")),
         ("a-list", "[]", ("model.safetensors.index.json", "expected a JSON object")),
@@ -207,6 +208,46 @@ def conversion_cases() -> list[Case]:
         conv("index-value-int", {"pytorch_model.bin.index.json": json.dumps({"weight_map": {"a": 1}})}, ("'a'", "int")),
         conv("dst-is-file", good, ("dst", "not a directory"), dst=lambda out: out.parent / "file"),
     ]
+
+
+def nonfinite_and_streaming_cases() -> list[Case]:
+    """NaN weights named (file, tensor) by every model step, before it writes anything; a weight that
+    overflows the compute dtype; NaN met in a streamed layer (diagnosed by scanning the shards);
+    the mmap loader's shape checks."""
+    model_steps = {
+        "importance-heads": ["importance", "heads", "--data", str(FIXTURES), "--tasks", "copa", "--shots", "0", "--n-docs", "1"],
+        "importance-ffn": ["importance", "ffn", "--data", str(FIXTURES), "--tasks", "copa", "--shots", "0", "--limit", "1"],
+        "induction-prefix": ["induction", "prefix", "--seeds", "1"],
+        "induction-copying": ["induction", "copying", "--seeds", "1"],
+        "copytask": ["copytask", "--seeds", "1"],
+        "all": ["all", "--tasks", "copa", "--shots", "0", "--limit", "1", "--n-docs", "1", "--seeds", "1"],
+    }
+    named = ("model.safetensors", "layers.0.self_attn.q_proj.weight", "NaN")
+    cases = [Case("checkpoints", f"nan-weights-{name}", lambda kit, out, argv=argv:
+                  [*argv, "--model", str(kit.nan_model()), "--out", str(out)], named)
+             for name, argv in model_steps.items()]
+
+    def big(t: torch.Tensor) -> torch.Tensor:
+        t[0, 0] = 1e6  # finite in float32, inf in float16
+        return t
+
+    def wrong_shape(t: torch.Tensor) -> torch.Tensor:
+        return t[:-1].clone()
+
+    cases += [
+        Case("checkpoints", "float16-overflow-weight", lambda kit, out: ev(
+            out, "--dtype", "float16", model=kit.edited_model("big", "layers.1.fc2.weight", big)),
+             ("layers.1.fc2.weight", "inf", "float16", "--dtype float32")),
+        Case("checkpoints", "nan-weights-streamed", lambda kit, out: ev(out, "--offload", "mmap", model=kit.nan_model()),
+             ("copa", "log-likelihood nan", "cause", "model.safetensors", "layers.0.self_attn.q_proj.weight")),
+        Case("checkpoints", "mmap-wrong-shape", lambda kit, out: ev(
+            out, "--offload", "mmap", model=kit.edited_model("short-fc1", "layers.1.fc1.bias", wrong_shape)),
+             ("model.safetensors", "layers.1.fc1.bias", "shape")),
+        Case("checkpoints", "mmap-config-mismatch", lambda kit, out: ev(
+            out, "--offload", "mmap", model=kit.model("cfgmis-hidden-256", config=with_config(hidden_size=256))),
+             ("shape", "config.json")),
+    ]
+    return cases
 
 
 def data_cases() -> list[Case]:

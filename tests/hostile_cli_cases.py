@@ -4,8 +4,11 @@ files (tests/hostile_cases.py has the model, data and mask groups and gathers bo
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Callable
+
+import torch
 
 from hostile_kit import TINY, FIXTURES, Case, Kit, ev
 
@@ -54,6 +57,10 @@ def option_cases() -> list[Case]:
         o("all-batch-tokens-zero", ["all", "--batch-tokens", "0", "--out", "OUT"], ("--batch-tokens",)),
         o("all-seed-negative", ["all", "--seed", "-1", "--out", "OUT"], ("--seed",)),
         o("copytask-seed-negative", ["copytask", "--seed", "-1", "--out", "OUT"], ("--seed",)),
+        o("max-length-zero", e + ["--max-length", "0"], ("--max-length", "got 0")),
+        o("importance-max-length-zero", imp + ["--n-docs", "1", "--max-length", "0"], ("--max-length", "got 0")),
+        o("copytask-threshold", ["copytask", "--threshold", "2", "--out", "OUT"], ("--threshold", "[0, 1]")),
+        o("copytask-threshold-zero", ["copytask", "--threshold", "0", "--out", "OUT"], ("--threshold",)),
         o("dtype-choice", e + ["--dtype", "float8"], ("--dtype", "float8")),
         o("shots-not-int", e + ["--shots", "one"], ("--shots", "one")),
         o("unknown-option", e + ["--frobnicate"], ("--frobnicate",)),
@@ -79,6 +86,9 @@ def output_cases() -> list[Case]:
                           ("file", "not a directory")))
         cases.append(Case("output paths", f"{name}-out-under-file", lambda kit, out, make=make:
                           make(out.parent / "file" / "sub"), ("file", "cannot be created")))
+    # /proc refuses new entries even to root: the check must try, not trust permission bits
+    cases.append(Case("output paths", "eval-out-under-proc", lambda kit, out: ev(Path("/proc/opt66b-nope")),
+                      ("/proc/opt66b-nope", "cannot be created")))
     cases.append(Case("output paths", "report-run-is-file", lambda kit, out: ["report", "--out", str(out.parent / "file")],
                       ("--out", "not a directory")))
     return cases
@@ -148,11 +158,60 @@ def study_cases() -> list[Case]:
             "importance", "ffn", "--data", str(FIXTURES), "--tasks", "nosuchtask", "--out", str(out)], ("nosuchtask",)),
         Case("study commands", "importance-nan-weights", lambda kit, out: [
             "importance", "heads", "--model", str(kit.nan_model()), "--data", str(FIXTURES), "--tasks", "copa",
-            "--shots", "0", "--n-docs", "1", "--out", str(out)], ("layer", "head", "nan", "weights")),
-        Case("study commands", "prefix-nan-weights", lambda kit, out: [
-            "induction", "prefix", "--model", str(kit.nan_model()), "--seeds", "1", "--out", str(out)],
-             ("prefix_matching", "seed 0", "layer", "head", "weights")),
+            "--shots", "0", "--n-docs", "1", "--out", str(out)], ("layers.0.self_attn.q_proj.weight", "NaN", "weights")),
+        Case("study commands", "all-named-task-malformed", lambda kit, out: [
+            "all", "--data", str(copa_and_bad_cb(kit)), "--tasks", "copa", "cb", "--shots", "0", "--out", str(out)],
+             ("--tasks cb", "val.jsonl:1")),
+        Case("study commands", "report-results-truncated", prefilled_out(
+            {"eval/shots-0/results.json": b'{"results": {"copa": {"acc": 0.'}, lambda out: ["report", "--out", str(out)]),
+             ("results.json", "not valid JSON")),
+        Case("study commands", "capacity-negative-scores", lambda kit, out: [
+            "induction", "capacity", "--scores", str(score_dir(kit, "neg", -0.25)), "--importance",
+            str(importance_dir(kit)), "--out", str(out)], ("prefix_matching_paper.safetensors", "negative")),
+        Case("study commands", "capacity-nan-scores", lambda kit, out: [
+            "induction", "capacity", "--scores", str(score_dir(kit, "nan", float("nan"))), "--importance",
+            str(importance_dir(kit)), "--out", str(out)], ("prefix_matching_paper.safetensors", "nan")),
+        Case("study commands", "importance-aggregate-conflict-before-work", aggregate_conflict,
+             ("aggregate.safetensors", "['copa']", "adds ['cb']", "--update-aggregate")),
     ]
+
+
+def copa_and_bad_cb(kit: Kit) -> Path:
+    def build(d: Path) -> None:
+        shutil.copytree(FIXTURES / "copa", d / "copa")
+        shutil.copytree(FIXTURES / "cb", d / "cb")
+        (d / "cb" / "val.jsonl").write_text("{oops\n")
+    return kit.once("data-copa-bad-cb", build)
+
+
+def score_dir(kit: Kit, name: str, value: float) -> Path:
+    """A scores dir whose prefix_matching_paper 'mean' (2 x 4, the tiny OPT's heads) holds one `value`."""
+    from safetensors.torch import save
+
+    mean = torch.full((2, 4), 0.5)
+    mean[1, 2] = value
+    return kit.once(f"scores-{name}", lambda d: (d / "prefix_matching_paper.safetensors").write_bytes(
+        save({"mean": mean, "var": torch.zeros(2, 4)})))
+
+
+def importance_dir(kit: Kit) -> Path:
+    from safetensors.torch import save
+
+    def build(d: Path) -> None:
+        (d / "shots-0").mkdir()
+        (d / "shots-0" / "copa.safetensors").write_bytes(save({"importance": torch.arange(8.0).view(2, 4)}))
+    return kit.once("importance-plain", build)
+
+
+def aggregate_conflict(kit: Kit, out: Path) -> list[str]:
+    """--out already holds importance of copa with an aggregate of copa alone; adding cb would change
+    the aggregate, which is knowable (and refused) before any importance is computed."""
+    import run
+
+    base = ["importance", "heads", "--data", str(FIXTURES), "--shots", "0", "--n-docs", "1"]
+    made = kit.once("imp-copa-only", lambda d: run.main([*base, "--tasks", "copa", "--out", str(d / "imp")]))
+    shutil.copytree(made / "imp", out)
+    return [*base, "--tasks", "copa", "cb", "--out", str(out)]
 
 
 def tokenizer_cases() -> list[Case]:
@@ -168,6 +227,8 @@ def tokenizer_cases() -> list[Case]:
         ("config-list", {"tokenizer_config.json": b"[]"}, ("tokenizer_config.json", "JSON object")),
         ("tokenizer-json-garbage", {"tokenizer.json": b"{garbage"}, ("tokenizer.json",)),
         ("vocab-invalid-utf8", {"vocab.json": vocab[:100] + b"\xff" + vocab[100:]}, ("vocab.json",)),
+        ("vocab-without-eos", {"vocab.json": vocab.replace(b'"</s>": 2, ', b"")}, ("vocab.json", "'</s>'")),
+        ("vocab-without-pad", {"vocab.json": vocab.replace(b'"<pad>": 1, ', b"")}, ("vocab.json", "'<pad>'")),
     ]
     cases = [Case("tokenizer files", name, lambda kit, out, name=name, files=files:
                   ev(out, "--tokenizer", kit.tokenizer(name, files)), words) for name, files, words in toks]

@@ -100,17 +100,23 @@ class Kit:
             (d / "mask.safetensors").write_bytes(raw if raw is not None else save(tensors or {}))
         return self.once("mask-" + name, build) / "mask.safetensors"
 
-    def nan_model(self) -> Path:
-        """The tiny model with one NaN in the first layer's q_proj weight."""
+    def edited_model(self, name: str, key_part: str, edit: Callable[[torch.Tensor], torch.Tensor]) -> Path:
+        """The tiny model with the tensor whose key contains `key_part` replaced by edit(copy of it)."""
         from safetensors.torch import load_file, save
 
         def weights() -> bytes:
             state = load_file(str(TINY / "model.safetensors"))
-            key = next(k for k in state if "layers.0.self_attn.q_proj.weight" in k)
-            state[key] = state[key].clone()
-            state[key][0, 0] = float("nan")
+            key = next(k for k in state if key_part in k)
+            state[key] = edit(state[key].clone())
             return save(state, metadata={"format": "pt"})
-        return self.model("nan", weights=weights())
+        return self.model(name, weights=weights()) if "model-" + name not in self._built else self._built["model-" + name]
+
+    def nan_model(self) -> Path:
+        """The tiny model with one NaN in the first layer's q_proj weight."""
+        def edit(t: torch.Tensor) -> torch.Tensor:
+            t[0, 0] = float("nan")
+            return t
+        return self.edited_model("nan", "layers.0.self_attn.q_proj.weight", edit)
 
 
 # -- corrupt copies of real files ------------------------------------------------------------------

@@ -125,7 +125,7 @@ def test_killed_export_resumes(checkpoint, tmp_path, monkeypatch):
     import opt66b.export as export
 
     mask = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
-    real = export.save_file
+    real = export.atomic_save_file
     calls = []
 
     def dies_on_second(tensors, path, metadata=None):
@@ -134,14 +134,14 @@ def test_killed_export_resumes(checkpoint, tmp_path, monkeypatch):
             raise KeyboardInterrupt
         real(tensors, path, metadata=metadata)
 
-    monkeypatch.setattr(export, "save_file", dies_on_second)
+    monkeypatch.setattr(export, "atomic_save_file", dies_on_second)
     with pytest.raises(KeyboardInterrupt):
         export.export_pruned(checkpoint, tmp_path / "x", mask, max_shard_bytes=1 << 20)
     assert not (tmp_path / "x" / "config.json").exists()
     first = sorted((tmp_path / "x").glob("model-*.safetensors"))
     assert len(first) == 1
     stamp = first[0].stat().st_mtime_ns
-    monkeypatch.setattr(export, "save_file", real)
+    monkeypatch.setattr(export, "atomic_save_file", real)
     export.export_pruned(checkpoint, tmp_path / "x", mask, max_shard_bytes=1 << 20)
     assert first[0].stat().st_mtime_ns == stamp  # kept, not rewritten
     ids = torch.arange(3, 19).view(2, 8)

@@ -214,3 +214,18 @@ def test_an_unwritable_output_dir_is_refused_before_work(tmp_path, monkeypatch):
         io.check_output_dir(tmp_path / "new")
     with pytest.raises(PermissionError, match="is not writable"):
         io.check_output_dir(tmp_path)
+
+
+def test_library_entry_points_expand_the_home_directory(tmp_path, monkeypatch):
+    """The README's library example passes "~/ckpt/..." to Python functions: no shell expands it there."""
+    import shutil
+
+    import opt66b
+    from opt66b import load_model, load_tokenizer
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    shutil.copytree(TINY, tmp_path / "ckpt" / "tiny")
+    assert load_model("~/ckpt/tiny").config.num_layers == 2
+    assert load_tokenizer("~/ckpt/tiny").bos_id == 2
+    model, tok, info = opt66b.load("~/ckpt/tiny", tokenizer="~/ckpt/tiny")
+    assert info["model"] == str(tmp_path / "ckpt" / "tiny") and tok.pad_id == 1

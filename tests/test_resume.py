@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from compare_runs import compare
 from conftest import FIXTURES, ROOT, random_model, write_checkpoint
@@ -50,6 +51,22 @@ def _checkpoint(path: Path, seed: int) -> Path:
 def ckpts(tmp_path_factory):
     root = tmp_path_factory.mktemp("resume")
     return _checkpoint(root / "a", seed=3), _checkpoint(root / "b", seed=4), root
+
+
+@pytest.fixture(scope="module")
+def bias_twin(ckpts):
+    """Checkpoint a with one element of the final layer norm's bias changed (+1e-3): a patched or
+    fine-tuned model looks like this, and its results must never pass for a's."""
+    from opt66b import OPTConfig
+
+    ckpt, _, root = ckpts
+    cfg = OPTConfig(hidden_size=32, num_layers=2, num_heads=4, ffn_dim=64, max_positions=512)
+    model = random_model(cfg, seed=3)
+    with torch.no_grad():
+        model.decoder.final_layer_norm.bias[5] += 1e-3
+    twin = write_checkpoint(model, root / "a-bias")
+    assert (twin / "model.safetensors").stat().st_size == (ckpt / "model.safetensors").stat().st_size
+    return twin
 
 
 def steps(ckpt: Path, imp: Path) -> dict[str, tuple[list[str], str]]:
@@ -120,8 +137,20 @@ def test_other_model_is_refused_naming_the_unit_and_the_change(step, ckpts, impo
     assert _run_err(capsys, [*argv, "--out", str(out)])[0] == 0
     code, err = _run_err(capsys, [*[str(other) if a == str(ckpt) else a for a in argv], "--out", str(out)])
     assert code == 2 and "made with different settings" in err and str(out) in err, err
-    assert "model.shards.model.safetensors.sample_sha256" in err and "--recompute" in err
+    assert "model.shards.model.safetensors.content_sha256" in err and "--recompute" in err
     assert err.strip().splitlines()[-1].startswith(f"run.py {argv[0]}: error: ")  # one line, no traceback
+
+
+@pytest.mark.parametrize("step", ["eval", "importance heads", "importance ffn", "prune heads", "induction prefix",
+                                  "induction copying", "copytask"])
+def test_a_checkpoint_differing_in_one_bias_element_is_another_model(step, ckpts, bias_twin, importance_dir,
+                                                                     tmp_path, capsys):
+    ckpt, _, _ = ckpts
+    argv, _ = steps(ckpt, importance_dir)[step]
+    out = tmp_path / "out"
+    assert _run_err(capsys, [*argv, "--out", str(out)])[0] == 0
+    code, err = _run_err(capsys, [*[str(bias_twin) if a == str(ckpt) else a for a in argv], "--out", str(out)])
+    assert code == 2 and "model.shards.model.safetensors.content_sha256" in err, err
 
 
 def test_other_data_file_other_limit_refused_same_data_elsewhere_resumes(ckpts, tmp_path, capsys):
