@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-VARIANT_CHOICES = ("paper", "corrected", "index_fix", "both", "all")
+VARIANT_CHOICES = ("paper", "corrected", "index_fix", "text", "residual", "both", "all")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -59,8 +59,10 @@ def _register_scores(inner: argparse._SubParsersAction, name: str, help_text: st
                    help="first seed: sequences of seeds SEED..SEED+N-1 (default: 0, as the paper; "
                         "--first-seed is the old spelling)")
     p.add_argument("--variant", choices=VARIANT_CHOICES, default="all",
-                   help="which score(s): paper, corrected, index_fix (copying only: the paper's computation read "
-                        "at the attended position), both (paper and corrected) or all (default: all)")
+                   help="which score(s). prefix: paper, corrected. copying: paper (its code), index_fix (the code "
+                        "read at the attended position), text (its Appendix A.8 text: direct path, the attended "
+                        "token's OV, logits), residual (the real forward pass, an extension; 'corrected' is its "
+                        "old name). both = paper + corrected (prefix) or paper + text (copying); all (default)")
     add_out_arg(p)
     p.add_argument("--exclude-ratio", type=float, default=0.04,
                    help="fraction of most and of least frequent merges left out of the pool (default: 0.04)")
@@ -73,13 +75,21 @@ def _register_scores(inner: argparse._SubParsersAction, name: str, help_text: st
 
 
 def selected_variants(kind: str, variant: str) -> list[str]:
-    """The score variants --variant asks for: "all" = every variant of the score, "both" = paper and
-    corrected; index_fix exists for copying only (ValueError otherwise)."""
+    """The score variants --variant asks for: "all" = every variant of the score, "both" = the paper's
+    code and its correction (prefix: corrected; copying: text); index_fix, text and residual exist for
+    copying only (ValueError otherwise). Copying's old "corrected" means "residual" (with a notice)."""
+    import sys
+
+    from .copying import RENAMED
     from .copying import VARIANTS as COPYING_VARIANTS
     from .prefix_matching import VARIANTS as PREFIX_VARIANTS
 
+    if kind != "prefix" and variant in RENAMED:
+        print(f"note: copying variant '{variant}' is now called '{RENAMED[variant]}'", file=sys.stderr)
+        variant = RENAMED[variant]
     available = list(PREFIX_VARIANTS if kind == "prefix" else COPYING_VARIANTS)
-    variants = {"all": available, "both": ["paper", "corrected"]}.get(variant, [variant])
+    both = ["paper", "corrected"] if kind == "prefix" else ["paper", "text"]
+    variants = {"all": available, "both": both}.get(variant, [variant])
     if any(v not in available for v in variants):
         raise ValueError(f"--variant {variant} does not exist for `induction {kind}`; "
                          f"choose from {', '.join(available)}, both or all")

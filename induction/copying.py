@@ -1,4 +1,4 @@
-"""Copying score per attention head (the paper's "Algorithm 2" as its code runs it, and a fix).
+"""Copying score per attention head: the paper's "Algorithm 2" as its code runs it, as its text reads, and beside them.
 
 Mirrors amazon-science/llm-interpret lm_eval/prefix_matching_copying.py (paper Appendix A.8,
 Algorithm 2; docs/method.md, "Copying"). Input: BOS + N distinct random tokens (N = 4(25 + 2s)).
@@ -12,26 +12,33 @@ Every variant scores each query position j = 1 .. T-1 (BOS excluded) and average
 A score is in [0, 1]; a head whose output raises the logit of the token it attends to scores near 1,
 a non-copying head keeps a positive floor of about 1 / (number of positive entries of r).
 
-"paper": the code's computation. The same embedding-level input x = E[tok] + P[pos] feeds every
-    layer (the residual stream is never propagated); u = LN1_l(x); A from u (causal); the head's OV
-    output at the *query* position, o_h = W_O^h v_proj(u)_h[j] + b_O (b_O for every head), goes
-    through the unembedding with no final layer norm, and z = softmax over the full vocabulary at c.
+Four variants, named for what they are:
+
+"paper": the computation as the paper's code runs it. The same embedding-level input x = E[tok] +
+    P[pos] feeds every layer (the residual stream is never propagated); u = LN1_l(x); A from u
+    (causal); the head's OV output at the *query* position, o_h = W_O^h v_proj(u)_h[j] + b_O (b_O for
+    every head), goes through the unembedding with no final layer norm, and z = softmax over the full
+    vocabulary at c.
     Implementation note: score_j is invariant to multiplying z by a positive constant per row, and
     softmax(l)[c] = exp(l[c] - max) * exp(max - logsumexp(l)), so z = exp(l[c] - max_c l[c]) gives the
     identical score without the 50272-way normaliser (`exact_softmax=True` computes the normaliser in
     position chunks as the code does; the tests check both agree).
 "index_fix": the paper's computation with only its index fixed: z is read from the OV output of the
-    attended *source* position m_j, o_h = W_O^h v_proj(u)_h[m_j] + b_O, still on the embedding-level
-    input, with b_O, no final layer norm and full-vocabulary probabilities, at the ids c of query j.
-    It asks what Algorithm 2 means (does the head's OV circuit raise the logit of the token it
-    attends to?) and differs from "paper" by that one index, so a difference between the two is the
-    index bug's alone; for a head attending to itself (m_j = j) the two agree exactly.
-"corrected": the real forward pass. z_h[j] = sum_k A_h[j, k] v_h[k] (the head's attention-weighted
-    value vector, exactly what out_proj reads, on the true residual stream), pushed through head h's
-    slice of out_proj without b_O and the LN-free unembedding: z = logits (not probabilities) at the
-    attendable ids c; m_j from the head's real attention. It asks: does what the head moves into
-    position j raise the logit of the token it attends to most, relative to the other tokens it
-    could have attended to?
+    attended *source* position m_j, o_h = W_O^h v_proj(u)_h[m_j] + b_O, still with b_O, no final layer
+    norm and full-vocabulary probabilities. A difference between "paper" and "index_fix" is the index
+    bug's alone; for a head attending to itself (m_j = j) the two agree exactly.
+"text": what the paper's text (Appendix A.8) describes: feed the sequence directly through the head
+    (the same embedding-level input as "paper", the direct path), take the head's own contribution to
+    the output logits, W_U W_O^h v_h[m_j] (the attended token's OV output, no b_O, which belongs to no
+    head), and measure how much it raises the *logit* of the maximally attended token over the other
+    attendable tokens: z = logits at c, not probabilities. It fixes both of the code's departures from
+    its text (probabilities, the query position); "index_fix" fixes the second only.
+"residual": an extension of the paper, not a correction of it: the real forward pass. z_h[j] =
+    sum_k A_h[j, k] v_h[k] (the head's attention-weighted value vector, exactly what out_proj reads, on
+    the true residual stream instead of the embedding-level input), pushed through head h's slice of
+    out_proj without b_O and the LN-free unembedding: z = logits at the attendable ids c; m_j from the
+    head's real attention. It asks whether a head copies *in the running model*, where earlier layers
+    have already written into its input; the paper's question is about the direct path.
 
 Memory: neither variant forms a (heads, T, V) tensor. Only the T attendable ids are unembedded:
 U_c = W_U[tokens] (T, D) and M = U_c W_O (T, H*Dh); per head chunk the (hc, T, T) logits are formed.
@@ -48,7 +55,8 @@ import torch.nn.functional as F
 
 from opt66b import OPT, Capture
 
-VARIANTS = ("paper", "index_fix", "corrected")
+VARIANTS = ("paper", "index_fix", "text", "residual")
+RENAMED = {"corrected": "residual"}  # old variant names, accepted for one release
 
 
 def shares(values: torch.Tensor, attended: torch.Tensor, exp_space: bool) -> torch.Tensor:
@@ -94,12 +102,15 @@ def _heads_through_unembedding(u_c: torch.Tensor, att: torch.nn.Module) -> torch
 
 @torch.no_grad()
 def copying_paper(model: OPT, tokens: torch.Tensor, head_chunk: int = 8, exact_softmax: bool = False,
-                  position_chunk: int = 256, read_at: str = "query") -> torch.Tensor:
-    """The paper's copying score (see module docstring) for `tokens` (T,) = BOS + distinct ids.
+                  position_chunk: int = 256, read_at: str = "query", logits: bool = False) -> torch.Tensor:
+    """The direct-path copying score (see module docstring) for `tokens` (T,) = BOS + distinct ids.
     read_at="query": the head's OV output at query j (the code); "source": at the attended
-    position m_j (the "index_fix" variant). Returns (L, H) float32."""
+    position m_j ("index_fix"). logits=True: the head's own logit contribution (no b_O) compared as
+    logits, not probabilities (with read_at="source": the "text" variant). Returns (L, H) float32."""
     if read_at not in ("query", "source"):
         raise ValueError(f"read_at must be 'query' or 'source', got {read_at!r}")
+    if logits and exact_softmax:
+        raise ValueError("exact_softmax normalises probabilities; the logits variant has none")
     cfg = model.config
     t = tokens.numel()
     dev0 = model.decoder.embed_tokens.weight.device
@@ -122,22 +133,23 @@ def copying_paper(model: OPT, tokens: torch.Tensor, head_chunk: int = 8, exact_s
         v, attended = att.to_all_heads(v[None])[0], att.to_all_heads(attended[None])[0]  # (H, T, Dh), (H, T)
         u_c = _unembed_rows(model, tokens, dev)  # (T, D)
         m = _heads_through_unembedding(u_c, att)  # (T, H, Dh)
-        bias_logit = u_c @ att.out_proj.bias.float() if att.out_proj.bias is not None else torch.zeros(t, device=dev)
+        with_bias = att.out_proj.bias is not None and not logits  # b_O is no head's contribution
+        bias_logit = u_c @ att.out_proj.bias.float() if with_bias else torch.zeros(t, device=dev)
         for h0 in range(0, cfg.num_heads, head_chunk):
             hs = slice(h0, min(h0 + head_chunk, cfg.num_heads))
-            logits = torch.einsum("hjd,khd->hjk", v[hs], m[:, hs]) + bias_logit  # (hc, T, T) output at j, id of k
+            z = torch.einsum("hjd,khd->hjk", v[hs], m[:, hs]) + bias_logit  # (hc, T, T) output at j, id of k
             if read_at == "source":
                 # row j <- row m_j: the OV output of the attended position, still read at query j's ids c
                 rows = attended[hs].unsqueeze(-1).expand(-1, -1, t)  # (hc, T, T)
-                logits = logits.gather(1, rows)
+                z = z.gather(1, rows)
             if exact_softmax:
                 lse = _full_vocab_lse(model, att, v[hs], hs.start, position_chunk)  # (hc, T) per output row
                 if read_at == "source":
                     lse = lse.gather(1, attended[hs])  # (hc, T): the normaliser of row m_j
-                probs = torch.exp(logits - lse.unsqueeze(-1))  # (hc, T, T): full-vocabulary softmax at ids c
+                probs = torch.exp(z - lse.unsqueeze(-1))  # (hc, T, T): full-vocabulary softmax at ids c
                 out[li, hs] = shares(probs, attended[hs], exp_space=False).cpu()
             else:
-                out[li, hs] = shares(logits, attended[hs], exp_space=True).cpu()
+                out[li, hs] = shares(z, attended[hs], exp_space=not logits).cpu()
         if att.head_ids is not None:  # heads a pruned checkpoint lacks copy nothing (their b_O-only logits
             removed = [h for h in range(cfg.num_heads) if h not in att.head_ids]  # would give a share anyway)
             out[li, removed] = 0.0
@@ -198,8 +210,8 @@ class _CopyingCapture(Capture):
 
 
 @torch.no_grad()
-def copying_corrected(model: OPT, tokens: torch.Tensor, head_chunk: int = 8) -> torch.Tensor:
-    """The corrected copying score (see module docstring) for `tokens` (T,). Returns (L, H) float32."""
+def copying_residual(model: OPT, tokens: torch.Tensor, head_chunk: int = 8) -> torch.Tensor:
+    """The residual-stream copying score (see module docstring) for `tokens` (T,). Returns (L, H) float32."""
     cap = _CopyingCapture(model, tokens, head_chunk)
     dev0 = model.decoder.embed_tokens.weight.device
     model(tokens.view(1, -1).to(dev0), capture=cap, logits="none")  # (1, T)
@@ -215,8 +227,10 @@ def copying_seed(model: OPT, tokens: torch.Tensor, variants: Iterable[str] = VAR
             out[v] = copying_paper(model, tokens, head_chunk=head_chunk)
         elif v == "index_fix":
             out[v] = copying_paper(model, tokens, head_chunk=head_chunk, read_at="source")
-        elif v == "corrected":
-            out[v] = copying_corrected(model, tokens, head_chunk=head_chunk)
+        elif v == "text":
+            out[v] = copying_paper(model, tokens, head_chunk=head_chunk, read_at="source", logits=True)
+        elif v == "residual":
+            out[v] = copying_residual(model, tokens, head_chunk=head_chunk)
         else:
             raise ValueError(f"unknown copying variant {v!r}; choose from {VARIANTS}")
     return out

@@ -1,5 +1,5 @@
 """The task-agnostic induction study as functions of a loaded model: prefix matching and copying
-scores per head over seeded random sequences (Bansal et al. 2023 §5; Algorithm 1).
+scores per head over seeded random sequences (Bansal et al. 2023 §7, Appendix A.8).
 
     model, tok, info = opt66b.load("~/ckpt/opt-1.3b")
     run_prefix_matching(model, tok, info, "runs/induction", seeds=100)
@@ -97,6 +97,6 @@ def run_copying(model: Any, tokenizer: Any, info: dict[str, Any] | None, out: st
                 start_length, length_step, top, recompute, {"head_chunk": head_chunk},
                 make=lambda pool, s, n: sq.copying_sequence(pool, s, bos, 4 * n),
                 score=lambda tokens, vs, n: copying_seed(model, tokens, vs, head_chunk=head_chunk),
-                # only the corrected variant runs the model; the paper's and index_fix run layer pieces
-                # on the embedding-level input (no model pass), as study/plan.py counts them
-                passes=lambda vs: int("corrected" in vs))
+                # only the residual variant runs the model; the direct-path ones (paper, index_fix, text) run
+                # layer pieces on the embedding-level input (no model pass), as study/plan.py counts them
+                passes=lambda vs: int("residual" in vs))

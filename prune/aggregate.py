@@ -1,4 +1,4 @@
-"""The aggregate head-importance ranking: the mean over the *seen* tasks (Bansal et al. 2023, §5, Fig. 9).
+"""The aggregate head-importance ranking: the mean over the *seen* tasks (Bansal et al. 2023, §4.1 and §6.1, Figs. 3, 9).
 
 The paper computes head importance for 14 tasks ("seen") and ranks heads by the arithmetic mean of
 those 14 raw (L, H) tensors, with no per-task normalisation (prune/masks.aggregate_importance).
@@ -25,12 +25,10 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from opt66b.io import read_tensors, run_metadata, sha256_file, write_tensors
+from tasks.registry import PAPER_SEEN_TASKS, PAPER_UNSEEN_TASKS  # noqa: F401  (re-exported)
 
 from .masks import IMPORTANCE_KEY, aggregate_importance
 
-PAPER_SEEN_TASKS = ("hellaswag", "piqa", "arc_easy", "arc_challenge", "openbookqa", "winogrande", "boolq", "cb",
-                    "copa", "wic", "wsc", "multirc", "rte", "record")
-PAPER_UNSEEN_TASKS = ("mathqa", "lambada")
 AGGREGATE_FILE = "aggregate.safetensors"
 
 

@@ -63,8 +63,9 @@ def register_importance(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="One forward+backward per training example on [prompt; gold continuation], loss = mean "
                     "NLL of the continuation; IS[l,h] = sum over positions of |a . dL/da| / sum(N_e - 1) "
-                    "(last layer: / sum(Y_e)). Writes OUT/shots-K/{task}.safetensors with tensors 'importance' "
-                    "(L, H) (the paper's denominators) and 'importance_uniform' (every layer over sum(N_e - 1)), "
+                    "(the paper's code: last layer / sum(Y_e)). Writes OUT/shots-K/{task}.safetensors with tensors "
+                    "'importance_paper_denominator' (L, H), 'importance_uniform' (every layer over sum(N_e - 1)) "
+                    "and 'importance', the ranking later steps read (uniform; the paper's with --protocol paper), "
                     "and OUT/shots-K/aggregate.safetensors: the mean over the seen tasks whose files exist (the "
                     "paper's 14 by default; mathqa and lambada are unseen), recording its members. Resumable "
                     "per (task, shot).",
@@ -109,6 +110,7 @@ def _importance_heads(args: argparse.Namespace, loaded=None) -> int:
     from tasks.registry import check_task_args
 
     from .experiments import run_head_importance
+    from .masks import DENOMINATOR_BY_PROTOCOL
 
     _validate(args)
     if args.seen_tasks:
@@ -118,7 +120,8 @@ def _importance_heads(args: argparse.Namespace, loaded=None) -> int:
     model, tokenizer, info = loaded or load_from_args(args)
     args.work = run_head_importance(model, tokenizer, info, args.data, args.tasks, args.shots, args.out, n_docs=args.n_docs,
                         seed=args.seed, max_length=args.max_length, normalize_per_layer=args.normalize_per_layer,
-                        paper_quirks=args.paper_quirks, seen_tasks=args.seen_tasks,
+                        paper_quirks=args.paper_quirks, denominator=DENOMINATOR_BY_PROTOCOL[args.protocol],
+                        seen_tasks=args.seen_tasks,
                         update_aggregate=args.update_aggregate, recompute=_recompute(args))["work"]
     return 0
 
@@ -168,6 +171,10 @@ def register_prune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--transfer-tasks", nargs="+", default=["copa", "winogrande", "record"],
                    help="transfer: the tasks pruned with their partners' rankings (default: the paper's copa "
                         "winogrande record; a task without importance is replaced as docs/protocol.md says)")
+    p.add_argument("--partners", nargs="+", choices=["paper", "argsort", "spearman"], default=None,
+                   help="transfer: how partners are chosen: paper = the paper's published pairs, argsort = its SRCC "
+                        "(Pearson of argsort vectors), spearman = the true Spearman rho (default: paper argsort "
+                        "with --protocol paper, spearman argsort otherwise)")
     add_plan_args(p, "prune")
     p.set_defaults(func=_prune)
 
@@ -217,7 +224,7 @@ def _transfer(args: argparse.Namespace, loaded=None) -> int:
     res = run_transfer_study(model, tokenizer, info, args.data, args.tasks, args.shots, args.out, correlations=corr,
                              importance=args.importance, transfer_tasks=args.transfer_tasks,
                              head_percents=args.head_percents, limit=args.limit, seed=args.seed,
-                             batch_tokens=args.batch_tokens, paper_quirks=args.paper_quirks,
+                             batch_tokens=args.batch_tokens, paper_quirks=args.paper_quirks, partners=args.partners,
                              recompute=_recompute(args), cache=getattr(args, "evaluation_cache", None))
     args.work = res["work"]
     print(res["table"])

@@ -1,23 +1,27 @@
-"""`run.py correlate`: rank correlations between head-importance rankings (Bansal et al. 2023, §5 / Fig. 5).
+"""`run.py correlate`: rank correlations between head-importance rankings (Bansal et al. 2023, §6.1-6.2, Figs. 8, 20).
 
 Reads the output of `run.py importance heads`:
 
     IMPORTANCE_DIR/shots-{K}/{task}.safetensors      tensor "importance" (L, H), one per task
-    IMPORTANCE_DIR/shots-{K}/aggregate.safetensors   tensor "importance" (L, H), mean over tasks
+    IMPORTANCE_DIR/shots-{K}/aggregate.safetensors   tensor "importance" (L, H), mean over the seen tasks
 
-and writes OUT/correlations.json with, for every shot K (flat head vectors of length n = L*H):
+and writes OUT/correlations.json with, for every shot K (flat head vectors of length n = L*H). The
+matrices hold the paper's seen tasks present, with the aggregate as the last row and column (as the
+paper's Fig. 8); unseen tasks and the synthetic copy task are never inside them (other_tasks below):
     spearman.rho / spearman.p      task x task, true Spearman (average ranks, t-test p, n-2 df)
-    paper_argsort_pearson          task x task, THE PAPER'S VARIANT (Pearson on argsort vectors,
-                                   llm-interpret scripts/plotting/spearman_rankings.py; spec §5.1)
+    paper_argsort_pearson          task x task, THE PAPER'S VARIANT (Pearson on argsort vectors, as
+                                   the paper's plotting script computes its SRCC; docs/method.md)
     top_overlap                    task x task, share of the top-30% heads in common
     vs_aggregate[task]             the same four numbers against the shot's aggregate ranking
+    other_tasks                    the unseen and synthetic tasks: vs_aggregate (the generalisation
+                                   question) and vs_seen[task][seen task]
     random_baseline[task]          the same four numbers against a random permutation of 0..n-1 (seeded;
                                    the paper's --random row): what "no agreement" looks like
     denominators[task]             when the file also holds "importance_uniform": Spearman rho between
                                    the paper's and the uniform-denominator rankings, and the share of
                                    last-layer heads in each one's top 30%
-and cross_shot["0v1" | "0v5" | "1v5" | ...]: per task the same numbers between two shots, plus
-their mean and sample variance over tasks. Input file hashes are recorded. Facts:
+and cross_shot["0v1" | "0v5" | "1v5" | ...]: per seen task the same numbers between two shots, plus
+their mean and sample variance over the seen tasks (other tasks apart). Input file hashes are recorded. Facts:
 docs/method.md ("SRCC" and "Aggregate ranking").
 """
 
@@ -33,7 +37,9 @@ from typing import Any, Callable, Sequence
 from opt66b.io import Progress, file_hashes, read_tensors, run_metadata, write_json
 
 from . import stats
-from .masks import UNIFORM_IMPORTANCE_KEY, aggregate_importance, read_importance
+from tasks.registry import PAPER_SEEN_TASKS, seen_in
+
+from .masks import IMPORTANCE_KEY, PAPER_DENOMINATOR_KEY, UNIFORM_IMPORTANCE_KEY, aggregate_importance, read_importance
 
 AGGREGATE_NAME = "aggregate"
 OUTPUT_NAME = "correlations.json"
@@ -43,7 +49,7 @@ DEFINITIONS = {
     "spearman": "true Spearman rank correlation of the flat (L*H) importance vectors: Pearson of "
                 "their ranks, ties averaged; p two-sided from Student's t with n-2 df",
     "paper_argsort_pearson": "THE PAPER'S VARIANT, not Spearman: Pearson correlation of the ascending "
-                             "argsort vectors (llm-interpret spearman_rankings.py, spec §5.1); use it "
+                             "argsort vectors (the paper's plotting script spearman_rankings.py); use it "
                              "only to compare with the paper's figure numbers",
     "top_overlap": "|top_k(a) & top_k(b)| / k with k = floor(top_fraction * n) most important heads",
     "variance": "sample variance over tasks (n-1 denominator)",
@@ -122,36 +128,58 @@ def random_vector(n: int, seed: int) -> list[float]:
 
 
 def correlate_shot(vectors: dict[str, list[float]], aggregate: list[float] | None,
-                   top_fraction: float, random_seed: int | None = 0) -> dict[str, Any]:
-    """Task x task matrices (rows/columns in `tasks` order) and every task against the aggregate."""
-    rho, p = stats.spearman_matrix(vectors)
+                   top_fraction: float, random_seed: int | None = 0,
+                   seen: Sequence[str] = PAPER_SEEN_TASKS) -> dict[str, Any]:
+    """One shot's statistics, as the paper draws them (Figs. 8, 20): the matrices over the seen tasks
+    with the aggregate as the last row and column ("tasks" names them in that order), every seen task
+    against the aggregate, and a random row. The other tasks (the paper's unseen ones, the synthetic
+    copy task) never enter those numbers: "other_tasks" holds their correlation with the aggregate
+    (the paper's generalisation question) and with each seen task. Without any seen task the matrices
+    fall back to all tasks ("matrix_tasks": "all", said in the report)."""
+    matrix_tasks = seen_in(vectors, seen) or list(vectors)
+    others = [t for t in vectors if t not in matrix_tasks]
+    rows = {t: vectors[t] for t in matrix_tasks}
+    if aggregate is not None:
+        rows[AGGREGATE_NAME] = aggregate
+    rho, p = stats.spearman_matrix(rows)
     out: dict[str, Any] = {
-        "tasks": list(vectors),
+        "tasks": list(rows),
+        "matrix_tasks": "seen" if seen_in(vectors, seen) else "all",
         "n_heads": len(next(iter(vectors.values()))),
         "spearman": {"rho": rho, "p": p},
-        "paper_argsort_pearson": stats.paper_argsort_matrix(vectors),
-        "top_overlap": stats.overlap_matrix(vectors, top_fraction),
+        "paper_argsort_pearson": stats.paper_argsort_matrix(rows),
+        "top_overlap": stats.overlap_matrix(rows, top_fraction),
     }
     if aggregate is not None:
-        out["vs_aggregate"] = {t: pair_stats(v, aggregate, top_fraction) for t, v in vectors.items()}
+        out["vs_aggregate"] = {t: pair_stats(vectors[t], aggregate, top_fraction) for t in matrix_tasks}
     if random_seed is not None:
         rand = random_vector(out["n_heads"], random_seed)
         out["random_seed"] = random_seed
-        out["random_baseline"] = {t: pair_stats(v, rand, top_fraction) for t, v in vectors.items()}
+        out["random_baseline"] = {t: pair_stats(v, rand, top_fraction) for t, v in rows.items()}
+    if others:
+        out["other_tasks"] = {
+            "tasks": others,
+            "vs_aggregate": {t: pair_stats(vectors[t], aggregate, top_fraction) for t in others} if aggregate else {},
+            "vs_seen": {t: {s: pair_stats(vectors[t], vectors[s], top_fraction) for s in matrix_tasks} for t in others},
+        }
     return out
 
 
-def cross_shot(by_shot: dict[int, dict[str, list[float]]], top_fraction: float) -> dict[str, Any]:
-    """Per task, the same task's rankings at two shot counts (0v1, 0v5, 1v5, ...), with mean/variance."""
+def cross_shot(by_shot: dict[int, dict[str, list[float]]], top_fraction: float,
+               seen: Sequence[str] = PAPER_SEEN_TASKS) -> dict[str, Any]:
+    """Per task, the same task's rankings at two shot counts (0v1, 0v5, 1v5, ...); the mean and
+    variance over the seen tasks (the paper's cross-shot numbers, §6.2), the other tasks listed apart."""
     out: dict[str, Any] = {}
     for s1, s2 in combinations(sorted(by_shot), 2):
         common = [t for t in by_shot[s1] if t in by_shot[s2]]
-        per_task = {t: pair_stats(by_shot[s1][t], by_shot[s2][t], top_fraction) for t in common}
+        over = seen_in(common, seen) or common
+        per_task = {t: pair_stats(by_shot[s1][t], by_shot[s2][t], top_fraction) for t in over}
         summary: dict[str, dict[str, float]] = {"mean": {}, "variance": {}}
         for key in ("rho", "paper_argsort_pearson", "top_overlap"):
             mean, var = stats.mean_and_variance([v[key] for v in per_task.values()])
             summary["mean"][key], summary["variance"][key] = mean, var
-        out[f"{s1}v{s2}"] = {"tasks": common, "per_task": per_task, **summary}
+        other = {t: pair_stats(by_shot[s1][t], by_shot[s2][t], top_fraction) for t in common if t not in over}
+        out[f"{s1}v{s2}"] = {"tasks": over, "per_task": per_task, **summary, "other_tasks": other}
     return out
 
 
@@ -168,8 +196,11 @@ def _finite_or_none(obj: Any) -> Any:
 
 def run_correlate(importance_dir: Path, out_dir: Path, shots: Sequence[int] | None = None,
                   tasks: Sequence[str] | None = None, top_fraction: float = 0.3,
-                  log: Callable[[str], None] | None = None, random_seed: int | None = 0) -> Path:
-    """Compute everything above and write OUT/correlations.json atomically; returns its path."""
+                  log: Callable[[str], None] | None = None, random_seed: int | None = 0,
+                  compare_importance: Path | None = None) -> Path:
+    """Compute everything above and write OUT/correlations.json atomically; returns its path.
+    compare_importance: the importance of some tasks under the other protocol's targets (what
+    `run.py all` writes to OUT/importance-<other>); adds "targets" (prune/targets.py)."""
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     if not 0 < top_fraction <= 1:
         raise ValueError(f"--top-fraction must be in (0, 1], got {top_fraction}")
@@ -183,9 +214,13 @@ def run_correlate(importance_dir: Path, out_dir: Path, shots: Sequence[int] | No
         denominators[k] = {}
         for name, path in files.items():
             imp = read_importance(path)
-            if UNIFORM_IMPORTANCE_KEY in read_tensors(path)[0]:
+            stored = read_tensors(path)[0]
+            if UNIFORM_IMPORTANCE_KEY in stored:
+                # the paper's denominator under its own name; older files held it under "importance"
+                paper = read_importance(path, key=PAPER_DENOMINATOR_KEY if PAPER_DENOMINATOR_KEY in stored
+                                        else IMPORTANCE_KEY)
                 uniform = read_importance(path, key=UNIFORM_IMPORTANCE_KEY)
-                denominators[k][name] = denominator_effect(imp.reshape(-1).tolist(), uniform.reshape(-1).tolist(),
+                denominators[k][name] = denominator_effect(paper.reshape(-1).tolist(), uniform.reshape(-1).tolist(),
                                                            imp.shape[1], top_fraction)  # (L*H,) layer-major
             if shape is None:
                 shape = tuple(imp.shape)
@@ -223,6 +258,13 @@ def run_correlate(importance_dir: Path, out_dir: Path, shots: Sequence[int] | No
         "shots": per_shot,
         "cross_shot": crossed,
     }
+    if compare_importance is not None:
+        from .targets import compare_targets
+
+        if not Path(compare_importance).is_dir():
+            raise FileNotFoundError(f"--compare-importance {compare_importance}: directory not found")
+        result["targets"] = compare_targets(Path(importance_dir), Path(compare_importance), sorted(by_shot),
+                                            top_fraction)
     path = write_json(Path(out_dir) / OUTPUT_NAME, _finite_or_none(result))
     log(f"wrote {path}")
     return path

@@ -24,6 +24,9 @@ def register_correlate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tasks", nargs="+", default=None, help="tasks to use (default: all found)")
     p.add_argument("--top-fraction", type=float, default=0.3,
                    help="fraction of most important heads for the overlap (default: 0.3)")
+    p.add_argument("--compare-importance", type=Path, default=None, metavar="DIR",
+                   help="importance of some tasks under the other protocol's targets (`run.py all` writes "
+                        "OUT/importance-paper or -corrected): adds how far each ranking and the aggregate move")
     p.set_defaults(func=_correlate)
 
 
@@ -32,5 +35,6 @@ def _correlate(args: argparse.Namespace) -> int:
 
     if not 0 < args.top_fraction <= 1:
         raise ValueError(f"--top-fraction must be in (0, 1], got {args.top_fraction}")
-    run_correlate(args.importance, args.out, shots=args.shots, tasks=args.tasks, top_fraction=args.top_fraction)
+    run_correlate(args.importance, args.out, shots=args.shots, tasks=args.tasks, top_fraction=args.top_fraction,
+                  compare_importance=args.compare_importance)
     return 0

@@ -1,5 +1,5 @@
 """The pruning study's experiments as functions of a loaded model: head importance, the oracle FFN
-study and the head / FFN / grid pruning sweeps (Bansal et al. 2023 §3-4).
+study and the head / FFN / grid pruning sweeps (Bansal et al. 2023 §4-5).
 
 Each takes (model, tokenizer, info) from `opt66b.load`, the data directory, task names and shot
 counts, writes its unit files under `out` through one opt66b.store.UnitStore (a unit on disk is
@@ -49,11 +49,14 @@ def _evaluations(limit: int | None, batch_tokens: int, seed: int):
 def run_head_importance(model: Any, tokenizer: Any, info: dict[str, Any] | None, data: str | Path,
                         tasks: Sequence[str], shots: Sequence[int], out: str | Path, *, n_docs: int = 2500,
                         seed: int = 1234, max_length: int | None = None, normalize_per_layer: bool = False,
-                        paper_quirks: bool = False, seen_tasks: Sequence[str] | None = None,
+                        paper_quirks: bool = False, denominator: str = "uniform", seen_tasks: Sequence[str] | None = None,
                         update_aggregate: bool = False, recompute: bool = False) -> dict[str, Any]:
-    """Gradient head importance per (task, shot): out/shots-K/<task>.safetensors with 'importance'
-    (L, H) (the paper's denominators) and 'importance_uniform' (every layer over the position count),
-    and out/shots-K/aggregate.safetensors, the mean over the seen tasks present (prune/aggregate.py;
+    """Gradient head importance per (task, shot): out/shots-K/<task>.safetensors with
+    'importance_paper_denominator' (L, H) (the paper's: its last layer over target tokens),
+    'importance_uniform' (every layer over the position count) and 'importance', the ranking every
+    later step reads: the one `denominator` names ("uniform", --protocol corrected; "paper", --protocol
+    paper). paper_quirks: the paper's importance targets (prune.cli's --protocol paper). Also
+    out/shots-K/aggregate.safetensors, the mean over the seen tasks present (prune/aggregate.py;
     seen_tasks default: the paper's 14; update_aggregate replaces one whose members changed).
     n_docs: first N docs of the importance split; seed: the few-shot demo sampler (the paper's 1234).
     One forward + backward per example (the layer-wise bounded-memory backward when the model
@@ -64,6 +67,7 @@ def run_head_importance(model: Any, tokenizer: Any, info: dict[str, Any] | None,
 
     from .aggregate import PAPER_SEEN_TASKS, check_aggregate_before, write_aggregate
     from .importance import head_score_sums, importance_from_sums
+    from .masks import IMPORTANCE_KEY, PAPER_DENOMINATOR_KEY, UNIFORM_IMPORTANCE_KEY
 
     if n_docs < 1:
         raise ValueError(f"--n-docs must be >= 1, got {n_docs}")
@@ -72,8 +76,11 @@ def run_head_importance(model: Any, tokenizer: Any, info: dict[str, Any] | None,
     length = model.config.max_positions if max_length is None else max_length
     if not 0 < length <= model.config.max_positions:
         raise ValueError(f"--max-length must be in [1, {model.config.max_positions}] (the model's positions), got {length}")
+    if denominator not in ("paper", "uniform"):
+        raise ValueError(f"denominator must be 'paper' or 'uniform', got {denominator!r}")
     store = UnitStore({**model_fingerprint(info), "seed": seed, "n_docs": n_docs, "max_length": length,
-                       "normalize_per_layer": normalize_per_layer, "paper_quirks": paper_quirks}, recompute=recompute)
+                       "normalize_per_layer": normalize_per_layer, "paper_quirks": paper_quirks,
+                       "denominator": denominator}, recompute=recompute)
     for k in shots:  # an aggregate this run would change is refused now, not after hours of work
         check_aggregate_before(out / f"shots-{k}", list(objects), seen_tasks or PAPER_SEEN_TASKS, update_aggregate)
     work = Work()
@@ -87,11 +94,13 @@ def run_head_importance(model: Any, tokenizer: Any, info: dict[str, Any] | None,
         bar = Progress(len(examples), f"importance {name} {k}-shot")
         total, counts = head_score_sums(model, tokenizer, examples, max_length=length, progress=bar.update)
         work.add(forward=counts["examples"], backward=counts["examples"], tokens=counts["positions"])
-        variants = {key: importance_from_sums(total, counts, denominator, normalize_per_layer)
-                    for key, denominator in (("importance", "paper"), ("importance_uniform", "uniform"))}
+        variants = {key: importance_from_sums(total, counts, denom, normalize_per_layer)
+                    for key, denom in ((PAPER_DENOMINATOR_KEY, "paper"), (UNIFORM_IMPORTANCE_KEY, "uniform"))}
+        variants[IMPORTANCE_KEY] = variants[PAPER_DENOMINATOR_KEY if denominator == "paper" else UNIFORM_IMPORTANCE_KEY].clone()
         store.write_tensors(path, variants, run_metadata(**{
             **settings, "task": name, "shots": k, "seed": seed, "n_docs": n_docs, "counts": counts,
-            "normalize_per_layer": normalize_per_layer, "max_length": max_length}), **fields)
+            "normalize_per_layer": normalize_per_layer, "max_length": max_length, "denominator": denominator,
+            "importance_is": PAPER_DENOMINATOR_KEY if denominator == "paper" else UNIFORM_IMPORTANCE_KEY}), **fields)
     barrier()
     if rank_world()[0] == 0:
         for k in shots:
@@ -146,7 +155,7 @@ def run_transfer_study(model: Any, tokenizer: Any, info: dict[str, Any] | None, 
                        tasks: Sequence[str], shots: Sequence[int], out: str | Path, *, correlations: dict[str, Any],
                        importance: str | Path, transfer_tasks: Sequence[str] | None = None,
                        head_percents: Sequence[float] | None = None, limit: int | None = None, seed: int = 42,
-                       batch_tokens: int = 4096, paper_quirks: bool = False,
+                       batch_tokens: int = 4096, paper_quirks: bool = False, partners: Sequence[str] | None = None,
                        recompute: bool = False, cache: Any = None) -> dict[str, Any]:
     """Cross-task transfer as the paper runs it (Fig. 9): for each chosen task and shot, head sweeps
     with the rankings of its highest- and lowest-SRCC partners (prune/transfer.py picks them from
@@ -156,10 +165,15 @@ def run_transfer_study(model: Any, tokenizer: Any, info: dict[str, Any] | None, 
     from tasks.evaluate import EvaluationCache
 
     from .sweeps import run_sweep
-    from .transfer import DEFAULT_PERCENTS, PAPER_TRANSFER_TASKS, run_transfer, transfer_plan
+    from .transfer import (DEFAULT_PERCENTS, PAPER_TRANSFER_TASKS, PARTNER_CHOICES, PARTNERS_BY_PROTOCOL, run_transfer,
+                           transfer_plan)
 
+    partners = list(partners or PARTNERS_BY_PROTOCOL["paper" if paper_quirks else "corrected"])
+    unknown = [p for p in partners if p not in PARTNER_CHOICES]
+    if unknown:
+        raise ValueError(f"--partners must be among {', '.join(PARTNER_CHOICES)}, got {unknown}")
     corr = {**correlations, "shots": {k: v for k, v in correlations.get("shots", {}).items() if int(k) in shots}}
-    plan = transfer_plan(corr, transfer_tasks or PAPER_TRANSFER_TASKS)
+    plan = transfer_plan(corr, transfer_tasks or PAPER_TRANSFER_TASKS, variants=[PARTNER_CHOICES[p] for p in partners])
     missing = sorted({r["task"] for r in plan["runs"]} - set(tasks))
     if missing:
         raise ValueError(f"--tasks must include the transfer targets {missing} (their data is needed)")

@@ -278,7 +278,12 @@ def run_ffn_importance(model: Any, tokenizer: Any, tasks: dict[str, Any], shots:
 
 
 def write_ffn_aggregate(shot_dir: Path, tasks: Sequence[str]) -> Path | None:
-    """aggregate.json: mean drop over the tasks with a complete FFN study, and its stable ranking."""
+    """aggregate.json: the mean drop over the paper's seen tasks among `tasks` (all of them when none is
+    seen; never the unseen or synthetic tasks beside seen ones), and its stable ranking. Written once
+    every member has a complete FFN study."""
+    from tasks.registry import seen_in
+
+    tasks = seen_in(tasks) or list(tasks)
     drops = {}
     for t in tasks:
         p = shot_dir / f"{t}.json"

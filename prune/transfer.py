@@ -1,4 +1,4 @@
-"""Cross-task transfer as the paper runs it (Bansal et al. 2023, §5, Figs. 9, 21, 22).
+"""Cross-task transfer as the paper runs it (Bansal et al. 2023, §6.1, Figs. 9, 21, 22).
 
 For each chosen task (COPA, Winogrande, ReCoRD in the paper) and each shot count, the task is pruned
 with four head rankings: its own, the aggregate (mean over the seen tasks, prune/aggregate.py), and
@@ -6,13 +6,15 @@ the rankings of the two other seen tasks whose importance correlates highest and
 The unseen tasks (MathQA, LAMBADA) are pruned with their own ranking and the aggregate's; both curves
 come from the ordinary `prune heads --ranking own|aggregate` sweeps.
 
-Partners are read from the correlation output of `run.py correlate` (correlations.json), under both
-statistics it holds:
-    "spearman"               the true Spearman rho of the importance vectors
-    "paper_argsort_pearson"  the paper's SRCC as its code computes it (Pearson of argsort vectors)
-The paper's published partners (its crosstask_accuracy script) were picked from its own SRCC
-figures, i.e. from the "paper_argsort_pearson" variant; the "spearman" partners say which tasks
-really share important heads. Both are run when they differ.
+Partners come from one or more of (`prune transfer --partners`, default by --protocol):
+    "published"              (--partners paper) the paper's own pairs, as its plotting script
+                             hard-codes them (prune/paper.py)
+    "paper_argsort_pearson"  (--partners argsort) the highest / lowest partner under the paper's SRCC as
+                             its code computes it (Pearson of argsort vectors), from correlations.json
+    "spearman"               (--partners spearman) the same under the true Spearman rho
+The paper's published partners were picked from its own SRCC figures, i.e. from the argsort
+variant; the "spearman" partners say which tasks really share important heads. --protocol paper
+runs published + argsort, --protocol corrected spearman + argsort.
 
 Candidates are the seen tasks with importance at that shot, the task itself excluded. Ties: the
 task listed first in correlations.json wins (its order is the importance files' sorted order).
@@ -27,10 +29,15 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from .aggregate import PAPER_SEEN_TASKS, PAPER_UNSEEN_TASKS
+from .paper import PAPER_TRANSFER_PARTNERS, PAPER_TRANSFER_TASKS
 
-PAPER_TRANSFER_TASKS = ("copa", "winogrande", "record")
-VARIANTS = ("paper_argsort_pearson", "spearman")
+# How partners are chosen: the CLI name (`prune transfer --partners`) -> the variant name in transfer.json.
+PARTNER_CHOICES = {"paper": "published", "argsort": "paper_argsort_pearson", "spearman": "spearman"}
+VARIANTS = ("paper_argsort_pearson", "spearman")  # computed from correlations.json
 PAPER_CHOICE_VARIANT = "paper_argsort_pearson"
+# What each --protocol runs when --partners is not given: the paper's published pairs beside its
+# statistic, or the true Spearman beside the paper's statistic.
+PARTNERS_BY_PROTOCOL = {"paper": ("paper", "argsort"), "corrected": ("spearman", "argsort")}
 DEFAULT_PERCENTS = (0, 10, 30, 50, 70, 90)  # the paper's transfer points, plus the unpruned model
 
 
@@ -40,6 +47,16 @@ def _matrix(block: dict[str, Any], variant: str) -> list[list[float | None]]:
     if variant == "paper_argsort_pearson":
         return block["paper_argsort_pearson"]
     raise ValueError(f"unknown correlation variant {variant!r}; choose from {VARIANTS}")
+
+
+def published_partners(shots: int, task: str, candidates: Sequence[str]) -> dict[str, Any] | None:
+    """The paper's hard-coded high / low partners of `task` at `shots` (prune/paper.py), as partners()
+    returns them (value None: the paper gives the pair, not the statistic); None when the paper has
+    no pair for it, or a partner has no importance in this run (the report says which)."""
+    pair = PAPER_TRANSFER_PARTNERS.get(shots, {}).get(task)
+    if pair is None or any(pair[side] not in candidates for side in ("high", "low")):
+        return None
+    return {side: {"task": pair[side], "value": None} for side in ("high", "low")}
 
 
 def partners(block: dict[str, Any], task: str, variant: str, candidates: Sequence[str]) -> dict[str, Any]:
@@ -80,7 +97,8 @@ def transfer_plan(correlations: dict[str, Any], wanted: Sequence[str] = PAPER_TR
                   seen: Sequence[str] = PAPER_SEEN_TASKS, unseen: Sequence[str] = PAPER_UNSEEN_TASKS,
                   variants: Sequence[str] = VARIANTS) -> dict[str, Any]:
     """The whole transfer protocol from correlations.json: per shot, the chosen tasks with their
-    rankings (own, aggregate, and the high / low partner under each variant), and the unseen tasks
+    rankings (own, aggregate, and the high / low partner under each variant: "published" = the
+    paper's pairs, else a statistic of correlations.json), and the unseen tasks
     with own and aggregate. `runs` lists the distinct (shot, target, source) pruning runs the
     partners need (own and aggregate come from the ordinary sweeps)."""
     shots: dict[str, Any] = {}
@@ -92,15 +110,26 @@ def transfer_plan(correlations: dict[str, Any], wanted: Sequence[str] = PAPER_TR
             task = choice["task"]
             entry: dict[str, Any] = {**choice, "rankings": {"own": task, "aggregate": "aggregate"}, "partners": {}}
             for variant in variants:
-                entry["partners"][variant] = partners(block, task, variant, available)
+                if variant == "published":
+                    found = published_partners(int(key), task, available)
+                    if found is None:
+                        entry.setdefault("notes", []).append(
+                            f"no published partners of {task} at {key} shots usable here (the paper names "
+                            f"{PAPER_TRANSFER_PARTNERS.get(int(key), {}).get(task)}; a partner without importance "
+                            "in this run is not used)")
+                        continue
+                    entry["partners"][variant] = found
+                else:
+                    entry["partners"][variant] = partners(block, task, variant, available)
                 for side in ("high", "low"):
                     source = entry["partners"][variant][side]["task"]
                     if not any(r["shots"] == int(key) and r["task"] == task and r["ranking"] == source for r in runs):
                         runs.append({"shots": int(key), "task": task, "ranking": source})
             entries.append(entry)
+        present = set(block["tasks"]) | set(block.get("other_tasks", {}).get("tasks", []))
         shots[key] = {"chosen": entries,
                       "unseen": [{"task": t, "rankings": {"own": t, "aggregate": "aggregate"}}
-                                 for t in unseen if t in block["tasks"]]}
+                                 for t in unseen if t in present]}
     return {"paper_choice_variant": PAPER_CHOICE_VARIANT, "variants": list(variants), "shots": shots, "runs": runs}
 
 

@@ -7,7 +7,6 @@ handlers so `run.py --help` stays instant.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:

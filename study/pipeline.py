@@ -24,19 +24,13 @@ import sys
 import time
 from pathlib import Path
 
-PAPER_TASKS = ["hellaswag", "piqa", "arc_easy", "arc_challenge", "openbookqa", "winogrande", "boolq", "cb",
-               "copa", "wic", "wsc", "multirc", "rte", "record", "mathqa", "lambada"]
+from tasks.registry import PAPER_SEEN_TASKS, PAPER_UNSEEN_TASKS, seen_in
+
+PAPER_TASKS = [*PAPER_SEEN_TASKS, *PAPER_UNSEEN_TASKS]
 # The default run adds the synthetic copy task (not the paper's; never in its aggregate or task means).
 DEFAULT_TASKS = PAPER_TASKS + ["synthetic_copy"]
 
 
-def seen_in(tasks: list[str]) -> list[str]:
-    from prune.aggregate import PAPER_SEEN_TASKS
-
-    return [t for t in tasks if t in PAPER_SEEN_TASKS]
-# Model options forwarded verbatim to every step that loads the model.
-MODEL_OPTIONS = ["model", "tokenizer", "dtype", "device", "device_map", "max_memory", "offload", "random_weights",
-                 "random_weights_seed", "threads"]
 
 
 def available_tasks(data_dir: Path, wanted: list[str], shots: list[int],
@@ -76,7 +70,7 @@ def model_flags(args: argparse.Namespace) -> list[str]:
 
 # `all`'s options forwarded to the steps that take them (the first words of a step's argv).
 FORWARDED = {
-    "paper_quirks": ("eval", "importance", "prune"),
+    "protocol": ("eval", "importance", "prune"),
     "batch_tokens": ("eval", "importance ffn", "prune"),
     "seed": ("eval", "importance", "prune", "induction prefix", "induction copying", "copytask"),
 }
@@ -88,6 +82,8 @@ def forward_options(args: argparse.Namespace, argv: list[str]) -> list[str]:
     for name, commands in FORWARDED.items():
         value = getattr(args, name, None)
         if value is None or value is False or not any(argv[:len(c.split())] == c.split() for c in commands):
+            continue
+        if f"--{name.replace('_', '-')}" in argv:  # the step sets it itself (the other protocol's importance)
             continue
         extra += [f"--{name.replace('_', '-')}"] + ([] if value is True else [str(value)])
     return argv + extra
@@ -105,6 +101,13 @@ def plan_steps(args: argparse.Namespace, tasks: list[str]) -> list[tuple[str, li
         ("data check", ["data", "check", "--data", data, "--tasks", *tasks, "--json", str(out / "data_check.json")]),
         ("evaluation", ["eval", *m, *common, *limit, "--out", str(out / "eval")]),
         ("head importance", ["importance", "heads", *m, *common, "--n-docs", str(args.n_docs), "--out", imp]),
+    ]
+    other, differ = other_protocol(args), targets_differ(tasks)
+    if differ:  # the tasks whose importance examples the protocol changes, under the other one's targets
+        steps.append((f"head importance under the {other} protocol's targets ({', '.join(differ)})",
+                      ["importance", "heads", *m, "--data", data, "--tasks", *differ, "--shots", *shots,
+                       "--n-docs", str(args.n_docs), "--protocol", other, "--out", str(out / f"importance-{other}")]))
+    steps += [
         ("FFN oracle", ["importance", "ffn", *m, *common, *limit, "--out", ffn]),
         ("head pruning (own ranking)", ["prune", "heads", *m, *common, *limit, "--ranking", "own",
                                         "--importance", imp, "--out", prune]),
@@ -117,7 +120,8 @@ def plan_steps(args: argparse.Namespace, tasks: list[str]) -> list[tuple[str, li
     ]
     corr = str(out / "correlate")
     steps += [
-        ("Spearman correlations", ["correlate", "--importance", imp, "--out", corr]),
+        ("Spearman correlations", ["correlate", "--importance", imp, "--out", corr]
+         + (["--compare-importance", str(out / f"importance-{other}")] if differ else [])),
     ]
     if len(seen_in(tasks)) > 1:  # partners need at least two seen tasks with importance
         steps.append(("cross-task transfer (highest / lowest correlated partners)",
@@ -131,6 +135,17 @@ def plan_steps(args: argparse.Namespace, tasks: list[str]) -> list[tuple[str, li
         ("synthetic copy task", ["copytask", *m, "--seeds", str(min(args.seeds, 16)), "--out", str(out / "copytask")]),
     ]
     return [(label, forward_options(args, argv)) for label, argv in steps]
+
+
+def other_protocol(args: argparse.Namespace) -> str:
+    return "corrected" if getattr(args, "protocol", "corrected") == "paper" else "paper"
+
+
+def targets_differ(tasks: list[str]) -> list[str]:
+    """The tasks whose importance examples differ between the protocols (Task.PAPER_TARGETS_DIFFER)."""
+    from tasks.registry import ALL_TASKS
+
+    return [t for t in tasks if ALL_TASKS[t].PAPER_TARGETS_DIFFER]
 
 
 def step_args(argv: list[str]) -> argparse.Namespace:
@@ -162,6 +177,8 @@ def run_all(args: argparse.Namespace) -> int:
     loaded = load_from_args(args)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "skipped_tasks.json", skipped)
+    write_json(out / "study.json", {"protocol": args.protocol, "other_protocol": other_protocol(args),
+                                    "targets_differ": targets_differ(tasks), "tasks": tasks, "shots": args.shots})
     atomic_write_text(out / "commands.txt", "".join("python run.py " + shlex.join(argv) + "\n" for _, argv in steps))
     cache = EvaluationCache(loaded[0])
     work: dict[str, dict[str, int]] = {}

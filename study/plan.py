@@ -304,10 +304,10 @@ def plan_induction(step: StepPlan, args: argparse.Namespace, tokenizer: Any) -> 
             step.activations[step.shape.head] = max(step.activations.get(step.shape.head, 0), heads * t * t * 4)
             continue
         per_layer_readout = 2 * t * d * d + 2 * t * t * d  # unembedded ids through W_O, then (T, T) per head
-        if "corrected" in variants:
+        if "residual" in variants:
             step.add(1, t)
             step.add_flops(cfg.num_layers * per_layer_readout)
-        for _ in {"paper", "index_fix"} & set(variants):  # no model pass: q, k, v of the embedding-level input
+        for _ in {"paper", "index_fix", "text"} & set(variants):  # no model pass: q, k, v of the embedding-level input
             step.add_flops(cfg.num_layers * (2 * t * 3 * d * d + 2 * t * t * d + per_layer_readout))
     if args.induction_command == "copying" and "paper" in variants:
         step.notes.append("the paper's copying variant runs layer pieces, not passes: counted in FLOPs only")

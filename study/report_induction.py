@@ -10,9 +10,10 @@ from pathlib import Path
 
 from opt66b.io import read_tensors
 from prune import stats
+from tasks.registry import paper_order
 
 from . import figures
-from .report import Figures, _json, _shot_dirs, _table, _xy, paper_order
+from .report_kit import Figures, md_table, run_json, shot_dirs, xy
 
 INDUCTION_THRESHOLD = 0.5  # a head with prefix matching (or copying) >= 0.5 is counted as an induction head
 TOP_FRACTION = 0.3  # "important heads": the top 30% of the aggregate ranking, as the paper's overlap
@@ -24,38 +25,47 @@ VARIANT_SENTENCES = {
                                  "occurrence of the query's token",
     "copying_paper": "the paper's code: embedding-level input to every layer, the head's OV output at the query "
                      "position (plus the output bias), full-vocabulary probabilities, no final layer norm",
-    "copying_index_fix": "the paper's computation with only its index fixed: the OV output of the attended source "
-                         "position, everything else as the paper's",
-    "copying_corrected": "the real forward pass: the head's attention-weighted value vector through its slice of "
-                         "the output projection (no bias) and the unembedding, as logits",
+    "copying_index_fix": "the paper's code with only its index fixed: the OV output of the attended source "
+                         "position, everything else as the code's",
+    "copying_text": "the paper's text (Appendix A.8): the direct path, the head's own logit contribution from the "
+                    "attended token's OV output (no bias), compared as logits: both of the code's departures fixed",
+    "copying_residual": "an extension, not the paper's measurement: the real forward pass on the residual stream, "
+                        "the head's attention-weighted value vector through its slice of the output projection "
+                        "(no bias) and the unembedding, as logits",
 }
 
 
 # -- transfer -------------------------------------------------------------------------------------------
 def transfer_section(run: Path, figs: Figures) -> list[str]:
-    lines = ["## Cross-task transfer (paper §5, Figs. 9, 21, 22)", ""]
-    tr = _json(run / "prune" / "transfer.json")
+    lines = ["## Cross-task transfer (paper §6.1, Figs. 9, 21, 22)", ""]
+    tr = run_json(run / "prune" / "transfer.json")
     if not tr:
         return lines + ["(no prune/transfer.json)", ""]
-    lines += [f"Partners are the seen tasks with the highest and lowest correlation under both statistics; the "
-              f"paper's published partners correspond to `{tr['paper_choice_variant']}` (its SRCC as its code "
-              "computes it). `high:spearman` / `low:spearman` use the true Spearman rho.", ""]
+    lines += [f"Partners chosen by: {', '.join(tr.get('variants', []))}. `published` = the paper's own pairs (its "
+              f"plotting script); `{tr['paper_choice_variant']}` = the highest / lowest seen task under the paper's "
+              "SRCC as its code computes it (from which the published pairs were read); `spearman` = the same under "
+              "the true Spearman rho.", ""]
+
+    def side(s: dict) -> str:
+        return s["task"] + ("" if s.get("value") is None else f" ({s['value']:.3f})")
+
     for key, block in tr["shots"].items():
-        rows, panels = [], {}
+        rows, panels, notes = [], {}, []
         for entry in block["chosen"]:
             sub = f" (instead of {entry['instead_of']})" if "instead_of" in entry else ""
             for variant, sides in entry["partners"].items():
-                rows.append([entry["task"] + sub, variant, f"{sides['high']['task']} ({sides['high']['value']:.3f})",
-                             f"{sides['low']['task']} ({sides['low']['value']:.3f})"])
-        lines += [f"### shots-{key}", ""] + _table(["task", "statistic", "highest partner", "lowest partner"], rows)
+                rows.append([entry["task"] + sub, variant, side(sides["high"]), side(sides["low"])])
+            notes += entry.get("notes", [])
+        lines += [f"### shots-{key}", ""] + md_table(["task", "chosen by", "highest partner", "lowest partner"], rows)
+        lines += [f"Note: {n}." for n in notes] + ([""] if notes else [])
         curve_rows = []
         for entry in block["chosen"] + block["unseen"]:
-            series = {name: _xy({float(x): y for x, y in c.items()}) for name, c in entry["curves"].items() if c}
+            series = {name: xy({float(x): y for x, y in c.items()}) for name, c in entry["curves"].items() if c}
             panels[entry["task"] + (" (unseen)" if entry in block["unseen"] else "")] = series
             for name, c in entry["curves"].items():
                 if c:
                     curve_rows.append([entry["task"], name] + [c.get(p) for p in ("0", "10", "30", "50", "70", "90")])
-        lines += _table(["task", "ranking", "0%", "10%", "30%", "50%", "70%", "90%"], curve_rows)
+        lines += md_table(["task", "ranking", "0%", "10%", "30%", "50%", "70%", "90%"], curve_rows)
         figs.add(lines, figures.curve_panels(panels, figs.dir / f"transfer-shots-{key}.png",
                                              f"cross-task transfer, shots-{key}", "% heads pruned", "metric x100",
                                              dashed=[k for p in panels.values() for k in p if "spearman" in k]),
@@ -65,13 +75,15 @@ def transfer_section(run: Path, figs: Figures) -> list[str]:
 
 # -- SRCC -------------------------------------------------------------------------------------------------
 def correlation_section(run: Path, figs: Figures) -> list[str]:
-    lines = ["## Rank correlation of head importance (paper §5, Figs. 8, 20)", ""]
-    corr = _json(run / "correlate" / "correlations.json")
+    lines = ["## Rank correlation of head importance (paper §6.1, Figs. 8, 20)", ""]
+    corr = run_json(run / "correlate" / "correlations.json")
     if not corr:
         return lines + ["(no correlate/correlations.json)", ""]
     lines += ["Both statistics are drawn: the true Spearman rho (p-values below) and the paper's SRCC as its code "
-              "computes it (Pearson of argsort vectors, which the paper's figures show). The last row of each "
-              "matrix is a random permutation of the heads (seeded): what no agreement looks like.", ""]
+              "computes it (Pearson of argsort vectors, which the paper's figures show). The matrices hold the "
+              "paper's seen tasks present, with the aggregate ranking as their last task row and column, as the "
+              "paper's Fig. 8; the last row of each figure is a random permutation of the heads (seeded, the "
+              "paper's `--random` row): what no agreement looks like.", ""]
     for key, block in corr["shots"].items():
         shot = key if key.startswith("shots-") else f"shots-{key}"
         tasks = block["tasks"]
@@ -91,41 +103,58 @@ def correlation_section(run: Path, figs: Figures) -> list[str]:
                   + (f"{len(weak)} pairs not significant at 0.05: {', '.join(weak)}" if weak else
                      "every pair significant at 0.05"), ""]
         if rand:
-            lines += _table(["task", "rho vs random", "p", "argsort vs random", "top-30% overlap vs random"],
+            lines += md_table(["task", "rho vs random", "p", "argsort vs random", "top-30% overlap vs random"],
                             [[t, rand[t]["rho"], rand[t]["p"], rand[t]["paper_argsort_pearson"], rand[t]["top_overlap"]]
                              for t in tasks])
+        if block.get("matrix_tasks") == "all":
+            lines += [f"{shot}: no seen task has importance here, so the matrices hold every task present.", ""]
         if block.get("vs_aggregate"):
             rows = [[t, v["rho"], v["paper_argsort_pearson"], v["top_overlap"]] for t, v in block["vs_aggregate"].items()]
             lines += ["Against the aggregate ranking:", ""]
-            lines += _table(["task", "Spearman rho", "paper's SRCC (argsort)", "top-30% overlap"], rows)
+            lines += md_table(["task", "Spearman rho", "paper's SRCC (argsort)", "top-30% overlap"], rows)
+        other = block.get("other_tasks")
+        if other:
+            lines += ["Unseen and synthetic tasks, kept out of every number above (the paper's generalisation "
+                      "question: does the aggregate of the seen tasks rank their heads too?):", ""]
+            lines += md_table(["task", "Spearman rho vs aggregate", "paper's SRCC (argsort)", "top-30% overlap",
+                             "mean rho vs the seen tasks"],
+                            [[t, (other["vs_aggregate"].get(t) or {}).get("rho"),
+                              (other["vs_aggregate"].get(t) or {}).get("paper_argsort_pearson"),
+                              (other["vs_aggregate"].get(t) or {}).get("top_overlap"),
+                              _mean([v["rho"] for v in other["vs_seen"][t].values()])] for t in other["tasks"]])
         if block.get("denominators"):
             lines += ["Erratum, last-layer denominator: the paper divides the last layer by target tokens and the "
                       "others by positions; `uniform` divides every layer by positions.", ""]
-            lines += _table(["ranking", "Spearman rho paper vs uniform", "last-layer share of top 30%: paper",
+            lines += md_table(["ranking", "Spearman rho paper vs uniform", "last-layer share of top 30%: paper",
                              "uniform"],
                             [[t, d["rho"], d["last_layer_share_top"]["paper"], d["last_layer_share_top"]["uniform"]]
                              for t, d in block["denominators"].items()])
     if corr.get("cross_shot"):
-        lines += ["### Across shots (same task)", ""]
+        lines += ["### Across shots (same task; mean and variance over the seen tasks, paper §6.2)", ""]
         rows = [[pair, v["mean"]["rho"], v["variance"]["rho"], v["mean"]["paper_argsort_pearson"],
                  v["mean"]["top_overlap"]] for pair, v in corr["cross_shot"].items()]
-        lines += _table(["shots", "mean Spearman rho", "variance", "mean paper's SRCC", "mean top-30% overlap"], rows)
+        lines += md_table(["shots", "mean Spearman rho", "variance", "mean paper's SRCC", "mean top-30% overlap"], rows)
     return lines
+
+
+def _mean(values: list) -> float | None:
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
 
 
 # -- induction scores, overlap, capacity --------------------------------------------------------------------
 def induction_section(run: Path, figs: Figures) -> list[str]:
-    lines = ["## Induction heads: prefix matching and copying (paper §6, Appendix A.8)", ""]
+    lines = ["## Induction heads: prefix matching and copying (paper §7, Fig. 10, Appendix A.8)", ""]
     ind = run / "induction"
     scores = {p.stem: read_tensors(p)[0]["mean"] for p in sorted(ind.glob("*.safetensors"))} if ind.is_dir() else {}
     scores = {k: scores[k] for k in VARIANT_SENTENCES if k in scores}
     if not scores:
         return lines + ["(no induction outputs)", ""]
-    lines += _table(["score", "definition", "top heads"],
+    lines += md_table(["score", "definition", "top heads"],
                     [[name, VARIANT_SENTENCES[name], ", ".join(_top(mean, 3))] for name, mean in scores.items()])
     for name, mean in scores.items():
         figs.add(lines, figures.heatmap(mean.tolist(), figs.dir / f"{name}.png", name.replace("_", " "), "head", "layer"),
-                 "", f"{name.replace('_', ' ')} per head (paper §6 heatmaps)")
+                 "10", f"{name.replace('_', ' ')} per head")
     lines += overlap_lines(run, scores)
     return lines + capacity_lines(run, figs)
 
@@ -142,7 +171,7 @@ def overlap_lines(run: Path, scores: dict) -> list[str]:
              f"{INDUCTION_THRESHOLD:g}; important = top {TOP_FRACTION:.0%} of the aggregate; rho = Spearman "
              "between the score and the aggregate importance.", ""]
     rows = []
-    for shot in _shot_dirs(run / "importance"):
+    for shot in shot_dirs(run / "importance"):
         agg = shot / "aggregate.safetensors"
         if not agg.is_file():
             continue
@@ -160,21 +189,21 @@ def overlap_lines(run: Path, scores: dict) -> list[str]:
                          stats.spearman(flat, flat_imp)[0], stats.top_fraction_overlap(flat, flat_imp, TOP_FRACTION)])
     if not rows:
         return lines + ["(no aggregate importance)", ""]
-    return lines + _table(["shots", "score", "induction heads", "among important", "which", "rho",
+    return lines + md_table(["shots", "score", "induction heads", "among important", "which", "rho",
                            "top-30% overlap"], rows)
 
 
 def capacity_lines(run: Path, figs: Figures) -> list[str]:
-    cap = _json(run / "capacity" / "capacity.json")
+    cap = run_json(run / "capacity" / "capacity.json")
     if not cap:
         return []
-    lines = ["## Capacity retained under head pruning (paper §6, Figs. 11, 23, 24)", ""]
+    lines = ["## Capacity retained under head pruning (paper §7, Figs. 11, 23, 24)", ""]
     table = {k: v for k, v in cap["retained_at_pruned_percent"].items()
              if k.endswith("/aggregate") or k.endswith("random_expected")}
     if table:
         pcts = list(next(iter(table.values())))
         lines += ["% of the total score kept when the given % of heads is pruned least-important-first:", ""]
-        lines += _table(["scores / ranking"] + pcts,
+        lines += md_table(["scores / ranking"] + pcts,
                         [[k.replace("|", " / ")] + [v[p] for p in pcts] for k, v in sorted(table.items())])
     tensors = read_tensors(run / "capacity" / "capacity.safetensors")[0]
     x = tensors["x"].tolist()
@@ -205,7 +234,7 @@ def capacity_lines(run: Path, figs: Figures) -> list[str]:
 
 # -- the synthetic copy task (organism check) -------------------------------------------------------------
 def copytask_section(run: Path) -> list[str]:
-    res = _json(run / "copytask" / "copytask.json")
+    res = run_json(run / "copytask" / "copytask.json")
     if not res:
         return []
 
@@ -222,4 +251,4 @@ def copytask_section(run: Path) -> list[str]:
     return (["## Synthetic in-context copying (the organism check, not in the paper)", "",
              f"Accuracy of predicting each token of the second repeat ({res.get('seeds', '?')} sequences of "
              f"{res.get('length', '?')} random tokens), with heads pruned:", ""]
-            + _table(["pruned", "heads", "copy accuracy"], rows))
+            + md_table(["pruned", "heads", "copy accuracy"], rows))

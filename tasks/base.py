@@ -49,6 +49,9 @@ class Task:
     DATA_DIR: str = ""  # folder under --data holding this task's files
     FILES: dict[str, list[SplitFile]] = {}  # split -> accepted files, original release first, then HF export
     PUBLISHED: dict[str, int] = {}  # split -> published doc count (docs/data.md)
+    # True where the paper's code builds other importance examples than the corrected protocol (targets
+    # without the leading space; WSC's positive rows): `all` computes this task's importance both ways.
+    PAPER_TARGETS_DIFFER: bool = False
 
     def __init__(self, data_dir: str | Path, paper_quirks: bool = False):
         """paper_quirks: follow the paper's lm-eval fork where it differs from stock lm-eval
@@ -189,6 +192,7 @@ class MultipleChoiceTask(Task):
     """Docs normalised to {"query", "choices", "gold"}; one request per " " + choice."""
 
     METRICS = {"acc": "mean", "acc_norm": "mean"}
+    PAPER_TARGETS_DIFFER = True  # the paper's importance target is choices[gold] without the space
 
     def importance_target(self, doc: Doc) -> str:
         # The paper's doc_to_cont is choices[gold] with no leading space (the paper's code, docs/method.md).

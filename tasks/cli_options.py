@@ -1,5 +1,5 @@
 """The task options shared by every sub-command that evaluates or reads tasks: --data, --tasks, --shots,
---limit, --batch-tokens, --paper-quirks (the rest of the grammar: opt66b/cli_options.py).
+--limit, --batch-tokens, --protocol (the rest of the grammar: opt66b/cli_options.py).
 
 Same defaults everywhere: --data is the bundled tasks/samples, --shots 0 1 5 (the paper's shot counts).
 Only argparse here, so `run.py --help` imports no torch.
@@ -21,7 +21,7 @@ def add_data_arg(parser: argparse.ArgumentParser) -> None:
 
 def add_task_args(parser: argparse.ArgumentParser, tasks_required: bool = True, limit: bool = True,
                   limit_help: str = "evaluate only the first N eval docs after the seeded shuffle (default: all)") -> None:
-    """--data, --tasks, --shots (default 0 1 5), --paper-quirks and, with `limit`, --limit and --batch-tokens."""
+    """--data, --tasks, --shots (default 0 1 5), --protocol and, with `limit`, --limit and --batch-tokens."""
     add_data_arg(parser)
     parser.add_argument("--tasks", nargs="+", required=tasks_required, default=None, metavar="TASK",
                         help="task names, e.g. copa boolq (see `run.py data check`)"
@@ -32,6 +32,39 @@ def add_task_args(parser: argparse.ArgumentParser, tasks_required: bool = True, 
         parser.add_argument("--limit", type=int, default=None, metavar="N", help=limit_help)
         parser.add_argument("--batch-tokens", type=int, default=4096, metavar="N",
                             help="token budget per scoring batch (default: 4096)")
-    parser.add_argument("--paper-quirks", action="store_true",
-                        help="follow the paper's lm-eval fork where it differs (MC targets without the leading "
-                             "space, WSC positives only in importance data, MathQA demo targets); off by default")
+    add_protocol_arg(parser)
+
+
+PROTOCOLS = ("corrected", "paper")
+
+
+class _Protocol(argparse.Action):
+    """--protocol NAME: sets args.protocol and the boolean the task code reads (args.paper_quirks)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        namespace.protocol, namespace.paper_quirks = values, values == "paper"
+
+
+class _PaperQuirks(argparse.Action):
+    """The old spelling of --protocol paper, kept for one release."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        import sys
+
+        print("note: --paper-quirks is deprecated; it means --protocol paper", file=sys.stderr)
+        namespace.protocol, namespace.paper_quirks = "paper", True
+
+
+def add_protocol_arg(parser: argparse.ArgumentParser) -> None:
+    """--protocol corrected|paper (the old --paper-quirks still means paper, with a notice)."""
+    parser.add_argument("--protocol", choices=PROTOCOLS, action=_Protocol, default="corrected",
+                        help="whose choices where the paper's code departs from the paper's text or from lm-eval: "
+                             "'paper' = the paper's code (importance targets without the leading space for "
+                             "ARC/OBQA/HellaSwag/PIQA/MathQA, WSC positives only, the last-layer denominator, MathQA "
+                             "demos without the space, the published transfer partners); 'corrected' (default) = "
+                             "lm-eval's targets, all WSC rows, one denominator for every layer")
+    parser.add_argument("--paper-quirks", action=_PaperQuirks, help=argparse.SUPPRESS)
+    parser.set_defaults(paper_quirks=False)

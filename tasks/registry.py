@@ -41,6 +41,26 @@ TASKS: dict[str, type[Task]] = {
 EXTRA_TASKS: dict[str, type[Task]] = {"synthetic_copy": SyntheticCopy}
 ALL_TASKS = {**TASKS, **EXTRA_TASKS}
 
+# The paper's split of its 16 tasks (Bansal et al. 2023 §4): the 14 "seen" tasks make the aggregate
+# ranking and every cross-task statistic (task means, Spearman matrices, cross-shot numbers); the 2
+# "unseen" ones are only tested with it. The synthetic copy task is neither.
+PAPER_SEEN_TASKS = ("hellaswag", "piqa", "arc_easy", "arc_challenge", "openbookqa", "winogrande", "boolq", "cb",
+                    "copa", "wic", "wsc", "multirc", "rte", "record")
+PAPER_UNSEEN_TASKS = ("mathqa", "lambada")
+
+
+def seen_in(tasks, seen=PAPER_SEEN_TASKS) -> list[str]:
+    """The seen tasks among `tasks`, in the paper's order."""
+    present = set(tasks)
+    return [t for t in seen if t in present]
+
+
+def paper_order(tasks) -> list[str]:
+    """Tasks in the paper's order (seen, unseen), then the study's extra tasks, then any other."""
+    known = [*PAPER_SEEN_TASKS, *PAPER_UNSEEN_TASKS, *EXTRA_TASKS]
+    present = set(tasks)
+    return [t for t in known if t in present] + sorted(present - set(known))
+
 
 def get_task(name: str, data_dir: str | Path, paper_quirks: bool = False) -> Task:
     """The task `name` reading its files from data_dir/<task dir>/; KeyError listing valid names."""

@@ -145,6 +145,7 @@ class SGWinogradSchemaChallenge(_YesNoTask):
     NAME, VERSION, DATA_DIR = "wsc", 0, "wsc"
     FILES = {"validation": VAL, "train": TRAIN}
     PUBLISHED = {"validation": 104, "train": 554}
+    PAPER_TARGETS_DIFFER = True  # the paper's importance rows are the positives only
 
     def process_record(self, rec: dict[str, Any], where: str) -> Doc:
         # Release: spans nested under "target"; HF export: flattened to the top level.

@@ -106,23 +106,29 @@ def test_copytask_takes_an_explicit_seed():
     assert _parse(["copytask", "--seed", "5", "--out", "x"]).seed == 5
 
 
-def test_all_forwards_seed_batch_tokens_and_quirks_to_every_step_that_takes_them():
+def test_all_forwards_seed_batch_tokens_and_protocol_to_every_step_that_takes_them():
     from study.pipeline import plan_steps, step_args
     from study.run_cli import all_defaults
 
     argv = ["all", "--tasks", "copa", "piqa", "--out", "x"]
+    other = {"paper": "head importance under the corrected protocol's targets (piqa)",
+             "corrected": "head importance under the paper protocol's targets (piqa)"}
     plain = {label: step_args(a) for label, a in plan_steps(all_defaults(_parse(argv)), ["copa", "piqa"])}
     given = {label: step_args(a) for label, a in plan_steps(
-        all_defaults(_parse([*argv, "--seed", "9", "--batch-tokens", "777", "--paper-quirks"])), ["copa", "piqa"])}
+        all_defaults(_parse([*argv, "--seed", "9", "--batch-tokens", "777", "--protocol", "paper"])), ["copa", "piqa"])}
+    # piqa's importance targets differ between the protocols: each run computes them under the other one too
+    assert given[other["paper"]].protocol == "corrected" and plain[other["corrected"]].protocol == "paper"
+    plain[other["paper"]] = plain.pop(other["corrected"])
     takes = lambda step, name: name in vars(step)
     for label, step in given.items():  # step_args parsed each line: no step was given an option it lacks
         seed = "first_seed" if takes(step, "first_seed") else "seed"  # induction's --seed is its first seed
-        for name, value in ((seed, 9), ("batch_tokens", 777), ("paper_quirks", True)):
+        wanted = [(seed, 9), ("batch_tokens", 777)] + ([] if label == other["paper"] else [("protocol", "paper")])
+        for name, value in wanted:
             if takes(step, name):
                 assert getattr(step, name) == value, (label, name)
                 assert getattr(plain[label], name) != value, (label, name)  # the step's own default without it
     seeded = [label for label, step in given.items() if takes(step, "seed") or takes(step, "first_seed")]
-    assert len(seeded) == 11 and "synthetic copy task" in seeded and "prefix matching" in seeded
+    assert len(seeded) == 12 and "synthetic copy task" in seeded and "prefix matching" in seeded
     zero = dict(plan_steps(all_defaults(_parse([*argv, "--seed", "0"])), ["copa", "piqa"]))
     assert zero["synthetic copy task"][-2:] == ["--seed", "0"]  # 0 is a seed given, not "no seed"
     assert [label for label, step in given.items() if takes(step, "batch_tokens")] == [

@@ -1,4 +1,4 @@
-"""Copying scores: the share formula by hand, both variants against naive full-vocabulary loops, and
+"""Copying scores: the share formula by hand, every variant against a naive full-vocabulary loop, and
 an identity-OV head beating a random-OV head."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import torch
 
 from conftest import random_model
 from induction import sequences as sq
-from induction.copying import copying_corrected, copying_paper, shares
+from induction.copying import copying_residual, copying_paper, shares
 from opt66b import OPT, Capture, OPTConfig
 
 
@@ -29,9 +29,10 @@ def _naive_share(z: torch.Tensor, m: int) -> float:
 
 
 @torch.no_grad()
-def _naive_paper(model: OPT, tokens: torch.Tensor, at_source: bool = False) -> torch.Tensor:
+def _naive_paper(model: OPT, tokens: torch.Tensor, at_source: bool = False, text: bool = False) -> torch.Tensor:
     """Algorithm 2 as the paper's code runs it, step by step: out_proj on v placed in one head's slice,
-    softmax over the full vocab, read at query j (at_source: at the attended position m_j instead)."""
+    softmax over the full vocab, read at query j (at_source: at the attended position m_j instead).
+    text: as the paper's text reads: the head's own logits (no b_O, no softmax) at the attended m_j."""
     cfg = model.config
     t, n_heads, dh = tokens.numel(), cfg.num_heads, cfg.head_dim
     x = model.embed(tokens.view(1, t), torch.arange(t).view(1, t) + 2)[0]  # (T, D)
@@ -47,17 +48,20 @@ def _naive_paper(model: OPT, tokens: torch.Tensor, at_source: bool = False) -> t
         for h in range(n_heads):
             placed = torch.zeros_like(v)
             placed[:, h * dh:(h + 1) * dh] = v[:, h * dh:(h + 1) * dh]
-            q_h = torch.softmax(model.logits(att.out_proj(placed)), -1)  # (T, V), b_O included
+            if text:
+                q_h = model.logits(placed @ att.out_proj.weight.T)  # (T, V): the head's own logits, no b_O
+            else:
+                q_h = torch.softmax(model.logits(att.out_proj(placed)), -1)  # (T, V), b_O included
             total = 0.0
             for j in range(1, t):
                 m_j = int(probs_att[h, j, :j + 1].argmax())
-                total += _naive_share(q_h[m_j if at_source else j][tokens[:j + 1]], m_j)
+                total += _naive_share(q_h[m_j if at_source or text else j][tokens[:j + 1]], m_j)
             out[li, h] = total / (t - 1)
     return out
 
 
 @torch.no_grad()
-def _naive_corrected(model: OPT, tokens: torch.Tensor) -> torch.Tensor:
+def _naive_residual(model: OPT, tokens: torch.Tensor) -> torch.Tensor:
     cfg = model.config
     t, dh = tokens.numel(), cfg.head_dim
     cap = Capture(probs=True, heads=True)
@@ -83,7 +87,7 @@ def test_both_variants_match_naive_full_vocabulary_loops():
     torch.testing.assert_close(copying_paper(model, tokens, exact_softmax=True, position_chunk=7), naive_paper,
                                atol=1e-5, rtol=0)
     torch.testing.assert_close(copying_paper(model, tokens, head_chunk=3), naive_paper, atol=1e-5, rtol=0)
-    torch.testing.assert_close(copying_corrected(model, tokens, head_chunk=1), _naive_corrected(model, tokens),
+    torch.testing.assert_close(copying_residual(model, tokens, head_chunk=1), _naive_residual(model, tokens),
                                atol=1e-5, rtol=0)
 
 
@@ -114,7 +118,9 @@ def identity_ov_model() -> OPT:
 def test_identity_ov_head_outscores_random_ov_head():
     model = identity_ov_model()
     pool = list(range(3, 64))
-    for fn in (copying_paper, copying_corrected):
+    text = lambda m, t: copying_paper(m, t, read_at="source", logits=True)  # noqa: E731
+    text.__name__ = "text"
+    for fn in (copying_paper, copying_residual, text):
         scores = torch.stack([fn(model, sq.copying_sequence(pool, s, 2, length=40)) for s in range(2)]).mean(0)
         # measured: identity head 1.00 (paper) / 0.55 (corrected: a share of raw logits, not of
         # probabilities), random head 0.16 / 0.09; the bars leave room for float differences
@@ -159,5 +165,10 @@ def test_index_fix_matches_a_full_vocabulary_loop_on_heads_attending_elsewhere()
                                              head_chunk=3), naive, atol=1e-5, rtol=0)
     paper = copying_paper(model, tokens)
     assert float((paper - naive).abs().max()) > 0.05  # the index matters on these heads
+    # the paper's text: the same source index, the head's own logits (no b_O), no softmax
+    text = _naive_paper(model, tokens, text=True)
+    # 1e-5: the same float32 logits, summed in another order
+    torch.testing.assert_close(copying_paper(model, tokens, read_at="source", logits=True), text, atol=1e-5, rtol=0)
+    assert float((text - naive).abs().max()) > 0.02  # logits vs probabilities: measured 0.043, far above 1e-5
     with pytest.raises(ValueError, match="read_at"):
         copying_paper(model, tokens, read_at="key")

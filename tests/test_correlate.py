@@ -36,7 +36,8 @@ def test_correlate_cli_end_to_end(tmp_path):
     res = json.loads((tmp_path / "out" / "correlations.json").read_text())
 
     shot = res["shots"]["0"]
-    assert shot["tasks"] == ["a", "b", "c"] and shot["n_heads"] == 12
+    # no seen task among a, b, c: the matrices fall back to all tasks, the aggregate as the last row
+    assert shot["tasks"] == ["a", "b", "c", "aggregate"] and shot["matrix_tasks"] == "all" and shot["n_heads"] == 12
     rho = shot["spearman"]["rho"]
     assert rho[0][1] == 1.0 and rho[0][2] == -1.0 and shot["spearman"]["p"][0][1] == 0.0
     assert shot["top_overlap"][0][1] == 1.0 and shot["top_overlap"][0][2] == 0.0  # k = floor(.3*12) = 3
@@ -87,7 +88,7 @@ def test_correlate_subsets_and_errors(tmp_path, capsys):
     assert run.main(["correlate", "--importance", str(tmp_path / "imp"), "--out", str(tmp_path / "o"),
                      "--shots", "0", "5", "--tasks", "a", "c"]) == 0
     res = json.loads((tmp_path / "o" / "correlations.json").read_text())
-    assert sorted(res["shots"]) == ["0", "5"] and res["shots"]["5"]["tasks"] == ["a", "c"]
+    assert sorted(res["shots"]) == ["0", "5"] and res["shots"]["5"]["tasks"] == ["a", "c", "aggregate"]
     assert list(res["cross_shot"]) == ["0v5"]
 
     assert run.main(["correlate", "--importance", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
@@ -101,3 +102,33 @@ def test_correlate_subsets_and_errors(tmp_path, capsys):
     assert run.main(["correlate", "--importance", str(tmp_path / "imp"), "--out", str(tmp_path / "o"),
                      "--top-fraction", "1.5"]) == 2
     assert "--top-fraction must be in (0, 1]" in capsys.readouterr().err
+
+
+def test_unseen_and_synthetic_tasks_stay_out_of_the_seen_statistics(tmp_path):
+    """The paper's matrices hold its seen tasks plus the aggregate row; MathQA, LAMBADA and the
+    synthetic copy task are reported apart (their correlation with the aggregate), and the cross-shot
+    mean and variance are over the seen tasks only."""
+    root = tmp_path / "imp"
+    vecs = {}
+    for k in (0, 1):
+        for i, task in enumerate(("copa", "rte", "mathqa", "synthetic_copy")):
+            vecs[k, task] = _imp(10 * i + k)
+            write_tensors(root / f"shots-{k}" / f"{task}.safetensors", {"importance": vecs[k, task]})
+        agg = (vecs[k, "copa"] + vecs[k, "rte"]) / 2
+        write_tensors(root / f"shots-{k}" / "aggregate.safetensors", {"importance": agg})
+    assert run.main(["correlate", "--importance", str(root), "--out", str(tmp_path / "out")]) == 0
+    res = json.loads((tmp_path / "out" / "correlations.json").read_text())
+    shot = res["shots"]["0"]
+    assert shot["tasks"] == ["copa", "rte", "aggregate"] and shot["matrix_tasks"] == "seen"
+    assert len(shot["spearman"]["rho"]) == 3 and set(shot["vs_aggregate"]) == {"copa", "rte"}
+    agg0 = ((vecs[0, "copa"] + vecs[0, "rte"]) / 2).reshape(-1).tolist()
+    assert shot["spearman"]["rho"][2][0] == pytest.approx(spearman(agg0, vecs[0, "copa"].reshape(-1).tolist())[0])
+    other = shot["other_tasks"]
+    assert other["tasks"] == ["mathqa", "synthetic_copy"]
+    want = spearman(vecs[0, "mathqa"].reshape(-1).tolist(), agg0)[0]
+    assert other["vs_aggregate"]["mathqa"]["rho"] == pytest.approx(want)
+    assert set(other["vs_seen"]["synthetic_copy"]) == {"copa", "rte"}
+    c01 = res["cross_shot"]["0v1"]
+    assert c01["tasks"] == ["copa", "rte"] and set(c01["other_tasks"]) == {"mathqa", "synthetic_copy"}
+    mean, _ = mean_and_variance([c01["per_task"][t]["rho"] for t in ("copa", "rte")])
+    assert c01["mean"]["rho"] == pytest.approx(mean)

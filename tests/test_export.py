@@ -235,7 +235,7 @@ def test_bad_masks_are_refused(tiny_config):
 def test_copying_scores_on_an_exported_model(exported, one_thread):
     """The paper's copying score reads each layer on the embeddings alone, so a kept head scores as in
     the full model; removed heads score 0 (both variants, exact softmax too), in the original numbering."""
-    from induction.copying import copying_corrected, copying_paper
+    from induction.copying import copying_residual, copying_paper
 
     full, d, head, _, _ = exported
     small = load_model(d / "out")
@@ -247,6 +247,6 @@ def test_copying_scores_on_an_exported_model(exported, one_thread):
         kept = head.bool()
         assert got.shape == want.shape and torch.all(got[~kept] == 0)
         assert (got[kept] - want[kept]).abs().max() <= 1e-4  # scores in [0, 1]; fp32 softmax ratios
-    corrected = copying_corrected(small, tokens)
+    corrected = copying_residual(small, tokens)
     assert corrected.shape == want.shape and torch.all(corrected[~head.bool()] == 0)
     assert torch.isfinite(corrected).all() and corrected[head.bool()].abs().sum() > 0

@@ -140,13 +140,65 @@ def test_headline_counts_parameters_from_the_config():
     out = headline(heads, ffn, {"0": {"0": 70.0, "10": 69.9}, "10": {"0": 69.0, "10": 68.0}}, cfg, tolerance=1.0)
     d, dh, f = 9216, 128, 36864
     per_head, per_ffn = 4 * d * dh + 3 * dh, 2 * d * f + f + d  # q, k, v rows (+ bias) and out_proj columns
-    assert out["heads"]["head_percent"] == 70.0 and out["heads"]["heads_removed"] == 3225  # floor(0.7 * 4608)
-    assert out["heads"]["params_removed"] == 3225 * per_head  # ~15.2e9
-    assert out["ffn"]["ffns_removed"] == 12 and out["ffn"]["params_removed"] == 12 * per_ffn  # ~8.2e9
-    # cells within 1 point: (0,0), (0,10), (10,0); (10,10) is 2 below. 6 FFNs (~4.1e9) beat 460 heads (~2.2e9)
-    assert (out["both"]["head_percent"], out["both"]["ffn_percent"]) == (0.0, 10.0)
-    assert out["both"]["params_removed"] == 6 * per_ffn
+    knee_h, tol_h = out["heads"]["knee"], out["heads"]["tolerance"]
+    assert knee_h["head_percent"] == 70.0 and knee_h["heads_removed"] == 3225  # floor(0.7 * 4608)
+    assert knee_h["params_removed"] == 3225 * per_head  # ~15.2e9
+    assert knee_h["drop_points"] == 0.0 and tol_h["head_percent"] == 70.0
+    # FFN: slopes -0.05, -0.03, -0.92 -> bends 10%: -0.02, 20%: 0.89 -> knee 20%, drop 0.8 points
+    assert out["ffn"]["knee"]["ffn_percent"] == 20.0 and out["ffn"]["knee"]["ffns_removed"] == 12
+    assert out["ffn"]["knee"]["params_removed"] == 12 * per_ffn and out["ffn"]["knee"]["drop_points"] == pytest.approx(0.8)
+    # tolerance reading of the grid: cells within 1 point: (0,0), (0,10), (10,0); 6 FFNs (~4.1e9) beat 460 heads
+    tol = out["both"]["tolerance"]
+    assert (tol["head_percent"], tol["ffn_percent"]) == (0.0, 10.0) and tol["params_removed"] == 6 * per_ffn
+    assert out["rule"] == "knee" and set(out["rules"]) == {"knee", "grid_knee", "tolerance"}
     json.dumps(out)  # plain JSON
+
+
+def _paper_like(knee_at: float, drop_after: float, steps=range(0, 100, 10)) -> dict[str, float]:
+    """A mean curve declining 0.01 point per % up to knee_at, then drop_after points per 10% step."""
+    return {str(p): 60.0 - 0.01 * min(p, knee_at) - drop_after * max(p - knee_at, 0) / 10 for p in steps}
+
+
+def test_a_curve_flat_to_70_then_falling_reads_a_70_percent_knee_and_its_drop():
+    from opt66b.config import config_for_size
+
+    heads = _paper_like(70, 8.0)
+    out = headline(heads, None, None, config_for_size("opt-66b"), tolerance=1.0)
+    assert out["heads"]["knee"]["head_percent"] == 70.0
+    assert out["heads"]["knee"]["drop_points"] == pytest.approx(0.7)  # 0.01 points per % up to 70
+    # the tolerance rule is a second, different reading: 0.7 < 1 at 70%, 8.8 > 1 at 80% -> also 70% here,
+    # but a tighter tolerance stops earlier while the knee does not move
+    assert headline(heads, None, None, config_for_size("opt-66b"), tolerance=0.5)["heads"]["tolerance"]["head_percent"] == 50.0
+    assert headline(heads, None, None, config_for_size("opt-66b"), tolerance=0.5)["heads"]["knee"]["head_percent"] == 70.0
+
+
+def test_a_grid_shaped_like_the_papers_zero_shot_grid_reads_70_20():
+    """Heads flat to 70% then falling, FFNs flat to 20% then falling, costs adding up (the paper's 0-shot
+    grid: about 5 points at 70%/20%); the tolerance rule gives a much smaller point beside it."""
+    from opt66b.config import config_for_size
+    from prune.inflection import grid_knee
+
+    def loss_h(h):
+        return 0.04 * min(h, 70) + 1.5 * max(h - 70, 0)
+
+    def loss_f(f):
+        return 0.1 * min(f, 20) + 1.2 * max(f - 20, 0)
+
+    grid = {str(h): {str(f): 62.0 - loss_h(h) - loss_f(f) for f in range(0, 60, 10)} for h in range(0, 100, 10)}
+    assert grid_knee(grid) == (70.0, 20.0)
+    out = headline(None, None, grid, config_for_size("opt-66b"), tolerance=1.0)
+    both = out["both"]["knee"]
+    assert (both["head_percent"], both["ffn_percent"]) == (70.0, 20.0)
+    assert both["drop_points"] == pytest.approx(0.04 * 70 + 0.1 * 20)  # 4.8 points, the paper's ~5
+    tol = out["both"]["tolerance"]
+    assert tol["params_removed"] < both["params_removed"]  # within 1 point: far less removed
+
+
+def test_grid_knee_without_any_bend_is_none():
+    from prune.inflection import grid_knee
+
+    flat = {str(h): {str(f): 50.0 for f in (0, 10, 20)} for h in (0, 10, 20)}
+    assert grid_knee(flat) is None
 
 
 # -- errata side by side in correlations.json --------------------------------------------------------
@@ -181,3 +233,48 @@ def test_correlate_writes_a_seeded_random_baseline_and_the_denominator_rows(tmp_
     # importance_uniform = 2 x importance: identical rankings
     assert all(d["rho"] == pytest.approx(1.0) for d in block["denominators"].values())
     assert block["random_seed"] == 0 and "random_baseline" in corr["definitions"]
+
+
+# -- the paper's protocol one switch away ---------------------------------------------------------------
+def test_paper_targets_differ_exactly_where_declared_and_one_changed_target_is_pinned_per_task():
+    """Importance examples under the paper's code vs the corrected protocol, on the bundled samples:
+    they differ for the tasks that say so (PAPER_TARGETS_DIFFER), and only there; one target each."""
+    import random
+
+    from tasks.cli_options import SAMPLES_DIR
+    from tasks.registry import TASKS, get_task
+
+    pinned = {"arc_easy", "arc_challenge", "openbookqa", "hellaswag", "piqa", "mathqa", "wsc"}
+    assert {n for n, cls in TASKS.items() if cls.PAPER_TARGETS_DIFFER} == pinned
+    for name in TASKS:
+        task = get_task(name, SAMPLES_DIR)
+        ours = task.importance_examples(6, 0, random.Random(1234), paper_quirks=False)
+        paper = task.importance_examples(6, 0, random.Random(1234), paper_quirks=True)
+        if name not in pinned:
+            assert ours == paper, name
+            continue
+        assert ours != paper, name
+        if name == "wsc":  # the paper's rows are the positives: every target " yes"
+            assert {r.continuation for r in paper} == {" yes"} and " no" in {r.continuation for r in ours}
+        else:  # the same gold choice, without its leading space
+            assert ours[0].continuation == " " + paper[0].continuation and not paper[0].continuation.startswith(" ")
+
+
+def test_published_partners_are_the_papers_pairs():
+    from prune.transfer import transfer_plan
+
+    seen = ["copa", "winogrande", "record", "rte", "openbookqa", "wsc", "hellaswag", "wic", "boolq"]
+    n = len(seen) + 1
+    block = {"tasks": seen + ["aggregate"], "spearman": {"rho": [[0.1] * n] * n},
+             "paper_argsort_pearson": [[0.1] * n] * n}
+    plan = transfer_plan({"shots": {"0": block, "5": block}}, variants=["published"])
+    got = {(k, e["task"]): (e["partners"]["published"]["high"]["task"], e["partners"]["published"]["low"]["task"])
+           for k, b in plan["shots"].items() for e in b["chosen"]}
+    assert got == {("0", "copa"): ("winogrande", "record"), ("0", "winogrande"): ("copa", "record"),
+                   ("0", "record"): ("rte", "openbookqa"), ("5", "copa"): ("wsc", "record"),
+                   ("5", "winogrande"): ("boolq", "record"), ("5", "record"): ("hellaswag", "wic")}
+    # a published partner without importance here is not used, and the plan says so
+    short = {"tasks": ["copa", "winogrande", "aggregate"], "spearman": {"rho": [[0.1] * 3] * 3},
+             "paper_argsort_pearson": [[0.1] * 3] * 3}
+    entry = transfer_plan({"shots": {"1": short}}, wanted=["copa"], variants=["published"])["shots"]["1"]["chosen"][0]
+    assert entry["partners"] == {} and "wsc" in entry["notes"][0]

@@ -80,7 +80,7 @@ def steps(ckpt: Path, imp: Path) -> dict[str, tuple[list[str], str]]:
         "prune heads": (["prune", "heads", *model, *data, "--limit", "3", "--head-percents", "0", "50",
                          "--importance", str(imp)], "heads-own/shots-*/*/*.json"),
         "induction prefix": (["induction", "prefix", *model, "--seeds", "4"], "seeds/*.safetensors"),
-        "induction copying": (["induction", "copying", *model, "--seeds", "3", "--variant", "corrected"],
+        "induction copying": (["induction", "copying", *model, "--seeds", "3", "--variant", "residual"],
                               "seeds/*.safetensors"),
         "copytask": (["copytask", *model, "--seeds", "2", "--length", "6"], "copytask.json"),
     }

@@ -97,8 +97,9 @@ def test_every_artefact_exists_and_is_well_formed(study_run):
         assert not table["missing_units"] and set(table["results"]) == set(ran), name
     corr = json.loads((out / "correlate/correlations.json").read_text())
     assert set(corr["shots"]) == {"0", "1"} and "0v1" in corr["cross_shot"]
-    for kind in ("prefix_matching", "copying"):
-        for variant in ("paper", "corrected"):
+    for kind, variants in (("prefix_matching", ("paper", "corrected")),
+                           ("copying", ("paper", "index_fix", "text", "residual"))):
+        for variant in variants:
             t, _ = read_tensors(out / f"induction/{kind}_{variant}.safetensors")
             assert t["mean"].shape == (2, 4) and t["tokens"].shape[0] == 3
     cap = json.loads((out / "capacity/capacity.json").read_text())
@@ -109,7 +110,11 @@ def test_every_artefact_exists_and_is_well_formed(study_run):
     for heading in ("Accuracy per task and shot", "Head importance", "Pruning sweeps", "Spearman",
                     "Induction heads", "Capacity retained", "piqa"):
         assert heading in report, heading
-    assert (out / "commands.txt").read_text().count("python run.py ") == 14
+    # 14 steps + piqa's importance under the paper's targets (its target loses the leading space there)
+    commands = (out / "commands.txt").read_text()
+    assert commands.count("python run.py ") == 15
+    assert "--tasks piqa --shots 0 1 --n-docs 4 --protocol paper --out" in commands
+    assert commands.count("--protocol corrected") == 8  # eval, importance, FFN oracle, 4 sweeps, transfer
 
 
 def test_work_json_counts_what_each_step_computed_by_hand(study_run):
@@ -123,8 +128,8 @@ def test_work_json_counts_what_each_step_computed_by_hand(study_run):
         "head importance": {"forward_passes": 24, "backward_passes": 24},
         # one forward per seed
         "prefix matching": {"forward_passes": 3, "backward_passes": 0, "tokens": pm_tokens},
-        # one model pass per seed (the corrected variant) on BOS + 4 (25 + 2s) tokens; the paper's and
-        # index_fix variants run layer pieces on the embeddings, not the model
+        # one model pass per seed (the residual variant) on BOS + 4 (25 + 2s) tokens; the direct-path
+        # variants (paper, index_fix, text) run layer pieces on the embeddings, not the model
         "copying": {"forward_passes": 3, "backward_passes": 0, "tokens": pm_tokens},
         # prefix matching (3 seeds), importance (3 rows of 2 x 25 tokens fed, forward + backward),
         # four accuracy passes on the (3, 1 + 2 x 25) batch
@@ -172,12 +177,16 @@ def test_every_figure_is_a_well_formed_png_and_the_index_matches_the_files(study
         assert w >= 300 and h >= 200 and (out / p).stat().st_size > 5000, p
     report = (out / "report.md").read_text()
     index = report.split("## Figure index", 1)[1].split("\n## ", 1)[0]
-    rows = re.findall(r"^\| (Fig\. [^|]+|not in the paper) \| [^|]+ \| \[([^\]]+)\]", index, re.M)
-    assert sorted(f for _, f in rows) == sorted(pngs)  # each file once, no file unlisted or missing
-    numbered = {n.strip() for n, _ in rows}
-    for fig in ("Fig. 4, 13", "Fig. 5, 17", "Fig. 6, 18", "Fig. 7", "Fig. 8, 20", "Fig. 9, 21, 22", "Fig. 11",
-                "Fig. 14-16", "Fig. 23, 24"):
-        assert fig in numbered, fig
+    rows = dict(re.findall(r"^\| Fig\. (\d+) \| [^|]* \| ([^\n]*) \|$", index, re.M))
+    assert sorted(map(int, rows)) == list(range(3, 25))  # every figure of the paper from 3 to 24, once
+    linked = set(re.findall(r"\]\(([^)]+\.png)\)", index))
+    assert linked == pngs  # no file unlisted or missing
+    drawn = {n for n, files in rows.items() if ".png" in files}
+    # this run (shots 0 and 1, no 5-shot grid; copa, boolq, piqa) draws these of the paper's figures
+    assert {"3", "4", "5", "6", "8", "9", "10", "11", "12", "13", "14", "15", "16", "17", "18", "19", "20",
+            "23", "24"} <= drawn, sorted(drawn, key=int)
+    assert "grid-own-shots-0.png" in rows["19"] and "not drawn" in rows["7"]  # Fig. 7 is the 5-shot grid
+    assert "prefix_matching_paper.png" in rows["10"] and "importance-aggregate-shots-0.png" in rows["3"]
     for p in pngs:
         assert f"]({p})" in report.split("## Figure index", 1)[1]  # drawn in its section too
 
@@ -192,7 +201,15 @@ def test_report_lists_all_tasks_and_the_protocol(study_run):
         assert f"| {t} |" in tasks_table, t
     assert "NOT the paper's" in tasks_table
     headline = json.loads((out / "headline.json").read_text())
-    assert headline["tolerance_points"] == 1.0 and headline["shots"]["shots-0"]["heads"] is not None
+    assert headline["rule"] == "knee" and headline["tolerance_points"] == 1.0
+    assert set(headline["shots"]["shots-0"]["heads"]) == {"knee", "tolerance"}
+    assert headline["paper_opt66b"]["shots-0"]["both"] == {"head_percent": 70, "ffn_percent": 20, "drop_points": 5}
+    assert report.split("\n## ", 1)[0].count("**Protocol: corrected**") == 1  # said before any section
+    targets = report.split("## What the importance targets change", 1)[1].split("\n## ", 1)[0]
+    assert "| shots-0 | piqa |" in targets and "aggregate (1 of 3 tasks change)" in targets
+    corr = json.loads((out / "correlate/correlations.json").read_text())
+    assert corr["shots"]["0"]["tasks"] == ["piqa", "boolq", "copa", "aggregate"]  # seen tasks + aggregate row
+    assert set(corr["targets"]["shots"]["0"]["tasks"]) == {"piqa"}
     transfer = json.loads((out / "prune/transfer.json").read_text())
     assert transfer["paper_choice_variant"] == "paper_argsort_pearson"
     chosen = transfer["shots"]["0"]["chosen"]
@@ -214,3 +231,33 @@ def test_report_redraws_from_a_finished_run(study_run, capsys):
     (out / "report.md").unlink()
     assert run.main(["report", "--out", str(out)]) == 0
     assert (out / "report.md").is_file()
+
+
+def test_protocol_paper_runs_the_papers_choices(tmp_path, capsys):
+    """`all --protocol paper`: the published transfer partners, the paper's importance targets and
+    denominator; the corrected targets computed beside them; the plan prices the same steps."""
+    from prune.paper import PAPER_TRANSFER_PARTNERS
+
+    out = tmp_path / "paper"
+    argv = ["all", "--protocol", "paper", "--tasks", "copa", "winogrande", "record", "rte", "openbookqa",
+            "--shots", "0", "--limit", "2", "--n-docs", "2", "--seeds", "2", "--out", str(out)]
+    plan = tmp_path / "plan.json"
+    assert run.main([*argv, "--plan", "--throughput", "1", "--json", str(plan)]) == 0
+    planned = [s["step"] for s in json.loads(plan.read_text())["steps"]]
+    assert "head importance under the corrected protocol's targets (openbookqa)" in planned
+    assert run.main(argv) == 0
+    capsys.readouterr()
+    transfer = json.loads((out / "prune/transfer.json").read_text())
+    assert transfer["variants"] == ["published", "paper_argsort_pearson"]
+    for entry in transfer["shots"]["0"]["chosen"]:
+        got = {side: entry["partners"]["published"][side]["task"] for side in ("high", "low")}
+        assert got == PAPER_TRANSFER_PARTNERS[0][entry["task"]], entry["task"]
+        assert entry["curves"]["high:published"] and entry["curves"]["low:published"]
+    meta = read_tensors(out / "importance/shots-0/openbookqa.safetensors")[1]
+    assert json.loads(meta["paper_quirks"]) is True and meta["importance_is"] == "importance_paper_denominator"
+    other = read_tensors(out / "importance-corrected/shots-0/openbookqa.safetensors")[1]
+    assert json.loads(other["paper_quirks"]) is False
+    assert not (out / "importance-corrected/shots-0/copa.safetensors").exists()  # copa's examples do not differ
+    report = (out / "report.md").read_text()
+    assert "**Protocol: paper**" in report.split("\n## ", 1)[0]
+    assert "| shots-0 | openbookqa |" in report.split("## What the importance targets change", 1)[1]

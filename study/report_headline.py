@@ -1,0 +1,112 @@
+"""The report's opening statements: which protocol drove the run, the headline read the paper's way
+(knees of the mean-over-seen-tasks curves beside the paper's own points and the tolerance reading),
+and what the other protocol's importance targets change."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from opt66b.io import write_json
+from prune.inflection import DEFAULT_MIN_BEND, RULES, headline, mean_curve, mean_grid
+from prune.paper import PAPER_HEADLINE
+from tasks.registry import seen_in
+
+from .report_kit import md_table, model_config, pct, run_json, shot_dirs, sweep_tables
+
+def _point(p: dict | None, axis: str) -> str:
+    """'70% (drop 5.1)' for a headline point of one axis ('heads', 'ffn' or 'both'), '-' for none."""
+    if not p:
+        return "-"
+    where = {"heads": pct(p.get("head_percent")), "ffn": pct(p.get("ffn_percent")),
+             "both": f"{pct(p.get('head_percent'))} / {pct(p.get('ffn_percent'))}"}[axis]
+    drop = p.get("drop_points")
+    return where + ("" if drop is None else f" (drop {drop:.1f})")
+
+
+def _params(p: dict | None) -> str:
+    if not p:
+        return "-"
+    n = p["params_removed"]
+    return f"{n / 1e9:.2f}B" if n >= 1e8 else f"{n:,}"
+
+
+def headline_section(run: Path, tolerance: float, min_bend: float = DEFAULT_MIN_BEND) -> list[str]:
+    """The paper's headline read the paper's way (knees of the mean-over-seen-tasks curves), beside the
+    paper's own points and the tolerance reading; writes headline.json."""
+    tables, cfg = sweep_tables(run), model_config(run)
+    lines = ["## Headline (paper abstract and §5)", "",
+             "Read as the paper reads it: where the mean over the seen tasks bends (the knee of the heads and "
+             "the FFN curves, and the grid's combined knee; prune/inflection.py), with the drop there in points "
+             f"of the metric x100. Beside it the paper's own points for OPT-66B and a second reading, the largest "
+             f"share within {tolerance:g} point(s) of the unpruned model. Rules: knee = {RULES['knee']} "
+             f"(min_bend {min_bend:g}); grid knee = {RULES['grid_knee']}.", ""]
+    heads, ffn, grid = tables.get("heads-own"), tables.get("ffn-own"), tables.get("grid-own")
+    if cfg is None or not (heads or ffn):
+        return lines + ["(no own-ranking sweeps, or the model config is unknown)", ""]
+    shots = sorted({s for tab in (heads, ffn, grid) if tab for per in tab["results"].values() for s in per},
+                   key=lambda s: int(s.split("-")[1]))
+    rows, out = [], {}
+    for shot in shots:
+        h = mean_curve(heads, seen_in(heads["results"]), shot, "heads")[0] if heads else None
+        f = mean_curve(ffn, seen_in(ffn["results"]), shot, "ffn")[0] if ffn else None
+        g = mean_grid(grid, seen_in(grid["results"]), shot)[0] if grid else None
+        out[shot] = res = headline(h, f, g, cfg, min_bend, tolerance)
+        paper = PAPER_HEADLINE.get(int(shot.split("-")[1]), {})
+        for key, label in (("heads", "heads"), ("ffn", "FFNs"), ("both", "heads + FFNs")):
+            if key in res:
+                r = res[key]
+                rows.append([shot, label, _point(paper.get(key), key), _point(r["knee"], key), _params(r["knee"]),
+                             _point(r["tolerance"], key)])
+    write_json(run / "headline.json", {"rule": "knee", "rules": {k: RULES[k] for k in ("knee", "grid_knee", "tolerance")},
+                                       "min_bend": min_bend, "tolerance_points": tolerance,
+                                       "paper_opt66b": {f"shots-{k}": v for k, v in PAPER_HEADLINE.items()},
+                                       "shots": out})
+    return lines + md_table(["shots", "pruned", "paper (OPT-66B)", "this run: knee", "parameters removed at the knee",
+                           f"within {tolerance:g} point(s)"], rows)
+
+
+PROTOCOL_SENTENCES = {
+    "corrected": "the corrected choices: lm-eval's importance targets (with the leading space), every WSC row, "
+                 "one importance denominator for every layer, transfer partners by the true Spearman rho (and the "
+                 "paper's SRCC beside it)",
+    "paper": "the paper's code: importance targets without the leading space (ARC, OpenBookQA, HellaSwag, PIQA, "
+             "MathQA), WSC's positive rows only, its last-layer denominator, MathQA demos without the space, its "
+             "published transfer partners (and its SRCC beside them)",
+}
+
+
+def protocol_lines(run: Path) -> list[str]:
+    """The report's first statement: which protocol drove the run (`run.py all --protocol`)."""
+    study = run_json(run / "study.json") or {}
+    protocol = study.get("protocol")
+    if protocol is None:  # a run of single commands: read it from the evaluation's settings
+        res = next((r for r in (run_json(p / "results.json") for p in shot_dirs(run / "eval")) if r), None)
+        if res is not None:
+            protocol = "paper" if (res.get("config") or {}).get("paper_quirks") else "corrected"
+    if protocol not in PROTOCOL_SENTENCES:
+        return []
+    other = "paper" if protocol == "corrected" else "corrected"
+    return [f"**Protocol: {protocol}** ({PROTOCOL_SENTENCES[protocol]}). `run.py all --protocol {other}` runs the "
+            f"other; what its importance targets change is measured below (\"What the importance targets change\").",
+            ""]
+
+
+def targets_section(run: Path) -> list[str]:
+    """How far the other protocol's importance targets move each ranking (correlations.json["targets"])."""
+    corr = run_json(run / "correlate" / "correlations.json") or {}
+    tg = corr.get("targets")
+    lines = ["## What the importance targets change", ""]
+    if not tg:
+        return lines + ["(not measured: no task of this run builds other importance examples under the other "
+                        "protocol, or the run predates it)", ""]
+    lines += [f"Each ranking of this run against the same task's ranking under the other protocol's targets "
+              f"({tg['other_dir']}/; same denominator). Spearman rho, and the share of the top "
+              f"{tg['top_fraction']:.0%} heads both keep; the aggregate is rebuilt with the other targets.", ""]
+    rows = []
+    for k, block in tg["shots"].items():
+        agg = block.get("aggregate")
+        if agg:
+            rows.append([f"shots-{k}", f"aggregate ({len(agg['from_other'])} of {len(agg['members'])} tasks change)",
+                         agg["rho"], agg["top_overlap"], 1 - agg["top_overlap"]])
+        rows += [[f"shots-{k}", t, v["rho"], v["top_overlap"], 1 - v["top_overlap"]] for t, v in block["tasks"].items()]
+    return lines + md_table(["shots", "ranking", "Spearman rho", "top-30% kept", "top-30% moved"], rows)
