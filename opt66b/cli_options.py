@@ -86,6 +86,10 @@ def add_plan_args(parser: argparse.ArgumentParser, step: str) -> None:
     g.add_argument("--throughput", type=float, default=None, metavar="TFLOPS",
                    help="with --plan: sustained TFLOP/s of the compute device (default: measured by a short "
                         "timed layer-shaped matmul on --device)")
+    if step in ("all", "eval", "prune"):
+        g.add_argument("--target-halfwidth", type=float, default=None, metavar="POINTS",
+                       help="with --plan: the documents per task that bring the 95%% half-width of a paired pruning "
+                            "drop down to POINTS, and their cost beside the full data's (study/precision.py)")
     for action in parser._actions:
         if action.dest == "out":
             action.help = action.help.replace("(required)", "(required, except with --plan)")

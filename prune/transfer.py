@@ -147,6 +147,7 @@ def run_transfer(plan: dict[str, Any], prune_dir: Any, sweep: Any, percents: Seq
     from opt66b.io import read_json, write_json
 
     from .inflection import sweep_curve
+    from .intervals import difference
 
     prune_dir = Path(prune_dir)
     pairs: dict[tuple[str, str], list[int]] = {}
@@ -163,6 +164,10 @@ def run_transfer(plan: dict[str, Any], prune_dir: Any, sweep: Any, percents: Seq
         cells = (table or {}).get("results", {}).get(task, {}).get(shot)
         return None if cells is None else {f"{x:g}": y for x, y in sweep_curve(cells, "heads").items()}
 
+    def vectors(table: dict | None, task: str, shot: str) -> dict[str, str | None]:
+        rows = (table or {}).get("per_doc", {}).get(task, {}).get(shot, {})
+        return {h: row.get("0") for h, row in rows.items()}
+
     out = {k: v for k, v in plan.items() if k != "runs"}
     for key, block in out["shots"].items():
         shot = f"shots-{key}"
@@ -170,9 +175,16 @@ def run_transfer(plan: dict[str, Any], prune_dir: Any, sweep: Any, percents: Seq
             task = entry["task"]
             entry["curves"] = {"own": curve(base.get("own"), task, shot),
                                "aggregate": curve(base.get("aggregate"), task, shot)}
+            own = vectors(base.get("own"), task, shot)
+            rankings = {"aggregate": base.get("aggregate")}
             for variant, sides in entry.get("partners", {}).items():
                 for side, partner in sides.items():
                     entry["curves"][f"{side}:{variant}"] = curve(tables.get((task, partner["task"])), task, shot)
+                    rankings[f"{side}:{variant}"] = tables.get((task, partner["task"]))
+            # own - other per percentage, paired on the same documents (prune/intervals.py): a curve is
+            # told apart from the task's own ranking only where the 95% interval excludes 0
+            entry["vs_own"] = {name: {h: difference(own.get(h), bits) for h, bits in vectors(table, task, shot).items()}
+                               for name, table in rankings.items() if table is not None}
     path = write_json(prune_dir / "transfer.json", out)
     if log:
         log(f"wrote {path}")

@@ -107,6 +107,7 @@ def plan_steps_of(args: argparse.Namespace, shape: Shape, tokenizer: Any) -> lis
 
     all_defaults(args)
     tasks, skipped = available_tasks(Path(args.data), args.tasks or DEFAULT_TASKS, args.shots, explicit=bool(args.tasks))
+    args.planned_tasks = tasks
     if not tasks:
         raise ValueError(f"{args.data}: none of the requested tasks has its data; see `python run.py data check`")
     args.out = args.out or Path("OUT")
@@ -149,8 +150,22 @@ def make_plan(args: argparse.Namespace) -> dict[str, Any]:
                                                   "logit_positions", "flops")}
     total.update(seconds=total["flops"] / (tflops * 1e12) if tflops else None, peak_bytes=peak,
                  host_bytes=max(r["host_bytes"] for r in rows), streamed_bytes=sum(r["streamed_bytes"] for r in rows))
-    return {"model": info, "weights_bytes": shape.weights_on, "throughput_tflops": tflops,
+    plan = {"model": info, "weights_bytes": shape.weights_on, "throughput_tflops": tflops,
             "throughput_source": source, "flop_model": FLOP_MODEL, "steps": rows, "total": total}
+    if (getattr(args, "planned_tasks", None) or getattr(args, "tasks", None)) and getattr(args, "data", None) \
+            and args.plan_step in ("all", "eval", "prune"):
+        from tasks.registry import TASKS
+
+        from .precision import precision_plan
+
+        target = getattr(args, "target_halfwidth", None)
+        if target is not None and target <= 0:
+            raise ValueError(f"--target-halfwidth must be > 0 points, got {target}")
+        out = Path(args.out) if getattr(args, "out", None) and Path(args.out).is_dir() else None
+        names = [t for t in (getattr(args, "planned_tasks", None) or args.tasks) if t in TASKS]
+        plan["precision"] = precision_plan(Path(args.data), names, args.shots, getattr(args, "limit", None), tokenizer,
+                                           out=out, target=target)
+    return plan
 
 
 def _num(x: float) -> str:
@@ -195,6 +210,10 @@ def format_plan(plan: dict[str, Any]) -> str:
                      "in all; their transfer time comes on top of the estimate where it is not hidden by compute")
     lines.append("peak = weights placed on the device + the largest pass's activations (estimate, see study/plan.py); "
                  "time = FLOPs / throughput, transfers of streamed layers not included")
+    if plan.get("precision"):
+        from .precision import format_precision
+
+        lines.append(format_precision(plan["precision"]))
     return "\n".join(lines)
 
 

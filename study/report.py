@@ -19,6 +19,7 @@ from pathlib import Path
 
 from opt66b.io import atomic_write_text, read_tensors
 from prune.aggregate import aggregate_of
+from prune.intervals import Z95
 from prune.inflection import DEFAULT_MIN_BEND, DEFAULT_TOLERANCE, RULES, curve_points, mean_curve, mean_grid, sweep_curve
 from tasks.registry import EXTRA_TASKS, PAPER_SEEN_TASKS, PAPER_UNSEEN_TASKS, paper_order, seen_in
 
@@ -48,7 +49,8 @@ def tasks_section(run: Path, skipped: list[str]) -> list[str]:
 
 
 def accuracy_section(run: Path) -> list[str]:
-    lines = ["## Accuracy per task and shot", "", "Primary metric as a fraction (ReCoRD: em).", ""]
+    lines = ["## Accuracy per task and shot", "", "Primary metric as a fraction (ReCoRD: em), ± its 95% half-width "
+             "(1.96 x the standard error lm-evaluation-harness writes beside it, `<metric>_stderr`).", ""]
     shots = {p.name: run_json(p / "results.json") for p in shot_dirs(run / "eval")}
     shots = {k: v for k, v in shots.items() if v}
     if not shots:
@@ -56,7 +58,12 @@ def accuracy_section(run: Path) -> list[str]:
     rows = []
     for t in paper_order({t for r in shots.values() for t in r["results"]}):
         metric = PRIMARY.get(t, "acc")
-        rows.append([t, metric] + [shots[s]["results"].get(t, {}).get(metric) for s in shots])
+        cells = []
+        for s in shots:
+            res = shots[s]["results"].get(t, {})
+            value, se = res.get(metric), res.get(f"{metric}_stderr")
+            cells.append(None if value is None else f"{value:.3f}" + ("" if se is None else f" ± {Z95 * se:.3f}"))
+        rows.append([t, metric] + cells)
     return lines + md_table(["task", "metric"] + list(shots), rows)
 
 
@@ -133,7 +140,7 @@ def pruning_section(run: Path, figs: Figures, tolerance: float, min_bend: float)
             lines += grid_lines(tab, shots, figs, tolerance)
             continue
         axis = "ffn" if sweep == "ffn" else "heads"
-        panels, marks, rows = {}, {}, []
+        panels, marks, rows, errors = {}, {}, [], {}
         for task in paper_order(tab["results"]):
             row = [task]
             for shot in shots:
@@ -146,20 +153,38 @@ def pruning_section(run: Path, figs: Figures, tolerance: float, min_bend: float)
             mean, used = mean_curve(tab, seen_in(tab["results"]), shot, axis)
             series = {t: xy(sweep_curve(tab["results"][t][shot], axis)) for t in paper_order(tab["results"])
                       if shot in tab["results"][t]}
+            errors[shot] = {t: _half_widths(tab.get("stderr", {}).get(t, {}).get(shot, {}), series[t][0], axis)
+                            for t in series}
             pts = curve_points(mean, min_bend, tolerance) if mean else {}
             mean_row += [pct(pts.get("knee")), pct(pts.get("within_tolerance"))]
             if mean:
-                series[f"mean of {len(used)} seen"] = xy(mean)
+                label = f"mean of {len(used)} seen"
+                series[label] = xy(mean)
+                ci = tab.get("mean_over_tasks_ci", {}).get(shot, {})
+                errors[shot][label] = _half_widths({h: {f: (c or {}).get("se") for f, c in row.items()}
+                                                    for h, row in ci.items()}, series[label][0], axis)
                 marks[shot] = [(pts["knee"], "knee")] if pts.get("knee") is not None else []
             panels[shot] = series
         rows.append(mean_row)
         header = ["task"] + [f"{c} ({s})" for s in shots for c in ("knee %", "within tol. %")]
         lines += md_table(header, rows)
         bold = [k for p in panels.values() for k in p if k.startswith("mean of")]
+        lines += ["Error bars: 95% intervals of each point (per task: its standard error over documents; the "
+                  "mean: the tasks' errors combined). Every cell's paired drop against the unpruned model, with its "
+                  f"interval, is in `prune/{name}.json` (`paired`, `mean_over_tasks_ci`).", ""]
         figs.add(lines, figures.curve_panels(panels, figs.dir / f"prune-{name}.png", f"{sweep} pruning, ranking {ranking}",
-                                             f"% {axis} pruned", "metric x100", bold=bold, marks=marks),
+                                             f"% {axis} pruned", "metric x100", bold=bold, marks=marks,
+                                             errors=errors),
                  paper_fig.get(name, ""), f"{sweep} pruning per task with the task mean, ranking {ranking}")
     return lines
+
+
+def _half_widths(ses: dict, xs: list[float], axis: str) -> list[float | None]:
+    """95% half-widths at the curve's x values from a [head %][ffn %] table of standard errors."""
+    def se(x: float):
+        h, f = (f"{x:g}", "0") if axis == "heads" else ("0", f"{x:g}")
+        return ses.get(h, {}).get(f)
+    return [None if se(x) is None else Z95 * se(x) for x in xs]
 
 
 def grid_lines(tab: dict, shots: list[str], figs: Figures, tolerance: float) -> list[str]:

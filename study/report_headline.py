@@ -8,19 +8,61 @@ from pathlib import Path
 
 from opt66b.io import write_json
 from prune.inflection import DEFAULT_MIN_BEND, RULES, headline, mean_curve, mean_grid
+from prune.intervals import KNEE_ITERS, KNEE_SEED, Z95, headline_intervals
 from prune.paper import PAPER_HEADLINE
 from tasks.registry import seen_in
 
 from .report_kit import md_table, model_config, pct, run_json, shot_dirs, sweep_tables
 
+
+def _span(iv: dict | None) -> str:
+    return "" if not iv else (f" (95% interval {pct(iv['lo'])}-{pct(iv['hi'])}%)" if iv["lo"] != iv["hi"]
+                              else f" (95% interval {pct(iv['lo'])}%)")
+
+
 def _point(p: dict | None, axis: str) -> str:
-    """'70% (drop 5.1)' for a headline point of one axis ('heads', 'ffn' or 'both'), '-' for none."""
+    """'70% (95% interval 60-80%), drop 5.1 ± 1.2' for a headline point of one axis ('heads', 'ffn' or
+    'both'; the ± is the 95% half-width of the paired drop), '-' for none."""
     if not p:
         return "-"
-    where = {"heads": pct(p.get("head_percent")), "ffn": pct(p.get("ffn_percent")),
-             "both": f"{pct(p.get('head_percent'))} / {pct(p.get('ffn_percent'))}"}[axis]
-    drop = p.get("drop_points")
-    return where + ("" if drop is None else f" (drop {drop:.1f})")
+    iv = p.get("interval") or {}
+    if axis == "both":
+        where = (f"{pct(p.get('head_percent'))}%{_span(iv.get('heads'))} / "
+                 f"{pct(p.get('ffn_percent'))}%{_span(iv.get('ffn'))}")
+    else:
+        where = f"{pct(p.get('head_percent' if axis == 'heads' else 'ffn_percent'))}%{_span(iv)}"
+    drop, se = p.get("drop_points"), p.get("drop_se")
+    return where + ("" if drop is None else f", drop {drop:.1f}" + ("" if se is None else f" ± {Z95 * se:.1f}"))
+
+
+def _attach_intervals(res: dict, ivs: dict, ci: dict) -> None:
+    """Put the knee intervals and each point's paired drop se (mean over tasks) into the headline."""
+    for key, reading in res.items():
+        if key not in ("heads", "ffn", "both"):
+            continue
+        for rule, point in reading.items():
+            if not point:
+                continue
+            cell = ci.get(f"{point['head_percent']:g}", {}).get(f"{point['ffn_percent']:g}", {})
+            point["drop_se"] = cell.get("drop_se")
+            if rule == "knee":
+                point["interval"] = (ivs.get(key) or {}).get("knee")
+
+
+def _separability(shot: str, res: dict) -> list[str]:
+    """Sentences where an interval spans the distinction the paper draws."""
+    out = []
+    ffn = (res.get("ffn") or {}).get("knee") or {}
+    iv = ffn.get("interval")
+    if iv and iv["lo"] <= 10 and iv["hi"] >= 20:
+        out.append(f"{shot}: the FFN knee's interval ({pct(iv['lo'])}-{pct(iv['hi'])}%) holds both 10% and 20%: at "
+                   "this sample size the run cannot tell the paper's 1/5-shot knee from its 0-shot one.")
+    heads = (res.get("heads") or {}).get("knee") or {}
+    iv = heads.get("interval")
+    if iv and iv["hi"] - iv["lo"] >= 30:
+        out.append(f"{shot}: the heads knee moves over {pct(iv['lo'])}-{pct(iv['hi'])}% under resampling of the "
+                   "documents: more documents are needed to place it.")
+    return out
 
 
 def _params(p: dict | None) -> str:
@@ -45,12 +87,17 @@ def headline_section(run: Path, tolerance: float, min_bend: float = DEFAULT_MIN_
         return lines + ["(no own-ranking sweeps, or the model config is unknown)", ""]
     shots = sorted({s for tab in (heads, ffn, grid) if tab for per in tab["results"].values() for s in per},
                    key=lambda s: int(s.split("-")[1]))
-    rows, out = [], {}
+    rows, out, notes = [], {}, []
     for shot in shots:
         h = mean_curve(heads, seen_in(heads["results"]), shot, "heads")[0] if heads else None
         f = mean_curve(ffn, seen_in(ffn["results"]), shot, "ffn")[0] if ffn else None
         g = mean_grid(grid, seen_in(grid["results"]), shot)[0] if grid else None
         out[shot] = res = headline(h, f, g, cfg, min_bend, tolerance)
+        ivs = headline_intervals(heads, ffn, grid, lambda t: seen_in(t["results"]), shot, min_bend)
+        for key, tab in (("heads", heads), ("ffn", ffn), ("both", grid)):
+            if key in res and tab:
+                _attach_intervals({key: res[key]}, ivs, (tab.get("mean_over_tasks_ci") or {}).get(shot, {}))
+        notes += _separability(shot, res)
         paper = PAPER_HEADLINE.get(int(shot.split("-")[1]), {})
         for key, label in (("heads", "heads"), ("ffn", "FFNs"), ("both", "heads + FFNs")):
             if key in res:
@@ -59,10 +106,15 @@ def headline_section(run: Path, tolerance: float, min_bend: float = DEFAULT_MIN_
                              _point(r["tolerance"], key)])
     write_json(run / "headline.json", {"rule": "knee", "rules": {k: RULES[k] for k in ("knee", "grid_knee", "tolerance")},
                                        "min_bend": min_bend, "tolerance_points": tolerance,
+                                       "intervals": {"knee": f"bootstrap over documents, {KNEE_ITERS} resamples, seed "
+                                                             f"{KNEE_SEED}, 2.5-97.5% quantiles",
+                                                     "drop_se": "paired standard error of the mean-over-tasks drop"},
                                        "paper_opt66b": {f"shots-{k}": v for k, v in PAPER_HEADLINE.items()},
                                        "shots": out})
+    lines += ["Intervals: the knee's 95% interval is a bootstrap over documents (the mean curve rebuilt from "
+              f"{KNEE_ITERS} resamples); ± is the 95% half-width of the paired drop.", ""]
     return lines + md_table(["shots", "pruned", "paper (OPT-66B)", "this run: knee", "parameters removed at the knee",
-                           f"within {tolerance:g} point(s)"], rows)
+                             f"within {tolerance:g} point(s)"], rows) + [n + "\n" for n in notes]
 
 
 PROTOCOL_SENTENCES = {

@@ -66,10 +66,35 @@ def transfer_section(run: Path, figs: Figures) -> list[str]:
                 if c:
                     curve_rows.append([entry["task"], name] + [c.get(p) for p in ("0", "10", "30", "50", "70", "90")])
         lines += md_table(["task", "ranking", "0%", "10%", "30%", "50%", "70%", "90%"], curve_rows)
+        lines += transfer_gap_lines(block)
         figs.add(lines, figures.curve_panels(panels, figs.dir / f"transfer-shots-{key}.png",
                                              f"cross-task transfer, shots-{key}", "% heads pruned", "metric x100",
                                              dashed=[k for p in panels.values() for k in p if "spearman" in k]),
                  "9, 21, 22", f"cross-task transfer, shots-{key}")
+    return lines
+
+
+def transfer_gap_lines(block: dict) -> list[str]:
+    """Own-ranking curve minus each other ranking's, paired on the same documents, with 95% intervals;
+    a sentence for every ranking the run cannot tell apart from the task's own at any percentage."""
+    rows, blurred = [], []
+    for entry in block["chosen"] + block["unseen"]:
+        for name, per_pct in (entry.get("vs_own") or {}).items():
+            gaps = {p: g for p, g in per_pct.items() if g and float(p) > 0}
+            if not gaps:
+                continue
+            rows.append([entry["task"], name] + [
+                "-" if not gaps.get(p) else f"{gaps[p]['drop']:+.1f} [{gaps[p]['lo']:+.1f}, {gaps[p]['hi']:+.1f}]"
+                for p in ("30", "50", "70")])
+            if all(g["lo"] <= 0 <= g["hi"] for g in gaps.values()):
+                blurred.append(f"{entry['task']} / {name}")
+    if not rows:
+        return []
+    lines = ["Own-ranking curve minus the other ranking's, points, with the paired 95% interval (same documents):", ""]
+    lines += md_table(["task", "ranking", "30%", "50%", "70%"], rows)
+    if blurred:
+        lines += [f"Not separable from the task's own ranking at this sample size (every interval holds 0): "
+                  f"{', '.join(blurred)}.", ""]
     return lines
 
 

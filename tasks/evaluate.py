@@ -25,7 +25,8 @@ import torch
 from opt66b.io import NonFiniteError, file_hashes, read_json
 
 from .base import Result, Task
-from .metrics import task_metrics
+from .metrics import public_metrics, task_metrics_with_errors
+from .uncertainty import BOOTSTRAP_ITERS, BOOTSTRAP_SEED, PER_DOC_KEY, STDERR_RULES
 from .scoring import Scorer
 
 
@@ -58,7 +59,7 @@ class TaskEvaluation:
         self.results = self.scorer.run(head_mask=head_mask, ffn_mask=ffn_mask, start_layer=start_layer,
                                        record_layer_inputs=record_layer_inputs)
         self._check_finite()
-        return task_metrics(self.task, self.instances, self.results)
+        return task_metrics_with_errors(self.task, self.instances, self.results)
 
     def _check_finite(self) -> None:
         """A NaN/inf log-likelihood would turn into a plausible-looking accuracy (NaN compares
@@ -247,14 +248,18 @@ def run_evaluation(model: Any, tokenizer: Any, info: dict[str, Any] | None, data
                             "model_config_sha256": info.get("config_sha256"), "dtype": info["dtype"], **mask_ids,
                             "data_files": file_hashes(task.data_files())}
                 config = run_metadata(**settings, model=info, batch_tokens=batch_tokens, scoring=stats)
-                done = {"results": metrics, "version": task.VERSION, "config": config}
+                done = {"results": public_metrics(metrics), PER_DOC_KEY: {task.PRIMARY_METRIC: metrics[PER_DOC_KEY]},
+                        "version": task.VERSION, "config": config}
                 store.write_json(task_file, done, **fields)
-                print(f"[eval] {name} {k}-shot: " + ", ".join(f"{m}={v:.4f}" for m, v in metrics.items()),
-                      file=sys.stderr, flush=True)
+                print(f"[eval] {name} {k}-shot: " + ", ".join(
+                    f"{m}={v:.4f} ± {metrics.get(m + '_stderr') or 0:.4f}" for m, v in metrics.items()
+                    if m in task.METRICS), file=sys.stderr, flush=True)
             results[name], versions[name], configs[name] = done["results"], done["version"], done["config"]
         config = run_metadata(seed=seed, shots=k, limit=limit, max_length=max_length, paper_quirks=paper_quirks,
                               model=info, **mask_ids, batch_tokens=batch_tokens,
-                              data_files={n: c["data_files"] for n, c in configs.items()})
+                              data_files={n: c["data_files"] for n, c in configs.items()},
+                              stderr={"rules": STDERR_RULES, "bootstrap_iters": BOOTSTRAP_ITERS,
+                                      "bootstrap_seed": BOOTSTRAP_SEED})
         write_json(shot_dir / "results.json", {"results": results, "versions": versions, "config": config})
         print(f"[eval] wrote {shot_dir / 'results.json'}", file=sys.stderr)
         all_results[k] = results

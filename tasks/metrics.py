@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from .base import Instance, Result, Task
+from .uncertainty import BOOTSTRAP_ITERS, BOOTSTRAP_SEED, PER_DOC_KEY, encode_bits, metric_stderr, primary_units
 
 
 def split_results(instances: Sequence[Instance], results: Sequence[Result]) -> list[list[Result]]:
@@ -47,3 +48,21 @@ def aggregate(task: Task, per_doc: Sequence[dict[str, Any]]) -> dict[str, float]
 def task_metrics(task: Task, instances: Sequence[Instance], results: Sequence[Result]) -> dict[str, float]:
     """Flat request-ordered results -> the task's aggregated metrics."""
     return aggregate(task, doc_metrics(task, instances, results))
+
+
+def task_metrics_with_errors(task: Task, instances: Sequence[Instance], results: Sequence[Result],
+                             iters: int = BOOTSTRAP_ITERS, seed: int = BOOTSTRAP_SEED) -> dict[str, Any]:
+    """task_metrics plus `<metric>_stderr` for every metric (tasks/uncertainty.py: lm-eval's rules) and
+    PER_DOC_KEY, the primary metric's per-unit 0/1 string (None if it is not 0/1 per unit)."""
+    per_doc = doc_metrics(task, instances, results)
+    out: dict[str, Any] = aggregate(task, per_doc)
+    for m, rule in task.METRICS.items():
+        out[f"{m}_stderr"] = metric_stderr(rule, [d[m] for d in per_doc], iters, seed)
+    primary = task.PRIMARY_METRIC
+    out[PER_DOC_KEY] = encode_bits(primary_units(task.METRICS[primary], [d[primary] for d in per_doc]))
+    return out
+
+
+def public_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The metrics and their standard errors, as results.json holds them (the per-doc string apart)."""
+    return {k: v for k, v in metrics.items() if k != PER_DOC_KEY}

@@ -35,7 +35,9 @@ def test_eval_writes_lm_eval_layout_and_resumes(checkpoint, tmp_path, capsys):
     for k in (0, 1):
         res = read_json(out / f"shots-{k}" / "results.json")
         assert set(res["results"]) == {"copa", "lambada"}
-        assert set(res["results"]["copa"]) == {"acc"} and set(res["results"]["lambada"]) == {"ppl", "acc"}
+        assert set(res["results"]["copa"]) == {"acc", "acc_stderr"}
+        assert set(res["results"]["lambada"]) == {"ppl", "acc", "ppl_stderr", "acc_stderr"}
+        assert res["config"]["stderr"]["bootstrap_iters"] == 1000 and res["results"]["lambada"]["ppl_stderr"] > 0
         assert 0.0 <= res["results"]["copa"]["acc"] <= 1.0 and res["results"]["lambada"]["ppl"] > 1.0
         assert res["versions"] == {"copa": 0, "lambada": 0}
         assert res["config"]["seed"] == 42 and res["config"]["shots"] == k and res["config"]["limit"] == 3

@@ -90,8 +90,8 @@ def test_evaluation_matches_reference_on_fixtures(opt_vocab_model, name, shots):
     for rec, (ll, greedy) in zip(records, want):
         # fp32 model, float64 sums on both sides; different batching only reorders reductions.
         assert rec["loglikelihood"] == pytest.approx(ll, abs=1e-5) and rec["is_greedy"] == greedy
-    assert metrics == task_metrics(task, ev.instances, want)
-    assert set(metrics) == set(task.METRICS)
+    assert {m: metrics[m] for m in task.METRICS} == task_metrics(task, ev.instances, want)
+    assert set(metrics) == {*task.METRICS, *(f"{m}_stderr" for m in task.METRICS), "per_doc"}
 
 
 def test_limit_keeps_first_docs_after_shuffle_and_evaluate_task(opt_vocab_model):

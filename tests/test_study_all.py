@@ -261,3 +261,59 @@ def test_protocol_paper_runs_the_papers_choices(tmp_path, capsys):
     report = (out / "report.md").read_text()
     assert "**Protocol: paper**" in report.split("\n## ", 1)[0]
     assert "| shots-0 | openbookqa |" in report.split("## What the importance targets change", 1)[1]
+
+
+def test_every_number_carries_its_uncertainty(study_run):
+    """results.json: <metric>_stderr beside every metric; sweep tables: each cell's stderr and paired drop
+    against the unpruned cell, the seen-task mean's interval; headline: knee intervals; transfer: the
+    partner curves' paired gap to the task's own ranking."""
+    out, _ = study_run
+    for k in (0, 1):
+        res = json.loads((out / f"eval/shots-{k}/results.json").read_text())
+        for task, metrics in res["results"].items():
+            for m in [m for m in metrics if not m.endswith("_stderr")]:
+                assert metrics[f"{m}_stderr"] is not None and metrics[f"{m}_stderr"] >= 0, (task, m)
+    for name in ("heads-own", "ffn-own", "grid-own"):
+        table = json.loads((out / f"prune/{name}.json").read_text())
+        for task, shots in table["results"].items():
+            for shot, rows in shots.items():
+                for h, row in rows.items():
+                    for f in row:
+                        paired = table["paired"][task][shot][h][f]
+                        assert paired["lo"] <= paired["drop"] <= paired["hi"] and paired["n"] == 6, (name, task, h, f)
+                        assert len(table["per_doc"][task][shot][h][f]) == 6
+                assert table["paired"][task][shot]["0"]["0"]["drop"] == 0.0
+        assert table["mean_over_tasks_ci"]["shots-0"]["0"]["0"]["se"] is not None
+    headline = json.loads((out / "headline.json").read_text())
+    knee = headline["shots"]["shots-0"]["heads"]["knee"]
+    if knee is not None and knee.get("interval"):
+        assert knee["interval"]["lo"] <= knee["head_percent"] <= knee["interval"]["hi"]
+    transfer = json.loads((out / "prune/transfer.json").read_text())
+    gap = transfer["shots"]["0"]["chosen"][0]["vs_own"]["aggregate"]["0"]
+    assert gap["drop"] == 0.0 and gap["se"] == 0.0  # the unpruned cell is the same evaluation
+    report = (out / "report.md").read_text()
+    assert " ± " in report.split("## Accuracy per task and shot", 1)[1].split("\n## ", 1)[0]
+
+
+def test_plan_prices_precision_from_the_run_it_would_resume(study_run, tmp_path, capsys):
+    """--plan's half-widths: from p = 0.5 before anything ran, from the run's own accuracies and paired
+    errors once it has; --target-halfwidth gives the documents by the closed form."""
+    import math
+
+    from prune.intervals import Z95
+
+    out, argv = study_run
+    fresh, seen = tmp_path / "fresh.json", tmp_path / "seen.json"
+    base = [a for a in argv if a != str(out)][:-1]  # without --out OUT
+    assert run.main([*base, "--plan", "--throughput", "1", "--target-halfwidth", "20", "--json", str(fresh)]) == 0
+    assert run.main([*argv, "--plan", "--throughput", "1", "--json", str(seen)]) == 0
+    capsys.readouterr()
+    rows = {r["task"]: r for r in json.loads(fresh.read_text())["precision"]["rows"]}
+    assert set(rows) == {"copa", "boolq", "piqa"}
+    copa = rows["copa"]
+    assert copa["docs"] == 6 and copa["acc_halfwidth"] == pytest.approx(100 * Z95 * 0.5 / math.sqrt(6))
+    assert copa["drop_halfwidth"] == pytest.approx(100 * Z95 * math.sqrt(0.5) / math.sqrt(6))
+    assert copa["target_docs"] == min(copa["full_docs"], math.ceil((100 * Z95 * math.sqrt(0.5) / 20) ** 2))
+    prev = {r["task"]: r for r in json.loads(seen.read_text())["precision"]["rows"]}["copa"]
+    accs = [json.loads((out / f"eval/shots-{k}/results.json").read_text())["results"]["copa"]["acc"] for k in (0, 1)]
+    assert prev["source"] == "previous run" and prev["p"] == pytest.approx(min(max(sum(accs) / 2, 1e-3), 1 - 1e-3))
