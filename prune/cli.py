@@ -101,8 +101,24 @@ def register_importance(sub: argparse._SubParsersAction) -> None:
     _study_args(f, evaluates=True)
     _eval_seed_arg(f)
     f.add_argument("--naive", action="store_true", help="re-run every layer for every knockout (reference; slower)")
+    f.add_argument("--oracle-memory", type=float, default=None, metavar="GIB",
+                   help="host memory the recorded layer inputs may take at once; the base run and the knock-outs "
+                        "then go through the task that many scoring batches at a time, with identical results "
+                        "(default: a quarter of --max-memory's cpu entry, else 2 GiB)")
     add_plan_args(f, "importance ffn")
     f.set_defaults(func=_importance_ffn)
+
+
+def oracle_budget(args: argparse.Namespace) -> int:
+    """Bytes of recorded layer inputs the FFN oracle may hold (--oracle-memory, else from --max-memory)."""
+    from opt66b.placement import GIB, parse_max_memory
+
+    if getattr(args, "oracle_memory", None) is not None:
+        if args.oracle_memory <= 0:
+            raise ValueError(f"--oracle-memory must be > 0 GiB, got {args.oracle_memory}")
+        return int(args.oracle_memory * GIB)
+    cpu = parse_max_memory(getattr(args, "max_memory", None)).get("cpu")
+    return cpu // 4 if cpu else 2 * GIB
 
 
 def _importance_heads(args: argparse.Namespace, loaded=None) -> int:
@@ -132,10 +148,11 @@ def _importance_ffn(args: argparse.Namespace, loaded=None) -> int:
     from .experiments import run_ffn_oracle
 
     _validate(args)
+    budget = oracle_budget(args)
     model, tokenizer, info = loaded or load_from_args(args)
     args.work = run_ffn_oracle(model, tokenizer, info, args.data, args.tasks, args.shots, args.out, limit=args.limit,
                    seed=args.seed, batch_tokens=args.batch_tokens, cached=not args.naive, paper_quirks=args.paper_quirks,
-                   recompute=_recompute(args))["work"]
+                   record_budget=budget, recompute=_recompute(args))["work"]
     return 0
 
 

@@ -111,10 +111,13 @@ def run_head_importance(model: Any, tokenizer: Any, info: dict[str, Any] | None,
 
 def run_ffn_oracle(model: Any, tokenizer: Any, info: dict[str, Any] | None, data: str | Path, tasks: Sequence[str],
                    shots: Sequence[int], out: str | Path, *, limit: int | None = None, seed: int = 42,
-                   batch_tokens: int = 4096, cached: bool = True, paper_quirks: bool = False, recompute: bool = False) -> dict[str, Any]:
+                   batch_tokens: int = 4096, cached: bool = True, paper_quirks: bool = False,
+                   record_budget: int | None = 2 << 30, recompute: bool = False) -> dict[str, Any]:
     """Oracle FFN importance: per (task, shot) and layer l, base metric - metric with FFN l alone
     removed (points). Units out/shots-K/<task>/layer-XXX.json, merged out/shots-K/<task>.json
-    ('drop', 'base', 'ranking'), out/shots-K/aggregate.json. cached=False re-runs every layer (reference)."""
+    ('drop', 'base', 'ranking'), out/shots-K/aggregate.json. cached=False re-runs every layer (reference).
+    record_budget: host bytes of recorded layer inputs held at once (chunked knock-outs, same results;
+    None: the whole task at once)."""
     from .sweeps import run_ffn_importance
 
     info, objects, settings = _setup(model, info, data, tasks, shots, paper_quirks)
@@ -122,7 +125,8 @@ def run_ffn_oracle(model: Any, tokenizer: Any, info: dict[str, Any] | None, data
                        "batch_tokens": batch_tokens}, recompute=recompute)
     work = Work()
     run_ffn_importance(model, tokenizer, objects, shots, Path(out), _evaluations(limit, batch_tokens, seed),
-                       cached=cached, settings={**settings, "limit": limit, "seed": seed}, store=store, work=work)
+                       cached=cached, settings={**settings, "limit": limit, "seed": seed}, store=store, work=work,
+                       record_budget=record_budget)
     return {"out": Path(out), "work": work.as_dict()}
 
 

@@ -171,20 +171,35 @@ def ffn_importance(evaluation: Any, num_layers: int, metric: str, layers: Sequen
                    done: dict[int, dict[str, float]] | None = None,
                    on_layer: Callable[[int, dict[str, float]], None] | None = None,
                    base_metrics: dict[str, float] | None = None, cached: bool = True,
-                   progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+                   progress: Callable[[int], None] | None = None, chunk_units: int | None = None,
+                   chunks: dict[str, Any] | None = None) -> dict[str, Any]:
     """Oracle FFN importance: drop[l] = base - metric with FFN l alone knocked out (points, eval split).
 
     `evaluation` is a tasks.evaluate.TaskEvaluation (instances and scorer built once); its
     `run(ffn_mask=..., start_layer=l)` resumes from the recorded input of layer l, which a knockout
     at l cannot change, so only layers l.. are recomputed (cached=False re-runs the whole model:
     the naive reference). `done` holds already-computed layers' metrics (resume); `on_layer(l, m)`
-    is called after each new layer (write its unit file there).
+    is called after each new layer (write its unit file there). chunk_units: run the base and the
+    knock-outs `chunk_units` scoring batches at a time, so the recorded layer inputs held at once are
+    one chunk's, not the task's (same results bit for bit); chunks: {"done", "on_chunk"} resume and
+    save each chunk's partial log-likelihoods (TaskEvaluation.run_knockouts).
 
     Returns {"metric", "base", "base_metrics", "drop" (L floats), "metrics" (per layer), "ranking"}
     where ranking lists layer ids by ascending drop, stable (ties: lower layer first, as the paper's code).
     """
     layers = list(range(num_layers)) if layers is None else list(layers)
     per_layer: dict[int, dict[str, float]] = dict(done or {})
+    todo = [layer for layer in layers if layer not in per_layer]
+    if cached and chunk_units is not None and (todo or base_metrics is None):
+        # Bounded memory: the base and every knock-out, a chunk of scoring batches at a time, each chunk
+        # resumed from its own recorded layer inputs (Scorer.run_knockouts); the same numbers bit for bit.
+        runs = [(layer, None, ffn_knockout_mask(num_layers, layer), layer) for layer in todo]
+        res = evaluation.run_knockouts(runs, chunk_units, **(chunks or {}))
+        base_metrics = res["base"]
+        for layer in todo:
+            per_layer[layer] = res[layer]
+            if on_layer is not None:
+                on_layer(layer, res[layer])
     if base_metrics is None:
         base_metrics = evaluation.run(record_layer_inputs=cached) if cached else evaluation.run()
     base = primary_points(base_metrics, metric)

@@ -23,7 +23,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from opt66b.distributed import barrier, my_units, rank_world
-from opt66b.io import Progress, read_json, write_json
+from opt66b.io import Progress, read_json, read_tensors, write_json
 from opt66b.store import UnitStore, Work
 from tasks.evaluate import EvaluationCache, task_fingerprint
 from tasks.metrics import public_metrics
@@ -35,6 +35,7 @@ from .intervals import mean_se, paired_drop, value_se
 from .masks import count_for_percent, ffn_mask_for_percent, ffn_ranking, head_mask_for_percent, read_importance
 
 SWEEPS = ("heads", "ffn", "grid")
+ORACLE_RECORD_BUDGET = 2 << 30  # host bytes of recorded layer inputs the FFN oracle holds at once (default)
 DEFAULT_PERCENTS = {"heads": list(range(0, 100, 10)), "ffn": list(range(0, 100, 10)),
                     "grid_heads": list(range(0, 80, 10)), "grid_ffn": list(range(0, 60, 10))}
 
@@ -258,14 +259,17 @@ def merge_table(root: Path, table: Path, sweep: str, ranking: str, units: Sequen
 def run_ffn_importance(model: Any, tokenizer: Any, tasks: dict[str, Any], shots: Sequence[int], out_dir: Path,
                        make_evaluation: EvaluationFactory, cached: bool = True,
                        settings: dict[str, Any] | None = None, store: UnitStore | None = None,
-                       work: Work | None = None) -> list[Path]:
+                       work: Work | None = None, record_budget: int | None = ORACLE_RECORD_BUDGET) -> list[Path]:
     """Per (task, shot): knock each FFN out alone; units OUT/shots-K/task/layer-XXX.json (+ base.json);
     merged OUT/shots-K/task.json {drop, base, ranking}; OUT/shots-K/aggregate.json ranks the mean drop.
 
     The (task, shot) pair is the torchrun split unit here: the layer loop shares one recorded base
     pass (layer inputs), which must stay in one process. store: fingerprints the files (see
     run_sweep); work counts one scorer plan per run (the base run plus one per new layer; with
-    cached=True a knockout run recomputes layers l.. only).
+    cached=True a knockout run recomputes layers l.. only). record_budget: host bytes the recorded
+    layer inputs may take at once; the base and the knock-outs then run that many scoring batches at a
+    time (chunks, saved under OUT/shots-K/task/chunks-C/ so a killed run resumes per chunk). None:
+    one chunk holding the whole task (the unbounded behaviour of earlier releases).
     """
     from opt66b.io import run_metadata
 
@@ -294,9 +298,18 @@ def run_ffn_importance(model: Any, tokenizer: Any, tasks: dict[str, Any], shots:
                              layer=layer)
 
         todo = num_layers - len(done)
-        bar = Progress(todo, f"ffn oracle {task_name} {k}-shot") if todo else None
+        chunking = {}
+        if cached and todo and hasattr(evaluation, "run_knockouts"):
+            units = len(evaluation.scorer.units)
+            per_unit = max(evaluation.record_bytes_per_unit(), 1)
+            size = units if record_budget is None else max(1, min(units, record_budget // per_unit))
+            bar = Progress(-(-units // size), f"ffn oracle {task_name} {k}-shot (chunks of {size} batches)")
+            chunking = {"chunk_units": size, "chunks": oracle_chunks(store, unit_dir / f"chunks-{size}", fields,
+                                                                     evaluation, size, bar)}
+        else:
+            bar = Progress(todo, f"ffn oracle {task_name} {k}-shot") if todo else None
         res = ffn_importance(evaluation, num_layers, metric, done=done, on_layer=save, cached=cached,
-                             progress=bar.update if bar else None)
+                             progress=bar.update if bar and not chunking else None, **chunking)
         if work is not None:
             per_run = evaluation_work(evaluation)
             for _ in range(1 + todo):
@@ -310,6 +323,39 @@ def run_ffn_importance(model: Any, tokenizer: Any, tasks: dict[str, Any], shots:
         for k in shots:
             write_ffn_aggregate(Path(out_dir) / f"shots-{k}", list(tasks))
     return written
+
+
+def oracle_chunks(store: UnitStore, chunk_dir: Path, fields: dict[str, Any], evaluation: Any, size: int,
+                  bar: Progress) -> dict[str, Any]:
+    """{"done", "on_chunk"} for TaskEvaluation.run_knockouts: each chunk's partial log-likelihoods and
+    greedy misses, for the unique requests its batches score only, in a fingerprinted safetensors unit."""
+    units = evaluation.scorer.units
+    owners = {first: torch.unique(torch.cat([p.owner for u in units[first:first + size] for p in (u.main, *u.conts)]))
+              for first in range(0, len(units), size)}
+    n = len(evaluation.scorer.unique)
+    done: dict[int, dict[Any, tuple[torch.Tensor, torch.Tensor]]] = {}
+    for first, idx in owners.items():
+        path = chunk_dir / f"chunk-{first:06d}.safetensors"
+        if store.done(path, **fields, chunk=first, chunk_units=size):
+            tensors = read_tensors(path)[0]
+            part = {}
+            for name in {k.rsplit(".", 1)[0] for k in tensors if k != "owners"}:
+                lls, misses = torch.zeros(n, dtype=torch.float64), torch.zeros(n, dtype=torch.long)
+                lls[idx], misses[idx] = tensors[f"{name}.lls"], tensors[f"{name}.misses"]
+                part["base" if name == "base" else int(name.split("-")[1])] = (lls, misses)
+            done[first] = part
+            bar.update()
+
+    def save(first: int, part: dict[Any, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        idx = owners[first]
+        tensors = {"owners": idx}
+        for key, (lls, misses) in part.items():
+            name = "base" if key == "base" else f"layer-{key:03d}"
+            tensors[f"{name}.lls"], tensors[f"{name}.misses"] = lls[idx], misses[idx]
+        store.write_tensors(chunk_dir / f"chunk-{first:06d}.safetensors", tensors, None, **fields, chunk=first,
+                            chunk_units=size)
+        bar.update()
+    return {"done": done, "on_chunk": save}
 
 
 def write_ffn_aggregate(shot_dir: Path, tasks: Sequence[str]) -> Path | None:

@@ -23,6 +23,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from tasks.registry import PAPER_SEEN_TASKS, PAPER_UNSEEN_TASKS, seen_in
 
@@ -155,6 +156,48 @@ def step_args(argv: list[str]) -> argparse.Namespace:
     return run_module.build_parser().parse_args(argv)
 
 
+class StudyClock:
+    """The whole study's progress: each step's planned FLOPs (study/plan_cli.make_plan, the same plan
+    `all --plan` prints) against the time the computed steps took so far, so the ETA follows this
+    machine's real rate; work.json gets planned and measured seconds per step. A plan that cannot be
+    made (an unusual setup) leaves the run without an overall ETA, never fails it."""
+
+    def __init__(self, args: argparse.Namespace):
+        self.flops: dict[str, float] = {}
+        self.tflops = None
+        try:
+            from .plan_cli import make_plan
+
+            plan = make_plan(argparse.Namespace(**{**vars(args), "json": None}))
+            self.flops = {r["step"]: float(r["flops"]) for r in plan["steps"]}
+            self.tflops = plan["throughput_tflops"]
+        except Exception as err:  # noqa: BLE001 - the ETA is a convenience, the study must not depend on it
+            print(f"[all] no overall ETA ({type(err).__name__}: {err})", file=sys.stderr)
+        self.total = sum(self.flops.values())
+        self.finished = 0.0  # planned FLOPs of the steps done
+        self.rate_flops = self.rate_seconds = 0.0  # of the steps that computed (resumed ones say nothing of speed)
+
+    def done(self, label: str, seconds: float, computed: bool) -> None:
+        self.finished += self.flops.get(label, 0.0)
+        if computed and self.flops.get(label):
+            self.rate_flops += self.flops[label]
+            self.rate_seconds += seconds
+
+    def line(self) -> str:
+        if not self.total:
+            return ""
+        share = self.finished / self.total
+        if not self.rate_flops:
+            return f"; {share:.0%} of the planned work done"
+        left = (self.total - self.finished) * self.rate_seconds / self.rate_flops
+        return f"; {share:.0%} of the planned work done, ETA for the whole study {left:.0f}s"
+
+    def record(self, label: str, seconds: float) -> dict[str, Any]:
+        planned = self.flops.get(label)
+        return {"planned_flops": planned, "measured_seconds": round(seconds, 3),
+                "planned_seconds": None if planned is None or not self.tflops else planned / (self.tflops * 1e12)}
+
+
 def run_all(args: argparse.Namespace) -> int:
     from opt66b.io import atomic_write_text, write_json
     from opt66b.runtime import LOAD_OPTIONS, load_from_args
@@ -181,9 +224,12 @@ def run_all(args: argparse.Namespace) -> int:
                                     "targets_differ": targets_differ(tasks), "tasks": tasks, "shots": args.shots})
     atomic_write_text(out / "commands.txt", "".join("python run.py " + shlex.join(argv) + "\n" for _, argv in steps))
     cache = EvaluationCache(loaded[0])
-    work: dict[str, dict[str, int]] = {}
+    work: dict[str, dict[str, Any]] = {}
+    eta = StudyClock(args)
     for i, (label, argv) in enumerate(steps, 1):
-        print(f"[all] step {i}/{len(steps)}: {label} ({time.monotonic() - start:.0f}s elapsed)", file=sys.stderr, flush=True)
+        print(f"[all] step {i}/{len(steps)}: {label} ({time.monotonic() - start:.0f}s elapsed{eta.line()})",
+              file=sys.stderr, flush=True)
+        step_start = time.monotonic()
         # Each step is the sub-command its commands.txt line replays, parsed by the same parser and run
         # by the same handler, in this process, on the model loaded above.
         step = step_args(argv)
@@ -199,8 +245,10 @@ def run_all(args: argparse.Namespace) -> int:
         except (FileNotFoundError, ValueError, KeyError):
             print(f"[all] step '{label}' failed; fix the cause and rerun: finished work is kept", file=sys.stderr)
             raise
+        seconds = time.monotonic() - step_start
+        eta.done(label, seconds, computed=bool(getattr(step, "work", {}).get("forward_passes")))
         if hasattr(step, "work"):
-            work[label] = step.work
+            work[label] = {**step.work, **eta.record(label, seconds)}
             write_json(out / "work.json", work)
         if code:
             print(f"[all] step '{label}' failed (exit {code}); fix the cause and rerun: finished work is kept",

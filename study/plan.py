@@ -235,7 +235,10 @@ def plan_head_importance(step: StepPlan, args: argparse.Namespace, tokenizer: An
 
 
 def plan_ffn_importance(step: StepPlan, args: argparse.Namespace, tokenizer: Any) -> None:
+    from prune.cli import oracle_budget
+
     cfg = step.shape.cfg
+    budget = oracle_budget(args)
     for name, task in _tasks(args).items():
         for k in args.shots:
             scorer = _evaluation(args, step.shape, tokenizer, task, k).scorer
@@ -243,11 +246,16 @@ def plan_ffn_importance(step: StepPlan, args: argparse.Namespace, tokenizer: Any
             for layer in range(cfg.num_layers):  # FFN `layer` knocked out: layers >= layer rerun
                 _scorer_passes(step, scorer, start_layer=0 if args.naive else layer,
                                ffn_skipped=step.shape.ffn_params[layer])
-            if not args.naive:  # one (task, shot) recorded at a time
-                recorded = scorer.stats["tokens_padded"] * cfg.hidden_size * step.shape.dtype_bytes * cfg.num_layers
-                step.host_bytes = max(step.host_bytes, recorded)
+            if not args.naive:  # one chunk of scoring batches recorded at a time (prune/sweeps.py)
+                per_unit = [sum(int(p.ids.numel()) for p in (u.main, *u.conts)) for u in scorer.units]
+                unit_bytes = max(per_unit, default=0) * cfg.hidden_size * step.shape.dtype_bytes * cfg.num_layers
+                size = max(1, min(len(per_unit), budget // max(unit_bytes, 1)))
+                chunk = sum(sorted(per_unit, reverse=True)[:size]) * cfg.hidden_size * step.shape.dtype_bytes * cfg.num_layers
+                step.host_bytes = max(step.host_bytes, min(chunk, scorer.stats["tokens_padded"] * cfg.hidden_size
+                                                           * step.shape.dtype_bytes * cfg.num_layers))
     if not args.naive:
-        step.notes.append("the base run keeps every layer's input in host memory for the knockouts (host bytes)")
+        step.notes.append(f"the knock-outs run in chunks whose recorded layer inputs stay within "
+                          f"{budget / (1 << 30):.3g} GiB of host memory (--oracle-memory)")
 
 
 def plan_prune(step: StepPlan, args: argparse.Namespace, tokenizer: Any) -> None:

@@ -25,7 +25,7 @@ Alignment (prefix p0..p3 kept after truncation, continuation c0..c2):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -203,7 +203,6 @@ class Scorer:
             so later runs can pass start_layer. start_layer=l: recompute only layers >= l from the
             recorded inputs; the masks must equal the recorded run's in layers < l.
         """
-        cfg = self.model.config
         if start_layer and record_layer_inputs:
             raise ValueError("record_layer_inputs needs a full run (start_layer=0): layers < start_layer are not run")
         if start_layer:
@@ -214,35 +213,80 @@ class Scorer:
         progress = Progress(len(self.units), self.progress_label) if self.progress_label else None
         for k, unit in enumerate(self.units):
             rec = self._records[k] if start_layer else None
-            want_cache = bool(unit.conts)
-            cap = Capture(layer_inputs=True, to_cpu=True) if record_layer_inputs else None
-            out = self._forward(unit.main, head_mask, ffn_mask, start_layer, rec and rec["main"], cap,
-                                use_cache=want_cache)
-            self._score(unit.main, out.hidden, lls, misses)
-            unit_rec = {"main": cap.layer_inputs if cap else None, "conts": []}
-            for j, cp in enumerate(unit.conts):
-                past = []
-                for i in range(cfg.num_layers):
-                    if i < start_layer:  # never read: layers < start_layer are not run; zero-stride stand-ins
-                        k_, v_ = out.past_key_values[0]
-                        stand_in = k_.new_zeros(()).expand(len(cp.ctx_rows), *k_.shape[1:])
-                        past.append((stand_in, stand_in))
-                    else:
-                        k_, v_ = out.past_key_values[i - start_layer]
-                        sel = cp.ctx_rows.to(k_.device)
-                        past.append((k_.index_select(0, sel), v_.index_select(0, sel)))  # (R, H, S, Dh)
-                c_cap = Capture(layer_inputs=True, to_cpu=True) if record_layer_inputs else None
-                c_out = self._forward(cp, head_mask, ffn_mask, start_layer, rec and rec["conts"][j], c_cap,
-                                      past=past)
-                self._score(cp, c_out.hidden, lls, misses)
-                unit_rec["conts"].append(c_cap.layer_inputs if c_cap else None)
-            records.append(unit_rec)
+            records.append(self._run_unit(unit, head_mask, ffn_mask, start_layer, rec, record_layer_inputs, lls, misses))
             if progress:
                 progress.update()
         if record_layer_inputs:
             self._records = records
             self._record_masks = self._full_masks(head_mask, ffn_mask)
+        return self._results(lls, misses)
+
+    def _results(self, lls: torch.Tensor, misses: torch.Tensor) -> list[Result]:
         return [(float(lls[u]), bool(misses[u] == 0)) for u in self.request_to_unique]
+
+    def _run_unit(self, unit: _Unit, head_mask, ffn_mask, start_layer: int, rec: dict[str, Any] | None,
+                  record: bool, lls: torch.Tensor, misses: torch.Tensor) -> dict[str, Any]:
+        """Score one batch (its context pass and continuation passes) into lls / misses; returns the
+        layer inputs it recorded (record=True) for later start_layer runs."""
+        cfg = self.model.config
+        cap = Capture(layer_inputs=True, to_cpu=True) if record else None
+        out = self._forward(unit.main, head_mask, ffn_mask, start_layer, rec and rec["main"], cap,
+                            use_cache=bool(unit.conts))
+        self._score(unit.main, out.hidden, lls, misses)
+        unit_rec = {"main": cap.layer_inputs if cap else None, "conts": []}
+        for j, cp in enumerate(unit.conts):
+            past = []
+            for i in range(cfg.num_layers):
+                if i < start_layer:  # never read: layers < start_layer are not run; zero-stride stand-ins
+                    k_, v_ = out.past_key_values[0]
+                    stand_in = k_.new_zeros(()).expand(len(cp.ctx_rows), *k_.shape[1:])
+                    past.append((stand_in, stand_in))
+                else:
+                    k_, v_ = out.past_key_values[i - start_layer]
+                    sel = cp.ctx_rows.to(k_.device)
+                    past.append((k_.index_select(0, sel), v_.index_select(0, sel)))  # (R, H, S, Dh)
+            c_cap = Capture(layer_inputs=True, to_cpu=True) if record else None
+            c_out = self._forward(cp, head_mask, ffn_mask, start_layer, rec and rec["conts"][j], c_cap, past=past)
+            self._score(cp, c_out.hidden, lls, misses)
+            unit_rec["conts"].append(c_cap.layer_inputs if c_cap else None)
+        return unit_rec
+
+    @torch.no_grad()
+    def run_knockouts(self, runs: Sequence[tuple[Any, Any, Any, int]], chunk_units: int,
+                      done: dict[int, dict[Any, tuple[torch.Tensor, torch.Tensor]]] | None = None,
+                      on_chunk: Callable[[int, dict[Any, tuple[torch.Tensor, torch.Tensor]]], None] | None = None,
+                      ) -> dict[Any, list[Result]]:
+        """The unmasked base run and every (key, head_mask, ffn_mask, start_layer) run, `chunk_units`
+        batches at a time: each chunk's base records its own layer inputs, every run resumes from them
+        for that chunk, and the inputs are dropped before the next chunk. Memory is set by the chunk,
+        not by the task. Results are those of run() and run(start_layer=...) bit for bit: every request
+        is scored inside one batch, and a batch's arithmetic does not depend on the chunking.
+        done[first unit] / on_chunk(first unit, {key: (lls, misses)}) resume and save per chunk."""
+        if chunk_units < 1:
+            raise ValueError(f"chunk_units must be >= 1, got {chunk_units}")
+        keys = ["base", *(r[0] for r in runs)]
+        total = {k: (torch.zeros(len(self.unique), dtype=torch.float64), torch.zeros(len(self.unique), dtype=torch.long))
+                 for k in keys}
+        full = self._full_masks(None, None)
+        for first in range(0, len(self.units), chunk_units):
+            part = (done or {}).get(first)
+            if part is None:
+                part = {k: (torch.zeros_like(total[k][0]), torch.zeros_like(total[k][1])) for k in keys}
+                chunk = self.units[first:first + chunk_units]
+                recs = [self._run_unit(u, None, None, 0, None, True, *part["base"]) for u in chunk]
+                for key, head_mask, ffn_mask, start in runs:
+                    h, f = self._full_masks(head_mask, ffn_mask)
+                    if not (torch.equal(h[:start], full[0][:start]) and torch.equal(f[:start], full[1][:start])):
+                        raise ValueError(f"run {key!r}: its masks change layers < {start}, which it does not recompute")
+                    for u, rec in zip(chunk, recs):
+                        self._run_unit(u, head_mask, ffn_mask, start, rec, False, *part[key])
+                del recs
+                if on_chunk is not None:
+                    on_chunk(first, part)
+            for k in keys:
+                total[k][0].add_(part[k][0])
+                total[k][1].add_(part[k][1])
+        return {k: self._results(*total[k]) for k in keys}
 
     def _forward(self, p: _Pass, head_mask, ffn_mask, start_layer: int, rec: dict[int, torch.Tensor] | None,
                  cap: Capture | None, use_cache: bool = False, past=None):

@@ -141,6 +141,10 @@ def test_work_json_counts_what_each_step_computed_by_hand(study_run):
             assert work[step][key] == value, (step, key, work[step])
     for step in ("evaluation", "FFN oracle", "head pruning (own ranking)", "combined grid"):
         assert work[step]["forward_passes"] > 0 and work[step]["backward_passes"] == 0, step
+    # planned (the plan `all --plan` prints) beside measured time, per step: what the overall ETA runs on
+    for step, row in work.items():
+        assert row["measured_seconds"] >= 0 and row["planned_flops"] is not None, step
+        assert row["planned_seconds"] is not None and row["planned_seconds"] >= 0, step
 
 
 def test_all_plan_counts_the_passes_the_run_made(study_run, tmp_path, capsys):

@@ -248,3 +248,75 @@ def test_a_mask_of_ones_is_no_mask_bit_for_bit(model, tokenizer):
         pruned = [ll for ll, _ in ev.results]
     assert ones == plain  # float equality of every request's log-likelihood
     assert pruned != plain  # masking one head changes them: the comparison can fail
+
+
+@pytest.mark.parametrize("which", ["tiny", "random-3-layer"])
+def test_chunked_oracle_equals_the_cached_and_the_naive_one_bit_for_bit(which, model, tokenizer):
+    """The bounded-memory FFN oracle (chunks of 1, 2 and all scoring batches) gives the per-request
+    log-likelihoods of the cached one (one recording of the whole task) and of the naive one (every
+    knock-out from layer 0), bit for bit: every request is scored inside one batch, whatever the chunks."""
+    from opt66b import OPTConfig
+    from opt66b.runtime import load
+    from prune.importance import ffn_importance, ffn_knockout_mask
+    from tasks.evaluate import TaskEvaluation
+    from tasks.registry import get_task
+
+    if which == "tiny":
+        net = load(log=lambda m: None)[0]  # the embedded tiny OPT (2 layers)
+    else:
+        net = random_model(OPTConfig(hidden_size=32, num_layers=3, num_heads=4, ffn_dim=64, max_positions=1024), seed=5)
+    layers = net.config.num_layers
+    task = get_task("copa", FIXTURES)  # shared contexts: batches with continuation passes too
+    ev = TaskEvaluation(net, tokenizer, task, shots=1, limit=8, batch_tokens=64)
+    n_units = len(ev.scorer.units)
+    assert n_units >= 3  # several batches, so the chunks really cut the task
+    naive = {"base": ev.scorer.run()}
+    for layer in range(layers):
+        naive[layer] = ev.scorer.run(ffn_mask=ffn_knockout_mask(layers, layer))
+    ev.scorer.run(record_layer_inputs=True)
+    cached = {layer: ev.scorer.run(ffn_mask=ffn_knockout_mask(layers, layer), start_layer=layer)
+              for layer in range(layers)}
+    runs = [(layer, None, ffn_knockout_mask(layers, layer), layer) for layer in range(layers)]
+    for size in (1, 2, n_units):
+        chunked = ev.scorer.run_knockouts(runs, size)
+        assert chunked["base"] == naive["base"], size
+        for layer in range(layers):
+            assert chunked[layer] == cached[layer] == naive[layer], (size, layer)  # exact float equality
+    assert any(naive[layer] != naive["base"] for layer in range(layers))  # the knock-outs change scores
+    a = ffn_importance(ev, layers, "acc", chunk_units=1)
+    b = ffn_importance(ev, layers, "acc", cached=False)
+    assert a["drop"] == b["drop"] and a["metrics"] == b["metrics"]
+
+
+def test_chunked_oracle_resumes_per_chunk_and_bounds_its_records(tmp_path, model, tokenizer):
+    """run_ffn_importance under a small record budget: chunk files are written and reused on rerun, and
+    the result equals the unbounded run's."""
+    from opt66b.store import UnitStore
+    from prune.sweeps import run_ffn_importance
+    from tasks.evaluate import TaskEvaluation
+    from tasks.registry import get_task
+
+    tasks = {"piqa": get_task("piqa", FIXTURES)}
+
+    def make(m, tok, task, shots):
+        return TaskEvaluation(m, tok, task, shots, limit=6, batch_tokens=48)
+    probe = make(model, tokenizer, tasks["piqa"], 0)
+    assert len(probe.scorer.units) >= 3
+    budget = 2 * probe.record_bytes_per_unit()  # two batches' recorded inputs at a time
+    run_ffn_importance(model, tokenizer, tasks, [0], tmp_path / "bounded", make, store=UnitStore({}),
+                       record_budget=budget)
+    chunks = sorted((tmp_path / "bounded" / "shots-0" / "piqa").glob("chunks-2/chunk-*.safetensors"))
+    assert len(chunks) == -(-len(probe.scorer.units) // 2)
+    run_ffn_importance(model, tokenizer, tasks, [0], tmp_path / "whole", make, store=UnitStore({}), record_budget=None)
+    bounded = json.loads((tmp_path / "bounded" / "shots-0" / "piqa.json").read_text())
+    whole = json.loads((tmp_path / "whole" / "shots-0" / "piqa.json").read_text())
+    assert bounded["drop"] == whole["drop"] and bounded["metrics"] == whole["metrics"]
+    # a rerun after losing the merged results reads the chunks back instead of recomputing them
+    (tmp_path / "bounded" / "shots-0" / "piqa.json").unlink()
+    for layer_file in (tmp_path / "bounded" / "shots-0" / "piqa").glob("layer-*.json"):
+        layer_file.unlink()
+    stamps = {p: p.stat().st_mtime_ns for p in chunks}
+    run_ffn_importance(model, tokenizer, tasks, [0], tmp_path / "bounded", make, store=UnitStore({}),
+                       record_budget=budget)
+    assert {p: p.stat().st_mtime_ns for p in chunks} == stamps
+    assert json.loads((tmp_path / "bounded" / "shots-0" / "piqa.json").read_text())["drop"] == whole["drop"]
