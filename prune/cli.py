@@ -244,5 +244,6 @@ def _transfer(args: argparse.Namespace, loaded=None) -> int:
                              batch_tokens=args.batch_tokens, paper_quirks=args.paper_quirks, partners=args.partners,
                              recompute=_recompute(args), cache=getattr(args, "evaluation_cache", None))
     args.work = res["work"]
-    print(res["table"])
+    if res["table"] is not None:  # torchrun: rank 0 writes the table
+        print(res["table"])
     return 0

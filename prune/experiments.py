@@ -121,8 +121,9 @@ def run_ffn_oracle(model: Any, tokenizer: Any, info: dict[str, Any] | None, data
     from .sweeps import run_ffn_importance
 
     info, objects, settings = _setup(model, info, data, tasks, shots, paper_quirks)
-    store = UnitStore({**model_fingerprint(info), "limit": limit, "seed": seed, "paper_quirks": paper_quirks,
-                       "batch_tokens": batch_tokens}, recompute=recompute)
+    settings["batch_tokens"] = batch_tokens  # recorded with the results (a batch shape can move the last bits)
+    store = UnitStore({**model_fingerprint(info), "limit": limit, "seed": seed, "paper_quirks": paper_quirks},
+                      recompute=recompute)  # not batch_tokens: a budget change must not refuse a resumed run
     work = Work()
     run_ffn_importance(model, tokenizer, objects, shots, Path(out), _evaluations(limit, batch_tokens, seed),
                        cached=cached, settings={**settings, "limit": limit, "seed": seed}, store=store, work=work,
@@ -144,8 +145,9 @@ def run_prune_sweep(model: Any, tokenizer: Any, info: dict[str, Any] | None, dat
     from .sweeps import run_sweep
 
     info, objects, settings = _setup(model, info, data, tasks, shots, paper_quirks)
-    store = UnitStore({**model_fingerprint(info), "limit": limit, "seed": seed, "paper_quirks": paper_quirks,
-                       "batch_tokens": batch_tokens}, recompute=recompute)
+    settings["batch_tokens"] = batch_tokens  # recorded with the results (a batch shape can move the last bits)
+    store = UnitStore({**model_fingerprint(info), "limit": limit, "seed": seed, "paper_quirks": paper_quirks},
+                      recompute=recompute)  # not batch_tokens: a budget change must not refuse a resumed run
     work = Work()
     table = run_sweep(model, tokenizer, objects, sweep, ranking, shots, Path(out), _evaluations(limit, batch_tokens, seed),
                       importance_dir=importance, ffn_dir=ffn_importance, head_percents=head_percents,
@@ -182,8 +184,9 @@ def run_transfer_study(model: Any, tokenizer: Any, info: dict[str, Any] | None, 
     if missing:
         raise ValueError(f"--tasks must include the transfer targets {missing} (their data is needed)")
     info, objects, settings = _setup(model, info, data, tasks, shots, paper_quirks)
-    store = UnitStore({**model_fingerprint(info), "limit": limit, "seed": seed, "paper_quirks": paper_quirks,
-                       "batch_tokens": batch_tokens}, recompute=recompute)
+    settings["batch_tokens"] = batch_tokens  # recorded with the results (a batch shape can move the last bits)
+    store = UnitStore({**model_fingerprint(info), "limit": limit, "seed": seed, "paper_quirks": paper_quirks},
+                      recompute=recompute)  # not batch_tokens: a budget change must not refuse a resumed run
     work = Work()
     make = _evaluations(limit, batch_tokens, seed)
     cache = cache or EvaluationCache(model)

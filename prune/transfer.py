@@ -149,14 +149,19 @@ def run_transfer(plan: dict[str, Any], prune_dir: Any, sweep: Any, percents: Seq
     from .inflection import sweep_curve
     from .intervals import difference
 
+    from opt66b.distributed import barrier, is_main
+
     prune_dir = Path(prune_dir)
     pairs: dict[tuple[str, str], list[int]] = {}
     for r in plan["runs"]:
         pairs.setdefault((r["task"], r["ranking"]), []).append(r["shots"])
-    tables = {}
-    for (task, source), shots in pairs.items():
-        tables[(task, source)] = read_json(sweep(task, source, sorted(shots), prune_dir / "transfer" / task,
-                                                 list(percents)))
+    paths = {}
+    for (task, source), shots in pairs.items():  # every torchrun process runs its share of each sweep
+        paths[(task, source)] = sweep(task, source, sorted(shots), prune_dir / "transfer" / task, list(percents))
+    barrier()  # rank 0 merged each sweep's table after its units; the others are done here
+    if not is_main():
+        return None
+    tables = {key: read_json(path) for key, path in paths.items()}
     base = {name: read_json(prune_dir / f"heads-{name}.json") for name in ("own", "aggregate")
             if (prune_dir / f"heads-{name}.json").is_file()}
 

@@ -199,6 +199,7 @@ class StudyClock:
 
 
 def run_all(args: argparse.Namespace) -> int:
+    from opt66b.distributed import barrier, is_main
     from opt66b.io import atomic_write_text, write_json
     from opt66b.runtime import LOAD_OPTIONS, load_from_args
 
@@ -218,22 +219,28 @@ def run_all(args: argparse.Namespace) -> int:
     # The one model load of the whole study, before anything is written: a model it refuses (NaN
     # weights, a bad checkpoint) leaves no run directory behind.
     loaded = load_from_args(args)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "skipped_tasks.json", skipped)
-    write_json(out / "study.json", {"protocol": args.protocol, "other_protocol": other_protocol(args),
-                                    "targets_differ": targets_differ(tasks), "tasks": tasks, "shots": args.shots})
-    atomic_write_text(out / "commands.txt", "".join("python run.py " + shlex.join(argv) + "\n" for _, argv in steps))
+    main = is_main()  # under torchrun: every process runs the model steps on its share of the units
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "skipped_tasks.json", skipped)
+        write_json(out / "study.json", {"protocol": args.protocol, "other_protocol": other_protocol(args),
+                                        "targets_differ": targets_differ(tasks), "tasks": tasks, "shots": args.shots})
+        atomic_write_text(out / "commands.txt", "".join("python run.py " + shlex.join(argv) + "\n" for _, argv in steps))
     cache = EvaluationCache(loaded[0])
     work: dict[str, dict[str, Any]] = {}
     eta = StudyClock(args)
     for i, (label, argv) in enumerate(steps, 1):
-        print(f"[all] step {i}/{len(steps)}: {label} ({time.monotonic() - start:.0f}s elapsed{eta.line()})",
-              file=sys.stderr, flush=True)
+        if main:
+            print(f"[all] step {i}/{len(steps)}: {label} ({time.monotonic() - start:.0f}s elapsed{eta.line()})",
+                  file=sys.stderr, flush=True)
         step_start = time.monotonic()
         # Each step is the sub-command its commands.txt line replays, parsed by the same parser and run
         # by the same handler, in this process, on the model loaded above.
         step = step_args(argv)
         uses_model = hasattr(step, "model")
+        if not uses_model and not main:  # steps that only read files run once, on rank 0
+            barrier()
+            continue
         if uses_model:
             differ = [o for o in LOAD_OPTIONS if getattr(step, o, None) != getattr(args, o, None)]
             if differ:
@@ -247,13 +254,16 @@ def run_all(args: argparse.Namespace) -> int:
             raise
         seconds = time.monotonic() - step_start
         eta.done(label, seconds, computed=bool(getattr(step, "work", {}).get("forward_passes")))
-        if hasattr(step, "work"):
+        if hasattr(step, "work") and main:
             work[label] = {**step.work, **eta.record(label, seconds)}
             write_json(out / "work.json", work)
         if code:
             print(f"[all] step '{label}' failed (exit {code}); fix the cause and rerun: finished work is kept",
                   file=sys.stderr)
             return code
+        barrier()  # the next step reads what rank 0 merged in this one
+    if not main:
+        return 0
     report = write_report(out, skipped_tasks=skipped)
     print(f"[all] done in {time.monotonic() - start:.0f}s; report: {report}", file=sys.stderr)
     print(report)

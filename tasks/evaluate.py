@@ -236,7 +236,7 @@ def run_evaluation(model: Any, tokenizer: Any, info: dict[str, Any] | None, data
     max_length = cfg.max_positions if max_length is None else max_length
     model_id = info["model"] + (f"#seed{info['random_weights_seed']}" if "random_weights_seed" in info else "")
     store = UnitStore({**model_fingerprint(info), "limit": limit, "seed": seed, "max_length": max_length,
-                       "paper_quirks": paper_quirks, "batch_tokens": batch_tokens,
+                       "paper_quirks": paper_quirks,  # not batch_tokens: recorded in each unit's config instead
                        "head_mask_sha256": (mask_ids["head_mask"] or {}).get("sha256"),
                        "ffn_mask_sha256": (mask_ids["ffn_mask"] or {}).get("sha256"), "soft_masks": soft_masks}, recompute=recompute)
     work = Work()

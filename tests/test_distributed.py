@@ -46,8 +46,8 @@ def _env(**extra):
     return env
 
 
-def _run(args, **kw):
-    proc = subprocess.run(args, capture_output=True, text=True, timeout=120, **kw)
+def _run(args, timeout=120, **kw):
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout, **kw)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc
 
@@ -151,3 +151,23 @@ def test_prune_sweep_two_processes_equal_one(tmp_path):
     assert set(a["results"]) == {"copa", "piqa"} and a["results"]["copa"]["shots-0"]["0"]["0"] == 100.0
     units = sorted(p.relative_to(one) for p in one.rglob("h*_f*.json"))
     assert len(units) == 16 and units == sorted(p.relative_to(two) for p in two.rglob("h*_f*.json"))
+
+
+def test_the_whole_study_under_a_two_process_torchrun_writes_what_one_process_writes(tmp_path):
+    """`torchrun --nproc_per_node 2 run.py all ...` (gloo, CPU, the tiny OPT): every step splits its units
+    over the processes, the processes wait for each other between steps, rank 0 alone writes the shared
+    files and the report; every number equals the single-process run's (work.json counts each process's
+    own share, so it is left out)."""
+    from compare_runs import compare
+
+    argv = ["all", "--tasks", "copa", "cb", "rte", "--shots", "0", "--limit", "4", "--n-docs", "2", "--seeds", "1"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    _run([sys.executable, str(ROOT / "run.py"), *argv, "--out", str(one)], env=_env(OMP_NUM_THREADS="1"), timeout=600)
+    proc = _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                 str(ROOT / "run.py"), *argv, "--out", str(two)], env=_env(OMP_NUM_THREADS="1"), timeout=600)
+    assert proc.stderr.count("[all] step 1/") == 1  # one process speaks for the study
+    (one / "work.json").unlink()
+    (two / "work.json").unlink()
+    rep = compare(one, two)
+    assert rep["number_diffs"] == {} and rep["only_in_a"] == [] and rep["only_in_b"] == [], rep
+    assert (two / "report.md").is_file() and (two / "prune" / "transfer.json").is_file()
