@@ -85,6 +85,10 @@ def register_importance(sub: argparse._SubParsersAction) -> None:
                         "mathqa and lambada are unseen)")
     h.add_argument("--update-aggregate", action="store_true",
                    help="replace an existing aggregate whose member tasks or files changed (default: refuse)")
+    h.add_argument("--backward", choices=["auto", "full", "layerwise"], default="auto",
+                   help="full: one autograd backward keeping every layer's activations; layerwise: one layer's "
+                        "graph at a time from saved layer inputs (bounded memory, one extra forward; `all` picks "
+                        "it when the full backward would not fit); auto (default): layerwise with streamed layers")
     add_plan_args(h, "importance heads")
     h.set_defaults(func=_importance_heads)
 
@@ -137,7 +141,7 @@ def _importance_heads(args: argparse.Namespace, loaded=None) -> int:
     args.work = run_head_importance(model, tokenizer, info, args.data, args.tasks, args.shots, args.out, n_docs=args.n_docs,
                         seed=args.seed, max_length=args.max_length, normalize_per_layer=args.normalize_per_layer,
                         paper_quirks=args.paper_quirks, denominator=DENOMINATOR_BY_PROTOCOL[args.protocol],
-                        seen_tasks=args.seen_tasks,
+                        seen_tasks=args.seen_tasks, layerwise_backward=args.backward == "layerwise",
                         update_aggregate=args.update_aggregate, recompute=_recompute(args))["work"]
     return 0
 

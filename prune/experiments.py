@@ -50,7 +50,8 @@ def run_head_importance(model: Any, tokenizer: Any, info: dict[str, Any] | None,
                         tasks: Sequence[str], shots: Sequence[int], out: str | Path, *, n_docs: int = 2500,
                         seed: int = 1234, max_length: int | None = None, normalize_per_layer: bool = False,
                         paper_quirks: bool = False, denominator: str = "uniform", seen_tasks: Sequence[str] | None = None,
-                        update_aggregate: bool = False, recompute: bool = False) -> dict[str, Any]:
+                        update_aggregate: bool = False, layerwise_backward: bool = False,
+                        recompute: bool = False) -> dict[str, Any]:
     """Gradient head importance per (task, shot): out/shots-K/<task>.safetensors with
     'importance_paper_denominator' (L, H) (the paper's: its last layer over target tokens),
     'importance_uniform' (every layer over the position count) and 'importance', the ranking every
@@ -60,7 +61,8 @@ def run_head_importance(model: Any, tokenizer: Any, info: dict[str, Any] | None,
     seen_tasks default: the paper's 14; update_aggregate replaces one whose members changed).
     n_docs: first N docs of the importance split; seed: the few-shot demo sampler (the paper's 1234).
     One forward + backward per example (the layer-wise bounded-memory backward when the model
-    streams its layers)."""
+    streams its layers, or with layerwise_backward=True: recorded, not fingerprinted, since it moves
+    only the last float bits)."""
     from opt66b.distributed import barrier, my_units, rank_world
     from opt66b.io import Progress, run_metadata
     from tasks.evaluate import task_fingerprint
@@ -92,7 +94,8 @@ def run_head_importance(model: Any, tokenizer: Any, info: dict[str, Any] | None,
             continue
         examples = objects[name].importance_examples(n_docs, k, random.Random(seed), paper_quirks=paper_quirks)
         bar = Progress(len(examples), f"importance {name} {k}-shot")
-        total, counts = head_score_sums(model, tokenizer, examples, max_length=length, progress=bar.update)
+        total, counts = head_score_sums(model, tokenizer, examples, max_length=length, progress=bar.update,
+                                        layerwise=layerwise_backward)
         work.add(forward=counts["examples"], backward=counts["examples"], tokens=counts["positions"])
         variants = {key: importance_from_sums(total, counts, denom, normalize_per_layer)
                     for key, denom in ((PAPER_DENOMINATOR_KEY, "paper"), (UNIFORM_IMPORTANCE_KEY, "uniform"))}
@@ -100,6 +103,7 @@ def run_head_importance(model: Any, tokenizer: Any, info: dict[str, Any] | None,
         store.write_tensors(path, variants, run_metadata(**{
             **settings, "task": name, "shots": k, "seed": seed, "n_docs": n_docs, "counts": counts,
             "normalize_per_layer": normalize_per_layer, "max_length": max_length, "denominator": denominator,
+            "backward": "layer-wise" if layerwise_backward or getattr(model, "streamer", None) else "full",
             "importance_is": PAPER_DENOMINATOR_KEY if denominator == "paper" else UNIFORM_IMPORTANCE_KEY}), **fields)
     barrier()
     if rank_world()[0] == 0:

@@ -31,7 +31,8 @@ from tasks.scoring import TokenRequest, token_requests
 from .masks import ffn_ranking, normalize_per_layer as l2_normalize_per_layer
 
 
-def example_head_scores(model: Any, input_ids: Sequence[int], continuation: Sequence[int]) -> torch.Tensor:
+def example_head_scores(model: Any, input_ids: Sequence[int], continuation: Sequence[int],
+                        layerwise: bool = False) -> torch.Tensor:
     """One forward + backward on one example: (L, H) float32 sums over positions of |a . dL/da|.
 
     input_ids = prefix + continuation[:-1] (tasks.scoring.TokenRequest.input_ids): the last
@@ -39,7 +40,9 @@ def example_head_scores(model: Any, input_ids: Sequence[int], continuation: Sequ
     every layer; dropping it changes no score. L = mean NLL (float32) of the continuation tokens.
     Weights must be frozen by the caller (see `head_score_sums_tokens`); gradients reach the head
     outputs only. A model with a layer streamer (--offload) takes the bounded-memory layer-wise
-    backward (opt66b.offload.layerwise_backward: one layer's weights and graph at a time).
+    backward (opt66b.offload.layerwise_backward: one layer's weights and graph at a time); so does a
+    resident model with layerwise=True, when every layer's activations would not fit the device (the
+    same scores to float round-off; one extra forward of recomputation).
     """
     device = model.decoder.embed_tokens.weight.device
     x = torch.tensor([list(input_ids)], dtype=torch.long, device=device)  # (1, N-1)
@@ -53,7 +56,7 @@ def example_head_scores(model: Any, input_ids: Sequence[int], continuation: Sequ
         logits = model.logits(hidden[:, n - y:]).float()  # (1, Y, V)
         return torch.nn.functional.cross_entropy(logits[0], targets.to(logits.device))  # mean NLL over Y
 
-    if getattr(model, "streamer", None) is not None:
+    if layerwise or getattr(model, "streamer", None) is not None:
         return layerwise_backward(model, x, None, loss_fn)[2]  # (L, H)
     cap = Capture(heads=True, grads=True)
     with torch.enable_grad():
@@ -67,7 +70,8 @@ DENOMINATORS = ("paper", "uniform")
 
 
 def head_score_sums_tokens(model: Any, tokenized: Sequence[TokenRequest],
-                           progress: Callable[[int], None] | None = None) -> tuple[torch.Tensor, dict[str, int]]:
+                           progress: Callable[[int], None] | None = None,
+                           layerwise: bool = False) -> tuple[torch.Tensor, dict[str, int]]:
     """S[l, h] (L, H) float32 on token-level examples (prefix, continuation), one forward + one
     backward each, and the counts {"examples" (= passes each way), "positions" = sum(N_e - 1) (= tokens
     fed), "targets" = sum(Y_e)}."""
@@ -78,7 +82,7 @@ def head_score_sums_tokens(model: Any, tokenized: Sequence[TokenRequest],
     positions = targets = 0
     with frozen(model):
         for e, t in enumerate(tokenized):
-            scores = example_head_scores(model, t.input_ids, t.continuation)  # (L, H)
+            scores = example_head_scores(model, t.input_ids, t.continuation, layerwise)  # (L, H)
             check_finite_heads(scores, f"head importance: example {e} ({len(t.continuation)} continuation tokens)")
             total += scores
             positions += len(t.input_ids)  # N_e - 1
@@ -91,7 +95,8 @@ def head_score_sums_tokens(model: Any, tokenized: Sequence[TokenRequest],
 
 
 def head_score_sums(model: Any, tokenizer: Any, examples: Sequence[Any], max_length: int = 2048,
-                    progress: Callable[[int], None] | None = None) -> tuple[torch.Tensor, dict[str, int]]:
+                    progress: Callable[[int], None] | None = None,
+                    layerwise: bool = False) -> tuple[torch.Tensor, dict[str, int]]:
     """S[l, h] (L, H) float32 = sum over examples and positions of |a . dL/da|, and the counts
     {"examples", "positions" = sum(N_e - 1), "targets" = sum(Y_e), "truncated"} (see head_importance)."""
     if not examples:
@@ -100,7 +105,7 @@ def head_score_sums(model: Any, tokenizer: Any, examples: Sequence[Any], max_len
     # lm-eval's left truncation keeps max_length + 1 tokens; the paper's code never truncates.
     truncated = sum(len(t.prefix) < len(c) for t, c in
                     zip(tokenized, (r.prefix for r in token_requests(tokenizer, examples, 1 << 40))))
-    total, counts = head_score_sums_tokens(model, tokenized, progress)
+    total, counts = head_score_sums_tokens(model, tokenized, progress, layerwise)
     return total, {**counts, "truncated": truncated}
 
 

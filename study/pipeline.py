@@ -72,6 +72,7 @@ def model_flags(args: argparse.Namespace) -> list[str]:
 # `all`'s options forwarded to the steps that take them (the first words of a step's argv).
 FORWARDED = {
     "protocol": ("eval", "importance", "prune"),
+    "backward": ("importance heads",),  # set by all_defaults when the full backward would not fit
     "batch_tokens": ("eval", "importance ffn", "prune"),
     "seed": ("eval", "importance", "prune", "induction prefix", "induction copying", "copytask"),
 }

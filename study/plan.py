@@ -92,6 +92,7 @@ class StepPlan:
 
     def add(self, rows: int, new: int, keys: int | None = None, real: int | None = None, start_layer: int = 0,
             ffn_skipped: float = 0, logit_rows: int = 0, backward: bool = False, kv_rows: int = 0,
+            layerwise: bool = False,
             scores: bool = True, times: int = 1) -> None:
         """One pass of `rows` x `new` positions over `keys` key positions from `start_layer` on.
         ffn_skipped: weight-matrix parameters of the FFNs masked to 0 (skipped by the model);
@@ -104,7 +105,8 @@ class StepPlan:
         forward = (2 * bt * (s.matrix_params(start_layer) - ffn_skipped)
                    + 4 * bt * keys * s.attention_width(start_layer)
                    + 2 * logit_rows * cfg.word_embed_proj_dim * cfg.vocab_size)
-        self.flops += times * forward * (3 if backward else 1)
+        # backward = 2 forwards; the layer-wise one recomputes each layer's forward once more
+        self.flops += times * forward * ((4 if (s.streamed or layerwise) else 3) if backward else 1)
         self.forward += times
         self.backward += times if backward else 0
         self.tokens += times * (bt if real is None else real)
@@ -119,7 +121,7 @@ class StepPlan:
             on_dev = round(s.layers_on.get(dev, 0) * run_share)
             if not on_dev:
                 need = 0
-            elif backward and s.streamed:  # layer-wise backward: every layer's input, one layer's graph
+            elif backward and (s.streamed or layerwise):  # layer-wise backward: every layer's input, one graph
                 need = working + bt * cfg.hidden_size * s.dtype_bytes * on_dev
             else:
                 need = working * (on_dev if backward else 1)
@@ -135,6 +137,46 @@ class StepPlan:
     def peak(self) -> dict[str, int]:
         devices = dict.fromkeys([*self.shape.weights_on, *self.activations])
         return {d: self.shape.weights_on.get(d, 0) + self.activations.get(d, 0) for d in devices}
+
+
+def scoring_peak_bytes(shape: Shape, batch_tokens: int, device: str) -> int:
+    """The most activation memory one scoring pass of `batch_tokens` can take on `device`, by the rule of
+    StepPlan.add at its worst: one layer's working set, the context pass's KV cache beside its
+    continuation copies (at most KV_BUDGET_FACTOR x batch_tokens key positions) in every layer the device
+    runs, and on the head device the fp32 logits and log-softmax of every position."""
+    from tasks.scoring import KV_BUDGET_FACTOR
+
+    cfg, b = shape.cfg, shape.dtype_bytes
+    layers = shape.layers_on.get(device, 0)
+    need = batch_tokens * (6 * cfg.hidden_size + cfg.ffn_dim) * b if layers else 0
+    need += 2 * (1 + KV_BUDGET_FACTOR) * batch_tokens * cfg.hidden_size * b * layers
+    if device == shape.head:
+        need += 2 * batch_tokens * cfg.vocab_size * 4
+    return need
+
+
+def full_backward_fits(shape: Shape, budgets: dict[str, float], tokens: int) -> bool:
+    """Whether head importance's ordinary backward of a `tokens`-long example (every layer's working set
+    kept, StepPlan.add's rule) fits beside the weights on every budgeted device."""
+    cfg, b = shape.cfg, shape.dtype_bytes
+    working = tokens * (6 * cfg.hidden_size + cfg.ffn_dim) * b
+    for d, budget in budgets.items():
+        need = working * shape.layers_on.get(d, 0) + (2 * tokens * cfg.vocab_size * 4 if d == shape.head else 0)
+        if shape.weights_on.get(d, 0) + need > budget:
+            return False
+    return True
+
+
+def fit_batch_tokens(shape: Shape, budgets: dict[str, float], candidates=(4096, 2048, 1024, 512, 256, 128)) -> int | None:
+    """The largest scoring batch whose worst-case activations fit beside the weights on every device
+    with a budget (bytes), or None when no device has one (CPU runs: keep the default)."""
+    devices = [d for d in budgets if d in shape.weights_on or d in shape.layers_on]
+    if not devices:
+        return None
+    for tokens in candidates:
+        if all(shape.weights_on.get(d, 0) + scoring_peak_bytes(shape, tokens, d) <= budgets[d] for d in devices):
+            return tokens
+    return candidates[-1]
 
 
 # -- planners: one per step, each mirroring the step's own loop -----------------------------------------
@@ -228,8 +270,11 @@ def plan_head_importance(step: StepPlan, args: argparse.Namespace, tokenizer: An
         for k in args.shots:
             examples = task.importance_examples(args.n_docs, k, random.Random(args.seed), paper_quirks=args.paper_quirks)
             for t in token_requests(tokenizer, examples, max_length):
-                step.add(1, len(t.input_ids), logit_rows=len(t.continuation), backward=True)
-    if not step.shape.streamed:
+                step.add(1, len(t.input_ids), logit_rows=len(t.continuation), backward=True,
+                         layerwise=getattr(args, "backward", "auto") == "layerwise")
+    if getattr(args, "backward", "auto") == "layerwise":
+        step.notes.append("layer-wise backward (--backward layerwise): every layer's input kept, one layer's graph")
+    elif not step.shape.streamed:
         step.notes.append("the backward keeps every layer's activations; with --offload (streamed layers) it is "
                           "layer-wise and keeps one input per layer")
 

@@ -32,8 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="seed of every randomised step (default: each step's own: 42 for eval docs and demos as "
                         "lm-eval, 1234 for importance demos as the paper's code, 0 for induction sequences)")
     p.add_argument("--batch-tokens", type=int, default=None, metavar="N",
-                   help="token budget per scoring batch of every evaluating step (default: 4096); lower it when "
-                        "--plan shows the activations do not fit")
+                   help="token budget per scoring batch of every evaluating step (default: with --max-memory "
+                        "budgets on accelerators, the largest batch whose activations fit beside the weights, "
+                        "said on stderr; else 4096)")
     add_out_arg(p, "run directory")
     add_plan_args(p, "all")
     p.set_defaults(func=_all)
@@ -64,7 +65,47 @@ def all_defaults(args: argparse.Namespace) -> argparse.Namespace:
             raise ValueError(f"--{key.replace('_', '-')} must be >= 1, got {value}")
     if getattr(args, "seed", None) is not None and args.seed < 0:  # checked before any step runs
         raise ValueError(f"--seed must be >= 0 (it seeds numpy's default_rng in the induction steps), got {args.seed}")
+    if getattr(args, "batch_tokens", None) is None:
+        args.batch_tokens = fitted_batch_tokens(args)
     return args
+
+
+def _budgets(args: argparse.Namespace) -> dict[str, int]:
+    from opt66b.placement import parse_max_memory
+
+    if not getattr(args, "max_memory", None):
+        return {}
+    return {d: b for d, b in parse_max_memory(args.max_memory).items() if not d.startswith("cpu")}
+
+
+def fitted_batch_tokens(args: argparse.Namespace) -> int | None:
+    """--batch-tokens when not given: with --max-memory budgets on accelerators, the largest scoring batch
+    whose worst-case activations fit beside the weights the placement puts there (study/plan.py's rule,
+    so `--plan` shows it fitting); said on stderr. None (each step's default, 4096) without budgets."""
+    import sys
+
+    from opt66b.placement import GIB
+
+    from .plan import fit_batch_tokens, full_backward_fits
+    from .plan_cli import model_shape
+
+    budgets = _budgets(args)
+    if not budgets:
+        return None
+    shape = model_shape(args)[0]
+    tokens = fit_batch_tokens(shape, budgets)
+    if tokens is not None:
+        room = ", ".join(f"{d} {(budgets[d] - shape.weights_on.get(d, 0)) / GIB:.1f} GiB" for d in budgets)
+        print(f"[all] --batch-tokens {tokens}: the largest scoring batch whose activations fit beside the weights "
+              f"({room} left; give --batch-tokens to choose)", file=sys.stderr)
+    # head importance: an example may be as long as the model's positions; if its ordinary backward would
+    # not fit, every importance step takes the bounded layer-wise one (recorded in each file's metadata)
+    if getattr(args, "backward", None) is None and not shape.streamed and \
+            not full_backward_fits(shape, budgets, shape.cfg.max_positions):
+        args.backward = "layerwise"
+        print(f"[all] head importance takes the layer-wise backward: a {shape.cfg.max_positions}-token example's "
+              "full backward would not fit beside the weights (one layer's graph at a time instead)", file=sys.stderr)
+    return tokens
 
 
 def _all(args: argparse.Namespace) -> int:

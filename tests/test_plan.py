@@ -177,3 +177,48 @@ def test_throughput_is_measured_on_this_machine_or_reported_missing(tmp_path, ca
         assert run.main(["induction", "prefix", "--seeds", "1", "--device", "cuda:0", "--plan"]) == 0
         out = capsys.readouterr().out
         assert "give --throughput TFLOPS" in out and "?" in out
+
+
+def test_all_fits_its_scoring_batch_to_the_memory_beside_the_weights(tmp_path, capsys):
+    """Without --batch-tokens, `all` on OPT-66B with one 141 GiB GPU takes the largest batch whose
+    worst-case scoring activations fit beside the 122 GiB of weights (1024: 2048 would need ~24 GiB), so
+    the evaluating steps are planned within the budget; a given --batch-tokens is kept."""
+    import json
+
+    import run
+
+    base = ["all", "--plan", "--random-weights", "opt-66b", "--dtype", "float16", "--device-map", "auto",
+            "--max-memory", "cuda:0=141GiB,cpu=400GiB", "--throughput", "400", "--tasks", "copa", "rte", "--shots", "0"]
+    path = tmp_path / "plan.json"
+    assert run.main([*base, "--json", str(path)]) == 0
+    err = capsys.readouterr().err
+    assert "--batch-tokens 1024: the largest scoring batch" in err
+    steps = {s["step"]: s for s in json.loads(path.read_text())["steps"]}
+    for name in ("evaluation", "FFN oracle", "head pruning (own ranking)", "combined grid"):
+        assert "--batch-tokens 1024" in steps[name]["command"], name
+        assert steps[name]["peak_bytes"]["cuda:0"] <= 141 * (1 << 30), name
+    # a 2048-token example's full backward would not fit beside the weights: importance goes layer-wise
+    assert "head importance takes the layer-wise backward" in err
+    assert "--backward layerwise" in steps["head importance"]["command"]
+    assert steps["head importance"]["peak_bytes"]["cuda:0"] <= 141 * (1 << 30)
+    assert run.main([*base, "--batch-tokens", "4096", "--json", str(path)]) == 0
+    assert "--batch-tokens 4096" in {s["step"]: s for s in json.loads(path.read_text())["steps"]}["evaluation"]["command"]
+
+
+def test_layerwise_backward_of_a_resident_model_gives_the_full_backwards_importance(tmp_path):
+    """`importance heads --backward layerwise` on the resident tiny OPT: the same importance as the full
+    backward to float round-off, recorded as layer-wise in the metadata."""
+    import json
+
+    import run
+    from opt66b.io import read_tensors
+    from tasks.cli_options import SAMPLES_DIR
+
+    argv = ["importance", "heads", "--data", str(SAMPLES_DIR), "--tasks", "copa", "--shots", "1", "--n-docs", "3"]
+    assert run.main([*argv, "--out", str(tmp_path / "full")]) == 0
+    assert run.main([*argv, "--backward", "layerwise", "--out", str(tmp_path / "lw")]) == 0
+    full, _ = read_tensors(tmp_path / "full" / "shots-1" / "copa.safetensors")
+    lw, meta = read_tensors(tmp_path / "lw" / "shots-1" / "copa.safetensors")
+    # 1e-5 relative: the same float32 products, recomputed layer by layer and summed in another order
+    torch.testing.assert_close(lw["importance"], full["importance"], rtol=1e-5, atol=1e-8)
+    assert meta["backward"] == "layer-wise"  # str metadata is stored as is
