@@ -167,16 +167,19 @@ def full_backward_fits(shape: Shape, budgets: dict[str, float], tokens: int) -> 
     return True
 
 
-def fit_batch_tokens(shape: Shape, budgets: dict[str, float], candidates=(4096, 2048, 1024, 512, 256, 128)) -> int | None:
-    """The largest scoring batch whose worst-case activations fit beside the weights on every device
-    with a budget (bytes), or None when no device has one (CPU runs: keep the default)."""
+def fit_batch_tokens(shape: Shape, budgets: dict[str, float],
+                     candidates=(4096, 2048, 1024, 512, 256, 128)) -> tuple[int, bool] | None:
+    """(tokens, fits): the largest scoring batch whose worst-case activations fit beside the weights on
+    every device with a budget (bytes), or the smallest with fits=False; None when no device has a
+    budget (CPU runs: keep the default). A batch always holds at least one request, so a request
+    longer than the batch can still exceed it: the plan, which sees the real requests, says so."""
     devices = [d for d in budgets if d in shape.weights_on or d in shape.layers_on]
     if not devices:
         return None
     for tokens in candidates:
         if all(shape.weights_on.get(d, 0) + scoring_peak_bytes(shape, tokens, d) <= budgets[d] for d in devices):
-            return tokens
-    return candidates[-1]
+            return tokens, True
+    return candidates[-1], False
 
 
 # -- planners: one per step, each mirroring the step's own loop -----------------------------------------

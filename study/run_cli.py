@@ -93,11 +93,15 @@ def fitted_batch_tokens(args: argparse.Namespace) -> int | None:
     if not budgets:
         return None
     shape = model_shape(args)[0]
-    tokens = fit_batch_tokens(shape, budgets)
-    if tokens is not None:
+    fitted = fit_batch_tokens(shape, budgets)
+    tokens = None
+    if fitted is not None:
+        tokens, fits = fitted
         room = ", ".join(f"{d} {(budgets[d] - shape.weights_on.get(d, 0)) / GIB:.1f} GiB" for d in budgets)
-        print(f"[all] --batch-tokens {tokens}: the largest scoring batch whose activations fit beside the weights "
-              f"({room} left; give --batch-tokens to choose)", file=sys.stderr)
+        print(f"[all] --batch-tokens {tokens}: " + ("the largest scoring batch whose activations fit beside the "
+              "weights" if fits else "the smallest batch, and even it does not fit beside the weights: give the "
+              "device map more room (a lower --max-memory for the GPU streams more layers)")
+              + f" ({room} left; give --batch-tokens to choose)", file=sys.stderr)
     # head importance: an example may be as long as the model's positions; if its ordinary backward would
     # not fit, every importance step takes the bounded layer-wise one (recorded in each file's metadata)
     if getattr(args, "backward", None) is None and not shape.streamed and \
