@@ -53,7 +53,7 @@ def all_defaults(args: argparse.Namespace) -> argparse.Namespace:
     from tasks.cli_options import SAMPLES_DIR
 
     tiny = args.model is None and Path(args.data).resolve() == SAMPLES_DIR and getattr(args, "random_weights", None) is None
-    # The tiny defaults keep `all` under 5 minutes on 2 CPU cores (measured: 4 min 10 s); ReCoRD's long
+    # The tiny defaults keep `all` under 5 minutes on 2 CPU cores (measured: 2 min 24 s to 3 min 19 s); ReCoRD's long
     # candidate continuations are half of every evaluation's cost there.
     defaults = {"limit": 8, "n_docs": 16, "seeds": 8} if tiny else {"limit": None, "n_docs": 2500, "seeds": 100}
     for key, value in defaults.items():
