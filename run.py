@@ -13,24 +13,10 @@ that runs the model also answers `--plan` (study/plan.py): its cost, without run
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from pathlib import Path
 
-# Packages that contribute sub-commands, in the order they appear in --help.
-COMMAND_MODULES = ["opt66b.cli", "tasks.cli", "prune.cli", "induction.cli", "opt66b.scale_cli", "study.cli", "study.run_cli"]
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="run.py", description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="examples:\n  python run.py all --out runs/tiny      # the whole study on the embedded tiny OPT\n"
-               "  python run.py all --random-weights opt-66b --device cuda:0 --plan --throughput 400   # its cost at 66B")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(sub)
-    return parser
+from study.commands import COMMAND_MODULES, build_parser  # noqa: F401,E402  (the grammar lives in study/)
 
 
 # Options that name an output directory / file: checked (creatable, writable, not a file) before any

@@ -152,9 +152,9 @@ def targets_differ(tasks: list[str]) -> list[str]:
 
 def step_args(argv: list[str]) -> argparse.Namespace:
     """The parsed options of one step, exactly as `python run.py <argv>` would parse them."""
-    import run as run_module
+    from .commands import build_parser
 
-    return run_module.build_parser().parse_args(argv)
+    return build_parser().parse_args(argv)
 
 
 class StudyClock:

@@ -100,8 +100,7 @@ def plan_steps_of(args: argparse.Namespace, shape: Shape, tokenizer: Any) -> lis
         step = StepPlan(args.plan_step, shape)
         PLANNERS[args.plan_step](step, args, tokenizer)
         return [step]
-    import run as run_module
-
+    from .commands import build_parser
     from .pipeline import DEFAULT_TASKS, available_tasks, plan_steps
     from .run_cli import all_defaults
 
@@ -111,7 +110,7 @@ def plan_steps_of(args: argparse.Namespace, shape: Shape, tokenizer: Any) -> lis
     if not tasks:
         raise ValueError(f"{args.data}: none of the requested tasks has its data; see `python run.py data check`")
     args.out = args.out or Path("OUT")
-    parser = run_module.build_parser()
+    parser = build_parser()
     steps = []
     for label, argv in plan_steps(args, tasks):
         sub = parser.parse_args(argv)

@@ -18,10 +18,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-# Settings that change the numbers; a per-task file is reused only if all of them match.
-RESUME_KEYS = ("task", "version", "shots", "limit", "seed", "max_length", "paper_quirks", "model_id",
-               "model_config_sha256", "dtype", "head_mask", "ffn_mask", "data_files")
-
 
 def register_eval(sub: argparse._SubParsersAction) -> None:
     from opt66b.cli_options import add_model_args, add_out_arg, add_plan_args, add_seed_arg, example
