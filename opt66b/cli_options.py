@@ -86,6 +86,9 @@ def add_plan_args(parser: argparse.ArgumentParser, step: str) -> None:
     g.add_argument("--throughput", type=float, default=None, metavar="TFLOPS",
                    help="with --plan: sustained TFLOP/s of the compute device (default: measured by a short "
                         "timed layer-shaped matmul on --device)")
+    g.add_argument("--processes", type=int, default=None, metavar="N",
+                   help="with --plan: the time on N torchrun processes, each with its own copy of the placement "
+                        "(default: WORLD_SIZE under torchrun, else 1)")
     if step in ("all", "eval", "prune"):
         g.add_argument("--target-halfwidth", type=float, default=None, metavar="POINTS",
                        help="with --plan: the documents per task that bring the 95%% half-width of a paired pruning "

@@ -149,8 +149,21 @@ def make_plan(args: argparse.Namespace) -> dict[str, Any]:
                                                   "logit_positions", "flops")}
     total.update(seconds=total["flops"] / (tflops * 1e12) if tflops else None, peak_bytes=peak,
                  host_bytes=max(r["host_bytes"] for r in rows), streamed_bytes=sum(r["streamed_bytes"] for r in rows))
+    processes = getattr(args, "processes", None)
+    if processes is None:
+        from opt66b.distributed import rank_world
+
+        processes = rank_world()[1]
+    if processes < 1:
+        raise ValueError(f"--processes must be >= 1, got {processes}")
+    # Under torchrun every model step splits its units over the processes (each with its own copy of the
+    # placement), so its time divides by their number, as far as the units split evenly; steps that only
+    # read files run once.
+    total["seconds_on_processes"] = None if total["seconds"] is None else sum(
+        r["seconds"] / (processes if r["forward_passes"] else 1) for r in rows)
     plan = {"model": info, "weights_bytes": shape.weights_on, "throughput_tflops": tflops,
-            "throughput_source": source, "flop_model": FLOP_MODEL, "steps": rows, "total": total}
+            "throughput_source": source, "flop_model": FLOP_MODEL, "steps": rows, "total": total,
+            "processes": processes}
     if (getattr(args, "planned_tasks", None) or getattr(args, "tasks", None)) and getattr(args, "data", None) \
             and args.plan_step in ("all", "eval", "prune"):
         from tasks.registry import TASKS
@@ -202,6 +215,9 @@ def format_plan(plan: dict[str, Any]) -> str:
         lines.append(f"{r['step'][:37]:<38}{r['forward_passes']:>8}{r['backward_passes']:>7}{_num(r['tokens']):>9}"
                      f"{_num(r['padded_tokens']):>9}{_num(r['flops']):>9}{_duration(r['seconds']):>9}  {mem(r['peak_bytes'])}")
         lines += [f"{'':<4}note: {n}" for n in r["notes"]]
+    if plan.get("processes", 1) > 1:
+        lines.append(f"on {plan['processes']} processes (torchrun, units split evenly, each process its own copy of "
+                     f"the placement above): about {_duration(plan['total']['seconds_on_processes'])}")
     if plan["total"]["host_bytes"]:
         lines.append(f"host memory beyond the weights (largest step): {plan['total']['host_bytes'] / GIB:.1f} GiB")
     if plan["total"]["streamed_bytes"]:

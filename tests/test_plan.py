@@ -222,3 +222,21 @@ def test_layerwise_backward_of_a_resident_model_gives_the_full_backwards_importa
     # 1e-5 relative: the same float32 products, recomputed layer by layer and summed in another order
     torch.testing.assert_close(lw["importance"], full["importance"], rtol=1e-5, atol=1e-8)
     assert meta["backward"] == "layer-wise"  # str metadata is stored as is
+
+
+def test_plan_prices_the_study_on_several_processes(tmp_path, capsys):
+    """--processes N: every model step's time divided by N (units split over torchrun processes), the
+    steps that only read files once."""
+    import json
+
+    import run
+
+    path = tmp_path / "plan.json"
+    assert run.main(["all", "--plan", "--throughput", "1", "--processes", "4", "--tasks", "copa", "--shots", "0",
+                     "--json", str(path)]) == 0
+    assert "on 4 processes" in capsys.readouterr().out
+    plan = json.loads(path.read_text())
+    want = sum(s["seconds"] / (4 if s["forward_passes"] else 1) for s in plan["steps"])
+    assert plan["processes"] == 4 and plan["total"]["seconds_on_processes"] == pytest.approx(want)
+    assert plan["total"]["seconds_on_processes"] < plan["total"]["seconds"]
+    assert run.main(["all", "--plan", "--processes", "0", "--tasks", "copa"]) == 2
