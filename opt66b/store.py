@@ -32,6 +32,9 @@ from .io import read_json, sha256_file, write_json, write_tensors
 
 # Bump when a code change alters numbers of existing units: their files are then refused, not reused.
 CODE_VERSION = 1
+# Fields earlier releases put in fingerprints and this one records instead (a batch shape moves only the
+# last float bits, and a resumed run may have another memory budget): ignored in stored fingerprints.
+RETIRED_FIELDS = ("batch_tokens",)
 FINGERPRINT_KEY = "fingerprint"  # JSON key / safetensors metadata key holding a unit's fingerprint
 
 
@@ -142,6 +145,8 @@ class UnitStore:
             return False
         old = read_fingerprint(path)
         new = self.fingerprint(**fields)
+        if isinstance(old, dict):
+            old = {k: v for k, v in old.items() if k not in RETIRED_FIELDS or k in new}
         if old == new:
             return True
         if self.recompute:

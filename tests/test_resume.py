@@ -212,3 +212,17 @@ def test_importance_made_with_streamed_layers_is_reused_by_all(tmp_path, capsys)
     assert code == 0, err[-2000:]
     assert json.loads((out / "work.json").read_text())["head importance"]["forward_passes"] == 0
     assert unit.stat().st_mtime_ns == stamp
+
+
+def test_a_unit_fingerprinted_with_batch_tokens_by_an_earlier_release_is_reused(tmp_path):
+    """batch_tokens left the fingerprints (it is recorded instead): a unit that still carries it resumes."""
+    from opt66b.io import write_json
+    from opt66b.store import UnitStore
+
+    store = UnitStore({"model": "m", "limit": 3})
+    path = tmp_path / "unit.json"
+    write_json(path, {"value": 1, "fingerprint": {**store.fingerprint(task="copa"), "batch_tokens": 4096}})
+    assert store.done(path, task="copa")
+    write_json(path, {"value": 1, "fingerprint": {**store.fingerprint(task="copa"), "limit": 4}})
+    with pytest.raises(ValueError, match="limit"):
+        store.done(path, task="copa")
