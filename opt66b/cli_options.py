@@ -39,6 +39,10 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--max-memory", default=None, metavar="BUDGETS",
                    help="per-device budgets for --device-map auto and --offload mmap, e.g. "
                         "cuda:0=70GiB,cuda:1=70GiB,cpu=200GiB")
+    g.add_argument("--reserve", default=None, metavar="BUDGETS",
+                   help="memory --device-map auto keeps free for activations on each GPU, e.g. cuda:0=14GiB "
+                        "(default: 8192 tokens of one layer's working set + 2048 rows of logits; `all` sets it "
+                        "from its plan when the default leaves a step over budget)")
     g.add_argument("--offload", choices=["auto", "none", "pinned", "mmap"], default="auto",
                    help="auto/pinned: layers mapped to cpu are streamed to the GPU from pinned memory; "
                         "none: they run on the CPU; mmap: every layer streamed from the safetensors files "

@@ -57,18 +57,18 @@ def device_name(name: str, where: str) -> torch.device:
     return dev
 
 
-def parse_max_memory(text: str | None) -> dict[str, int]:
-    """'cuda:0=70GiB,cuda:1=70GiB,cpu=200GiB' -> ordered {device: bytes}."""
+def parse_max_memory(text: str | None, option: str = "--max-memory") -> dict[str, int]:
+    """'cuda:0=70GiB,cuda:1=70GiB,cpu=200GiB' -> ordered {device: bytes} (also --reserve's format)."""
     if not text:
         return {}
     out: dict[str, int] = {}
     for part in text.split(","):
         dev, sep, size = part.strip().rpartition("=")
         if not sep or not dev:
-            raise ValueError(f"--max-memory entry {part!r} must look like DEVICE=SIZE, e.g. cuda:0=70GiB")
-        device_name(dev, "--max-memory")
+            raise ValueError(f"{option} entry {part!r} must look like DEVICE=SIZE, e.g. cuda:0=70GiB")
+        device_name(dev, option)
         if dev in out:
-            raise ValueError(f"--max-memory names {dev} twice")
+            raise ValueError(f"{option} names {dev} twice")
         out[dev] = parse_size(size)
     return out
 
@@ -196,8 +196,10 @@ def _fill_sizes(dm: DeviceMap, cfg: OPTConfig, dtype: torch.dtype) -> DeviceMap:
 
 
 def auto_device_map(cfg: OPTConfig, max_memory: dict[str, int], dtype: torch.dtype,
-                    reserve_tokens: int = 8192, logit_rows: int = 2048) -> DeviceMap:
-    """Fill the devices of `max_memory` in order (rules in the module docstring)."""
+                    reserve_tokens: int = 8192, logit_rows: int = 2048,
+                    reserve: dict[str, int] | None = None) -> DeviceMap:
+    """Fill the devices of `max_memory` in order (rules in the module docstring). reserve: bytes to keep
+    free for activations on the named accelerators instead of the default reserve (--reserve)."""
     if not max_memory:
         raise ValueError("--device-map auto needs --max-memory, e.g. cuda:0=70GiB,cpu=200GiB")
     devices = list(max_memory)
@@ -209,8 +211,8 @@ def auto_device_map(cfg: OPTConfig, max_memory: dict[str, int], dtype: torch.dty
     free = {}
     for i, d in enumerate(devices):
         is_acc = torch.device(d).type != "cpu"
-        free[d] = max_memory[d] - (activation_reserve(cfg, dtype, reserve_tokens, logit_rows, head=i == 0)
-                                   if is_acc else 0)
+        default = activation_reserve(cfg, dtype, reserve_tokens, logit_rows, head=i == 0)
+        free[d] = max_memory[d] - ((reserve or {}).get(d, default) if is_acc else 0)
     head = devices[0]
     free[head] -= head_bytes
     if free[head] < 0:
@@ -284,7 +286,7 @@ def parse_layer_ranges(spec: str | dict, num_layers: int, where: str = "--device
 
 
 def build_device_map(spec: str | None, cfg: OPTConfig, dtype: torch.dtype, max_memory: dict[str, int] | None = None,
-                     compute: str | None = None) -> DeviceMap | None:
+                     compute: str | None = None, reserve: dict[str, int] | None = None) -> DeviceMap | None:
     """--device-map value -> DeviceMap (None when no map was asked for: single device).
 
     `compute` is where streamed ("cpu") layers run; default: the last non-cpu device in the map.
@@ -293,7 +295,7 @@ def build_device_map(spec: str | None, cfg: OPTConfig, dtype: torch.dtype, max_m
         return None
     max_memory = max_memory or {}
     if spec == "auto":
-        return auto_device_map(cfg, max_memory, dtype)
+        return auto_device_map(cfg, max_memory, dtype, reserve=reserve)
     where = "--device-map"
     if spec.endswith(".json"):
         path = Path(spec)

@@ -102,13 +102,14 @@ def build_random_model(cfg: OPTConfig, dtype: torch.dtype, device_for: Callable[
 
 
 # The loader's keyword arguments, as argparse dest names (add_model_args declares them).
-LOAD_OPTIONS = ("model", "tokenizer", "dtype", "device", "device_map", "max_memory", "offload", "random_weights",
-                "random_weights_seed")
+LOAD_OPTIONS = ("model", "tokenizer", "dtype", "device", "device_map", "max_memory", "reserve", "offload",
+                "random_weights", "random_weights_seed")
 
 
 def load(model: str | Path | None = None, *, tokenizer: str | Path | None = None, dtype: str | torch.dtype | None = None,
          device: str | torch.device | None = None, device_map: str | None = None,
-         max_memory: str | dict[str, int] | None = None, offload: str = "auto", random_weights: str | None = None,
+         max_memory: str | dict[str, int] | None = None, reserve: str | dict[str, int] | None = None,
+         offload: str = "auto", random_weights: str | None = None,
          random_weights_seed: int = 0, log: Callable[[str], None] | None = None,
          ) -> tuple[OPT, OPTTokenizer, dict[str, Any]]:
     """Load an OPT checkpoint (default: the embedded tiny OPT) and its tokenizer.
@@ -129,6 +130,7 @@ def load(model: str | Path | None = None, *, tokenizer: str | Path | None = None
     device = check_device_available(resolve_device(None if device is None else str(device)), "--device")
     dtype = dtype if isinstance(dtype, torch.dtype) else resolve_dtype(dtype, device)
     max_memory = max_memory if isinstance(max_memory, dict) else parse_max_memory(max_memory)
+    reserve = reserve if isinstance(reserve, dict) or reserve is None else parse_max_memory(reserve, "--reserve")
     offload = offload or "auto"
     size = random_weights
     model_dir = None if size else (Path(model).expanduser() if model else TINY_MODEL_DIR)
@@ -150,7 +152,7 @@ def load(model: str | Path | None = None, *, tokenizer: str | Path | None = None
     else:
         cfg = config_for_size(size) if size else config_from_hf(model_dir)
         compute = str(device) if device.type != "cpu" else None
-        dm = build_device_map(device_map, cfg, dtype, max_memory, compute=compute)
+        dm = build_device_map(device_map, cfg, dtype, max_memory, compute=compute, reserve=reserve)
         if dm is not None and rank_world()[1] > 1 and torch.cuda.is_available():
             gpus = len({d for d in [dm.head, *dm.layers] if torch.device(d).type == "cuda"})
             dm = shift_cuda(dm, local_cuda_offset(gpus))  # this process's own GPUs

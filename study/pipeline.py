@@ -169,7 +169,7 @@ class StudyClock:
         try:
             from .plan_cli import make_plan
 
-            plan = make_plan(argparse.Namespace(**{**vars(args), "json": None}))
+            plan = make_plan(argparse.Namespace(**{**vars(args), "json": None}), keep=True)
             self.flops = {r["step"]: float(r["flops"]) for r in plan["steps"]}
             self.tflops = plan["throughput_tflops"]
         except Exception as err:  # noqa: BLE001 - the ETA is a convenience, the study must not depend on it

@@ -159,7 +159,8 @@ def full_backward_fits(shape: Shape, budgets: dict[str, float], tokens: int) -> 
     """Whether head importance's ordinary backward of a `tokens`-long example (every layer's working set
     kept, StepPlan.add's rule) fits beside the weights on every budgeted device."""
     cfg, b = shape.cfg, shape.dtype_bytes
-    working = tokens * (6 * cfg.hidden_size + cfg.ffn_dim) * b
+    # one layer's working set and its fp32 attention-score block (the backward keeps both, StepPlan.add)
+    working = tokens * (6 * cfg.hidden_size + cfg.ffn_dim) * b + cfg.num_heads * tokens * tokens * 4
     for d, budget in budgets.items():
         need = working * shape.layers_on.get(d, 0) + (2 * tokens * cfg.vocab_size * 4 if d == shape.head else 0)
         if shape.weights_on.get(d, 0) + need > budget:
@@ -206,8 +207,11 @@ _EVALUATIONS: dict[tuple, Any] = {}  # within one plan (cleared by `reset`), ste
 _RUNS: set[tuple] = set()
 
 
-def reset() -> None:
-    _EVALUATIONS.clear()
+def reset(keep_evaluations: bool = False) -> None:
+    """Start a plan. keep_evaluations: reuse the tokenised evaluation plans of the previous one (they
+    depend on the data and the batch budget, not on the placement; `all` re-plans under other maps)."""
+    if not keep_evaluations:
+        _EVALUATIONS.clear()
     _RUNS.clear()
 
 

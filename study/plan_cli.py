@@ -39,8 +39,9 @@ def model_shape(args: argparse.Namespace) -> tuple[Shape, Any, dict[str, Any]]:
         weights, layers_on = {head: head_bytes + 2 * max(per_layer)}, {head: cfg.num_layers}
         streamed = dict(enumerate(per_layer))
     else:
+        reserve = parse_max_memory(getattr(args, "reserve", None), "--reserve") or None
         dm = build_device_map(args.device_map, cfg, dtype, parse_max_memory(args.max_memory),
-                              compute=str(device) if device.type != "cpu" else None)
+                              compute=str(device) if device.type != "cpu" else None, reserve=reserve)
         if dm is None:
             head = str(device)
             weights, layers_on = {head: head_bytes + sum(per_layer)}, {head: cfg.num_layers}
@@ -93,9 +94,10 @@ def calibrate_tflops(device: str, dtype_name: str, cfg: Any, seconds: float = 0.
     return 2 * m * d * f * reps / elapsed / 1e12, f"measured: {reps} matmuls ({m} x {d}) @ ({d} x {f}) {dtype_name} on {device}"
 
 
-def plan_steps_of(args: argparse.Namespace, shape: Shape, tokenizer: Any) -> list[StepPlan]:
-    """The step itself, or for `all` every step of its commands.txt, each planned by its own planner."""
-    reset()
+def plan_steps_of(args: argparse.Namespace, shape: Shape, tokenizer: Any, keep: bool = False) -> list[StepPlan]:
+    """The step itself, or for `all` every step of its commands.txt, each planned by its own planner.
+    keep: reuse the previous plan's tokenised evaluations (same data and batch budget)."""
+    reset(keep)
     if args.plan_step != "all":
         step = StepPlan(args.plan_step, shape)
         PLANNERS[args.plan_step](step, args, tokenizer)
@@ -125,9 +127,9 @@ def plan_steps_of(args: argparse.Namespace, shape: Shape, tokenizer: Any) -> lis
     return steps
 
 
-def make_plan(args: argparse.Namespace) -> dict[str, Any]:
+def make_plan(args: argparse.Namespace, keep: bool = False) -> dict[str, Any]:
     shape, tokenizer, info = model_shape(args)
-    steps = plan_steps_of(args, shape, tokenizer)
+    steps = plan_steps_of(args, shape, tokenizer, keep)
     if args.throughput is not None:
         if args.throughput <= 0:
             raise ValueError(f"--throughput must be > 0 TFLOP/s, got {args.throughput}")

@@ -32,6 +32,8 @@ def option_cases() -> list[Case]:
         o("device-map-file-missing", e + ["--device-map", "nope.json"], ("nope.json", "not found")),
         o("max-memory-device", e + ["--device-map", "auto", "--max-memory", "tpu=1GiB"], ("--max-memory", "tpu")),
         o("max-memory-size", e + ["--device-map", "auto", "--max-memory", "cpu=lots"], ("lots",)),
+        o("reserve-entry", e + ["--device-map", "auto", "--max-memory", "cpu=1GiB", "--reserve", "cuda:0"],
+          ("--reserve", "DEVICE=SIZE")),
         o("threads-zero", e + ["--threads", "0"], ("--threads",)),
         o("threads-negative", e + ["--threads", "-3"], ("--threads",)),
         o("shots-negative", e + ["--shots", "-1"], ("--shots",)),

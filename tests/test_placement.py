@@ -163,3 +163,18 @@ def test_random_weights_with_map_records_info():
     assert torch.equal(again.decoder.layers[3].fc1.weight, w)  # same seed, no map -> same values
     ids = torch.tensor([tok.encode("Hello world")])
     assert model(ids, logits="last").logits.shape == (1, 1, 50272)
+
+
+def test_reserve_keeps_room_for_activations_and_streams_more_layers():
+    """--reserve DEV=SIZE replaces the auto map's default activation reserve on that GPU: the weights
+    placed there plus the two stream buffers plus the reserve stay within the budget, at the cost of
+    more streamed layers (OPT-66B on one 80 GB GPU)."""
+    cfg = config_for_size("opt-66b")
+    budgets = parse_max_memory("cuda:0=80GiB,cpu=400GiB")
+    plain = auto_device_map(cfg, budgets, torch.float16)
+    roomy = auto_device_map(cfg, budgets, torch.float16, reserve={"cuda:0": 14 * GIB})
+    assert len(roomy.streamed_layers()) > len(plain.streamed_layers())
+    buffers = 2 * max(layer_params(cfg, i) for i in range(cfg.num_layers)) * 2
+    assert roomy.bytes_per_device["cuda:0"] + buffers + 14 * GIB <= 80 * GIB
+    via_cli = build_device_map("auto", cfg, torch.float16, budgets, reserve=parse_max_memory("cuda:0=14GiB", "--reserve"))
+    assert via_cli.layers == roomy.layers
