@@ -48,10 +48,15 @@ def _write_failed(path: Path, err: BaseException) -> WriteError:
                       "is intact: free disk space or raise the file-size limit (ulimit -f), then rerun to continue")
 
 
+def _tmp_prefix(path: Path) -> str:
+    """`.<name>.<host>-<pid>-`: the temporary name of a write in progress (remove_orphans reads it back)."""
+    return f".{path.name}.{_HOST}-{os.getpid()}-"
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{_HOST}-{os.getpid()}-", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_tmp_prefix(path), suffix=".tmp")
     try:
         # mkstemp makes the file 0600; results are shared on clusters, so give what open() would give
         if hasattr(os, "fchmod"):
@@ -76,7 +81,7 @@ def atomic_save_file(tensors: dict[str, torch.Tensor], path: str | Path, metadat
     from safetensors.torch import save_file
 
     path = Path(path)
-    tmp = path.parent / f".{path.name}.{_HOST}-{os.getpid()}-{os.urandom(4).hex()}.tmp"
+    tmp = path.parent / f"{_tmp_prefix(path)}{os.urandom(4).hex()}.tmp"
     try:
         save_file(tensors, str(tmp), metadata=metadata)
         os.replace(tmp, path)

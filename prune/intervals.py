@@ -26,18 +26,16 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from tasks.uncertainty import decode_bits
+from tasks.uncertainty import decode_bits, mean_stderr
 
 Z95 = 1.959963984540054  # two-sided 95% normal quantile
 KNEE_ITERS, KNEE_SEED = 200, 1234
 
 
 def value_se(bits: str | None) -> float | None:
-    """Standard error of a cell's mean in points, or None (no vector, or one unit)."""
-    if not bits or len(bits) < 2:
-        return None
-    x = decode_bits(bits)
-    return 100.0 * float(np.std(x, ddof=1)) / math.sqrt(len(x))
+    """Standard error of a cell's mean in points (lm-eval's mean_stderr), or None (no vector, or one unit)."""
+    se = mean_stderr(decode_bits(bits).tolist()) if bits else None
+    return None if se is None else 100.0 * se
 
 
 def paired_drop(base: str | None, cell: str | None) -> dict[str, float] | None:

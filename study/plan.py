@@ -113,7 +113,7 @@ class StepPlan:
         self.padded_tokens += times * bt
         self.logit_positions += times * logit_rows
         self.streamed_bytes += times * s._streamed[start_layer]
-        working = bt * (6 * cfg.hidden_size + cfg.ffn_dim) * s.dtype_bytes
+        working = layer_working_bytes(s, bt)
         if scores:
             working += rows * cfg.num_heads * new * keys * 4
         run_share = layers / cfg.num_layers  # a pass from start_layer runs the last `layers` layers
@@ -125,7 +125,7 @@ class StepPlan:
                 need = working + bt * cfg.hidden_size * s.dtype_bytes * on_dev
             else:
                 need = working * (on_dev if backward else 1)
-            need += 2 * kv_rows * cfg.hidden_size * s.dtype_bytes * on_dev
+            need += kv_bytes(s, kv_rows) * on_dev
             if dev == s.head:
                 need += 2 * logit_rows * cfg.vocab_size * 4  # fp32 logits and their log-softmax
             self.activations[dev] = max(self.activations.get(dev, 0), need)
@@ -139,6 +139,17 @@ class StepPlan:
         return {d: self.shape.weights_on.get(d, 0) + self.activations.get(d, 0) for d in devices}
 
 
+def layer_working_bytes(shape: Shape, tokens: int) -> int:
+    """One layer's working set for `tokens` positions: q, k, v, attention output, residual, LN output
+    (6 D) and the FFN intermediate (F), in the model's dtype (opt66b/placement.py's reserve rule)."""
+    return tokens * (6 * shape.cfg.hidden_size + shape.cfg.ffn_dim) * shape.dtype_bytes
+
+
+def kv_bytes(shape: Shape, positions: int) -> int:
+    """Keys and values of `positions` rows x positions, per layer."""
+    return 2 * positions * shape.cfg.hidden_size * shape.dtype_bytes
+
+
 def scoring_peak_bytes(shape: Shape, batch_tokens: int, device: str) -> int:
     """The most activation memory one scoring pass of `batch_tokens` can take on `device`, by the rule of
     StepPlan.add at its worst: one layer's working set, the context pass's KV cache beside its
@@ -146,10 +157,10 @@ def scoring_peak_bytes(shape: Shape, batch_tokens: int, device: str) -> int:
     runs, and on the head device the fp32 logits and log-softmax of every position."""
     from tasks.scoring import KV_BUDGET_FACTOR
 
-    cfg, b = shape.cfg, shape.dtype_bytes
+    cfg = shape.cfg
     layers = shape.layers_on.get(device, 0)
-    need = batch_tokens * (6 * cfg.hidden_size + cfg.ffn_dim) * b if layers else 0
-    need += 2 * (1 + KV_BUDGET_FACTOR) * batch_tokens * cfg.hidden_size * b * layers
+    need = layer_working_bytes(shape, batch_tokens) if layers else 0
+    need += kv_bytes(shape, (1 + KV_BUDGET_FACTOR) * batch_tokens) * layers
     if device == shape.head:
         need += 2 * batch_tokens * cfg.vocab_size * 4
     return need
@@ -158,9 +169,9 @@ def scoring_peak_bytes(shape: Shape, batch_tokens: int, device: str) -> int:
 def full_backward_fits(shape: Shape, budgets: dict[str, float], tokens: int) -> bool:
     """Whether head importance's ordinary backward of a `tokens`-long example (every layer's working set
     kept, StepPlan.add's rule) fits beside the weights on every budgeted device."""
-    cfg, b = shape.cfg, shape.dtype_bytes
+    cfg = shape.cfg
     # one layer's working set and its fp32 attention-score block (the backward keeps both, StepPlan.add)
-    working = tokens * (6 * cfg.hidden_size + cfg.ffn_dim) * b + cfg.num_heads * tokens * tokens * 4
+    working = layer_working_bytes(shape, tokens) + cfg.num_heads * tokens * tokens * 4
     for d, budget in budgets.items():
         need = working * shape.layers_on.get(d, 0) + (2 * tokens * cfg.vocab_size * 4 if d == shape.head else 0)
         if shape.weights_on.get(d, 0) + need > budget:

@@ -35,18 +35,14 @@ def _point(p: dict | None, axis: str) -> str:
     return where + ("" if drop is None else f", drop {drop:.1f}" + ("" if se is None else f" ± {Z95 * se:.1f}"))
 
 
-def _attach_intervals(res: dict, ivs: dict, ci: dict) -> None:
-    """Put the knee intervals and each point's paired drop se (mean over tasks) into the headline."""
-    for key, reading in res.items():
-        if key not in ("heads", "ffn", "both"):
-            continue
-        for rule, point in reading.items():
-            if not point:
-                continue
-            cell = ci.get(f"{point['head_percent']:g}", {}).get(f"{point['ffn_percent']:g}", {})
-            point["drop_se"] = cell.get("drop_se")
+def _attach_intervals(reading: dict, knee_interval: dict | None, ci: dict) -> None:
+    """Put the knee's bootstrap interval and each point's paired drop se (mean over tasks, from the
+    sweep table's mean_over_tasks_ci at this shot) into one axis's headline reading."""
+    for rule, point in reading.items():
+        if point:
+            point["drop_se"] = ci.get(f"{point['head_percent']:g}", {}).get(f"{point['ffn_percent']:g}", {}).get("drop_se")
             if rule == "knee":
-                point["interval"] = (ivs.get(key) or {}).get("knee")
+                point["interval"] = knee_interval
 
 
 def _separability(shot: str, res: dict) -> list[str]:
@@ -96,7 +92,7 @@ def headline_section(run: Path, tolerance: float, min_bend: float = DEFAULT_MIN_
         ivs = headline_intervals(heads, ffn, grid, lambda t: seen_in(t["results"]), shot, min_bend)
         for key, tab in (("heads", heads), ("ffn", ffn), ("both", grid)):
             if key in res and tab:
-                _attach_intervals({key: res[key]}, ivs, (tab.get("mean_over_tasks_ci") or {}).get(shot, {}))
+                _attach_intervals(res[key], ivs[key]["knee"], (tab.get("mean_over_tasks_ci") or {}).get(shot, {}))
         notes += _separability(shot, res)
         paper = PAPER_HEADLINE.get(int(shot.split("-")[1]), {})
         for key, label in (("heads", "heads"), ("ffn", "FFNs"), ("both", "heads + FFNs")):
