@@ -20,6 +20,7 @@ from typing import Any, Sequence
 import torch
 
 from opt66b.io import check_finite_heads, read_tensors, run_metadata, write_json, write_tensors
+from opt66b.layout import SHOTS_PATTERN, shot_files
 
 
 def retained_curve(scores: torch.Tensor, importance: torch.Tensor) -> torch.Tensor:
@@ -61,11 +62,11 @@ def _curve(ordered: torch.Tensor) -> torch.Tensor:
 
 
 def find_importances(directory: str | Path) -> dict[str, Path]:
-    """{"shots-K/name": path} for every DIR/shots-K/*.safetensors (tasks and aggregate)."""
+    """{"<shot dir>/name": path} for every importance file (tasks and aggregate) in DIR's shot directories."""
     directory = Path(directory)
-    found = {f"{p.parent.name}/{p.stem}": p for p in sorted(directory.glob("shots-*/*.safetensors"))}
+    found = {f"{p.parent.name}/{p.stem}": p for files in shot_files(directory, ".safetensors").values() for p in files}
     if not found:
-        raise FileNotFoundError(f"{directory}: no shots-K/*.safetensors importance files "
+        raise FileNotFoundError(f"{directory}: no {SHOTS_PATTERN}/*.safetensors importance files "
                                 "(written by `run.py importance heads`)")
     return found
 

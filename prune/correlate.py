@@ -28,13 +28,13 @@ docs/method.md ("SRCC" and "Aggregate ranking").
 from __future__ import annotations
 
 import math
-import re
 import sys
 from itertools import combinations
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from opt66b.io import Progress, file_hashes, read_tensors, run_metadata, write_json
+from opt66b.layout import SHOTS_PATTERN, shot_files, shots_dir, shots_name
 
 from . import stats
 from tasks.registry import PAPER_SEEN_TASKS, seen_in
@@ -43,7 +43,6 @@ from .masks import IMPORTANCE_KEY, PAPER_DENOMINATOR_KEY, UNIFORM_IMPORTANCE_KEY
 
 AGGREGATE_NAME = "aggregate"
 OUTPUT_NAME = "correlations.json"
-_SHOT_DIR = re.compile(r"^shots-(\d+)$")
 
 DEFINITIONS = {
     "spearman": "true Spearman rank correlation of the flat (L*H) importance vectors: Pearson of "
@@ -62,7 +61,7 @@ DEFINITIONS = {
 
 def discover(importance_dir: Path, shots: Sequence[int] | None = None,
              tasks: Sequence[str] | None = None) -> dict[int, dict[str, Path]]:
-    """{shot: {task: file}} under importance_dir/shots-K/; "aggregate" is listed under its own name.
+    """{shot: {task: file}} in importance_dir's shot directories (opt66b/layout.py); "aggregate" is listed under its own name.
 
     Raises FileNotFoundError naming the directory when nothing (or a requested shot/task) is there.
     """
@@ -70,15 +69,9 @@ def discover(importance_dir: Path, shots: Sequence[int] | None = None,
     if not importance_dir.is_dir():
         raise FileNotFoundError(f"{importance_dir}: importance directory not found "
                                 f"(expected the --out of `run.py importance heads`)")
-    found: dict[int, dict[str, Path]] = {}
-    for sub in sorted(importance_dir.iterdir()):
-        m = _SHOT_DIR.match(sub.name)
-        if m and sub.is_dir():
-            files = {f.stem: f for f in sorted(sub.glob("*.safetensors"))}
-            if files:
-                found[int(m.group(1))] = files
+    found = {k: {f.stem: f for f in files} for k, files in shot_files(importance_dir, ".safetensors").items()}
     if not found:
-        raise FileNotFoundError(f"{importance_dir}: no shots-K/*.safetensors importance files found")
+        raise FileNotFoundError(f"{importance_dir}: no {SHOTS_PATTERN}/*.safetensors importance files found")
     if shots is not None:
         missing = [k for k in shots if k not in found]
         if missing:
@@ -89,7 +82,7 @@ def discover(importance_dir: Path, shots: Sequence[int] | None = None,
         for k, files in found.items():
             missing = [t for t in tasks if t not in files]
             if missing:
-                raise FileNotFoundError(f"{importance_dir / f'shots-{k}'}: no importance file for tasks "
+                raise FileNotFoundError(f"{shots_dir(importance_dir, k)}: no importance file for tasks "
                                         f"{missing}; found {sorted(t for t in files if t != AGGREGATE_NAME)}")
             found[k] = {t: files[t] for t in [*tasks, AGGREGATE_NAME] if t in files}
     return found
@@ -230,11 +223,11 @@ def run_correlate(importance_dir: Path, out_dir: Path, shots: Sequence[int] | No
             vectors[name] = imp
         agg = vectors.pop(AGGREGATE_NAME, None)
         if not vectors:
-            raise FileNotFoundError(f"{Path(importance_dir) / f'shots-{k}'}: only an aggregate file, no task files")
+            raise FileNotFoundError(f"{shots_dir(importance_dir, k)}: only an aggregate file, no task files")
         source = "file"
         if agg is None:  # not written (yet): the paper's definition, mean of the raw task tensors
             agg, source = aggregate_importance(list(vectors.values())).double(), "mean of the task files"
-            log(f"shots-{k}: no {AGGREGATE_NAME}.safetensors, using the mean of {len(vectors)} task files")
+            log(f"{shots_name(k)}: no {AGGREGATE_NAME}.safetensors, using the mean of {len(vectors)} task files")
         by_shot[k] = {t: v.reshape(-1).tolist() for t, v in vectors.items()}  # (L*H,) layer-major
         aggregates[k] = (agg.reshape(-1).tolist(), source)  # (L*H,)
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from opt66b.io import file_hashes
+from opt66b.layout import shots_dir
 from opt66b.store import UnitStore, Work, in_memory_info, model_fingerprint
 
 
@@ -84,11 +85,11 @@ def run_head_importance(model: Any, tokenizer: Any, info: dict[str, Any] | None,
                        "normalize_per_layer": normalize_per_layer, "paper_quirks": paper_quirks,
                        "denominator": denominator}, recompute=recompute)
     for k in shots:  # an aggregate this run would change is refused now, not after hours of work
-        check_aggregate_before(out / f"shots-{k}", list(objects), seen_tasks or PAPER_SEEN_TASKS, update_aggregate)
+        check_aggregate_before(shots_dir(out, k), list(objects), seen_tasks or PAPER_SEEN_TASKS, update_aggregate)
     work = Work()
     # (task, shot) is the unit: split across torchrun processes, skipped when its fingerprint matches.
     for name, k in my_units([(t, k) for k in shots for t in objects]):
-        path = out / f"shots-{k}" / f"{name}.safetensors"
+        path = shots_dir(out, k) / f"{name}.safetensors"
         fields = {**task_fingerprint(objects[name]), "shots": k}
         if store.done(path, **fields):
             continue
@@ -108,7 +109,7 @@ def run_head_importance(model: Any, tokenizer: Any, info: dict[str, Any] | None,
     barrier()
     if rank_world()[0] == 0:
         for k in shots:
-            write_aggregate(out / f"shots-{k}", seen_tasks or PAPER_SEEN_TASKS, update=update_aggregate,
+            write_aggregate(shots_dir(out, k), seen_tasks or PAPER_SEEN_TASKS, update=update_aggregate,
                             settings={**settings, "shots": k, "seed": seed})
     return {"out": out, "work": work.as_dict()}
 

@@ -24,6 +24,7 @@ import torch
 
 from opt66b.distributed import barrier, my_units, rank_world
 from opt66b.io import Progress, read_json, read_tensors, write_json
+from opt66b.layout import shots_dir, shots_name
 from opt66b.store import UnitStore, Work
 from tasks.evaluate import EvaluationCache, task_fingerprint
 from tasks.metrics import public_metrics
@@ -52,7 +53,7 @@ class Unit:
     ffn_percent: float = 0
 
     def path(self, root: Path) -> Path:
-        return root / f"shots-{self.shots}" / self.task / f"h{self.head_percent:g}_f{self.ffn_percent:g}.json"
+        return shots_dir(root, self.shots) / self.task / f"h{self.head_percent:g}_f{self.ffn_percent:g}.json"
 
 
 def sweep_units(sweep: str, tasks: Sequence[str], shots: Sequence[int], head_percents: Sequence[float],
@@ -72,7 +73,7 @@ def ranking_name(ranking: str, task: str) -> str:
 
 
 def head_importance_file(importance_dir: Path, ranking: str, task: str, shots: int) -> Path:
-    path = Path(importance_dir) / f"shots-{shots}" / f"{ranking_name(ranking, task)}.safetensors"
+    path = shots_dir(importance_dir, shots) / f"{ranking_name(ranking, task)}.safetensors"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: head importance missing for ranking {ranking!r} (task {task}, "
                                 f"{shots}-shot); run `run.py importance heads` for it first")
@@ -81,7 +82,7 @@ def head_importance_file(importance_dir: Path, ranking: str, task: str, shots: i
 
 def ffn_ranking_for(ffn_dir: Path, ranking: str, task: str, shots: int, num_layers: int) -> list[int]:
     """The FFN order (least important first) from `run.py importance ffn` output."""
-    path = Path(ffn_dir) / f"shots-{shots}" / f"{ranking_name(ranking, task)}.json"
+    path = shots_dir(ffn_dir, shots) / f"{ranking_name(ranking, task)}.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: FFN importance missing for ranking {ranking!r} (task {task}, "
                                 f"{shots}-shot); run `run.py importance ffn` for it first")
@@ -223,7 +224,7 @@ def merge_table(root: Path, table: Path, sweep: str, ranking: str, units: Sequen
             missing.append(str(u.path(root)))
             continue
         rec = read_json(u.path(root))
-        shot, h, f = f"shots-{u.shots}", f"{u.head_percent:g}", f"{u.ffn_percent:g}"
+        shot, h, f = shots_name(u.shots), f"{u.head_percent:g}", f"{u.ffn_percent:g}"
         results.setdefault(u.task, {}).setdefault(shot, {}).setdefault(h, {})[f] = rec["value"]
         per_doc.setdefault(u.task, {}).setdefault(shot, {}).setdefault(h, {})[f] = rec.get(PER_DOC_KEY)
     stderr, paired = cell_intervals(per_doc)
@@ -231,7 +232,7 @@ def merge_table(root: Path, table: Path, sweep: str, ranking: str, units: Sequen
     members = seen_in(results) or sorted(results)
     mean: dict[str, dict[str, dict[str, float]]] = {}
     mean_ci: dict[str, dict[str, dict[str, dict[str, float | None]]]] = {}
-    for shot in sorted({f"shots-{u.shots}" for u in units}):
+    for shot in sorted({shots_name(u.shots) for u in units}):
         cells = {(f"{u.head_percent:g}", f"{u.ffn_percent:g}") for u in units}
         for h, f in sorted(cells, key=lambda c: (float(c[0]), float(c[1]))):
             have = [t for t in members if f in results.get(t, {}).get(shot, {}).get(h, {})]
@@ -280,8 +281,8 @@ def run_ffn_importance(model: Any, tokenizer: Any, tasks: dict[str, Any], shots:
     pairs = [(t, k) for t in tasks for k in shots]
     written = []
     for task_name, k in my_units(pairs):
-        unit_dir = Path(out_dir) / f"shots-{k}" / task_name
-        merged = Path(out_dir) / f"shots-{k}" / f"{task_name}.json"
+        unit_dir = shots_dir(out_dir, k) / task_name
+        merged = shots_dir(out_dir, k) / f"{task_name}.json"
         fields = {**task_fingerprint(tasks[task_name]), "shots": k}
         if store.done(merged, **fields):
             continue
@@ -321,7 +322,7 @@ def run_ffn_importance(model: Any, tokenizer: Any, tasks: dict[str, Any], shots:
     barrier()
     if rank_world()[0] == 0:
         for k in shots:
-            write_ffn_aggregate(Path(out_dir) / f"shots-{k}", list(tasks))
+            write_ffn_aggregate(shots_dir(out_dir, k), list(tasks))
     return written
 
 

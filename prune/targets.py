@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from opt66b.io import read_tensors
+from opt66b.layout import shots_dir
 from tasks.registry import PAPER_SEEN_TASKS
 
 from . import stats
@@ -42,7 +43,7 @@ def compare_targets(main_dir: Path, other_dir: Path, shots: list[int], top_fract
     main_dir, other_dir = Path(main_dir), Path(other_dir)
     out: dict[str, Any] = {"other_dir": other_dir.name, "top_fraction": top_fraction, "shots": {}}
     for k in shots:
-        mdir, odir = main_dir / f"shots-{k}", other_dir / f"shots-{k}"
+        mdir, odir = shots_dir(main_dir, k), shots_dir(other_dir, k)
         main_files = {p.stem: p for p in sorted(mdir.glob("*.safetensors")) if p.stem != "aggregate"}
         other_files = {p.stem: p for p in sorted(odir.glob("*.safetensors")) if p.stem != "aggregate"}
         if not main_files or not other_files:

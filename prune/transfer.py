@@ -28,6 +28,8 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+from opt66b.layout import shots_name
+
 from .aggregate import PAPER_SEEN_TASKS, PAPER_UNSEEN_TASKS
 from .paper import PAPER_TRANSFER_PARTNERS, PAPER_TRANSFER_TASKS
 
@@ -175,7 +177,7 @@ def run_transfer(plan: dict[str, Any], prune_dir: Any, sweep: Any, percents: Seq
 
     out = {k: v for k, v in plan.items() if k != "runs"}
     for key, block in out["shots"].items():
-        shot = f"shots-{key}"
+        shot = shots_name(key)
         for entry in block["chosen"] + block["unseen"]:
             task = entry["task"]
             entry["curves"] = {"own": curve(base.get("own"), task, shot),

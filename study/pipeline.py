@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from opt66b.layout import RunLayout
 from tasks.registry import PAPER_SEEN_TASKS, PAPER_UNSEEN_TASKS, seen_in
 
 PAPER_TASKS = [*PAPER_SEEN_TASKS, *PAPER_UNSEEN_TASKS]
@@ -93,22 +94,22 @@ def forward_options(args: argparse.Namespace, argv: list[str]) -> list[str]:
 
 def plan_steps(args: argparse.Namespace, tasks: list[str]) -> list[tuple[str, list[str]]]:
     """The study as (label, run.py argv) pairs."""
-    out, data = Path(args.out), str(args.data)
+    out, data = RunLayout(Path(args.out)), str(args.data)
     shots = [str(s) for s in args.shots]
     m = model_flags(args)
     common = ["--data", data, "--tasks", *tasks, "--shots", *shots]
     limit = ["--limit", str(args.limit)] if args.limit else []
-    imp, ffn, prune = str(out / "importance"), str(out / "ffn_importance"), str(out / "prune")
+    imp, ffn, prune = str(out.importance), str(out.ffn), str(out.prune)
     steps = [
-        ("data check", ["data", "check", "--data", data, "--tasks", *tasks, "--json", str(out / "data_check.json")]),
-        ("evaluation", ["eval", *m, *common, *limit, "--out", str(out / "eval")]),
+        ("data check", ["data", "check", "--data", data, "--tasks", *tasks, "--json", str(out.file("data_check.json"))]),
+        ("evaluation", ["eval", *m, *common, *limit, "--out", str(out.eval)]),
         ("head importance", ["importance", "heads", *m, *common, "--n-docs", str(args.n_docs), "--out", imp]),
     ]
     other, differ = other_protocol(args), targets_differ(tasks)
     if differ:  # the tasks whose importance examples the protocol changes, under the other one's targets
         steps.append((f"head importance under the {other} protocol's targets ({', '.join(differ)})",
                       ["importance", "heads", *m, "--data", data, "--tasks", *differ, "--shots", *shots,
-                       "--n-docs", str(args.n_docs), "--protocol", other, "--out", str(out / f"importance-{other}")]))
+                       "--n-docs", str(args.n_docs), "--protocol", other, "--out", str(out.importance_under(other))]))
     steps += [
         ("FFN oracle", ["importance", "ffn", *m, *common, *limit, "--out", ffn]),
         ("head pruning (own ranking)", ["prune", "heads", *m, *common, *limit, "--ranking", "own",
@@ -120,21 +121,21 @@ def plan_steps(args: argparse.Namespace, tasks: list[str]) -> list[tuple[str, li
         ("combined grid", ["prune", "grid", *m, *common, *limit, "--ranking", "own", "--importance", imp,
                            "--ffn-importance", ffn, "--out", prune]),
     ]
-    corr = str(out / "correlate")
+    corr = str(out.correlate)
     steps += [
         ("Spearman correlations", ["correlate", "--importance", imp, "--out", corr]
-         + (["--compare-importance", str(out / f"importance-{other}")] if differ else [])),
+         + (["--compare-importance", str(out.importance_under(other))] if differ else [])),
     ]
     if len(seen_in(tasks)) > 1:  # partners need at least two seen tasks with importance
         steps.append(("cross-task transfer (highest / lowest correlated partners)",
-                      ["prune", "transfer", *m, *common, *limit, "--correlations", str(Path(corr) / "correlations.json"),
+                      ["prune", "transfer", *m, *common, *limit, "--correlations", str(out.correlations),
                        "--importance", imp, "--out", prune]))
     steps += [
-        ("prefix matching", ["induction", "prefix", *m, "--seeds", str(args.seeds), "--out", str(out / "induction")]),
-        ("copying", ["induction", "copying", *m, "--seeds", str(args.seeds), "--out", str(out / "induction")]),
-        ("capacity retained", ["induction", "capacity", "--scores", str(out / "induction"), "--importance", imp,
-                               "--out", str(out / "capacity")]),
-        ("synthetic copy task", ["copytask", *m, "--seeds", str(min(args.seeds, 16)), "--out", str(out / "copytask")]),
+        ("prefix matching", ["induction", "prefix", *m, "--seeds", str(args.seeds), "--out", str(out.induction)]),
+        ("copying", ["induction", "copying", *m, "--seeds", str(args.seeds), "--out", str(out.induction)]),
+        ("capacity retained", ["induction", "capacity", "--scores", str(out.induction), "--importance", imp,
+                               "--out", str(out.capacity)]),
+        ("synthetic copy task", ["copytask", *m, "--seeds", str(min(args.seeds, 16)), "--out", str(out.copytask)]),
     ]
     return [(label, forward_options(args, argv)) for label, argv in steps]
 
@@ -165,13 +166,13 @@ class StudyClock:
 
     def __init__(self, args: argparse.Namespace):
         self.flops: dict[str, float] = {}
-        self.tflops = None
+        self.tflops = self.reserve = None
         try:
             from .plan_cli import make_plan
 
             plan = make_plan(argparse.Namespace(**{**vars(args), "json": None}), keep=True)
             self.flops = {r["step"]: float(r["flops"]) for r in plan["steps"]}
-            self.tflops = plan["throughput_tflops"]
+            self.tflops, self.reserve = plan["throughput_tflops"], plan.get("reserve")
         except Exception as err:  # noqa: BLE001 - the ETA is a convenience, the study must not depend on it
             print(f"[all] no overall ETA ({type(err).__name__}: {err})", file=sys.stderr)
         self.total = sum(self.flops.values())
@@ -209,27 +210,32 @@ def run_all(args: argparse.Namespace) -> int:
     from .report import write_report
 
     out = Path(args.out)
+    layout = RunLayout(out)
     data = Path(args.data)
     tasks, skipped = available_tasks(data, args.tasks or DEFAULT_TASKS, args.shots, explicit=bool(args.tasks))
     for line in skipped:
         print(f"[all] skipping {line}", file=sys.stderr)
     if not tasks:
         raise ValueError(f"{data}: none of the requested tasks has its data; see `python run.py data check --data {data}`")
-    steps = plan_steps(args, tasks)
     start = time.monotonic()
+    # The plan first: its FLOPs give the overall ETA, and on an auto device map with GPU budgets it fits
+    # the activation reserve (study/plan_cli.fit_reserve), which every step then loads with.
+    eta = StudyClock(args)
+    if eta.reserve and not getattr(args, "reserve", None):
+        args.reserve = eta.reserve
+    steps = plan_steps(args, tasks)
     # The one model load of the whole study, before anything is written: a model it refuses (NaN
     # weights, a bad checkpoint) leaves no run directory behind.
     loaded = load_from_args(args)
     main = is_main()  # under torchrun: every process runs the model steps on its share of the units
     if main:
         out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "skipped_tasks.json", skipped)
-        write_json(out / "study.json", {"protocol": args.protocol, "other_protocol": other_protocol(args),
+        write_json(layout.file("skipped_tasks.json"), skipped)
+        write_json(layout.file("study.json"), {"protocol": args.protocol, "other_protocol": other_protocol(args),
                                         "targets_differ": targets_differ(tasks), "tasks": tasks, "shots": args.shots})
-        atomic_write_text(out / "commands.txt", "".join("python run.py " + shlex.join(argv) + "\n" for _, argv in steps))
+        atomic_write_text(layout.file("commands.txt"), "".join("python run.py " + shlex.join(argv) + "\n" for _, argv in steps))
     cache = EvaluationCache(loaded[0])
     work: dict[str, dict[str, Any]] = {}
-    eta = StudyClock(args)
     for i, (label, argv) in enumerate(steps, 1):
         if main:
             print(f"[all] step {i}/{len(steps)}: {label} ({time.monotonic() - start:.0f}s elapsed{eta.line()})",
@@ -257,7 +263,7 @@ def run_all(args: argparse.Namespace) -> int:
         eta.done(label, seconds, computed=bool(getattr(step, "work", {}).get("forward_passes")))
         if hasattr(step, "work") and main:
             work[label] = {**step.work, **eta.record(label, seconds)}
-            write_json(out / "work.json", work)
+            write_json(layout.file("work.json"), work)
         if code:
             print(f"[all] step '{label}' failed (exit {code}); fix the cause and rerun: finished work is kept",
                   file=sys.stderr)

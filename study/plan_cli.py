@@ -13,9 +13,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .plan import FLOP_MODEL, PLANNERS, Shape, StepPlan, reset
+from .plan import FLOP_MODEL, Shape, StepPlan
+from .planners import PLANNERS, reset
 
 GIB = 1 << 30
+MIB = 1 << 20
+HOST_TO_DEVICE_GBS = 25  # a PCIe 4.0 x16 link's practical rate, for the streamed layers' transfer time
 
 
 def model_shape(args: argparse.Namespace) -> tuple[Shape, Any, dict[str, Any]]:
@@ -127,9 +130,57 @@ def plan_steps_of(args: argparse.Namespace, shape: Shape, tokenizer: Any, keep: 
     return steps
 
 
+def fit_reserve(args: argparse.Namespace, steps: list[StepPlan]) -> tuple[Shape, dict[str, Any]] | None:
+    """`all` placing the model itself (--device-map auto, budgets on accelerators, no --reserve): keep
+    free on each accelerator what the plan's largest pass needs there, by the plan's own rule
+    (StepPlan.activations), instead of the map's default reserve. A new map moves layers, which moves
+    the activations (a KV cache is per layer), so map and reserve are re-made until map and activations
+    agree (a map that streams layers may need less than the one before it: the reserve follows; if two
+    maps alternate, each device keeps the larger): then no step of the plan exceeds a budget under the
+    map the run will build. Sets
+    args.reserve (so commands.txt and every step carry it); returns the new (shape, description)."""
+    from opt66b.placement import parse_max_memory
+
+    if args.plan_step != "all" or args.device_map != "auto" or getattr(args, "reserve", None) \
+            or args.offload == "mmap":
+        return None
+    accelerators = [d for d in parse_max_memory(args.max_memory) if not d.startswith("cpu")]
+    if not accelerators:
+        return None
+    reserve: dict[str, int] = {}
+    seen: list[dict[str, int]] = []
+    fitted = None
+    for _ in range(8 * len(accelerators) + 8):
+        need = {d: -(-max(s.activations.get(d, 0) for s in steps) // MIB) * MIB for d in accelerators}
+        if need == reserve:  # the map keeps free exactly what its own activations take
+            break
+        if need in seen:  # two maps alternate: keep the larger reserve of each device, which ends it
+            need = {d: max(need[d], reserve[d]) for d in accelerators}
+        seen.append(reserve := need)
+        args.reserve = ",".join(f"{d}={b // MIB}MiB" for d, b in reserve.items())
+        try:
+            fitted = model_shape(args)
+        except ValueError as err:
+            raise ValueError(f"the plan's activations ({args.reserve}) and the weights do not fit the budgets "
+                             f"together: {err}") from None
+        for s in steps:
+            s.shape = fitted[0]
+    if fitted is not None:
+        from .pipeline import plan_steps
+
+        for s, (_, argv) in zip(steps, plan_steps(args, args.planned_tasks)):
+            s.command = "python run.py " + shlex.join(argv)
+    return (fitted[0], fitted[2]) if fitted else None
+
+
 def make_plan(args: argparse.Namespace, keep: bool = False) -> dict[str, Any]:
     shape, tokenizer, info = model_shape(args)
     steps = plan_steps_of(args, shape, tokenizer, keep)
+    refit = fit_reserve(args, steps)
+    if refit is not None:
+        shape, info = refit
+        print(f"[all] --reserve {args.reserve}: the plan's largest activations on each GPU, kept free by the "
+              "device map (give --reserve to choose)", file=sys.stderr)
     if args.throughput is not None:
         if args.throughput <= 0:
             raise ValueError(f"--throughput must be > 0 TFLOP/s, got {args.throughput}")
@@ -163,7 +214,7 @@ def make_plan(args: argparse.Namespace, keep: bool = False) -> dict[str, Any]:
     # read files run once.
     total["seconds_on_processes"] = None if total["seconds"] is None else sum(
         r["seconds"] / (processes if r["forward_passes"] else 1) for r in rows)
-    plan = {"model": info, "weights_bytes": shape.weights_on, "throughput_tflops": tflops,
+    plan = {"model": info, "weights_bytes": shape.weights_on, "reserve": getattr(args, "reserve", None), "throughput_tflops": tflops,
             "throughput_source": source, "flop_model": FLOP_MODEL, "steps": rows, "total": total,
             "processes": processes}
     if (getattr(args, "planned_tasks", None) or getattr(args, "tasks", None)) and getattr(args, "data", None) \
@@ -223,8 +274,10 @@ def format_plan(plan: dict[str, Any]) -> str:
     if plan["total"]["host_bytes"]:
         lines.append(f"host memory beyond the weights (largest step): {plan['total']['host_bytes'] / GIB:.1f} GiB")
     if plan["total"]["streamed_bytes"]:
-        lines.append(f"weights streamed to {m['compute']} (--offload): {plan['total']['streamed_bytes'] / GIB:,.0f} GiB "
-                     "in all; their transfer time comes on top of the estimate where it is not hidden by compute")
+        streamed = plan["total"]["streamed_bytes"]
+        lines.append(f"weights streamed to {m['compute']} (--offload): {streamed / GIB:,.0f} GiB in all, about "
+                     f"{_duration(streamed / (HOST_TO_DEVICE_GBS * 1e9))} at {HOST_TO_DEVICE_GBS} GB/s (PCIe 4.0 x16) "
+                     "on top of the time above where compute does not hide it")
     lines.append("peak = weights placed on the device + the largest pass's activations (estimate, see study/plan.py); "
                  "time = FLOPs / throughput, transfers of streamed layers not included")
     if plan.get("precision"):

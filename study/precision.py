@@ -23,6 +23,7 @@ import random
 from pathlib import Path
 from typing import Any, Sequence
 
+from opt66b.layout import RunLayout
 from prune.intervals import Z95
 
 SAMPLE_DOCS = 32  # docs tokenised per task to price a document (tokens per doc, context + choices)
@@ -38,13 +39,13 @@ def _previous(out: Path | None, task: str, shots: Sequence[int]) -> tuple[float 
     metric = ALL_TASKS[task].PRIMARY_METRIC
     ps = []
     for k in shots:
-        path = Path(out) / "eval" / f"shots-{k}" / "results.json"
+        path = RunLayout(out).results(k)
         if path.is_file():
             value = (read_json(path).get("results", {}).get(task) or {}).get(metric)
             if value is not None:
                 ps.append(float(value))
     sds = []
-    table = Path(out) / "prune" / "heads-own.json"
+    table = RunLayout(out).table("heads-own")
     if table.is_file():
         for rows in (read_json(table).get("paired", {}).get(task) or {}).values():
             for row in rows.values():

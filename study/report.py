@@ -18,6 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from opt66b.io import atomic_write_text, read_tensors
+from opt66b.layout import SHOTS_PATTERN, RunLayout, shot_dirs, shot_files, shot_of, shots_name
 from prune.aggregate import aggregate_of
 from prune.intervals import Z95
 from prune.inflection import DEFAULT_MIN_BEND, DEFAULT_TOLERANCE, RULES, curve_points, mean_curve, mean_grid, sweep_curve
@@ -25,14 +26,14 @@ from tasks.registry import EXTRA_TASKS, PAPER_SEEN_TASKS, PAPER_UNSEEN_TASKS, pa
 
 from . import figures
 from .report_headline import headline_section, protocol_lines, targets_section
-from .report_kit import PRIMARY, Figures, md_table, pct, run_json, shot_dirs, sweep_tables, xy
+from .report_kit import PRIMARY, Figures, md_table, pct, run_json, sweep_tables, xy
 
 
 # -- tasks and accuracy -------------------------------------------------------------------------------
 def tasks_section(run: Path, skipped: list[str]) -> list[str]:
-    evals = {p.name: run_json(p / "results.json") for p in shot_dirs(run / "eval")}
+    evals = {p.name: run_json(p / "results.json") for p in shot_dirs(RunLayout(run).eval)}
     ran = {t for r in evals.values() if r for t in r["results"]}
-    checks = {(r["task"], r["split"]): r for r in (run_json(run / "data_check.json") or {}).get("rows", [])}
+    checks = {(r["task"], r["split"]): r for r in (run_json(RunLayout(run).file("data_check.json")) or {}).get("rows", [])}
     rows = []
     for t in [*PAPER_SEEN_TASKS, *PAPER_UNSEEN_TASKS, *EXTRA_TASKS]:
         role = "seen (in the aggregate)" if t in PAPER_SEEN_TASKS else \
@@ -51,7 +52,7 @@ def tasks_section(run: Path, skipped: list[str]) -> list[str]:
 def accuracy_section(run: Path) -> list[str]:
     lines = ["## Accuracy per task and shot", "", "Primary metric as a fraction (ReCoRD: em), ± its 95% half-width "
              "(1.96 x the standard error lm-evaluation-harness writes beside it, `<metric>_stderr`).", ""]
-    shots = {p.name: run_json(p / "results.json") for p in shot_dirs(run / "eval")}
+    shots = {p.name: run_json(p / "results.json") for p in shot_dirs(RunLayout(run).eval)}
     shots = {k: v for k, v in shots.items() if v}
     if not shots:
         return lines + ["(no evaluation results under eval/)", ""]
@@ -71,7 +72,7 @@ def accuracy_section(run: Path) -> list[str]:
 def importance_section(run: Path, figs: Figures) -> list[str]:
     lines = ["## Head importance (gradient-based, paper §4.1)", ""]
     found = False
-    for shot in shot_dirs(run / "importance"):
+    for shot in shot_dirs(RunLayout(run).importance):
         files = {p.stem: p for p in sorted(shot.glob("*.safetensors"))}
         agg = files.pop("aggregate", None)
         if agg is not None:
@@ -102,7 +103,7 @@ def importance_section(run: Path, figs: Figures) -> list[str]:
 
 def ffn_section(run: Path, figs: Figures) -> list[str]:
     lines = ["## FFN importance (oracle knock-outs, paper §4.2)", ""]
-    for shot in shot_dirs(run / "ffn_importance"):
+    for shot in shot_dirs(RunLayout(run).ffn):
         agg = run_json(shot / "aggregate.json")
         if agg:
             lines += [f"{shot.name}: mean drop over the {len(agg.get('tasks', []))} seen tasks (points) per layer "
@@ -202,22 +203,25 @@ def grid_lines(tab: dict, shots: list[str], figs: Figures, tolerance: float) -> 
         figs.add(lines, figures.heatmap(matrix, figs.dir / f"grid-{tab['ranking']}-{shot}.png",
                                         f"combined pruning, mean over seen tasks, {shot}", "FFN % pruned",
                                         "heads % pruned", xticks=fs, yticks=hs, annotate=True),
-                 "7" if shot == "shots-5" else "19", f"combined heads x FFN pruning, {shot}")
+                 "7" if shot_of(shot) == 5 else "19", f"combined heads x FFN pruning, {shot}")
     return lines
 
 
 # What a report is built from (relative to the run directory); none of them present is an error.
-REPORT_INPUTS = ("eval/shots-K/results.json", "importance/shots-K/aggregate.safetensors",
-                 "ffn_importance/shots-K/aggregate.json", "prune/*.json", "correlate/correlations.json",
-                 "induction/*.json", "capacity/capacity.json", "copytask/copytask.json")
+_RUN = RunLayout(Path("."))
+REPORT_INPUTS = tuple(str(p) for p in (_RUN.eval / SHOTS_PATTERN / "results.json",
+                                       _RUN.importance / SHOTS_PATTERN / "aggregate.safetensors",
+                                       _RUN.ffn / SHOTS_PATTERN / "aggregate.json", _RUN.prune / "*.json",
+                                       _RUN.correlations, _RUN.induction / "*.json", _RUN.capacity / "capacity.json",
+                                       _RUN.copytask / "copytask.json"))
 
 
 def require_results(run: Path) -> None:
     """FileNotFoundError listing what was looked for when `run` holds nothing to report."""
-    if any(next(run.glob(pattern.replace("shots-K", "shots-*")), None) for pattern in REPORT_INPUTS):
+    if any(next(run.glob(pattern.replace(SHOTS_PATTERN, shots_name("*"))), None) for pattern in REPORT_INPUTS):
         return
     hint = ""
-    if next(run.glob("shots-*/results.json"), None) or next(run.glob("shots-*/*.safetensors"), None):
+    if any((d / "results.json").is_file() for d in shot_dirs(run)) or shot_files(run, ".safetensors"):
         hint = (" It looks like the --out of a single command (eval/importance); report reads the run "
                 "directory of `run.py all`, which holds eval/, importance/, ... below it.")
     raise FileNotFoundError(f"{run}: nothing to report; looked for {', '.join(REPORT_INPUTS)}.{hint} "
@@ -233,7 +237,7 @@ def write_report(run: str | Path, skipped_tasks: list[str] | None = None, tolera
         raise FileNotFoundError(f"{run}: run directory not found")
     require_results(run)
     if skipped_tasks is None:
-        skipped_tasks = run_json(run / "skipped_tasks.json") or []
+        skipped_tasks = run_json(RunLayout(run).file("skipped_tasks.json")) or []
     figs = Figures(run)
     for old in figs.dir.glob("*.png") if figs.dir.is_dir() else []:
         old.unlink()  # the index must match the files: drop figures of an earlier report
@@ -253,4 +257,4 @@ def write_report(run: str | Path, skipped_tasks: list[str] | None = None, tolera
     body += targets_section(run)
     body += induction_section(run, figs)
     body += copytask_section(run)
-    return atomic_write_text(run / "report.md", "\n".join(head + figs.index_lines() + body) + "\n")
+    return atomic_write_text(RunLayout(run).file("report.md"), "\n".join(head + figs.index_lines() + body) + "\n")

@@ -7,12 +7,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from opt66b.io import write_json
+from opt66b.layout import RunLayout, shot_dirs, shots_name
 from prune.inflection import DEFAULT_MIN_BEND, RULES, headline, mean_curve, mean_grid
 from prune.intervals import KNEE_ITERS, KNEE_SEED, Z95, headline_intervals
 from prune.paper import PAPER_HEADLINE
 from tasks.registry import seen_in
 
-from .report_kit import md_table, model_config, pct, run_json, shot_dirs, sweep_tables
+from .report_kit import md_table, model_config, pct, run_json, sweep_tables
 
 
 def _span(iv: dict | None) -> str:
@@ -100,12 +101,12 @@ def headline_section(run: Path, tolerance: float, min_bend: float = DEFAULT_MIN_
                 r = res[key]
                 rows.append([shot, label, _point(paper.get(key), key), _point(r["knee"], key), _params(r["knee"]),
                              _point(r["tolerance"], key)])
-    write_json(run / "headline.json", {"rule": "knee", "rules": {k: RULES[k] for k in ("knee", "grid_knee", "tolerance")},
+    write_json(RunLayout(run).file("headline.json"), {"rule": "knee", "rules": {k: RULES[k] for k in ("knee", "grid_knee", "tolerance")},
                                        "min_bend": min_bend, "tolerance_points": tolerance,
                                        "intervals": {"knee": f"bootstrap over documents, {KNEE_ITERS} resamples, seed "
                                                              f"{KNEE_SEED}, 2.5-97.5% quantiles",
                                                      "drop_se": "paired standard error of the mean-over-tasks drop"},
-                                       "paper_opt66b": {f"shots-{k}": v for k, v in PAPER_HEADLINE.items()},
+                                       "paper_opt66b": {shots_name(k): v for k, v in PAPER_HEADLINE.items()},
                                        "shots": out})
     lines += ["Intervals: the knee's 95% interval is a bootstrap over documents (the mean curve rebuilt from "
               f"{KNEE_ITERS} resamples); ± is the 95% half-width of the paired drop.", ""]
@@ -125,10 +126,10 @@ PROTOCOL_SENTENCES = {
 
 def protocol_lines(run: Path) -> list[str]:
     """The report's first statement: which protocol drove the run (`run.py all --protocol`)."""
-    study = run_json(run / "study.json") or {}
+    study = run_json(RunLayout(run).file("study.json")) or {}
     protocol = study.get("protocol")
     if protocol is None:  # a run of single commands: read it from the evaluation's settings
-        res = next((r for r in (run_json(p / "results.json") for p in shot_dirs(run / "eval")) if r), None)
+        res = next((r for r in (run_json(p / "results.json") for p in shot_dirs(RunLayout(run).eval)) if r), None)
         if res is not None:
             protocol = "paper" if (res.get("config") or {}).get("paper_quirks") else "corrected"
     if protocol not in PROTOCOL_SENTENCES:
@@ -141,7 +142,7 @@ def protocol_lines(run: Path) -> list[str]:
 
 def targets_section(run: Path) -> list[str]:
     """How far the other protocol's importance targets move each ranking (correlations.json["targets"])."""
-    corr = run_json(run / "correlate" / "correlations.json") or {}
+    corr = run_json(RunLayout(run).correlations) or {}
     tg = corr.get("targets")
     lines = ["## What the importance targets change", ""]
     if not tg:
@@ -154,7 +155,7 @@ def targets_section(run: Path) -> list[str]:
     for k, block in tg["shots"].items():
         agg = block.get("aggregate")
         if agg:
-            rows.append([f"shots-{k}", f"aggregate ({len(agg['from_other'])} of {len(agg['members'])} tasks change)",
+            rows.append([shots_name(k), f"aggregate ({len(agg['from_other'])} of {len(agg['members'])} tasks change)",
                          agg["rho"], agg["top_overlap"], 1 - agg["top_overlap"]])
-        rows += [[f"shots-{k}", t, v["rho"], v["top_overlap"], 1 - v["top_overlap"]] for t, v in block["tasks"].items()]
+        rows += [[shots_name(k), t, v["rho"], v["top_overlap"], 1 - v["top_overlap"]] for t, v in block["tasks"].items()]
     return lines + md_table(["shots", "ranking", "Spearman rho", "top-30% kept", "top-30% moved"], rows)

@@ -9,11 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from opt66b.io import read_tensors
+from opt66b.layout import RunLayout, shot_dirs, shot_of, shots_name
 from prune import stats
 from tasks.registry import paper_order
 
 from . import figures
-from .report_kit import Figures, md_table, run_json, shot_dirs, xy
+from .report_kit import Figures, md_table, run_json, xy
 
 INDUCTION_THRESHOLD = 0.5  # a head with prefix matching (or copying) >= 0.5 is counted as an induction head
 TOP_FRACTION = 0.3  # "important heads": the top 30% of the aggregate ranking, as the paper's overlap
@@ -38,7 +39,7 @@ VARIANT_SENTENCES = {
 # -- transfer -------------------------------------------------------------------------------------------
 def transfer_section(run: Path, figs: Figures) -> list[str]:
     lines = ["## Cross-task transfer (paper §6.1, Figs. 9, 21, 22)", ""]
-    tr = run_json(run / "prune" / "transfer.json")
+    tr = run_json(RunLayout(run).table("transfer"))
     if not tr:
         return lines + ["(no prune/transfer.json)", ""]
     lines += [f"Partners chosen by: {', '.join(tr.get('variants', []))}. `published` = the paper's own pairs (its "
@@ -56,7 +57,7 @@ def transfer_section(run: Path, figs: Figures) -> list[str]:
             for variant, sides in entry["partners"].items():
                 rows.append([entry["task"] + sub, variant, side(sides["high"]), side(sides["low"])])
             notes += entry.get("notes", [])
-        lines += [f"### shots-{key}", ""] + md_table(["task", "chosen by", "highest partner", "lowest partner"], rows)
+        lines += [f"### {shots_name(key)}", ""] + md_table(["task", "chosen by", "highest partner", "lowest partner"], rows)
         lines += [f"Note: {n}." for n in notes] + ([""] if notes else [])
         curve_rows = []
         for entry in block["chosen"] + block["unseen"]:
@@ -67,10 +68,10 @@ def transfer_section(run: Path, figs: Figures) -> list[str]:
                     curve_rows.append([entry["task"], name] + [c.get(p) for p in ("0", "10", "30", "50", "70", "90")])
         lines += md_table(["task", "ranking", "0%", "10%", "30%", "50%", "70%", "90%"], curve_rows)
         lines += transfer_gap_lines(block)
-        figs.add(lines, figures.curve_panels(panels, figs.dir / f"transfer-shots-{key}.png",
-                                             f"cross-task transfer, shots-{key}", "% heads pruned", "metric x100",
+        figs.add(lines, figures.curve_panels(panels, figs.dir / f"transfer-{shots_name(key)}.png",
+                                             f"cross-task transfer, {shots_name(key)}", "% heads pruned", "metric x100",
                                              dashed=[k for p in panels.values() for k in p if "spearman" in k]),
-                 "9, 21, 22", f"cross-task transfer, shots-{key}")
+                 "9, 21, 22", f"cross-task transfer, {shots_name(key)}")
     return lines
 
 
@@ -101,7 +102,7 @@ def transfer_gap_lines(block: dict) -> list[str]:
 # -- SRCC -------------------------------------------------------------------------------------------------
 def correlation_section(run: Path, figs: Figures) -> list[str]:
     lines = ["## Rank correlation of head importance (paper §6.1, Figs. 8, 20)", ""]
-    corr = run_json(run / "correlate" / "correlations.json")
+    corr = run_json(RunLayout(run).correlations)
     if not corr:
         return lines + ["(no correlate/correlations.json)", ""]
     lines += ["Both statistics are drawn: the true Spearman rho (p-values below) and the paper's SRCC as its code "
@@ -110,7 +111,7 @@ def correlation_section(run: Path, figs: Figures) -> list[str]:
               "paper's Fig. 8; the last row of each figure is a random permutation of the heads (seeded, the "
               "paper's `--random` row): what no agreement looks like.", ""]
     for key, block in corr["shots"].items():
-        shot = key if key.startswith("shots-") else f"shots-{key}"
+        shot = key if shot_of(key) is not None else shots_name(key)
         tasks = block["tasks"]
         rand = block.get("random_baseline", {})
         rows = tasks + (["random"] if rand else [])
@@ -170,7 +171,7 @@ def _mean(values: list) -> float | None:
 # -- induction scores, overlap, capacity --------------------------------------------------------------------
 def induction_section(run: Path, figs: Figures) -> list[str]:
     lines = ["## Induction heads: prefix matching and copying (paper §7, Fig. 10, Appendix A.8)", ""]
-    ind = run / "induction"
+    ind = RunLayout(run).induction
     scores = {p.stem: read_tensors(p)[0]["mean"] for p in sorted(ind.glob("*.safetensors"))} if ind.is_dir() else {}
     scores = {k: scores[k] for k in VARIANT_SENTENCES if k in scores}
     if not scores:
@@ -196,7 +197,7 @@ def overlap_lines(run: Path, scores: dict) -> list[str]:
              f"{INDUCTION_THRESHOLD:g}; important = top {TOP_FRACTION:.0%} of the aggregate; rho = Spearman "
              "between the score and the aggregate importance.", ""]
     rows = []
-    for shot in shot_dirs(run / "importance"):
+    for shot in shot_dirs(RunLayout(run).importance):
         agg = shot / "aggregate.safetensors"
         if not agg.is_file():
             continue
@@ -219,7 +220,7 @@ def overlap_lines(run: Path, scores: dict) -> list[str]:
 
 
 def capacity_lines(run: Path, figs: Figures) -> list[str]:
-    cap = run_json(run / "capacity" / "capacity.json")
+    cap = run_json(RunLayout(run).capacity / "capacity.json")
     if not cap:
         return []
     lines = ["## Capacity retained under head pruning (paper §7, Figs. 11, 23, 24)", ""]
@@ -230,7 +231,7 @@ def capacity_lines(run: Path, figs: Figures) -> list[str]:
         lines += ["% of the total score kept when the given % of heads is pruned least-important-first:", ""]
         lines += md_table(["scores / ranking"] + pcts,
                         [[k.replace("|", " / ")] + [v[p] for p in pcts] for k, v in sorted(table.items())])
-    tensors = read_tensors(run / "capacity" / "capacity.safetensors")[0]
+    tensors = read_tensors(RunLayout(run).capacity / "capacity.safetensors")[0]
     x = tensors["x"].tolist()
     for score in sorted({k.split("|")[0] for k in tensors if k != "x"}):
         keys = [k for k in sorted(tensors) if k.startswith(score + "|")]
@@ -259,7 +260,7 @@ def capacity_lines(run: Path, figs: Figures) -> list[str]:
 
 # -- the synthetic copy task (organism check) -------------------------------------------------------------
 def copytask_section(run: Path) -> list[str]:
-    res = run_json(run / "copytask" / "copytask.json")
+    res = run_json(RunLayout(run).copytask / "copytask.json")
     if not res:
         return []
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from opt66b.io import read_json
+from opt66b.layout import RunLayout
 
 PRIMARY = {"record": "em"}  # the paper reads em for ReCoRD and acc for every other task
 
@@ -19,10 +20,6 @@ PRIMARY = {"record": "em"}  # the paper reads em for ReCoRD and acc for every ot
 def run_json(path: Path) -> Any | None:
     """A run's JSON file, None when absent; a damaged one is an error naming it."""
     return read_json(path, "rerun the step that writes it (its units resume)") if path.is_file() else None
-
-
-def shot_dirs(root: Path) -> list[Path]:
-    return sorted(root.glob("shots-*"), key=lambda p: int(p.name.split("-")[1])) if root.is_dir() else []
 
 
 def fmt(v: Any, digits: int = 3) -> str:
@@ -46,7 +43,7 @@ class Figures:
     """Draws figures under RUN/figures and keeps the index: paper figure number -> file."""
 
     def __init__(self, run: Path):
-        self.run, self.dir, self.index = run, run / "figures", []
+        self.run, self.dir, self.index = run, RunLayout(run).figures, []
 
     def add(self, lines: list[str], path: Path | None, paper: str, content: str) -> None:
         """Record a drawn figure (paper: its number(s) in the paper, or "" when it is not the paper's)."""
@@ -101,7 +98,7 @@ def figure_numbers(label: str) -> list[int]:
 
 
 def sweep_tables(run: Path) -> dict[str, dict]:
-    prune = run / "prune"
+    prune = RunLayout(run).prune
     tables = {p.stem: run_json(p) for p in sorted(prune.glob("*.json"))} if prune.is_dir() else {}
     return {k: v for k, v in tables.items() if isinstance(v, dict) and "results" in v}
 

@@ -65,8 +65,7 @@ def all_defaults(args: argparse.Namespace) -> argparse.Namespace:
             raise ValueError(f"--{key.replace('_', '-')} must be >= 1, got {value}")
     if getattr(args, "seed", None) is not None and args.seed < 0:  # checked before any step runs
         raise ValueError(f"--seed must be >= 0 (it seeds numpy's default_rng in the induction steps), got {args.seed}")
-    if getattr(args, "batch_tokens", None) is None:
-        args.batch_tokens = fitted_batch_tokens(args)
+    fit_to_budgets(args)
     return args
 
 
@@ -78,11 +77,15 @@ def _budgets(args: argparse.Namespace) -> dict[str, int]:
     return {d: b for d, b in parse_max_memory(args.max_memory).items() if not d.startswith("cpu")}
 
 
-def fitted_batch_tokens(args: argparse.Namespace) -> int | None:
-    """--batch-tokens when not given: with --max-memory budgets on accelerators, the largest scoring batch
-    whose worst-case activations fit beside the weights the placement puts there (study/plan.py's rule,
-    so `--plan` shows it fitting); said on stderr. None (each step's default, 4096) without budgets."""
+def fit_to_budgets(args: argparse.Namespace) -> None:
+    """With --max-memory budgets on accelerators, what `all` chooses when not told (said on stderr):
+    --batch-tokens, the largest scoring batch whose worst-case activations fit beside the weights the
+    placement puts there (study/plan.py's rule, so `--plan` shows it fitting); None (each step's
+    default, 4096) without budgets. --backward layerwise, when a full-length example's ordinary backward
+    would not fit beside the weights, or when layers stream (then it is what runs; said explicitly, the
+    placement the plan's reserve settles on cannot flip it)."""
     import sys
+    from dataclasses import replace
 
     from opt66b.placement import GIB
 
@@ -91,25 +94,39 @@ def fitted_batch_tokens(args: argparse.Namespace) -> int | None:
 
     budgets = _budgets(args)
     if not budgets:
-        return None
-    shape = model_shape(args)[0]
-    fitted = fit_batch_tokens(shape, budgets)
-    tokens = None
+        return
+    shape, _, info = model_shape(args)
+    fitting = shape
+    if shape.streamed:
+        # Layers stream anyway: every pass copies the streamed layers to the GPU, so the transfers, not
+        # the FLOPs, set the time, and they fall with the number of passes. The batch is fitted beside
+        # the head group and the two stream buffers alone; the plan's reserve (plan_cli.fit_reserve)
+        # then streams as many more layers as its activations need.
+        from opt66b.placement import head_params
+
+        compute = info["compute"]
+        lean = {d: b for d, b in shape.weights_on.items() if d != compute}
+        lean[compute] = 2 * max(shape.streamed.values()) + (head_params(shape.cfg) * shape.dtype_bytes
+                                                            if shape.head == compute else 0)
+        fitting = replace(shape, weights_on=lean)
+    fitted = fit_batch_tokens(fitting, budgets) if getattr(args, "batch_tokens", None) is None else None
     if fitted is not None:
-        tokens, fits = fitted
-        room = ", ".join(f"{d} {(budgets[d] - shape.weights_on.get(d, 0)) / GIB:.1f} GiB" for d in budgets)
-        print(f"[all] --batch-tokens {tokens}: " + ("the largest scoring batch whose activations fit beside the "
+        args.batch_tokens, fits = fitted
+        room = ", ".join(f"{d} {(budgets[d] - fitting.weights_on.get(d, 0)) / GIB:.1f} GiB" for d in budgets)
+        print(f"[all] --batch-tokens {args.batch_tokens}: " + ("the largest scoring batch whose activations fit beside the "
               "weights" if fits else "the smallest batch, and even it does not fit beside the weights: give the "
               "device map more room (a lower --max-memory for the GPU streams more layers)")
-              + f" ({room} left; give --batch-tokens to choose)", file=sys.stderr)
+              + (" and the stream buffers (layers stream: fewer, larger passes copy fewer weights)"
+                 if shape.streamed else "") + f" ({room} left; give --batch-tokens to choose)", file=sys.stderr)
     # head importance: an example may be as long as the model's positions; if its ordinary backward would
     # not fit, every importance step takes the bounded layer-wise one (recorded in each file's metadata)
-    if getattr(args, "backward", None) is None and not shape.streamed and \
-            not full_backward_fits(shape, budgets, shape.cfg.max_positions):
+    if getattr(args, "backward", None) is None and (shape.streamed or
+                                                    not full_backward_fits(shape, budgets, shape.cfg.max_positions)):
         args.backward = "layerwise"
-        print(f"[all] head importance takes the layer-wise backward: a {shape.cfg.max_positions}-token example's "
-              "full backward would not fit beside the weights (one layer's graph at a time instead)", file=sys.stderr)
-    return tokens
+        why = ("layers stream" if shape.streamed else
+               f"a {shape.cfg.max_positions}-token example's full backward would not fit beside the weights")
+        print(f"[all] head importance takes the layer-wise backward: {why} (one layer's graph at a time instead)",
+              file=sys.stderr)
 
 
 def _all(args: argparse.Namespace) -> int:

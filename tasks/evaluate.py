@@ -23,6 +23,7 @@ from typing import Any, Sequence
 import torch
 
 from opt66b.io import NonFiniteError, file_hashes, read_json
+from opt66b.layout import shots_dir
 
 from .base import Result, Task
 from .metrics import public_metrics, task_metrics_with_errors
@@ -243,7 +244,7 @@ def run_evaluation(model: Any, tokenizer: Any, info: dict[str, Any] | None, data
     objects = {name: get_task(name, data, paper_quirks=paper_quirks) for name in tasks}
     all_results: dict[int, dict[str, Any]] = {}
     for k in shots:
-        shot_dir = out / f"shots-{k}"
+        shot_dir = shots_dir(out, k)
         results, versions, configs = {}, {}, {}
         for name, task in objects.items():
             fields = {**task_fingerprint(task), "shots": k}

@@ -307,7 +307,10 @@ class Scorer:
         if p.targets.numel() == 0:
             return
         h = hidden[p.rows.to(hidden.device), p.pos.to(hidden.device)]  # (N, W): only predicting positions
-        logits = self.model.logits(h)[:, :self.vocab].float()  # (N, V_tok): padded rows are not tokens
+        # (N, V_tok): padded vocabulary rows are not tokens. Made contiguous at once, so the model's (N, V)
+        # output is freed before log_softmax, which would otherwise copy the slice beside it: two fp32
+        # (N, V) buffers at the peak, as study/plan.py counts, not three; the values are the same.
+        logits = self.model.logits(h)[:, :self.vocab].float().contiguous()
         targets = p.targets.to(logits.device)
         logp = torch.log_softmax(logits, dim=-1).gather(1, targets[:, None])[:, 0]  # (N,)
         greedy = logits.argmax(dim=-1) == targets  # (N,)

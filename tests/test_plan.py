@@ -240,3 +240,63 @@ def test_plan_prices_the_study_on_several_processes(tmp_path, capsys):
     assert plan["processes"] == 4 and plan["total"]["seconds_on_processes"] == pytest.approx(want)
     assert plan["total"]["seconds_on_processes"] < plan["total"]["seconds"]
     assert run.main(["all", "--plan", "--processes", "0", "--tasks", "copa"]) == 2
+
+
+FIT_ARGV = ["all", "--random-weights", "opt-66b", "--dtype", "float16", "--device", "cuda:0", "--device-map", "auto",
+            "--max-memory", "cuda:0=141GiB,cpu=400GiB", "--tasks", "record", "multirc", "--limit", "8",
+            "--n-docs", "2", "--seeds", "1", "--batch-tokens", "4096"]
+
+
+def test_all_keeps_free_what_its_own_plan_needs(tmp_path, capsys):
+    """ReCoRD's long passages at --batch-tokens 4096 hold a KV cache in every layer: beside OPT-66B on one
+    141 GiB GPU, the auto map's default reserve (about 8192 tokens of one layer, 1833 MiB) leaves the
+    evaluation over budget. `all` fits --reserve from its own plan (plan_cli.fit_reserve): every step's
+    peak is within the budget under the map it then builds, the reserve covers the activations the plan
+    puts on the GPU, and every model step's command carries it."""
+    default_like = plan_of([*FIT_ARGV, "--reserve", "cuda:0=1833MiB"], tmp_path, capsys)
+    budget = 141 << 30
+    assert max(s["peak_bytes"]["cuda:0"] for s in default_like["steps"]) > budget  # the problem being fixed
+    path = tmp_path / "fitted.json"
+    assert run.main([*FIT_ARGV, "--plan", "--throughput", "1", "--json", str(path)]) == 0
+    printed = capsys.readouterr()
+    assert "OVER BUDGET" not in printed.out and "[all] --reserve cuda:0=" in printed.err
+    plan = json.loads(path.read_text())
+    reserve = plan["reserve"]
+    assert reserve and reserve.startswith("cuda:0=") and reserve.endswith("MiB")
+    kept = int(reserve.removeprefix("cuda:0=").removesuffix("MiB")) << 20
+    weights = plan["weights_bytes"]["cuda:0"]
+    assert weights + kept <= budget
+    assert plan["model"]["device_map"]["streamed_layers"] > 0  # room was made by streaming layers
+    for step in plan["steps"]:
+        assert step["peak_bytes"]["cuda:0"] <= budget, step["step"]
+        assert step["peak_bytes"]["cuda:0"] - weights <= kept, step["step"]
+        if step["forward_passes"]:
+            assert f"--reserve {reserve}" in step["command"], step["step"]
+    # the reserve is what the largest pass needs (rounded up to a MiB), not a blanket margin
+    assert max(s["peak_bytes"]["cuda:0"] for s in plan["steps"]) - weights > kept - (1 << 20)
+
+
+def test_all_loads_with_the_reserve_its_plan_fitted(tmp_path, monkeypatch, capsys):
+    """The run builds the map the plan priced: run_all plans first (StudyClock) and every step's
+    command, and the one model load, get the fitted --reserve."""
+    import opt66b.runtime
+    from study.commands import build_parser
+    from study.pipeline import run_all
+    from study.run_cli import all_defaults
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_load(args):
+        seen["reserve"] = args.reserve
+        raise Stop
+
+    monkeypatch.setattr(opt66b.runtime, "load_from_args", fake_load)
+    args = all_defaults(build_parser().parse_args([*FIT_ARGV, "--throughput", "1", "--out", str(tmp_path / "run")]))
+    with pytest.raises(Stop):
+        run_all(args)
+    planned = plan_of(FIT_ARGV, tmp_path, capsys)["reserve"]
+    assert seen["reserve"] == planned and planned
+    assert not (tmp_path / "run").exists()  # nothing is written before the load

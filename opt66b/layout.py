@@ -1,0 +1,129 @@
+"""The file layout of a run: every directory and file name the study writes, built and parsed here only.
+
+Every writer (tasks.evaluate, prune.experiments, prune.sweeps, induction, study.pipeline) and every
+reader (the report, correlate, capacity, transfer, export) takes its paths from this module, so a
+name changes in one place. A run of `python run.py all --out OUT` is laid out as:
+
+    OUT/commands.txt                       one `python run.py ...` line per step (replayable)
+    OUT/study.json, work.json, data_check.json, skipped_tasks.json, report.md, figures/
+    OUT/eval/shots-K/results.json          lm-eval's layout; tasks/<task>.json units, requests/<task>.jsonl
+    OUT/importance/shots-K/<task>.safetensors, aggregate.safetensors
+    OUT/importance-<protocol>/shots-K/...  the tasks whose targets differ, under the other protocol
+    OUT/ffn_importance/shots-K/<task>.json, aggregate.json; <task>/layer-XXX.json and chunks-C/ units
+    OUT/prune/<table>.json                 heads-own, heads-aggregate, ffn-own, grid-own, transfer
+    OUT/prune/<table>/shots-K/<task>/hH_fF.json   one sweep unit
+    OUT/correlate/correlations.json
+    OUT/induction/, OUT/capacity/, OUT/copytask/
+
+A step run on its own (`run.py eval --out DIR`) writes the same tree under DIR that `all` writes
+under OUT/eval; "shots-K" is the one directory name of a shot count, `shots_dir` builds it and
+`shot_of` reads it back.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+SHOTS_PATTERN = "shots-K"  # how help texts and docs write a shot directory
+_SHOTS = re.compile(r"^shots-(\d+)$")
+
+
+def shots_name(k: int | str) -> str:
+    """'shots-K': the directory of shot count K, also the key of a shot in merged tables."""
+    return f"shots-{k}"
+
+
+def shot_of(name: str) -> int | None:
+    """The K of a 'shots-K' name (a directory or a table key), None for any other name."""
+    m = _SHOTS.match(name)
+    return int(m.group(1)) if m else None
+
+
+def shots_dir(root: str | Path, k: int) -> Path:
+    return Path(root) / shots_name(k)
+
+
+def shot_dirs(root: str | Path) -> list[Path]:
+    """Every root/shots-K directory, by K (none when root is missing)."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = [(shot_of(p.name), p) for p in root.iterdir() if p.is_dir()]
+    return [p for k, p in sorted((k, p) for k, p in found if k is not None)]
+
+
+def shot_files(root: str | Path, suffix: str) -> dict[int, list[Path]]:
+    """{K: sorted root/shots-K/*<suffix> files}, shot dirs without such files left out."""
+    out = {}
+    for d in shot_dirs(root):
+        files = sorted(p for p in d.iterdir() if p.is_file() and p.name.endswith(suffix))
+        if files:
+            out[shot_of(d.name)] = files
+    return out
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """The directories and files of one `run.py all` run under `root` (module docstring)."""
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
+    @property
+    def eval(self) -> Path:
+        return self.root / "eval"
+
+    @property
+    def importance(self) -> Path:
+        return self.root / "importance"
+
+    def importance_under(self, protocol: str) -> Path:
+        """Head importance of the tasks whose targets differ, under the other protocol."""
+        return self.root / f"importance-{protocol}"
+
+    @property
+    def ffn(self) -> Path:
+        return self.root / "ffn_importance"
+
+    @property
+    def prune(self) -> Path:
+        return self.root / "prune"
+
+    def table(self, name: str) -> Path:
+        """A merged sweep table: prune/heads-own.json, prune/grid-own.json, prune/transfer.json, ..."""
+        return self.prune / f"{name}.json"
+
+    @property
+    def correlate(self) -> Path:
+        return self.root / "correlate"
+
+    @property
+    def correlations(self) -> Path:
+        return self.correlate / "correlations.json"
+
+    @property
+    def induction(self) -> Path:
+        return self.root / "induction"
+
+    @property
+    def capacity(self) -> Path:
+        return self.root / "capacity"
+
+    @property
+    def copytask(self) -> Path:
+        return self.root / "copytask"
+
+    @property
+    def figures(self) -> Path:
+        return self.root / "figures"
+
+    def file(self, name: str) -> Path:
+        """A file at the top of the run: commands.txt, study.json, work.json, data_check.json, ..."""
+        return self.root / name
+
+    def results(self, k: int) -> Path:
+        return shots_dir(self.eval, k) / "results.json"

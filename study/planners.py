@@ -1,0 +1,276 @@
+"""The planners of `--plan`: one per step, each mirroring the step's own loop on a config-only stand-in
+for the model (study/plan.py holds the cost rules they feed).
+
+Evaluations are the bulk of a plan: tokenising every request of the full data and batching it as
+tasks.scoring.Scorer does takes minutes. Each evaluation's passes (a PassGroup) are therefore kept on
+disk, in OPT66B_CACHE_DIR/plans/, under a key made of everything that fixes them: the task's name,
+VERSION and data files by content, the prompt variant, shots, limit, seed, batch budget, maximum
+length, the tokenizer files by content and the source of the tasks package. A second plan of the same
+data (or the plan `run.py all` makes before it runs) reads them back in well under a second; any
+change to one of those inputs makes a new key, never a stale answer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import random
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Callable
+
+from .plan import PassGroup, StepPlan, Shape
+
+PLAN_CACHE_FORMAT = 1  # bump when PassGroup's layout changes
+
+
+def _scorer_group(scorer: Any) -> PassGroup:
+    """Every pass of a tasks.scoring.Scorer plan: context batches (keeping their KV cache when they
+    carry continuations) and the continuation batches, each on its rows' copy of that cache plus
+    its own new keys, while the context batch's cache is still held."""
+    units = []
+    for unit in scorer.units:
+        context_rows, context_len = unit.main.ids.shape
+        context_kv = context_rows * context_len if unit.conts else 0
+        passes = []
+        for p in (unit.main, *unit.conts):
+            rows, new = p.ids.shape  # (rows, new positions)
+            keys = p.mask.shape[1]  # cached past + new positions
+            kv = context_kv + (rows * keys if p is not unit.main else 0)
+            passes.append([rows, new, keys, int(p.mask[:, -new:].sum()), int(p.targets.numel()), kv])
+        units.append(passes)
+    return PassGroup(units)
+
+
+_EVALUATIONS: dict[tuple, PassGroup] = {}  # within one plan (cleared by `reset`), steps share evaluation plans
+# Full evaluations already planned, by (evaluation, head mask id, FFN mask id): `run.py all` shares a
+# tasks.evaluate.EvaluationCache between its steps, so a cell planned once is not planned again.
+_RUNS: set[tuple] = set()
+_SOURCE: list[str] = []  # sha256 of the tasks package's source, computed once per process
+
+
+def reset(keep_evaluations: bool = False) -> None:
+    """Start a plan. keep_evaluations: reuse the evaluation plans of the previous one (they depend on
+    the data and the batch budget, not on the placement)."""
+    if not keep_evaluations:
+        _EVALUATIONS.clear()
+    _RUNS.clear()
+
+
+def _evaluation_key(args: argparse.Namespace, shape: Shape, task: Any, shots: int) -> tuple:
+    """As TaskEvaluation.identity: no --max-length means the model's positions (eval states it, sweeps do not)."""
+    return (task.NAME, str(args.data), task.paper_quirks, shots, args.limit, args.seed, args.batch_tokens,
+            getattr(args, "max_length", None) or shape.cfg.max_positions)
+
+
+def _mask_id(kind: str, source: str | None, count: int | None) -> tuple | None:
+    """What fixes a sweep's mask before its ranking is read: None for no mask and for a mask of ones
+    (count 0, whatever the ranking; the same evaluation, see tasks.evaluate.EvaluationCache), else
+    `count` units masked by the ranking of `source`. Two rankings that happen to mask the same units
+    are one evaluation at run time, but two here: the plan is an upper bound there."""
+    return None if not count else (kind, source, count)
+
+
+def _plan_run(step: StepPlan, args: argparse.Namespace, tokenizer: Any, task: Any, shots: int,
+              head_id: tuple | None = None, ffn_id: tuple | None = None, ffn_skipped: float = 0) -> None:
+    """One full evaluation under masks, unless an earlier step of this plan already runs it."""
+    key = (_evaluation_key(args, step.shape, task, shots), head_id, ffn_id)
+    if key not in _RUNS:
+        _RUNS.add(key)
+        step.add_group(_evaluation(args, step.shape, tokenizer, task, shots), ffn_skipped=ffn_skipped)
+
+
+def _cached(what: str, identity: list[Any], tokenizer: Any, task: Any, compute: Callable[[], Any]) -> Any:
+    """compute(), a JSON-able value, kept in OPT66B_CACHE_DIR/plans/ under everything that fixes it
+    (module docstring): `identity` (the step's settings) plus the task's name, VERSION and data by
+    content, the tokenizer files by content and the tasks package's source. A tokenizer built in
+    memory (no files) is never cached; a damaged entry is recomputed, never trusted; a cache that
+    cannot be written costs the next plan its time, nothing else."""
+    from opt66b.identity import cache_dir, tokenizer_identity
+    from opt66b.io import atomic_write_text
+    from tasks.evaluate import task_fingerprint
+    from tasks.scoring import KV_BUDGET_FACTOR
+
+    if getattr(tokenizer, "merges_path", None) is None:
+        return compute()
+    if not _SOURCE:
+        package = Path(__file__).resolve().parent.parent / "tasks"
+        _SOURCE.append(hashlib.sha256(b"".join(p.read_bytes() for p in sorted(package.glob("*.py")))).hexdigest())
+    full = [PLAN_CACHE_FORMAT, what, *identity, task_fingerprint(task), task.paper_quirks,
+            tokenizer_identity(Path(tokenizer.merges_path).parent), KV_BUDGET_FACTOR, _SOURCE[0]]
+    digest = hashlib.sha256(json.dumps(full, sort_keys=True).encode()).hexdigest()
+    path = cache_dir() / "plans" / f"{task.NAME}-{what}-{digest[:32]}.json"
+    try:
+        return json.loads(path.read_text())["value"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    value = compute()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps({"value": value}, separators=(",", ":")))
+    except (OSError, ValueError):
+        pass
+    return value
+
+
+def _evaluation(args: argparse.Namespace, shape: Shape, tokenizer: Any, task: Any, shots: int) -> PassGroup:
+    """The passes of one evaluation (Scorer's batching of every request), from the cache when it has them."""
+    from tasks.evaluate import TaskEvaluation
+
+    key = _evaluation_key(args, shape, task, shots)
+    if key not in _EVALUATIONS:
+        def passes() -> list:
+            stand_in = SimpleNamespace(config=shape.cfg)  # the Scorer reads the config only
+            evaluation = TaskEvaluation(stand_in, tokenizer, task, shots, limit=args.limit, seed=args.seed,
+                                        batch_tokens=args.batch_tokens, max_length=getattr(args, "max_length", None))
+            return _scorer_group(evaluation.scorer).units
+
+        identity = [shots, args.limit, args.seed, args.batch_tokens, key[-1], shape.cfg.max_positions]
+        _EVALUATIONS[key] = PassGroup(_cached(f"{shots}shot-eval", identity, tokenizer, task, passes))
+    return _EVALUATIONS[key]
+
+
+def _tasks(args: argparse.Namespace) -> dict[str, Any]:
+    from tasks.registry import check_task_args, get_task
+
+    check_task_args(args.tasks, args.shots, getattr(args, "limit", None))
+    if not Path(args.data).is_dir():
+        raise FileNotFoundError(f"--data {args.data}: data directory not found")
+    return {t: get_task(t, args.data, paper_quirks=args.paper_quirks) for t in dict.fromkeys(args.tasks)}
+
+
+def plan_eval(step: StepPlan, args: argparse.Namespace, tokenizer: Any) -> None:
+    """Every evaluation runs (the per-request log-likelihoods are written); later sweeps reuse them."""
+    tasks = _tasks(args)
+    masks = (_mask_id("head file", str(args.head_mask), -1) if args.head_mask else None,
+             _mask_id("ffn file", str(args.ffn_mask), -1) if args.ffn_mask else None)
+    for shots in args.shots:
+        for task in tasks.values():
+            _RUNS.add((_evaluation_key(args, step.shape, task, shots), *masks))
+            step.add_group(_evaluation(args, step.shape, tokenizer, task, shots))
+
+
+def plan_head_importance(step: StepPlan, args: argparse.Namespace, tokenizer: Any) -> None:
+    from tasks.scoring import token_requests
+
+    max_length = args.max_length or step.shape.cfg.max_positions
+    for name, task in _tasks(args).items():
+        for k in args.shots:
+            def lengths() -> list[list[int]]:  # (tokens fed, scored positions) per example
+                examples = task.importance_examples(args.n_docs, k, random.Random(args.seed),
+                                                    paper_quirks=args.paper_quirks)
+                return [[len(t.input_ids), len(t.continuation)] for t in token_requests(tokenizer, examples, max_length)]
+
+            identity = [k, args.n_docs, args.seed, max_length, step.shape.cfg.max_positions]
+            for fed, scored in _cached(f"{k}shot-importance", identity, tokenizer, task, lengths):
+                step.add(1, fed, logit_rows=scored, backward=True,
+                         layerwise=getattr(args, "backward", "auto") == "layerwise")
+    if getattr(args, "backward", "auto") == "layerwise":
+        step.notes.append("layer-wise backward (--backward layerwise): every layer's input kept, one layer's graph")
+    elif not step.shape.streamed:
+        step.notes.append("the backward keeps every layer's activations; with --offload (streamed layers) it is "
+                          "layer-wise and keeps one input per layer")
+
+
+def plan_ffn_importance(step: StepPlan, args: argparse.Namespace, tokenizer: Any) -> None:
+    from prune.cli import oracle_budget
+
+    cfg = step.shape.cfg
+    budget = oracle_budget(args)
+    for name, task in _tasks(args).items():
+        for k in args.shots:
+            group = _evaluation(args, step.shape, tokenizer, task, k)
+            step.add_group(group)  # the base run, recording every layer's input
+            for layer in range(cfg.num_layers):  # FFN `layer` knocked out: layers >= layer rerun
+                step.add_group(group, start_layer=0 if args.naive else layer, ffn_skipped=step.shape.ffn_params[layer])
+            if not args.naive:  # one chunk of scoring batches recorded at a time (prune/sweeps.py)
+                per_token = cfg.hidden_size * step.shape.dtype_bytes * cfg.num_layers  # every layer's input
+                unit_bytes = max(group.unit_tokens, default=0) * per_token
+                size = max(1, min(len(group.unit_tokens), budget // max(unit_bytes, 1)))
+                chunk = sum(sorted(group.unit_tokens, reverse=True)[:size]) * per_token
+                step.host_bytes = max(step.host_bytes, min(chunk, group.padded * per_token))
+    if not args.naive:
+        step.notes.append(f"the knock-outs run in chunks whose recorded layer inputs stay within "
+                          f"{budget / (1 << 30):.3g} GiB of host memory (--oracle-memory)")
+
+
+def plan_prune(step: StepPlan, args: argparse.Namespace, tokenizer: Any) -> None:
+    from prune.masks import count_for_percent
+    from prune.sweeps import DEFAULT_PERCENTS, sweep_units
+
+    from prune.sweeps import ranking_name
+
+    cfg = step.shape.cfg
+    heads_total = cfg.num_layers * cfg.num_heads
+    if args.sweep == "transfer":  # partners are read from correlations.json at run time: plan the upper bound
+        from prune.aggregate import PAPER_SEEN_TASKS
+        from prune.transfer import DEFAULT_PERCENTS as TRANSFER_PERCENTS
+        from prune.transfer import choose_tasks
+
+        tasks = _tasks(args)
+        available = [t for t in tasks if t in PAPER_SEEN_TASKS]  # the seen tasks that will have importance
+        for name in [c["task"] for c in choose_tasks(available, args.transfer_tasks)]:  # with substitutes
+            for k in args.shots:
+                for partner in range(min(4, len(available) - 1)):  # 2 per statistic, sharing one cache
+                    for p in args.head_percents or TRANSFER_PERCENTS:
+                        count = count_for_percent(p, heads_total) if p else None
+                        _plan_run(step, args, tokenizer, tasks[name], k, _mask_id("heads", f"partner {partner}", count))
+        step.notes.append("transfer: at most 4 partner rankings per chosen task; correlations.json says how many")
+        return
+    grid = args.sweep == "grid"
+    hp = args.head_percents if args.head_percents is not None else DEFAULT_PERCENTS["grid_heads" if grid else "heads"]
+    fp = args.ffn_percents if args.ffn_percents is not None else DEFAULT_PERCENTS["grid_ffn" if grid else "ffn"]
+    tasks = _tasks(args)
+    present = [p for p in step.shape.ffn_params if p]
+    mean_ffn = sum(present) / max(len(present), 1)  # which FFNs a ranking masks is known only at run time
+    for unit in sweep_units(args.sweep, list(tasks), args.shots, hp, fp):
+        # run_sweep evaluates identical masks once: a 0% mask is no mask, two percentages with the same
+        # floor(p * N / 100) give the same mask, and cells of earlier steps are not run again.
+        source = ranking_name(args.ranking, unit.task)
+        heads = None if not unit.head_percent else count_for_percent(unit.head_percent, heads_total)
+        ffns = None if not unit.ffn_percent else count_for_percent(unit.ffn_percent, cfg.num_layers)
+        _plan_run(step, args, tokenizer, tasks[unit.task], unit.shots, _mask_id("heads", source, heads),
+                  _mask_id("ffn", source, ffns), ffn_skipped=(ffns or 0) * mean_ffn)
+
+
+def plan_induction(step: StepPlan, args: argparse.Namespace, tokenizer: Any) -> None:
+    from induction.sequences import REPEATS, base_length
+
+    cfg = step.shape.cfg
+    d, heads = cfg.hidden_size, cfg.num_heads
+    from induction.cli import selected_variants
+
+    variants = selected_variants(args.kind, args.variant)
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
+        t = REPEATS * base_length(seed, args.start_length, args.length_step) + 1
+        if args.induction_command == "prefix":
+            step.add(1, t)  # one forward for every variant
+            step.extra[step.shape.head] = max(step.extra.get(step.shape.head, 0), heads * t * t * 4)
+            continue
+        per_layer_readout = 2 * t * d * d + 2 * t * t * d  # unembedded ids through W_O, then (T, T) per head
+        if "residual" in variants:
+            step.add(1, t)
+            step.add_flops(cfg.num_layers * per_layer_readout)
+        for _ in {"paper", "index_fix", "text"} & set(variants):  # no model pass: q, k, v of the embedding-level input
+            step.add_flops(cfg.num_layers * (2 * t * 3 * d * d + 2 * t * t * d + per_layer_readout))
+    if args.induction_command == "copying" and "paper" in variants:
+        step.notes.append("the paper's copying variant runs layer pieces, not passes: counted in FLOPs only")
+
+
+def plan_copytask(step: StepPlan, args: argparse.Namespace, tokenizer: Any) -> None:
+    """study/copy_task.pruning_experiment: prefix matching per seed, prune.importance's forward +
+    backward per row (2L tokens fed, the second repeat's L-1 targets), then four accuracy passes on the
+    (seeds, 1 + 2L) batch (full, induction heads pruned, two controls)."""
+    for s in range(args.seed, args.seed + args.seeds):
+        step.add(1, 1 + 4 * (args.length + 2 * s))
+    rows, t = args.seeds, 1 + 2 * args.length
+    step.add(1, 2 * args.length, logit_rows=args.length - 1, backward=True, times=rows)
+    step.add(rows, t, logit_rows=rows * (args.length - 1), times=4)
+
+
+PLANNERS: dict[str, Callable[[StepPlan, argparse.Namespace, Any], None]] = {
+    "eval": plan_eval, "importance heads": plan_head_importance, "importance ffn": plan_ffn_importance,
+    "prune": plan_prune, "induction prefix": plan_induction, "induction copying": plan_induction,
+    "copytask": plan_copytask,
+}
