@@ -12,6 +12,17 @@ For each tiny config it writes tests/golden/<name>/ (config.json + model.safeten
     heads.{l} (B, H, T, Dh): out_proj's input in HF, per head (the paper's context_layer_val)
     probs.{l} (B, H, T, S): HF eager attention probabilities
 Padded positions hold whatever HF computed there; the test reads real positions only.
+
+`python tests/golden/make_golden.py --extra` adds tests/golden/<name>/extra.safetensors, cases the
+reference file cannot tell a wrong port from a right one with (same model and batch):
+    ffn_mask_fractional (L,), logits_ffn_fractional: layer 0's FFN block scaled by 0.5 (fc2's weight and bias)
+    small_scale (), logits_small: embed_tokens, embed_positions and every parameter of layer 0's
+        self_attn (q, k, v, out_proj: weights and biases) multiplied by small_scale (1e-3), so the
+        first layer norm's input (pre-LN: the embeddings; post-LN: embeddings + attention) has a
+        variance far below eps and eps decides the result (the logits are small too, the output head
+        being the tied embedding: compare relatively)
+    kv_split (), logits_continuation (B, T - kv_split, V): HF's logits of the last columns fed on
+        the cache (past_key_values) of the first kv_split columns, the whole mask given
 """
 
 from __future__ import annotations
@@ -94,9 +105,59 @@ def build(name: str, cfg: OPTConfig, seed: int) -> None:
     print(f"wrote {out_dir}")
 
 
+SMALL_SCALE = 1e-3
+
+
+def build_extra(name: str) -> None:
+    """extra.safetensors beside an existing reference (module docstring); reference.safetensors untouched."""
+    import transformers
+
+    from opt66b.io import read_tensors
+
+    out_dir = HERE / name
+    ref, _ = read_tensors(out_dir / "reference.safetensors")
+    ids, mask = ref["input_ids"], ref["attention_mask"]
+
+    def fresh():
+        model = transformers.OPTForCausalLM.from_pretrained(out_dir, attn_implementation="eager").eval()
+        return model
+
+    tensors = {}
+    with torch.no_grad():
+        model = fresh()
+        frac = torch.ones(model.config.num_hidden_layers)
+        frac[0] = 0.5
+        layer = model.model.decoder.layers[0]
+        layer.fc2.weight *= 0.5
+        layer.fc2.bias *= 0.5
+        tensors["ffn_mask_fractional"] = frac
+        tensors["logits_ffn_fractional"] = model(input_ids=ids, attention_mask=mask).logits
+
+        model = fresh()
+        decoder = model.model.decoder
+        for p in [decoder.embed_tokens.weight, decoder.embed_positions.weight, *decoder.layers[0].self_attn.parameters()]:
+            p *= SMALL_SCALE
+        tensors["small_scale"] = torch.tensor(SMALL_SCALE)
+        tensors["logits_small"] = model(input_ids=ids, attention_mask=mask).logits
+
+        model = fresh()
+        split = ids.shape[1] - 2  # every row has >= 2 real tokens: the last 2 columns are real
+        ctx = model(input_ids=ids[:, :split], attention_mask=mask[:, :split], use_cache=True)
+        cont = model(input_ids=ids[:, split:], attention_mask=mask, past_key_values=ctx.past_key_values)
+        tensors["kv_split"] = torch.tensor(split)
+        tensors["logits_continuation"] = cont.logits
+    meta = {"transformers": transformers.__version__, "torch": torch.__version__, "config": name,
+            "script": "tests/golden/make_golden.py --extra"}
+    write_tensors(out_dir / "extra.safetensors", tensors, metadata=meta)
+    print(f"wrote {out_dir / 'extra.safetensors'}")
+
+
 def main() -> None:
     for k, (name, cfg) in enumerate(CONFIGS.items()):
-        build(name, cfg, SEED + k)
+        if "--extra" in sys.argv:
+            build_extra(name)
+        else:
+            build(name, cfg, SEED + k)
 
 
 if __name__ == "__main__":
