@@ -97,35 +97,53 @@ def selected_variants(kind: str, variant: str) -> list[str]:
 
 
 def _scores(args: argparse.Namespace, loaded=None) -> int:
-    import torch
-
     from opt66b.runtime import load_from_args
+
+    from .settings import CopyingSettings, PrefixSettings
+
+    settings = (PrefixSettings if args.kind == "prefix" else CopyingSettings).from_args(args)
+    settings.check()  # before the model loads
+    return run_scores_step(settings, loaded or load_from_args(args))["code"]
+
+
+def check_scores(s) -> list[str]:
+    """The variants ScoreSettings `s` asks for, after checking its values."""
+    if s.seeds < 1 or s.first_seed < 0:
+        raise ValueError(f"--seeds must be >= 1 and --seed >= 0, got {s.seeds} and {s.first_seed}")
+    return selected_variants(s.kind, s.variant)
+
+
+def run_scores_step(s, loaded) -> dict:
+    """Prefix matching or copying scores of ScoreSettings `s` on a loaded model; prints the top heads."""
+    import torch
 
     from .experiments import run_copying, run_prefix_matching
 
-    if args.seeds < 1 or args.first_seed < 0:
-        raise ValueError(f"--seeds must be >= 1 and --seed >= 0, got {args.seeds} and {args.first_seed}")
-    variants = selected_variants(args.kind, args.variant)
-    model, tokenizer, info = loaded or load_from_args(args)
-    common = dict(seeds=args.seeds, first_seed=args.first_seed, variants=variants, exclude_ratio=args.exclude_ratio,
-                  start_length=args.start_length, length_step=args.length_step, top=args.top,
-                  recompute=getattr(args, "recompute", False))
-    if args.kind == "prefix":
-        kind, res = "prefix_matching", run_prefix_matching(model, tokenizer, info, args.out, **common)
+    variants = check_scores(s)
+    model, tokenizer, info = loaded
+    common = dict(seeds=s.seeds, first_seed=s.first_seed, variants=variants, exclude_ratio=s.exclude_ratio,
+                  start_length=s.start_length, length_step=s.length_step, top=s.top, recompute=s.recompute)
+    if s.kind == "prefix":
+        kind, res = "prefix_matching", run_prefix_matching(model, tokenizer, info, s.out, **common)
     else:
-        kind, res = "copying", run_copying(model, tokenizer, info, args.out, head_chunk=args.head_chunk, **common)
-    args.work = res["work"]
+        kind, res = "copying", run_copying(model, tokenizer, info, s.out, head_chunk=s.head_chunk, **common)
     heads = model.config.num_heads
     for v, scores in res["summary"].items():
         flat = int(torch.argmax(scores["mean"]))
         print(f"{kind} {v}: top head layer {flat // heads} head {flat % heads} "
-              f"score {float(scores['mean'].flatten()[flat]):.4f} -> {args.out}/{kind}_{v}.json")
-    return 0
+              f"score {float(scores['mean'].flatten()[flat]):.4f} -> {s.out}/{kind}_{v}.json")
+    return {"code": 0, "work": res["work"]}
 
 
 def _capacity(args: argparse.Namespace) -> int:
+    from .settings import CapacitySettings
+
+    return run_capacity_step(CapacitySettings.from_args(args))["code"]
+
+
+def run_capacity_step(s) -> dict:
     from .capacity import run_capacity
 
-    run_capacity(args.scores, args.importance, args.out, random_seeds=args.random_seeds)
-    print(f"capacity curves -> {args.out}/capacity.safetensors, {args.out}/capacity.json")
-    return 0
+    run_capacity(s.scores, s.importance, s.out, random_seeds=list(s.random_seeds))
+    print(f"capacity curves -> {s.out}/capacity.safetensors, {s.out}/capacity.json")
+    return {"code": 0, "work": None}

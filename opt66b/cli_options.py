@@ -22,6 +22,23 @@ from typing import Any
 DTYPE_NAMES = ("bfloat16", "float16", "float32")
 
 
+class _Deprecated(argparse.Action):
+    """An old spelling kept for one release: stores into the new option's dest and says so once."""
+
+    def __init__(self, option_strings, dest, new: str = "", **kwargs):
+        self.new = new
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"note: {option_string} is deprecated; it means {self.new}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def add_old_spelling(parser: argparse.ArgumentParser, old: str, new: str, dest: str, **kwargs: Any) -> None:
+    """`old` keeps working as `new` (same dest, hidden from --help) with a one-line notice."""
+    parser.add_argument(old, dest=dest, action=_Deprecated, new=new, help=argparse.SUPPRESS, **kwargs)
+
+
 def add_model_args(parser: argparse.ArgumentParser) -> None:
     """--model, --tokenizer, --dtype, --device and the scale options (opt66b/placement.py, offload.py),
     read by opt66b.runtime.load_from_args. With no --model the embedded tiny OPT is used."""

@@ -10,7 +10,7 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from .cli_options import add_json_arg, example
+    from .cli_options import add_json_arg, add_old_spelling, example
 
     p = sub.add_parser(
         "device-map", help="show the layer placement for an OPT size and memory budgets",
@@ -18,13 +18,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Print which decoder layers go on which device, GiB of weights per device, and which "
                     "layers would be streamed from host memory (--offload). Same rules as every sub-command's "
                     "--device-map/--max-memory options.",
-        epilog=example("python run.py device-map --size opt-66b --max-memory cuda:0=70GiB,cpu=200GiB",
-                       "python run.py device-map --size opt-66b --device-map 0-31:cuda:0,32-63:cuda:1 --json map.json"))
-    p.add_argument("--size", default="opt-66b", help="official size name, e.g. opt-30b (default opt-66b)")
+        epilog=example("python run.py device-map --random-weights opt-66b --max-memory cuda:0=70GiB,cpu=200GiB",
+                       "python run.py device-map --random-weights opt-66b --device-map 0-31:cuda:0,32-63:cuda:1 "
+                       "--json map.json"))
+    p.add_argument("--random-weights", default="opt-66b", metavar="SIZE",
+                   help="official size name whose shape is placed, e.g. opt-30b (default opt-66b; no weights are read)")
+    add_old_spelling(p, "--size", "--random-weights", "random_weights")
     p.add_argument("--model", default=None, help="or: a checkpoint directory whose config.json is used")
     p.add_argument("--device-map", default="auto", help="auto (default), ranges, or a .json file")
     p.add_argument("--max-memory", default=None, help="e.g. cuda:0=70GiB,cuda:1=70GiB,cpu=200GiB")
-    p.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default="float16")
+    p.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default="float16",
+                   help="weight dtype whose bytes are placed (default: float16, as the released checkpoints)")
     add_json_arg(p, "the map (usable as a --device-map file)")
     p.set_defaults(func=_device_map)
 
@@ -36,7 +40,7 @@ def _device_map(args: argparse.Namespace) -> int:
     from .config import config_for_size, config_from_hf
     from .placement import build_device_map, compress_ranges, parse_max_memory
 
-    cfg = config_from_hf(args.model) if args.model else config_for_size(args.size)
+    cfg = config_from_hf(args.model) if args.model else config_for_size(args.random_weights)
     dm = build_device_map(args.device_map, cfg, getattr(torch, args.dtype), parse_max_memory(args.max_memory))
     if args.json is not None:
         emit_json(args.json, {"head": dm.head, "layers": compress_ranges(dm.layers)})

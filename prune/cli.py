@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from .correlate_cli import register_correlate
 from .export_cli import register_export
+
+if TYPE_CHECKING:
+    from .settings import FFNOracleSettings, HeadImportanceSettings, PruneSettings
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -33,18 +37,6 @@ def _eval_seed_arg(p: argparse.ArgumentParser) -> None:
     from opt66b.cli_options import add_seed_arg
 
     add_seed_arg(p, 42, "eval doc shuffle and few-shot demo sampling seed (lm-eval's, as `run.py eval`)")
-
-
-def _validate(args: argparse.Namespace) -> None:
-    from tasks.registry import check_task_args
-
-    check_task_args(args.tasks, args.shots, getattr(args, "limit", None))
-    if not args.data.is_dir():
-        raise FileNotFoundError(f"{args.data}: data directory not found")
-
-
-def _recompute(args: argparse.Namespace) -> bool:
-    return bool(getattr(args, "recompute", False))
 
 
 # -- importance ---------------------------------------------------------------------------------------
@@ -113,7 +105,7 @@ def register_importance(sub: argparse._SubParsersAction) -> None:
     f.set_defaults(func=_importance_ffn)
 
 
-def oracle_budget(args: argparse.Namespace) -> int:
+def oracle_budget(args: Any) -> int:
     """Bytes of recorded layer inputs the FFN oracle may hold (--oracle-memory, else from --max-memory)."""
     from opt66b.placement import GIB, parse_max_memory
 
@@ -125,39 +117,66 @@ def oracle_budget(args: argparse.Namespace) -> int:
     return cpu // 4 if cpu else 2 * GIB
 
 
-def _importance_heads(args: argparse.Namespace, loaded=None) -> int:
+def _run(settings_class: type, args: argparse.Namespace, loaded=None) -> int:
+    """A handler: parse -> settings -> check -> load -> the typed step (as `run.py all` calls it)."""
     from opt66b.runtime import load_from_args
-    from tasks.registry import check_task_args
 
-    from .experiments import run_head_importance
-    from .masks import DENOMINATOR_BY_PROTOCOL
+    settings = settings_class.from_args(args)
+    settings.check()  # before the model loads
+    return settings.execute(loaded or load_from_args(args))["code"]
 
-    _validate(args)
-    if args.seen_tasks:
-        check_task_args(args.seen_tasks, args.shots)
-    if args.n_docs < 1:
-        raise ValueError(f"--n-docs must be >= 1, got {args.n_docs}")
-    model, tokenizer, info = loaded or load_from_args(args)
-    args.work = run_head_importance(model, tokenizer, info, args.data, args.tasks, args.shots, args.out, n_docs=args.n_docs,
-                        seed=args.seed, max_length=args.max_length, normalize_per_layer=args.normalize_per_layer,
-                        paper_quirks=args.paper_quirks, denominator=DENOMINATOR_BY_PROTOCOL[args.protocol],
-                        seen_tasks=args.seen_tasks, layerwise_backward=args.backward == "layerwise",
-                        update_aggregate=args.update_aggregate, recompute=_recompute(args))["work"]
-    return 0
+
+def _importance_heads(args: argparse.Namespace, loaded=None) -> int:
+    from .settings import HeadImportanceSettings
+
+    return _run(HeadImportanceSettings, args, loaded)
 
 
 def _importance_ffn(args: argparse.Namespace, loaded=None) -> int:
-    from opt66b.runtime import load_from_args
+    from .settings import FFNOracleSettings
 
+    return _run(FFNOracleSettings, args, loaded)
+
+
+def check_head_importance(s: "HeadImportanceSettings") -> None:
+    from tasks.registry import check_task_args
+
+    s.check_tasks()
+    if s.seen_tasks:
+        check_task_args(list(s.seen_tasks), list(s.shots))
+    if s.n_docs < 1:
+        raise ValueError(f"--n-docs must be >= 1, got {s.n_docs}")
+
+
+def run_head_importance_step(s: "HeadImportanceSettings", loaded) -> dict[str, Any]:
+    from .experiments import run_head_importance
+    from .masks import DENOMINATOR_BY_PROTOCOL
+
+    check_head_importance(s)
+    model, tokenizer, info = loaded
+    work = run_head_importance(model, tokenizer, info, s.data, list(s.tasks), list(s.shots), s.out, n_docs=s.n_docs,
+                               seed=s.seed, max_length=s.max_length, normalize_per_layer=s.normalize_per_layer,
+                               paper_quirks=s.paper_quirks, denominator=DENOMINATOR_BY_PROTOCOL[s.protocol],
+                               seen_tasks=list(s.seen_tasks) if s.seen_tasks else None,
+                               layerwise_backward=s.backward == "layerwise", update_aggregate=s.update_aggregate,
+                               recompute=s.recompute)["work"]
+    return {"code": 0, "work": work}
+
+
+def check_ffn_oracle(s: "FFNOracleSettings") -> None:
+    s.check_tasks(s.limit)
+    oracle_budget(s)
+
+
+def run_ffn_oracle_step(s: "FFNOracleSettings", loaded) -> dict[str, Any]:
     from .experiments import run_ffn_oracle
 
-    _validate(args)
-    budget = oracle_budget(args)
-    model, tokenizer, info = loaded or load_from_args(args)
-    args.work = run_ffn_oracle(model, tokenizer, info, args.data, args.tasks, args.shots, args.out, limit=args.limit,
-                   seed=args.seed, batch_tokens=args.batch_tokens, cached=not args.naive, paper_quirks=args.paper_quirks,
-                   record_budget=budget, recompute=_recompute(args))["work"]
-    return 0
+    check_ffn_oracle(s)
+    model, tokenizer, info = loaded
+    work = run_ffn_oracle(model, tokenizer, info, s.data, list(s.tasks), list(s.shots), s.out, limit=s.limit,
+                          seed=s.seed, batch_tokens=s.batch_tokens, cached=not s.naive, paper_quirks=s.paper_quirks,
+                          record_budget=oracle_budget(s), recompute=s.recompute)["work"]
+    return {"code": 0, "work": work}
 
 
 # -- prune --------------------------------------------------------------------------------------------
@@ -201,53 +220,55 @@ def register_prune(sub: argparse._SubParsersAction) -> None:
 
 
 def _prune(args: argparse.Namespace, loaded=None) -> int:
-    from opt66b.runtime import load_from_args
+    from .settings import PruneSettings
+
+    return _run(PruneSettings, args, loaded)
+
+
+def check_prune(s: "PruneSettings") -> None:
     from tasks.registry import ALL_TASKS
 
-    from .experiments import run_prune_sweep
-
-    _validate(args)
-    if args.ranking not in ("own", "aggregate") and args.ranking not in ALL_TASKS:
+    s.check_tasks(s.limit)
+    if s.ranking not in ("own", "aggregate") and s.ranking not in ALL_TASKS:
         raise KeyError(f"--ranking must be own, aggregate or a task name ({', '.join(ALL_TASKS)}); "
-                       f"got {args.ranking!r}")
-    for name, vals in (("--head-percents", args.head_percents), ("--ffn-percents", args.ffn_percents)):
+                       f"got {s.ranking!r}")
+    for name, vals in (("--head-percents", s.head_percents), ("--ffn-percents", s.ffn_percents)):
         if vals is not None and any(not 0 <= v <= 100 for v in vals):
-            raise ValueError(f"{name} must be in [0, 100], got {vals}")
-    if args.sweep == "transfer":
-        return _transfer(args, loaded)
-    if args.sweep in ("heads", "grid") and args.importance is None:
-        raise ValueError(f"prune {args.sweep} needs --importance DIR (from `run.py importance heads`)")
-    if args.sweep in ("ffn", "grid") and args.ffn_importance is None:
-        raise ValueError(f"prune {args.sweep} needs --ffn-importance DIR (from `run.py importance ffn`)")
-    model, tokenizer, info = loaded or load_from_args(args)
-    res = run_prune_sweep(model, tokenizer, info, args.data, args.tasks, args.shots, args.out, sweep=args.sweep,
-                          ranking=args.ranking, importance=args.importance, ffn_importance=args.ffn_importance,
-                          head_percents=args.head_percents, ffn_percents=args.ffn_percents, limit=args.limit,
-                          seed=args.seed, batch_tokens=args.batch_tokens, paper_quirks=args.paper_quirks, recompute=_recompute(args),
-                          cache=getattr(args, "evaluation_cache", None))
-    args.work = res["work"]
-    print(res["table"])
-    return 0
+            raise ValueError(f"{name} must be in [0, 100], got {list(vals)}")
+    if s.sweep == "transfer":
+        if s.correlations is None or s.importance is None:
+            raise ValueError("prune transfer needs --correlations FILE (from `run.py correlate`) and --importance DIR")
+        if not Path(s.correlations).is_file():
+            raise FileNotFoundError(f"{s.correlations}: not found; run `run.py correlate` first")
+        return
+    if s.sweep in ("heads", "grid") and s.importance is None:
+        raise ValueError(f"prune {s.sweep} needs --importance DIR (from `run.py importance heads`)")
+    if s.sweep in ("ffn", "grid") and s.ffn_importance is None:
+        raise ValueError(f"prune {s.sweep} needs --ffn-importance DIR (from `run.py importance ffn`)")
 
 
-def _transfer(args: argparse.Namespace, loaded=None) -> int:
+def run_prune_step(s: "PruneSettings", loaded, cache=None) -> dict[str, Any]:
+    """A sweep (or the transfer) on a loaded model; `cache`: evaluations earlier steps ran (run.py all)."""
     from opt66b.io import read_json
-    from opt66b.runtime import load_from_args
 
-    from .experiments import run_transfer_study
+    from .experiments import run_prune_sweep, run_transfer_study
 
-    if args.correlations is None or args.importance is None:
-        raise ValueError("prune transfer needs --correlations FILE (from `run.py correlate`) and --importance DIR")
-    if not args.correlations.is_file():
-        raise FileNotFoundError(f"{args.correlations}: not found; run `run.py correlate` first")
-    corr = read_json(args.correlations)
-    model, tokenizer, info = loaded or load_from_args(args)
-    res = run_transfer_study(model, tokenizer, info, args.data, args.tasks, args.shots, args.out, correlations=corr,
-                             importance=args.importance, transfer_tasks=args.transfer_tasks,
-                             head_percents=args.head_percents, limit=args.limit, seed=args.seed,
-                             batch_tokens=args.batch_tokens, paper_quirks=args.paper_quirks, partners=args.partners,
-                             recompute=_recompute(args), cache=getattr(args, "evaluation_cache", None))
-    args.work = res["work"]
+    check_prune(s)
+    model, tokenizer, info = loaded
+    percents = None if s.head_percents is None else list(s.head_percents)
+    common = dict(limit=s.limit, seed=s.seed, batch_tokens=s.batch_tokens, paper_quirks=s.paper_quirks,
+                  recompute=s.recompute, cache=cache)
+    if s.sweep == "transfer":
+        res = run_transfer_study(model, tokenizer, info, s.data, list(s.tasks), list(s.shots), s.out,
+                                 correlations=read_json(s.correlations), importance=s.importance,
+                                 transfer_tasks=list(s.transfer_tasks), head_percents=percents,
+                                 partners=list(s.partners) if s.partners else None, **common)
+    else:
+        res = run_prune_sweep(model, tokenizer, info, s.data, list(s.tasks), list(s.shots), s.out, sweep=s.sweep,
+                              ranking=s.ranking, importance=s.importance, ffn_importance=s.ffn_importance,
+                              head_percents=percents,
+                              ffn_percents=None if s.ffn_percents is None else list(s.ffn_percents), **common)
     if res["table"] is not None:  # torchrun: rank 0 writes the table
         print(res["table"])
-    return 0
+    return {"code": 0, "work": res["work"]}
+

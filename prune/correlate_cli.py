@@ -31,10 +31,18 @@ def register_correlate(sub: argparse._SubParsersAction) -> None:
 
 
 def _correlate(args: argparse.Namespace) -> int:
+    from .settings import CorrelateSettings
+
+    return run_correlate_step(CorrelateSettings.from_args(args))["code"]
+
+
+def run_correlate_step(s) -> dict:
+    """The correlate step of CorrelateSettings `s` (no model)."""
     from .correlate import run_correlate
 
-    if not 0 < args.top_fraction <= 1:
-        raise ValueError(f"--top-fraction must be in (0, 1], got {args.top_fraction}")
-    run_correlate(args.importance, args.out, shots=args.shots, tasks=args.tasks, top_fraction=args.top_fraction,
-                  compare_importance=args.compare_importance)
-    return 0
+    if not 0 < s.top_fraction <= 1:
+        raise ValueError(f"--top-fraction must be in (0, 1], got {s.top_fraction}")
+    run_correlate(s.importance, s.out, shots=list(s.shots) if s.shots else None,
+                  tasks=list(s.tasks) if s.tasks else None, top_fraction=s.top_fraction,
+                  compare_importance=s.compare_importance)
+    return {"code": 0, "work": None}

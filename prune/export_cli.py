@@ -11,6 +11,8 @@ from typing import Any
 
 
 def register_export(sub: argparse._SubParsersAction) -> None:
+    from opt66b.cli_options import add_old_spelling
+
     p = sub.add_parser(
         "export-pruned", help="write a smaller checkpoint without the masked heads and FFNs (or --dry-run)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -19,13 +21,13 @@ def register_export(sub: argparse._SubParsersAction) -> None:
                     "result loads with --model like any checkpoint and scores as the masked model does. Heads "
                     "keep their original ids: head masks stay (layers, heads) and removed heads read as zero. "
                     "Masks: mask files (--head-mask/--ffn-mask, 0/1, as run.py eval reads them) or a ranking "
-                    "plus a percentage, as the sweeps build them (--head-importance FILE --heads-percent P, "
+                    "plus a percentage, as the sweeps build them (--head-importance FILE --head-percent P, "
                     "--ffn-ranking FILE --ffn-percent P). --dry-run prints parameters and bytes removed, "
-                    "without weights (--size for an official size; percentages alone count units).",
+                    "without weights (--random-weights for an official size; percentages alone count units).",
         epilog="examples:\n"
-               "  python run.py export-pruned --dry-run --size opt-66b --heads-percent 70 --ffn-percent 20\n"
+               "  python run.py export-pruned --dry-run --random-weights opt-66b --head-percent 70 --ffn-percent 20\n"
                "  python run.py export-pruned --model ~/ckpt/opt-1.3b --head-importance "
-               "runs/1.3b/importance/shots-0/aggregate.safetensors --heads-percent 70 --ffn-ranking "
+               "runs/1.3b/importance/shots-0/aggregate.safetensors --head-percent 70 --ffn-ranking "
                "runs/1.3b/ffn/shots-0/aggregate.json --ffn-percent 20 --out ~/ckpt/opt-1.3b-h70-f20\n"
                "  python run.py export-pruned --model ~/ckpt/opt-1.3b --head-mask masks.safetensors "
                "--out ~/ckpt/opt-1.3b-pruned")
@@ -36,15 +38,18 @@ def register_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ffn-mask", type=Path, default=None, help="mask file with 'ffn_mask' (layers,) of 0/1")
     p.add_argument("--head-importance", type=Path, default=None,
                    help="head importance file of `run.py importance heads` (e.g. OUT/shots-0/aggregate.safetensors)")
-    p.add_argument("--heads-percent", type=float, default=None, help="remove the lowest-ranked P%% of heads")
+    p.add_argument("--head-percent", type=float, default=None, help="remove the lowest-ranked P%% of heads")
+    add_old_spelling(p, "--heads-percent", "--head-percent", "head_percent", type=float)
     p.add_argument("--ffn-ranking", type=Path, default=None,
                    help="FFN ranking file of `run.py importance ffn` (e.g. OUT/shots-0/aggregate.json)")
     p.add_argument("--ffn-percent", type=float, default=None, help="remove the lowest-ranked P%% of FFNs")
     p.add_argument("--shard-size", default="2GiB", help="largest output shard (default 2GiB)")
     p.add_argument("--dry-run", action="store_true", help="print what would be removed; read no weights")
-    p.add_argument("--size", default=None, help="with --dry-run: an official size instead of --model, e.g. opt-66b")
+    p.add_argument("--random-weights", default=None, metavar="SIZE",
+                   help="with --dry-run: an official size's shape instead of --model, e.g. opt-66b (no weights)")
+    add_old_spelling(p, "--size", "--random-weights", "random_weights")
     p.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default=None,
-                   help="bytes of the dry run at this dtype (default: the checkpoint's; float16 for --size)")
+                   help="bytes of the dry run at this dtype (default: the checkpoint's; float16 for --random-weights)")
     p.set_defaults(func=_export)
 
 
@@ -56,23 +61,23 @@ def _export(args: argparse.Namespace) -> int:
     from opt66b.placement import parse_size
     from opt66b.runtime import TINY_MODEL_DIR
 
-    if args.size and not args.dry_run:
-        raise ValueError("--size describes an official shape without weights; it needs --dry-run (export needs --model)")
-    if args.size and args.model:
-        raise ValueError("give --size or --model, not both")
-    model_dir = None if args.size else (args.model or TINY_MODEL_DIR)
+    if args.random_weights and not args.dry_run:
+        raise ValueError("--random-weights describes an official shape without weights; it needs --dry-run (export needs --model)")
+    if args.random_weights and args.model:
+        raise ValueError("give --random-weights or --model, not both")
+    model_dir = None if args.random_weights else (args.model or TINY_MODEL_DIR)
     if model_dir is not None and not model_dir.is_dir():
         raise FileNotFoundError(f"--model {model_dir}: checkpoint directory not found")
-    cfg = config_for_size(args.size) if args.size else config_from_hf(model_dir)
+    cfg = config_for_size(args.random_weights) if args.random_weights else config_from_hf(model_dir)
     head, ffn, provenance = masks_from_args(args, cfg)
     if args.dry_run:
-        dtype = getattr(torch, args.dtype) if args.dtype else (torch.float16 if args.size else _stored_dtype(model_dir))
-        print(dry_run_report(cfg, args.size or str(model_dir), head, ffn, dtype, counts_only=provenance["counts_only"]))
+        dtype = getattr(torch, args.dtype) if args.dtype else (torch.float16 if args.random_weights else _stored_dtype(model_dir))
+        print(dry_run_report(cfg, args.random_weights or str(model_dir), head, ffn, dtype, counts_only=provenance["counts_only"]))
         return 0
     if args.out is None:
         raise ValueError("export-pruned needs --out DIR (or --dry-run)")
     if head is None and ffn is None:
-        raise ValueError("nothing to remove: give --head-mask/--ffn-mask or a ranking with --heads-percent/--ffn-percent")
+        raise ValueError("nothing to remove: give --head-mask/--ffn-mask or a ranking with --head-percent/--ffn-percent")
     record = export_pruned(model_dir, args.out, head, ffn, max_shard_bytes=parse_size(args.shard_size),
                            provenance={k: v for k, v in provenance.items() if k != "counts_only"},
                            head_source=str(args.head_mask or args.head_importance or "head mask"),
@@ -96,14 +101,14 @@ def masks_from_args(args: argparse.Namespace, cfg: Any):
 
     L, H = cfg.num_layers, cfg.num_heads
     prov: dict[str, Any] = {"counts_only": False}
-    for flag, value in (("--heads-percent", args.heads_percent), ("--ffn-percent", args.ffn_percent)):
+    for flag, value in (("--head-percent", args.head_percent), ("--ffn-percent", args.ffn_percent)):
         if value is not None:
             count_for_percent(value, 1)  # range and type check, names the value
-    if args.head_mask and (args.head_importance or args.heads_percent is not None):
-        raise ValueError("give --head-mask or --head-importance with --heads-percent, not both")
+    if args.head_mask and (args.head_importance or args.head_percent is not None):
+        raise ValueError("give --head-mask or --head-importance with --head-percent, not both")
     if args.ffn_mask and (args.ffn_ranking or args.ffn_percent is not None):
         raise ValueError("give --ffn-mask or --ffn-ranking with --ffn-percent, not both")
-    for flag, value, pct in (("--head-importance", args.head_importance, "--heads-percent"),
+    for flag, value, pct in (("--head-importance", args.head_importance, "--head-percent"),
                              ("--ffn-ranking", args.ffn_ranking, "--ffn-percent")):
         if value is not None and getattr(args, pct[2:].replace("-", "_")) is None:
             raise ValueError(f"{flag} needs {pct} P: the share of units to remove")
@@ -117,12 +122,12 @@ def masks_from_args(args: argparse.Namespace, cfg: Any):
         if path is not None:
             prov.update({key: str(path), f"{key}_sha256": sha256_file(path)})
     if args.head_importance:
-        head = head_mask_for_percent(read_importance(args.head_importance, L, H), args.heads_percent)
+        head = head_mask_for_percent(read_importance(args.head_importance, L, H), args.head_percent)
         prov.update(head_importance=str(args.head_importance), head_importance_sha256=sha256_file(args.head_importance),
-                    heads_percent=args.heads_percent)
-    elif args.heads_percent is not None:
-        head = _first_units(L * H, count_for_percent(args.heads_percent, L * H)).view(L, H)  # (L*H,) -> (L, H)
-        prov.update(counts_only=True, heads_percent=args.heads_percent)
+                    head_percent=args.head_percent)
+    elif args.head_percent is not None:
+        head = _first_units(L * H, count_for_percent(args.head_percent, L * H)).view(L, H)  # (L*H,) -> (L, H)
+        prov.update(counts_only=True, head_percent=args.head_percent)
     if args.ffn_ranking:
         ffn = ffn_mask_for_percent(read_ffn_ranking(args.ffn_ranking, L), args.ffn_percent, L)
         prov.update(ffn_ranking=str(args.ffn_ranking), ffn_ranking_sha256=sha256_file(args.ffn_ranking),

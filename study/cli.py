@@ -32,20 +32,33 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _copytask(args: argparse.Namespace, loaded=None) -> int:
-    import sys
-
     from opt66b.runtime import load_from_args
+
+    from .settings import CopyTaskSettings
+
+    settings = CopyTaskSettings.from_args(args)
+    settings.check()  # before the model loads
+    return run_copytask_step(settings, loaded or load_from_args(args))["code"]
+
+
+def check_copytask(s) -> None:
+    if s.seeds < 1 or s.length < 2 or s.seed < 0:
+        raise ValueError(f"--seeds must be >= 1, --length >= 2 and --seed >= 0, got {s.seeds}, {s.length} "
+                         f"and {s.seed}")
+
+
+def run_copytask_step(s, loaded) -> dict:
+    """The synthetic copy task of CopyTaskSettings `s` on a loaded model."""
+    import sys
 
     from .copy_task import run_copy_task
 
-    if args.seeds < 1 or args.length < 2 or args.seed < 0:
-        raise ValueError(f"--seeds must be >= 1, --length >= 2 and --seed >= 0, got {args.seeds}, {args.length} "
-                         f"and {args.seed}")
-    model, tokenizer, info = loaded or load_from_args(args)
-    out = run_copy_task(model, tokenizer, info, args.out, seeds=args.seeds, length=args.length,
-                        threshold=args.threshold, first_seed=args.seed, recompute=getattr(args, "recompute", False))
-    res, args.work = out["result"], out["work"]
+    check_copytask(s)
+    model, tokenizer, info = loaded
+    out = run_copy_task(model, tokenizer, info, s.out, seeds=s.seeds, length=s.length, threshold=s.threshold,
+                        first_seed=s.seed, recompute=s.recompute)
+    res = out["result"]
     print(f"copy accuracy: full {res['accuracy_full']:.3f}, induction heads {res['induction_heads']} "
           f"pruned {res['accuracy_induction_pruned']:.3f}, control {res['control_heads']} pruned "
-          f"{res['accuracy_control_pruned']:.3f}; wrote {args.out / 'copytask.json'}", file=sys.stderr)
-    return 0
+          f"{res['accuracy_control_pruned']:.3f}; wrote {s.out / 'copytask.json'}", file=sys.stderr)
+    return {"code": 0, "work": out["work"]}

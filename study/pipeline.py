@@ -1,9 +1,10 @@
 """`run.py all`: the whole study, in order, on a model loaded once.
 
-Each step is one `run.py` sub-command with explicit arguments, written to OUT/commands.txt so an
-auditor can replay any step alone; in `all` the same argument list is parsed by the same parser and
-run by the same handler in this process, handed the one loaded model, so a replayed line computes
-exactly what the step computed. Every step is resumable on its own (units whose fingerprint
+Each step is a typed settings object (opt66b/settings.py; `plan_steps` builds them from `all`'s
+options) that `all` hands, with the one loaded model, to the step's experiment (`settings.execute`):
+no argument list is rendered or parsed to run a step. OUT/commands.txt holds each step as the
+`run.py` line its settings render (`settings.argv`), which parses back into equal settings, so an
+auditor can replay any step alone and compute exactly what the step computed. Every step is resumable on its own (units whose fingerprint
 matches are skipped), so rerunning `all` after a kill continues where it stopped. The steps share
 one evaluation cache (tasks.evaluate.EvaluationCache), so a cell two sweeps contain is evaluated
 once; a replayed commands.txt line recomputes it and gets the same numbers. OUT/work.json
@@ -59,7 +60,7 @@ def available_tasks(data_dir: Path, wanted: list[str], shots: list[int],
 
 
 def model_flags(args: argparse.Namespace) -> list[str]:
-    """The model options of `all`, forwarded verbatim to every step that uses the model."""
+    """The model options of `all`, rendered for every step that uses the model (commands.txt)."""
     from opt66b.runtime import LOAD_OPTIONS
 
     flags = []
@@ -70,74 +71,59 @@ def model_flags(args: argparse.Namespace) -> list[str]:
     return flags
 
 
-# `all`'s options forwarded to the steps that take them (the first words of a step's argv).
-FORWARDED = {
-    "protocol": ("eval", "importance", "prune"),
-    "backward": ("importance heads",),  # set by all_defaults when the full backward would not fit
-    "batch_tokens": ("eval", "importance ffn", "prune"),
-    "seed": ("eval", "importance", "prune", "induction prefix", "induction copying", "copytask"),
-}
+def plan_steps(args: argparse.Namespace, tasks: list[str]) -> list[tuple[str, Any]]:
+    """The study as (label, settings) pairs: each step's typed settings (opt66b/settings.py), built from
+    `all`'s options. `all` runs them with `settings.execute`; commands.txt holds `settings.argv(...)`."""
+    from induction.settings import CapacitySettings, CopyingSettings, PrefixSettings
+    from prune.settings import CorrelateSettings, FFNOracleSettings, HeadImportanceSettings, PruneSettings
+    from tasks.settings import DataCheckSettings, EvalSettings
 
+    from .settings import CopyTaskSettings
 
-def forward_options(args: argparse.Namespace, argv: list[str]) -> list[str]:
-    """argv plus the FORWARDED options of `all` that were given and that this step takes."""
-    extra = []
-    for name, commands in FORWARDED.items():
-        value = getattr(args, name, None)
-        if value is None or value is False or not any(argv[:len(c.split())] == c.split() for c in commands):
-            continue
-        if f"--{name.replace('_', '-')}" in argv:  # the step sets it itself (the other protocol's importance)
-            continue
-        extra += [f"--{name.replace('_', '-')}"] + ([] if value is True else [str(value)])
-    return argv + extra
-
-
-def plan_steps(args: argparse.Namespace, tasks: list[str]) -> list[tuple[str, list[str]]]:
-    """The study as (label, run.py argv) pairs."""
-    out, data = RunLayout(Path(args.out)), str(args.data)
-    shots = [str(s) for s in args.shots]
-    m = model_flags(args)
-    common = ["--data", data, "--tasks", *tasks, "--shots", *shots]
-    limit = ["--limit", str(args.limit)] if args.limit else []
-    imp, ffn, prune = str(out.importance), str(out.ffn), str(out.prune)
-    steps = [
-        ("data check", ["data", "check", "--data", data, "--tasks", *tasks, "--json", str(out.file("data_check.json"))]),
-        ("evaluation", ["eval", *m, *common, *limit, "--out", str(out.eval)]),
-        ("head importance", ["importance", "heads", *m, *common, "--n-docs", str(args.n_docs), "--out", imp]),
+    out = RunLayout(Path(args.out))
+    run = {"recompute": bool(getattr(args, "recompute", False)), "threads": getattr(args, "threads", None)}
+    given = lambda **kw: {k: v for k, v in kw.items() if v is not None}  # noqa: E731 - all's unset options: step defaults
+    seed = given(seed=args.seed)
+    data = {"data": Path(args.data), "tasks": tuple(tasks), "shots": tuple(args.shots), "protocol": args.protocol}
+    evaluates = {**run, **data, **seed, "limit": args.limit, **given(batch_tokens=args.batch_tokens)}
+    importance = {**run, **data, **seed, "n_docs": args.n_docs, **given(backward=getattr(args, "backward", None))}
+    sweep = {**evaluates, "out": out.prune}
+    steps: list[tuple[str, Any]] = [
+        ("data check", DataCheckSettings(data=Path(args.data), tasks=tuple(tasks), json=out.file("data_check.json"))),
+        ("evaluation", EvalSettings(**evaluates, out=out.eval)),
+        ("head importance", HeadImportanceSettings(**importance, out=out.importance)),
     ]
     other, differ = other_protocol(args), targets_differ(tasks)
     if differ:  # the tasks whose importance examples the protocol changes, under the other one's targets
         steps.append((f"head importance under the {other} protocol's targets ({', '.join(differ)})",
-                      ["importance", "heads", *m, "--data", data, "--tasks", *differ, "--shots", *shots,
-                       "--n-docs", str(args.n_docs), "--protocol", other, "--out", str(out.importance_under(other))]))
+                      HeadImportanceSettings(**{**importance, "tasks": tuple(differ), "protocol": other},
+                                             out=out.importance_under(other))))
     steps += [
-        ("FFN oracle", ["importance", "ffn", *m, *common, *limit, "--out", ffn]),
-        ("head pruning (own ranking)", ["prune", "heads", *m, *common, *limit, "--ranking", "own",
-                                        "--importance", imp, "--out", prune]),
-        ("head pruning (aggregate ranking)", ["prune", "heads", *m, *common, *limit, "--ranking", "aggregate",
-                                              "--importance", imp, "--out", prune]),
-        ("FFN pruning", ["prune", "ffn", *m, *common, *limit, "--ranking", "own", "--ffn-importance", ffn,
-                         "--out", prune]),
-        ("combined grid", ["prune", "grid", *m, *common, *limit, "--ranking", "own", "--importance", imp,
-                           "--ffn-importance", ffn, "--out", prune]),
-    ]
-    corr = str(out.correlate)
-    steps += [
-        ("Spearman correlations", ["correlate", "--importance", imp, "--out", corr]
-         + (["--compare-importance", str(out.importance_under(other))] if differ else [])),
+        ("FFN oracle", FFNOracleSettings(**evaluates, out=out.ffn, max_memory=getattr(args, "max_memory", None))),
+        ("head pruning (own ranking)", PruneSettings(**sweep, sweep="heads", importance=out.importance)),
+        ("head pruning (aggregate ranking)", PruneSettings(**sweep, sweep="heads", ranking="aggregate",
+                                                           importance=out.importance)),
+        ("FFN pruning", PruneSettings(**sweep, sweep="ffn", ffn_importance=out.ffn)),
+        ("combined grid", PruneSettings(**sweep, sweep="grid", importance=out.importance, ffn_importance=out.ffn)),
+        ("Spearman correlations", CorrelateSettings(importance=out.importance, out=out.correlate,
+                                                    compare_importance=out.importance_under(other) if differ else None)),
     ]
     if len(seen_in(tasks)) > 1:  # partners need at least two seen tasks with importance
         steps.append(("cross-task transfer (highest / lowest correlated partners)",
-                      ["prune", "transfer", *m, *common, *limit, "--correlations", str(out.correlations),
-                       "--importance", imp, "--out", prune]))
+                      PruneSettings(**sweep, sweep="transfer", correlations=out.correlations, importance=out.importance)))
+    first_seed = given(first_seed=args.seed)
     steps += [
-        ("prefix matching", ["induction", "prefix", *m, "--seeds", str(args.seeds), "--out", str(out.induction)]),
-        ("copying", ["induction", "copying", *m, "--seeds", str(args.seeds), "--out", str(out.induction)]),
-        ("capacity retained", ["induction", "capacity", "--scores", str(out.induction), "--importance", imp,
-                               "--out", str(out.capacity)]),
-        ("synthetic copy task", ["copytask", *m, "--seeds", str(min(args.seeds, 16)), "--out", str(out.copytask)]),
+        ("prefix matching", PrefixSettings(**run, seeds=args.seeds, **first_seed, out=out.induction)),
+        ("copying", CopyingSettings(**run, seeds=args.seeds, **first_seed, out=out.induction)),
+        ("capacity retained", CapacitySettings(scores=out.induction, importance=out.importance, out=out.capacity)),
+        ("synthetic copy task", CopyTaskSettings(**run, seeds=min(args.seeds, 16), **seed, out=out.copytask)),
     ]
-    return [(label, forward_options(args, argv)) for label, argv in steps]
+    return steps
+
+
+def command_line(args: argparse.Namespace, settings: Any) -> str:
+    """The OUT/commands.txt line of a step: `python run.py` with its argv (model options included)."""
+    return "python run.py " + shlex.join(settings.argv(model_flags(args)))
 
 
 def other_protocol(args: argparse.Namespace) -> str:
@@ -149,13 +135,6 @@ def targets_differ(tasks: list[str]) -> list[str]:
     from tasks.registry import ALL_TASKS
 
     return [t for t in tasks if ALL_TASKS[t].PAPER_TARGETS_DIFFER]
-
-
-def step_args(argv: list[str]) -> argparse.Namespace:
-    """The parsed options of one step, exactly as `python run.py <argv>` would parse them."""
-    from .commands import build_parser
-
-    return build_parser().parse_args(argv)
 
 
 class StudyClock:
@@ -203,7 +182,7 @@ class StudyClock:
 def run_all(args: argparse.Namespace) -> int:
     from opt66b.distributed import barrier, is_main
     from opt66b.io import atomic_write_text, write_json
-    from opt66b.runtime import LOAD_OPTIONS, load_from_args
+    from opt66b.runtime import load_from_args
 
     from tasks.evaluate import EvaluationCache
 
@@ -233,41 +212,35 @@ def run_all(args: argparse.Namespace) -> int:
         write_json(layout.file("skipped_tasks.json"), skipped)
         write_json(layout.file("study.json"), {"protocol": args.protocol, "other_protocol": other_protocol(args),
                                         "targets_differ": targets_differ(tasks), "tasks": tasks, "shots": args.shots})
-        atomic_write_text(layout.file("commands.txt"), "".join("python run.py " + shlex.join(argv) + "\n" for _, argv in steps))
+        atomic_write_text(layout.file("commands.txt"), "".join(command_line(args, st) + "\n" for _, st in steps))
     cache = EvaluationCache(loaded[0])
     work: dict[str, dict[str, Any]] = {}
-    for i, (label, argv) in enumerate(steps, 1):
+    for i, (label, settings) in enumerate(steps, 1):
         if main:
             print(f"[all] step {i}/{len(steps)}: {label} ({time.monotonic() - start:.0f}s elapsed{eta.line()})",
                   file=sys.stderr, flush=True)
         step_start = time.monotonic()
-        # Each step is the sub-command its commands.txt line replays, parsed by the same parser and run
-        # by the same handler, in this process, on the model loaded above.
-        step = step_args(argv)
-        uses_model = hasattr(step, "model")
-        if not uses_model and not main:  # steps that only read files run once, on rank 0
+        if not settings.USES_MODEL and not main:  # steps that only read files run once, on rank 0
             barrier()
             continue
-        if uses_model:
-            differ = [o for o in LOAD_OPTIONS if getattr(step, o, None) != getattr(args, o, None)]
-            if differ:
-                raise AssertionError(f"step {label!r} would load another model ({', '.join(differ)})")
-            step.recompute = getattr(args, "recompute", False)
-            step.evaluation_cache = cache  # evaluations one step ran are not run again by a later one
+        # The step's typed settings go straight to its experiment, on the model loaded above; its
+        # commands.txt line parses back into the same settings (tests/test_settings.py).
         try:
-            code = step.func(step, loaded=loaded) if uses_model else step.func(step)
+            # evaluations one step ran are not run again by a later one (the shared cache)
+            result = settings.execute(loaded, cache) if settings.USES_MODEL else settings.execute()
         except (FileNotFoundError, ValueError, KeyError):
             print(f"[all] step '{label}' failed; fix the cause and rerun: finished work is kept", file=sys.stderr)
             raise
         seconds = time.monotonic() - step_start
-        eta.done(label, seconds, computed=bool(getattr(step, "work", {}).get("forward_passes")))
-        if hasattr(step, "work") and main:
-            work[label] = {**step.work, **eta.record(label, seconds)}
+        step_work = result.get("work")
+        eta.done(label, seconds, computed=bool((step_work or {}).get("forward_passes")))
+        if step_work is not None and main:
+            work[label] = {**step_work, **eta.record(label, seconds)}
             write_json(layout.file("work.json"), work)
-        if code:
-            print(f"[all] step '{label}' failed (exit {code}); fix the cause and rerun: finished work is kept",
-                  file=sys.stderr)
-            return code
+        if result["code"]:
+            print(f"[all] step '{label}' failed (exit {result['code']}); fix the cause and rerun: finished work "
+                  "is kept", file=sys.stderr)
+            return result["code"]
         barrier()  # the next step reads what rank 0 merged in this one
     if not main:
         return 0

@@ -7,7 +7,6 @@ step (or every step of `run.py all`) with study/plan.py, estimate time, print a 
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -105,8 +104,9 @@ def plan_steps_of(args: argparse.Namespace, shape: Shape, tokenizer: Any, keep: 
         step = StepPlan(args.plan_step, shape)
         PLANNERS[args.plan_step](step, args, tokenizer)
         return [step]
-    from .commands import build_parser
-    from .pipeline import DEFAULT_TASKS, available_tasks, plan_steps
+    from opt66b.runtime import LOAD_OPTIONS
+
+    from .pipeline import DEFAULT_TASKS, available_tasks, command_line, plan_steps
     from .run_cli import all_defaults
 
     all_defaults(args)
@@ -115,13 +115,12 @@ def plan_steps_of(args: argparse.Namespace, shape: Shape, tokenizer: Any, keep: 
     if not tasks:
         raise ValueError(f"{args.data}: none of the requested tasks has its data; see `python run.py data check`")
     args.out = args.out or Path("OUT")
-    parser = build_parser()
+    model_options = {name: getattr(args, name, None) for name in LOAD_OPTIONS}
     steps = []
-    for label, argv in plan_steps(args, tasks):
-        sub = parser.parse_args(argv)
-        step = StepPlan(label, shape, command="python run.py " + shlex.join(argv))
-        if getattr(sub, "plan_step", None):
-            PLANNERS[sub.plan_step](step, sub, tokenizer)
+    for label, settings in plan_steps(args, tasks):  # the settings `all` runs, planned as they are
+        step = StepPlan(label, shape, command=command_line(args, settings))
+        if settings.plan_step():
+            PLANNERS[settings.plan_step()](step, settings.namespace(**model_options), tokenizer)
         else:
             step.notes.append("reads earlier results only: no model passes")
         steps.append(step)
@@ -166,10 +165,10 @@ def fit_reserve(args: argparse.Namespace, steps: list[StepPlan]) -> tuple[Shape,
         for s in steps:
             s.shape = fitted[0]
     if fitted is not None:
-        from .pipeline import plan_steps
+        from .pipeline import command_line, plan_steps
 
-        for s, (_, argv) in zip(steps, plan_steps(args, args.planned_tasks)):
-            s.command = "python run.py " + shlex.join(argv)
+        for s, (_, settings) in zip(steps, plan_steps(args, args.planned_tasks)):
+            s.command = command_line(args, settings)
     return (fitted[0], fitted[2]) if fitted else None
 
 

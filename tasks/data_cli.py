@@ -110,18 +110,26 @@ def format_report(rows: list[dict[str, Any]]) -> str:
 
 
 def _data(args: argparse.Namespace) -> int:
-    if not args.data.is_dir():
-        raise FileNotFoundError(f"{args.data}: data directory not found (layout: <data>/<task>/<file as released>)")
+    from .settings import DataCheckSettings
+
+    return run_data_check(DataCheckSettings.from_args(args))["code"]
+
+
+def run_data_check(s: Any) -> dict[str, Any]:
+    """The data check of DataCheckSettings `s`: the table on stdout (unless --json -), the rows as JSON;
+    code 2 when a file is unusable (bad input, like any other)."""
+    if not Path(s.data).is_dir():
+        raise FileNotFoundError(f"{s.data}: data directory not found (layout: <data>/<task>/<file as released>)")
     from opt66b.cli_options import emit_json
 
-    rows = check_data(args.data, args.tasks)
-    if args.json is None or str(args.json) != "-":
+    rows = check_data(Path(s.data), list(s.tasks) if s.tasks else None)
+    if s.json is None or str(s.json) != "-":
         print(format_report(rows))
-    if args.json is not None:
+    if s.json is not None:
         from opt66b.io import run_metadata
 
-        emit_json(args.json, {"rows": rows, "meta": run_metadata(data=str(args.data))})
+        emit_json(s.json, {"rows": rows, "meta": run_metadata(data=str(s.data))})
     errors = [r for r in rows if r["status"] == "error"]
     for r in errors:
         print(f"run.py data: error: {r['note']}", file=sys.stderr)
-    return 2 if errors else 0  # unusable data is bad input, like any other
+    return {"code": 2 if errors else 0, "work": None}

@@ -17,6 +17,10 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .settings import EvalSettings
 
 
 def register_eval(sub: argparse._SubParsersAction) -> None:
@@ -48,33 +52,39 @@ def register_eval(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_eval)
 
 
-def _validate(args: argparse.Namespace) -> None:
-    from .registry import check_task_args
+def _eval(args: argparse.Namespace, loaded=None) -> int:
+    """Parse -> settings -> check -> load -> run (`run.py all` calls `run_eval_step` with its own settings)."""
+    from opt66b.runtime import load_from_args
 
-    check_task_args(args.tasks, args.shots, args.limit)
-    if args.batch_tokens < 1:
-        raise ValueError(f"--batch-tokens must be >= 1, got {args.batch_tokens}")
-    if args.data is None or not Path(args.data).is_dir():
-        raise FileNotFoundError(f"--data {args.data}: data directory not found")
+    from .settings import EvalSettings
+
+    settings = EvalSettings.from_args(args)
+    settings.check()  # before the model loads
+    return run_eval_step(settings, loaded or load_from_args(args))["code"]
+
+
+def check_eval(s: "EvalSettings") -> None:
+    """Bad values and missing files, each one clear error, before any model work."""
     from opt66b.mask_files import read_masks
 
-    for flag, path in (("--head-mask", args.head_mask), ("--ffn-mask", args.ffn_mask)):
+    s.check_tasks(s.limit)
+    if s.batch_tokens < 1:
+        raise ValueError(f"--batch-tokens must be >= 1, got {s.batch_tokens}")
+    for flag, path in (("--head-mask", s.head_mask), ("--ffn-mask", s.ffn_mask)):
         if path is not None and not Path(path).is_file():
             raise FileNotFoundError(f"{flag} {path}: mask file not found")
         if path is not None:
-            read_masks(path, soft=getattr(args, "soft_masks", False))  # values checked before the model loads
+            read_masks(path, soft=s.soft_masks)  # values checked before the model loads
 
 
-def _eval(args: argparse.Namespace, loaded=None) -> int:
-    """Parse -> load (unless `run.py all` passes its loaded model) -> run_evaluation."""
-    _validate(args)
-    from opt66b.runtime import load_from_args
-
+def run_eval_step(s: "EvalSettings", loaded, cache=None) -> dict:
+    """The evaluation step on a loaded (model, tokenizer, info): {"code": 0, "work": passes and tokens}."""
     from .evaluate import run_evaluation
 
-    model, tokenizer, info = loaded or load_from_args(args)
-    args.work = run_evaluation(model, tokenizer, info, args.data, args.tasks, args.shots, args.out, limit=args.limit,
-                   seed=args.seed, head_mask=args.head_mask, ffn_mask=args.ffn_mask, batch_tokens=args.batch_tokens,
-                   max_length=args.max_length, paper_quirks=args.paper_quirks, soft_masks=getattr(args, "soft_masks", False),
-                   recompute=getattr(args, "recompute", False), cache=getattr(args, "evaluation_cache", None))["work"]
-    return 0
+    check_eval(s)
+    model, tokenizer, info = loaded
+    work = run_evaluation(model, tokenizer, info, s.data, list(s.tasks), list(s.shots), s.out, limit=s.limit,
+                          seed=s.seed, head_mask=s.head_mask, ffn_mask=s.ffn_mask, batch_tokens=s.batch_tokens,
+                          max_length=s.max_length, paper_quirks=s.paper_quirks, soft_masks=s.soft_masks,
+                          recompute=s.recompute, cache=cache)["work"]
+    return {"code": 0, "work": work}

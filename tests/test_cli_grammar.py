@@ -107,30 +107,35 @@ def test_copytask_takes_an_explicit_seed():
 
 
 def test_all_forwards_seed_batch_tokens_and_protocol_to_every_step_that_takes_them():
-    from study.pipeline import plan_steps, step_args
+    """Each step's settings hold `all`'s --seed, --batch-tokens and --protocol where the step takes them,
+    and its commands.txt line (parsed by the step's own parser) holds them too."""
+    from dataclasses import fields
+
+    from study.pipeline import model_flags, plan_steps
     from study.run_cli import all_defaults
 
     argv = ["all", "--tasks", "copa", "piqa", "--out", "x"]
     other = {"paper": "head importance under the corrected protocol's targets (piqa)",
              "corrected": "head importance under the paper protocol's targets (piqa)"}
-    plain = {label: step_args(a) for label, a in plan_steps(all_defaults(_parse(argv)), ["copa", "piqa"])}
-    given = {label: step_args(a) for label, a in plan_steps(
-        all_defaults(_parse([*argv, "--seed", "9", "--batch-tokens", "777", "--protocol", "paper"])), ["copa", "piqa"])}
+    plain = dict(plan_steps(all_defaults(_parse(argv)), ["copa", "piqa"]))
+    given_args = all_defaults(_parse([*argv, "--seed", "9", "--batch-tokens", "777", "--protocol", "paper"]))
+    given = dict(plan_steps(given_args, ["copa", "piqa"]))
     # piqa's importance targets differ between the protocols: each run computes them under the other one too
     assert given[other["paper"]].protocol == "corrected" and plain[other["corrected"]].protocol == "paper"
     plain[other["paper"]] = plain.pop(other["corrected"])
-    takes = lambda step, name: name in vars(step)
-    for label, step in given.items():  # step_args parsed each line: no step was given an option it lacks
+    takes = lambda step, name: name in {f.name for f in fields(step)}  # noqa: E731
+    for label, step in given.items():
+        parsed = _parse(step.argv(model_flags(given_args)))  # the replayed line, by the step's parser
         seed = "first_seed" if takes(step, "first_seed") else "seed"  # induction's --seed is its first seed
         wanted = [(seed, 9), ("batch_tokens", 777)] + ([] if label == other["paper"] else [("protocol", "paper")])
         for name, value in wanted:
             if takes(step, name):
-                assert getattr(step, name) == value, (label, name)
+                assert getattr(step, name) == value == getattr(parsed, name), (label, name)
                 assert getattr(plain[label], name) != value, (label, name)  # the step's own default without it
     seeded = [label for label, step in given.items() if takes(step, "seed") or takes(step, "first_seed")]
     assert len(seeded) == 12 and "synthetic copy task" in seeded and "prefix matching" in seeded
     zero = dict(plan_steps(all_defaults(_parse([*argv, "--seed", "0"])), ["copa", "piqa"]))
-    assert zero["synthetic copy task"][-2:] == ["--seed", "0"]  # 0 is a seed given, not "no seed"
+    assert zero["synthetic copy task"].seed == 0 and "--seed 0 " in " ".join(zero["synthetic copy task"].argv())
     assert [label for label, step in given.items() if takes(step, "batch_tokens")] == [
         "evaluation", "FFN oracle", "head pruning (own ranking)", "head pruning (aggregate ranking)", "FFN pruning",
         "combined grid", "cross-task transfer (highest / lowest correlated partners)"]
@@ -158,10 +163,38 @@ def test_json_path_means_write_there_and_dash_means_stdout(tmp_path, capsys):
     assert json.loads(path.read_text())["rows"] == rows
     assert "copa" in capsys.readouterr().out  # with a file, the table is still printed
     # device-map: the map, usable as a --device-map file
-    assert run.main(["device-map", "--size", "opt-66b", "--device-map", "0-31:cuda:0,32-63:cuda:1",
+    assert run.main(["device-map", "--random-weights", "opt-66b", "--device-map", "0-31:cuda:0,32-63:cuda:1",
                      "--json", "-"]) == 0
     assert json.loads(capsys.readouterr().out) == {"head": "cuda:0", "layers": {"0-31": "cuda:0", "32-63": "cuda:1"}}
     path = tmp_path / "map.json"
-    assert run.main(["device-map", "--size", "opt-66b", "--device-map", "0-31:cuda:0,32-63:cuda:1",
+    assert run.main(["device-map", "--random-weights", "opt-66b", "--device-map", "0-31:cuda:0,32-63:cuda:1",
                      "--json", str(path)]) == 0
     assert json.loads(path.read_text())["layers"] == {"0-31": "cuda:0", "32-63": "cuda:1"}
+
+
+def test_one_spelling_per_concept_and_old_spellings_work_with_a_notice(capsys):
+    """The model shape is --random-weights SIZE everywhere (device-map and export-pruned included), a
+    head percentage is --head-percent(s): the old spellings still parse, into the same option, and say
+    once on stderr what they mean now."""
+    for new, old, dest, value in ((["device-map", "--random-weights", "opt-30b"], ["device-map", "--size", "opt-30b"],
+                                   "random_weights", "opt-30b"),
+                                  (["export-pruned", "--dry-run", "--random-weights", "opt-1.3b"],
+                                   ["export-pruned", "--dry-run", "--size", "opt-1.3b"], "random_weights", "opt-1.3b"),
+                                  (["export-pruned", "--dry-run", "--head-percent", "70"],
+                                   ["export-pruned", "--dry-run", "--heads-percent", "70"], "head_percent", 70.0)):
+        assert getattr(_parse(new), dest) == value
+        assert "deprecated" not in capsys.readouterr().err
+        assert getattr(_parse(old), dest) == value
+        notice = capsys.readouterr().err.strip()
+        assert notice == f"note: {old[-2]} is deprecated; it means {new[-2]}"
+        assert old[-2] not in build_parser_help(old[0])  # hidden from --help
+    # the grammar of run.py has one name per model shape option
+    assert "--size" not in build_parser_help("device-map") and "--random-weights" in build_parser_help("device-map")
+
+
+def build_parser_help(command: str) -> str:
+    from study.commands import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, __import__("argparse")._SubParsersAction))
+    return sub.choices[command].format_help()

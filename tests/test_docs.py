@@ -163,3 +163,16 @@ def test_documented_command_parses(where, argv):
     except SystemExit as exc:
         if exc.code:
             pytest.fail(f"{where}\n  does not parse with run.py's parser (exit {exc.code})")
+
+
+def test_cli_reference_is_what_the_parser_says():
+    """docs/cli.md is generated from run.py's parser (study/cli_reference.py): every option, its meaning,
+    default and commands. A changed option without a regenerated page fails here."""
+    from study.cli_reference import DOC, cli_reference
+
+    text = cli_reference()
+    assert DOC.read_text() == text, "docs/cli.md is out of date: run `python -m study.cli_reference`"
+    for option in ("--random-weights", "--head-percents", "--head-percent", "--protocol", "--reserve", "--seed"):
+        assert f"`{option}`" in text or f"`{option}," in text, option
+    table = text.split("| option |", 1)[1]  # old spellings: named in the introduction, never a row
+    assert "`--size`" not in table and "`--heads-percent`" not in table

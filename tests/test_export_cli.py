@@ -41,7 +41,7 @@ def one_error_line(capsys) -> str:
 def test_dry_run_at_the_papers_point(capsys):
     """70% of OPT-66B's 4608 heads = 3225 heads of 4 D Dh + 3 Dh parameters; 20% of 64 FFNs = 12 FFNs of
     2 D F + F + D + 2 D (its pre-LN LayerNorm). Bytes at fp16 = 2 x parameters."""
-    assert main(["export-pruned", "--dry-run", "--size", "opt-66b", "--heads-percent", "70",
+    assert main(["export-pruned", "--dry-run", "--random-weights", "opt-66b", "--head-percent", "70",
                  "--ffn-percent", "20"]) == 0
     out = capsys.readouterr().out
     d, f, dh = 9216, 36864, 128
@@ -56,12 +56,12 @@ def test_dry_run_at_the_papers_point(capsys):
 def test_export_from_rankings_then_eval_induction_and_importance(checkpoint, rankings, tmp_path, capsys):
     out = tmp_path / "pruned"
     assert main(["export-pruned", "--model", str(checkpoint), "--head-importance",
-                 str(rankings / "aggregate.safetensors"), "--heads-percent", "50", "--ffn-ranking",
+                 str(rankings / "aggregate.safetensors"), "--head-percent", "50", "--ffn-ranking",
                  str(rankings / "aggregate.json"), "--ffn-percent", "50", "--out", str(out)]) == 0
     assert "removed 2 heads and 1 FFNs" in capsys.readouterr().out
     raw = read_json(out / "config.json")
     assert raw["pruned_heads"] == {"0": [0, 1]} and raw["opt66b_pruned_ffn"] == [1]
-    assert raw["opt66b_export"]["heads_percent"] == 50 and "head_importance_sha256" in raw["opt66b_export"]
+    assert raw["opt66b_export"]["head_percent"] == 50 and "head_importance_sha256" in raw["opt66b_export"]
 
     # eval: the exported model's log-likelihoods equal the masked full model's (fp32 summation order only)
     masks = write_masks(tmp_path / "m.safetensors", torch.tensor([[0.0, 0.0], [1.0, 1.0]]), torch.tensor([1.0, 0.0]))
@@ -105,7 +105,7 @@ def test_bad_input_is_one_line_and_writes_nothing(checkpoint, tmp_path, capsys):
     half = write_masks(tmp_path / "half.safetensors", torch.full((2, 2), 0.5))
     assert "values other than 0 and 1" in _bad(["--model", str(checkpoint), "--head-mask", str(half)], capsys,
                                                 tmp_path / "o3")
-    assert "percentage alone" in _bad(["--model", str(checkpoint), "--heads-percent", "50"], capsys, tmp_path / "o4")
+    assert "percentage alone" in _bad(["--model", str(checkpoint), "--head-percent", "50"], capsys, tmp_path / "o4")
     ok = write_masks(tmp_path / "ok.safetensors", torch.tensor([[1.0, 0.0], [1.0, 1.0]]))
     before = sorted(p.name for p in checkpoint.iterdir())
     err = _bad(["--model", str(checkpoint), "--head-mask", str(ok)], capsys, checkpoint / "pruned")

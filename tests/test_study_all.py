@@ -32,8 +32,15 @@ def counted_run(argv: list[str]) -> dict[str, int]:
 
     import opt66b.runtime as runtime
 
-    counts = {"load_calls": 0, "checkpoint_reads": 0}
+    import argparse
+
+    counts = {"load_calls": 0, "checkpoint_reads": 0, "parses": 0}
     real_load, real_read = runtime.load, runtime.load_model
+    real_parse = argparse.ArgumentParser.parse_args
+
+    def parse(self, *args, **kwargs):  # run.main's own parse, and any other
+        counts["parses"] += 1
+        return real_parse(self, *args, **kwargs)
 
     def load(*args, **kwargs):
         counts["load_calls"] += 1
@@ -45,11 +52,13 @@ def counted_run(argv: list[str]) -> dict[str, int]:
 
     err = io.StringIO()
     runtime.load, runtime.load_model = load, read
+    argparse.ArgumentParser.parse_args = parse
     try:
         with contextlib.redirect_stderr(err):
             assert run.main(argv) == 0, err.getvalue()[-3000:]
     finally:
         runtime.load, runtime.load_model = real_load, real_read
+        argparse.ArgumentParser.parse_args = real_parse
     counts["announced"] = sum(line.startswith("loading") for line in err.getvalue().splitlines())
     return counts
 
@@ -64,7 +73,14 @@ def study_run(tmp_path_factory):
 
 
 def test_the_whole_study_loads_the_model_once(study_run):
-    assert LOADS == {"load_calls": 1, "checkpoint_reads": 1, "announced": 1}  # every model step shares it
+    counts = {k: v for k, v in LOADS.items() if k != "parses"}
+    assert counts == {"load_calls": 1, "checkpoint_reads": 1, "announced": 1}  # every model step shares it
+
+
+def test_all_parses_its_command_line_once_and_no_step_argv(study_run):
+    """`all` hands each step's typed settings to its experiment: after run.main's own parse, no
+    argument list is parsed (nor rendered to be run: commands.txt is written for replay only)."""
+    assert LOADS["parses"] == 1
 
 
 def png_size(path) -> tuple[int, int]:
@@ -113,7 +129,8 @@ def test_every_artefact_exists_and_is_well_formed(study_run):
     # 14 steps + piqa's importance under the paper's targets (its target loses the leading space there)
     commands = (out / "commands.txt").read_text()
     assert commands.count("python run.py ") == 15
-    assert "--tasks piqa --shots 0 1 --n-docs 4 --protocol paper --out" in commands
+    other = [line for line in commands.splitlines() if "--tasks piqa --shots 0 1 --protocol paper --out" in line]
+    assert len(other) == 1 and "--n-docs 4" in other[0]
     assert commands.count("--protocol corrected") == 8  # eval, importance, FFN oracle, 4 sweeps, transfer
 
 
@@ -321,3 +338,54 @@ def test_plan_prices_precision_from_the_run_it_would_resume(study_run, tmp_path,
     prev = {r["task"]: r for r in json.loads(seen.read_text())["precision"]["rows"]}["copa"]
     accs = [json.loads((out / f"eval/shots-{k}/results.json").read_text())["results"]["copa"]["acc"] for k in (0, 1)]
     assert prev["source"] == "previous run" and prev["p"] == pytest.approx(min(max(sum(accs) / 2, 1e-3), 1 - 1e-3))
+
+
+# When and how a file was written, not what it holds: the time, the process's argv, and the sha256 of
+# input files (which record their own write times; their numbers are compared file by file here).
+VOLATILE = {"created", "argv", "aggregate_inputs", "input_sha256"}
+
+
+def _normalised(path, root) -> object:
+    """A result file's content with the run's own directory and the write-time fields taken out."""
+    if path.suffix == ".safetensors":
+        tensors, meta = read_tensors(path)
+        return {k: v.tolist() for k, v in tensors.items()}, _strip(meta, str(root))
+    if path.suffix == ".json":
+        return _strip(json.loads(path.read_text()), str(root))
+    return [_strip(json.loads(line), str(root)) for line in path.read_text().splitlines()]  # .jsonl
+
+
+def _strip(obj, root: str):
+    if isinstance(obj, dict):
+        return {k: _strip(v, root) for k, v in obj.items() if k not in VOLATILE}
+    if isinstance(obj, list):
+        return [_strip(v, root) for v in obj]
+    if isinstance(obj, str):
+        return obj.replace(root, "<run>")
+    return obj
+
+
+def test_replaying_commands_txt_computes_every_result_file_again(study_run, tmp_path, capsys):
+    """Every line of commands.txt, run alone (its own parse, its own model load, no shared evaluation
+    cache) into a fresh directory, writes the same result files as `all` did, number for number."""
+    import shlex
+
+    out, _ = study_run
+    replay = tmp_path / "replay"
+    lines = (out / "commands.txt").read_text().splitlines()
+    for line in lines:
+        argv = shlex.split(line.replace(str(out), str(replay)))
+        assert argv[:2] == ["python", "run.py"]
+        assert run.main(argv[2:]) in (0, None), line
+    capsys.readouterr()
+    steps = ["eval", "importance", "importance-paper", "ffn_importance", "prune", "correlate", "induction",
+             "capacity", "copytask"]
+    compared = 0
+    for sub in steps:
+        for path in sorted((out / sub).rglob("*")):
+            if path.is_file() and path.suffix in (".json", ".jsonl", ".safetensors"):
+                twin = replay / path.relative_to(out)
+                assert twin.is_file(), f"the replay did not write {twin}"
+                assert _normalised(path, out) == _normalised(twin, replay), path.relative_to(out)
+                compared += 1
+    assert compared > 100
