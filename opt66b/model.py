@@ -294,6 +294,31 @@ class OPT(nn.Module):
             Capture(layer_inputs=True) on an earlier call) instead of embedding input_ids; layers
             before it are not run. Used to avoid recomputing layers whose inputs did not change.
         """
+        if logits not in ("all", "last", "none"):
+            raise ValueError(f"logits must be 'all', 'last' or 'none', got {logits!r}")
+        past = self._check_inputs(input_ids, attention_mask, past_key_values, position_ids)
+        head_rows, ffn_scales = self._check_masks(head_mask, ffn_mask)
+        bsz, new = input_ids.shape
+        if position_ids is None:
+            if attention_mask is None:
+                position_ids = torch.arange(past, past + new, device=input_ids.device).expand(bsz, new)
+                position_ids = position_ids + POSITION_OFFSET
+            else:
+                position_ids = position_ids_from_mask(attention_mask, new)
+        h = self._first_hidden(input_ids, position_ids, start_layer, hidden_in)  # (B, T, D)
+        h, new_cache = self.run_layers(h, attention_mask, past, head_rows, ffn_scales, past_key_values,
+                                       capture, start_layer, use_cache)
+        hidden = self.finalize(h)  # (B, T, W)
+        out_logits = None
+        if logits == "all":
+            out_logits = self.logits(hidden)
+        elif logits == "last":
+            out_logits = self.logits(hidden[:, -1:])
+        return DecoderOutput(out_logits, hidden, new_cache if use_cache else None)
+
+    def _check_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                      past_key_values: KVCache | None, position_ids: torch.Tensor | None) -> int:
+        """Shapes of the ids, mask and cache, each wrong one a ValueError naming it; returns the cached length."""
         cfg = self.config
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be (batch, positions), got shape {tuple(input_ids.shape)}")
@@ -306,24 +331,31 @@ class OPT(nn.Module):
                              f"got {tuple(attention_mask.shape)}")
         if past + new > cfg.max_positions and position_ids is None:
             raise ValueError(f"{past + new} positions exceed the model's {cfg.max_positions}; truncate the input")
-        head_rows, ffn_scales = self._check_masks(head_mask, ffn_mask)
-        if position_ids is None:
-            if attention_mask is None:
-                position_ids = torch.arange(past, past + new, device=input_ids.device).expand(bsz, new)
-                position_ids = position_ids + POSITION_OFFSET
-            else:
-                position_ids = position_ids_from_mask(attention_mask, new)
+        return past
 
+    def _first_hidden(self, input_ids: torch.Tensor, position_ids: torch.Tensor, start_layer: int,
+                      hidden_in: torch.Tensor | None) -> torch.Tensor:
+        """The residual stream entering layer `start_layer`: the embeddings, or the recorded `hidden_in`."""
         if hidden_in is None:
             if start_layer != 0:
                 raise ValueError("start_layer > 0 needs hidden_in, the recorded input of that layer")
-            h = self.embed(input_ids, position_ids)  # (B, T, D)
-        else:
-            if tuple(hidden_in.shape) != (bsz, new, cfg.hidden_size):
-                raise ValueError(f"hidden_in must be (batch, new, hidden) = {(bsz, new, cfg.hidden_size)}, "
-                                 f"got {tuple(hidden_in.shape)}")
-            h = hidden_in
-        allowed_by_device: dict[torch.device, torch.Tensor] = {}
+            return self.embed(input_ids, position_ids)  # (B, T, D)
+        bsz, new = input_ids.shape
+        if tuple(hidden_in.shape) != (bsz, new, self.config.hidden_size):
+            raise ValueError(f"hidden_in must be (batch, new, hidden) = {(bsz, new, self.config.hidden_size)}, "
+                             f"got {tuple(hidden_in.shape)}")
+        return hidden_in
+
+    def run_layers(self, h: torch.Tensor, attention_mask: torch.Tensor | None, past: int,
+                   head_rows: list[torch.Tensor] | None, ffn_scales: list, past_key_values: KVCache | None,
+                   capture: Capture | None, start_layer: int = 0,
+                   use_cache: bool = False) -> tuple[torch.Tensor, KVCache]:
+        """Layers start_layer..L-1 on the (B, T, D) stream `h`, wherever each lives: a resident layer on its
+        device, a streamed one (offload.py) acquired on the compute device for its turn and released
+        after. Returns the last layer's output and, with use_cache, the new cache (one (k, v) per layer
+        run; without it each layer's keys and values are dropped as soon as the layer is done)."""
+        bsz, new = h.shape[:2]
+        allowed_by_device: dict[torch.device, torch.Tensor] = {}  # one causal + padding mask per device
         new_cache: KVCache = []
         streamer = self.streamer
         for i, layer in enumerate(self.decoder.layers):
@@ -346,15 +378,7 @@ class OPT(nn.Module):
                 streamer.release(i)
             if use_cache:
                 new_cache.append(kv)
-        hidden = self.finalize(h)  # (B, T, W)
-        out_logits = None
-        if logits == "all":
-            out_logits = self.logits(hidden)
-        elif logits == "last":
-            out_logits = self.logits(hidden[:, -1:])
-        elif logits != "none":
-            raise ValueError(f"logits must be 'all', 'last' or 'none', got {logits!r}")
-        return DecoderOutput(out_logits, hidden, new_cache if use_cache else None)
+        return h, new_cache
 
     def _check_masks(self, head_mask, ffn_mask):
         """Validate mask shapes; return per-layer head rows (or None) and per-layer FFN scales.

@@ -24,7 +24,7 @@ from .diagnose import check_weights_finite
 from .distributed import local_cuda_offset, local_rank, rank_world
 from .model import OPT
 from .offload import attach_pinned_streamer, load_streamed
-from .placement import (GIB, build_device_map, device_name, dtype_bytes, head_params, layer_bytes,
+from .placement import (GIB, DeviceMap, build_device_map, device_name, dtype_bytes, head_params, layer_bytes,
                         parse_max_memory, shift_cuda)
 from .identity import checkpoint_identity, tokenizer_identity
 from .tokenizer import OPTTokenizer, load_tokenizer
@@ -167,43 +167,21 @@ def load(model: str | Path | None = None, *, tokenizer: str | Path | None = None
         raise FileNotFoundError(f"{model_dir}: model directory not found")
     tok_dir = Path(tokenizer).expanduser() if tokenizer else (model_dir or TINY_MODEL_DIR)
     dm = None
-    dtype_name = str(dtype).removeprefix("torch.")
     if offload == "mmap":
         if size:
             raise ValueError("--offload mmap streams from safetensors files; it needs --model, not --random-weights")
         if device_map:
             raise ValueError("--offload mmap streams every layer; drop --device-map")
         cfg = config_from_hf(model_dir)
-        check_stream_budget(cfg, dtype, max_memory.get(str(device)) or max_memory.get(device.type), str(device))
-        log(f"loading {model_dir} as {dtype_name}: streaming from memory-mapped shards on {device}")
-        net = load_streamed(model_dir, dtype=dtype, device=device)
-        check_weights_finite(net, model_dir, dtype)  # the resident head group; streamed layers: on error
+        net = _load_from_files(model_dir, cfg, dtype, device, max_memory, log)
     else:
         cfg = config_for_size(size) if size else config_from_hf(model_dir)
-        compute = str(device) if device.type != "cpu" else None
-        dm = build_device_map(device_map, cfg, dtype, max_memory, compute=compute, reserve=reserve)
-        if dm is not None and rank_world()[1] > 1 and torch.cuda.is_available():
-            gpus = len({d for d in [dm.head, *dm.layers] if torch.device(d).type == "cuda"})
-            dm = shift_cuda(dm, local_cuda_offset(gpus))  # this process's own GPUs
+        dm = placement(cfg, dtype, device, device_map, max_memory, reserve)
         if dm is not None:
             for dev in dict.fromkeys([dm.head, *dm.layers]):
                 check_device_available(torch.device(dev), "--device-map")
             log(dm.summary())
-        device_for = dm.device_for if dm is not None else (lambda name: device)
-        if size:
-            log(f"loading random {size} weights (seed {random_weights_seed}) as {dtype_name}")
-            net = build_random_model(cfg, dtype, device_for, random_weights_seed)
-        else:
-            log(f"loading {model_dir} as {dtype_name} on {dm.head if dm else device}")
-            net = load_model(model_dir, dtype=dtype, device=device, device_for=device_for, log=log)
-        # A NaN/inf weight is refused here, naming its file and tensor, before any step computes or writes.
-        check_weights_finite(net, model_dir, dtype)
-        streamed = dm.streamed_layers() if dm is not None and offload != "none" else []
-        if offload == "pinned" and not streamed:
-            raise ValueError("--offload pinned needs a --device-map that puts layers on cpu and a GPU compute device")
-        if streamed:
-            log(f"streaming {len(streamed)} host layers to {dm.compute} (pinned, prefetched)")
-            attach_pinned_streamer(net, streamed, dm.compute)
+        net = _load_placed(model_dir, size, random_weights_seed, cfg, dtype, device, dm, offload, log)
     tok = load_tokenizer(tok_dir)
     if size:
         identity = {"random_weights": size, "seed": random_weights_seed}
@@ -213,7 +191,7 @@ def load(model: str | Path | None = None, *, tokenizer: str | Path | None = None
     info = {
         "model": f"random:{size}" if size else str(model_dir),
         "config_sha256": None if size else identity["config_sha256"],
-        "dtype": dtype_name,
+        "dtype": str(dtype).removeprefix("torch."),
         "device": str(device),
         "layers": cfg.num_layers,
         "heads": cfg.num_heads,
@@ -225,6 +203,51 @@ def load(model: str | Path | None = None, *, tokenizer: str | Path | None = None
     if size:
         info["random_weights_seed"] = random_weights_seed
     return net, tok, info
+
+
+def placement(cfg: OPTConfig, dtype: torch.dtype, device: torch.device, device_map: str | None,
+              max_memory: dict[str, int], reserve: dict[str, int] | None) -> DeviceMap | None:
+    """The device map `load` builds (None: everything on `device`), under torchrun shifted to this
+    process's own GPUs; `--plan` prices the same map (study/plan_cli.model_shape)."""
+    compute = str(device) if device.type != "cpu" else None
+    dm = build_device_map(device_map, cfg, dtype, max_memory, compute=compute, reserve=reserve)
+    if dm is not None and rank_world()[1] > 1 and torch.cuda.is_available():
+        gpus = len({d for d in [dm.head, *dm.layers] if torch.device(d).type == "cuda"})
+        dm = shift_cuda(dm, local_cuda_offset(gpus))  # this process's own GPUs
+    return dm
+
+
+def _load_from_files(model_dir: Path, cfg: OPTConfig, dtype: torch.dtype, device: torch.device,
+                     max_memory: dict[str, int], log: Callable[[str], None]) -> OPT:
+    """--offload mmap: every layer streamed from the memory-mapped shards through two buffers."""
+    check_stream_budget(cfg, dtype, max_memory.get(str(device)) or max_memory.get(device.type), str(device))
+    log(f"loading {model_dir} as {str(dtype).removeprefix('torch.')}: streaming from memory-mapped shards on {device}")
+    net = load_streamed(model_dir, dtype=dtype, device=device)
+    check_weights_finite(net, model_dir, dtype)  # the resident head group; streamed layers: on error
+    return net
+
+
+def _load_placed(model_dir: Path | None, size: str | None, seed: int, cfg: OPTConfig, dtype: torch.dtype,
+                 device: torch.device, dm: DeviceMap | None, offload: str, log: Callable[[str], None]) -> OPT:
+    """Weights read (or built at random) straight onto the devices of `dm`; host layers of a GPU map
+    are then streamed from pinned memory unless --offload none."""
+    device_for = dm.device_for if dm is not None else (lambda name: device)
+    dtype_name = str(dtype).removeprefix("torch.")
+    if size:
+        log(f"loading random {size} weights (seed {seed}) as {dtype_name}")
+        net = build_random_model(cfg, dtype, device_for, seed)
+    else:
+        log(f"loading {model_dir} as {dtype_name} on {dm.head if dm else device}")
+        net = load_model(model_dir, dtype=dtype, device=device, device_for=device_for, log=log)
+    # A NaN/inf weight is refused here, naming its file and tensor, before any step computes or writes.
+    check_weights_finite(net, model_dir, dtype)
+    streamed = dm.streamed_layers() if dm is not None and offload != "none" else []
+    if offload == "pinned" and not streamed:
+        raise ValueError("--offload pinned needs a --device-map that puts layers on cpu and a GPU compute device")
+    if streamed:
+        log(f"streaming {len(streamed)} host layers to {dm.compute} (pinned, prefetched)")
+        attach_pinned_streamer(net, streamed, dm.compute)
+    return net
 
 
 def load_from_args(args: argparse.Namespace, log=None) -> tuple[Any, OPTTokenizer, dict[str, Any]]:

@@ -24,8 +24,8 @@ def model_shape(args: argparse.Namespace) -> tuple[Shape, Any, dict[str, Any]]:
     """(Shape, tokenizer, description) as load_from_args would place the model, from config.json or
     an official size name only: the same device map, streaming and dtype rules, no tensors."""
     from opt66b.config import config_for_size, config_from_hf
-    from opt66b.placement import build_device_map, dtype_bytes, head_params, layer_bytes, layer_params, parse_max_memory
-    from opt66b.runtime import TINY_MODEL_DIR, resolve_device, resolve_dtype
+    from opt66b.placement import dtype_bytes, head_params, layer_bytes, layer_params, parse_max_memory
+    from opt66b.runtime import TINY_MODEL_DIR, placement, resolve_device, resolve_dtype
     from opt66b.tokenizer import load_tokenizer
 
     device = resolve_device(args.device)
@@ -42,8 +42,7 @@ def model_shape(args: argparse.Namespace) -> tuple[Shape, Any, dict[str, Any]]:
         streamed = dict(enumerate(per_layer))
     else:
         reserve = parse_max_memory(getattr(args, "reserve", None), "--reserve") or None
-        dm = build_device_map(args.device_map, cfg, dtype, parse_max_memory(args.max_memory),
-                              compute=str(device) if device.type != "cpu" else None, reserve=reserve)
+        dm = placement(cfg, dtype, device, args.device_map, parse_max_memory(args.max_memory), reserve)  # as load
         if dm is None:
             head = str(device)
             weights, layers_on = {head: head_bytes + sum(per_layer)}, {head: cfg.num_layers}

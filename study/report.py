@@ -22,11 +22,11 @@ from opt66b.layout import SHOTS_PATTERN, RunLayout, shot_dirs, shot_files, shot_
 from prune.aggregate import aggregate_of
 from prune.intervals import Z95
 from prune.inflection import DEFAULT_MIN_BEND, DEFAULT_TOLERANCE, RULES, curve_points, mean_curve, mean_grid, sweep_curve
-from tasks.registry import EXTRA_TASKS, PAPER_SEEN_TASKS, PAPER_UNSEEN_TASKS, paper_order, seen_in
+from tasks.registry import ALL_TASKS, EXTRA_TASKS, PAPER_SEEN_TASKS, PAPER_UNSEEN_TASKS, paper_order, seen_in
 
 from . import figures
 from .report_headline import headline_section, protocol_lines, targets_section
-from .report_kit import PRIMARY, Figures, md_table, pct, run_json, sweep_tables, xy
+from .report_kit import Figures, md_table, pct, run_json, sweep_tables, xy
 
 
 # -- tasks and accuracy -------------------------------------------------------------------------------
@@ -58,7 +58,7 @@ def accuracy_section(run: Path) -> list[str]:
         return lines + ["(no evaluation results under eval/)", ""]
     rows = []
     for t in paper_order({t for r in shots.values() for t in r["results"]}):
-        metric = PRIMARY.get(t, "acc")
+        metric = ALL_TASKS[t].PRIMARY_METRIC if t in ALL_TASKS else "acc"  # the task class says
         cells = []
         for s in shots:
             res = shots[s]["results"].get(t, {})

@@ -14,7 +14,6 @@ from typing import Any
 from opt66b.io import read_json
 from opt66b.layout import RunLayout
 
-PRIMARY = {"record": "em"}  # the paper reads em for ReCoRD and acc for every other task
 
 
 def run_json(path: Path) -> Any | None:
