@@ -189,6 +189,23 @@ def export_pruned(src_dir: str | Path, out_dir: str | Path, head_mask: torch.Ten
         raise ValueError(f"--out {out_dir}: holds an unfinished export of other masks or another source; "
                          "give a new directory or delete it")
     atomic_write_text(plan_file, json.dumps(fingerprint, indent=2) + "\n")
+    weight_map, total = _write_shards(shards, names, want, plan, headers, src, dst, out_dir, log)
+    atomic_write_text(out_dir / INDEX_NAME, json.dumps({"metadata": {"total_size": total},
+                                                        "weight_map": weight_map}, indent=2) + "\n")
+    for fname in COPIED_FILES:
+        if fname != "config.json" and (src_dir / fname).is_file():
+            atomic_write_bytes(out_dir / fname, (src_dir / fname).read_bytes())
+    raw = _exported_config(src_dir, src, dst, stored, plan, headers, provenance)
+    atomic_write_text(out_dir / "config.json", json.dumps(raw, indent=2) + "\n")
+    plan_file.unlink()
+    log(f"[export] wrote {len(shards)} shard(s), {total / 2**30:.3f} GiB to {out_dir}")
+    return raw[EXPORT_KEY]
+
+
+def _write_shards(shards: list[list[str]], names: list[str], want: dict[str, tuple[int, ...]], plan: dict,
+                  headers: dict, src: Any, dst: Any, out_dir: Path, log: Callable[[str], None]) -> tuple[dict, int]:
+    """Each shard's sliced tensors, one shard at a time, atomically; a shard already there (a killed
+    earlier export of the same plan) is kept. Returns the index's weight map and total bytes."""
     weight_map: dict[str, str] = {}
     total = 0
     bar = Progress(len(shards), "export shards")
@@ -215,11 +232,13 @@ def export_pruned(src_dir: str | Path, out_dir: str | Path, head_mask: torch.Ten
             atomic_save_file(tensors, out_dir / fname, metadata={"format": "pt"})
             del tensors
             bar.update()
-    atomic_write_text(out_dir / INDEX_NAME, json.dumps({"metadata": {"total_size": total},
-                                                        "weight_map": weight_map}, indent=2) + "\n")
-    for fname in COPIED_FILES:
-        if fname != "config.json" and (src_dir / fname).is_file():
-            atomic_write_bytes(out_dir / fname, (src_dir / fname).read_bytes())
+    return weight_map, total
+
+
+def _exported_config(src_dir: Path, src: Any, dst: Any, stored: dict, plan: dict, headers: dict,
+                     provenance: dict[str, Any] | None) -> dict[str, Any]:
+    """The pruned checkpoint's config.json: the source's, with the removed heads and FFNs and the export
+    record (source files by sha256, what was removed, how the masks were chosen, earlier exports)."""
     src_raw = json.loads((src_dir / "config.json").read_text())
     source_files = sorted({*stored.values(), src_dir / "config.json",
                            *([src_dir / INDEX_NAME] if (src_dir / INDEX_NAME).is_file() else [])})
@@ -236,10 +255,7 @@ def export_pruned(src_dir: str | Path, out_dir: str | Path, head_mask: torch.Ten
     raw = {k: v for k, v in src_raw.items() if k not in (PRUNED_HEADS_KEY, PRUNED_FFN_KEY, EXPORT_KEY)}
     raw.update(dst.pruned_hf_dict())
     raw[EXPORT_KEY] = record
-    atomic_write_text(out_dir / "config.json", json.dumps(raw, indent=2) + "\n")
-    plan_file.unlink()
-    log(f"[export] wrote {len(shards)} shard(s), {total / 2**30:.3f} GiB to {out_dir}")
-    return record
+    return raw
 
 
 def _out_key(name: str) -> str:

@@ -22,6 +22,7 @@ from typing import Any, Sequence
 from opt66b.io import file_hashes
 from opt66b.layout import shots_dir
 from opt66b.store import UnitStore, Work, in_memory_info, model_fingerprint
+from tasks.evaluate import evaluation_store
 
 
 def _setup(model: Any, info: dict[str, Any] | None, data: str | Path, tasks: Sequence[str], shots: Sequence[int],
@@ -127,8 +128,7 @@ def run_ffn_oracle(model: Any, tokenizer: Any, info: dict[str, Any] | None, data
 
     info, objects, settings = _setup(model, info, data, tasks, shots, paper_quirks)
     settings["batch_tokens"] = batch_tokens  # recorded with the results (a batch shape can move the last bits)
-    store = UnitStore({**model_fingerprint(info), "limit": limit, "seed": seed, "paper_quirks": paper_quirks},
-                      recompute=recompute)  # not batch_tokens: a budget change must not refuse a resumed run
+    store = evaluation_store(info, limit=limit, seed=seed, paper_quirks=paper_quirks, recompute=recompute)
     work = Work()
     run_ffn_importance(model, tokenizer, objects, shots, Path(out), _evaluations(limit, batch_tokens, seed),
                        cached=cached, settings={**settings, "limit": limit, "seed": seed}, store=store, work=work,
@@ -151,8 +151,7 @@ def run_prune_sweep(model: Any, tokenizer: Any, info: dict[str, Any] | None, dat
 
     info, objects, settings = _setup(model, info, data, tasks, shots, paper_quirks)
     settings["batch_tokens"] = batch_tokens  # recorded with the results (a batch shape can move the last bits)
-    store = UnitStore({**model_fingerprint(info), "limit": limit, "seed": seed, "paper_quirks": paper_quirks},
-                      recompute=recompute)  # not batch_tokens: a budget change must not refuse a resumed run
+    store = evaluation_store(info, limit=limit, seed=seed, paper_quirks=paper_quirks, recompute=recompute)
     work = Work()
     table = run_sweep(model, tokenizer, objects, sweep, ranking, shots, Path(out), _evaluations(limit, batch_tokens, seed),
                       importance_dir=importance, ffn_dir=ffn_importance, head_percents=head_percents,
@@ -190,8 +189,7 @@ def run_transfer_study(model: Any, tokenizer: Any, info: dict[str, Any] | None, 
         raise ValueError(f"--tasks must include the transfer targets {missing} (their data is needed)")
     info, objects, settings = _setup(model, info, data, tasks, shots, paper_quirks)
     settings["batch_tokens"] = batch_tokens  # recorded with the results (a batch shape can move the last bits)
-    store = UnitStore({**model_fingerprint(info), "limit": limit, "seed": seed, "paper_quirks": paper_quirks},
-                      recompute=recompute)  # not batch_tokens: a budget change must not refuse a resumed run
+    store = evaluation_store(info, limit=limit, seed=seed, paper_quirks=paper_quirks, recompute=recompute)
     work = Work()
     make = _evaluations(limit, batch_tokens, seed)
     cache = cache or EvaluationCache(model)

@@ -205,6 +205,43 @@ def load_eval_masks(head_path: Path | None, ffn_path: Path | None, num_layers: i
     return head, ffn
 
 
+def evaluation_store(info: dict[str, Any], *, limit: int | None, seed: int, paper_quirks: bool, recompute: bool,
+                     **extra: Any) -> Any:
+    """The unit store (opt66b.store) of every step that evaluates tasks (eval, the FFN oracle, the sweeps,
+    the transfer): the model, which docs (limit, seed) and which prompts (paper_quirks) fix an
+    evaluation's numbers; `extra`, what else a step's units depend on (eval: max_length, masks). Not
+    batch_tokens: a batch shape moves only the last float bits and a resumed run may have another memory
+    budget, so it is recorded in each unit instead of refusing it."""
+    from opt66b.store import UnitStore, model_fingerprint
+
+    return UnitStore({**model_fingerprint(info), "limit": limit, "seed": seed, "paper_quirks": paper_quirks, **extra},
+                     recompute=recompute)
+
+
+def _evaluate_unit(ev: TaskEvaluation, name: str, head: Any, ffn: Any, shot_dir: Path, recorded: dict[str, Any],
+                   info: dict[str, Any], batch_tokens: int, cache: EvaluationCache | None, work: Any) -> dict[str, Any]:
+    """One (task, shot) unit of run_evaluation: score it under the masks, keep the run in `cache`, write
+    the per-request log-likelihoods; returns the unit's content (metrics, per-doc scores, config)."""
+    from opt66b.io import atomic_write_text, run_metadata
+
+    task, k, stats = ev.task, ev.shots, ev.scorer.stats
+    print(f"[eval] {name} {k}-shot: {len(ev.instances)} docs, {len(ev.requests)} requests, "
+          f"{stats['forward_passes']} forward passes", file=sys.stderr, flush=True)
+    metrics = ev.run(head_mask=head, ffn_mask=ffn)
+    if cache is not None:
+        cache.put(ev, metrics, head, ffn)
+    work.add(forward=stats["forward_passes"], tokens=stats["tokens_fed"])
+    lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in ev.records())
+    atomic_write_text(shot_dir / "requests" / f"{name}.jsonl", lines)
+    settings = {"task": name, "version": task.VERSION, "shots": k, **recorded, "data_files": file_hashes(task.data_files())}
+    config = run_metadata(**settings, model=info, batch_tokens=batch_tokens, scoring=stats)
+    print(f"[eval] {name} {k}-shot: " + ", ".join(
+        f"{m}={v:.4f} ± {metrics.get(m + '_stderr') or 0:.4f}" for m, v in metrics.items()
+        if m in task.METRICS), file=sys.stderr, flush=True)
+    return {"results": public_metrics(metrics), PER_DOC_KEY: {task.PRIMARY_METRIC: metrics[PER_DOC_KEY]},
+            "version": task.VERSION, "config": config}
+
+
 def run_evaluation(model: Any, tokenizer: Any, info: dict[str, Any] | None, data: str | Path, tasks: Sequence[str],
                    shots: Sequence[int], out: str | Path, *, limit: int | None = None, seed: int = 42,
                    head_mask: str | Path | None = None, ffn_mask: str | Path | None = None,
@@ -223,8 +260,8 @@ def run_evaluation(model: Any, tokenizer: Any, info: dict[str, Any] | None, data
     never read, since the per-request log-likelihoods are written too.
     Returns {"results": {K: {task: metrics}}, "work": forward passes and tokens computed by this call}.
     """
-    from opt66b.io import atomic_write_text, run_metadata, sha256_file, write_json
-    from opt66b.store import UnitStore, Work, in_memory_info, model_fingerprint
+    from opt66b.io import run_metadata, sha256_file, write_json
+    from opt66b.store import Work, in_memory_info
 
     from .registry import get_task
 
@@ -236,12 +273,16 @@ def run_evaluation(model: Any, tokenizer: Any, info: dict[str, Any] | None, data
                 for key, path in (("head_mask", head_mask), ("ffn_mask", ffn_mask))}
     max_length = cfg.max_positions if max_length is None else max_length
     model_id = info["model"] + (f"#seed{info['random_weights_seed']}" if "random_weights_seed" in info else "")
-    store = UnitStore({**model_fingerprint(info), "limit": limit, "seed": seed, "max_length": max_length,
-                       "paper_quirks": paper_quirks,  # not batch_tokens: recorded in each unit's config instead
-                       "head_mask_sha256": (mask_ids["head_mask"] or {}).get("sha256"),
-                       "ffn_mask_sha256": (mask_ids["ffn_mask"] or {}).get("sha256"), "soft_masks": soft_masks}, recompute=recompute)
+    store = evaluation_store(info, limit=limit, seed=seed, paper_quirks=paper_quirks, recompute=recompute,
+                             max_length=max_length, soft_masks=soft_masks,
+                             head_mask_sha256=(mask_ids["head_mask"] or {}).get("sha256"),
+                             ffn_mask_sha256=(mask_ids["ffn_mask"] or {}).get("sha256"))
     work = Work()
     objects = {name: get_task(name, data, paper_quirks=paper_quirks) for name in tasks}
+    # what every unit records beside its task, shot and data (its config; the fingerprint is the store's)
+    recorded = {"limit": limit, "seed": seed, "max_length": max_length, "paper_quirks": paper_quirks,
+                "model_id": model_id, "model_config_sha256": info.get("config_sha256"), "dtype": info["dtype"],
+                **mask_ids}
     all_results: dict[int, dict[str, Any]] = {}
     for k in shots:
         shot_dir = shots_dir(out, k)
@@ -255,26 +296,8 @@ def run_evaluation(model: Any, tokenizer: Any, info: dict[str, Any] | None, data
             else:
                 ev = TaskEvaluation(model, tokenizer, task, k, limit=limit, seed=seed, batch_tokens=batch_tokens,
                                     max_length=max_length, progress_label=f"eval {name} {k}-shot")
-                stats = ev.scorer.stats
-                print(f"[eval] {name} {k}-shot: {len(ev.instances)} docs, {len(ev.requests)} requests, "
-                      f"{stats['forward_passes']} forward passes", file=sys.stderr, flush=True)
-                metrics = ev.run(head_mask=head, ffn_mask=ffn)
-                if cache is not None:
-                    cache.put(ev, metrics, head, ffn)
-                work.add(forward=stats["forward_passes"], tokens=stats["tokens_fed"])
-                lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in ev.records())
-                atomic_write_text(shot_dir / "requests" / f"{name}.jsonl", lines)
-                settings = {"task": name, "version": task.VERSION, "shots": k, "limit": limit, "seed": seed,
-                            "max_length": max_length, "paper_quirks": paper_quirks, "model_id": model_id,
-                            "model_config_sha256": info.get("config_sha256"), "dtype": info["dtype"], **mask_ids,
-                            "data_files": file_hashes(task.data_files())}
-                config = run_metadata(**settings, model=info, batch_tokens=batch_tokens, scoring=stats)
-                done = {"results": public_metrics(metrics), PER_DOC_KEY: {task.PRIMARY_METRIC: metrics[PER_DOC_KEY]},
-                        "version": task.VERSION, "config": config}
+                done = _evaluate_unit(ev, name, head, ffn, shot_dir, recorded, info, batch_tokens, cache, work)
                 store.write_json(task_file, done, **fields)
-                print(f"[eval] {name} {k}-shot: " + ", ".join(
-                    f"{m}={v:.4f} ± {metrics.get(m + '_stderr') or 0:.4f}" for m, v in metrics.items()
-                    if m in task.METRICS), file=sys.stderr, flush=True)
             results[name], versions[name], configs[name] = done["results"], done["version"], done["config"]
         config = run_metadata(seed=seed, shots=k, limit=limit, max_length=max_length, paper_quirks=paper_quirks,
                               model=info, **mask_ids, batch_tokens=batch_tokens,
