@@ -56,10 +56,10 @@ def cli_reference() -> str:
     lines = ["# Command-line options", "",
              "Generated from run.py's parser by `python -m study.cli_reference` (tests/test_docs.py checks it is",
              "current). One row per option and meaning; `-` means no default (the option is off or required).",
-             "Old spellings still accepted for one release, with a one-line notice: `--size` (now",
-             "`--random-weights`), `--heads-percent` (now `--head-percent`), `--paper-quirks` (now `--protocol",
-             "paper`), `report --run` (now `--out`), `convert SRC DST` (now `--out DST`), `induction --first-seed`",
-             "(now `--seed`).", "",
+             "Old spellings still accepted for one release: `--size` (now `--random-weights`), `--heads-percent`",
+             "(now `--head-percent`) and `--paper-quirks` (now `--protocol paper`) with a one-line notice;",
+             "`report --run` (now `--out`), `convert SRC DST` (now `--out DST`) and `induction --first-seed` (now",
+             "`--seed`) silently.", "",
              "| option | meaning | default | commands |", "|---|---|---|---|"]
     for (option, meaning), defaults in sorted(rows.items()):
         if len(defaults) == 1:

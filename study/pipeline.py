@@ -83,10 +83,16 @@ def plan_steps(args: argparse.Namespace, tasks: list[str]) -> list[tuple[str, An
     out = RunLayout(Path(args.out))
     run = {"recompute": bool(getattr(args, "recompute", False)), "threads": getattr(args, "threads", None)}
     given = lambda **kw: {k: v for k, v in kw.items() if v is not None}  # noqa: E731 - all's unset options: step defaults
-    seed = given(seed=args.seed)
+
+    def seed_for(role: str) -> int | None:  # a role's own seed, else --seed, else the step's default
+        own = getattr(args, role, None)
+        return own if own is not None else getattr(args, "seed", None)
+
     data = {"data": Path(args.data), "tasks": tuple(tasks), "shots": tuple(args.shots), "protocol": args.protocol}
-    evaluates = {**run, **data, **seed, "limit": args.limit, **given(batch_tokens=args.batch_tokens)}
-    importance = {**run, **data, **seed, "n_docs": args.n_docs, **given(backward=getattr(args, "backward", None))}
+    evaluates = {**run, **data, **given(seed=seed_for("eval_seed")), "limit": args.limit,
+                 **given(batch_tokens=args.batch_tokens)}
+    importance = {**run, **data, **given(seed=seed_for("importance_seed")), "n_docs": args.n_docs,
+                  **given(backward=getattr(args, "backward", None))}
     sweep = {**evaluates, "out": out.prune}
     steps: list[tuple[str, Any]] = [
         ("data check", DataCheckSettings(data=Path(args.data), tasks=tuple(tasks), json=out.file("data_check.json"))),
@@ -111,12 +117,13 @@ def plan_steps(args: argparse.Namespace, tasks: list[str]) -> list[tuple[str, An
     if len(seen_in(tasks)) > 1:  # partners need at least two seen tasks with importance
         steps.append(("cross-task transfer (highest / lowest correlated partners)",
                       PruneSettings(**sweep, sweep="transfer", correlations=out.correlations, importance=out.importance)))
-    first_seed = given(first_seed=args.seed)
+    first_seed = given(first_seed=seed_for("sequence_seed"))
     steps += [
         ("prefix matching", PrefixSettings(**run, seeds=args.seeds, **first_seed, out=out.induction)),
         ("copying", CopyingSettings(**run, seeds=args.seeds, **first_seed, out=out.induction)),
         ("capacity retained", CapacitySettings(scores=out.induction, importance=out.importance, out=out.capacity)),
-        ("synthetic copy task", CopyTaskSettings(**run, seeds=min(args.seeds, 16), **seed, out=out.copytask)),
+        ("synthetic copy task", CopyTaskSettings(**run, seeds=min(args.seeds, 16), **given(seed=seed_for("sequence_seed")),
+                                                 out=out.copytask)),
     ]
     return steps
 

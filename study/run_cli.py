@@ -28,9 +28,17 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="importance docs per task (default: 16 with the tiny defaults, else 2500 as the paper)")
     p.add_argument("--seeds", type=int, default=None,
                    help="induction seeds (default: 8 with the tiny defaults, else 100 as the paper)")
+    p.add_argument("--eval-seed", type=int, default=None, metavar="N",
+                   help="seed of the eval docs' shuffle and few-shot demos in every evaluating step (eval, FFN oracle, "
+                        "sweeps, transfer; default 42, lm-eval's)")
+    p.add_argument("--importance-seed", type=int, default=None, metavar="N",
+                   help="seed of head importance's few-shot demos (default 1234, the paper's code)")
+    p.add_argument("--sequence-seed", type=int, default=None, metavar="N",
+                   help="first seed of the random token sequences of prefix matching, copying and the copy task "
+                        "(default 0, the paper's)")
     p.add_argument("--seed", type=int, default=None, metavar="N",
-                   help="seed of every randomised step (default: each step's own: 42 for eval docs and demos as "
-                        "lm-eval, 1234 for importance demos as the paper's code, 0 for induction sequences)")
+                   help="all three seeds at once (--eval-seed, --importance-seed, --sequence-seed; a role-named "
+                        "one given beside it wins)")
     p.add_argument("--batch-tokens", type=int, default=None, metavar="N",
                    help="token budget per scoring batch of every evaluating step (default: with --max-memory "
                         "budgets on accelerators, the largest batch whose activations fit beside the weights, "
@@ -63,8 +71,11 @@ def all_defaults(args: argparse.Namespace) -> argparse.Namespace:
         value = getattr(args, key, None)
         if value is not None and value < 1:
             raise ValueError(f"--{key.replace('_', '-')} must be >= 1, got {value}")
-    if getattr(args, "seed", None) is not None and args.seed < 0:  # checked before any step runs
-        raise ValueError(f"--seed must be >= 0 (it seeds numpy's default_rng in the induction steps), got {args.seed}")
+    for key in ("seed", "eval_seed", "importance_seed", "sequence_seed"):  # checked before any step runs
+        value = getattr(args, key, None)
+        if value is not None and value < 0:
+            raise ValueError(f"--{key.replace('_', '-')} must be >= 0 (numpy's default_rng seeds the induction "
+                             f"sequences), got {value}")
     fit_to_budgets(args)
     return args
 

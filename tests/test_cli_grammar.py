@@ -198,3 +198,29 @@ def build_parser_help(command: str) -> str:
     parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, __import__("argparse")._SubParsersAction))
     return sub.choices[command].format_help()
+
+
+def test_all_names_each_seed_for_what_it_seeds():
+    """`all`'s seeds by role: --eval-seed (docs and demos of every evaluating step), --importance-seed
+    (importance demos), --sequence-seed (induction and copy-task sequences); --seed sets the three, and
+    a role-named one beside it wins. Each reaches exactly the steps of its role."""
+    from study.pipeline import plan_steps
+    from study.run_cli import all_defaults
+
+    argv = ["all", "--tasks", "copa", "piqa", "--out", "x"]
+
+    def seeds(*extra):
+        steps = plan_steps(all_defaults(_parse([*argv, *extra])), ["copa", "piqa"])
+        return {label: getattr(s, "first_seed", getattr(s, "seed", None)) for label, s in steps}
+
+    roles = seeds("--eval-seed", "7", "--importance-seed", "8", "--sequence-seed", "9")
+    assert {roles[k] for k in ("evaluation", "FFN oracle", "head pruning (own ranking)", "combined grid",
+                               "cross-task transfer (highest / lowest correlated partners)")} == {7}
+    assert {v for k, v in roles.items() if k.startswith("head importance")} == {8}
+    assert {roles[k] for k in ("prefix matching", "copying", "synthetic copy task")} == {9}
+    mixed = seeds("--seed", "5", "--importance-seed", "8")
+    assert mixed["evaluation"] == 5 and mixed["head importance"] == 8 and mixed["prefix matching"] == 5
+    defaults = seeds()
+    assert (defaults["evaluation"], defaults["head importance"], defaults["prefix matching"]) == (42, 1234, 0)
+    with pytest.raises(ValueError, match="--sequence-seed must be >= 0"):
+        all_defaults(_parse([*argv, "--sequence-seed", "-1"]))
