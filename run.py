@@ -87,6 +87,7 @@ def check_outputs(args: argparse.Namespace) -> None:
             check_output_dir(getattr(args, name), label)
     for name, label in OUTPUT_FILE_OPTIONS.items():
         path = getattr(args, name, None)
+        label = "--plan-json" if name == "json" and getattr(args, "plan_step", None) else label
         if isinstance(path, (str, Path)) and str(path) != "-":  # "-": stdout
             path = Path(path)
             if path.is_dir():

@@ -7,8 +7,10 @@ appears. Only argparse and pathlib are imported here (no torch): `run.py --help`
 
     --out DIR        every output directory (finished units are skipped on rerun)
     --seed N         every randomised step, with the default the paper's code used for that step
-    --json PATH      write what the command prints as JSON to PATH instead ("-": to stdout)
+    --json PATH      write a file-only command's result as JSON to PATH ("-": to stdout): data check's
+                     rows, device-map's map
     --plan           print passes, tokens, FLOPs, memory and time of the command without running it
+    --plan-json PATH the same plan as JSON (implies --plan); a model step's old `--json` still means it
 """
 
 from __future__ import annotations
@@ -20,6 +22,16 @@ from pathlib import Path
 from typing import Any
 
 DTYPE_NAMES = ("bfloat16", "float16", "float32")
+
+
+class _PlanJson(argparse.Action):
+    """--plan-json PATH: write the plan as JSON, which implies --plan."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if option_string != "--plan-json":
+            print(f"note: {option_string} on a step that runs the model is deprecated; it means --plan-json",
+                  file=sys.stderr)
+        namespace.json, namespace.plan = values, True
 
 
 class _Deprecated(argparse.Action):
@@ -98,7 +110,7 @@ def add_json_arg(parser: argparse.ArgumentParser, what: str) -> None:
 
 
 def add_plan_args(parser: argparse.ArgumentParser, step: str) -> None:
-    """--plan (and its --throughput / --json) for a step that runs the model; `step` names the
+    """--plan (and its --throughput / --plan-json) for a step that runs the model; `step` names the
     planner in study/plan.py. run.py answers --plan before the step's handler is called."""
     g = parser.add_argument_group("plan (cost estimate without running; study/plan.py)")
     g.add_argument("--plan", action="store_true",
@@ -117,8 +129,9 @@ def add_plan_args(parser: argparse.ArgumentParser, step: str) -> None:
     for action in parser._actions:
         if action.dest == "out":
             action.help = action.help.replace("(required)", "(required, except with --plan)")
-    if not any(a.dest == "json" for a in parser._actions):
-        add_json_arg(parser, "the plan (with --plan)")
+    g.add_argument("--plan-json", dest="json", action=_PlanJson, type=Path, default=None, metavar="PATH",
+                   help="write the plan as JSON to PATH ('-': to stdout, instead of the table); implies --plan")
+    g.add_argument("--json", dest="json", action=_PlanJson, type=Path, help=argparse.SUPPRESS)  # the old spelling
     parser.set_defaults(plan_step=step)
 
 

@@ -1,5 +1,5 @@
 """`run.py CMD --plan`: resolve the model's shape and placement from the options (no weights), plan the
-step (or every step of `run.py all`) with study/plan.py, estimate time, print a table or --json PATH.
+step (or every step of `run.py all`) with study/plan.py, estimate time, print a table or --plan-json PATH.
 
     plan = make_plan(args)        # {"model": ..., "steps": [...], "total": {...}}, JSON-able
 """

@@ -224,3 +224,17 @@ def test_all_names_each_seed_for_what_it_seeds():
     assert (defaults["evaluation"], defaults["head importance"], defaults["prefix matching"]) == (42, 1234, 0)
     with pytest.raises(ValueError, match="--sequence-seed must be >= 0"):
         all_defaults(_parse([*argv, "--sequence-seed", "-1"]))
+
+
+def test_plan_json_is_the_plan_and_json_is_a_result(capsys):
+    """--json names one thing, a file-only command's result (data check's rows, device-map's map); the
+    plan of a model step is --plan-json, which implies --plan. A model step's old --json still writes
+    the plan, with a notice."""
+    args = _parse(["eval", "--tasks", "copa", "--plan-json", "-"])
+    assert args.plan and str(args.json) == "-"
+    assert "deprecated" not in capsys.readouterr().err
+    old = _parse(["eval", "--tasks", "copa", "--plan", "--json", "p.json"])
+    assert old.plan and old.json == Path("p.json")
+    assert capsys.readouterr().err.strip() == "note: --json on a step that runs the model is deprecated; it means --plan-json"
+    assert "--plan-json" in build_parser_help("eval") and "--json" not in build_parser_help("eval").replace("--plan-json", "")
+    assert "--json" in build_parser_help("device-map") and "--plan-json" not in build_parser_help("device-map")

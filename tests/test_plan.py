@@ -36,7 +36,7 @@ def counted(monkeypatch):
 
 def plan_of(argv, tmp_path, capsys) -> dict:
     path = tmp_path / "plan.json"
-    assert run.main([*argv, "--plan", "--throughput", "1", "--json", str(path)]) == 0
+    assert run.main([*argv, "--plan", "--throughput", "1", "--plan-json", str(path)]) == 0
     assert "nothing was run" in capsys.readouterr().out
     return json.loads(path.read_text())
 
@@ -124,7 +124,7 @@ def test_opt66b_plans_without_a_gpu(budgets, tmp_path, capsys):
     argv = ["eval", "--random-weights", "opt-66b", "--device", "cuda:0", "--device-map", "auto",
             "--max-memory", budgets, "--tasks", "copa", "--shots", "0", "--limit", "8"]
     path = tmp_path / "plan66.json"
-    assert run.main([*argv, "--plan", "--throughput", "400", "--json", str(path)]) == 0
+    assert run.main([*argv, "--plan", "--throughput", "400", "--plan-json", str(path)]) == 0
     printed = capsys.readouterr().out
     plan = json.loads(path.read_text())
     weights = plan["weights_bytes"]
@@ -168,7 +168,7 @@ def test_all_plans_the_transfer_step(tmp_path, capsys):
 
 def test_throughput_is_measured_on_this_machine_or_reported_missing(tmp_path, capsys):
     path = tmp_path / "plan.json"
-    assert run.main(["induction", "prefix", "--seeds", "1", "--plan", "--json", str(path)]) == 0
+    assert run.main(["induction", "prefix", "--seeds", "1", "--plan", "--plan-json", str(path)]) == 0
     plan = json.loads(path.read_text())
     assert plan["throughput_source"].startswith("measured") and plan["throughput_tflops"] > 0
     assert plan["total"]["seconds"] == pytest.approx(plan["total"]["flops"] / (plan["throughput_tflops"] * 1e12))
@@ -190,7 +190,7 @@ def test_all_fits_its_scoring_batch_to_the_memory_beside_the_weights(tmp_path, c
     base = ["all", "--plan", "--random-weights", "opt-66b", "--dtype", "float16", "--device-map", "auto",
             "--max-memory", "cuda:0=141GiB,cpu=400GiB", "--throughput", "400", "--tasks", "copa", "rte", "--shots", "0"]
     path = tmp_path / "plan.json"
-    assert run.main([*base, "--json", str(path)]) == 0
+    assert run.main([*base, "--plan-json", str(path)]) == 0
     err = capsys.readouterr().err
     assert "--batch-tokens 1024: the largest scoring batch" in err
     steps = {s["step"]: s for s in json.loads(path.read_text())["steps"]}
@@ -201,7 +201,7 @@ def test_all_fits_its_scoring_batch_to_the_memory_beside_the_weights(tmp_path, c
     assert "head importance takes the layer-wise backward" in err
     assert "--backward layerwise" in steps["head importance"]["command"]
     assert steps["head importance"]["peak_bytes"]["cuda:0"] <= 141 * (1 << 30)
-    assert run.main([*base, "--batch-tokens", "4096", "--json", str(path)]) == 0
+    assert run.main([*base, "--batch-tokens", "4096", "--plan-json", str(path)]) == 0
     assert "--batch-tokens 4096" in {s["step"]: s for s in json.loads(path.read_text())["steps"]}["evaluation"]["command"]
 
 
@@ -233,7 +233,7 @@ def test_plan_prices_the_study_on_several_processes(tmp_path, capsys):
 
     path = tmp_path / "plan.json"
     assert run.main(["all", "--plan", "--throughput", "1", "--processes", "4", "--tasks", "copa", "--shots", "0",
-                     "--json", str(path)]) == 0
+                     "--plan-json", str(path)]) == 0
     assert "on 4 processes" in capsys.readouterr().out
     plan = json.loads(path.read_text())
     want = sum(s["seconds"] / (4 if s["forward_passes"] else 1) for s in plan["steps"])
@@ -257,7 +257,7 @@ def test_all_keeps_free_what_its_own_plan_needs(tmp_path, capsys):
     budget = 141 << 30
     assert max(s["peak_bytes"]["cuda:0"] for s in default_like["steps"]) > budget  # the problem being fixed
     path = tmp_path / "fitted.json"
-    assert run.main([*FIT_ARGV, "--plan", "--throughput", "1", "--json", str(path)]) == 0
+    assert run.main([*FIT_ARGV, "--plan", "--throughput", "1", "--plan-json", str(path)]) == 0
     printed = capsys.readouterr()
     assert "OVER BUDGET" not in printed.out and "[all] --reserve cuda:0=" in printed.err
     plan = json.loads(path.read_text())

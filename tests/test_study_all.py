@@ -169,7 +169,7 @@ def test_all_plan_counts_the_passes_the_run_made(study_run, tmp_path, capsys):
     masks are known before the run, an upper bound where two rankings may mask the same heads."""
     out, argv = study_run
     path = tmp_path / "plan.json"
-    assert run.main([*argv, "--plan", "--throughput", "1", "--json", str(path)]) == 0
+    assert run.main([*argv, "--plan", "--throughput", "1", "--plan-json", str(path)]) == 0
     capsys.readouterr()
     planned = {s["step"]: s for s in json.loads(path.read_text())["steps"]}
     work = json.loads((out / "work.json").read_text())
@@ -263,7 +263,7 @@ def test_protocol_paper_runs_the_papers_choices(tmp_path, capsys):
     argv = ["all", "--protocol", "paper", "--tasks", "copa", "winogrande", "record", "rte", "openbookqa",
             "--shots", "0", "--limit", "2", "--n-docs", "2", "--seeds", "2", "--out", str(out)]
     plan = tmp_path / "plan.json"
-    assert run.main([*argv, "--plan", "--throughput", "1", "--json", str(plan)]) == 0
+    assert run.main([*argv, "--plan", "--throughput", "1", "--plan-json", str(plan)]) == 0
     planned = [s["step"] for s in json.loads(plan.read_text())["steps"]]
     assert "head importance under the corrected protocol's targets (openbookqa)" in planned
     assert run.main(argv) == 0
@@ -326,8 +326,8 @@ def test_plan_prices_precision_from_the_run_it_would_resume(study_run, tmp_path,
     out, argv = study_run
     fresh, seen = tmp_path / "fresh.json", tmp_path / "seen.json"
     base = [a for a in argv if a != str(out)][:-1]  # without --out OUT
-    assert run.main([*base, "--plan", "--throughput", "1", "--target-halfwidth", "20", "--json", str(fresh)]) == 0
-    assert run.main([*argv, "--plan", "--throughput", "1", "--json", str(seen)]) == 0
+    assert run.main([*base, "--plan", "--throughput", "1", "--target-halfwidth", "20", "--plan-json", str(fresh)]) == 0
+    assert run.main([*argv, "--plan", "--throughput", "1", "--plan-json", str(seen)]) == 0
     capsys.readouterr()
     rows = {r["task"]: r for r in json.loads(fresh.read_text())["precision"]["rows"]}
     assert set(rows) == {"copa", "boolq", "piqa"}

@@ -103,7 +103,7 @@ def main() -> None:
             if step == "importance ffn":
                 argv += ["--oracle-memory", args.oracle_memory]
             plan_path = Path(tmp) / "plan.json"
-            child(args.size, [*argv, "--plan", "--throughput", "1", "--json", str(plan_path)])
+            child(args.size, [*argv, "--plan", "--throughput", "1", "--plan-json", str(plan_path)])
             plan = json.loads(plan_path.read_text())
             weights = sum(plan["weights_bytes"].values())
             predicted = plan["total"]["peak_bytes"].get("cpu", 0) - weights + plan["total"]["host_bytes"]
