@@ -17,7 +17,8 @@ name changes in one place. A run of `python run.py all --out OUT` is laid out as
 
 A step run on its own (`run.py eval --out DIR`) writes the same tree under DIR that `all` writes
 under OUT/eval; "shots-K" is the one directory name of a shot count, `shots_dir` builds it and
-`shot_of` reads it back.
+`shot_of` reads it back. The units a step resumes from are named here too (`eval_unit`,
+`eval_requests`, `knockout_unit`, `knockout_chunk`, `sweep_unit`, ...).
 """
 
 from __future__ import annotations
@@ -126,4 +127,40 @@ class RunLayout:
         return self.root / name
 
     def results(self, k: int) -> Path:
-        return shots_dir(self.eval, k) / "results.json"
+        return eval_results(shots_dir(self.eval, k))
+
+
+# -- the units inside a step's shot directory: each written by one step, read back when it resumes -----
+def eval_results(shot: Path) -> Path:
+    """eval's merged results of one shot count, lm-eval's layout."""
+    return Path(shot) / "results.json"
+
+
+def eval_unit(shot: Path, task: str) -> Path:
+    """eval's unit of one task: metrics, per-document scores, config; written last, so it marks the task done."""
+    return Path(shot) / "tasks" / f"{task}.json"
+
+
+def eval_requests(shot: Path, task: str) -> Path:
+    """eval's per-request log-likelihoods of one task, one JSON line per request."""
+    return Path(shot) / "requests" / f"{task}.jsonl"
+
+
+def knockout_unit(task_dir: Path, layer: int) -> Path:
+    """The FFN oracle's unit: the metrics with FFN `layer` knocked out."""
+    return Path(task_dir) / f"layer-{layer:03d}.json"
+
+
+def knockout_base(task_dir: Path) -> Path:
+    """The FFN oracle's unpruned metrics of one task and shot."""
+    return Path(task_dir) / "base.json"
+
+
+def knockout_chunk(task_dir: Path, chunk_units: int, first: int) -> Path:
+    """The chunked oracle's log-likelihoods of the chunk starting at scoring batch `first`."""
+    return Path(task_dir) / f"chunks-{chunk_units}" / f"chunk-{first:06d}.safetensors"
+
+
+def sweep_unit(root: Path, shots: int, task: str, head_percent: float, ffn_percent: float) -> Path:
+    """A pruning sweep's unit: one task, shot and (heads %, FFN %) cell."""
+    return shots_dir(root, shots) / task / f"h{head_percent:g}_f{ffn_percent:g}.json"

@@ -24,7 +24,7 @@ import torch
 
 from opt66b.distributed import barrier, my_units, rank_world
 from opt66b.io import Progress, read_json, read_tensors, write_json
-from opt66b.layout import shots_dir, shots_name
+from opt66b.layout import knockout_base, knockout_chunk, knockout_unit, shots_dir, shots_name, sweep_unit
 from opt66b.store import UnitStore, Work
 from tasks.evaluate import EvaluationCache, task_fingerprint
 from tasks.metrics import public_metrics
@@ -53,7 +53,7 @@ class Unit:
     ffn_percent: float = 0
 
     def path(self, root: Path) -> Path:
-        return shots_dir(root, self.shots) / self.task / f"h{self.head_percent:g}_f{self.ffn_percent:g}.json"
+        return sweep_unit(root, self.shots, self.task, self.head_percent, self.ffn_percent)
 
 
 def sweep_units(sweep: str, tasks: Sequence[str], shots: Sequence[int], head_percents: Sequence[float],
@@ -288,14 +288,14 @@ def run_ffn_importance(model: Any, tokenizer: Any, tasks: dict[str, Any], shots:
             continue
         done = {}
         for layer in range(num_layers):
-            p = unit_dir / f"layer-{layer:03d}.json"
+            p = knockout_unit(unit_dir, layer)
             if store.done(p, **fields, layer=layer):
                 done[layer] = read_json(p)["metrics"]
         evaluation = make_evaluation(model, tokenizer, tasks[task_name], k)
         metric = tasks[task_name].PRIMARY_METRIC
 
         def save(layer: int, metrics: dict[str, float], _dir: Path = unit_dir, _fields=fields) -> None:
-            store.write_json(_dir / f"layer-{layer:03d}.json", {"layer": layer, "metrics": metrics}, **_fields,
+            store.write_json(knockout_unit(_dir, layer), {"layer": layer, "metrics": metrics}, **_fields,
                              layer=layer)
 
         todo = num_layers - len(done)
@@ -305,7 +305,7 @@ def run_ffn_importance(model: Any, tokenizer: Any, tasks: dict[str, Any], shots:
             per_unit = max(evaluation.record_bytes_per_unit(), 1)
             size = units if record_budget is None else max(1, min(units, record_budget // per_unit))
             bar = Progress(-(-units // size), f"ffn oracle {task_name} {k}-shot (chunks of {size} batches)")
-            chunking = {"chunk_units": size, "chunks": oracle_chunks(store, unit_dir / f"chunks-{size}", fields,
+            chunking = {"chunk_units": size, "chunks": oracle_chunks(store, unit_dir, fields,
                                                                      evaluation, size, bar)}
         else:
             bar = Progress(todo, f"ffn oracle {task_name} {k}-shot") if todo else None
@@ -315,7 +315,7 @@ def run_ffn_importance(model: Any, tokenizer: Any, tasks: dict[str, Any], shots:
             per_run = evaluation_work(evaluation)
             for _ in range(1 + todo):
                 work.add(**per_run)
-        write_json(unit_dir / "base.json", {"metrics": res["base_metrics"]})
+        write_json(knockout_base(unit_dir), {"metrics": res["base_metrics"]})
         res.update(task=task_name, shots=k, meta=run_metadata(**{**(settings or {}), "shots": k, "cached": cached}))
         store.write_json(merged, res, **fields)
         written.append(merged)
@@ -326,7 +326,7 @@ def run_ffn_importance(model: Any, tokenizer: Any, tasks: dict[str, Any], shots:
     return written
 
 
-def oracle_chunks(store: UnitStore, chunk_dir: Path, fields: dict[str, Any], evaluation: Any, size: int,
+def oracle_chunks(store: UnitStore, task_dir: Path, fields: dict[str, Any], evaluation: Any, size: int,
                   bar: Progress) -> dict[str, Any]:
     """{"done", "on_chunk"} for TaskEvaluation.run_knockouts: each chunk's partial log-likelihoods and
     greedy misses, for the unique requests its batches score only, in a fingerprinted safetensors unit."""
@@ -336,7 +336,7 @@ def oracle_chunks(store: UnitStore, chunk_dir: Path, fields: dict[str, Any], eva
     n = len(evaluation.scorer.unique)
     done: dict[int, dict[Any, tuple[torch.Tensor, torch.Tensor]]] = {}
     for first, idx in owners.items():
-        path = chunk_dir / f"chunk-{first:06d}.safetensors"
+        path = knockout_chunk(task_dir, size, first)
         if store.done(path, **fields, chunk=first, chunk_units=size):
             tensors = read_tensors(path)[0]
             part = {}
@@ -353,7 +353,7 @@ def oracle_chunks(store: UnitStore, chunk_dir: Path, fields: dict[str, Any], eva
         for key, (lls, misses) in part.items():
             name = "base" if key == "base" else f"layer-{key:03d}"
             tensors[f"{name}.lls"], tensors[f"{name}.misses"] = lls[idx], misses[idx]
-        store.write_tensors(chunk_dir / f"chunk-{first:06d}.safetensors", tensors, None, **fields, chunk=first,
+        store.write_tensors(knockout_chunk(task_dir, size, first), tensors, None, **fields, chunk=first,
                             chunk_units=size)
         bar.update()
     return {"done": done, "on_chunk": save}

@@ -18,7 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from opt66b.io import atomic_write_text, read_tensors
-from opt66b.layout import SHOTS_PATTERN, RunLayout, shot_dirs, shot_files, shot_of, shots_name
+from opt66b.layout import SHOTS_PATTERN, RunLayout, eval_results, shot_dirs, shot_files, shot_of, shots_name
 from prune.aggregate import aggregate_of
 from prune.intervals import Z95
 from prune.inflection import DEFAULT_MIN_BEND, DEFAULT_TOLERANCE, RULES, curve_points, mean_curve, mean_grid, sweep_curve
@@ -31,7 +31,7 @@ from .report_kit import Figures, md_table, pct, run_json, sweep_tables, xy
 
 # -- tasks and accuracy -------------------------------------------------------------------------------
 def tasks_section(run: Path, skipped: list[str]) -> list[str]:
-    evals = {p.name: run_json(p / "results.json") for p in shot_dirs(RunLayout(run).eval)}
+    evals = {p.name: run_json(eval_results(p)) for p in shot_dirs(RunLayout(run).eval)}
     ran = {t for r in evals.values() if r for t in r["results"]}
     checks = {(r["task"], r["split"]): r for r in (run_json(RunLayout(run).file("data_check.json")) or {}).get("rows", [])}
     rows = []
@@ -52,7 +52,7 @@ def tasks_section(run: Path, skipped: list[str]) -> list[str]:
 def accuracy_section(run: Path) -> list[str]:
     lines = ["## Accuracy per task and shot", "", "Primary metric as a fraction (ReCoRD: em), ± its 95% half-width "
              "(1.96 x the standard error lm-evaluation-harness writes beside it, `<metric>_stderr`).", ""]
-    shots = {p.name: run_json(p / "results.json") for p in shot_dirs(RunLayout(run).eval)}
+    shots = {p.name: run_json(eval_results(p)) for p in shot_dirs(RunLayout(run).eval)}
     shots = {k: v for k, v in shots.items() if v}
     if not shots:
         return lines + ["(no evaluation results under eval/)", ""]
@@ -209,7 +209,7 @@ def grid_lines(tab: dict, shots: list[str], figs: Figures, tolerance: float) -> 
 
 # What a report is built from (relative to the run directory); none of them present is an error.
 _RUN = RunLayout(Path("."))
-REPORT_INPUTS = tuple(str(p) for p in (_RUN.eval / SHOTS_PATTERN / "results.json",
+REPORT_INPUTS = tuple(str(p) for p in (eval_results(_RUN.eval / SHOTS_PATTERN),
                                        _RUN.importance / SHOTS_PATTERN / "aggregate.safetensors",
                                        _RUN.ffn / SHOTS_PATTERN / "aggregate.json", _RUN.prune / "*.json",
                                        _RUN.correlations, _RUN.induction / "*.json", _RUN.capacity / "capacity.json",
@@ -221,7 +221,7 @@ def require_results(run: Path) -> None:
     if any(next(run.glob(pattern.replace(SHOTS_PATTERN, shots_name("*"))), None) for pattern in REPORT_INPUTS):
         return
     hint = ""
-    if any((d / "results.json").is_file() for d in shot_dirs(run)) or shot_files(run, ".safetensors"):
+    if any(eval_results(d).is_file() for d in shot_dirs(run)) or shot_files(run, ".safetensors"):
         hint = (" It looks like the --out of a single command (eval/importance); report reads the run "
                 "directory of `run.py all`, which holds eval/, importance/, ... below it.")
     raise FileNotFoundError(f"{run}: nothing to report; looked for {', '.join(REPORT_INPUTS)}.{hint} "

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from opt66b.io import write_json
-from opt66b.layout import RunLayout, shot_dirs, shots_name
+from opt66b.layout import RunLayout, eval_results, shot_dirs, shots_name
 from prune.inflection import DEFAULT_MIN_BEND, RULES, headline, mean_curve, mean_grid
 from prune.intervals import KNEE_ITERS, KNEE_SEED, Z95, headline_intervals
 from prune.paper import PAPER_HEADLINE
@@ -129,7 +129,7 @@ def protocol_lines(run: Path) -> list[str]:
     study = run_json(RunLayout(run).file("study.json")) or {}
     protocol = study.get("protocol")
     if protocol is None:  # a run of single commands: read it from the evaluation's settings
-        res = next((r for r in (run_json(p / "results.json") for p in shot_dirs(RunLayout(run).eval)) if r), None)
+        res = next((r for r in (run_json(eval_results(p)) for p in shot_dirs(RunLayout(run).eval)) if r), None)
         if res is not None:
             protocol = "paper" if (res.get("config") or {}).get("paper_quirks") else "corrected"
     if protocol not in PROTOCOL_SENTENCES:

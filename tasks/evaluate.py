@@ -23,7 +23,7 @@ from typing import Any, Sequence
 import torch
 
 from opt66b.io import NonFiniteError, file_hashes, read_json
-from opt66b.layout import shots_dir
+from opt66b.layout import eval_requests, eval_results, eval_unit, shots_dir
 
 from .base import Result, Task
 from .metrics import public_metrics, task_metrics_with_errors
@@ -232,7 +232,7 @@ def _evaluate_unit(ev: TaskEvaluation, name: str, head: Any, ffn: Any, shot_dir:
         cache.put(ev, metrics, head, ffn)
     work.add(forward=stats["forward_passes"], tokens=stats["tokens_fed"])
     lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in ev.records())
-    atomic_write_text(shot_dir / "requests" / f"{name}.jsonl", lines)
+    atomic_write_text(eval_requests(shot_dir, name), lines)
     settings = {"task": name, "version": task.VERSION, "shots": k, **recorded, "data_files": file_hashes(task.data_files())}
     config = run_metadata(**settings, model=info, batch_tokens=batch_tokens, scoring=stats)
     print(f"[eval] {name} {k}-shot: " + ", ".join(
@@ -289,7 +289,7 @@ def run_evaluation(model: Any, tokenizer: Any, info: dict[str, Any] | None, data
         results, versions, configs = {}, {}, {}
         for name, task in objects.items():
             fields = {**task_fingerprint(task), "shots": k}
-            task_file = shot_dir / "tasks" / f"{name}.json"
+            task_file = eval_unit(shot_dir, name)
             if store.done(task_file, **fields):
                 done = read_json(task_file)
                 print(f"[eval] {name} {k}-shot: done earlier ({task_file}), skipped", file=sys.stderr)
@@ -304,7 +304,7 @@ def run_evaluation(model: Any, tokenizer: Any, info: dict[str, Any] | None, data
                               data_files={n: c["data_files"] for n, c in configs.items()},
                               stderr={"rules": STDERR_RULES, "bootstrap_iters": BOOTSTRAP_ITERS,
                                       "bootstrap_seed": BOOTSTRAP_SEED})
-        write_json(shot_dir / "results.json", {"results": results, "versions": versions, "config": config})
-        print(f"[eval] wrote {shot_dir / 'results.json'}", file=sys.stderr)
+        write_json(eval_results(shot_dir), {"results": results, "versions": versions, "config": config})
+        print(f"[eval] wrote {eval_results(shot_dir)}", file=sys.stderr)
         all_results[k] = results
     return {"results": all_results, "work": work.as_dict()}
