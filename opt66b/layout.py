@@ -122,9 +122,34 @@ class RunLayout:
     def figures(self) -> Path:
         return self.root / "figures"
 
-    def file(self, name: str) -> Path:
-        """A file at the top of the run: commands.txt, study.json, work.json, data_check.json, ..."""
-        return self.root / name
+    # the files at the top of the run
+    @property
+    def commands(self) -> Path:
+        return self.root / "commands.txt"
+
+    @property
+    def study(self) -> Path:
+        return self.root / "study.json"
+
+    @property
+    def work(self) -> Path:
+        return self.root / "work.json"
+
+    @property
+    def data_check(self) -> Path:
+        return self.root / "data_check.json"
+
+    @property
+    def skipped_tasks(self) -> Path:
+        return self.root / "skipped_tasks.json"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report.md"
+
+    @property
+    def headline(self) -> Path:
+        return self.root / "headline.json"
 
     def results(self, k: int) -> Path:
         return eval_results(shots_dir(self.eval, k))

@@ -95,7 +95,7 @@ def plan_steps(args: argparse.Namespace, tasks: list[str]) -> list[tuple[str, An
                   **given(backward=getattr(args, "backward", None))}
     sweep = {**evaluates, "out": out.prune}
     steps: list[tuple[str, Any]] = [
-        ("data check", DataCheckSettings(data=Path(args.data), tasks=tuple(tasks), json=out.file("data_check.json"))),
+        ("data check", DataCheckSettings(data=Path(args.data), tasks=tuple(tasks), json=out.data_check)),
         ("evaluation", EvalSettings(**evaluates, out=out.eval)),
         ("head importance", HeadImportanceSettings(**importance, out=out.importance)),
     ]
@@ -216,10 +216,10 @@ def run_all(args: argparse.Namespace) -> int:
     main = is_main()  # under torchrun: every process runs the model steps on its share of the units
     if main:
         out.mkdir(parents=True, exist_ok=True)
-        write_json(layout.file("skipped_tasks.json"), skipped)
-        write_json(layout.file("study.json"), {"protocol": args.protocol, "other_protocol": other_protocol(args),
+        write_json(layout.skipped_tasks, skipped)
+        write_json(layout.study, {"protocol": args.protocol, "other_protocol": other_protocol(args),
                                         "targets_differ": targets_differ(tasks), "tasks": tasks, "shots": args.shots})
-        atomic_write_text(layout.file("commands.txt"), "".join(command_line(args, st) + "\n" for _, st in steps))
+        atomic_write_text(layout.commands, "".join(command_line(args, st) + "\n" for _, st in steps))
     cache = EvaluationCache(loaded[0])
     work: dict[str, dict[str, Any]] = {}
     for i, (label, settings) in enumerate(steps, 1):
@@ -243,7 +243,7 @@ def run_all(args: argparse.Namespace) -> int:
         eta.done(label, seconds, computed=bool((step_work or {}).get("forward_passes")))
         if step_work is not None and main:
             work[label] = {**step_work, **eta.record(label, seconds)}
-            write_json(layout.file("work.json"), work)
+            write_json(layout.work, work)
         if result["code"]:
             print(f"[all] step '{label}' failed (exit {result['code']}); fix the cause and rerun: finished work "
                   "is kept", file=sys.stderr)

@@ -33,7 +33,7 @@ from .report_kit import Figures, md_table, pct, run_json, sweep_tables, xy
 def tasks_section(run: Path, skipped: list[str]) -> list[str]:
     evals = {p.name: run_json(eval_results(p)) for p in shot_dirs(RunLayout(run).eval)}
     ran = {t for r in evals.values() if r for t in r["results"]}
-    checks = {(r["task"], r["split"]): r for r in (run_json(RunLayout(run).file("data_check.json")) or {}).get("rows", [])}
+    checks = {(r["task"], r["split"]): r for r in (run_json(RunLayout(run).data_check) or {}).get("rows", [])}
     rows = []
     for t in [*PAPER_SEEN_TASKS, *PAPER_UNSEEN_TASKS, *EXTRA_TASKS]:
         role = "seen (in the aggregate)" if t in PAPER_SEEN_TASKS else \
@@ -237,7 +237,7 @@ def write_report(run: str | Path, skipped_tasks: list[str] | None = None, tolera
         raise FileNotFoundError(f"{run}: run directory not found")
     require_results(run)
     if skipped_tasks is None:
-        skipped_tasks = run_json(RunLayout(run).file("skipped_tasks.json")) or []
+        skipped_tasks = run_json(RunLayout(run).skipped_tasks) or []
     figs = Figures(run)
     for old in figs.dir.glob("*.png") if figs.dir.is_dir() else []:
         old.unlink()  # the index must match the files: drop figures of an earlier report
@@ -257,4 +257,4 @@ def write_report(run: str | Path, skipped_tasks: list[str] | None = None, tolera
     body += targets_section(run)
     body += induction_section(run, figs)
     body += copytask_section(run)
-    return atomic_write_text(RunLayout(run).file("report.md"), "\n".join(head + figs.index_lines() + body) + "\n")
+    return atomic_write_text(RunLayout(run).report, "\n".join(head + figs.index_lines() + body) + "\n")

@@ -101,7 +101,7 @@ def headline_section(run: Path, tolerance: float, min_bend: float = DEFAULT_MIN_
                 r = res[key]
                 rows.append([shot, label, _point(paper.get(key), key), _point(r["knee"], key), _params(r["knee"]),
                              _point(r["tolerance"], key)])
-    write_json(RunLayout(run).file("headline.json"), {"rule": "knee", "rules": {k: RULES[k] for k in ("knee", "grid_knee", "tolerance")},
+    write_json(RunLayout(run).headline, {"rule": "knee", "rules": {k: RULES[k] for k in ("knee", "grid_knee", "tolerance")},
                                        "min_bend": min_bend, "tolerance_points": tolerance,
                                        "intervals": {"knee": f"bootstrap over documents, {KNEE_ITERS} resamples, seed "
                                                              f"{KNEE_SEED}, 2.5-97.5% quantiles",
@@ -126,7 +126,7 @@ PROTOCOL_SENTENCES = {
 
 def protocol_lines(run: Path) -> list[str]:
     """The report's first statement: which protocol drove the run (`run.py all --protocol`)."""
-    study = run_json(RunLayout(run).file("study.json")) or {}
+    study = run_json(RunLayout(run).study) or {}
     protocol = study.get("protocol")
     if protocol is None:  # a run of single commands: read it from the evaluation's settings
         res = next((r for r in (run_json(eval_results(p)) for p in shot_dirs(RunLayout(run).eval)) if r), None)
