@@ -16,6 +16,7 @@ import argparse
 import hashlib
 import json
 import random
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Callable
@@ -105,6 +106,8 @@ def _cached(what: str, identity: list[Any], tokenizer: Any, task: Any, compute: 
         return json.loads(path.read_text())["value"]
     except (OSError, ValueError, KeyError, TypeError):
         pass
+    print(f"[plan] {task.NAME} {' '.join(what.rsplit('-', 1))}: tokenising its requests (kept in {path.parent} "
+          "for the next plan)", file=sys.stderr, flush=True)
     value = compute()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -127,7 +130,7 @@ def _evaluation(args: argparse.Namespace, shape: Shape, tokenizer: Any, task: An
             return _scorer_group(evaluation.scorer).units
 
         identity = [shots, args.limit, args.seed, args.batch_tokens, key[-1], shape.cfg.max_positions]
-        _EVALUATIONS[key] = PassGroup(_cached(f"{shots}shot-eval", identity, tokenizer, task, passes))
+        _EVALUATIONS[key] = PassGroup(_cached(f"{shots}-shot-evaluation", identity, tokenizer, task, passes))
     return _EVALUATIONS[key]
 
 
@@ -163,7 +166,7 @@ def plan_head_importance(step: StepPlan, args: argparse.Namespace, tokenizer: An
                 return [[len(t.input_ids), len(t.continuation)] for t in token_requests(tokenizer, examples, max_length)]
 
             identity = [k, args.n_docs, args.seed, max_length, step.shape.cfg.max_positions]
-            for fed, scored in _cached(f"{k}shot-importance", identity, tokenizer, task, lengths):
+            for fed, scored in _cached(f"{k}-shot-importance", identity, tokenizer, task, lengths):
                 step.add(1, fed, logit_rows=scored, backward=True,
                          layerwise=getattr(args, "backward", "auto") == "layerwise")
     if getattr(args, "backward", "auto") == "layerwise":

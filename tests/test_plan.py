@@ -300,3 +300,32 @@ def test_all_loads_with_the_reserve_its_plan_fitted(tmp_path, monkeypatch, capsy
     planned = plan_of(FIT_ARGV, tmp_path, capsys)["reserve"]
     assert seen["reserve"] == planned and planned
     assert not (tmp_path / "run").exists()  # nothing is written before the load
+
+
+def test_a_second_plan_reads_its_evaluations_from_the_cache_and_changed_data_is_planned_again(tmp_path, monkeypatch,
+                                                                                                capsys):
+    """study/planners.py keeps each evaluation's passes in OPT66B_CACHE_DIR/plans/ under the data's content:
+    the same plan again tokenises nothing and prices the same passes; a changed data file is a new key."""
+    import shutil
+
+    from tasks.cli_options import SAMPLES_DIR
+
+    monkeypatch.setenv("OPT66B_CACHE_DIR", str(tmp_path / "cache"))
+    data = tmp_path / "data"
+    shutil.copytree(SAMPLES_DIR / "copa", data / "copa")
+    argv = ["eval", "--tasks", "copa", "--shots", "0", "1", "--data", str(data)]
+
+    def plan() -> tuple[dict, str]:
+        path = tmp_path / "plan.json"
+        assert run.main([*argv, "--throughput", "1", "--plan-json", str(path)]) == 0
+        return json.loads(path.read_text())["total"], capsys.readouterr().err
+
+    first, err = plan()
+    assert err.count("tokenising its requests") == 2  # 0-shot and 1-shot
+    again, err = plan()
+    assert "tokenising" not in err and again == first
+    assert len(list((tmp_path / "cache" / "plans").glob("copa-*.json"))) == 2
+    val = next(p for p in (data / "copa").iterdir() if "val" in p.name)
+    val.write_text("".join(val.read_text().splitlines(keepends=True)[:-3]))  # three docs fewer
+    changed, err = plan()
+    assert err.count("tokenising its requests") == 2 and changed["tokens"] < first["tokens"]
