@@ -97,13 +97,9 @@ def selected_variants(kind: str, variant: str) -> list[str]:
 
 
 def _scores(args: argparse.Namespace, loaded=None) -> int:
-    from opt66b.runtime import load_from_args
-
     from .settings import CopyingSettings, PrefixSettings
 
-    settings = (PrefixSettings if args.kind == "prefix" else CopyingSettings).from_args(args)
-    settings.check()  # before the model loads
-    return run_scores_step(settings, loaded or load_from_args(args))["code"]
+    return (PrefixSettings if args.kind == "prefix" else CopyingSettings).handle(args, loaded)
 
 
 def check_scores(s) -> list[str]:
@@ -138,7 +134,7 @@ def run_scores_step(s, loaded) -> dict:
 def _capacity(args: argparse.Namespace) -> int:
     from .settings import CapacitySettings
 
-    return run_capacity_step(CapacitySettings.from_args(args))["code"]
+    return CapacitySettings.handle(args)
 
 
 def run_capacity_step(s) -> dict:

@@ -91,6 +91,20 @@ class StepSettings:
         values = {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
         return argparse.Namespace(**{**extra, **values, "plan_step": self.plan_step()})
 
+    @classmethod
+    def handle(cls, args: argparse.Namespace, loaded: Any = None) -> int:
+        """A sub-command's handler: its parsed options -> settings -> check -> the model loaded (unless
+        given) -> execute; returns the exit status. `run.py all` calls `execute` on its own settings."""
+        settings = cls.from_args(args)
+        settings.check()  # before the model loads
+        if not cls.USES_MODEL:
+            return settings.execute()["code"]
+        if loaded is None:
+            from .runtime import load_from_args
+
+            loaded = load_from_args(args)
+        return settings.execute(loaded)["code"]
+
     def check(self) -> None:
         """Bad values and missing inputs, each one clear error, before a model is loaded (execute checks too)."""
 

@@ -117,25 +117,16 @@ def oracle_budget(args: Any) -> int:
     return cpu // 4 if cpu else 2 * GIB
 
 
-def _run(settings_class: type, args: argparse.Namespace, loaded=None) -> int:
-    """A handler: parse -> settings -> check -> load -> the typed step (as `run.py all` calls it)."""
-    from opt66b.runtime import load_from_args
-
-    settings = settings_class.from_args(args)
-    settings.check()  # before the model loads
-    return settings.execute(loaded or load_from_args(args))["code"]
-
-
 def _importance_heads(args: argparse.Namespace, loaded=None) -> int:
     from .settings import HeadImportanceSettings
 
-    return _run(HeadImportanceSettings, args, loaded)
+    return HeadImportanceSettings.handle(args, loaded)
 
 
 def _importance_ffn(args: argparse.Namespace, loaded=None) -> int:
     from .settings import FFNOracleSettings
 
-    return _run(FFNOracleSettings, args, loaded)
+    return FFNOracleSettings.handle(args, loaded)
 
 
 def check_head_importance(s: "HeadImportanceSettings") -> None:
@@ -222,7 +213,7 @@ def register_prune(sub: argparse._SubParsersAction) -> None:
 def _prune(args: argparse.Namespace, loaded=None) -> int:
     from .settings import PruneSettings
 
-    return _run(PruneSettings, args, loaded)
+    return PruneSettings.handle(args, loaded)
 
 
 def check_prune(s: "PruneSettings") -> None:

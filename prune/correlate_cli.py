@@ -33,7 +33,7 @@ def register_correlate(sub: argparse._SubParsersAction) -> None:
 def _correlate(args: argparse.Namespace) -> int:
     from .settings import CorrelateSettings
 
-    return run_correlate_step(CorrelateSettings.from_args(args))["code"]
+    return CorrelateSettings.handle(args)
 
 
 def run_correlate_step(s) -> dict:

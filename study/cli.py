@@ -32,13 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _copytask(args: argparse.Namespace, loaded=None) -> int:
-    from opt66b.runtime import load_from_args
-
     from .settings import CopyTaskSettings
 
-    settings = CopyTaskSettings.from_args(args)
-    settings.check()  # before the model loads
-    return run_copytask_step(settings, loaded or load_from_args(args))["code"]
+    return CopyTaskSettings.handle(args, loaded)
 
 
 def check_copytask(s) -> None:

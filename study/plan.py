@@ -1,8 +1,9 @@
 """`--plan`: what a step (or `run.py all`) costs, printed without running it and without any weights.
 
-Every model pass a step makes is enumerated by the step's planner (study/planners.py) with the step's
-own planning code, on a config-only stand-in for the model: evaluation batches come from tasks.scoring.Scorer (length-sorted batches
-under --batch-tokens, contexts shared through the KV cache), importance examples from
+Every model pass a step makes is enumerated by the step's planner (study/planners.py) with the
+step's own planning code, on a config-only stand-in for the model: evaluation batches come from
+tasks.scoring.Scorer (length-sorted batches under --batch-tokens, contexts shared through the KV
+cache), importance examples from
 Task.importance_examples + token_requests, induction sequences from induction.sequences, sweep
 evaluations from prune.sweeps.sweep_units (identical masks evaluated once, as the sweep does).
 The model is never built, so an official size name (`--random-weights
@@ -101,14 +102,11 @@ class StepPlan:
         ffn_skipped: weight-matrix parameters of the FFNs masked to 0 (skipped by the model);
         kv_rows: rows x positions of keys and values held per layer during the pass (KV caches);
         scores: the pass materializes its attention scores (captured passes; fused attention does not)."""
-        cfg, s = self.shape.cfg, self.shape
+        cfg = self.shape.cfg
         keys = new if keys is None else keys
         bt = rows * new
-        forward = (2 * bt * (s.matrix_params(start_layer) - ffn_skipped)
-                   + 4 * bt * keys * s.attention_width(start_layer)
-                   + 2 * logit_rows * cfg.word_embed_proj_dim * cfg.vocab_size)
         kind = (2 if layerwise else 1) if backward else 0
-        self._flops[kind] += times * forward
+        self._flops[kind] += times * self._forward_flops(bt, bt * keys, logit_rows, start_layer, ffn_skipped)
         self.forward += times
         self.backward += times if backward else 0
         self.tokens += times * (bt if real is None else real)
@@ -123,10 +121,9 @@ class StepPlan:
         """Every pass of `group` (one evaluation's scoring passes), as `add` would count them one by one:
         the FLOPs are linear in the summed tokens, token-keys and scored positions, so a group is
         added in one step however many passes it has (the FFN oracle adds each evaluation L + 1 times)."""
-        cfg, s = self.shape.cfg, self.shape
-        self._flops[0] += times * (2 * group.padded * (s.matrix_params(start_layer) - ffn_skipped)
-                                   + 4 * group.token_keys * s.attention_width(start_layer)
-                                   + 2 * group.logits * cfg.word_embed_proj_dim * cfg.vocab_size)
+        cfg = self.shape.cfg
+        self._flops[0] += times * self._forward_flops(group.padded, group.token_keys, group.logits, start_layer,
+                                                      ffn_skipped)
         self.forward += times * group.count
         self.tokens += times * group.real
         self.padded_tokens += times * group.padded
@@ -134,6 +131,15 @@ class StepPlan:
         self.passes_from[start_layer] = self.passes_from.get(start_layer, 0) + times * group.count
         for key in group.keys:
             self.passes[key] = max(self.passes.get(key, 0), cfg.num_layers - start_layer)
+
+    def _forward_flops(self, tokens: int, token_keys: int, logit_rows: int, start_layer: int,
+                       ffn_skipped: float) -> float:
+        """The FLOP rule of the module docstring, summed over passes: weight matmuls per token, attention per
+        (token, key) pair, the output head per scored position."""
+        s = self.shape
+        return (2 * tokens * (s.matrix_params(start_layer) - ffn_skipped)
+                + 4 * token_keys * s.attention_width(start_layer)
+                + 2 * logit_rows * s.cfg.word_embed_proj_dim * s.cfg.vocab_size)
 
     def add_flops(self, flops: float) -> None:
         """Work done outside a model pass (the paper's copying score runs layer pieces by hand)."""
@@ -223,26 +229,17 @@ def scoring_peak_bytes(shape: Shape, batch_tokens: int, device: str) -> int:
     runs, and on the head device the fp32 logits and log-softmax of every position."""
     from tasks.scoring import KV_BUDGET_FACTOR
 
-    cfg = shape.cfg
-    layers = shape.layers_on.get(device, 0)
-    need = layer_working_bytes(shape, batch_tokens) if layers else 0
-    need += kv_bytes(shape, (1 + KV_BUDGET_FACTOR) * batch_tokens) * layers
-    if device == shape.head:
-        need += 2 * batch_tokens * cfg.vocab_size * 4
-    return need
+    worst = (batch_tokens, 0, (1 + KV_BUDGET_FACTOR) * batch_tokens, batch_tokens, 0)  # a StepPlan.passes key
+    return pass_bytes(shape, device, worst, shape.cfg.num_layers)
 
 
 def full_backward_fits(shape: Shape, budgets: dict[str, float], tokens: int) -> bool:
     """Whether head importance's ordinary backward of a `tokens`-long example (every layer's working set
-    kept, StepPlan.add's rule) fits beside the weights on every budgeted device."""
-    cfg = shape.cfg
-    # one layer's working set and its fp32 attention-score block (the backward keeps both, StepPlan.add)
-    working = layer_working_bytes(shape, tokens) + cfg.num_heads * tokens * tokens * 4
-    for d, budget in budgets.items():
-        need = working * shape.layers_on.get(d, 0) + (2 * tokens * cfg.vocab_size * 4 if d == shape.head else 0)
-        if shape.weights_on.get(d, 0) + need > budget:
-            return False
-    return True
+    and fp32 attention-score block kept, pass_bytes' rule) fits beside the weights on every budgeted
+    device of a resident placement."""
+    example = (tokens, shape.cfg.num_heads * tokens * tokens * 4, 0, tokens, 1)  # a StepPlan.passes key
+    return all(shape.weights_on.get(d, 0) + pass_bytes(shape, d, example, shape.cfg.num_layers) <= budget
+               for d, budget in budgets.items())
 
 
 def fit_batch_tokens(shape: Shape, budgets: dict[str, float],

@@ -135,8 +135,8 @@ def fit_reserve(args: argparse.Namespace, steps: list[StepPlan]) -> tuple[Shape,
     the activations (a KV cache is per layer), so map and reserve are re-made until map and activations
     agree (a map that streams layers may need less than the one before it: the reserve follows; if two
     maps alternate, each device keeps the larger): then no step of the plan exceeds a budget under the
-    map the run will build. Sets
-    args.reserve (so commands.txt and every step carry it); returns the new (shape, description)."""
+    map the run will build. Sets args.reserve (so commands.txt and every step carry it); returns the new
+    (shape, description)."""
     from opt66b.placement import parse_max_memory
 
     if args.plan_step != "all" or args.device_map != "auto" or getattr(args, "reserve", None) \
@@ -212,7 +212,8 @@ def make_plan(args: argparse.Namespace, keep: bool = False) -> dict[str, Any]:
     # read files run once.
     total["seconds_on_processes"] = None if total["seconds"] is None else sum(
         r["seconds"] / (processes if r["forward_passes"] else 1) for r in rows)
-    plan = {"model": info, "weights_bytes": shape.weights_on, "reserve": getattr(args, "reserve", None), "throughput_tflops": tflops,
+    plan = {"model": info, "weights_bytes": shape.weights_on, "reserve": getattr(args, "reserve", None),
+            "throughput_tflops": tflops,
             "throughput_source": source, "flop_model": FLOP_MODEL, "steps": rows, "total": total,
             "processes": processes}
     if (getattr(args, "planned_tasks", None) or getattr(args, "tasks", None)) and getattr(args, "data", None) \

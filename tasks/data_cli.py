@@ -112,7 +112,7 @@ def format_report(rows: list[dict[str, Any]]) -> str:
 def _data(args: argparse.Namespace) -> int:
     from .settings import DataCheckSettings
 
-    return run_data_check(DataCheckSettings.from_args(args))["code"]
+    return DataCheckSettings.handle(args)
 
 
 def run_data_check(s: Any) -> dict[str, Any]:

@@ -53,14 +53,9 @@ def register_eval(sub: argparse._SubParsersAction) -> None:
 
 
 def _eval(args: argparse.Namespace, loaded=None) -> int:
-    """Parse -> settings -> check -> load -> run (`run.py all` calls `run_eval_step` with its own settings)."""
-    from opt66b.runtime import load_from_args
-
     from .settings import EvalSettings
 
-    settings = EvalSettings.from_args(args)
-    settings.check()  # before the model loads
-    return run_eval_step(settings, loaded or load_from_args(args))["code"]
+    return EvalSettings.handle(args, loaded)
 
 
 def check_eval(s: "EvalSettings") -> None:
