@@ -98,23 +98,34 @@ def register_importance(sub: argparse._SubParsersAction) -> None:
     _eval_seed_arg(f)
     f.add_argument("--naive", action="store_true", help="re-run every layer for every knockout (reference; slower)")
     f.add_argument("--oracle-memory", type=float, default=None, metavar="GIB",
-                   help="host memory the recorded layer inputs may take at once; the base run and the knock-outs "
+                   help="memory the oracle's chunk may take at once: the recorded layer inputs on the host, or with "
+                        "streamed layers the layer-order states on the compute device; the base run and the knock-outs "
                         "then go through the task that many scoring batches at a time, with identical results "
-                        "(default: a quarter of --max-memory's cpu entry, else 2 GiB)")
+                        "(default: a quarter of --max-memory's entry for that device, else 2 GiB)")
     add_plan_args(f, "importance ffn")
     f.set_defaults(func=_importance_ffn)
 
 
-def oracle_budget(args: Any) -> int:
-    """Bytes of recorded layer inputs the FFN oracle may hold (--oracle-memory, else from --max-memory)."""
+def oracle_budget(args: Any, streams_to: str | None = None) -> int:
+    """Bytes the FFN oracle's chunk may hold (--oracle-memory, else from --max-memory): recorded layer
+    inputs on the host (default a quarter of the cpu entry), or, when the model streams layers to the
+    compute device `streams_to`, the layer-order states there (default a quarter of its entry); 2 GiB
+    without an entry."""
     from opt66b.placement import GIB, parse_max_memory
 
     if getattr(args, "oracle_memory", None) is not None:
         if args.oracle_memory <= 0:
             raise ValueError(f"--oracle-memory must be > 0 GiB, got {args.oracle_memory}")
         return int(args.oracle_memory * GIB)
-    cpu = parse_max_memory(getattr(args, "max_memory", None)).get("cpu")
-    return cpu // 4 if cpu else 2 * GIB
+    entry = parse_max_memory(getattr(args, "max_memory", None)).get(streams_to or "cpu")
+    return entry // 4 if entry else 2 * GIB
+
+
+def streamed_compute(model: Any) -> str | None:
+    """The device a model streams layers to (its layer-order states live there), or None."""
+    from opt66b.layer_major import streams_layers
+
+    return str(model.streamer.compute) if streams_layers(model) else None
 
 
 def _importance_heads(args: argparse.Namespace, loaded=None) -> int:
@@ -166,7 +177,7 @@ def run_ffn_oracle_step(s: "FFNOracleSettings", loaded) -> dict[str, Any]:
     model, tokenizer, info = loaded
     work = run_ffn_oracle(model, tokenizer, info, s.data, list(s.tasks), list(s.shots), s.out, limit=s.limit,
                           seed=s.seed, batch_tokens=s.batch_tokens, cached=not s.naive, paper_quirks=s.paper_quirks,
-                          record_budget=oracle_budget(s), recompute=s.recompute)["work"]
+                          record_budget=oracle_budget(s, streamed_compute(model)), recompute=s.recompute)["work"]
     return {"code": 0, "work": work}
 
 
@@ -248,7 +259,7 @@ def run_prune_step(s: "PruneSettings", loaded, cache=None) -> dict[str, Any]:
     model, tokenizer, info = loaded
     percents = None if s.head_percents is None else list(s.head_percents)
     common = dict(limit=s.limit, seed=s.seed, batch_tokens=s.batch_tokens, paper_quirks=s.paper_quirks,
-                  recompute=s.recompute, cache=cache)
+                  recompute=s.recompute, cache=cache, chunk_budget=oracle_budget(s, streamed_compute(model)))
     if s.sweep == "transfer":
         res = run_transfer_study(model, tokenizer, info, s.data, list(s.tasks), list(s.shots), s.out,
                                  correlations=read_json(s.correlations), importance=s.importance,

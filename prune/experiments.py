@@ -124,7 +124,7 @@ def run_ffn_oracle(model: Any, tokenizer: Any, info: dict[str, Any] | None, data
     ('drop', 'base', 'ranking'), out/shots-K/aggregate.json. cached=False re-runs every layer (reference).
     record_budget: host bytes of recorded layer inputs held at once (chunked knock-outs, same results;
     None: the whole task at once)."""
-    from .sweeps import run_ffn_importance
+    from .oracle import run_ffn_importance
 
     info, objects, settings = _setup(model, info, data, tasks, shots, paper_quirks)
     settings["batch_tokens"] = batch_tokens  # recorded with the results (a batch shape can move the last bits)
@@ -141,12 +141,13 @@ def run_prune_sweep(model: Any, tokenizer: Any, info: dict[str, Any] | None, dat
                     importance: str | Path | None = None, ffn_importance: str | Path | None = None,
                     head_percents: Sequence[float] | None = None, ffn_percents: Sequence[float] | None = None,
                     limit: int | None = None, seed: int = 42, batch_tokens: int = 4096, paper_quirks: bool = False,
-                    recompute: bool = False, cache: Any = None) -> dict[str, Any]:
+                    recompute: bool = False, cache: Any = None, chunk_budget: int | None = 2 << 30) -> dict[str, Any]:
     """Pruning sweep `sweep` ("heads", "ffn" or "grid") with `ranking` ("own", "aggregate" or a task
     name: cross-task transfer) from the outputs of run_head_importance (`importance`) and/or
     run_ffn_oracle (`ffn_importance`). Units under out/<sweep>-<ranking>/, table out/<sweep>-<ranking>.json
     (returned as "table"). cache: a tasks.evaluate.EvaluationCache of this model shared with other
-    steps (evaluations they ran are not run again)."""
+    steps (evaluations they ran are not run again). chunk_budget: with streamed layers, the bytes a
+    (task, shot)'s layer-order states may take on the compute device (prune/chunks.py)."""
     from .sweeps import run_sweep
 
     info, objects, settings = _setup(model, info, data, tasks, shots, paper_quirks)
@@ -157,7 +158,7 @@ def run_prune_sweep(model: Any, tokenizer: Any, info: dict[str, Any] | None, dat
                       importance_dir=importance, ffn_dir=ffn_importance, head_percents=head_percents,
                       ffn_percents=ffn_percents, settings={**settings, "limit": limit, "seed": seed, "importance": importance,
                                                           "ffn_importance": ffn_importance},
-                      store=store, work=work, cache=cache)
+                      store=store, work=work, cache=cache, chunk_budget=chunk_budget)
     return {"out": Path(out), "table": table, "work": work.as_dict()}
 
 
@@ -166,7 +167,7 @@ def run_transfer_study(model: Any, tokenizer: Any, info: dict[str, Any] | None, 
                        importance: str | Path, transfer_tasks: Sequence[str] | None = None,
                        head_percents: Sequence[float] | None = None, limit: int | None = None, seed: int = 42,
                        batch_tokens: int = 4096, paper_quirks: bool = False, partners: Sequence[str] | None = None,
-                       recompute: bool = False, cache: Any = None) -> dict[str, Any]:
+                       recompute: bool = False, cache: Any = None, chunk_budget: int | None = 2 << 30) -> dict[str, Any]:
     """Cross-task transfer as the paper runs it (Fig. 9): for each chosen task and shot, head sweeps
     with the rankings of its highest- and lowest-SRCC partners (prune/transfer.py picks them from
     `correlations`, the content of correlations.json); own and aggregate come from the ordinary
@@ -198,7 +199,8 @@ def run_transfer_study(model: Any, tokenizer: Any, info: dict[str, Any] | None, 
         return run_sweep(model, tokenizer, {task: objects[task]}, "heads", source, shot, out_dir, make,
                          importance_dir=importance, head_percents=pcts,
                          settings={**settings, "limit": limit, "seed": seed, "importance": importance,
-                                   "ffn_importance": None}, store=store, work=work, cache=cache)
+                                   "ffn_importance": None}, store=store, work=work, cache=cache,
+                         chunk_budget=chunk_budget)
 
     table = run_transfer(plan, Path(out), sweep, list(head_percents or DEFAULT_PERCENTS))
     return {"out": Path(out), "table": table, "work": work.as_dict()}

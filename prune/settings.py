@@ -79,6 +79,7 @@ class PruneSettings(TaskStep):
     correlations: Path | None = option(None)
     transfer_tasks: tuple[str, ...] = option(("copa", "winogrande", "record"))
     partners: tuple[str, ...] | None = option(None)
+    max_memory: str | None = field(default=None)  # a model option (rendered with them): the layer-order chunk budget
 
     def check(self) -> None:
         from .cli import check_prune

@@ -1,11 +1,14 @@
-"""Pruning sweeps and the oracle FFN study as resumable unit loops: heads, FFNs and the combined grid.
+"""Pruning sweeps as resumable unit loops: heads, FFNs and the combined grid (the oracle FFN study's
+loop is prune/oracle.py).
 
-Mirrors amazon-science/llm-interpret's pruning runs (main.py with mask_heads / mask_iterative_fc,
-scripts/plotting/{iterative_pruning,combined_pruning,crosstask_accuracy,fc_importance}.py); facts
-in docs/method.md ("Pruning"). Each unit (task, shot, percentage or grid cell, or
-knocked-out layer) is one evaluation written atomically to its own small JSON file; a rerun skips
-units whose file exists, so a killed run loses only the unit in flight. Tables are merged from the
-unit files. Units are split over torchrun processes with opt66b.distributed.my_units.
+Mirrors amazon-science/llm-interpret's pruning runs (main.py with mask_heads,
+scripts/plotting/{iterative_pruning,combined_pruning,crosstask_accuracy}.py); facts
+in docs/method.md ("Pruning"). Each unit (task, shot, percentage or grid cell) is one evaluation
+written atomically to its own small JSON file; a rerun skips units whose file exists, so a killed run
+loses only the unit in flight. Tables are merged from the unit files. Units are split over torchrun
+processes with opt66b.distributed.my_units. With streamed layers the units of a (task, shot) are
+evaluated together in layer order first (prune/chunks.evaluate_together: each streamed layer fetched
+once per chunk of batches for all of them, not once per unit and batch; resumable per chunk).
 
 Layout under OUT for `run.py prune heads --ranking own`:
     OUT/heads-own/shots-0/copa/h10_f0.json     one unit (task copa, 0-shot, 10% of heads)
@@ -15,7 +18,6 @@ Layout under OUT for `run.py prune heads --ranking own`:
 from __future__ import annotations
 
 import hashlib
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -23,8 +25,9 @@ from typing import Any, Callable, Sequence
 import torch
 
 from opt66b.distributed import barrier, my_units, rank_world
-from opt66b.io import Progress, read_json, read_tensors, write_json
-from opt66b.layout import knockout_base, knockout_chunk, knockout_unit, shots_dir, shots_name, sweep_unit
+from opt66b.io import Progress, read_json, write_json
+from opt66b.layer_major import streams_layers
+from opt66b.layout import shots_dir, shots_name, sweep_unit
 from opt66b.store import UnitStore, Work
 from tasks.evaluate import EvaluationCache, task_fingerprint
 from tasks.metrics import public_metrics
@@ -33,10 +36,10 @@ from tasks.uncertainty import PER_DOC_KEY
 
 from .importance import primary_points
 from .intervals import mean_se, paired_drop, value_se
-from .masks import count_for_percent, ffn_mask_for_percent, ffn_ranking, head_mask_for_percent, read_importance
+from .chunks import evaluate_together
+from .masks import count_for_percent, ffn_mask_for_percent, head_mask_for_percent, read_importance
 
 SWEEPS = ("heads", "ffn", "grid")
-ORACLE_RECORD_BUDGET = 2 << 30  # host bytes of recorded layer inputs the FFN oracle holds at once (default)
 DEFAULT_PERCENTS = {"heads": list(range(0, 100, 10)), "ffn": list(range(0, 100, 10)),
                     "grid_heads": list(range(0, 80, 10)), "grid_ffn": list(range(0, 60, 10))}
 
@@ -130,7 +133,7 @@ def run_sweep(model: Any, tokenizer: Any, tasks: dict[str, Any], sweep: str, ran
               ffn_dir: Path | None = None, head_percents: Sequence[float] | None = None,
               ffn_percents: Sequence[float] | None = None, settings: dict[str, Any] | None = None,
               store: UnitStore | None = None, work: Work | None = None,
-              cache: EvaluationCache | None = None) -> Path:
+              cache: EvaluationCache | None = None, chunk_budget: int | None = 2 << 30) -> Path:
     """Evaluate every unit of `sweep` not yet on disk, then (rank 0) merge OUT/{sweep}-{ranking}.json.
 
     tasks: name -> Task. ranking: "own", "aggregate" or a task name (cross-task transfer).
@@ -139,6 +142,8 @@ def run_sweep(model: Any, tokenizer: Any, tasks: dict[str, Any], sweep: str, ran
     when they match. work: counts the forward passes and tokens of the evaluations run.
     cache: evaluations already run on this model (tasks.evaluate.EvaluationCache; `run.py all` shares
     one between its steps); by default one for this sweep, so identical masks are evaluated once.
+    chunk_budget: with streamed layers, the bytes the layer-order states of a (task, shot)'s units may
+    take on the compute device (prune/chunks.py; None: the whole task in one chunk).
     Returns the table path. Metric values are the task's primary metric in points (x100).
     """
     hp = list(head_percents if head_percents is not None else
@@ -160,10 +165,20 @@ def run_sweep(model: Any, tokenizer: Any, tasks: dict[str, Any], sweep: str, ran
     bar = Progress(len(todo), f"prune {sweep} ({ranking})") if todo else None
     evaluation, current = None, None
     cache = cache or EvaluationCache(model)
+    layer_order = streams_layers(model)
     for unit, head_mask, ffn_mask, info, fields in todo:
         if current != (unit.task, unit.shots):
             current = (unit.task, unit.shots)
             evaluation = make_evaluation(model, tokenizer, tasks[unit.task], unit.shots)
+            if layer_order and hasattr(evaluation, "run_knockouts"):
+                group = [(h, f) for u, h, f, *_ in todo if (u.task, u.shots) == current]
+                computed = evaluate_together(evaluation, group, cache, chunk_budget, store,
+                                             shots_dir(root, unit.shots) / unit.task,
+                                             {**task_ids[unit.task], "shots": unit.shots},
+                                             f"prune {sweep} ({ranking}) {unit.task} {unit.shots}-shot")
+                if work is not None:
+                    for _ in range(computed):
+                        work.add(**evaluation_work(evaluation))
         # floor(p * N / 100) maps several percentages to one count on small models (8 heads: 10% and
         # 20% may mask the same heads), and sweeps share cells: identical masks are evaluated once.
         metrics, computed = cache.run(evaluation, head_mask, ffn_mask)
@@ -256,129 +271,4 @@ def merge_table(root: Path, table: Path, sweep: str, ranking: str, units: Sequen
     return out
 
 
-# -- oracle FFN importance as a unit loop ----------------------------------------------------------
-def run_ffn_importance(model: Any, tokenizer: Any, tasks: dict[str, Any], shots: Sequence[int], out_dir: Path,
-                       make_evaluation: EvaluationFactory, cached: bool = True,
-                       settings: dict[str, Any] | None = None, store: UnitStore | None = None,
-                       work: Work | None = None, record_budget: int | None = ORACLE_RECORD_BUDGET) -> list[Path]:
-    """Per (task, shot): knock each FFN out alone; units OUT/shots-K/task/layer-XXX.json (+ base.json);
-    merged OUT/shots-K/task.json {drop, base, ranking}; OUT/shots-K/aggregate.json ranks the mean drop.
-
-    The (task, shot) pair is the torchrun split unit here: the layer loop shares one recorded base
-    pass (layer inputs), which must stay in one process. store: fingerprints the files (see
-    run_sweep); work counts one scorer plan per run (the base run plus one per new layer; with
-    cached=True a knockout run recomputes layers l.. only). record_budget: host bytes the recorded
-    layer inputs may take at once; the base and the knock-outs then run that many scoring batches at a
-    time (chunks, saved under OUT/shots-K/task/chunks-C/ so a killed run resumes per chunk). None:
-    one chunk holding the whole task (the unbounded behaviour of earlier releases).
-    """
-    from opt66b.io import run_metadata
-
-    from .importance import ffn_importance
-
-    store = store or UnitStore({})
-    num_layers = model.config.num_layers
-    pairs = [(t, k) for t in tasks for k in shots]
-    written = []
-    for task_name, k in my_units(pairs):
-        unit_dir = shots_dir(out_dir, k) / task_name
-        merged = shots_dir(out_dir, k) / f"{task_name}.json"
-        fields = {**task_fingerprint(tasks[task_name]), "shots": k}
-        if store.done(merged, **fields):
-            continue
-        done = {}
-        for layer in range(num_layers):
-            p = knockout_unit(unit_dir, layer)
-            if store.done(p, **fields, layer=layer):
-                done[layer] = read_json(p)["metrics"]
-        evaluation = make_evaluation(model, tokenizer, tasks[task_name], k)
-        metric = tasks[task_name].PRIMARY_METRIC
-
-        def save(layer: int, metrics: dict[str, float], _dir: Path = unit_dir, _fields=fields) -> None:
-            store.write_json(knockout_unit(_dir, layer), {"layer": layer, "metrics": metrics}, **_fields,
-                             layer=layer)
-
-        todo = num_layers - len(done)
-        chunking = {}
-        if cached and todo and hasattr(evaluation, "run_knockouts"):
-            units = len(evaluation.scorer.units)
-            per_unit = max(evaluation.record_bytes_per_unit(), 1)
-            size = units if record_budget is None else max(1, min(units, record_budget // per_unit))
-            bar = Progress(-(-units // size), f"ffn oracle {task_name} {k}-shot (chunks of {size} batches)")
-            chunking = {"chunk_units": size, "chunks": oracle_chunks(store, unit_dir, fields,
-                                                                     evaluation, size, bar)}
-        else:
-            bar = Progress(todo, f"ffn oracle {task_name} {k}-shot") if todo else None
-        res = ffn_importance(evaluation, num_layers, metric, done=done, on_layer=save, cached=cached,
-                             progress=bar.update if bar and not chunking else None, **chunking)
-        if work is not None:
-            per_run = evaluation_work(evaluation)
-            for _ in range(1 + todo):
-                work.add(**per_run)
-        write_json(knockout_base(unit_dir), {"metrics": res["base_metrics"]})
-        res.update(task=task_name, shots=k, meta=run_metadata(**{**(settings or {}), "shots": k, "cached": cached}))
-        store.write_json(merged, res, **fields)
-        written.append(merged)
-    barrier()
-    if rank_world()[0] == 0:
-        for k in shots:
-            write_ffn_aggregate(shots_dir(out_dir, k), list(tasks))
-    return written
-
-
-def oracle_chunks(store: UnitStore, task_dir: Path, fields: dict[str, Any], evaluation: Any, size: int,
-                  bar: Progress) -> dict[str, Any]:
-    """{"done", "on_chunk"} for TaskEvaluation.run_knockouts: each chunk's partial log-likelihoods and
-    greedy misses, for the unique requests its batches score only, in a fingerprinted safetensors unit."""
-    units = evaluation.scorer.units
-    owners = {first: torch.unique(torch.cat([p.owner for u in units[first:first + size] for p in (u.main, *u.conts)]))
-              for first in range(0, len(units), size)}
-    n = len(evaluation.scorer.unique)
-    done: dict[int, dict[Any, tuple[torch.Tensor, torch.Tensor]]] = {}
-    for first, idx in owners.items():
-        path = knockout_chunk(task_dir, size, first)
-        if store.done(path, **fields, chunk=first, chunk_units=size):
-            tensors = read_tensors(path)[0]
-            part = {}
-            for name in {k.rsplit(".", 1)[0] for k in tensors if k != "owners"}:
-                lls, misses = torch.zeros(n, dtype=torch.float64), torch.zeros(n, dtype=torch.long)
-                lls[idx], misses[idx] = tensors[f"{name}.lls"], tensors[f"{name}.misses"]
-                part["base" if name == "base" else int(name.split("-")[1])] = (lls, misses)
-            done[first] = part
-            bar.update()
-
-    def save(first: int, part: dict[Any, tuple[torch.Tensor, torch.Tensor]]) -> None:
-        idx = owners[first]
-        tensors = {"owners": idx}
-        for key, (lls, misses) in part.items():
-            name = "base" if key == "base" else f"layer-{key:03d}"
-            tensors[f"{name}.lls"], tensors[f"{name}.misses"] = lls[idx], misses[idx]
-        store.write_tensors(knockout_chunk(task_dir, size, first), tensors, None, **fields, chunk=first,
-                            chunk_units=size)
-        bar.update()
-    return {"done": done, "on_chunk": save}
-
-
-def write_ffn_aggregate(shot_dir: Path, tasks: Sequence[str]) -> Path | None:
-    """aggregate.json: the mean drop over the paper's seen tasks among `tasks` (all of them when none is
-    seen; never the unseen or synthetic tasks beside seen ones), and its stable ranking. Written once
-    every member has a complete FFN study."""
-    from tasks.registry import seen_in
-
-    tasks = seen_in(tasks) or list(tasks)
-    drops = {}
-    for t in tasks:
-        p = shot_dir / f"{t}.json"
-        if p.is_file() and "drop" in (data := read_json(p)):
-            drops[t] = data["drop"]
-    if len(drops) != len(tasks):
-        print(f"[ffn aggregate] {shot_dir}: {len(tasks) - len(drops)} task(s) incomplete; aggregate not written",
-              file=sys.stderr)
-        return None
-    n = len(next(iter(drops.values())))
-    mean = [sum(d[i] for d in drops.values()) / len(drops) for i in range(n)]
-    return write_json(shot_dir / "aggregate.json", {"tasks": sorted(drops), "drop": mean, "ranking": ffn_ranking(mean)})
-
-
-__all__ = ["Unit", "sweep_units", "run_sweep", "merge_table", "run_ffn_importance", "write_ffn_aggregate",
-           "unit_masks"]
+__all__ = ["Unit", "sweep_units", "run_sweep", "merge_table", "unit_masks"]

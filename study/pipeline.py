@@ -93,7 +93,7 @@ def plan_steps(args: argparse.Namespace, tasks: list[str]) -> list[tuple[str, An
                  **given(batch_tokens=args.batch_tokens)}
     importance = {**run, **data, **given(seed=seed_for("importance_seed")), "n_docs": args.n_docs,
                   **given(backward=getattr(args, "backward", None))}
-    sweep = {**evaluates, "out": out.prune}
+    sweep = {**evaluates, "out": out.prune, "max_memory": getattr(args, "max_memory", None)}
     steps: list[tuple[str, Any]] = [
         ("data check", DataCheckSettings(data=Path(args.data), tasks=tuple(tasks), json=out.data_check)),
         ("evaluation", EvalSettings(**evaluates, out=out.eval)),

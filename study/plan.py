@@ -49,9 +49,11 @@ class Shape:
     weights_on: dict[str, int]  # device -> bytes of weights resident there
     head: str  # device of the embeddings and output head
     streamed: dict[int, int] = field(default_factory=dict)  # layer -> bytes copied to the compute device per pass
+    compute: str = ""  # the device streamed layers run on (default: the head's)
 
     def __post_init__(self) -> None:
         cfg = self.cfg
+        self.compute = self.compute or self.head
         d, dh = cfg.hidden_size, cfg.head_dim
         heads = [len(cfg.kept_heads(i)) for i in range(cfg.num_layers)]  # fewer in a pruned checkpoint
         self.ffn_params = [2 * d * cfg.ffn_dim if cfg.has_ffn(i) else 0 for i in range(cfg.num_layers)]
@@ -88,10 +90,13 @@ class StepPlan:
     host_bytes: int = 0  # host memory beyond the weights (recorded layer inputs)
     notes: list[str] = field(default_factory=list)
     # (tokens B T, score-block bytes, KV row-positions, scored positions, kind) -> most layers run; kind:
-    # 0 forward, 1 backward (layer-wise when layers stream), 2 layer-wise backward
+    # 0 forward, 1 backward (layer-wise when layers stream), 2 layer-wise backward, 3 forward in layer
+    # order (opt66b/layer_major.py: one layer's keys and values held at a time)
     passes: dict[tuple[int, int, int, int, int], int] = field(default_factory=dict)
     extra: dict[str, int] = field(default_factory=dict)  # device -> activation bytes outside a pass rule
+    held: dict[str, int] = field(default_factory=dict)  # device -> bytes held beside every pass (layer-order states)
     passes_from: dict[int, int] = field(default_factory=dict)  # start layer -> passes (streamed bytes)
+    layer_order_chunks: int = 0  # chunks run in layer order: the streamed weights cross once per chunk
     _flops: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])  # forward-only, backward, layer-wise
 
     def add(self, rows: int, new: int, keys: int | None = None, real: int | None = None, start_layer: int = 0,
@@ -117,10 +122,13 @@ class StepPlan:
         # a pass running fewer layers needs no more on any device: keep the most layers per shape
         self.passes[key] = max(self.passes.get(key, 0), cfg.num_layers - start_layer)
 
-    def add_group(self, group: "PassGroup", start_layer: int = 0, ffn_skipped: float = 0, times: int = 1) -> None:
+    def add_group(self, group: "PassGroup", start_layer: int = 0, ffn_skipped: float = 0, times: int = 1,
+                  layer_order: bool = False) -> None:
         """Every pass of `group` (one evaluation's scoring passes), as `add` would count them one by one:
         the FLOPs are linear in the summed tokens, token-keys and scored positions, so a group is
-        added in one step however many passes it has (the FFN oracle adds each evaluation L + 1 times)."""
+        added in one step however many passes it has (the FFN oracle adds each evaluation L + 1 times).
+        layer_order: the passes run layer by layer inside chunks (kind 3); their weight transfers are
+        counted per chunk (layer_order_chunks), not per pass."""
         cfg = self.shape.cfg
         self._flops[0] += times * self._forward_flops(group.padded, group.token_keys, group.logits, start_layer,
                                                       ffn_skipped)
@@ -128,8 +136,10 @@ class StepPlan:
         self.tokens += times * group.real
         self.padded_tokens += times * group.padded
         self.logit_positions += times * group.logits
-        self.passes_from[start_layer] = self.passes_from.get(start_layer, 0) + times * group.count
+        if not layer_order:
+            self.passes_from[start_layer] = self.passes_from.get(start_layer, 0) + times * group.count
         for key in group.keys:
+            key = (*key[:4], 3) if layer_order else key
             self.passes[key] = max(self.passes.get(key, 0), cfg.num_layers - start_layer)
 
     def _forward_flops(self, tokens: int, token_keys: int, logit_rows: int, start_layer: int,
@@ -154,17 +164,20 @@ class StepPlan:
 
     @property
     def streamed_bytes(self) -> int:
-        """Weights copied from host memory or disk to the compute device (--offload), all passes."""
-        return sum(n * self.shape._streamed[start] for start, n in self.passes_from.items())
+        """Weights copied from host memory or disk to the compute device (--offload), all passes: each pass
+        brings the streamed layers it runs; a chunk run in layer order brings each streamed layer once."""
+        return (sum(n * self.shape._streamed[start] for start, n in self.passes_from.items())
+                + self.layer_order_chunks * self.shape._streamed[0])
 
     @property
     def activations(self) -> dict[str, int]:
-        """Device -> peak activation bytes of the step's largest pass there, under the shape's placement."""
+        """Device -> peak activation bytes of the step's largest pass there (plus what the step holds
+        beside every pass), under the shape's placement."""
         s = self.shape
         out = dict(self.extra)
-        for dev in dict.fromkeys([*s.layers_on, s.head]):
+        for dev in dict.fromkeys([*s.layers_on, s.head, *self.held]):
             out[dev] = max(out.get(dev, 0), max((pass_bytes(s, dev, key, run) for key, run in self.passes.items()),
-                                                default=0))
+                                                default=0)) + self.held.get(dev, 0)
         return out
 
     def peak(self) -> dict[str, int]:
@@ -204,8 +217,8 @@ def pass_bytes(shape: Shape, device: str, key: tuple[int, int, int, int, int], l
         if kind == 2 or (kind == 1 and shape.streamed):  # layer-wise backward: every layer's input, one graph
             need = working + bt * cfg.hidden_size * shape.dtype_bytes * on_dev
         else:
-            need = working * (on_dev if kind else 1)
-        need += kv_bytes(shape, kv_rows) * on_dev
+            need = working * (on_dev if kind == 1 else 1)
+        need += kv_bytes(shape, kv_rows) * (1 if kind == 3 else on_dev)  # layer order: one layer's cache at a time
     if device == shape.head:
         need += 2 * logit_rows * cfg.vocab_size * 4  # fp32 logits and their log-softmax
     return need

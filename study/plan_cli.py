@@ -60,7 +60,7 @@ def model_shape(args: argparse.Namespace) -> tuple[Shape, Any, dict[str, Any]]:
             "hidden": cfg.hidden_size, "ffn": cfg.ffn_dim, "params": params, "dtype": str(dtype).removeprefix("torch."),
             "device": str(device), "compute": dm.compute if dm else str(device),
             "device_map": dm.to_json() if dm else None, "budget_gib": dm.to_json()["budget_gib"] if dm else {}}
-    return Shape(cfg, per, layers_on, weights, head, streamed), tokenizer, info
+    return Shape(cfg, per, layers_on, weights, head, streamed, dm.compute if dm else head), tokenizer, info
 
 
 def calibrate_tflops(device: str, dtype_name: str, cfg: Any, seconds: float = 0.3) -> tuple[float | None, str]:

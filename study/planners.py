@@ -74,12 +74,57 @@ def _mask_id(kind: str, source: str | None, count: int | None) -> tuple | None:
 
 
 def _plan_run(step: StepPlan, args: argparse.Namespace, tokenizer: Any, task: Any, shots: int,
-              head_id: tuple | None = None, ffn_id: tuple | None = None, ffn_skipped: float = 0) -> None:
-    """One full evaluation under masks, unless an earlier step of this plan already runs it."""
-    key = (_evaluation_key(args, step.shape, task, shots), head_id, ffn_id)
-    if key not in _RUNS:
-        _RUNS.add(key)
-        step.add_group(_evaluation(args, step.shape, tokenizer, task, shots), ffn_skipped=ffn_skipped)
+              head_id: tuple | None = None, ffn_id: tuple | None = None, ffn_skipped: float = 0,
+              together: dict[tuple, tuple[PassGroup, list[float]]] | None = None, group_id: Any = None) -> None:
+    """One full evaluation under masks, unless an earlier step of this plan already runs it. together
+    (layers stream): collect it under (task, shots, group_id) instead, for _plan_together."""
+    evaluation = _evaluation_key(args, step.shape, task, shots)
+    key = (evaluation, head_id, ffn_id)
+    if key in _RUNS:
+        return
+    _RUNS.add(key)
+    group = _evaluation(args, step.shape, tokenizer, task, shots)
+    if together is None:
+        step.add_group(group, ffn_skipped=ffn_skipped)
+        return
+    runs = together.setdefault((evaluation, group_id), (group, []))[1]
+    if head_id is not None or ffn_id is not None:  # the unmasked evaluation is every group's base run
+        runs.append(ffn_skipped)
+
+
+def _plan_together(step: StepPlan, args: argparse.Namespace, together: dict[tuple, tuple[PassGroup, list[float]]]
+                   ) -> None:
+    """prune/chunks.evaluate_together: per (task, shot) of a sweep, the unmasked run and every new masked
+    run in layer order, chunk by chunk (each streamed layer fetched once per chunk), their live states
+    on the compute device."""
+    from prune.cli import oracle_budget
+
+    budget = oracle_budget(args, step.shape.compute)
+    for (evaluation, _), (group, runs) in together.items():
+        _RUNS.add((evaluation, None, None))  # its base run is in the evaluation cache from now on
+        for skipped in [0.0, *runs]:
+            step.add_group(group, ffn_skipped=skipped, layer_order=True)
+        _plan_chunks(step, group, 1 + len(runs), budget, layer_order=True)
+    if together:
+        step.notes.append(f"layers stream: each (task, shot)'s runs go together in layer order, chunks whose live "
+                          f"states stay within {budget / (1 << 30):.3g} GiB on {step.shape.compute}")
+
+
+def _plan_chunks(step: StepPlan, group: PassGroup, copies: int, budget: int, layer_order: bool) -> None:
+    """The memory and the weight transfers of one evaluation run `copies`-fold in chunks (prune/chunks.py's
+    rule): the chunk's states on the compute device in layer order, its records on the host in batch order."""
+    from opt66b.layer_major import chunk_state_bytes
+    from prune.chunks import chunk_units
+
+    cfg = step.shape.cfg
+    size = chunk_units(group.unit_tokens, budget, copies, cfg.hidden_size, step.shape.dtype_bytes)
+    chunk = chunk_state_bytes(sum(sorted(group.unit_tokens, reverse=True)[:size]), copies, cfg.hidden_size,
+                              step.shape.dtype_bytes)
+    if layer_order:
+        step.held[step.shape.compute] = max(step.held.get(step.shape.compute, 0), chunk)
+        step.layer_order_chunks += -(-len(group.unit_tokens) // size)
+    else:
+        step.host_bytes = max(step.host_bytes, chunk)
 
 
 def _cached(what: str, identity: list[Any], tokenizer: Any, task: Any, compute: Callable[[], Any]) -> Any:
@@ -177,23 +222,30 @@ def plan_head_importance(step: StepPlan, args: argparse.Namespace, tokenizer: An
 
 
 def plan_ffn_importance(step: StepPlan, args: argparse.Namespace, tokenizer: Any) -> None:
+    """The base run and one knock-out per layer, each resuming at its layer, in chunks of scoring batches
+    (prune/sweeps.py): in batch order the chunk's recorded layer inputs (L streams) sit on the host; with
+    streamed layers the chunk runs in layer order, its L + 1 live streams on the compute device, and the
+    streamed weights cross once per chunk."""
     from prune.cli import oracle_budget
 
     cfg = step.shape.cfg
-    budget = oracle_budget(args)
+    layer_order = bool(step.shape.streamed) and not args.naive
+    budget = oracle_budget(args, step.shape.compute if layer_order else None)
+    copies = cfg.num_layers + 1 if layer_order else cfg.num_layers
     for name, task in _tasks(args).items():
         for k in args.shots:
             group = _evaluation(args, step.shape, tokenizer, task, k)
-            step.add_group(group)  # the base run, recording every layer's input
+            step.add_group(group, layer_order=layer_order)  # the base run, recording every layer's input
             for layer in range(cfg.num_layers):  # FFN `layer` knocked out: layers >= layer rerun
-                step.add_group(group, start_layer=0 if args.naive else layer, ffn_skipped=step.shape.ffn_params[layer])
-            if not args.naive:  # one chunk of scoring batches recorded at a time (prune/sweeps.py)
-                per_token = cfg.hidden_size * step.shape.dtype_bytes * cfg.num_layers  # every layer's input
-                unit_bytes = max(group.unit_tokens, default=0) * per_token
-                size = max(1, min(len(group.unit_tokens), budget // max(unit_bytes, 1)))
-                chunk = sum(sorted(group.unit_tokens, reverse=True)[:size]) * per_token
-                step.host_bytes = max(step.host_bytes, min(chunk, group.padded * per_token))
-    if not args.naive:
+                step.add_group(group, start_layer=0 if args.naive else layer, ffn_skipped=step.shape.ffn_params[layer],
+                               layer_order=layer_order)
+            if not args.naive:
+                _plan_chunks(step, group, copies, budget, layer_order)
+    if layer_order:
+        step.notes.append(f"the knock-outs run in layer order, chunks whose live states stay within "
+                          f"{budget / (1 << 30):.3g} GiB on {step.shape.compute} (--oracle-memory); the streamed "
+                          "weights cross once per chunk")
+    elif not args.naive:
         step.notes.append(f"the knock-outs run in chunks whose recorded layer inputs stay within "
                           f"{budget / (1 << 30):.3g} GiB of host memory (--oracle-memory)")
 
@@ -206,6 +258,7 @@ def plan_prune(step: StepPlan, args: argparse.Namespace, tokenizer: Any) -> None
 
     cfg = step.shape.cfg
     heads_total = cfg.num_layers * cfg.num_heads
+    together: dict[tuple, tuple[PassGroup, list[float]]] | None = {} if step.shape.streamed else None
     if args.sweep == "transfer":  # partners are read from correlations.json at run time: plan the upper bound
         from prune.aggregate import PAPER_SEEN_TASKS
         from prune.transfer import DEFAULT_PERCENTS as TRANSFER_PERCENTS
@@ -218,8 +271,10 @@ def plan_prune(step: StepPlan, args: argparse.Namespace, tokenizer: Any) -> None
                 for partner in range(min(4, len(available) - 1)):  # 2 per statistic, sharing one cache
                     for p in args.head_percents or TRANSFER_PERCENTS:
                         count = count_for_percent(p, heads_total) if p else None
-                        _plan_run(step, args, tokenizer, tasks[name], k, _mask_id("heads", f"partner {partner}", count))
+                        _plan_run(step, args, tokenizer, tasks[name], k, _mask_id("heads", f"partner {partner}", count),
+                                  together=together, group_id=partner)  # one run_sweep per partner
         step.notes.append("transfer: at most 4 partner rankings per chosen task; correlations.json says how many")
+        _plan_together(step, args, together or {})
         return
     grid = args.sweep == "grid"
     hp = args.head_percents if args.head_percents is not None else DEFAULT_PERCENTS["grid_heads" if grid else "heads"]
@@ -234,7 +289,8 @@ def plan_prune(step: StepPlan, args: argparse.Namespace, tokenizer: Any) -> None
         heads = None if not unit.head_percent else count_for_percent(unit.head_percent, heads_total)
         ffns = None if not unit.ffn_percent else count_for_percent(unit.ffn_percent, cfg.num_layers)
         _plan_run(step, args, tokenizer, tasks[unit.task], unit.shots, _mask_id("heads", source, heads),
-                  _mask_id("ffn", source, ffns), ffn_skipped=(ffns or 0) * mean_ffn)
+                  _mask_id("ffn", source, ffns), ffn_skipped=(ffns or 0) * mean_ffn, together=together)
+    _plan_together(step, args, together or {})
 
 
 def plan_induction(step: StepPlan, args: argparse.Namespace, tokenizer: Any) -> None:

@@ -63,24 +63,16 @@ class TaskEvaluation:
         return task_metrics_with_errors(self.task, self.instances, self.results)
 
     def run_knockouts(self, runs: Sequence[tuple[Any, Any, Any, int]], chunk_units: int, done=None,
-                      on_chunk=None) -> dict[Any, dict[str, float]]:
+                      on_chunk=None, layer_major: bool | None = None) -> dict[Any, dict[str, float]]:
         """{"base": metrics, key: metrics} of the unmasked run and each (key, head_mask, ffn_mask,
         start_layer) run, computed chunk by chunk (Scorer.run_knockouts): memory bounded by the chunk."""
-        per_key = self.scorer.run_knockouts(runs, chunk_units, done=done, on_chunk=on_chunk)
+        per_key = self.scorer.run_knockouts(runs, chunk_units, done=done, on_chunk=on_chunk, layer_major=layer_major)
         out = {}
         for key, results in per_key.items():
             self.results = results
             self._check_finite()
             out[key] = task_metrics_with_errors(self.task, self.instances, results)
         return out
-
-    def record_bytes_per_unit(self) -> int:
-        """Host bytes the largest scoring batch's recorded layer inputs take (the FFN oracle's chunk
-        unit): every layer's input for every token of its passes, in the model's dtype."""
-        cfg = self.scorer.model.config
-        size = next(self.scorer.model.parameters()).element_size()
-        per_unit = [sum(int(p.ids.numel()) for p in (u.main, *u.conts)) for u in self.scorer.units]
-        return max(per_unit, default=0) * cfg.num_layers * cfg.hidden_size * size
 
     def _check_finite(self) -> None:
         """A NaN/inf log-likelihood would turn into a plausible-looking accuracy (NaN compares
@@ -164,6 +156,9 @@ class EvaluationCache:
         metrics = evaluation.run(head_mask=head_mask, ffn_mask=ffn_mask)
         self._metrics[key] = dict(metrics)
         return metrics, True
+
+    def __contains__(self, key: tuple[str, bytes, bytes]) -> bool:
+        return key in self._metrics
 
     def put(self, evaluation: "TaskEvaluation", metrics: dict[str, float], head_mask: Any = None,
             ffn_mask: Any = None) -> None:

@@ -31,6 +31,7 @@ import torch
 
 from opt66b import Capture, position_ids_from_mask
 from opt66b.io import Progress
+from opt66b.layer_major import ChunkPass, MaskedRun, run_layer_major, streams_layers
 
 from .base import Request, Result
 
@@ -255,15 +256,22 @@ class Scorer:
     def run_knockouts(self, runs: Sequence[tuple[Any, Any, Any, int]], chunk_units: int,
                       done: dict[int, dict[Any, tuple[torch.Tensor, torch.Tensor]]] | None = None,
                       on_chunk: Callable[[int, dict[Any, tuple[torch.Tensor, torch.Tensor]]], None] | None = None,
-                      ) -> dict[Any, list[Result]]:
+                      layer_major: bool | None = None) -> dict[Any, list[Result]]:
         """The unmasked base run and every (key, head_mask, ffn_mask, start_layer) run, `chunk_units`
-        batches at a time: each chunk's base records its own layer inputs, every run resumes from them
-        for that chunk, and the inputs are dropped before the next chunk. Memory is set by the chunk,
-        not by the task. Results are those of run() and run(start_layer=...) bit for bit: every request
-        is scored inside one batch, and a batch's arithmetic does not depend on the chunking.
+        batches at a time, so memory is set by the chunk, not by the task. Two orders, same bits:
+        batch order (resident layers): each chunk's base records its own layer inputs on the host, every
+            run resumes from them batch by batch, and the inputs are dropped before the next chunk;
+        layer order (layer_major; default: when the model streams layers): the chunk goes through
+            layer i for the base and every started run before layer i + 1 is fetched
+            (opt66b/layer_major.py), so streamed weights cross once per chunk, not once per run and batch;
+            the live states stay on the compute device.
+        Results are those of run() and run(start_layer=...) bit for bit: every request is scored inside
+        one batch, and a batch's arithmetic depends neither on the chunking nor on the order.
         done[first unit] / on_chunk(first unit, {key: (lls, misses)}) resume and save per chunk."""
         if chunk_units < 1:
             raise ValueError(f"chunk_units must be >= 1, got {chunk_units}")
+        if layer_major is None:
+            layer_major = streams_layers(self.model)
         keys = ["base", *(r[0] for r in runs)]
         total = {k: (torch.zeros(len(self.unique), dtype=torch.float64), torch.zeros(len(self.unique), dtype=torch.long))
                  for k in keys}
@@ -273,20 +281,34 @@ class Scorer:
             if part is None:
                 part = {k: (torch.zeros_like(total[k][0]), torch.zeros_like(total[k][1])) for k in keys}
                 chunk = self.units[first:first + chunk_units]
-                recs = [self._run_unit(u, None, None, 0, None, True, *part["base"]) for u in chunk]
                 for key, head_mask, ffn_mask, start in runs:
                     h, f = self._full_masks(head_mask, ffn_mask)
                     if not (torch.equal(h[:start], full[0][:start]) and torch.equal(f[:start], full[1][:start])):
                         raise ValueError(f"run {key!r}: its masks change layers < {start}, which it does not recompute")
-                    for u, rec in zip(chunk, recs):
-                        self._run_unit(u, head_mask, ffn_mask, start, rec, False, *part[key])
-                del recs
+                if layer_major:
+                    self._chunk_layer_major(chunk, runs, [part[k] for k in keys])
+                else:
+                    recs = [self._run_unit(u, None, None, 0, None, True, *part["base"]) for u in chunk]
+                    for key, head_mask, ffn_mask, start in runs:
+                        for u, rec in zip(chunk, recs):
+                            self._run_unit(u, head_mask, ffn_mask, start, rec, False, *part[key])
+                    del recs
                 if on_chunk is not None:
                     on_chunk(first, part)
             for k in keys:
                 total[k][0].add_(part[k][0])
                 total[k][1].add_(part[k][1])
         return {k: self._results(*total[k]) for k in keys}
+
+    def _chunk_layer_major(self, chunk: list[_Unit], runs: Sequence[tuple[Any, Any, Any, int]],
+                           into: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """One chunk of run_knockouts in layer order: into[r] = (lls, misses) of the base (r = 0) and of runs[r - 1]."""
+        passes = [[unit.main, *unit.conts] for unit in chunk]
+        units = [[ChunkPass(p.ids, p.mask, position_ids_from_mask(p.mask, p.ids.shape[1]), p.ctx_rows if j else None)
+                  for j, p in enumerate(ps)] for ps in passes]
+        masked = [MaskedRun(), *(MaskedRun(h, f, start) for _, h, f, start in runs)]
+        run_layer_major(self.model, units, masked,
+                        lambda r, u, j, hidden: self._score(passes[u][j], hidden, *into[r]))
 
     def _forward(self, p: _Pass, head_mask, ffn_mask, start_layer: int, rec: dict[int, torch.Tensor] | None,
                  cap: Capture | None, use_cache: bool = False, past=None):

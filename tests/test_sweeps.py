@@ -166,7 +166,7 @@ def test_sweep_resumes_from_unit_files(tmp_path):
 
 
 def test_ffn_importance_units_resume_and_aggregate(tmp_path):
-    from prune.sweeps import run_ffn_importance
+    from prune.oracle import run_ffn_importance
     from tasks.registry import get_task
 
     class Model:
@@ -292,7 +292,7 @@ def test_chunked_oracle_resumes_per_chunk_and_bounds_its_records(tmp_path, model
     """run_ffn_importance under a small record budget: chunk files are written and reused on rerun, and
     the result equals the unbounded run's."""
     from opt66b.store import UnitStore
-    from prune.sweeps import run_ffn_importance
+    from prune.oracle import run_ffn_importance
     from tasks.evaluate import TaskEvaluation
     from tasks.registry import get_task
 
@@ -302,7 +302,10 @@ def test_chunked_oracle_resumes_per_chunk_and_bounds_its_records(tmp_path, model
         return TaskEvaluation(m, tok, task, shots, limit=6, batch_tokens=48)
     probe = make(model, tokenizer, tasks["piqa"], 0)
     assert len(probe.scorer.units) >= 3
-    budget = 2 * probe.record_bytes_per_unit()  # two batches' recorded inputs at a time
+    from opt66b.layer_major import chunk_state_bytes
+
+    tokens = max(sum(int(p.ids.numel()) for p in (u.main, *u.conts)) for u in probe.scorer.units)
+    budget = 2 * chunk_state_bytes(tokens, 4, 32, 4)  # two batches' recorded inputs (4 layers x D 32 x fp32) at a time
     run_ffn_importance(model, tokenizer, tasks, [0], tmp_path / "bounded", make, store=UnitStore({}),
                        record_budget=budget)
     chunks = sorted((tmp_path / "bounded" / "shots-0" / "piqa").glob("chunks-2/chunk-*.safetensors"))

@@ -1,0 +1,133 @@
+"""Many masked runs over a chunk of batches, layer by layer: each layer's weights reach its device once.
+
+The FFN oracle (docs/method.md, "FFN importance"; the paper's section 5) scores a task L + 1 times:
+unmasked, then with each layer's FFN knocked out. Run batch by batch, every one of those runs brings
+every layer it recomputes to the GPU again; with streamed layers (opt66b/offload.py) that is the whole
+cost: (L + 1) runs x about L / 2 layers x one layer's weights per scoring batch. Run layer by layer, a
+chunk of batches goes through layer i for every live run before layer i + 1 is fetched, so the weights
+cross once per chunk whatever the number of runs.
+
+    run_layer_major(model, units, runs, on_output)
+
+units: the chunk's scoring units, each a list of passes; the first is a context (or plain) pass, the
+    others continue it on the keys and values its rows computed (`ChunkPass.ctx_rows`), as
+    tasks/scoring.py's shared-context batches do.
+runs: `MaskedRun`s; runs[0] runs every layer (start_layer 0) and each other run resumes from runs[0]'s
+    input of its own start layer, so its masks must equal runs[0]'s in the layers before it.
+on_output(run, unit, pass, hidden (B, T, W)) receives every pass's final hidden state (what `OPT.logits`
+    reads), in run order, and within a run unit by unit, each unit's first pass before its others.
+
+Results are those of `OPT.forward` on each pass alone, bit for bit: every layer call gets the same
+inputs, masks, cache and attention mask as in a whole forward. What it holds: the live state
+(B, T, D) of every pass of every started run, on the device of the layer that made it, and one
+layer's keys and values of one context pass at a time (a whole forward holds every layer's). A run
+shares runs[0]'s state tensors until its start layer changes them, so a run costs memory only from
+its start on; at the last layer (1 + number of runs) copies of the chunk's stream are live, which is
+what `chunk_state_bytes` prices.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+from .model import OPT, attention_allowed
+
+
+@dataclass(frozen=True)
+class ChunkPass:
+    ids: torch.Tensor  # (B, T) token ids
+    mask: torch.Tensor  # (B, S) 0/1 over the continued keys (S - T of them) and the new positions
+    positions: torch.Tensor  # (B, T) table rows of the new positions (model.position_ids_from_mask)
+    ctx_rows: torch.Tensor | None = None  # (B,) rows of the unit's first pass continued; None: it is the first
+
+
+@dataclass(frozen=True)
+class MaskedRun:
+    head_mask: torch.Tensor | None = None  # (L, H) or None
+    ffn_mask: torch.Tensor | Sequence[float] | None = None  # (L,) or None
+    start_layer: int = 0  # layers before it are runs[0]'s
+
+
+def streams_layers(model: OPT) -> bool:
+    """Whether some layer's weights are brought to the compute device per use (opt66b/offload.py): then
+    layer order is what saves the transfers."""
+    streamer = getattr(model, "streamer", None)
+    return bool(streamer is not None and streamer.streamed)
+
+
+def chunk_state_bytes(tokens: int, runs: int, hidden: int, element_bytes: int) -> int:
+    """Bytes of live states at the last layer: every run's (B, T, D) stream of `tokens` padded positions."""
+    return runs * tokens * hidden * element_bytes
+
+
+@torch.no_grad()
+def run_layer_major(model: OPT, units: Sequence[Sequence[ChunkPass]], runs: Sequence[MaskedRun],
+                    on_output: Callable[[int, int, int, torch.Tensor], None]) -> None:
+    """Every pass of `units` under every run of `runs`, layer-major (module docstring)."""
+    cfg = model.config
+    scales = [model._check_masks(r.head_mask, r.ffn_mask) for r in runs]  # per run: head rows, FFN scales
+    _check_runs(model, runs)
+    starts: dict[int, list[int]] = {}
+    for r, run in enumerate(runs[1:], 1):
+        starts.setdefault(run.start_layer, []).append(r)
+    states: dict[int, list[list[torch.Tensor]]] = {
+        0: [[model.embed(p.ids, p.positions) for p in unit] for unit in units]}  # (B, T, D) each
+    allowed: dict[tuple[int, int, torch.device], torch.Tensor] = {}  # one attention mask per pass and device
+    last = cfg.num_layers - 1
+    for i in range(cfg.num_layers):
+        for r in starts.get(i, ()):
+            states[r] = [list(unit) for unit in states[0]]  # runs[0]'s input of layer i, shared until replaced
+        layer = model.streamer.acquire(i) if model.streamer is not None else model.decoder.layers[i]
+        dev = layer.device
+        for r in sorted(states):
+            head_rows, ffn_scales = scales[r]
+            head_scale = None if head_rows is None else head_rows[i].to(dev)
+            for u, unit in enumerate(units):
+                kv = None  # layer i's keys and values of the unit's first pass, while its others run
+                for j, p in enumerate(unit):
+                    key = (u, j, dev)
+                    if key not in allowed:
+                        bsz, new = p.ids.shape
+                        allowed[key] = attention_allowed(p.mask.to(dev), bsz, new, p.mask.shape[1] - new, dev)
+                    past = None
+                    if p.ctx_rows is not None:
+                        rows = p.ctx_rows.to(kv[0].device)
+                        past = (kv[0].index_select(0, rows), kv[1].index_select(0, rows))  # (R, H, S, Dh)
+                    h, new_kv = layer(states[r][u][j].to(dev), allowed[key], head_scale, ffn_scales[i], past, None, i)
+                    if j == 0 and len(unit) > 1:
+                        kv = new_kv
+                    if i == last:
+                        states[r][u][j] = None  # the final state goes out at once, not kept beside the others
+                        on_output(r, u, j, model.finalize(h))
+                    else:
+                        states[r][u][j] = h
+        if model.streamer is not None:
+            model.streamer.release(i)
+
+
+def _check_runs(model: OPT, runs: Sequence[MaskedRun]) -> None:
+    """runs[0] starts at layer 0; every other run starts inside the model and agrees with runs[0] before it."""
+    cfg = model.config
+    if not runs or runs[0].start_layer != 0:
+        raise ValueError("runs[0] must run every layer (start_layer 0): the other runs resume from its states")
+
+    def full(run: MaskedRun) -> tuple[torch.Tensor, torch.Tensor]:
+        h = torch.ones(cfg.num_layers, cfg.num_heads) if run.head_mask is None else \
+            torch.as_tensor(run.head_mask).detach().float().cpu()
+        f = torch.ones(cfg.num_layers) if run.ffn_mask is None else torch.as_tensor(run.ffn_mask).detach().float().cpu()
+        return h, f
+
+    base = full(runs[0])
+    for r, run in enumerate(runs[1:], 1):
+        s = run.start_layer
+        if not 0 <= s < cfg.num_layers:
+            raise ValueError(f"run {r}: start_layer must be in [0, {cfg.num_layers}), got {s}")
+        h, f = full(run)
+        if not (torch.equal(h[:s], base[0][:s]) and torch.equal(f[:s], base[1][:s])):
+            raise ValueError(f"run {r}: its masks differ from runs[0]'s in layers < {s}, which it does not run")
+
+
+__all__ = ["ChunkPass", "MaskedRun", "chunk_state_bytes", "run_layer_major", "streams_layers"]

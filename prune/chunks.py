@@ -1,0 +1,112 @@
+"""Several masked runs of one evaluation, a chunk of scoring batches at a time, resumable per chunk.
+
+The FFN oracle (prune/oracle.py) runs the unmasked evaluation and L knock-outs of it; with streamed
+layers the pruning sweeps (prune/sweeps.py) run every percentage of a (task, shot) together. Both go
+through `TaskEvaluation.run_knockouts` (tasks/scoring.py): chunk by chunk, in batch order (records of
+every layer's input on the host) or in layer order (opt66b/layer_major.py: the live states of every
+run on the compute device, each streamed layer fetched once per chunk). What a chunk holds is
+`copies` times the residual stream of its batches, so the chunk is the largest number of batches
+whose copies fit the memory budget (`chunk_size`). Each chunk's partial sums (per-request
+log-likelihoods and greedy misses, for the requests its batches score) are kept in one fingerprinted
+safetensors file (opt66b.layout.knockout_chunk): a killed run resumes at the first missing chunk, and
+a chunk file is reused only for the same evaluation, runs and chunk size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from opt66b.io import Progress, read_tensors
+from opt66b.layer_major import chunk_state_bytes
+from opt66b.layout import knockout_chunk
+from opt66b.store import UnitStore
+
+
+def chunk_units(unit_tokens: Sequence[int], budget: int | None, copies: int, hidden: int, element_bytes: int) -> int:
+    """Scoring batches per chunk: as many as fit `budget` bytes with `copies` of the largest batch's
+    residual stream (`unit_tokens`: padded positions per batch) each; None: the whole task in one chunk.
+    The planner (study/planners.py) prices the same rule."""
+    if budget is None:
+        return len(unit_tokens)
+    per_unit = chunk_state_bytes(max(unit_tokens, default=0), copies, hidden, element_bytes)
+    return max(1, min(len(unit_tokens), budget // max(per_unit, 1)))
+
+
+def chunk_size(evaluation: Any, budget: int | None, copies: int) -> int:
+    """chunk_units for a tasks.evaluate.TaskEvaluation's scoring plan on its model."""
+    model = evaluation.scorer.model
+    tokens = [sum(int(p.ids.numel()) for p in (u.main, *u.conts)) for u in evaluation.scorer.units]
+    return chunk_units(tokens, budget, copies, model.config.hidden_size, next(model.parameters()).element_size())
+
+
+def chunk_store(store: UnitStore, task_dir: Path, fields: dict[str, Any], evaluation: Any, size: int,
+                names: dict[Any, str], bar: Progress) -> dict[str, Any]:
+    """{"done", "on_chunk"} for TaskEvaluation.run_knockouts: each chunk's partial log-likelihoods and
+    greedy misses, for the unique requests its batches score only, in a fingerprinted safetensors unit.
+    names: run key ("base" and each run's key) -> the tensor-name prefix it is stored under."""
+    units = evaluation.scorer.units
+    owners = {first: torch.unique(torch.cat([p.owner for u in units[first:first + size] for p in (u.main, *u.conts)]))
+              for first in range(0, len(units), size)}
+    n = len(evaluation.scorer.unique)
+    keys = {name: key for key, name in names.items()}
+    done: dict[int, dict[Any, tuple[torch.Tensor, torch.Tensor]]] = {}
+    for first, idx in owners.items():
+        path = knockout_chunk(task_dir, size, first)
+        if not store.done(path, **fields, chunk=first, chunk_units=size):
+            continue
+        tensors = read_tensors(path)[0]
+        if any(f"{name}.lls" not in tensors for name in keys):  # written for other runs: run the chunk again
+            continue
+        part = {}
+        for name, key in keys.items():
+            lls, misses = torch.zeros(n, dtype=torch.float64), torch.zeros(n, dtype=torch.long)
+            lls[idx], misses[idx] = tensors[f"{name}.lls"], tensors[f"{name}.misses"]
+            part[key] = (lls, misses)
+        done[first] = part
+        bar.update()
+
+    def save(first: int, part: dict[Any, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        idx = owners[first]
+        tensors = {"owners": idx}
+        for key, (lls, misses) in part.items():
+            tensors[f"{names[key]}.lls"], tensors[f"{names[key]}.misses"] = lls[idx], misses[idx]
+        store.write_tensors(knockout_chunk(task_dir, size, first), tensors, None, **fields, chunk=first,
+                            chunk_units=size)
+        bar.update()
+    return {"done": done, "on_chunk": save}
+
+
+def evaluate_together(evaluation: Any, masks: Sequence[tuple[Any, Any]], cache: Any, budget: int | None,
+                      store: UnitStore, task_dir: Path, fields: dict[str, Any], label: str) -> int:
+    """Every (head_mask, ffn_mask) of `masks` not yet in `cache` (tasks.evaluate.EvaluationCache), and the
+    unmasked run, in layer order over chunks (one fetch of each streamed layer per chunk for all of
+    them); their metrics go into the cache, where the caller's unit loop finds them. Chunk files under
+    task_dir/chunks-C/, fingerprinted with `fields` and the runs' masks. Returns the runs computed (0
+    when every mask was cached), so the caller can count their work."""
+    new: dict[tuple, tuple[Any, Any]] = {}
+    for head_mask, ffn_mask in masks:
+        key = cache.key(evaluation, head_mask, ffn_mask)
+        if key not in cache and key[1:] != (b"", b""):
+            new.setdefault(key, (head_mask, ffn_mask))
+    if not new:
+        return 0
+    runs = [(i, head, ffn, 0) for i, (head, ffn) in enumerate(new.values())]
+    size = chunk_size(evaluation, budget, 1 + len(runs))
+    chunks = -(-len(evaluation.scorer.units) // size)
+    bar = Progress(chunks, f"{label}: {len(runs) + 1} runs in layer order, chunks of {size} batches")
+    masks_id = hashlib.sha256(b"".join(h + b"|" + f + b";" for _, h, f in new)).hexdigest()
+    names = {"base": "base", **{i: f"run-{i:03d}" for i, *_ in runs}}
+    res = evaluation.run_knockouts(runs, size, layer_major=True,
+                                   **chunk_store(store, task_dir, {**fields, "runs_sha256": masks_id}, evaluation,
+                                                 size, names, bar))
+    cache.put(evaluation, res["base"])
+    for i, head, ffn, _ in runs:
+        cache.put(evaluation, res[i], head, ffn)
+    return 1 + len(runs)
+
+
+__all__ = ["chunk_size", "chunk_store", "chunk_units", "evaluate_together"]
