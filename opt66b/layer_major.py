@@ -58,9 +58,39 @@ def streams_layers(model: OPT) -> bool:
     return bool(streamer is not None and streamer.streamed)
 
 
+def streamed_compute(model: OPT) -> str | None:
+    """The device a model streams layers to (where layer-order states live), or None."""
+    return str(model.streamer.compute) if streams_layers(model) else None
+
+
+DEFAULT_CHUNK_BUDGET = 2 << 30  # bytes, when --max-memory has no entry for the device
+
+
+def chunk_budget(max_memory: dict[str, int], device: str | None, given: int | None = None) -> int:
+    """Bytes a chunk's copies of the residual stream may take: `given`, else a quarter of the budget of
+    `device` (the compute device in layer order, None: the host, where batch order records) in the
+    parsed --max-memory, else DEFAULT_CHUNK_BUDGET."""
+    if given is not None:
+        if given <= 0:
+            raise ValueError(f"the chunk budget must be > 0 bytes, got {given}")
+        return given
+    entry = max_memory.get(device or "cpu")
+    return entry // 4 if entry else DEFAULT_CHUNK_BUDGET
+
+
 def chunk_state_bytes(tokens: int, runs: int, hidden: int, element_bytes: int) -> int:
     """Bytes of live states at the last layer: every run's (B, T, D) stream of `tokens` padded positions."""
     return runs * tokens * hidden * element_bytes
+
+
+def chunk_units(unit_tokens: Sequence[int], budget: int | None, copies: int, hidden: int, element_bytes: int) -> int:
+    """Scoring batches per chunk: as many as fit `budget` bytes with `copies` of the largest batch's
+    residual stream (`unit_tokens`: padded positions per batch) each; None: the whole task in one chunk.
+    The planner (study/planners.py) prices the same rule."""
+    if budget is None:
+        return len(unit_tokens)
+    per_unit = chunk_state_bytes(max(unit_tokens, default=0), copies, hidden, element_bytes)
+    return max(1, min(len(unit_tokens), budget // max(per_unit, 1)))
 
 
 @torch.no_grad()
@@ -130,4 +160,5 @@ def _check_runs(model: OPT, runs: Sequence[MaskedRun]) -> None:
             raise ValueError(f"run {r}: its masks differ from runs[0]'s in layers < {s}, which it does not run")
 
 
-__all__ = ["ChunkPass", "MaskedRun", "chunk_state_bytes", "run_layer_major", "streams_layers"]
+__all__ = ["ChunkPass", "MaskedRun", "DEFAULT_CHUNK_BUDGET", "chunk_budget", "chunk_state_bytes", "chunk_units",
+           "run_layer_major", "streamed_compute", "streams_layers"]

@@ -274,43 +274,61 @@ def layerwise_backward(model: OPT, input_ids: torch.Tensor, attention_mask: torc
     scores[l, h] = sum over batch and positions of |sum_Dh a * dL/da| for head h's output a
     (B, H, T, Dh) (capture.head_attribution). Activations kept: one (B, T, D) input per layer.
     """
+    return layerwise_backward_chunk(model, [(input_ids, attention_mask, loss_fn)], head_mask)[0]
+
+
+def layerwise_backward_chunk(model: OPT, examples: Sequence[tuple[torch.Tensor, torch.Tensor | None,
+                                                                  Callable[[torch.Tensor], torch.Tensor]]],
+                             head_mask: torch.Tensor | None = None) -> list[tuple[float, torch.Tensor, torch.Tensor]]:
+    """`layerwise_backward` of every (input_ids, attention_mask, loss_fn) example, in layer order: the
+    forward sweep takes each layer once for all of them, then the reverse sweep does; with streamed
+    layers the weights cross twice per chunk instead of twice per example. Each example's numbers are
+    those of its own call (the same operations on the same values). Kept: every example's (B, T, D)
+    input of every layer, and its gradient while the reverse sweep runs."""
     cfg = model.config
     head_mask = torch.ones(cfg.num_layers, cfg.num_heads) if head_mask is None else head_mask.detach()
     streamer = model.streamer
     if streamer is not None:
         streamer.force_reuse = True  # safe: each layer's graph is consumed before its buffer is reused
     try:
-        inputs = []
+        inputs: list[list[torch.Tensor | None]] = [[] for _ in examples]
         with torch.no_grad():
-            h = _layer_inputs(model, input_ids, attention_mask)
+            hs = [_layer_inputs(model, ids, mask) for ids, mask, _ in examples]
             for i in range(cfg.num_layers):
-                inputs.append(h)
                 layer = _acquire(model, i)
-                h = _run_layer(layer, h, attention_mask, head_mask[i], 1.0, i)
+                for e, (_, mask, _) in enumerate(examples):
+                    inputs[e].append(hs[e])
+                    hs[e] = _run_layer(layer, hs[e], mask, head_mask[i], 1.0, i)
                 _release(model, i)
-        top = h.detach().requires_grad_(True)
-        loss = loss_fn(model.finalize(top))
-        (grad,) = torch.autograd.grad(loss, top)
-        rows: list[torch.Tensor | None] = [None] * cfg.num_layers
-        scores: list[torch.Tensor | None] = [None] * cfg.num_layers
+        losses, grads = [], []
+        for h, (_, _, loss_fn) in zip(hs, examples):
+            top = h.detach().requires_grad_(True)
+            loss = loss_fn(model.finalize(top))
+            grads.append(torch.autograd.grad(loss, top)[0])
+            losses.append(float(loss.detach()))
+        del hs
+        rows = [[None] * cfg.num_layers for _ in examples]
+        scores = [[None] * cfg.num_layers for _ in examples]
         if streamer is not None:
             streamer.direction = -1
         for i in reversed(range(cfg.num_layers)):
             layer = _acquire(model, i)
             dev = layer.device
-            x = inputs[i].detach().to(dev).requires_grad_(True)
-            hs = head_mask[i].to(dev).requires_grad_(True)
-            cap = Capture(heads=True, grads=True, layers=[i])
-            with torch.enable_grad():
-                bsz, t = x.shape[:2]
-                allowed = attention_allowed(None if attention_mask is None else attention_mask.to(dev),
-                                            bsz, t, 0, dev)  # (B, 1, T, T)
-                out = layer(x, allowed, hs, 1.0, None, cap, i)[0]
-                z = cap.heads[i]  # (B, H, T, Dh)
-                grad, rows[i], gz = torch.autograd.grad(out, (x, hs, z), grad.to(out.device))
-            scores[i] = head_attribution(z.detach(), gz).cpu()  # (H,)
+            for e, (_, mask, _) in enumerate(examples):
+                x = inputs[e][i].detach().to(dev).requires_grad_(True)
+                inputs[e][i] = None  # layer i's input is read once
+                hs_ = head_mask[i].to(dev).requires_grad_(True)
+                cap = Capture(heads=True, grads=True, layers=[i])
+                with torch.enable_grad():
+                    bsz, t = x.shape[:2]
+                    allowed = attention_allowed(None if mask is None else mask.to(dev), bsz, t, 0, dev)  # (B, 1, T, T)
+                    out = layer(x, allowed, hs_, 1.0, None, cap, i)[0]
+                    z = cap.heads[i]  # (B, H, T, Dh)
+                    grads[e], rows[e][i], gz = torch.autograd.grad(out, (x, hs_, z), grads[e].to(out.device))
+                scores[e][i] = head_attribution(z.detach(), gz).cpu()  # (H,)
             _release(model, i)
-        return float(loss.detach()), torch.stack([r.cpu() for r in rows]), torch.stack(scores)  # (L, H) x 2
+        return [(losses[e], torch.stack([r.cpu() for r in rows[e]]), torch.stack(scores[e]))  # (L, H) x 2
+                for e in range(len(examples))]
     finally:
         if streamer is not None:
             streamer.force_reuse, streamer.direction = None, 1

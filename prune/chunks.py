@@ -21,26 +21,14 @@ from typing import Any, Sequence
 import torch
 
 from opt66b.io import Progress, read_tensors
-from opt66b.layer_major import chunk_state_bytes
 from opt66b.layout import knockout_chunk
 from opt66b.store import UnitStore
 
 
-def chunk_units(unit_tokens: Sequence[int], budget: int | None, copies: int, hidden: int, element_bytes: int) -> int:
-    """Scoring batches per chunk: as many as fit `budget` bytes with `copies` of the largest batch's
-    residual stream (`unit_tokens`: padded positions per batch) each; None: the whole task in one chunk.
-    The planner (study/planners.py) prices the same rule."""
-    if budget is None:
-        return len(unit_tokens)
-    per_unit = chunk_state_bytes(max(unit_tokens, default=0), copies, hidden, element_bytes)
-    return max(1, min(len(unit_tokens), budget // max(per_unit, 1)))
-
-
 def chunk_size(evaluation: Any, budget: int | None, copies: int) -> int:
-    """chunk_units for a tasks.evaluate.TaskEvaluation's scoring plan on its model."""
-    model = evaluation.scorer.model
-    tokens = [sum(int(p.ids.numel()) for p in (u.main, *u.conts)) for u in evaluation.scorer.units]
-    return chunk_units(tokens, budget, copies, model.config.hidden_size, next(model.parameters()).element_size())
+    """Scoring batches per chunk of a tasks.evaluate.TaskEvaluation: as many as fit `budget` bytes with
+    `copies` of the largest batch's residual stream each (opt66b.layer_major.chunk_units)."""
+    return evaluation.scorer.chunk_units(budget, copies)
 
 
 def chunk_store(store: UnitStore, task_dir: Path, fields: dict[str, Any], evaluation: Any, size: int,
@@ -109,4 +97,4 @@ def evaluate_together(evaluation: Any, masks: Sequence[tuple[Any, Any]], cache: 
     return 1 + len(runs)
 
 
-__all__ = ["chunk_size", "chunk_store", "chunk_units", "evaluate_together"]
+__all__ = ["chunk_size", "chunk_store", "evaluate_together"]

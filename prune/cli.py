@@ -107,25 +107,17 @@ def register_importance(sub: argparse._SubParsersAction) -> None:
 
 
 def oracle_budget(args: Any, streams_to: str | None = None) -> int:
-    """Bytes the FFN oracle's chunk may hold (--oracle-memory, else from --max-memory): recorded layer
-    inputs on the host (default a quarter of the cpu entry), or, when the model streams layers to the
-    compute device `streams_to`, the layer-order states there (default a quarter of its entry); 2 GiB
-    without an entry."""
+    """Bytes the FFN oracle's chunk (and, with streamed layers, a sweep's) may hold: --oracle-memory,
+    else a quarter of --max-memory's entry for where the chunk lives (the host in batch order, the
+    compute device `streams_to` in layer order), else 2 GiB (opt66b.layer_major.chunk_budget)."""
+    from opt66b.layer_major import chunk_budget
     from opt66b.placement import GIB, parse_max_memory
 
-    if getattr(args, "oracle_memory", None) is not None:
-        if args.oracle_memory <= 0:
-            raise ValueError(f"--oracle-memory must be > 0 GiB, got {args.oracle_memory}")
-        return int(args.oracle_memory * GIB)
-    entry = parse_max_memory(getattr(args, "max_memory", None)).get(streams_to or "cpu")
-    return entry // 4 if entry else 2 * GIB
-
-
-def streamed_compute(model: Any) -> str | None:
-    """The device a model streams layers to (its layer-order states live there), or None."""
-    from opt66b.layer_major import streams_layers
-
-    return str(model.streamer.compute) if streams_layers(model) else None
+    given = getattr(args, "oracle_memory", None)
+    if given is not None and given <= 0:
+        raise ValueError(f"--oracle-memory must be > 0 GiB, got {given}")
+    return chunk_budget(parse_max_memory(getattr(args, "max_memory", None)), streams_to,
+                        None if given is None else int(given * GIB))
 
 
 def _importance_heads(args: argparse.Namespace, loaded=None) -> int:
@@ -151,6 +143,8 @@ def check_head_importance(s: "HeadImportanceSettings") -> None:
 
 
 def run_head_importance_step(s: "HeadImportanceSettings", loaded) -> dict[str, Any]:
+    from opt66b.layer_major import streamed_compute
+
     from .experiments import run_head_importance
     from .masks import DENOMINATOR_BY_PROTOCOL
 
@@ -161,7 +155,7 @@ def run_head_importance_step(s: "HeadImportanceSettings", loaded) -> dict[str, A
                                paper_quirks=s.paper_quirks, denominator=DENOMINATOR_BY_PROTOCOL[s.protocol],
                                seen_tasks=list(s.seen_tasks) if s.seen_tasks else None,
                                layerwise_backward=s.backward == "layerwise", update_aggregate=s.update_aggregate,
-                               recompute=s.recompute)["work"]
+                               recompute=s.recompute, chunk_budget=oracle_budget(s, streamed_compute(model)))["work"]
     return {"code": 0, "work": work}
 
 
@@ -171,6 +165,8 @@ def check_ffn_oracle(s: "FFNOracleSettings") -> None:
 
 
 def run_ffn_oracle_step(s: "FFNOracleSettings", loaded) -> dict[str, Any]:
+    from opt66b.layer_major import streamed_compute
+
     from .experiments import run_ffn_oracle
 
     check_ffn_oracle(s)
@@ -252,6 +248,7 @@ def check_prune(s: "PruneSettings") -> None:
 def run_prune_step(s: "PruneSettings", loaded, cache=None) -> dict[str, Any]:
     """A sweep (or the transfer) on a loaded model; `cache`: evaluations earlier steps ran (run.py all)."""
     from opt66b.io import read_json
+    from opt66b.layer_major import streamed_compute
 
     from .experiments import run_prune_sweep, run_transfer_study
 

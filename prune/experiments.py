@@ -53,7 +53,7 @@ def run_head_importance(model: Any, tokenizer: Any, info: dict[str, Any] | None,
                         seed: int = 1234, max_length: int | None = None, normalize_per_layer: bool = False,
                         paper_quirks: bool = False, denominator: str = "uniform", seen_tasks: Sequence[str] | None = None,
                         update_aggregate: bool = False, layerwise_backward: bool = False,
-                        recompute: bool = False) -> dict[str, Any]:
+                        recompute: bool = False, chunk_budget: int | None = 2 << 30) -> dict[str, Any]:
     """Gradient head importance per (task, shot): out/shots-K/<task>.safetensors with
     'importance_paper_denominator' (L, H) (the paper's: its last layer over target tokens),
     'importance_uniform' (every layer over the position count) and 'importance', the ranking every
@@ -64,7 +64,8 @@ def run_head_importance(model: Any, tokenizer: Any, info: dict[str, Any] | None,
     n_docs: first N docs of the importance split; seed: the few-shot demo sampler (the paper's 1234).
     One forward + backward per example (the layer-wise bounded-memory backward when the model
     streams its layers, or with layerwise_backward=True: recorded, not fingerprinted, since it moves
-    only the last float bits)."""
+    only the last float bits). chunk_budget: with streamed layers, the bytes a chunk of examples may
+    keep on the compute device (every layer's input; prune/importance.example_chunks)."""
     from opt66b.distributed import barrier, my_units, rank_world
     from opt66b.io import Progress, run_metadata
     from tasks.evaluate import task_fingerprint
@@ -97,7 +98,7 @@ def run_head_importance(model: Any, tokenizer: Any, info: dict[str, Any] | None,
         examples = objects[name].importance_examples(n_docs, k, random.Random(seed), paper_quirks=paper_quirks)
         bar = Progress(len(examples), f"importance {name} {k}-shot")
         total, counts = head_score_sums(model, tokenizer, examples, max_length=length, progress=bar.update,
-                                        layerwise=layerwise_backward)
+                                        layerwise=layerwise_backward, chunk_budget=chunk_budget)
         work.add(forward=counts["examples"], backward=counts["examples"], tokens=counts["positions"])
         variants = {key: importance_from_sums(total, counts, denom, normalize_per_layer)
                     for key, denom in ((PAPER_DENOMINATOR_KEY, "paper"), (UNIFORM_IMPORTANCE_KEY, "uniform"))}

@@ -24,11 +24,29 @@ import torch
 
 from opt66b import Capture, frozen, head_attribution
 from opt66b.io import Progress, check_finite_heads
-from opt66b.offload import layerwise_backward
+from opt66b.layer_major import DEFAULT_CHUNK_BUDGET, chunk_units, streams_layers
+from opt66b.offload import layerwise_backward, layerwise_backward_chunk
 
 from tasks.scoring import TokenRequest, token_requests
 
 from .masks import ffn_ranking, normalize_per_layer as l2_normalize_per_layer
+
+
+def _example(model: Any, input_ids: Sequence[int], continuation: Sequence[int]
+             ) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
+    """(x (1, N-1) ids on the embedding's device, loss_fn: final hidden -> mean NLL of the continuation)."""
+    device = model.decoder.embed_tokens.weight.device
+    x = torch.tensor([list(input_ids)], dtype=torch.long, device=device)  # (1, N-1)
+    n, y = x.shape[1], len(continuation)
+    targets = torch.tensor(list(continuation), dtype=torch.long, device=device)  # (Y,)
+
+    def loss_fn(hidden: torch.Tensor) -> torch.Tensor:
+        # Position p predicts token p+1; the Y targets are read at the last Y fed positions:
+        #   fed:      c0 c1 ... c_{C-1} y0 ... y_{Y-2}
+        #   predicts:           ...  y0 y1 ... y_{Y-1}   (positions C-1 .. N-2)
+        logits = model.logits(hidden[:, n - y:]).float()  # (1, Y, V)
+        return torch.nn.functional.cross_entropy(logits[0], targets.to(logits.device))  # mean NLL over Y
+    return x, loss_fn
 
 
 def example_head_scores(model: Any, input_ids: Sequence[int], continuation: Sequence[int],
@@ -44,18 +62,7 @@ def example_head_scores(model: Any, input_ids: Sequence[int], continuation: Sequ
     resident model with layerwise=True, when every layer's activations would not fit the device (the
     same scores to float round-off; one extra forward of recomputation).
     """
-    device = model.decoder.embed_tokens.weight.device
-    x = torch.tensor([list(input_ids)], dtype=torch.long, device=device)  # (1, N-1)
-    n, y = x.shape[1], len(continuation)
-    targets = torch.tensor(list(continuation), dtype=torch.long, device=device)  # (Y,)
-
-    def loss_fn(hidden: torch.Tensor) -> torch.Tensor:
-        # Position p predicts token p+1; the Y targets are read at the last Y fed positions:
-        #   fed:      c0 c1 ... c_{C-1} y0 ... y_{Y-2}
-        #   predicts:           ...  y0 y1 ... y_{Y-1}   (positions C-1 .. N-2)
-        logits = model.logits(hidden[:, n - y:]).float()  # (1, Y, V)
-        return torch.nn.functional.cross_entropy(logits[0], targets.to(logits.device))  # mean NLL over Y
-
+    x, loss_fn = _example(model, input_ids, continuation)
     if layerwise or getattr(model, "streamer", None) is not None:
         return layerwise_backward(model, x, None, loss_fn)[2]  # (L, H)
     cap = Capture(heads=True, grads=True)
@@ -69,34 +76,57 @@ def example_head_scores(model: Any, input_ids: Sequence[int], continuation: Sequ
 DENOMINATORS = ("paper", "uniform")
 
 
+def example_chunks(model: Any, tokenized: Sequence[TokenRequest], budget: int | None) -> list[int]:
+    """Examples per layer-order chunk, in order: with streamed layers as many consecutive examples as
+    fit `budget` bytes with L + 1 copies of the longest one's stream (every layer's input and the
+    gradient; opt66b.layer_major.chunk_units), so each streamed layer crosses twice per chunk instead
+    of twice per example; otherwise one at a time."""
+    if not streams_layers(model):
+        return [1] * len(tokenized)
+    cfg = model.config
+    tokens = [len(t.input_ids) for t in tokenized]
+    size = chunk_units(tokens, budget, cfg.num_layers + 1, cfg.hidden_size, next(model.parameters()).element_size())
+    return [min(size, len(tokenized) - first) for first in range(0, len(tokenized), size)]
+
+
 def head_score_sums_tokens(model: Any, tokenized: Sequence[TokenRequest],
                            progress: Callable[[int], None] | None = None,
-                           layerwise: bool = False) -> tuple[torch.Tensor, dict[str, int]]:
+                           layerwise: bool = False,
+                           chunk_budget: int | None = DEFAULT_CHUNK_BUDGET) -> tuple[torch.Tensor, dict[str, int]]:
     """S[l, h] (L, H) float32 on token-level examples (prefix, continuation), one forward + one
     backward each, and the counts {"examples" (= passes each way), "positions" = sum(N_e - 1) (= tokens
-    fed), "targets" = sum(Y_e)}."""
+    fed), "targets" = sum(Y_e)}. With streamed layers the examples go through the layer-wise backward
+    in chunks (example_chunks; chunk_budget bytes on the compute device), summed in the same order."""
     if not tokenized:
         raise ValueError("head_importance needs at least one example, got none")
     cfg = model.config
     total = torch.zeros(cfg.num_layers, cfg.num_heads, dtype=torch.float32)  # (L, H)
     positions = targets = 0
     with frozen(model):
-        for e, t in enumerate(tokenized):
-            scores = example_head_scores(model, t.input_ids, t.continuation, layerwise)  # (L, H)
-            check_finite_heads(scores, f"head importance: example {e} ({len(t.continuation)} continuation tokens)")
-            total += scores
-            positions += len(t.input_ids)  # N_e - 1
-            targets += len(t.continuation)  # Y_e
-            if progress is not None:
-                progress(1)
+        first = 0
+        for size in example_chunks(model, tokenized, chunk_budget):
+            chunk = tokenized[first:first + size]
+            if size == 1:
+                per_example = [example_head_scores(model, chunk[0].input_ids, chunk[0].continuation, layerwise)]
+            else:
+                examples = [(*_example(model, t.input_ids, t.continuation),) for t in chunk]
+                per_example = [r[2] for r in layerwise_backward_chunk(model, [(x, None, f) for x, f in examples])]
+            for e, (t, scores) in enumerate(zip(chunk, per_example), first):  # (L, H) each
+                check_finite_heads(scores, f"head importance: example {e} ({len(t.continuation)} continuation tokens)")
+                total += scores
+                positions += len(t.input_ids)  # N_e - 1
+                targets += len(t.continuation)  # Y_e
+                if progress is not None:
+                    progress(1)
+            first += size
     if positions == 0:
         raise ValueError("every example has a single token; the importance denominators are zero")
     return total, {"examples": len(tokenized), "positions": positions, "targets": targets}
 
 
 def head_score_sums(model: Any, tokenizer: Any, examples: Sequence[Any], max_length: int = 2048,
-                    progress: Callable[[int], None] | None = None,
-                    layerwise: bool = False) -> tuple[torch.Tensor, dict[str, int]]:
+                    progress: Callable[[int], None] | None = None, layerwise: bool = False,
+                    chunk_budget: int | None = DEFAULT_CHUNK_BUDGET) -> tuple[torch.Tensor, dict[str, int]]:
     """S[l, h] (L, H) float32 = sum over examples and positions of |a . dL/da|, and the counts
     {"examples", "positions" = sum(N_e - 1), "targets" = sum(Y_e), "truncated"} (see head_importance)."""
     if not examples:
@@ -105,7 +135,7 @@ def head_score_sums(model: Any, tokenizer: Any, examples: Sequence[Any], max_len
     # lm-eval's left truncation keeps max_length + 1 tokens; the paper's code never truncates.
     truncated = sum(len(t.prefix) < len(c) for t, c in
                     zip(tokenized, (r.prefix for r in token_requests(tokenizer, examples, 1 << 40))))
-    total, counts = head_score_sums_tokens(model, tokenized, progress, layerwise)
+    total, counts = head_score_sums_tokens(model, tokenized, progress, layerwise, chunk_budget)
     return total, {**counts, "truncated": truncated}
 
 

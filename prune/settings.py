@@ -25,6 +25,7 @@ class HeadImportanceSettings(TaskStep):
     seen_tasks: tuple[str, ...] | None = option(None)
     update_aggregate: bool = option(False)
     backward: str = option("auto")
+    max_memory: str | None = field(default=None)  # a model option (rendered with them): the layer-order chunk budget
 
     def check(self) -> None:
         from .cli import check_head_importance

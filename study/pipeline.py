@@ -92,11 +92,11 @@ def plan_steps(args: argparse.Namespace, tasks: list[str]) -> list[tuple[str, An
     evaluates = {**run, **data, **given(seed=seed_for("eval_seed")), "limit": args.limit,
                  **given(batch_tokens=args.batch_tokens)}
     importance = {**run, **data, **given(seed=seed_for("importance_seed")), "n_docs": args.n_docs,
-                  **given(backward=getattr(args, "backward", None))}
+                  **given(backward=getattr(args, "backward", None)), "max_memory": getattr(args, "max_memory", None)}
     sweep = {**evaluates, "out": out.prune, "max_memory": getattr(args, "max_memory", None)}
     steps: list[tuple[str, Any]] = [
         ("data check", DataCheckSettings(data=Path(args.data), tasks=tuple(tasks), json=out.data_check)),
-        ("evaluation", EvalSettings(**evaluates, out=out.eval)),
+        ("evaluation", EvalSettings(**evaluates, out=out.eval, max_memory=getattr(args, "max_memory", None))),
         ("head importance", HeadImportanceSettings(**importance, out=out.importance)),
     ]
     other, differ = other_protocol(args), targets_differ(tasks)

@@ -96,17 +96,18 @@ class StepPlan:
     extra: dict[str, int] = field(default_factory=dict)  # device -> activation bytes outside a pass rule
     held: dict[str, int] = field(default_factory=dict)  # device -> bytes held beside every pass (layer-order states)
     passes_from: dict[int, int] = field(default_factory=dict)  # start layer -> passes (streamed bytes)
-    layer_order_chunks: int = 0  # chunks run in layer order: the streamed weights cross once per chunk
+    layer_order_chunks: int = 0  # layer sweeps of layer-order chunks: the streamed weights cross once per sweep
     _flops: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])  # forward-only, backward, layer-wise
 
     def add(self, rows: int, new: int, keys: int | None = None, real: int | None = None, start_layer: int = 0,
             ffn_skipped: float = 0, logit_rows: int = 0, backward: bool = False, kv_rows: int = 0,
-            layerwise: bool = False,
-            scores: bool = True, times: int = 1) -> None:
+            layerwise: bool = False, scores: bool = True, times: int = 1, layer_order: bool = False) -> None:
         """One pass of `rows` x `new` positions over `keys` key positions from `start_layer` on.
         ffn_skipped: weight-matrix parameters of the FFNs masked to 0 (skipped by the model);
         kv_rows: rows x positions of keys and values held per layer during the pass (KV caches);
-        scores: the pass materializes its attention scores (captured passes; fused attention does not)."""
+        scores: the pass materializes its attention scores (captured passes; fused attention does not);
+        layer_order: the pass runs in a layer-order chunk, whose weight transfers the caller counts
+        (layer_order_chunks), not the pass."""
         cfg = self.shape.cfg
         keys = new if keys is None else keys
         bt = rows * new
@@ -117,7 +118,9 @@ class StepPlan:
         self.tokens += times * (bt if real is None else real)
         self.padded_tokens += times * bt
         self.logit_positions += times * logit_rows
-        self.passes_from[start_layer] = self.passes_from.get(start_layer, 0) + times
+        if not layer_order:
+            self.passes_from[start_layer] = self.passes_from.get(start_layer, 0) + times * (2 if kind == 2 or (
+                kind == 1 and self.shape.streamed) else 1)  # a layer-wise backward sweeps the layers twice
         key = (bt, rows * cfg.num_heads * new * keys * 4 if scores else 0, kv_rows, logit_rows, kind)
         # a pass running fewer layers needs no more on any device: keep the most layers per shape
         self.passes[key] = max(self.passes.get(key, 0), cfg.num_layers - start_layer)

@@ -110,11 +110,18 @@ def _plan_together(step: StepPlan, args: argparse.Namespace, together: dict[tupl
                           f"states stay within {budget / (1 << 30):.3g} GiB on {step.shape.compute}")
 
 
+def _chunk_budget(args: argparse.Namespace, device: str) -> int:
+    """The evaluation's layer-order chunk budget (tasks/eval_cli.py's rule: a quarter of the device's entry)."""
+    from opt66b.layer_major import chunk_budget
+    from opt66b.placement import parse_max_memory
+
+    return chunk_budget(parse_max_memory(getattr(args, "max_memory", None)), device)
+
+
 def _plan_chunks(step: StepPlan, group: PassGroup, copies: int, budget: int, layer_order: bool) -> None:
     """The memory and the weight transfers of one evaluation run `copies`-fold in chunks (prune/chunks.py's
     rule): the chunk's states on the compute device in layer order, its records on the host in batch order."""
-    from opt66b.layer_major import chunk_state_bytes
-    from prune.chunks import chunk_units
+    from opt66b.layer_major import chunk_state_bytes, chunk_units
 
     cfg = step.shape.cfg
     size = chunk_units(group.unit_tokens, budget, copies, cfg.hidden_size, step.shape.dtype_bytes)
@@ -193,16 +200,31 @@ def plan_eval(step: StepPlan, args: argparse.Namespace, tokenizer: Any) -> None:
     tasks = _tasks(args)
     masks = (_mask_id("head file", str(args.head_mask), -1) if args.head_mask else None,
              _mask_id("ffn file", str(args.ffn_mask), -1) if args.ffn_mask else None)
+    layer_order = bool(step.shape.streamed)  # Scorer.run goes in layer order, one copy of a chunk's states
     for shots in args.shots:
         for task in tasks.values():
             _RUNS.add((_evaluation_key(args, step.shape, task, shots), *masks))
-            step.add_group(_evaluation(args, step.shape, tokenizer, task, shots))
+            group = _evaluation(args, step.shape, tokenizer, task, shots)
+            step.add_group(group, layer_order=layer_order)
+            if layer_order:
+                _plan_chunks(step, group, 1, _chunk_budget(args, step.shape.compute), layer_order=True)
+    if layer_order:
+        step.notes.append(f"layers stream: each evaluation runs in layer order, chunks whose states stay within "
+                          f"{_chunk_budget(args, step.shape.compute) / (1 << 30):.3g} GiB on {step.shape.compute}")
 
 
 def plan_head_importance(step: StepPlan, args: argparse.Namespace, tokenizer: Any) -> None:
+    """One forward and backward per example; with streamed layers the layer-wise backward takes the
+    examples in chunks (prune/importance.example_chunks): the chunk's every-layer inputs and gradients
+    on the compute device, each streamed layer crossing twice per chunk (forward and reverse sweep)."""
+    from opt66b.layer_major import chunk_state_bytes, chunk_units
+    from prune.cli import oracle_budget
     from tasks.scoring import token_requests
 
-    max_length = args.max_length or step.shape.cfg.max_positions
+    cfg, shape = step.shape.cfg, step.shape
+    chunked = bool(shape.streamed)
+    budget = oracle_budget(args, shape.compute)
+    max_length = args.max_length or cfg.max_positions
     for name, task in _tasks(args).items():
         for k in args.shots:
             def lengths() -> list[list[int]]:  # (tokens fed, scored positions) per example
@@ -210,13 +232,27 @@ def plan_head_importance(step: StepPlan, args: argparse.Namespace, tokenizer: An
                                                     paper_quirks=args.paper_quirks)
                 return [[len(t.input_ids), len(t.continuation)] for t in token_requests(tokenizer, examples, max_length)]
 
-            identity = [k, args.n_docs, args.seed, max_length, step.shape.cfg.max_positions]
-            for fed, scored in _cached(f"{k}-shot-importance", identity, tokenizer, task, lengths):
-                step.add(1, fed, logit_rows=scored, backward=True,
+            identity = [k, args.n_docs, args.seed, max_length, cfg.max_positions]
+            examples = _cached(f"{k}-shot-importance", identity, tokenizer, task, lengths)
+            for fed, scored in examples:
+                step.add(1, fed, logit_rows=scored, backward=True, layer_order=chunked,
                          layerwise=getattr(args, "backward", "auto") == "layerwise")
-    if getattr(args, "backward", "auto") == "layerwise":
+            if chunked and examples:
+                fed = [f for f, _ in examples]
+                size = chunk_units(fed, budget, cfg.num_layers + 1, cfg.hidden_size, shape.dtype_bytes)
+                step.layer_order_chunks += 2 * -(-len(fed) // size)  # a forward and a reverse sweep per chunk
+                # beside the pass rule's own example (its inputs of every layer): the chunk's others, and every gradient
+                chunk = chunk_state_bytes(sum(sorted(fed, reverse=True)[:size]), cfg.num_layers + 1, cfg.hidden_size,
+                                          shape.dtype_bytes)
+                own = chunk_state_bytes(max(fed), cfg.num_layers, cfg.hidden_size, shape.dtype_bytes)
+                step.held[shape.compute] = max(step.held.get(shape.compute, 0), chunk - own)
+    if chunked:
+        step.notes.append(f"layers stream: the layer-wise backward takes the examples in chunks whose inputs stay "
+                          f"within {budget / (1 << 30):.3g} GiB on {shape.compute}; each streamed layer crosses "
+                          "twice per chunk")
+    elif getattr(args, "backward", "auto") == "layerwise":
         step.notes.append("layer-wise backward (--backward layerwise): every layer's input kept, one layer's graph")
-    elif not step.shape.streamed:
+    else:
         step.notes.append("the backward keeps every layer's activations; with --offload (streamed layers) it is "
                           "layer-wise and keeps one input per layer")
 

@@ -74,6 +74,9 @@ def check_eval(s: "EvalSettings") -> None:
 
 def run_eval_step(s: "EvalSettings", loaded, cache=None) -> dict:
     """The evaluation step on a loaded (model, tokenizer, info): {"code": 0, "work": passes and tokens}."""
+    from opt66b.layer_major import chunk_budget, streamed_compute
+    from opt66b.placement import parse_max_memory
+
     from .evaluate import run_evaluation
 
     check_eval(s)
@@ -81,5 +84,6 @@ def run_eval_step(s: "EvalSettings", loaded, cache=None) -> dict:
     work = run_evaluation(model, tokenizer, info, s.data, list(s.tasks), list(s.shots), s.out, limit=s.limit,
                           seed=s.seed, head_mask=s.head_mask, ffn_mask=s.ffn_mask, batch_tokens=s.batch_tokens,
                           max_length=s.max_length, paper_quirks=s.paper_quirks, soft_masks=s.soft_masks,
-                          recompute=s.recompute, cache=cache)["work"]
+                          recompute=s.recompute, cache=cache,
+                          chunk_budget=chunk_budget(parse_max_memory(s.max_memory), streamed_compute(model)))["work"]
     return {"code": 0, "work": work}

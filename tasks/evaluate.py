@@ -23,6 +23,7 @@ from typing import Any, Sequence
 import torch
 
 from opt66b.io import NonFiniteError, file_hashes, read_json
+from opt66b.layer_major import DEFAULT_CHUNK_BUDGET
 from opt66b.layout import eval_requests, eval_results, eval_unit, shots_dir
 
 from .base import Result, Task
@@ -36,7 +37,7 @@ class TaskEvaluation:
 
     def __init__(self, model: Any, tokenizer: Any, task: Task, shots: int, limit: int | None = None,
                  seed: int = 42, batch_tokens: int = 4096, max_length: int | None = None,
-                 progress_label: str | None = None):
+                 progress_label: str | None = None, chunk_budget: int | None = DEFAULT_CHUNK_BUDGET):
         if shots < 0:
             raise ValueError(f"shots must be >= 0, got {shots}")
         if limit is not None and limit < 1:
@@ -45,7 +46,7 @@ class TaskEvaluation:
         self.instances = task.instances(shots, limit=limit, seed=seed)
         self.requests = [r for inst in self.instances for r in inst.requests]
         self.scorer = Scorer(model, tokenizer, self.requests, batch_tokens=batch_tokens, max_length=max_length,
-                             progress_label=progress_label)
+                             progress_label=progress_label, chunk_budget=chunk_budget)
         self.results: list[Result] | None = None  # of the latest run, in request order
 
     def identity(self) -> str:
@@ -242,7 +243,7 @@ def run_evaluation(model: Any, tokenizer: Any, info: dict[str, Any] | None, data
                    head_mask: str | Path | None = None, ffn_mask: str | Path | None = None,
                    batch_tokens: int = 4096, max_length: int | None = None, paper_quirks: bool = False,
                    soft_masks: bool = False, recompute: bool = False,
-                   cache: EvaluationCache | None = None) -> dict[str, Any]:
+                   cache: EvaluationCache | None = None, chunk_budget: int | None = DEFAULT_CHUNK_BUDGET) -> dict[str, Any]:
     """Evaluate `tasks` at every shot count and write lm-eval-layout results under `out`.
 
     Per shot count K: out/shots-K/tasks/<task>.json (one unit: metrics + settings + fingerprint),
@@ -252,7 +253,8 @@ def run_evaluation(model: Any, tokenizer: Any, info: dict[str, Any] | None, data
     head_mask / ffn_mask: safetensors files with 'head_mask' (L, H) / 'ffn_mask' (L,).
     info: the loader's info dict (opt66b.load); None identifies the model by its weights.
     cache: every run made here is kept in it (later sweeps reuse the unpruned evaluation); it is
-    never read, since the per-request log-likelihoods are written too.
+    never read, since the per-request log-likelihoods are written too. chunk_budget: with streamed
+    layers, the bytes of layer-order states a chunk of batches may take on the compute device.
     Returns {"results": {K: {task: metrics}}, "work": forward passes and tokens computed by this call}.
     """
     from opt66b.io import run_metadata, sha256_file, write_json
@@ -290,7 +292,8 @@ def run_evaluation(model: Any, tokenizer: Any, info: dict[str, Any] | None, data
                 print(f"[eval] {name} {k}-shot: done earlier ({task_file}), skipped", file=sys.stderr)
             else:
                 ev = TaskEvaluation(model, tokenizer, task, k, limit=limit, seed=seed, batch_tokens=batch_tokens,
-                                    max_length=max_length, progress_label=f"eval {name} {k}-shot")
+                                    max_length=max_length, progress_label=f"eval {name} {k}-shot",
+                                    chunk_budget=chunk_budget)
                 done = _evaluate_unit(ev, name, head, ffn, shot_dir, recorded, info, batch_tokens, cache, work)
                 store.write_json(task_file, done, **fields)
             results[name], versions[name], configs[name] = done["results"], done["version"], done["config"]

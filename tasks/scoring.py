@@ -31,7 +31,7 @@ import torch
 
 from opt66b import Capture, position_ids_from_mask
 from opt66b.io import Progress
-from opt66b.layer_major import ChunkPass, MaskedRun, run_layer_major, streams_layers
+from opt66b.layer_major import DEFAULT_CHUNK_BUDGET, ChunkPass, MaskedRun, chunk_units, run_layer_major, streams_layers
 
 from .base import Request, Result
 
@@ -112,10 +112,12 @@ class Scorer:
     """
 
     def __init__(self, model: Any, tokenizer: Any, requests: Sequence[Request], batch_tokens: int = 4096,
-                 max_length: int | None = None, progress_label: str | None = None):
+                 max_length: int | None = None, progress_label: str | None = None,
+                 chunk_budget: int | None = DEFAULT_CHUNK_BUDGET):
         if batch_tokens < 1:
             raise ValueError(f"batch_tokens must be >= 1, got {batch_tokens}")
         self.model, self.batch_tokens, self.progress_label = model, batch_tokens, progress_label
+        self.chunk_budget = chunk_budget  # layer order (streamed layers): bytes of a chunk's states in `run`
         self.max_length = model.config.max_positions if max_length is None else max_length
         if not 0 < self.max_length <= model.config.max_positions:
             raise ValueError(f"--max-length must be in [1, {model.config.max_positions}] (the model's positions), "
@@ -203,6 +205,9 @@ class Scorer:
         record_layer_inputs: keep the residual stream entering every layer of every pass (on CPU),
             so later runs can pass start_layer. start_layer=l: recompute only layers >= l from the
             recorded inputs; the masks must equal the recorded run's in layers < l.
+        With streamed layers a plain run goes in layer order, `chunk_budget` bytes of states at a time
+        (opt66b/layer_major.py): each streamed layer is fetched once per chunk, not once per pass; the
+        same bits.
         """
         if start_layer and record_layer_inputs:
             raise ValueError("record_layer_inputs needs a full run (start_layer=0): layers < start_layer are not run")
@@ -212,6 +217,13 @@ class Scorer:
         lls = torch.zeros(len(self.unique), dtype=torch.float64)
         misses = torch.zeros(len(self.unique), dtype=torch.long)
         progress = Progress(len(self.units), self.progress_label) if self.progress_label else None
+        if streams_layers(self.model) and not start_layer and not record_layer_inputs:
+            size = self.chunk_units(self.chunk_budget, 1)
+            for first in range(0, len(self.units), size):
+                self._chunk_layer_major(self.units[first:first + size], [], [(lls, misses)], (head_mask, ffn_mask))
+                if progress:
+                    progress.update(len(self.units[first:first + size]))
+            return self._results(lls, misses)
         for k, unit in enumerate(self.units):
             rec = self._records[k] if start_layer else None
             records.append(self._run_unit(unit, head_mask, ffn_mask, start_layer, rec, record_layer_inputs, lls, misses))
@@ -300,13 +312,20 @@ class Scorer:
                 total[k][1].add_(part[k][1])
         return {k: self._results(*total[k]) for k in keys}
 
+    def chunk_units(self, budget: int | None, copies: int) -> int:
+        """Scoring batches per chunk when `copies` of each batch's residual stream must fit `budget` bytes."""
+        cfg = self.model.config
+        tokens = [sum(int(p.ids.numel()) for p in (u.main, *u.conts)) for u in self.units]
+        return chunk_units(tokens, budget, copies, cfg.hidden_size, next(self.model.parameters()).element_size())
+
     def _chunk_layer_major(self, chunk: list[_Unit], runs: Sequence[tuple[Any, Any, Any, int]],
-                           into: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        """One chunk of run_knockouts in layer order: into[r] = (lls, misses) of the base (r = 0) and of runs[r - 1]."""
+                           into: list[tuple[torch.Tensor, torch.Tensor]], base: tuple[Any, Any] = (None, None)) -> None:
+        """One chunk in layer order: into[r] = (lls, misses) of the base run (r = 0; `base` = its head and
+        FFN masks) and of runs[r - 1]."""
         passes = [[unit.main, *unit.conts] for unit in chunk]
         units = [[ChunkPass(p.ids, p.mask, position_ids_from_mask(p.mask, p.ids.shape[1]), p.ctx_rows if j else None)
                   for j, p in enumerate(ps)] for ps in passes]
-        masked = [MaskedRun(), *(MaskedRun(h, f, start) for _, h, f, start in runs)]
+        masked = [MaskedRun(*base), *(MaskedRun(h, f, start) for _, h, f, start in runs)]
         run_layer_major(self.model, units, masked,
                         lambda r, u, j, hidden: self._score(passes[u][j], hidden, *into[r]))
 

@@ -4,7 +4,7 @@ the sweeps)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +77,7 @@ class EvalSettings(TaskStep):
     ffn_mask: Path | None = option(None)
     soft_masks: bool = option(False)
     max_length: int | None = option(None)
+    max_memory: str | None = field(default=None)  # a model option (rendered with them): the layer-order chunk budget
 
     def check(self) -> None:
         from .eval_cli import check_eval

@@ -204,3 +204,31 @@ def test_streamed_sweeps_run_each_task_in_layer_order_with_the_resident_tables(t
         unit.unlink()
     got, copies = tables(streamed, tmp_path / "chunked", budget=1)
     assert got == want and {c for c, _ in copies.values()} == {0}
+
+
+def test_a_streamed_evaluation_runs_in_layer_order_chunks(tmp_path, tokenizer):
+    """Scorer.run on a streamed model (the evaluation step, a sweep cell) goes in layer order, chunks of
+    `chunk_budget` bytes of states: the resident model's per-request results bit for bit under a head
+    and an FFN mask, each layer fetched once per chunk (one chunk: L fetches for the whole task)."""
+    from opt66b import OPTConfig, save_checkpoint
+    from opt66b.offload import load_streamed
+    from tasks.evaluate import TaskEvaluation
+    from tasks.registry import get_task
+
+    cfg = OPTConfig(hidden_size=32, num_layers=4, num_heads=4, ffn_dim=64, max_positions=1024)
+    resident = random_model(cfg, seed=17)
+    save_checkpoint(resident, tmp_path)
+    streamed = load_streamed(tmp_path, dtype=torch.float32)
+    task = get_task("copa", FIXTURES)
+    head = torch.ones(4, 4)
+    head[2, 1] = 0
+    ffn = torch.tensor([1.0, 0.0, 1.0, 1.0])
+    want = TaskEvaluation(resident, tokenizer, task, 1, limit=8, batch_tokens=64)
+    want_metrics = want.run(head_mask=head, ffn_mask=ffn)
+    for budget, chunks in ((None, 1), (1, len(want.scorer.units))):
+        ev = TaskEvaluation(streamed, tokenizer, task, 1, limit=8, batch_tokens=64, chunk_budget=budget)
+        before = streamed.streamer.copies
+        assert ev.run(head_mask=head, ffn_mask=ffn) == want_metrics
+        assert ev.results == want.results
+        assert streamed.streamer.copies - before == chunks * 4
+    assert len(want.scorer.units) >= 3

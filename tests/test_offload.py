@@ -177,21 +177,29 @@ def test_runtime_offload_mmap_and_budget(tmp_path, cfg, batch):
         load_from_args(args, log=lambda m: None)
 
 
-def test_head_importance_of_a_streamed_model_takes_the_layerwise_backward(pair, monkeypatch):
+def test_head_importance_of_a_streamed_model_takes_the_layerwise_backward(pair, monkeypatch, cfg):
     """Under --offload (a streamer present), head importance runs the bounded-memory layer-wise
-    backward, once per example, and gives the resident model's autograd scores."""
+    backward on chunks of examples in layer order (each layer fetched at most twice per chunk: forward
+    and reverse sweep), gives the resident model's autograd scores, and the same bits whatever the chunk."""
     importance = pytest.importorskip("prune.importance")
     from tasks.scoring import TokenRequest
 
     model, streamed = pair
     examples = [TokenRequest(prefix=(2, 17, 40, 33), continuation=(12, 55, 7)),
-                TokenRequest(prefix=(2, 9, 81), continuation=(100, 4))]
+                TokenRequest(prefix=(2, 9, 81), continuation=(100, 4)),
+                TokenRequest(prefix=(5, 6), continuation=(7,))]
     calls = []
-    real = importance.layerwise_backward
-    monkeypatch.setattr(importance, "layerwise_backward", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = importance.layerwise_backward_chunk
+    monkeypatch.setattr(importance, "layerwise_backward_chunk", lambda m, ex, *a: calls.append(len(ex)) or real(m, ex, *a))
     want, counts = importance.head_importance_tokens(model, examples)
     assert calls == []  # resident model: plain autograd
+    before = streamed.streamer.copies
     got, streamed_counts = importance.head_importance_tokens(streamed, examples)
-    assert len(calls) == 2 and streamed_counts == counts  # one layer-wise backward per example
+    assert calls == [3] and streamed_counts == counts  # one chunk of all three examples
+    # forward sweep: every layer; reverse sweep: all but the two still in the buffers at the turn
+    assert streamed.streamer.copies - before == 2 * cfg.num_layers - 2
     assert float(want.abs().min()) > 0
     assert (got - want).abs().max() < TOL * max(1.0, float(want.abs().max()))  # see module docstring
+    total, _ = importance.head_score_sums_tokens(streamed, examples)
+    for budget in (1, None):  # one example per chunk (its own layerwise_backward), all in one chunk
+        assert torch.equal(importance.head_score_sums_tokens(streamed, examples, chunk_budget=budget)[0], total)
