@@ -73,7 +73,7 @@ def evaluate_together(evaluation: Any, masks: Sequence[tuple[Any, Any]], cache: 
     """Every (head_mask, ffn_mask) of `masks` not yet in `cache` (tasks.evaluate.EvaluationCache), and the
     unmasked run, in layer order over chunks (one fetch of each streamed layer per chunk for all of
     them); their metrics go into the cache, where the caller's unit loop finds them. Chunk files under
-    task_dir/chunks-C/, fingerprinted with `fields` and the runs' masks. Returns the runs computed (0
+    task_dir/together-<masks digest>/chunks-C/, fingerprinted with `fields` and the runs' masks. Returns the runs computed (0
     when every mask was cached), so the caller can count their work."""
     new: dict[tuple, tuple[Any, Any]] = {}
     for head_mask, ffn_mask in masks:
@@ -88,9 +88,10 @@ def evaluate_together(evaluation: Any, masks: Sequence[tuple[Any, Any]], cache: 
     bar = Progress(chunks, f"{label}: {len(runs) + 1} runs in layer order, chunks of {size} batches")
     masks_id = hashlib.sha256(b"".join(h + b"|" + f + b";" for _, h, f in new)).hexdigest()
     names = {"base": "base", **{i: f"run-{i:03d}" for i, *_ in runs}}
+    # the runs' own directory: torchrun processes splitting a (task, shot)'s cells never share chunk files
     res = evaluation.run_knockouts(runs, size, layer_major=True,
-                                   **chunk_store(store, task_dir, {**fields, "runs_sha256": masks_id}, evaluation,
-                                                 size, names, bar))
+                                   **chunk_store(store, Path(task_dir) / f"together-{masks_id[:16]}",
+                                                 {**fields, "runs_sha256": masks_id}, evaluation, size, names, bar))
     cache.put(evaluation, res["base"])
     for i, head, ffn, _ in runs:
         cache.put(evaluation, res[i], head, ffn)

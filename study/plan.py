@@ -22,9 +22,15 @@ Costs, per pass of B rows x T new positions over S key positions (S = cached pas
                                     context batch's cache, and a continuation batch's copy of its rows'
                                     cache held beside it (tasks/scoring.py bounds it by --batch-tokens)
            + 2 N V x 4 on the head device (fp32 logits and log-softmax)
-           backward: the working set and score block of every layer on the device are kept; with
-                     streamed layers (--offload) importance takes opt66b.offload.layerwise_backward,
-                     which keeps one B T D input per layer and one layer's working set
+           backward: the working set and score block of every layer on the device are kept, plus one
+                     more for the gradients of the layer being differentiated, and 3 N V x 4 on the
+                     head device (the log-softmax kept, its gradient and the logits'); with streamed
+                     layers (--offload) importance takes opt66b.offload.layerwise_backward, which keeps
+                     one B T D input per layer and one layer's working set and its gradients
+           layer order (opt66b/layer_major.py; --offload): one layer's keys and values at a time, and
+                     the chunk's states (copies of its B T D stream) held beside every pass
+    + CPU_RUNTIME_BYTES on "cpu" when layers compute there (the math library's scratch and the heap's
+           slack, a measured constant; see its comment)
     time = FLOPs / throughput; throughput measured by a timed layer-shaped matmul on the compute
            device (calibrate_tflops), or given as --throughput TFLOPS. Layers placed on several
            devices run one after another, so one device's throughput is the rate.
@@ -34,6 +40,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
+
+# A step that computes on the CPU holds, beside its activations, the math library's scratch during its
+# matmuls (MKL's per-thread packing buffers) and the heap's slack between freed tensors: measured as the
+# memory of a 1-document step beyond its activations (tests/benchmarks/bench_plan_memory.py --limits 1:
+# 13 to 17 MiB for eval and head importance on opt-125m, 2 threads, torch 2.13). Not derived: measured.
+CPU_RUNTIME_BYTES = 16 << 20
 
 FLOP_MODEL = ("forward = 2 x weight-matrix params x tokens + attention 4 x D x T x S per layer + output head "
               "2 x W x V per scored position; backward = 2 x forward")
@@ -181,6 +193,8 @@ class StepPlan:
         for dev in dict.fromkeys([*s.layers_on, s.head, *self.held]):
             out[dev] = max(out.get(dev, 0), max((pass_bytes(s, dev, key, run) for key, run in self.passes.items()),
                                                 default=0)) + self.held.get(dev, 0)
+        if self.passes and s.layers_on.get("cpu"):  # layers computed on the CPU: its runtime's scratch too
+            out["cpu"] = out.get("cpu", 0) + CPU_RUNTIME_BYTES
         return out
 
     def peak(self) -> dict[str, int]:
@@ -218,12 +232,14 @@ def pass_bytes(shape: Shape, device: str, key: tuple[int, int, int, int, int], l
     else:
         working = layer_working_bytes(shape, bt) + score_bytes
         if kind == 2 or (kind == 1 and shape.streamed):  # layer-wise backward: every layer's input, one graph
-            need = working + bt * cfg.hidden_size * shape.dtype_bytes * on_dev
+            need = 2 * working + bt * cfg.hidden_size * shape.dtype_bytes * on_dev
+        elif kind == 1:  # every layer's saved activations, and the gradients of the layer being differentiated
+            need = working * (on_dev + 1)
         else:
-            need = working * (on_dev if kind == 1 else 1)
+            need = working
         need += kv_bytes(shape, kv_rows) * (1 if kind == 3 else on_dev)  # layer order: one layer's cache at a time
-    if device == shape.head:
-        need += 2 * logit_rows * cfg.vocab_size * 4  # fp32 logits and their log-softmax
+    if device == shape.head:  # fp32 logits and their log-softmax; a backward adds the gradient of each
+        need += (3 if kind in (1, 2) else 2) * logit_rows * cfg.vocab_size * 4
     return need
 
 

@@ -205,10 +205,8 @@ class Scorer:
         record_layer_inputs: keep the residual stream entering every layer of every pass (on CPU),
             so later runs can pass start_layer. start_layer=l: recompute only layers >= l from the
             recorded inputs; the masks must equal the recorded run's in layers < l.
-        With streamed layers a plain run goes in layer order, `chunk_budget` bytes of states at a time
-        (opt66b/layer_major.py): each streamed layer is fetched once per chunk, not once per pass; the
-        same bits.
-        """
+        Streamed layers: a plain run goes in layer order (opt66b/layer_major.py), chunks of
+        `chunk_budget` bytes of states, each streamed layer fetched once per chunk; the same bits."""
         if start_layer and record_layer_inputs:
             raise ValueError("record_layer_inputs needs a full run (start_layer=0): layers < start_layer are not run")
         if start_layer:
@@ -270,15 +268,11 @@ class Scorer:
                       on_chunk: Callable[[int, dict[Any, tuple[torch.Tensor, torch.Tensor]]], None] | None = None,
                       layer_major: bool | None = None) -> dict[Any, list[Result]]:
         """The unmasked base run and every (key, head_mask, ffn_mask, start_layer) run, `chunk_units`
-        batches at a time, so memory is set by the chunk, not by the task. Two orders, same bits:
-        batch order (resident layers): each chunk's base records its own layer inputs on the host, every
-            run resumes from them batch by batch, and the inputs are dropped before the next chunk;
-        layer order (layer_major; default: when the model streams layers): the chunk goes through
-            layer i for the base and every started run before layer i + 1 is fetched
-            (opt66b/layer_major.py), so streamed weights cross once per chunk, not once per run and batch;
-            the live states stay on the compute device.
-        Results are those of run() and run(start_layer=...) bit for bit: every request is scored inside
-        one batch, and a batch's arithmetic depends neither on the chunking nor on the order.
+        batches at a time: memory is set by the chunk, not by the task. Batch order (resident layers):
+        each chunk's base records its layer inputs on the host and every run resumes from them batch by
+        batch. Layer order (layer_major; default when layers stream; opt66b/layer_major.py): layer i
+        takes the chunk for the base and every started run before layer i + 1 is fetched, live states
+        on the compute device. Both give run()'s and run(start_layer=...)'s results bit for bit.
         done[first unit] / on_chunk(first unit, {key: (lls, misses)}) resume and save per chunk."""
         if chunk_units < 1:
             raise ValueError(f"chunk_units must be >= 1, got {chunk_units}")
@@ -314,9 +308,9 @@ class Scorer:
 
     def chunk_units(self, budget: int | None, copies: int) -> int:
         """Scoring batches per chunk when `copies` of each batch's residual stream must fit `budget` bytes."""
-        cfg = self.model.config
         tokens = [sum(int(p.ids.numel()) for p in (u.main, *u.conts)) for u in self.units]
-        return chunk_units(tokens, budget, copies, cfg.hidden_size, next(self.model.parameters()).element_size())
+        return chunk_units(tokens, budget, copies, self.model.config.hidden_size,
+                           next(self.model.parameters()).element_size())
 
     def _chunk_layer_major(self, chunk: list[_Unit], runs: Sequence[tuple[Any, Any, Any, int]],
                            into: list[tuple[torch.Tensor, torch.Tensor]], base: tuple[Any, Any] = (None, None)) -> None:

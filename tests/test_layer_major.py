@@ -198,7 +198,7 @@ def test_streamed_sweeps_run_each_task_in_layer_order_with_the_resident_tables(t
     # chunks of one batch: the same tables, each layer fetched once per chunk
     got, copies = tables(streamed, tmp_path / "chunked", budget=1)
     assert got == want and copies["heads"][0] == 4 * batches
-    assert len(list((tmp_path / "chunked" / "heads-own" / "shots-0" / "copa").glob("chunks-1/chunk-*.safetensors"))) == batches
+    assert len(list((tmp_path / "chunked" / "heads-own" / "shots-0" / "copa").glob("together-*/chunks-1/chunk-*.safetensors"))) == batches
     # a rerun with the unit files lost reads every chunk back: nothing is fetched or run again
     for unit in (tmp_path / "chunked").glob("*-own/shots-0/copa/*.json"):
         unit.unlink()

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import run
+from conftest import random_model
 from opt66b.model import OPT
 
 
@@ -91,9 +92,11 @@ def test_flops_follow_the_stated_rule_on_a_hand_computed_pass(tmp_path, capsys):
 
 def test_backward_memory_resident_keeps_every_layer_streamed_keeps_one_input_per_layer():
     """The activation rule of a backward pass (study/plan.py), on a hand-computed pass of a 3-layer
-    shape: resident, the backward keeps each layer's working set B T (6 D + F) x bytes; with streamed
-    layers importance is layer-wise (opt66b.offload.layerwise_backward) and keeps one B T D input per
-    layer plus one layer's working set."""
+    shape: resident, the backward keeps each layer's working set B T (6 D + F) x bytes plus one for the
+    gradients of the layer being differentiated; with streamed layers importance is layer-wise
+    (opt66b.offload.layerwise_backward) and keeps one B T D input per layer plus one layer's working
+    set and its gradients. The head device holds 3 fp32 (N, V) blocks: log-softmax, its gradient, the
+    logits' gradient."""
     from types import SimpleNamespace
 
     from study.plan import Shape, StepPlan
@@ -103,13 +106,42 @@ def test_backward_memory_resident_keeps_every_layer_streamed_keeps_one_input_per
                           word_embed_proj_dim=d, vocab_size=v, kept_heads=lambda i: list(range(heads)),
                           has_ffn=lambda i: True)
     working = b * t * (6 * d + f) * nbytes
-    logits = 2 * 4 * v * 4  # 4 scored positions, fp32 logits and log-softmax
-    for streamed, kept in (({}, layers * working), ({2: 1000}, working + layers * b * t * d * nbytes)):
+    logits = 3 * 4 * v * 4  # 4 scored positions, three fp32 (N, V) blocks
+    for streamed, kept in (({}, (layers + 1) * working), ({2: 1000}, 2 * working + layers * b * t * d * nbytes)):
         shape = Shape(cfg, nbytes, {"cuda:0": layers}, {"cuda:0": 0}, "cuda:0", streamed)
         step = StepPlan("importance heads", shape)
         step.add(b, t, logit_rows=4, backward=True, scores=False)
         assert step.activations["cuda:0"] == kept + logits, streamed
-    assert layers * working > working + layers * b * t * d * nbytes  # the layer-wise rule is the smaller
+    assert (layers + 1) * working > 2 * working + layers * b * t * d * nbytes  # the layer-wise rule is the smaller
+
+
+@pytest.mark.parametrize("tokens", [24, 96])
+def test_the_backward_rule_counts_what_autograd_keeps(tokens):
+    """The rule's per-layer working set B T (6 D + F) against what autograd really saves for the
+    backward of a head-importance example (torch.autograd.graph.saved_tensors_hooks, each storage
+    counted once, the frozen weights left out), on a random 3-layer OPT: within 0.8-1.25 (the
+    benchmark's band), so the plan's backward memory is the model's and not a guess."""
+    from opt66b import Capture, OPTConfig, frozen
+    from study.plan import layer_working_bytes, Shape
+
+    cfg = OPTConfig(hidden_size=64, num_layers=3, num_heads=4, ffn_dim=256, vocab_size=512, max_positions=256)
+    model = random_model(cfg, seed=2)
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen, saved = set(), [0]
+
+    def pack(t):
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in weights and ptr not in seen:
+            seen.add(ptr)
+            saved[0] += t.untyped_storage().nbytes()
+        return t
+
+    x = torch.randint(0, 512, (1, tokens))
+    with frozen(model), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(x, capture=Capture(heads=True, grads=True), logits="none")
+    shape = Shape(cfg, 4, {"cpu": 3}, {"cpu": 0}, "cpu")
+    rule = cfg.num_layers * layer_working_bytes(shape, tokens)
+    assert 0.8 <= rule / saved[0] <= 1.25, (rule, saved[0])
 
 
 def opt66b_params() -> int:
