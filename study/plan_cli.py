@@ -274,7 +274,7 @@ def format_plan(plan: dict[str, Any]) -> str:
         lines.append(f"host memory beyond the weights (largest step): {plan['total']['host_bytes'] / GIB:.1f} GiB")
     if plan["total"]["streamed_bytes"]:
         streamed = plan["total"]["streamed_bytes"]
-        lines.append(f"weights streamed to {m['compute']} (--offload): {streamed / GIB:,.0f} GiB in all, about "
+        lines.append(f"weights streamed to {m['compute']} (--offload): {streamed / GIB:,.{0 if streamed >= 100 * GIB else 3}f} GiB in all, about "
                      f"{_duration(streamed / (HOST_TO_DEVICE_GBS * 1e9))} at {HOST_TO_DEVICE_GBS} GB/s (PCIe 4.0 x16) "
                      "on top of the time above where compute does not hide it")
     lines.append("peak = weights placed on the device + the largest pass's activations (estimate, see study/plan.py); "
