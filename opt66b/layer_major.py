@@ -138,27 +138,32 @@ def run_layer_major(model: OPT, units: Sequence[Sequence[ChunkPass]], runs: Sequ
             model.streamer.release(i)
 
 
+def full_masks(cfg, head_mask, ffn_mask) -> tuple[torch.Tensor, torch.Tensor]:
+    """(L, H) and (L,) float32 masks on the CPU, ones where a mask is None (for comparing runs)."""
+    h = torch.ones(cfg.num_layers, cfg.num_heads) if head_mask is None else torch.as_tensor(head_mask).detach().float().cpu()
+    f = torch.ones(cfg.num_layers) if ffn_mask is None else torch.as_tensor(ffn_mask).detach().float().cpu()
+    return h, f
+
+
+def check_resumable(cfg, base: MaskedRun, run: MaskedRun, name: str) -> None:
+    """A run resumed at its start layer from `base`'s states must start inside the model and agree
+    with `base`'s masks in every layer before it (those layers are not run again)."""
+    s = run.start_layer
+    if not 0 <= s < cfg.num_layers:
+        raise ValueError(f"{name}: start_layer must be in [0, {cfg.num_layers}), got {s}")
+    (bh, bf), (h, f) = full_masks(cfg, base.head_mask, base.ffn_mask), full_masks(cfg, run.head_mask, run.ffn_mask)
+    if not (torch.equal(h[:s], bh[:s]) and torch.equal(f[:s], bf[:s])):
+        raise ValueError(f"{name}: its masks differ from those of the run it resumes from (runs[0]) in layers "
+                         f"< {s}, which it does not run")
+
+
 def _check_runs(model: OPT, runs: Sequence[MaskedRun]) -> None:
-    """runs[0] starts at layer 0; every other run starts inside the model and agrees with runs[0] before it."""
-    cfg = model.config
+    """runs[0] starts at layer 0; every other run is resumable from it (check_resumable)."""
     if not runs or runs[0].start_layer != 0:
         raise ValueError("runs[0] must run every layer (start_layer 0): the other runs resume from its states")
-
-    def full(run: MaskedRun) -> tuple[torch.Tensor, torch.Tensor]:
-        h = torch.ones(cfg.num_layers, cfg.num_heads) if run.head_mask is None else \
-            torch.as_tensor(run.head_mask).detach().float().cpu()
-        f = torch.ones(cfg.num_layers) if run.ffn_mask is None else torch.as_tensor(run.ffn_mask).detach().float().cpu()
-        return h, f
-
-    base = full(runs[0])
     for r, run in enumerate(runs[1:], 1):
-        s = run.start_layer
-        if not 0 <= s < cfg.num_layers:
-            raise ValueError(f"run {r}: start_layer must be in [0, {cfg.num_layers}), got {s}")
-        h, f = full(run)
-        if not (torch.equal(h[:s], base[0][:s]) and torch.equal(f[:s], base[1][:s])):
-            raise ValueError(f"run {r}: its masks differ from runs[0]'s in layers < {s}, which it does not run")
+        check_resumable(model.config, runs[0], run, f"run {r}")
 
 
-__all__ = ["ChunkPass", "MaskedRun", "DEFAULT_CHUNK_BUDGET", "chunk_budget", "chunk_state_bytes", "chunk_units",
+__all__ = ["ChunkPass", "MaskedRun", "check_resumable", "full_masks", "DEFAULT_CHUNK_BUDGET", "chunk_budget", "chunk_state_bytes", "chunk_units",
            "run_layer_major", "streamed_compute", "streams_layers"]

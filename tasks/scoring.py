@@ -31,7 +31,8 @@ import torch
 
 from opt66b import Capture, position_ids_from_mask
 from opt66b.io import Progress
-from opt66b.layer_major import DEFAULT_CHUNK_BUDGET, ChunkPass, MaskedRun, chunk_units, run_layer_major, streams_layers
+from opt66b.layer_major import (DEFAULT_CHUNK_BUDGET, ChunkPass, MaskedRun, check_resumable, chunk_units, full_masks,
+                                run_layer_major, streams_layers)
 
 from .base import Request, Result
 
@@ -229,7 +230,7 @@ class Scorer:
                 progress.update()
         if record_layer_inputs:
             self._records = records
-            self._record_masks = self._full_masks(head_mask, ffn_mask)
+            self._record_masks = full_masks(self.model.config, head_mask, ffn_mask)
         return self._results(lls, misses)
 
     def _results(self, lls: torch.Tensor, misses: torch.Tensor) -> list[Result]:
@@ -281,16 +282,13 @@ class Scorer:
         keys = ["base", *(r[0] for r in runs)]
         total = {k: (torch.zeros(len(self.unique), dtype=torch.float64), torch.zeros(len(self.unique), dtype=torch.long))
                  for k in keys}
-        full = self._full_masks(None, None)
+        for key, head_mask, ffn_mask, start in runs:
+            check_resumable(self.model.config, MaskedRun(), MaskedRun(head_mask, ffn_mask, start), f"run {key!r}")
         for first in range(0, len(self.units), chunk_units):
             part = (done or {}).get(first)
             if part is None:
                 part = {k: (torch.zeros_like(total[k][0]), torch.zeros_like(total[k][1])) for k in keys}
                 chunk = self.units[first:first + chunk_units]
-                for key, head_mask, ffn_mask, start in runs:
-                    h, f = self._full_masks(head_mask, ffn_mask)
-                    if not (torch.equal(h[:start], full[0][:start]) and torch.equal(f[:start], full[1][:start])):
-                        raise ValueError(f"run {key!r}: its masks change layers < {start}, which it does not recompute")
                 if layer_major:
                     self._chunk_layer_major(chunk, runs, [part[k] for k in keys])
                 else:
@@ -353,19 +351,13 @@ class Scorer:
         misses.index_add_(0, p.owner, (~greedy).long().cpu())
 
     # -- resuming from recorded layer inputs ------------------------------------------------------
-    def _full_masks(self, head_mask, ffn_mask) -> tuple[torch.Tensor, torch.Tensor]:
-        cfg = self.model.config
-        h = torch.ones(cfg.num_layers, cfg.num_heads) if head_mask is None else torch.as_tensor(head_mask).detach().float().cpu()
-        f = torch.ones(cfg.num_layers) if ffn_mask is None else torch.as_tensor(ffn_mask).detach().float().cpu()
-        return h, f
-
     def _check_resume(self, start_layer: int, head_mask, ffn_mask) -> None:
         cfg = self.model.config
         if not 0 <= start_layer < cfg.num_layers:
             raise ValueError(f"start_layer must be in [0, {cfg.num_layers}), got {start_layer}")
         if self._records is None:
             raise ValueError("start_layer needs recorded layer inputs: call run(record_layer_inputs=True) first")
-        h, f = self._full_masks(head_mask, ffn_mask)
+        h, f = full_masks(self.model.config, head_mask, ffn_mask)
         rh, rf = self._record_masks
         if h.shape != rh.shape or f.shape != rf.shape or not (torch.equal(h[:start_layer], rh[:start_layer])
                                                               and torch.equal(f[:start_layer], rf[:start_layer])):

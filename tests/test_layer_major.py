@@ -142,7 +142,7 @@ def test_layer_order_refuses_runs_it_cannot_resume(nets):
     ffn = torch.tensor([0.0, 1.0, 1.0])
     with pytest.raises(ValueError, match="runs\\[0\\] must run every layer"):
         run_layer_major(net, unit, [MaskedRun(start_layer=1)], lambda *a: None)
-    with pytest.raises(ValueError, match="differ from runs\\[0\\]'s in layers < 2"):
+    with pytest.raises(ValueError, match="resumes from \\(runs\\[0\\]\\) in layers < 2"):
         run_layer_major(net, unit, [MaskedRun(), MaskedRun(ffn_mask=ffn, start_layer=2)], lambda *a: None)
     with pytest.raises(ValueError, match="start_layer must be in \\[0, 3\\)"):
         run_layer_major(net, unit, [MaskedRun(), MaskedRun(start_layer=3)], lambda *a: None)
@@ -232,3 +232,17 @@ def test_a_streamed_evaluation_runs_in_layer_order_chunks(tmp_path, tokenizer):
         assert ev.results == want.results
         assert streamed.streamer.copies - before == chunks * 4
     assert len(want.scorer.units) >= 3
+
+
+def test_run_knockouts_refuses_a_run_that_changes_layers_it_skips(nets, tokenizer):
+    """Both orders check before any work: a knock-out resumed at layer 1 whose FFN mask also changes
+    layer 0 would silently reuse the base's layer-0 output; it is refused, naming the run."""
+    from tasks.evaluate import TaskEvaluation
+    from tasks.registry import get_task
+
+    net = nets["random-3-layer"]
+    ev = TaskEvaluation(net, tokenizer, get_task("copa", FIXTURES), shots=0, limit=2, batch_tokens=64)
+    bad = [("bad", None, torch.tensor([0.0, 0.0, 1.0]), 1)]
+    for layer_major in (False, True):
+        with pytest.raises(ValueError, match="run 'bad': .* layers < 1"):
+            ev.scorer.run_knockouts(bad, 1, layer_major=layer_major)
