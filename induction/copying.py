@@ -54,6 +54,7 @@ import torch
 import torch.nn.functional as F
 
 from opt66b import OPT, Capture
+from opt66b.offload import layer_weights, running_layer
 
 VARIANTS = ("paper", "index_fix", "text", "residual")
 RENAMED = {"corrected": "residual"}  # old variant names, accepted for one release
@@ -118,41 +119,42 @@ def copying_paper(model: OPT, tokens: torch.Tensor, head_chunk: int = 8, exact_s
     x = model.embed(ids, torch.arange(t, device=dev0).view(1, t) + 2)  # (1, T, D), table row = position + 2
     out = torch.zeros(cfg.num_layers, cfg.num_heads)
     causal = torch.ones(t, t, dtype=torch.bool).tril()  # (T, T)
-    for li, layer in enumerate(model.decoder.layers):
-        dev = layer.device
-        att = layer.self_attn
-        u = layer.self_attn_layer_norm(x.to(dev))[0]  # (T, D)
-        if att.num_heads == 0:  # a pruned checkpoint's layer without heads: nothing to copy
-            continue
-        # h kept heads (all H unless the checkpoint is pruned), then back to the original numbering
-        q = (att.q_proj(u) * att.scaling).view(t, att.num_heads, -1).transpose(0, 1)  # (h, T, Dh)
-        k = att.k_proj(u).view(t, att.num_heads, -1).transpose(0, 1)  # (h, T, Dh)
-        v = att.v_proj(u).view(t, att.num_heads, -1).transpose(0, 1).float()  # (h, T, Dh), b_V included
-        scores = (q @ k.transpose(-1, -2)).float()  # (h, T, T); softmax is monotone, argmax suffices
-        attended = scores.masked_fill(~causal.to(dev), float("-inf")).argmax(-1)  # (h, T)
-        v, attended = att.to_all_heads(v[None])[0], att.to_all_heads(attended[None])[0]  # (H, T, Dh), (H, T)
-        u_c = _unembed_rows(model, tokens, dev)  # (T, D)
-        m = _heads_through_unembedding(u_c, att)  # (T, H, Dh)
-        with_bias = att.out_proj.bias is not None and not logits  # b_O is no head's contribution
-        bias_logit = u_c @ att.out_proj.bias.float() if with_bias else torch.zeros(t, device=dev)
-        for h0 in range(0, cfg.num_heads, head_chunk):
-            hs = slice(h0, min(h0 + head_chunk, cfg.num_heads))
-            z = torch.einsum("hjd,khd->hjk", v[hs], m[:, hs]) + bias_logit  # (hc, T, T) output at j, id of k
-            if read_at == "source":
-                # row j <- row m_j: the OV output of the attended position, still read at query j's ids c
-                rows = attended[hs].unsqueeze(-1).expand(-1, -1, t)  # (hc, T, T)
-                z = z.gather(1, rows)
-            if exact_softmax:
-                lse = _full_vocab_lse(model, att, v[hs], hs.start, position_chunk)  # (hc, T) per output row
+    for li in range(cfg.num_layers):
+        with layer_weights(model, li) as layer:  # a streamed layer is fetched for the block
+            dev = layer.device
+            att = layer.self_attn
+            u = layer.self_attn_layer_norm(x.to(dev))[0]  # (T, D)
+            if att.num_heads == 0:  # a pruned checkpoint's layer without heads: nothing to copy
+                continue
+            # h kept heads (all H unless the checkpoint is pruned), then back to the original numbering
+            q = (att.q_proj(u) * att.scaling).view(t, att.num_heads, -1).transpose(0, 1)  # (h, T, Dh)
+            k = att.k_proj(u).view(t, att.num_heads, -1).transpose(0, 1)  # (h, T, Dh)
+            v = att.v_proj(u).view(t, att.num_heads, -1).transpose(0, 1).float()  # (h, T, Dh), b_V included
+            scores = (q @ k.transpose(-1, -2)).float()  # (h, T, T); softmax is monotone, argmax suffices
+            attended = scores.masked_fill(~causal.to(dev), float("-inf")).argmax(-1)  # (h, T)
+            v, attended = att.to_all_heads(v[None])[0], att.to_all_heads(attended[None])[0]  # (H, T, Dh), (H, T)
+            u_c = _unembed_rows(model, tokens, dev)  # (T, D)
+            m = _heads_through_unembedding(u_c, att)  # (T, H, Dh)
+            with_bias = att.out_proj.bias is not None and not logits  # b_O is no head's contribution
+            bias_logit = u_c @ att.out_proj.bias.float() if with_bias else torch.zeros(t, device=dev)
+            for h0 in range(0, cfg.num_heads, head_chunk):
+                hs = slice(h0, min(h0 + head_chunk, cfg.num_heads))
+                z = torch.einsum("hjd,khd->hjk", v[hs], m[:, hs]) + bias_logit  # (hc, T, T) output at j, id of k
                 if read_at == "source":
-                    lse = lse.gather(1, attended[hs])  # (hc, T): the normaliser of row m_j
-                probs = torch.exp(z - lse.unsqueeze(-1))  # (hc, T, T): full-vocabulary softmax at ids c
-                out[li, hs] = shares(probs, attended[hs], exp_space=False).cpu()
-            else:
-                out[li, hs] = shares(z, attended[hs], exp_space=not logits).cpu()
-        if att.head_ids is not None:  # heads a pruned checkpoint lacks copy nothing (their b_O-only logits
-            removed = [h for h in range(cfg.num_heads) if h not in att.head_ids]  # would give a share anyway)
-            out[li, removed] = 0.0
+                    # row j <- row m_j: the OV output of the attended position, still read at query j's ids c
+                    rows = attended[hs].unsqueeze(-1).expand(-1, -1, t)  # (hc, T, T)
+                    z = z.gather(1, rows)
+                if exact_softmax:
+                    lse = _full_vocab_lse(model, att, v[hs], hs.start, position_chunk)  # (hc, T) per output row
+                    if read_at == "source":
+                        lse = lse.gather(1, attended[hs])  # (hc, T): the normaliser of row m_j
+                    probs = torch.exp(z - lse.unsqueeze(-1))  # (hc, T, T): full-vocabulary softmax at ids c
+                    out[li, hs] = shares(probs, attended[hs], exp_space=False).cpu()
+                else:
+                    out[li, hs] = shares(z, attended[hs], exp_space=not logits).cpu()
+            if att.head_ids is not None:  # heads a pruned checkpoint lacks copy nothing (their b_O-only logits
+                removed = [h for h in range(cfg.num_heads) if h not in att.head_ids]  # would give a share anyway)
+                out[li, removed] = 0.0
     return out
 
 
@@ -169,7 +171,8 @@ def _full_vocab_lse(model: OPT, att: torch.nn.Module, v: torch.Tensor, first_hea
             if att.out_proj.bias is not None:
                 o = o + att.out_proj.bias.float()
             o = _project_out(model, o)  # (pc, W)
-            out[i, p0:p0 + chunk] = torch.logsumexp(F.linear(o.to(w.device), w), dim=-1).to(v.device)  # (pc, V) -> (pc,)
+            lse = torch.logsumexp(F.linear(o.to(w.device), w), dim=-1)  # (pc, V) -> (pc,)
+            out[i, p0:p0 + chunk] = lse.to(v.device)
     return out
 
 
@@ -198,7 +201,7 @@ class _CopyingCapture(Capture):
         dev = z.device
         if dev not in self.u_c:
             self.u_c[dev] = _unembed_rows(self.model, self.tokens, dev)
-        att = self.model.decoder.layers[layer].self_attn
+        att = running_layer(self.model, layer).self_attn  # the stream buffer when the layer is streamed
         n_heads = self.model.config.num_heads
         m = _heads_through_unembedding(self.u_c[dev], att)  # (T, H, Dh), no b_O
         zf = z[0].float()  # (H, T, Dh)

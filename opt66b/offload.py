@@ -19,8 +19,9 @@ through it. `forward_layer_major` runs a chunk of batches through one layer befo
 from __future__ import annotations
 
 import mmap
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -168,6 +169,12 @@ class LayerStreamer:
             self._issue(nxt)  # prefetch into the other buffer (overlaps layer i on a GPU)
         return self.slots[s]
 
+    def held(self, i: int) -> nn.Module | None:
+        """The module holding layer i's weights now (an acquired buffer or fresh copy), or None."""
+        if i in self.fresh:
+            return self.fresh[i]
+        return self.slots[self.holding.index(i)] if i in self.holding else None
+
     def release(self, i: int) -> None:
         if i not in self.streamed:
             return
@@ -236,6 +243,24 @@ def _run_layer(layer: nn.Module, h: torch.Tensor, mask: torch.Tensor | None, hea
     allowed = attention_allowed(None if mask is None else mask.to(dev), bsz, t, 0, dev)  # (B, 1, T, T)
     hs = None if head_scale is None else head_scale.to(dev)
     return layer(h.to(dev), allowed, hs, ffn_scale, None, None, i)[0]
+
+
+@contextmanager
+def layer_weights(model: OPT, i: int) -> Iterator[nn.Module]:
+    """Layer i with its weights present, for code that reads a layer's matrices outside a forward (the
+    paper's copying score): the resident layer, or a streamed one acquired for the block and released after."""
+    layer = _acquire(model, i)
+    try:
+        yield layer
+    finally:
+        _release(model, i)
+
+
+def running_layer(model: OPT, i: int) -> nn.Module:
+    """The module computing layer i inside a forward (for a capture that reads its weights): the stream
+    buffer it was acquired into, or the resident layer."""
+    held = model.streamer.held(i) if model.streamer is not None else None
+    return model.decoder.layers[i] if held is None else held
 
 
 def _acquire(model: OPT, i: int) -> nn.Module:

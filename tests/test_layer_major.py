@@ -246,3 +246,34 @@ def test_run_knockouts_refuses_a_run_that_changes_layers_it_skips(nets, tokenize
     for layer_major in (False, True):
         with pytest.raises(ValueError, match="run 'bad': .* layers < 1"):
             ev.scorer.run_knockouts(bad, 1, layer_major=layer_major)
+
+
+def test_the_whole_study_streamed_from_the_files_writes_what_the_resident_model_writes(tmp_path):
+    """`run.py all --offload mmap` on the tiny OPT: every model step streams its layers and runs in layer
+    order (evaluation, head importance in example chunks, the oracle, the sweeps, the copying scores),
+    and every number of every result file equals the resident run's (chunk files, a resume artifact,
+    and work.json, whose counts differ by design, are left out; provenance such as argv may differ)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from compare_runs import compare
+
+    root = Path(__file__).resolve().parents[1]
+    argv = ["all", "--tasks", "copa", "cb", "rte", "--shots", "0", "--limit", "4", "--n-docs", "2", "--seeds", "1"]
+    env = {**{k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")},
+           "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
+    runs = {"resident": [], "streamed": ["--offload", "mmap", "--max-memory", "cpu=2GiB"]}
+    for name, extra in runs.items():
+        proc = subprocess.run([sys.executable, str(root / "run.py"), *argv, *extra, "--out", str(tmp_path / name)],
+                              capture_output=True, text=True, env=env, timeout=600, cwd=root)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "layer order" in proc.stderr  # the streamed run said how it runs the oracle
+    for name in runs:
+        (tmp_path / name / "work.json").unlink()
+        for chunk in (tmp_path / name).rglob("chunk-*.safetensors"):
+            chunk.unlink()
+    rep = compare(tmp_path / "resident", tmp_path / "streamed")
+    assert rep["number_diffs"] == {} and rep["only_in_a"] == [] and rep["only_in_b"] == [], rep
+    assert rep["json_files"] > 100 and rep["tensor_files"] > 10
