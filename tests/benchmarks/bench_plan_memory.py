@@ -5,6 +5,7 @@ oracle's growth with the data.
     python tests/benchmarks/bench_plan_memory.py                       # opt-125m, hellaswag 1-shot, limits 10 and 40
     python tests/benchmarks/bench_plan_memory.py --size opt-350m --steps eval "importance ffn"
     python tests/benchmarks/bench_plan_memory.py --data ~/data --tasks copa record --steps eval "importance heads"
+    python tests/benchmarks/bench_plan_memory.py --offload mmap --steps eval "importance ffn" "importance heads"
 
 Each case runs `run.py STEP --random-weights SIZE --device cpu --tasks TASK --shots 1 --limit N
 --batch-tokens B` (`--n-docs N` for head importance) in a fresh interpreter. "measured" is the peak
@@ -15,7 +16,10 @@ that a step touches for the first time (its backward kernels, about 90 MiB) coun
 code, not data. "predicted" is the plan's activations on cpu plus its host bytes beyond the weights
 (`--plan --json`). Printed: predicted, measured, their ratio (goal 0.8-1.25), and for the FFN
 oracle the growth of the measured memory from the smallest to the largest limit (goal <= 1.25x with
-a fixed --oracle-memory). Not collected by pytest (bench_*.py).
+a fixed --oracle-memory). With --offload mmap the random weights are saved as a checkpoint first and
+every step streams its layers from it in layer order (opt66b/layer_major.py): the baseline is then the
+streamed load (the head group and two layer buffers; the layers stay in the page cache, which is not
+anonymous memory), and the plan's chunk states count with the activations. Not collected by pytest.
 """
 
 from __future__ import annotations
@@ -51,8 +55,12 @@ torch.set_num_threads(2)
 import run
 from opt66b.runtime import load
 argv = json.loads(sys.argv[1])
-if argv == ["baseline"]:
-    model = load(random_weights={size!r}, device="cpu", log=lambda m: None)[0]
+if argv[0] == "baseline":  # ["baseline"] or ["baseline", checkpoint dir] (streamed from its files)
+    kw = dict(model=argv[1], offload="mmap") if len(argv) > 1 else dict(random_weights={size!r})
+    model = load(device="cpu", log=lambda m: None, **kw)[0]
+    if len(argv) > 1:  # the two stream buffers count with the weights (as the plan places them): fill them
+        with torch.no_grad():
+            model(torch.tensor([[2, 5]]))
     print(json.dumps({{"rss": vm("VmRSS"), "anon": vm("RssAnon")}}))
     sys.exit(0)
 import opt66b.runtime
@@ -84,18 +92,32 @@ def main() -> None:
     ap.add_argument("--limits", type=int, nargs="+", default=[10, 40])
     ap.add_argument("--steps", nargs="+", default=["importance ffn", "eval"])
     ap.add_argument("--oracle-memory", default="0.25", help="GiB for the FFN oracle's records (fixed across limits)")
+    ap.add_argument("--offload", choices=["none", "mmap"], default="none",
+                    help="mmap: stream every layer from a saved checkpoint (layer order), as --offload mmap runs")
     ap.add_argument("--batch-tokens", default="512",
                     help="scoring batch (default 512: full batches at every limit, so a growth is the data's, "
                          "not a batch that fills up; at 4096 the eval itself grows 3x from 10 to 40 docs)")
     args = ap.parse_args()
-    base = child(args.size, ["baseline"])
-    print(f"baseline (python + torch + {args.size} random weights): {base['rss'] / MIB:.0f} MiB resident, "
-          f"{base['anon'] / MIB:.0f} MiB of it anonymous")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
+        model_args = ["--random-weights", args.size]
+        if args.offload == "mmap":
+            ckpt = Path(tmp) / "ckpt"
+            save = ("import sys; sys.path.insert(0, {root!r}); from opt66b.runtime import load; "
+                    "from opt66b import save_checkpoint; from opt66b.runtime import TINY_MODEL_DIR; import shutil; "
+                    "m = load(random_weights={size!r}, device='cpu', log=lambda s: None)[0]; "
+                    "save_checkpoint(m, {ckpt!r}); "
+                    "[shutil.copy(TINY_MODEL_DIR / n, {ckpt!r}) for n in ('vocab.json', 'merges.txt', 'tokenizer_config.json') "
+                    "if (TINY_MODEL_DIR / n).is_file()]")
+            subprocess.run([sys.executable, "-c", save.format(root=str(ROOT), size=args.size, ckpt=str(ckpt))],
+                           check=True, cwd=ROOT)
+            model_args = ["--model", str(ckpt), "--offload", "mmap", "--max-memory", "cpu=8GiB"]
+        base = child(args.size, ["baseline", str(ckpt)] if args.offload == "mmap" else ["baseline"])
+        print(f"baseline (python + torch + {args.size} random weights{', streamed' if args.offload == 'mmap' else ''}):"
+              f" {base['rss'] / MIB:.0f} MiB resident, {base['anon'] / MIB:.0f} MiB of it anonymous")
         for step, task, limit in [(s, t, n) for s in args.steps for t in args.tasks for n in args.limits]:
             docs = ["--n-docs" if step == "importance heads" else "--limit", str(limit)]
-            argv = [*step.split(), "--random-weights", args.size, "--device", "cpu", "--tasks", task,
+            argv = [*step.split(), *model_args, "--device", "cpu", "--tasks", task,
                     "--shots", "1", *docs, "--batch-tokens", args.batch_tokens]
             argv += ["--data", args.data] if args.data else []
             if step == "importance heads":
