@@ -136,6 +136,10 @@ def run_layer_major(model: OPT, units: Sequence[Sequence[ChunkPass]], runs: Sequ
                         states[r][u][j] = h
         if model.streamer is not None:
             model.streamer.release(i)
+        if dev.type == "cpu":  # MKL's pool keeps the scratch of every pass shape the layer saw: hand it back
+            from .runtime import release_cpu_caches  # runtime imports the model package's executors
+
+            release_cpu_caches()
 
 
 def full_masks(cfg, head_mask, ffn_mask) -> tuple[torch.Tensor, torch.Tensor]:

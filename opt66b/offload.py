@@ -263,6 +263,15 @@ def running_layer(model: OPT, i: int) -> nn.Module:
     return model.decoder.layers[i] if held is None else held
 
 
+def _free_cpu_scratch(device: torch.device) -> None:
+    """On the CPU, MKL's allocator keeps a pool of the scratch buffers of every shape a chunk's examples
+    used (measured: 10 MiB more at the peak of 10 COPA examples on opt-125m); hand them back per example."""
+    if device.type == "cpu":
+        from .runtime import release_cpu_caches  # runtime imports this module
+
+        release_cpu_caches()
+
+
 def _acquire(model: OPT, i: int) -> nn.Module:
     return model.streamer.acquire(i) if model.streamer is not None else model.decoder.layers[i]
 
@@ -331,6 +340,7 @@ def layerwise_backward_chunk(model: OPT, examples: Sequence[tuple[torch.Tensor, 
             loss = loss_fn(model.finalize(top))
             grads.append(torch.autograd.grad(loss, top)[0])
             losses.append(float(loss.detach()))
+            _free_cpu_scratch(top.device)
         del hs
         rows = [[None] * cfg.num_layers for _ in examples]
         scores = [[None] * cfg.num_layers for _ in examples]
@@ -351,6 +361,7 @@ def layerwise_backward_chunk(model: OPT, examples: Sequence[tuple[torch.Tensor, 
                     z = cap.heads[i]  # (B, H, T, Dh)
                     grads[e], rows[e][i], gz = torch.autograd.grad(out, (x, hs_, z), grads[e].to(out.device))
                 scores[e][i] = head_attribution(z.detach(), gz).cpu()  # (H,)
+                _free_cpu_scratch(dev)
             _release(model, i)
         return [(losses[e], torch.stack([r.cpu() for r in rows[e]]), torch.stack(scores[e]))  # (L, H) x 2
                 for e in range(len(examples))]
