@@ -34,6 +34,7 @@ from typing import Callable, Sequence
 import torch
 
 from .model import OPT, attention_allowed
+from .offload import release_cpu_caches
 
 
 @dataclass(frozen=True)
@@ -66,14 +67,10 @@ def streamed_compute(model: OPT) -> str | None:
 DEFAULT_CHUNK_BUDGET = 2 << 30  # bytes, when --max-memory has no entry for the device
 
 
-def chunk_budget(max_memory: dict[str, int], device: str | None, given: int | None = None) -> int:
-    """Bytes a chunk's copies of the residual stream may take: `given`, else a quarter of the budget of
+def chunk_budget(max_memory: dict[str, int], device: str | None) -> int:
+    """Bytes a chunk's copies of the residual stream may take by default: a quarter of the budget of
     `device` (the compute device in layer order, None: the host, where batch order records) in the
     parsed --max-memory, else DEFAULT_CHUNK_BUDGET."""
-    if given is not None:
-        if given <= 0:
-            raise ValueError(f"the chunk budget must be > 0 bytes, got {given}")
-        return given
     entry = max_memory.get(device or "cpu")
     return entry // 4 if entry else DEFAULT_CHUNK_BUDGET
 
@@ -136,10 +133,7 @@ def run_layer_major(model: OPT, units: Sequence[Sequence[ChunkPass]], runs: Sequ
                         states[r][u][j] = h
         if model.streamer is not None:
             model.streamer.release(i)
-        if dev.type == "cpu":  # MKL's pool keeps the scratch of every pass shape the layer saw: hand it back
-            from .runtime import release_cpu_caches  # runtime imports the model package's executors
-
-            release_cpu_caches()
+        release_cpu_caches(dev)  # on the CPU, MKL's pool of every pass shape the layer saw
 
 
 def full_masks(cfg, head_mask, ffn_mask) -> tuple[torch.Tensor, torch.Tensor]:

@@ -78,34 +78,6 @@ def bound_host_allocator() -> bool:
     return _ALLOCATOR[0]
 
 
-_MKL_FREE: list = []  # [the MKL function releasing its cached buffers, or None], looked up once
-
-
-def release_cpu_caches() -> bool:
-    """Return the buffers Intel MKL keeps after a CPU matmul to the system (MKL's own allocator caches,
-    per thread, the scratch space of the largest operation it has run and never gives it back).
-
-    Measured on a random opt-125m (CPU, 2 threads): after one forward and backward of a 60-token
-    example the process kept 12.8 MiB it no longer used, 17 MiB after longer ones, whatever came
-    next; released, 0.1 MiB. Head importance calls it after each example, so its host memory is the
-    example's own (study/plan.py's rule), not the largest backward's scratch kept for the rest of the
-    run. A no-op (False) where torch has no MKL (ARM, macOS builds)."""
-    if not _MKL_FREE:
-        fn = None
-        try:
-            import ctypes
-
-            lib = ctypes.CDLL(str(Path(torch.__file__).resolve().parent / "lib" / "libtorch_cpu.so"))
-            fn = lib.mkl_serv_free_buffers  # MKL is linked into libtorch_cpu; the symbol is exported
-        except (OSError, AttributeError):
-            pass
-        _MKL_FREE.append(fn)
-    if _MKL_FREE[0] is None:
-        return False
-    _MKL_FREE[0]()
-    return True
-
-
 def resolve_device(name: str | None) -> torch.device:
     """--device value; by default the GPU of this process (LOCAL_RANK under torchrun) or the CPU."""
     if name is None:

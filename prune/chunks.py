@@ -6,7 +6,7 @@ through `TaskEvaluation.run_knockouts` (tasks/scoring.py): chunk by chunk, in ba
 every layer's input on the host) or in layer order (opt66b/layer_major.py: the live states of every
 run on the compute device, each streamed layer fetched once per chunk). What a chunk holds is
 `copies` times the residual stream of its batches, so the chunk is the largest number of batches
-whose copies fit the memory budget (`chunk_size`). Each chunk's partial sums (per-request
+whose copies fit the memory budget (`Scorer.chunk_units`). Each chunk's partial sums (per-request
 log-likelihoods and greedy misses, for the requests its batches score) are kept in one fingerprinted
 safetensors file (opt66b.layout.knockout_chunk): a killed run resumes at the first missing chunk, and
 a chunk file is reused only for the same evaluation, runs and chunk size.
@@ -23,12 +23,6 @@ import torch
 from opt66b.io import Progress, read_tensors
 from opt66b.layout import knockout_chunk
 from opt66b.store import UnitStore
-
-
-def chunk_size(evaluation: Any, budget: int | None, copies: int) -> int:
-    """Scoring batches per chunk of a tasks.evaluate.TaskEvaluation: as many as fit `budget` bytes with
-    `copies` of the largest batch's residual stream each (opt66b.layer_major.chunk_units)."""
-    return evaluation.scorer.chunk_units(budget, copies)
 
 
 def chunk_store(store: UnitStore, task_dir: Path, fields: dict[str, Any], evaluation: Any, size: int,
@@ -83,7 +77,7 @@ def evaluate_together(evaluation: Any, masks: Sequence[tuple[Any, Any]], cache: 
     if not new:
         return 0
     runs = [(i, head, ffn, 0) for i, (head, ffn) in enumerate(new.values())]
-    size = chunk_size(evaluation, budget, 1 + len(runs))
+    size = evaluation.scorer.chunk_units(budget, 1 + len(runs))
     chunks = -(-len(evaluation.scorer.units) // size)
     bar = Progress(chunks, f"{label}: {len(runs) + 1} runs in layer order, chunks of {size} batches")
     masks_id = hashlib.sha256(b"".join(h + b"|" + f + b";" for _, h, f in new)).hexdigest()
@@ -98,4 +92,4 @@ def evaluate_together(evaluation: Any, masks: Sequence[tuple[Any, Any]], cache: 
     return 1 + len(runs)
 
 
-__all__ = ["chunk_size", "chunk_store", "evaluate_together"]
+__all__ = ["chunk_store", "evaluate_together"]

@@ -114,10 +114,11 @@ def oracle_budget(args: Any, streams_to: str | None = None) -> int:
     from opt66b.placement import GIB, parse_max_memory
 
     given = getattr(args, "oracle_memory", None)
-    if given is not None and given <= 0:
-        raise ValueError(f"--oracle-memory must be > 0 GiB, got {given}")
-    return chunk_budget(parse_max_memory(getattr(args, "max_memory", None)), streams_to,
-                        None if given is None else int(given * GIB))
+    if given is not None:
+        if given <= 0:
+            raise ValueError(f"--oracle-memory must be > 0 GiB, got {given}")
+        return int(given * GIB)
+    return chunk_budget(parse_max_memory(getattr(args, "max_memory", None)), streams_to)
 
 
 def _importance_heads(args: argparse.Namespace, loaded=None) -> int:

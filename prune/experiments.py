@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from opt66b.io import file_hashes
+from opt66b.layer_major import DEFAULT_CHUNK_BUDGET
 from opt66b.layout import shots_dir
 from opt66b.store import UnitStore, Work, in_memory_info, model_fingerprint
 from tasks.evaluate import evaluation_store
@@ -53,7 +54,7 @@ def run_head_importance(model: Any, tokenizer: Any, info: dict[str, Any] | None,
                         seed: int = 1234, max_length: int | None = None, normalize_per_layer: bool = False,
                         paper_quirks: bool = False, denominator: str = "uniform", seen_tasks: Sequence[str] | None = None,
                         update_aggregate: bool = False, layerwise_backward: bool = False,
-                        recompute: bool = False, chunk_budget: int | None = 2 << 30) -> dict[str, Any]:
+                        recompute: bool = False, chunk_budget: int | None = DEFAULT_CHUNK_BUDGET) -> dict[str, Any]:
     """Gradient head importance per (task, shot): out/shots-K/<task>.safetensors with
     'importance_paper_denominator' (L, H) (the paper's: its last layer over target tokens),
     'importance_uniform' (every layer over the position count) and 'importance', the ranking every
@@ -119,7 +120,7 @@ def run_head_importance(model: Any, tokenizer: Any, info: dict[str, Any] | None,
 def run_ffn_oracle(model: Any, tokenizer: Any, info: dict[str, Any] | None, data: str | Path, tasks: Sequence[str],
                    shots: Sequence[int], out: str | Path, *, limit: int | None = None, seed: int = 42,
                    batch_tokens: int = 4096, cached: bool = True, paper_quirks: bool = False,
-                   record_budget: int | None = 2 << 30, recompute: bool = False) -> dict[str, Any]:
+                   record_budget: int | None = DEFAULT_CHUNK_BUDGET, recompute: bool = False) -> dict[str, Any]:
     """Oracle FFN importance: per (task, shot) and layer l, base metric - metric with FFN l alone
     removed (points). Units out/shots-K/<task>/layer-XXX.json, merged out/shots-K/<task>.json
     ('drop', 'base', 'ranking'), out/shots-K/aggregate.json. cached=False re-runs every layer (reference).
@@ -142,7 +143,7 @@ def run_prune_sweep(model: Any, tokenizer: Any, info: dict[str, Any] | None, dat
                     importance: str | Path | None = None, ffn_importance: str | Path | None = None,
                     head_percents: Sequence[float] | None = None, ffn_percents: Sequence[float] | None = None,
                     limit: int | None = None, seed: int = 42, batch_tokens: int = 4096, paper_quirks: bool = False,
-                    recompute: bool = False, cache: Any = None, chunk_budget: int | None = 2 << 30) -> dict[str, Any]:
+                    recompute: bool = False, cache: Any = None, chunk_budget: int | None = DEFAULT_CHUNK_BUDGET) -> dict[str, Any]:
     """Pruning sweep `sweep` ("heads", "ffn" or "grid") with `ranking` ("own", "aggregate" or a task
     name: cross-task transfer) from the outputs of run_head_importance (`importance`) and/or
     run_ffn_oracle (`ffn_importance`). Units under out/<sweep>-<ranking>/, table out/<sweep>-<ranking>.json
@@ -168,7 +169,7 @@ def run_transfer_study(model: Any, tokenizer: Any, info: dict[str, Any] | None, 
                        importance: str | Path, transfer_tasks: Sequence[str] | None = None,
                        head_percents: Sequence[float] | None = None, limit: int | None = None, seed: int = 42,
                        batch_tokens: int = 4096, paper_quirks: bool = False, partners: Sequence[str] | None = None,
-                       recompute: bool = False, cache: Any = None, chunk_budget: int | None = 2 << 30) -> dict[str, Any]:
+                       recompute: bool = False, cache: Any = None, chunk_budget: int | None = DEFAULT_CHUNK_BUDGET) -> dict[str, Any]:
     """Cross-task transfer as the paper runs it (Fig. 9): for each chosen task and shot, head sweeps
     with the rankings of its highest- and lowest-SRCC partners (prune/transfer.py picks them from
     `correlations`, the content of correlations.json); own and aggregate come from the ordinary

@@ -25,8 +25,7 @@ import torch
 from opt66b import Capture, frozen, head_attribution
 from opt66b.io import Progress, check_finite_heads
 from opt66b.layer_major import DEFAULT_CHUNK_BUDGET, chunk_units, streams_layers
-from opt66b.offload import layerwise_backward, layerwise_backward_chunk
-from opt66b.runtime import release_cpu_caches
+from opt66b.offload import layerwise_backward, layerwise_backward_chunk, release_cpu_caches
 
 from tasks.scoring import TokenRequest, token_requests
 
@@ -103,7 +102,7 @@ def head_score_sums_tokens(model: Any, tokenized: Sequence[TokenRequest],
     cfg = model.config
     total = torch.zeros(cfg.num_layers, cfg.num_heads, dtype=torch.float32)  # (L, H)
     positions = targets = 0
-    on_cpu = model.decoder.embed_tokens.weight.device.type == "cpu"
+    device = model.decoder.embed_tokens.weight.device
     with frozen(model):
         first = 0
         for size in example_chunks(model, tokenized, chunk_budget):
@@ -113,8 +112,7 @@ def head_score_sums_tokens(model: Any, tokenized: Sequence[TokenRequest],
             else:
                 examples = [(*_example(model, t.input_ids, t.continuation),) for t in chunk]
                 per_example = [r[2] for r in layerwise_backward_chunk(model, [(x, None, f) for x, f in examples])]
-            if on_cpu:
-                release_cpu_caches()  # the backward's MKL scratch is the example's, not the run's
+            release_cpu_caches(device)  # the backward's MKL scratch is the example's, not the run's
             for e, (t, scores) in enumerate(zip(chunk, per_example), first):  # (L, H) each
                 check_finite_heads(scores, f"head importance: example {e} ({len(t.continuation)} continuation tokens)")
                 total += scores

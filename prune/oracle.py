@@ -19,22 +19,21 @@ from typing import Any, Sequence
 
 from opt66b.distributed import barrier, my_units, rank_world
 from opt66b.io import Progress, read_json, write_json
-from opt66b.layer_major import streams_layers
+from opt66b.layer_major import DEFAULT_CHUNK_BUDGET, streams_layers
 from opt66b.layout import knockout_base, knockout_unit, shots_dir
 from opt66b.store import UnitStore, Work
 from tasks.evaluate import task_fingerprint
 
-from .chunks import chunk_size, chunk_store
+from .chunks import chunk_store
 from .masks import ffn_ranking
 from .sweeps import EvaluationFactory, evaluation_work
 
-ORACLE_RECORD_BUDGET = 2 << 30  # bytes of recorded layer inputs (or layer-order states) the FFN oracle holds at once
 
 
 def run_ffn_importance(model: Any, tokenizer: Any, tasks: dict[str, Any], shots: Sequence[int], out_dir: Path,
                        make_evaluation: EvaluationFactory, cached: bool = True,
                        settings: dict[str, Any] | None = None, store: UnitStore | None = None,
-                       work: Work | None = None, record_budget: int | None = ORACLE_RECORD_BUDGET) -> list[Path]:
+                       work: Work | None = None, record_budget: int | None = DEFAULT_CHUNK_BUDGET) -> list[Path]:
     """Per (task, shot): knock each FFN out alone; units OUT/shots-K/task/layer-XXX.json (+ base.json);
     merged OUT/shots-K/task.json {drop, base, ranking}; OUT/shots-K/aggregate.json ranks the mean drop.
 
@@ -78,7 +77,7 @@ def run_ffn_importance(model: Any, tokenizer: Any, tasks: dict[str, Any], shots:
         chunking = {}
         if cached and todo and hasattr(evaluation, "run_knockouts"):
             layer_major = streams_layers(model)  # Scorer.run_knockouts takes layer order then
-            size = chunk_size(evaluation, record_budget, num_layers + 1 if layer_major else num_layers)
+            size = evaluation.scorer.chunk_units(record_budget, num_layers + 1 if layer_major else num_layers)
             order = "layer order, states on the compute device" if layer_major else "batch order"
             bar = Progress(-(-len(evaluation.scorer.units) // size),
                            f"ffn oracle {task_name} {k}-shot (chunks of {size} batches, {order})")
@@ -125,4 +124,4 @@ def write_ffn_aggregate(shot_dir: Path, tasks: Sequence[str]) -> Path | None:
     return write_json(shot_dir / "aggregate.json", {"tasks": sorted(drops), "drop": mean, "ranking": ffn_ranking(mean)})
 
 
-__all__ = ["ORACLE_RECORD_BUDGET", "run_ffn_importance", "write_ffn_aggregate"]
+__all__ = ["run_ffn_importance", "write_ffn_aggregate"]

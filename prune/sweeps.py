@@ -26,7 +26,7 @@ import torch
 
 from opt66b.distributed import barrier, my_units, rank_world
 from opt66b.io import Progress, read_json, write_json
-from opt66b.layer_major import streams_layers
+from opt66b.layer_major import DEFAULT_CHUNK_BUDGET, streams_layers
 from opt66b.layout import shots_dir, shots_name, sweep_unit
 from opt66b.store import UnitStore, Work
 from tasks.evaluate import EvaluationCache, task_fingerprint
@@ -133,7 +133,7 @@ def run_sweep(model: Any, tokenizer: Any, tasks: dict[str, Any], sweep: str, ran
               ffn_dir: Path | None = None, head_percents: Sequence[float] | None = None,
               ffn_percents: Sequence[float] | None = None, settings: dict[str, Any] | None = None,
               store: UnitStore | None = None, work: Work | None = None,
-              cache: EvaluationCache | None = None, chunk_budget: int | None = 2 << 30) -> Path:
+              cache: EvaluationCache | None = None, chunk_budget: int | None = DEFAULT_CHUNK_BUDGET) -> Path:
     """Evaluate every unit of `sweep` not yet on disk, then (rank 0) merge OUT/{sweep}-{ranking}.json.
 
     tasks: name -> Task. ranking: "own", "aggregate" or a task name (cross-task transfer).
