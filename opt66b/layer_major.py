@@ -34,7 +34,7 @@ from typing import Callable, Sequence
 import torch
 
 from .model import OPT, attention_allowed
-from .offload import release_cpu_caches
+from .host_memory import release_cpu_caches
 
 
 @dataclass(frozen=True)

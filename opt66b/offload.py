@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from .capture import Capture, head_attribution
+from .host_memory import release_cpu_caches
 from .model import OPT, DecoderLayer, attention_allowed, position_ids_from_mask
 from .weights import (_ST_DTYPES, CheckpointError, _set_param, check_plan, checkpoint_files, config_from_hf, plan_keys,
                       read_safetensors_header)
@@ -261,38 +262,6 @@ def running_layer(model: OPT, i: int) -> nn.Module:
     buffer it was acquired into, or the resident layer."""
     held = model.streamer.held(i) if model.streamer is not None else None
     return model.decoder.layers[i] if held is None else held
-
-
-_MKL_FREE: list = []  # [the MKL function releasing its cached buffers, or None], looked up once
-
-
-def release_cpu_caches(device: torch.device | str = "cpu") -> bool:
-    """Return the buffers Intel MKL keeps after a CPU matmul to the system (MKL's own allocator caches,
-    per thread, the scratch space of every operation shape it has run and never gives it back); a no-op
-    for work on another `device`.
-
-    Measured on a random opt-125m (CPU, 2 threads): after one forward and backward of a 60-token
-    example the process kept 12.8 MiB it no longer used, 17 MiB after longer ones, whatever came
-    next; released, 0.1 MiB (and 10 MiB less at the peak of a chunk of 10 COPA examples). Head
-    importance calls it after each example, layer order after each layer, so host memory is the
-    work's own (study/plan.py's rule), not every shape's scratch kept for the rest of the run. A no-op
-    (False) where torch has no MKL (ARM, macOS builds)."""
-    if torch.device(device).type != "cpu":
-        return False
-    if not _MKL_FREE:
-        fn = None
-        try:
-            import ctypes
-
-            lib = ctypes.CDLL(str(Path(torch.__file__).resolve().parent / "lib" / "libtorch_cpu.so"))
-            fn = lib.mkl_serv_free_buffers  # MKL is linked into libtorch_cpu; the symbol is exported
-        except (OSError, AttributeError):
-            pass
-        _MKL_FREE.append(fn)
-    if _MKL_FREE[0] is None:
-        return False
-    _MKL_FREE[0]()
-    return True
 
 
 def _acquire(model: OPT, i: int) -> nn.Module:

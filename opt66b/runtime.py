@@ -21,6 +21,7 @@ import torch
 from .cli_options import add_model_args  # noqa: F401  (re-exported: the options load_from_args reads)
 from .config import OPTConfig, config_for_size, config_from_hf
 from .diagnose import check_weights_finite
+from .host_memory import bound, needs_bound
 from .distributed import local_cuda_offset, local_rank, rank_world
 from .model import OPT
 from .offload import attach_pinned_streamer, load_streamed
@@ -48,34 +49,6 @@ def apply_threads(threads: int | None, log=None) -> int:
             busy = f"; the machine is busy (load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores): try --threads 1"
         log(f"threads: {torch.get_num_threads()} (torch's default{busy or '; set --threads N on a shared machine'})")
     return torch.get_num_threads()
-
-
-_ALLOCATOR: list[bool] = []  # set once per process
-
-
-def bound_host_allocator() -> bool:
-    """Make freed host tensors go back to the system at once (glibc only; elsewhere nothing changes).
-
-    glibc serves a large allocation from its heap instead of a fresh mapping once its adaptive
-    threshold has grown (it grows every time such a block is freed, up to 32 MiB), and a heap keeps
-    freed memory for reuse. A long run of differently shaped batches then ratchets the process's
-    resident memory up with the data: measured on a random opt-125m (CPU, HellaSwag 1-shot,
-    --batch-tokens 512), the resident memory left after an evaluation was 127 MiB at 10 docs and 235
-    MiB at 40, peak 337 and 480 MiB; with the threshold fixed at 128 KiB, 18 and 27 MiB left, peak 338
-    and 387 MiB, which is what the plan's activation rule describes. Fixing the threshold (mallopt
-    M_MMAP_THRESHOLD) also stops its adaptation; blocks under it behave as before."""
-    if not _ALLOCATOR:
-        ok = False
-        try:
-            import ctypes
-            import ctypes.util
-
-            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-            ok = bool(libc.mallopt(-3, 128 * 1024))  # M_MMAP_THRESHOLD = -3 in glibc's malloc.h
-        except (OSError, AttributeError):  # not glibc (macOS, musl): its own allocator's behaviour stays
-            pass
-        _ALLOCATOR.append(ok)
-    return _ALLOCATOR[0]
 
 
 def resolve_device(name: str | None) -> torch.device:
@@ -155,12 +128,13 @@ def load(model: str | Path | None = None, *, tokenizer: str | Path | None = None
     Every load is announced through `log` (default: stderr) on a line starting with "loading".
     """
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-    bound_host_allocator()  # before the weights and every batch: host memory then follows the live tensors
     device = check_device_available(resolve_device(None if device is None else str(device)), "--device")
     dtype = dtype if isinstance(dtype, torch.dtype) else resolve_dtype(dtype, device)
     max_memory = max_memory if isinstance(max_memory, dict) else parse_max_memory(max_memory)
     reserve = reserve if isinstance(reserve, dict) or reserve is None else parse_max_memory(reserve, "--reserve")
     offload = offload or "auto"
+    if needs_bound(max_memory, offload):  # a host budget: memory follows the live tensors (host_memory.py)
+        bound()
     size = random_weights
     model_dir = None if size else (Path(model).expanduser() if model else TINY_MODEL_DIR)
     if model_dir is not None and not model_dir.is_dir():

@@ -25,7 +25,8 @@ import torch
 from opt66b import Capture, frozen, head_attribution
 from opt66b.io import Progress, check_finite_heads
 from opt66b.layer_major import DEFAULT_CHUNK_BUDGET, chunk_units, streams_layers
-from opt66b.offload import layerwise_backward, layerwise_backward_chunk, release_cpu_caches
+from opt66b.host_memory import release_cpu_caches
+from opt66b.offload import layerwise_backward, layerwise_backward_chunk
 
 from tasks.scoring import TokenRequest, token_requests
 

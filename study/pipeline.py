@@ -188,6 +188,7 @@ class StudyClock:
 
 def run_all(args: argparse.Namespace) -> int:
     from opt66b.distributed import barrier, is_main
+    from opt66b.host_memory import trim
     from opt66b.io import atomic_write_text, write_json
     from opt66b.runtime import load_from_args
 
@@ -238,6 +239,7 @@ def run_all(args: argparse.Namespace) -> int:
         except (FileNotFoundError, ValueError, KeyError):
             print(f"[all] step '{label}' failed; fix the cause and rerun: finished work is kept", file=sys.stderr)
             raise
+        trim()  # the step's freed host memory back to the system before the next (opt66b/host_memory.py)
         seconds = time.monotonic() - step_start
         step_work = result.get("work")
         eta.done(label, seconds, computed=bool((step_work or {}).get("forward_passes")))

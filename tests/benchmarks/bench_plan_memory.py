@@ -7,8 +7,9 @@ oracle's growth with the data.
     python tests/benchmarks/bench_plan_memory.py --data ~/data --tasks copa record --steps eval "importance heads"
     python tests/benchmarks/bench_plan_memory.py --offload mmap --steps eval "importance ffn" "importance heads"
 
-Each case runs `run.py STEP --random-weights SIZE --device cpu --tasks TASK --shots 1 --limit N
---batch-tokens B` (`--n-docs N` for head importance) in a fresh interpreter. "measured" is the peak
+Each case runs `run.py STEP --random-weights SIZE --max-memory cpu=64GiB --device cpu --tasks TASK --shots 1
+--limit N --batch-tokens B` (`--n-docs N` for head importance) in a fresh interpreter; the cpu entry is the
+host budget under which a run bounds its host memory (opt66b/host_memory.py), as the plan prices it. "measured" is the peak
 of the step's anonymous resident memory after its model load (RssAnon, sampled every millisecond by a
 thread; the loader's own transient is not the step's) minus the same after importing torch and the project and building the same random model (weights included):
 the step's own memory beyond the weights. Anonymous, because the pages of torch's shared libraries
@@ -56,7 +57,8 @@ import run
 from opt66b.runtime import load
 argv = json.loads(sys.argv[1])
 if argv[0] == "baseline":  # ["baseline"] or ["baseline", checkpoint dir] (streamed from its files)
-    kw = dict(model=argv[1], offload="mmap") if len(argv) > 1 else dict(random_weights={size!r})
+    # the same host budget as the measured runs: its bounded allocator is part of the baseline too
+    kw = dict(model=argv[1], offload="mmap") if len(argv) > 1 else dict(random_weights={size!r}, max_memory="cpu=64GiB")
     model = load(device="cpu", log=lambda m: None, **kw)[0]
     if len(argv) > 1:  # the two stream buffers count with the weights (as the plan places them): fill them
         with torch.no_grad():
@@ -100,7 +102,8 @@ def main() -> None:
     args = ap.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        model_args = ["--random-weights", args.size]
+        # a host budget: the run then bounds its host memory (opt66b/host_memory.py), which is what the plan prices
+        model_args = ["--random-weights", args.size, "--max-memory", "cpu=64GiB"]
         if args.offload == "mmap":
             ckpt = Path(tmp) / "ckpt"
             save = ("import sys; sys.path.insert(0, {root!r}); from opt66b.runtime import load; "
