@@ -2,7 +2,7 @@
 """opt66b: the Bansal et al. (ACL 2023) in-context-learning interpretability study on any OPT checkpoint.
 
 One sub-command per experiment. Each package registers its own sub-commands (a `register(sub)`
-function in its cli module) from the shared grammar (opt66b/cli_options.py, tasks/cli_options.py);
+function in its cli module) from the shared grammar (opt66b/runs/options.py, tasks/cli_options.py);
 heavy imports happen inside the handlers, so `--help` imports no torch and is instant. Every step
 that runs the model also answers `--plan` (study/plan.py): its cost, without running it.
 
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     OPT66B_DEBUG=1) shows the traceback instead."""
     import os
 
-    from opt66b.cli_options import require_out
+    from opt66b.runs.options import require_out
 
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("OPT66B_DEBUG") == "1"
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def check_outputs(args: argparse.Namespace) -> None:
     """Every output directory/file option is writable before the command computes anything."""
-    from opt66b.io import check_output_dir
+    from opt66b.runs.results import check_output_dir
 
     for name, label in OUTPUT_DIR_OPTIONS.items():
         if getattr(args, name, None) is not None:
@@ -97,13 +97,13 @@ def check_outputs(args: argparse.Namespace) -> None:
 
 def _with_cause(args: argparse.Namespace, err: Exception, msg: object) -> object:
     """A non-finite value met while running a model: add where it comes from (which weight file and
-    tensor, or the activations; opt66b.diagnose), so the user knows what to fix."""
-    from opt66b.io import NonFiniteError
+    tensor, or the activations; opt66b.runs.diagnose), so the user knows what to fix."""
+    from opt66b.runs.results import NonFiniteError
 
     if not isinstance(err, NonFiniteError) or err.cause_known or not hasattr(args, "random_weights"):
         return msg
-    from opt66b.diagnose import explain_nonfinite
-    from opt66b.runtime import TINY_MODEL_DIR, resolve_device, resolve_dtype
+    from opt66b.runs.diagnose import explain_nonfinite
+    from opt66b.runs.loading import TINY_MODEL_DIR, resolve_device, resolve_dtype
 
     try:
         dtype = resolve_dtype(getattr(args, "dtype", None), resolve_device(getattr(args, "device", None)))

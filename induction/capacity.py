@@ -19,8 +19,8 @@ from typing import Any, Sequence
 
 import torch
 
-from opt66b.io import check_finite_heads, read_tensors, run_metadata, write_json, write_tensors
-from opt66b.layout import SHOTS_PATTERN, shot_files
+from opt66b.runs.results import check_finite_heads, read_tensors, run_metadata, write_json, write_tensors
+from opt66b.runs.layout import SHOTS_PATTERN, shot_files
 
 
 def retained_curve(scores: torch.Tensor, importance: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,7 @@ VARIANT_CHOICES = ("paper", "corrected", "index_fix", "text", "residual", "both"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from opt66b.cli_options import add_out_arg, example
+    from opt66b.runs.options import add_out_arg, example
 
     p = sub.add_parser("induction", help="task-agnostic head scores: prefix matching, copying, capacity retained",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -44,7 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _register_scores(inner: argparse._SubParsersAction, name: str, help_text: str, *examples: str):
-    from opt66b.cli_options import add_model_args, add_out_arg, add_plan_args, example
+    from opt66b.runs.options import add_model_args, add_out_arg, add_plan_args, example
 
     p = inner.add_parser(
         name, help=help_text, formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -7,7 +7,7 @@ scores per head over seeded random sequences (Bansal et al. 2023 §7, Appendix A
     run_capacity("runs/induction", "runs/importance", "runs/capacity")   # induction.capacity
 
 Seed s draws its sequence with numpy default_rng(s) from the merge-rank pool (induction/sequences.py);
-per-seed units are fingerprinted (opt66b.store) and reused on rerun. Each returns {"summary":
+per-seed units are fingerprinted (opt66b.runs.store) and reused on rerun. Each returns {"summary":
 {variant: {"mean", "var", "scores"}}, "work": forward passes and tokens computed by this call}.
 """
 
@@ -18,8 +18,8 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from opt66b.io import sha256_file
-from opt66b.store import UnitStore, Work, in_memory_info, model_fingerprint
+from opt66b.fileio import sha256_file
+from opt66b.runs.store import UnitStore, Work, in_memory_info, model_fingerprint
 
 from . import sequences as sq
 from .copying import VARIANTS as COPYING_VARIANTS

@@ -11,7 +11,7 @@ Layout written under OUT:
                                    with <pad> (1), "lengths" (S,), "seeds" (S,)
     {kind}_{variant}.json          settings, seeds, top heads (layer, head, mean, var)
 kind is "prefix_matching" or "copying". A killed run resumes: finished seeds whose fingerprint
-matches (opt66b.store) are read back.
+matches (opt66b.runs.store) are read back.
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from opt66b.io import Progress, check_finite_heads, read_tensors, run_metadata, write_json, write_tensors
-from opt66b.store import UnitStore
+from opt66b.fileio import Progress
+from opt66b.runs.results import check_finite_heads, read_tensors, run_metadata, write_json, write_tensors
+from opt66b.runs.store import UnitStore
 
 from .sequences import pack
 

@@ -1,4 +1,4 @@
-"""Typed settings of the induction-head steps (opt66b/settings.py): prefix matching and copying scores,
+"""Typed settings of the induction-head steps (opt66b/runs/settings.py): prefix matching and copying scores,
 and the capacity retained. Each `execute` calls the typed step function of induction/cli.py."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from opt66b.settings import StepSettings, option
+from opt66b.runs.settings import StepSettings, option
 from tasks.settings import ModelStep
 
 

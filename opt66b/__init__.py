@@ -1,7 +1,7 @@
 """opt66b: a hand-written OPT decoder with native head/FFN masks, capture, KV reuse and strict loading.
 
 The public names below are imported on first use (PEP 562), so a submodule that needs no torch,
-such as `opt66b.cli_options` (the argparse grammar behind `run.py --help`), imports without it.
+such as `opt66b.runs.options` (the argparse grammar behind `run.py --help`), imports without it.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 
 # public name -> submodule that defines it
 _EXPORTS = {
-    "Capture": "capture", "frozen": "capture", "head_attribution": "capture", "load": "runtime",
+    "Capture": "capture", "frozen": "capture", "head_attribution": "capture", "load": "runs.loading",
     "OPT_CONFIGS": "config", "OPTConfig": "config", "config_for_size": "config", "config_from_hf": "config",
     "OPT": "model", "DecoderOutput": "model", "position_ids_from_mask": "model",
     "OPTTokenizer": "tokenizer", "load_tokenizer": "tokenizer",

@@ -26,7 +26,7 @@ from typing import Callable
 import torch
 
 from .config import config_from_hf
-from .io import atomic_save_file, atomic_write_bytes, atomic_write_text
+from .fileio import atomic_save_file, atomic_write_bytes, atomic_write_text
 from .weights import confined_path
 
 BIN_INDEX = "pytorch_model.bin.index.json"

@@ -38,7 +38,7 @@ from safetensors import safe_open
 
 from .config import PRUNED_FFN_KEY, PRUNED_HEADS_KEY, OPTConfig, config_from_hf
 from .convert import COPIED_FILES, _nbytes
-from .io import Progress, atomic_save_file, atomic_write_bytes, atomic_write_text, sha256_file
+from .fileio import Progress, atomic_save_file, atomic_write_bytes, atomic_write_text, sha256_file
 from .model import OPT
 from .placement import dtype_bytes, head_params, layer_params
 from .weights import INDEX_NAME, _ST_DTYPES, checkpoint_files, plan_keys, read_safetensors_header

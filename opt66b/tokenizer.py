@@ -17,7 +17,7 @@ from pathlib import Path
 from tokenizers import AddedToken, Tokenizer, decoders, pre_tokenizers
 from tokenizers.models import BPE
 
-from .io import read_json
+from .fileio import read_json
 
 SPECIAL_TOKENS = ("</s>", "<pad>")  # what OPT's tokenizer_config.json registers (bos=eos=unk="</s>", pad)
 CANARY = ("hello\n\nhello", [42891, 50118, 50118, 42891])  # GPT-2 ids remapped to OPT's, from HF's tokenizer

@@ -25,7 +25,7 @@ from safetensors import safe_open
 from torch import nn
 
 from .config import OPTConfig, config_from_hf
-from .io import read_json
+from .fileio import read_json
 from .model import OPT
 
 INDEX_NAME = "model.safetensors.index.json"

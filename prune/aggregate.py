@@ -24,7 +24,8 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from opt66b.io import read_tensors, run_metadata, sha256_file, write_tensors
+from opt66b.fileio import sha256_file
+from opt66b.runs.results import read_tensors, run_metadata, write_tensors
 from tasks.registry import PAPER_SEEN_TASKS, PAPER_UNSEEN_TASKS  # noqa: F401  (re-exported)
 
 from .masks import IMPORTANCE_KEY, aggregate_importance

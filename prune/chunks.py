@@ -8,7 +8,7 @@ run on the compute device, each streamed layer fetched once per chunk). What a c
 `copies` times the residual stream of its batches, so the chunk is the largest number of batches
 whose copies fit the memory budget (`Scorer.chunk_units`). Each chunk's partial sums (per-request
 log-likelihoods and greedy misses, for the requests its batches score) are kept in one fingerprinted
-safetensors file (opt66b.layout.knockout_chunk): a killed run resumes at the first missing chunk, and
+safetensors file (opt66b.runs.layout.knockout_chunk): a killed run resumes at the first missing chunk, and
 a chunk file is reused only for the same evaluation, runs and chunk size.
 """
 
@@ -20,9 +20,10 @@ from typing import Any, Sequence
 
 import torch
 
-from opt66b.io import Progress, read_tensors
-from opt66b.layout import knockout_chunk
-from opt66b.store import UnitStore
+from opt66b.fileio import Progress
+from opt66b.runs.results import read_tensors
+from opt66b.runs.layout import knockout_chunk
+from opt66b.runs.store import UnitStore
 
 
 def chunk_store(store: UnitStore, task_dir: Path, fields: dict[str, Any], evaluation: Any, size: int,

@@ -24,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 # -- shared options ---------------------------------------------------------------------------------
 def _study_args(p: argparse.ArgumentParser, evaluates: bool) -> None:
     """Model, task, output and plan options of an importance or prune step (the shared grammar)."""
-    from opt66b.cli_options import add_model_args, add_out_arg
+    from opt66b.runs.options import add_model_args, add_out_arg
 
     from tasks.cli_options import add_task_args
 
@@ -34,14 +34,14 @@ def _study_args(p: argparse.ArgumentParser, evaluates: bool) -> None:
 
 
 def _eval_seed_arg(p: argparse.ArgumentParser) -> None:
-    from opt66b.cli_options import add_seed_arg
+    from opt66b.runs.options import add_seed_arg
 
     add_seed_arg(p, 42, "eval doc shuffle and few-shot demo sampling seed (lm-eval's, as `run.py eval`)")
 
 
 # -- importance ---------------------------------------------------------------------------------------
 def register_importance(sub: argparse._SubParsersAction) -> None:
-    from opt66b.cli_options import add_plan_args, add_seed_arg, example
+    from opt66b.runs.options import add_plan_args, add_seed_arg, example
 
     p = sub.add_parser("importance", help="head importance (gradients) or oracle FFN importance (knockouts)",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -180,7 +180,7 @@ def run_ffn_oracle_step(s: "FFNOracleSettings", loaded) -> dict[str, Any]:
 
 # -- prune --------------------------------------------------------------------------------------------
 def register_prune(sub: argparse._SubParsersAction) -> None:
-    from opt66b.cli_options import add_plan_args, example
+    from opt66b.runs.options import add_plan_args, example
 
     p = sub.add_parser(
         "prune", help="pruning sweeps: heads, FFNs or the combined grid, from any ranking",
@@ -248,7 +248,7 @@ def check_prune(s: "PruneSettings") -> None:
 
 def run_prune_step(s: "PruneSettings", loaded, cache=None) -> dict[str, Any]:
     """A sweep (or the transfer) on a loaded model; `cache`: evaluations earlier steps ran (run.py all)."""
-    from opt66b.io import read_json
+    from opt66b.fileio import read_json
     from opt66b.layer_major import streamed_compute
 
     from .experiments import run_prune_sweep, run_transfer_study

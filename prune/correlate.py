@@ -33,8 +33,9 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from opt66b.io import Progress, file_hashes, read_tensors, run_metadata, write_json
-from opt66b.layout import SHOTS_PATTERN, shot_files, shots_dir, shots_name
+from opt66b.fileio import Progress
+from opt66b.runs.results import file_hashes, read_tensors, run_metadata, write_json
+from opt66b.runs.layout import SHOTS_PATTERN, shot_files, shots_dir, shots_name
 
 from . import stats
 from tasks.registry import PAPER_SEEN_TASKS, seen_in
@@ -61,7 +62,7 @@ DEFINITIONS = {
 
 def discover(importance_dir: Path, shots: Sequence[int] | None = None,
              tasks: Sequence[str] | None = None) -> dict[int, dict[str, Path]]:
-    """{shot: {task: file}} in importance_dir's shot directories (opt66b/layout.py); "aggregate" is listed under its own name.
+    """{shot: {task: file}} in importance_dir's shot directories (opt66b/runs/layout.py); "aggregate" is listed under its own name.
 
     Raises FileNotFoundError naming the directory when nothing (or a requested shot/task) is there.
     """

@@ -7,7 +7,7 @@ from pathlib import Path
 
 
 def register_correlate(sub: argparse._SubParsersAction) -> None:
-    from opt66b.cli_options import add_out_arg, example
+    from opt66b.runs.options import add_out_arg, example
 
     p = sub.add_parser(
         "correlate", help="Spearman correlations between head-importance rankings (tasks, aggregate, shots)",

@@ -2,7 +2,7 @@
 study and the head / FFN / grid pruning sweeps (Bansal et al. 2023 §4-5).
 
 Each takes (model, tokenizer, info) from `opt66b.load`, the data directory, task names and shot
-counts, writes its unit files under `out` through one opt66b.store.UnitStore (a unit on disk is
+counts, writes its unit files under `out` through one opt66b.runs.store.UnitStore (a unit on disk is
 reused only when its fingerprint matches; recompute=True replaces mismatching units), and returns
 {"out": ..., "work": {"forward_passes", "backward_passes", "tokens"}} for what it computed.
 
@@ -19,10 +19,10 @@ import random
 from pathlib import Path
 from typing import Any, Sequence
 
-from opt66b.io import file_hashes
+from opt66b.runs.results import file_hashes
 from opt66b.layer_major import DEFAULT_CHUNK_BUDGET
-from opt66b.layout import shots_dir
-from opt66b.store import UnitStore, Work, in_memory_info, model_fingerprint
+from opt66b.runs.layout import shots_dir
+from opt66b.runs.store import UnitStore, Work, in_memory_info, model_fingerprint
 from tasks.evaluate import evaluation_store
 
 
@@ -67,8 +67,9 @@ def run_head_importance(model: Any, tokenizer: Any, info: dict[str, Any] | None,
     streams its layers, or with layerwise_backward=True: recorded, not fingerprinted, since it moves
     only the last float bits). chunk_budget: with streamed layers, the bytes a chunk of examples may
     keep on the compute device (every layer's input; prune/importance.example_chunks)."""
-    from opt66b.distributed import barrier, my_units, rank_world
-    from opt66b.io import Progress, run_metadata
+    from opt66b.runs.distributed import barrier, my_units, rank_world
+    from opt66b.fileio import Progress
+    from opt66b.runs.results import run_metadata
     from tasks.evaluate import task_fingerprint
 
     from .aggregate import PAPER_SEEN_TASKS, check_aggregate_before, write_aggregate

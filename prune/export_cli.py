@@ -11,7 +11,7 @@ from typing import Any
 
 
 def register_export(sub: argparse._SubParsersAction) -> None:
-    from opt66b.cli_options import add_old_spelling
+    from opt66b.runs.options import add_old_spelling
 
     p = sub.add_parser(
         "export-pruned", help="write a smaller checkpoint without the masked heads and FFNs (or --dry-run)",
@@ -59,7 +59,7 @@ def _export(args: argparse.Namespace) -> int:
     from opt66b.config import config_for_size, config_from_hf
     from opt66b.export import export_pruned
     from opt66b.placement import parse_size
-    from opt66b.runtime import TINY_MODEL_DIR
+    from opt66b.runs.loading import TINY_MODEL_DIR
 
     if args.random_weights and not args.dry_run:
         raise ValueError("--random-weights describes an official shape without weights; it needs --dry-run (export needs --model)")
@@ -93,7 +93,7 @@ def masks_from_args(args: argparse.Namespace, cfg: Any):
 
     Without a ranking (--dry-run with percentages only) the masks remove the first units in flat
     order: sizes depend on how many units go, not which (opt66b.export.config_for_counts)."""
-    from opt66b.io import sha256_file
+    from opt66b.fileio import sha256_file
     from tasks.evaluate import load_eval_masks
 
     from .masks import count_for_percent, ffn_mask_for_percent, head_mask_for_percent, read_importance

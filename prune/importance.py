@@ -23,7 +23,8 @@ from typing import Any, Callable, Sequence
 import torch
 
 from opt66b import Capture, frozen, head_attribution
-from opt66b.io import Progress, check_finite_heads
+from opt66b.fileio import Progress
+from opt66b.runs.results import check_finite_heads
 from opt66b.layer_major import DEFAULT_CHUNK_BUDGET, chunk_units, streams_layers
 from opt66b.host_memory import release_cpu_caches
 from opt66b.offload import layerwise_backward, layerwise_backward_chunk
@@ -267,6 +268,6 @@ def ffn_importance(evaluation: Any, num_layers: int, metric: str, layers: Sequen
 
 
 def stderr_progress(total: int, label: str) -> Callable[[int], None]:
-    """A progress callback printing to stderr (opt66b.io.Progress)."""
+    """A progress callback printing to stderr (opt66b.runs.results.Progress)."""
     bar = Progress(total, label, stream=sys.stderr)
     return bar.update

@@ -24,8 +24,8 @@ from typing import Sequence
 
 import torch
 
-from opt66b.io import read_tensors
-from opt66b.mask_files import FFN_MASK_KEY, HEAD_MASK_KEY, read_masks, write_masks  # noqa: F401 (re-exported)
+from opt66b.runs.results import read_tensors
+from opt66b.runs.mask_files import FFN_MASK_KEY, HEAD_MASK_KEY, read_masks, write_masks  # noqa: F401 (re-exported)
 IMPORTANCE_KEY = "importance"
 UNIFORM_IMPORTANCE_KEY = "importance_uniform"  # the same scores with every layer over the position count
 PAPER_DENOMINATOR_KEY = "importance_paper_denominator"  # the paper's: its last layer over target tokens

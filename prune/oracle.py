@@ -17,11 +17,12 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from opt66b.distributed import barrier, my_units, rank_world
-from opt66b.io import Progress, read_json, write_json
+from opt66b.runs.distributed import barrier, my_units, rank_world
+from opt66b.fileio import Progress, read_json
+from opt66b.runs.results import write_json
 from opt66b.layer_major import DEFAULT_CHUNK_BUDGET, streams_layers
-from opt66b.layout import knockout_base, knockout_unit, shots_dir
-from opt66b.store import UnitStore, Work
+from opt66b.runs.layout import knockout_base, knockout_unit, shots_dir
+from opt66b.runs.store import UnitStore, Work
 from tasks.evaluate import task_fingerprint
 
 from .chunks import chunk_store
@@ -47,7 +48,7 @@ def run_ffn_importance(model: Any, tokenizer: Any, tasks: dict[str, Any], shots:
     layers the chunk runs layer by layer (opt66b/layer_major.py: weights cross once per chunk) and
     record_budget bounds its live states on the compute device instead (L + 1 streams, not L).
     """
-    from opt66b.io import run_metadata
+    from opt66b.runs.results import run_metadata
 
     from .importance import ffn_importance
 

@@ -1,4 +1,4 @@
-"""Typed settings of the pruning study's steps (opt66b/settings.py): head importance, the FFN oracle,
+"""Typed settings of the pruning study's steps (opt66b/runs/settings.py): head importance, the FFN oracle,
 the sweeps (heads, FFNs, grid, transfer) and the correlations. Each `execute` calls the typed step
 function in prune/cli.py (or correlate_cli.py) that the sub-command's handler calls too."""
 
@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from opt66b.settings import StepSettings, option
+from opt66b.runs.settings import StepSettings, option
 from tasks.settings import TaskStep
 
 

@@ -6,7 +6,7 @@ scripts/plotting/{iterative_pruning,combined_pruning,crosstask_accuracy}.py); fa
 in docs/method.md ("Pruning"). Each unit (task, shot, percentage or grid cell) is one evaluation
 written atomically to its own small JSON file; a rerun skips units whose file exists, so a killed run
 loses only the unit in flight. Tables are merged from the unit files. Units are split over torchrun
-processes with opt66b.distributed.my_units. With streamed layers the units of a (task, shot) are
+processes with opt66b.runs.distributed.my_units. With streamed layers the units of a (task, shot) are
 evaluated together in layer order first (prune/chunks.evaluate_together: each streamed layer fetched
 once per chunk of batches for all of them, not once per unit and batch; resumable per chunk).
 
@@ -24,11 +24,12 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from opt66b.distributed import barrier, my_units, rank_world
-from opt66b.io import Progress, read_json, write_json
+from opt66b.runs.distributed import barrier, my_units, rank_world
+from opt66b.fileio import Progress, read_json
+from opt66b.runs.results import write_json
 from opt66b.layer_major import DEFAULT_CHUNK_BUDGET, streams_layers
-from opt66b.layout import shots_dir, shots_name, sweep_unit
-from opt66b.store import UnitStore, Work
+from opt66b.runs.layout import shots_dir, shots_name, sweep_unit
+from opt66b.runs.store import UnitStore, Work
 from tasks.evaluate import EvaluationCache, task_fingerprint
 from tasks.metrics import public_metrics
 from tasks.registry import seen_in
@@ -229,7 +230,7 @@ def merge_table(root: Path, table: Path, sweep: str, ranking: str, units: Sequen
 
     Units still missing (another process still running, or a killed run) are listed, not invented.
     """
-    from opt66b.io import run_metadata
+    from opt66b.runs.results import run_metadata
 
     results: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
     per_doc: dict[str, dict[str, dict[str, dict[str, str | None]]]] = {}

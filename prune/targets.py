@@ -21,8 +21,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from opt66b.io import read_tensors
-from opt66b.layout import shots_dir
+from opt66b.runs.results import read_tensors
+from opt66b.runs.layout import shots_dir
 from tasks.registry import PAPER_SEEN_TASKS
 
 from . import stats

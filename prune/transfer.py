@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from opt66b.layout import shots_name
+from opt66b.runs.layout import shots_name
 
 from .aggregate import PAPER_SEEN_TASKS, PAPER_UNSEEN_TASKS
 from .paper import PAPER_TRANSFER_PARTNERS, PAPER_TRANSFER_TASKS
@@ -146,12 +146,13 @@ def run_transfer(plan: dict[str, Any], prune_dir: Any, sweep: Any, percents: Seq
     """
     from pathlib import Path
 
-    from opt66b.io import read_json, write_json
+    from opt66b.fileio import read_json
+    from opt66b.runs.results import write_json
 
     from .inflection import sweep_curve
     from .intervals import difference
 
-    from opt66b.distributed import barrier, is_main
+    from opt66b.runs.distributed import barrier, is_main
 
     prune_dir = Path(prune_dir)
     pairs: dict[tuple[str, str], list[int]] = {}

@@ -1,6 +1,6 @@
 """Sub-commands of the study package: `copytask` (the tiny organism's check; docs/tiny-opt.md).
 
-Mirrors the pattern of opt66b/cli.py: `register(sub)` adds the parsers, heavy imports happen in the
+Mirrors the pattern of opt66b/runs/commands.py: `register(sub)` adds the parsers, heavy imports happen in the
 handlers so `run.py --help` stays instant.
 """
 
@@ -10,7 +10,7 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from opt66b.cli_options import add_model_args, add_out_arg, add_plan_args, add_seed_arg, example
+    from opt66b.runs.options import add_model_args, add_out_arg, add_plan_args, add_seed_arg, example
 
     p = sub.add_parser(
         "copytask", help="synthetic in-context copying: accuracy with induction heads vs control heads pruned",

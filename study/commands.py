@@ -10,7 +10,7 @@ import argparse
 import importlib
 
 # Packages that contribute sub-commands, in the order they appear in --help.
-COMMAND_MODULES = ["opt66b.cli", "tasks.cli", "prune.cli", "induction.cli", "opt66b.scale_cli", "study.cli", "study.run_cli"]
+COMMAND_MODULES = ["opt66b.runs.commands", "tasks.cli", "prune.cli", "induction.cli", "study.cli", "study.run_cli"]
 DESCRIPTION = "opt66b: the Bansal et al. (ACL 2023) in-context-learning interpretability study on any OPT checkpoint."
 
 

@@ -28,7 +28,7 @@ import torch
 from induction.prefix_matching import prefix_matching_seed
 from induction.sequences import EXCLUDE_RATIO, prefix_sequence, token_pool
 from opt66b import OPT, OPTTokenizer
-from opt66b.store import UnitStore, Work, in_memory_info, model_fingerprint
+from opt66b.runs.store import UnitStore, Work, in_memory_info, model_fingerprint
 from prune.importance import head_importance_tokens
 from tasks.scoring import TokenRequest
 
@@ -131,7 +131,8 @@ def run_copy_task(model: OPT, tokenizer: OPTTokenizer, info: dict[str, Any] | No
     """The organism check as one unit: out/copytask.json with the accuracies, the induction and
     control heads and their scores (see pruning_experiment), reused on rerun when its fingerprint
     matches. Returns {"result": ..., "work": forward/backward passes and tokens computed}."""
-    from opt66b.io import read_json, run_metadata
+    from opt66b.fileio import read_json
+    from opt66b.runs.results import run_metadata
 
     if seeds < 1 or length < 2 or first_seed < 0:
         raise ValueError(f"--seeds must be >= 1, --length >= 2 and --seed >= 0, got {seeds}, {length} and {first_seed}")

@@ -29,7 +29,7 @@ import re
 import sys
 from pathlib import Path
 
-from opt66b.io import atomic_write_bytes, atomic_write_text, sha256_file
+from opt66b.fileio import atomic_write_bytes, atomic_write_text, sha256_file
 
 DEFAULT_RECORDS = 40  # per file: enough for 5-shot prompts plus a few dozen docs to evaluate
 # Files whose records are large get fewer, to keep the whole bundle well under 1.5 MB.

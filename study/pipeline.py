@@ -1,6 +1,6 @@
 """`run.py all`: the whole study, in order, on a model loaded once.
 
-Each step is a typed settings object (opt66b/settings.py; `plan_steps` builds them from `all`'s
+Each step is a typed settings object (opt66b/runs/settings.py; `plan_steps` builds them from `all`'s
 options) that `all` hands, with the one loaded model, to the step's experiment (`settings.execute`):
 no argument list is rendered or parsed to run a step. OUT/commands.txt holds each step as the
 `run.py` line its settings render (`settings.argv`), which parses back into equal settings, so an
@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from opt66b.layout import RunLayout
+from opt66b.runs.layout import RunLayout
 from tasks.registry import PAPER_SEEN_TASKS, PAPER_UNSEEN_TASKS, seen_in
 
 PAPER_TASKS = [*PAPER_SEEN_TASKS, *PAPER_UNSEEN_TASKS]
@@ -61,7 +61,7 @@ def available_tasks(data_dir: Path, wanted: list[str], shots: list[int],
 
 def model_flags(args: argparse.Namespace) -> list[str]:
     """The model options of `all`, rendered for every step that uses the model (commands.txt)."""
-    from opt66b.runtime import LOAD_OPTIONS
+    from opt66b.runs.loading import LOAD_OPTIONS
 
     flags = []
     for name in LOAD_OPTIONS:
@@ -72,7 +72,7 @@ def model_flags(args: argparse.Namespace) -> list[str]:
 
 
 def plan_steps(args: argparse.Namespace, tasks: list[str]) -> list[tuple[str, Any]]:
-    """The study as (label, settings) pairs: each step's typed settings (opt66b/settings.py), built from
+    """The study as (label, settings) pairs: each step's typed settings (opt66b/runs/settings.py), built from
     `all`'s options. `all` runs them with `settings.execute`; commands.txt holds `settings.argv(...)`."""
     from induction.settings import CapacitySettings, CopyingSettings, PrefixSettings
     from prune.settings import CorrelateSettings, FFNOracleSettings, HeadImportanceSettings, PruneSettings
@@ -187,10 +187,11 @@ class StudyClock:
 
 
 def run_all(args: argparse.Namespace) -> int:
-    from opt66b.distributed import barrier, is_main
+    from opt66b.runs.distributed import barrier, is_main
     from opt66b.host_memory import trim
-    from opt66b.io import atomic_write_text, write_json
-    from opt66b.runtime import load_from_args
+    from opt66b.fileio import atomic_write_text
+    from opt66b.runs.results import write_json
+    from opt66b.runs.loading import load_from_args
 
     from tasks.evaluate import EvaluationCache
 

@@ -25,7 +25,7 @@ def model_shape(args: argparse.Namespace) -> tuple[Shape, Any, dict[str, Any]]:
     an official size name only: the same device map, streaming and dtype rules, no tensors."""
     from opt66b.config import config_for_size, config_from_hf
     from opt66b.placement import dtype_bytes, head_params, layer_bytes, layer_params, parse_max_memory
-    from opt66b.runtime import TINY_MODEL_DIR, placement, resolve_device, resolve_dtype
+    from opt66b.runs.loading import TINY_MODEL_DIR, placement, resolve_device, resolve_dtype
     from opt66b.tokenizer import load_tokenizer
 
     device = resolve_device(args.device)
@@ -103,7 +103,7 @@ def plan_steps_of(args: argparse.Namespace, shape: Shape, tokenizer: Any, keep: 
         step = StepPlan(args.plan_step, shape)
         PLANNERS[args.plan_step](step, args, tokenizer)
         return [step]
-    from opt66b.runtime import LOAD_OPTIONS
+    from opt66b.runs.loading import LOAD_OPTIONS
 
     from .pipeline import DEFAULT_TASKS, available_tasks, command_line, plan_steps
     from .run_cli import all_defaults
@@ -202,7 +202,7 @@ def make_plan(args: argparse.Namespace, keep: bool = False) -> dict[str, Any]:
                  host_bytes=max(r["host_bytes"] for r in rows), streamed_bytes=sum(r["streamed_bytes"] for r in rows))
     processes = getattr(args, "processes", None)
     if processes is None:
-        from opt66b.distributed import rank_world
+        from opt66b.runs.distributed import rank_world
 
         processes = rank_world()[1]
     if processes < 1:
@@ -287,7 +287,7 @@ def format_plan(plan: dict[str, Any]) -> str:
 
 
 def run_plan(args: argparse.Namespace) -> int:
-    from opt66b.cli_options import emit_json
+    from opt66b.runs.options import emit_json
 
     plan = make_plan(args)
     if args.json is None or str(args.json) != "-":

@@ -140,8 +140,8 @@ def _cached(what: str, identity: list[Any], tokenizer: Any, task: Any, compute: 
     content, the tokenizer files by content and the tasks package's source. A tokenizer built in
     memory (no files) is never cached; a damaged entry is recomputed, never trusted; a cache that
     cannot be written costs the next plan its time, nothing else."""
-    from opt66b.identity import cache_dir, tokenizer_identity
-    from opt66b.io import atomic_write_text
+    from opt66b.runs.identity import cache_dir, tokenizer_identity
+    from opt66b.fileio import atomic_write_text
     from tasks.evaluate import task_fingerprint
     from tasks.scoring import KV_BUDGET_FACTOR
 

@@ -23,7 +23,7 @@ import random
 from pathlib import Path
 from typing import Any, Sequence
 
-from opt66b.layout import RunLayout
+from opt66b.runs.layout import RunLayout
 from prune.intervals import Z95
 
 SAMPLE_DOCS = 32  # docs tokenised per task to price a document (tokens per doc, context + choices)
@@ -31,7 +31,7 @@ SAMPLE_DOCS = 32  # docs tokenised per task to price a document (tokens per doc,
 
 def _previous(out: Path | None, task: str, shots: Sequence[int]) -> tuple[float | None, float | None]:
     """(primary mean p, sd of the paired differences) of `task` from a previous run in `out`."""
-    from opt66b.io import read_json
+    from opt66b.fileio import read_json
     from tasks.registry import ALL_TASKS
 
     if out is None:

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from opt66b.io import atomic_write_text, read_tensors
-from opt66b.layout import SHOTS_PATTERN, RunLayout, eval_results, shot_dirs, shot_files, shot_of, shots_name
+from opt66b.fileio import atomic_write_text
+from opt66b.runs.results import read_tensors
+from opt66b.runs.layout import SHOTS_PATTERN, RunLayout, eval_results, shot_dirs, shot_files, shot_of, shots_name
 from prune.aggregate import aggregate_of
 from prune.intervals import Z95
 from prune.inflection import DEFAULT_MIN_BEND, DEFAULT_TOLERANCE, RULES, curve_points, mean_curve, mean_grid, sweep_curve

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from opt66b.io import write_json
-from opt66b.layout import RunLayout, eval_results, shot_dirs, shots_name
+from opt66b.runs.results import write_json
+from opt66b.runs.layout import RunLayout, eval_results, shot_dirs, shots_name
 from prune.inflection import DEFAULT_MIN_BEND, RULES, headline, mean_curve, mean_grid
 from prune.intervals import KNEE_ITERS, KNEE_SEED, Z95, headline_intervals
 from prune.paper import PAPER_HEADLINE

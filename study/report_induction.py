@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from opt66b.io import read_tensors
-from opt66b.layout import RunLayout, shot_dirs, shot_of, shots_name
+from opt66b.runs.results import read_tensors
+from opt66b.runs.layout import RunLayout, shot_dirs, shot_of, shots_name
 from prune import stats
 from tasks.registry import paper_order
 

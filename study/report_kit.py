@@ -11,8 +11,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from opt66b.io import read_json
-from opt66b.layout import RunLayout
+from opt66b.fileio import read_json
+from opt66b.runs.layout import RunLayout
 
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from opt66b.cli_options import add_model_args, add_out_arg, add_plan_args, example
+    from opt66b.runs.options import add_model_args, add_out_arg, add_plan_args, example
     from tasks.cli_options import add_task_args
 
     p = sub.add_parser(

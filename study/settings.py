@@ -1,4 +1,4 @@
-"""Typed settings of the study's own model step (opt66b/settings.py): the synthetic copy task."""
+"""Typed settings of the study's own model step (opt66b/runs/settings.py): the synthetic copy task."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from opt66b.settings import option
+from opt66b.runs.settings import option
 from tasks.settings import ModelStep
 
 

@@ -68,7 +68,8 @@ import torch  # noqa: E402  (after the pins, on purpose)
 import torch.nn.functional as F  # noqa: E402
 
 from opt66b import OPT, OPTConfig, load_tokenizer, save_checkpoint  # noqa: E402
-from opt66b.io import Progress, run_metadata, sha256_file, write_json  # noqa: E402
+from opt66b.fileio import Progress, sha256_file
+from opt66b.runs.results import run_metadata, write_json  # noqa: E402
 
 from induction.sequences import token_pool  # noqa: E402
 

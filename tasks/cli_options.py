@@ -1,5 +1,5 @@
 """The task options shared by every sub-command that evaluates or reads tasks: --data, --tasks, --shots,
---limit, --batch-tokens, --protocol (the rest of the grammar: opt66b/cli_options.py).
+--limit, --batch-tokens, --protocol (the rest of the grammar: opt66b/runs/options.py).
 
 Same defaults everywhere: --data is the bundled tasks/samples, --shots 0 1 5 (the paper's shot counts).
 Only argparse here, so `run.py --help` imports no torch.

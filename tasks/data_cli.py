@@ -10,7 +10,7 @@ from typing import Any
 
 
 def register_data(sub: argparse._SubParsersAction) -> None:
-    from opt66b.cli_options import add_json_arg, example
+    from opt66b.runs.options import add_json_arg, example
 
     from .cli_options import add_data_arg
 
@@ -32,7 +32,7 @@ def register_data(sub: argparse._SubParsersAction) -> None:
 def check_data(data_dir: Path, names: list[str] | None = None) -> list[dict[str, Any]]:
     """One row per (task, split): file (+ sha256), docs, published, status in {"ok", "count differs",
     "fallback", "stand-in", "missing", "error"}, and a note saying what a fallback / missing file means."""
-    from opt66b.io import sha256_file
+    from opt66b.fileio import sha256_file
 
     from .registry import TASKS, get_task
 
@@ -120,13 +120,13 @@ def run_data_check(s: Any) -> dict[str, Any]:
     code 2 when a file is unusable (bad input, like any other)."""
     if not Path(s.data).is_dir():
         raise FileNotFoundError(f"{s.data}: data directory not found (layout: <data>/<task>/<file as released>)")
-    from opt66b.cli_options import emit_json
+    from opt66b.runs.options import emit_json
 
     rows = check_data(Path(s.data), list(s.tasks) if s.tasks else None)
     if s.json is None or str(s.json) != "-":
         print(format_report(rows))
     if s.json is not None:
-        from opt66b.io import run_metadata
+        from opt66b.runs.results import run_metadata
 
         emit_json(s.json, {"rows": rows, "meta": run_metadata(data=str(s.data))})
     errors = [r for r in rows if r["status"] == "error"]

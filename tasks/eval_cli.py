@@ -8,7 +8,7 @@ harness's results.json layout). Layout under --out, per shot count K:
     shots-K/requests/<task>.jsonl  one line per request: doc_id, context, continuation, loglikelihood, is_greedy
 
 The experiment is tasks.evaluate.run_evaluation; this module only declares the options. A rerun
-skips tasks whose shots-K/tasks/<task>.json holds the same fingerprint (opt66b.store: model, dtype,
+skips tasks whose shots-K/tasks/<task>.json holds the same fingerprint (opt66b.runs.store: model, dtype,
 masks, data by content, limit, seed, VERSION) and rebuilds results.json; a different fingerprint in
 the same --out is an error (or, with --recompute, replaced) rather than a silent mix.
 """
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 
 def register_eval(sub: argparse._SubParsersAction) -> None:
-    from opt66b.cli_options import add_model_args, add_out_arg, add_plan_args, add_seed_arg, example
+    from opt66b.runs.options import add_model_args, add_out_arg, add_plan_args, add_seed_arg, example
 
     from .cli_options import add_task_args
 
@@ -60,7 +60,7 @@ def _eval(args: argparse.Namespace, loaded=None) -> int:
 
 def check_eval(s: "EvalSettings") -> None:
     """Bad values and missing files, each one clear error, before any model work."""
-    from opt66b.mask_files import read_masks
+    from opt66b.runs.mask_files import read_masks
 
     s.check_tasks(s.limit)
     if s.batch_tokens < 1:

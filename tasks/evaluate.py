@@ -22,9 +22,10 @@ from typing import Any, Sequence
 
 import torch
 
-from opt66b.io import NonFiniteError, file_hashes, read_json
+from opt66b.fileio import read_json
+from opt66b.runs.results import NonFiniteError, file_hashes
 from opt66b.layer_major import DEFAULT_CHUNK_BUDGET
-from opt66b.layout import eval_requests, eval_results, eval_unit, shots_dir
+from opt66b.runs.layout import eval_requests, eval_results, eval_unit, shots_dir
 
 from .base import Result, Task
 from .metrics import public_metrics, task_metrics_with_errors
@@ -178,7 +179,7 @@ def _mask_bytes(mask: Any) -> bytes:
 
 def task_fingerprint(task: Task) -> dict[str, Any]:
     """What fixes a task's numbers besides the model and settings: name, VERSION, data files by content."""
-    from opt66b.store import files_fingerprint
+    from opt66b.runs.store import files_fingerprint
 
     return {"task": task.NAME, "version": task.VERSION, "data_sha256": files_fingerprint(task.data_files())}
 
@@ -187,7 +188,7 @@ def load_eval_masks(head_path: Path | None, ffn_path: Path | None, num_layers: i
                     soft: bool = False):
     """(head_mask (L, H) or None, ffn_mask (L,) or None) from the given files; a file lacking the
     tensor asked of it, or of the wrong shape for this model, is an error naming the file."""
-    from opt66b.mask_files import read_masks
+    from opt66b.runs.mask_files import read_masks
 
     head = ffn = None
     if head_path is not None:
@@ -203,12 +204,12 @@ def load_eval_masks(head_path: Path | None, ffn_path: Path | None, num_layers: i
 
 def evaluation_store(info: dict[str, Any], *, limit: int | None, seed: int, paper_quirks: bool, recompute: bool,
                      **extra: Any) -> Any:
-    """The unit store (opt66b.store) of every step that evaluates tasks (eval, the FFN oracle, the sweeps,
+    """The unit store (opt66b.runs.store) of every step that evaluates tasks (eval, the FFN oracle, the sweeps,
     the transfer): the model, which docs (limit, seed) and which prompts (paper_quirks) fix an
     evaluation's numbers; `extra`, what else a step's units depend on (eval: max_length, masks). Not
     batch_tokens: a batch shape moves only the last float bits and a resumed run may have another memory
     budget, so it is recorded in each unit instead of refusing it."""
-    from opt66b.store import UnitStore, model_fingerprint
+    from opt66b.runs.store import UnitStore, model_fingerprint
 
     return UnitStore({**model_fingerprint(info), "limit": limit, "seed": seed, "paper_quirks": paper_quirks, **extra},
                      recompute=recompute)
@@ -218,7 +219,8 @@ def _evaluate_unit(ev: TaskEvaluation, name: str, head: Any, ffn: Any, shot_dir:
                    info: dict[str, Any], batch_tokens: int, cache: EvaluationCache | None, work: Any) -> dict[str, Any]:
     """One (task, shot) unit of run_evaluation: score it under the masks, keep the run in `cache`, write
     the per-request log-likelihoods; returns the unit's content (metrics, per-doc scores, config)."""
-    from opt66b.io import atomic_write_text, run_metadata
+    from opt66b.fileio import atomic_write_text
+    from opt66b.runs.results import run_metadata
 
     task, k, stats = ev.task, ev.shots, ev.scorer.stats
     print(f"[eval] {name} {k}-shot: {len(ev.instances)} docs, {len(ev.requests)} requests, "
@@ -257,8 +259,9 @@ def run_evaluation(model: Any, tokenizer: Any, info: dict[str, Any] | None, data
     layers, the bytes of layer-order states a chunk of batches may take on the compute device.
     Returns {"results": {K: {task: metrics}}, "work": forward passes and tokens computed by this call}.
     """
-    from opt66b.io import run_metadata, sha256_file, write_json
-    from opt66b.store import Work, in_memory_info
+    from opt66b.fileio import sha256_file
+    from opt66b.runs.results import run_metadata, write_json
+    from opt66b.runs.store import Work, in_memory_info
 
     from .registry import get_task
 

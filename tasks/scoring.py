@@ -30,7 +30,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from opt66b import Capture, position_ids_from_mask
-from opt66b.io import Progress
+from opt66b.fileio import Progress
 from opt66b.layer_major import (DEFAULT_CHUNK_BUDGET, ChunkPass, MaskedRun, check_resumable, chunk_units, full_masks,
                                 run_layer_major, streams_layers)
 

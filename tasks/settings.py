@@ -1,4 +1,4 @@
-"""Typed settings of the task steps (opt66b/settings.py): `data check` and `eval`, plus the model-step
+"""Typed settings of the task steps (opt66b/runs/settings.py): `data check` and `eval`, plus the model-step
 base every experiment's settings build on (the data and task options shared by eval, importance and
 the sweeps)."""
 
@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from opt66b.settings import StepSettings, option
+from opt66b.runs.settings import StepSettings, option
 
 from .cli_options import DEFAULT_SHOTS, SAMPLES_DIR
 

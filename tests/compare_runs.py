@@ -64,7 +64,7 @@ def compare(run_a: Path, run_b: Path, ignore_dirs: set[str] = frozenset(), alias
     aliases: {text in B: text in A} replaced in B's strings (e.g. another checkout's root)."""
     import torch
 
-    from opt66b.io import read_tensors
+    from opt66b.runs.results import read_tensors
 
     def files(run: Path) -> set[str]:
         return {str(p.relative_to(run)) for p in run.rglob("*") if p.is_file() and p.suffix in (".json", ".safetensors",

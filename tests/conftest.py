@@ -26,7 +26,7 @@ needs_shared_tokenizer = pytest.mark.skipif(not (SHARED_TOKENIZER / "vocab.json"
 
 @pytest.fixture(scope="session", autouse=True)
 def identity_cache(tmp_path_factory):
-    """The checkpoint hash cache (opt66b/identity.py) lives in a temporary directory, never the user's."""
+    """The checkpoint hash cache (opt66b/runs/identity.py) lives in a temporary directory, never the user's."""
     import os
 
     path = tmp_path_factory.mktemp("identity-cache")

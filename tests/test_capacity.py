@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from induction.capacity import expected_random, pruned_percent, random_curve, retained_curve, run_capacity
-from opt66b.io import read_json, read_tensors, write_tensors
+from opt66b.fileio import read_json
+from opt66b.runs.results import read_tensors, write_tensors
 
 
 def test_retained_by_hand():

@@ -1,5 +1,5 @@
 """One command-line grammar: --help of every sub-command without torch, the same defaults and
-option meanings everywhere (opt66b/cli_options.py, tasks/cli_options.py)."""
+option meanings everywhere (opt66b/runs/options.py, tasks/cli_options.py)."""
 
 from __future__ import annotations
 

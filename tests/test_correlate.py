@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import run
-from opt66b.io import sha256_file, write_tensors
+from opt66b.fileio import sha256_file
+from opt66b.runs.results import write_tensors
 from prune.stats import mean_and_variance, paper_argsort_correlation, spearman, top_fraction_overlap
 
 

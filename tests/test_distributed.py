@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from opt66b import distributed
+from opt66b.runs import distributed
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,7 +23,7 @@ SCRIPT = r'''
 import sys, torch
 sys.path.insert(0, {root!r})
 from pathlib import Path
-from opt66b import distributed
+from opt66b.runs import distributed
 
 out = Path(sys.argv[1])
 units = [f"task{{t}}-shot{{s}}" for t in range(3) for s in (0, 1)]
@@ -98,7 +98,8 @@ sys.path.insert(0, {root!r})
 sys.path.insert(0, {tests!r})
 from pathlib import Path
 from conftest import random_model
-from opt66b import OPTConfig, distributed
+from opt66b import OPTConfig
+from opt66b.runs import distributed
 from prune.sweeps import run_sweep
 
 out, imp = Path(sys.argv[1]), Path(sys.argv[2])
@@ -131,7 +132,7 @@ def test_prune_sweep_two_processes_equal_one(tmp_path):
     pytest.importorskip("prune.sweeps")
     import torch
 
-    from opt66b.io import write_tensors
+    from opt66b.runs.results import write_tensors
 
     imp = tmp_path / "importance"
     for k in (0, 1):

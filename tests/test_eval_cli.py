@@ -9,7 +9,8 @@ import torch
 
 from conftest import ROOT, random_model, write_checkpoint
 from opt66b import OPTConfig
-from opt66b.io import read_json, sha256_file, write_tensors
+from opt66b.fileio import read_json, sha256_file
+from opt66b.runs.results import write_tensors
 from run import main
 
 FIXTURES = ROOT / "tests" / "fixtures" / "data"

@@ -10,8 +10,9 @@ import torch
 from conftest import FIXTURES, random_model, write_checkpoint
 
 from opt66b import OPTConfig, load_model
-from opt66b.io import read_json, read_tensors, write_json, write_tensors
-from opt66b.mask_files import write_masks
+from opt66b.fileio import read_json
+from opt66b.runs.results import read_tensors, write_json, write_tensors
+from opt66b.runs.mask_files import write_masks
 from run import main
 
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from opt66b import Capture, load_model
-from opt66b.io import read_tensors
+from opt66b.runs.results import read_tensors
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 NAMES = ["pre_ln", "post_ln_350m"]

@@ -19,7 +19,7 @@ def test_a_host_budget_is_what_bounds_host_memory(max_memory, offload, bounded):
 
 
 def test_load_bounds_only_under_a_host_budget(monkeypatch):
-    from opt66b import runtime
+    from opt66b.runs import loading as runtime
 
     calls = []
     monkeypatch.setattr(runtime, "bound", lambda: calls.append(1) or True)

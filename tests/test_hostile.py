@@ -38,7 +38,7 @@ def kit(tmp_path_factory):
 def fast_tiny_tokenizer(one_thread):
     """Cases whose culprit is not the tokenizer reuse one load of the tiny model's tokenizer (the
     50k-merge BPE build is most of a case's time); tokenizer cases name other directories."""
-    import opt66b.runtime as runtime
+    import opt66b.runs.loading as runtime
 
     real, cache = runtime.load_tokenizer, {}
 
@@ -116,7 +116,7 @@ def test_subprocess_errors_are_one_line_and_debug_shows_the_traceback(kit, tmp_p
 def test_kill_9_during_a_large_atomic_write_leaves_an_orphan_the_next_run_removes(tmp_path):
     out = tmp_path / "out"
     writer = ("import sys, torch; sys.path.insert(0, %r)\n"
-              "from opt66b.io import write_tensors\n"
+              "from opt66b.runs.results import write_tensors\n"
               "write_tensors(%r, {'x': torch.zeros(1 << 28, dtype=torch.uint8)})\n") % (str(ROOT), str(out / "big.safetensors"))
     proc = subprocess.Popen([sys.executable, "-c", writer])
     deadline = time.monotonic() + 120
@@ -136,7 +136,8 @@ def test_kill_9_during_a_large_atomic_write_leaves_an_orphan_the_next_run_remove
 
 
 def test_orphan_cleanup_keeps_a_live_writers_file_and_foreign_recent_ones(tmp_path):
-    from opt66b.io import _HOST, check_output_dir
+    from opt66b.fileio import _HOST
+    from opt66b.runs.results import check_output_dir
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead_pid = int(dead.stdout)
@@ -176,7 +177,7 @@ def test_default_threads_are_printed(tmp_path, capsys):
 
 
 def test_results_json_is_strict(tmp_path):
-    from opt66b.io import write_json
+    from opt66b.runs.results import write_json
 
     with pytest.raises(ValueError, match=r"r\.json.*results\.copa\.acc"):
         write_json(tmp_path / "r.json", {"results": {"copa": {"acc": float("nan")}}})
@@ -207,7 +208,7 @@ def test_fixtures_are_untouched_by_the_table():
 
 def test_an_unwritable_output_dir_is_refused_before_work(tmp_path, monkeypatch):
     """(Permission bits do not stop root, who runs this suite in containers, so os.access is faked.)"""
-    import opt66b.io as io
+    import opt66b.runs.results as io
 
     monkeypatch.setattr(io.os, "access", lambda path, mode: False)
     with pytest.raises(PermissionError, match=r"--out .*new.*cannot be created \(.* is not writable\)"):

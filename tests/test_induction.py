@@ -174,7 +174,8 @@ def test_constructed_induction_head_ranks_first():
 # -- the CLI: outputs, saved sequences, resume ----------------------------------------------------
 def test_cli_prefix_writes_scores_and_resumes(tmp_path):
     import run
-    from opt66b.io import read_json, read_tensors
+    from opt66b.fileio import read_json
+    from opt66b.runs.results import read_tensors
 
     cfg = OPTConfig(hidden_size=32, num_layers=2, num_heads=4, ffn_dim=64, vocab_size=50272, max_positions=112)
     model = random_model(cfg, seed=1)

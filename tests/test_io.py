@@ -1,4 +1,4 @@
-"""opt66b.io: atomic result files."""
+"""opt66b.runs.results: atomic result files."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import pytest
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX permission bits")
 def test_atomic_write_gives_umask_permissions_and_leaves_no_temp(tmp_path):
-    from opt66b.io import atomic_write_text, read_json, write_json
+    from opt66b.fileio import atomic_write_text, read_json
+    from opt66b.runs.results import write_json
 
     old = os.umask(0o022)
     try:

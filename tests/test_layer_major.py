@@ -21,7 +21,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def _nets():
     from opt66b import OPTConfig
-    from opt66b.runtime import load
+    from opt66b.runs.loading import load
 
     tiny = load(log=lambda m: None)[0]  # the embedded tiny OPT (2 layers)
     three = random_model(OPTConfig(hidden_size=32, num_layers=3, num_heads=4, ffn_dim=64, max_positions=1024), seed=5)
@@ -154,9 +154,9 @@ def test_streamed_sweeps_run_each_task_in_layer_order_with_the_resident_tables(t
     the resident model's (same bits: JSON values compared), a rerun resumes from the chunk files
     (no layer fetched again), and the grid after the head and FFN sweeps runs only its new cells."""
     from opt66b import OPTConfig, save_checkpoint
-    from opt66b.io import write_tensors
+    from opt66b.runs.results import write_tensors
     from opt66b.offload import load_streamed
-    from opt66b.store import UnitStore, Work
+    from opt66b.runs.store import UnitStore, Work
     from prune.sweeps import run_sweep
     from tasks.evaluate import EvaluationCache, TaskEvaluation
     from tasks.registry import get_task

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import random_model
-from opt66b.io import write_tensors
+from opt66b.runs.results import write_tensors
 from prune.masks import (aggregate_importance, count_for_percent, ffn_mask_for_percent, ffn_ranking,
                          head_mask_for_percent, head_ranking, normalize_per_layer, read_importance, read_masks,
                          write_masks)

@@ -162,7 +162,7 @@ def test_host_streamer_reuses_two_buffers(cfg, batch):
 
 
 def test_runtime_offload_mmap_and_budget(tmp_path, cfg, batch):
-    from opt66b.runtime import load_from_args
+    from opt66b.runs.loading import load_from_args
 
     model = random_model(cfg, seed=3)
     write_checkpoint(model, tmp_path)

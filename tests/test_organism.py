@@ -70,7 +70,7 @@ def test_copy_importance_is_prunes_head_importance(tiny_config):
 @needs_organism
 def test_shipped_checkpoint_shape_size_and_dtype():
     from opt66b import config_from_hf
-    from opt66b.io import read_tensors
+    from opt66b.runs.results import read_tensors
 
     size = (TINY / "model.safetensors").stat().st_size
     assert size <= 10 * 1024 * 1024, f"{size} bytes > 10 MiB"
@@ -127,7 +127,7 @@ def test_organism_has_a_previous_token_head_in_layer_0():
 def test_training_log_matches_shipped_weights():
     import json
 
-    from opt66b.io import sha256_file
+    from opt66b.fileio import sha256_file
 
     log = json.loads((TINY / "training_log.json").read_text())
     assert log["model_sha256"] == sha256_file(TINY / "model.safetensors")  # the log describes these bits
@@ -162,7 +162,7 @@ def test_training_script_is_deterministic_across_cpu_code_paths(tmp_path):
     import sys
     from pathlib import Path
 
-    from opt66b.io import sha256_file
+    from opt66b.fileio import sha256_file
 
     short = ["--steps", "8", "--stage-a-steps", "4", "--batch", "8", "--long-every", "2", "--long-rows", "2",
              "--long-row-tokens", "128", "--warmup", "2", "--eval-seeds", "1", "--negatives", "64"]

@@ -146,7 +146,7 @@ def _args(**kw):
 
 
 def test_random_weights_with_map_records_info():
-    from opt66b.runtime import load_from_args
+    from opt66b.runs.loading import load_from_args
 
     logs = []
     model, tok, info = load_from_args(_args(random_weights="opt-125m", device_map="0-5:cpu:0,6-11:cpu:1"),

@@ -243,7 +243,7 @@ def test_layerwise_backward_of_a_resident_model_gives_the_full_backwards_importa
     import json
 
     import run
-    from opt66b.io import read_tensors
+    from opt66b.runs.results import read_tensors
     from tasks.cli_options import SAMPLES_DIR
 
     argv = ["importance", "heads", "--data", str(SAMPLES_DIR), "--tasks", "copa", "--shots", "1", "--n-docs", "3"]
@@ -311,7 +311,7 @@ def test_all_keeps_free_what_its_own_plan_needs(tmp_path, capsys):
 def test_all_loads_with_the_reserve_its_plan_fitted(tmp_path, monkeypatch, capsys):
     """The run builds the map the plan priced: run_all plans first (StudyClock) and every step's
     command, and the one model load, get the fitted --reserve."""
-    import opt66b.runtime
+    import opt66b.runs.loading
     from study.commands import build_parser
     from study.pipeline import run_all
     from study.run_cli import all_defaults
@@ -325,7 +325,7 @@ def test_all_loads_with_the_reserve_its_plan_fitted(tmp_path, monkeypatch, capsy
         seen["reserve"] = args.reserve
         raise Stop
 
-    monkeypatch.setattr(opt66b.runtime, "load_from_args", fake_load)
+    monkeypatch.setattr(opt66b.runs.loading, "load_from_args", fake_load)
     args = all_defaults(build_parser().parse_args([*FIT_ARGV, "--throughput", "1", "--out", str(tmp_path / "run")]))
     with pytest.raises(Stop):
         run_all(args)

@@ -41,7 +41,7 @@ def study(tmp_path_factory, one_thread):
 
 
 def test_importance_outputs(study):
-    from opt66b.io import read_tensors
+    from opt66b.runs.results import read_tensors
 
     root, _ = study
     tensors, meta = read_tensors(root / "imp" / "shots-1" / "boolq.safetensors")

@@ -216,8 +216,8 @@ def test_importance_made_with_streamed_layers_is_reused_by_all(tmp_path, capsys)
 
 def test_a_unit_fingerprinted_with_batch_tokens_by_an_earlier_release_is_reused(tmp_path):
     """batch_tokens left the fingerprints (it is recorded instead): a unit that still carries it resumes."""
-    from opt66b.io import write_json
-    from opt66b.store import UnitStore
+    from opt66b.runs.results import write_json
+    from opt66b.runs.store import UnitStore
 
     store = UnitStore({"model": "m", "limit": 3})
     path = tmp_path / "unit.json"

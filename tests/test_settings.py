@@ -1,4 +1,4 @@
-"""Typed step settings (opt66b/settings.py): every step `run.py all` builds renders a command line
+"""Typed step settings (opt66b/runs/settings.py): every step `run.py all` builds renders a command line
 that the step's own parser turns back into equal settings, and the settings' defaults are the
 parsers' defaults, so the library, the CLI and commands.txt mean the same thing."""
 
@@ -49,7 +49,7 @@ def test_every_step_line_parses_back_into_its_settings(extra):
         assert type(settings) is settings_class_of(argv), label
         assert type(settings).from_args(parsed) == settings, (label, argv)
         if settings.USES_MODEL:  # the line loads the model `all` loaded
-            from opt66b.runtime import LOAD_OPTIONS
+            from opt66b.runs.loading import LOAD_OPTIONS
 
             assert {o: getattr(parsed, o) for o in LOAD_OPTIONS} == {o: getattr(args, o) for o in LOAD_OPTIONS}, label
     lines = [" ".join(s.argv(model_flags(args))) for _, s in steps]

@@ -1,5 +1,5 @@
 """The code's shape, checked on its syntax trees: imports flow one way (run.py -> study -> prune /
-induction -> tasks -> opt66b), and a run's shot directory is built and parsed in opt66b/layout.py only."""
+induction -> tasks -> opt66b), and a run's shot directory is built and parsed in opt66b/runs/layout.py only."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ ALLOWED = {"opt66b": set(), "tasks": {"opt66b"}, "prune": {"opt66b", "tasks"}, "
 
 
 def sources(package: str) -> list[Path]:
-    return sorted((ROOT / package).glob("*.py"))
+    return sorted((ROOT / package).rglob("*.py"))
 
 
 def project_imports(path: Path) -> set[str]:
@@ -54,9 +54,9 @@ def shot_literals(path: Path) -> list[int]:
 
 
 def test_shot_directories_are_named_in_one_module():
-    layout = ROOT / "opt66b" / "layout.py"
+    layout = ROOT / "opt66b" / "runs" / "layout.py"
     assert shot_literals(layout), "the check must see the one place that builds the name"
     found = {f"{p.relative_to(ROOT)}:{line}" for pkg in PACKAGES for p in sources(pkg) if p != layout
              for line in shot_literals(p)}
     found |= {f"run.py:{line}" for line in shot_literals(ROOT / "run.py")}
-    assert not found, f"build or parse shot directories with opt66b.layout instead: {sorted(found)}"
+    assert not found, f"build or parse shot directories with opt66b.runs.layout instead: {sorted(found)}"

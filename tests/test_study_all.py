@@ -15,7 +15,7 @@ import zlib
 import pytest
 
 import run
-from opt66b.io import read_tensors
+from opt66b.runs.results import read_tensors
 from study import figures
 
 TASKS = ["copa", "boolq", "piqa"]
@@ -30,7 +30,7 @@ def counted_run(argv: list[str]) -> dict[str, int]:
     import contextlib
     import io
 
-    import opt66b.runtime as runtime
+    import opt66b.runs.loading as runtime
 
     import argparse
 

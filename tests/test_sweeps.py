@@ -77,7 +77,7 @@ class FakeModel:
 
 
 def write_importances(root: Path, tasks: list[str], shots: int, seed: int = 0) -> dict[str, torch.Tensor]:
-    from opt66b.io import write_tensors
+    from opt66b.runs.results import write_tensors
 
     g = torch.Generator().manual_seed(seed)
     out = {}
@@ -136,7 +136,7 @@ def test_rankings_own_aggregate_and_cross_task(tmp_path):
 
 
 def test_ffn_and_grid_sweeps_use_the_ffn_ranking(tmp_path):
-    from opt66b.io import write_json
+    from opt66b.runs.results import write_json
     from prune.masks import ffn_mask_for_percent
 
     write_importances(tmp_path / "imp", ["copa", "rte"], 0)
@@ -196,8 +196,8 @@ def test_shared_evaluation_cache_reuses_cells_exactly_and_runs_each_once(model, 
     """`run.py all` shares one EvaluationCache between its steps: the grid's FFN-0% column is the head
     sweep's cells and its heads-0% row the FFN sweep's. Reused values equal a fresh run of the same
     cell (bit for bit: JSON floats compared as written), and only the new cells are run."""
-    from opt66b.io import write_tensors
-    from opt66b.store import Work
+    from opt66b.runs.results import write_tensors
+    from opt66b.runs.store import Work
     from prune.sweeps import run_sweep
     from tasks.evaluate import EvaluationCache, TaskEvaluation
     from tasks.registry import get_task
@@ -256,7 +256,7 @@ def test_chunked_oracle_equals_the_cached_and_the_naive_one_bit_for_bit(which, m
     log-likelihoods of the cached one (one recording of the whole task) and of the naive one (every
     knock-out from layer 0), bit for bit: every request is scored inside one batch, whatever the chunks."""
     from opt66b import OPTConfig
-    from opt66b.runtime import load
+    from opt66b.runs.loading import load
     from prune.importance import ffn_importance, ffn_knockout_mask
     from tasks.evaluate import TaskEvaluation
     from tasks.registry import get_task
@@ -291,7 +291,7 @@ def test_chunked_oracle_equals_the_cached_and_the_naive_one_bit_for_bit(which, m
 def test_chunked_oracle_resumes_per_chunk_and_bounds_its_records(tmp_path, model, tokenizer):
     """run_ffn_importance under a small record budget: chunk files are written and reused on rerun, and
     the result equals the unbounded run's."""
-    from opt66b.store import UnitStore
+    from opt66b.runs.store import UnitStore
     from prune.oracle import run_ffn_importance
     from tasks.evaluate import TaskEvaluation
     from tasks.registry import get_task

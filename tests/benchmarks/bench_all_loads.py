@@ -9,7 +9,7 @@ a temp dir, then in this process:
   new: `run.py all` with a reduced setting (one model load for every step);
   old: every line of the new run's OUT/commands.txt replayed as its own sub-command (run.main per
        line, a fresh --out), which is how `all` ran before: one load per model-using step.
-Every call of opt66b.runtime.load is counted and timed. Prints loads, total load seconds and total
+Every call of opt66b.runs.loading.load is counted and timed. Prints loads, total load seconds and total
 wall seconds of each path and their ratios, and checks that both paths wrote the same numbers
 (tests/compare_runs.py). The shards were just written, so reads mostly come from the page cache:
 on a cold disk every extra load of a big checkpoint costs far more. Not collected by pytest.
@@ -34,7 +34,7 @@ def write_checkpoint(size: str, out: Path) -> Path:
     import torch
 
     from opt66b import config_for_size, save_checkpoint
-    from opt66b.runtime import TINY_MODEL_DIR, build_random_model
+    from opt66b.runs.loading import TINY_MODEL_DIR, build_random_model
 
     cfg = config_for_size(size)
     model = build_random_model(cfg, torch.float16, lambda name: torch.device("cpu"), seed=0)
@@ -45,10 +45,10 @@ def write_checkpoint(size: str, out: Path) -> Path:
 
 
 class LoadMeter:
-    """Wraps opt66b.runtime.load: counts calls and sums their wall time."""
+    """Wraps opt66b.runs.loading.load: counts calls and sums their wall time."""
 
     def __init__(self) -> None:
-        import opt66b.runtime as runtime
+        import opt66b.runs.loading as runtime
 
         self.runtime, self.real = runtime, runtime.load
         self.count, self.seconds = 0, 0.0

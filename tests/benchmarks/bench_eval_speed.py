@@ -39,7 +39,7 @@ import sys, shutil
 sys.path.insert(0, {root!r})
 import torch
 from opt66b import save_checkpoint
-from opt66b.runtime import TINY_MODEL_DIR, load
+from opt66b.runs.loading import TINY_MODEL_DIR, load
 model = load(random_weights={size!r}, dtype=torch.float32, device="cpu", log=lambda s: None)[0]
 save_checkpoint(model, {out!r})
 for name in ("vocab.json", "merges.txt"):
@@ -91,7 +91,7 @@ def main() -> None:
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(base_repo)], cwd=ROOT, capture_output=True)
     med = {name: statistics.median(t) for name, t in times.items()}
-    print(f"median: " + ", ".join(f"{name} {m:.1f} s" for name, m in med.items()))
+    print("median: " + ", ".join(f"{name} {m:.1f} s" for name, m in med.items()))
     print(f"this / baseline ({args.baseline}): {med['this'] / med['baseline']:.3f}x"
           f"  (goal <= 1.02; the same accuracies on both sides: {same})")
     print(f"host budget / none (the cost of bounded host memory): {med['this, host budget'] / med['this']:.3f}x")

@@ -41,7 +41,7 @@ sys.path.insert(0, {root!r})
 import torch
 torch.set_num_threads({threads})
 from opt66b import load_model
-from opt66b.mask_files import read_masks
+from opt66b.runs.mask_files import read_masks
 
 def vm(field):
     for line in open("/proc/self/status"):
@@ -92,8 +92,8 @@ def main() -> int:
 
     from opt66b import config_for_size, save_checkpoint
     from opt66b.export import export_pruned
-    from opt66b.mask_files import write_masks
-    from opt66b.runtime import build_random_model
+    from opt66b.runs.mask_files import write_masks
+    from opt66b.runs.loading import build_random_model
     from prune.masks import ffn_mask_for_percent, head_mask_for_percent
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

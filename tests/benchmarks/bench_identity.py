@@ -7,8 +7,8 @@
 Builds a random opt-1.3b-shaped fp16 checkpoint in 2 shards, then measures, interleaved and best of
 --repeats rounds:
   read        a plain sequential read of every shard (16 MiB chunks, discarded): the floor any loader pays
-  hash        opt66b.identity.tree_sha256 of every shard (the first run's identity cost)
-  cached      opt66b.identity.checkpoint_identity with its cache warm (every later run's cost)
+  hash        opt66b.runs.identity.tree_sha256 of every shard (the first run's identity cost)
+  cached      opt66b.runs.identity.checkpoint_identity with its cache warm (every later run's cost)
 each twice: with the files in the page cache (warm: CPU cost alone) and after dropping them from it
 with posix_fadvise(DONTNEED) (cold: what a first load from disk sees, when the kernel honours it).
 Prints GB/s and the hash / read ratio. Not collected by pytest (bench_*.py).
@@ -32,7 +32,7 @@ def build(ckpt: Path) -> list[Path]:
 
     from opt66b import save_checkpoint
     from opt66b.config import config_for_size
-    from opt66b.runtime import build_random_model
+    from opt66b.runs.loading import build_random_model
 
     shards = sorted(ckpt.glob("*.safetensors"))
     if shards:
@@ -65,7 +65,7 @@ def main() -> None:
     ap.add_argument("--keep", type=Path, help="build or reuse the checkpoint here (default: a temp dir)")
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
-    from opt66b import identity
+    from opt66b.runs import identity
 
     tmp = None if args.keep else tempfile.TemporaryDirectory()
     ckpt = args.keep or Path(tmp.name) / "opt-1.3b"

@@ -42,7 +42,7 @@ def main() -> None:
     from conftest import random_model
     from opt66b import OPTConfig, load_tokenizer, save_checkpoint
     from opt66b.offload import load_streamed
-    from opt66b.runtime import TINY_MODEL_DIR
+    from opt66b.runs.loading import TINY_MODEL_DIR
     from prune.importance import ffn_knockout_mask
     from tasks.cli_options import SAMPLES_DIR
     from tasks.evaluate import TaskEvaluation

@@ -52,7 +52,7 @@ def main() -> int:
     from opt66b import config_for_size
     from opt66b.offload import attach_pinned_streamer, forward_layer_major
     from opt66b.placement import auto_device_map, layer_params, parse_max_memory
-    from opt66b.runtime import DTYPES, build_random_model
+    from opt66b.runs.loading import DTYPES, build_random_model
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--size", default="opt-66b")

@@ -54,7 +54,7 @@ def sample():  # anonymous memory only: the pages of torch's shared libraries a 
 import torch
 torch.set_num_threads(2)
 import run
-from opt66b.runtime import load
+from opt66b.runs.loading import load
 argv = json.loads(sys.argv[1])
 if argv[0] == "baseline":  # ["baseline"] or ["baseline", checkpoint dir] (streamed from its files)
     # the same host budget as the measured runs: its bounded allocator is part of the baseline too
@@ -65,12 +65,12 @@ if argv[0] == "baseline":  # ["baseline"] or ["baseline", checkpoint dir] (strea
             model(torch.tensor([[2, 5]]))
     print(json.dumps({{"rss": vm("VmRSS"), "anon": vm("RssAnon")}}))
     sys.exit(0)
-import opt66b.runtime
+import opt66b.runs.loading
 def load_then_measure(*a, **k):  # the loader's own transient peak (random init, checks) is not the step's
     out = load(*a, **k)
     peak[0] = 0
     return out
-opt66b.runtime.load = load_then_measure
+opt66b.runs.loading.load = load_then_measure
 threading.Thread(target=sample, daemon=True).start()
 code = run.main(argv)
 print(json.dumps({{"code": code, "hwm": vm("VmHWM"), "anon_peak": peak[0]}}))
@@ -106,8 +106,8 @@ def main() -> None:
         model_args = ["--random-weights", args.size, "--max-memory", "cpu=64GiB"]
         if args.offload == "mmap":
             ckpt = Path(tmp) / "ckpt"
-            save = ("import sys; sys.path.insert(0, {root!r}); from opt66b.runtime import load; "
-                    "from opt66b import save_checkpoint; from opt66b.runtime import TINY_MODEL_DIR; import shutil; "
+            save = ("import sys; sys.path.insert(0, {root!r}); from opt66b.runs.loading import load; "
+                    "from opt66b import save_checkpoint; from opt66b.runs.loading import TINY_MODEL_DIR; import shutil; "
                     "m = load(random_weights={size!r}, device='cpu', log=lambda s: None)[0]; "
                     "save_checkpoint(m, {ckpt!r}); "
                     "[shutil.copy(TINY_MODEL_DIR / n, {ckpt!r}) for n in ('vocab.json', 'merges.txt', 'tokenizer_config.json') "

@@ -132,7 +132,7 @@ def main() -> int:
         torch.set_num_threads(args.threads)
 
     from opt66b import config_for_size, load_tokenizer
-    from opt66b.runtime import TINY_MODEL_DIR, build_random_model
+    from opt66b.runs.loading import TINY_MODEL_DIR, build_random_model
     from tasks.registry import get_task
 
     cfg = config_for_size("opt-125m")

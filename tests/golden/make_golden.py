@@ -36,7 +36,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
 
 from opt66b import OPTConfig  # noqa: E402
-from opt66b.io import write_tensors  # noqa: E402
+from opt66b.runs.results import write_tensors  # noqa: E402
 
 SEED = 20230701
 CONFIGS = {
@@ -112,7 +112,7 @@ def build_extra(name: str) -> None:
     """extra.safetensors beside an existing reference (module docstring); reference.safetensors untouched."""
     import transformers
 
-    from opt66b.io import read_tensors
+    from opt66b.runs.results import read_tensors
 
     out_dir = HERE / name
     ref, _ = read_tensors(out_dir / "reference.safetensors")

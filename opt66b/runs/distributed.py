@@ -78,7 +78,8 @@ def run_units(units: Sequence[T], unit_path: Callable[[T], Path], compute: Calla
     as JSON (atomically). After a barrier, rank 0 reads every unit file in `units` order and writes
     merge([(unit, result), ...]) to merged_path. Returns the merged object on rank 0, else None.
     """
-    from .io import Progress, read_json, write_json
+    from opt66b.fileio import Progress, read_json
+    from opt66b.runs.results import write_json
 
     mine = my_units(units)
     todo = [u for u in mine if not Path(unit_path(u)).exists()]

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from .io import read_tensors, write_tensors
+from opt66b.runs.results import read_tensors, write_tensors
 
 HEAD_MASK_KEY = "head_mask"
 FFN_MASK_KEY = "ffn_mask"

@@ -1,7 +1,7 @@
 """The unit store: every resumable result file carries the fingerprint of what produced it.
 
 A long study is cut into units (one task at one shot count, one pruning percentage, one seed, ...);
-each unit's result is written atomically (opt66b.io) together with a fingerprint: the model's
+each unit's result is written atomically (opt66b.runs.results) together with a fingerprint: the model's
 identity and dtype, the data files' sha256, the task VERSIONs, and every setting that changes the
 numbers, plus CODE_VERSION. A rerun reuses a unit only when its fingerprint is the same; a unit made
 under other settings is an error naming the file and the fields that differ (never a silent mix),
@@ -9,7 +9,7 @@ unless the caller asks to recompute.
 
 Identity is by content, never by path spelling, so the same data given by another path, or a run
 directory moved elsewhere, still resumes. A checkpoint is identified by all of its bytes: config.json,
-every safetensors shard's content hash (opt66b/identity.py: computed once per file and remembered
+every safetensors shard's content hash (opt66b/runs/identity.py: computed once per file and remembered
 by path, size, modification time and inode) and the tokenizer files, so two checkpoints that differ
 in any one weight are two models.
 
@@ -27,8 +27,9 @@ from typing import Any
 
 import torch
 
-from .identity import checkpoint_identity, tokenizer_identity  # noqa: F401  (re-exported)
-from .io import read_json, sha256_file, write_json, write_tensors
+from opt66b.runs.identity import checkpoint_identity, tokenizer_identity  # noqa: F401  (re-exported)
+from opt66b.fileio import read_json, sha256_file
+from opt66b.runs.results import write_json, write_tensors
 
 # Bump when a code change alters numbers of existing units: their files are then refused, not reused.
 CODE_VERSION = 1

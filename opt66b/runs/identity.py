@@ -2,7 +2,7 @@
 
 A model's identity must change whenever any weight changes: a fine-tune, a patched bias, an edited
 layer norm or a re-export all give other numbers, so a result made with one must never be reused
-for another (opt66b.store refuses a unit whose fingerprint differs). Sampling a few blocks per shard
+for another (opt66b.runs.store refuses a unit whose fingerprint differs). Sampling a few blocks per shard
 is not enough (a one-element edit outside them goes unseen), so every byte is hashed.
 
 Cost: reading the files once. The hash is a tree: each BLOCK_BYTES block is hashed with sha256 on a
@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from .io import Progress, atomic_write_text, sha256_file
+from opt66b.fileio import Progress, atomic_write_text, sha256_file
 
 BLOCK_BYTES = 16 << 20  # one unit of parallel hashing; small next to a shard, large next to call overhead
 TOKENIZER_FILES = ("vocab.json", "merges.txt")

@@ -53,7 +53,7 @@ def add_old_spelling(parser: argparse.ArgumentParser, old: str, new: str, dest: 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
     """--model, --tokenizer, --dtype, --device and the scale options (opt66b/placement.py, offload.py),
-    read by opt66b.runtime.load_from_args. With no --model the embedded tiny OPT is used."""
+    read by opt66b.runs.loading.load_from_args. With no --model the embedded tiny OPT is used."""
     g = parser.add_argument_group("model")
     g.add_argument("--model", type=Path, default=None,
                    help="HF OPT checkpoint directory with safetensors (default: the embedded tiny OPT)")
@@ -137,7 +137,7 @@ def add_plan_args(parser: argparse.ArgumentParser, step: str) -> None:
 
 def emit_json(path: Path | None, obj: Any) -> None:
     """The --json PATH rule: '-' prints `obj` to stdout, any other path is written atomically."""
-    from .io import _json_default, write_json
+    from opt66b.runs.results import _json_default, write_json
 
     if path is None:
         return

@@ -5,7 +5,7 @@ user needs the cause: a checkpoint whose tensor holds NaN (a bad download, a bro
 conversion) is fixed by replacing that file; finite weights that overflow in float16 are fixed by
 another --dtype. So:
 
-  * `check_weights_finite(model, ...)` runs at every load (opt66b.runtime.load) over the weights that
+  * `check_weights_finite(model, ...)` runs at every load (opt66b.runs.loading.load) over the weights that
     are resident, a chunked isfinite per tensor (a small fraction of reading them), and refuses a
     model with a NaN/inf weight before any step computes or writes anything;
   * `explain_nonfinite(...)` runs when a step meets a non-finite value later (streamed layers are not
@@ -19,7 +19,7 @@ import re
 from pathlib import Path
 import torch
 
-from .io import NonFiniteError
+from opt66b.runs.results import NonFiniteError
 
 CHUNK = 1 << 24  # elements tested at a time: the bool temporary stays at 16 MiB for any tensor
 
@@ -48,7 +48,7 @@ def _describe(nan: int, inf: int) -> str:
 
 def stored_location(model_dir: Path, param: str) -> tuple[str, str]:
     """(shard file name, stored key) holding parameter `param` of a checkpoint directory."""
-    from .weights import canonical_key, checkpoint_files
+    from opt66b.weights import canonical_key, checkpoint_files
 
     files = checkpoint_files(model_dir)
     for key, path in files.items():
@@ -88,7 +88,7 @@ def scan_checkpoint(model_dir: Path, dtype: torch.dtype | None) -> list[str]:
     cast to `dtype`, reading one tensor at a time."""
     from safetensors import safe_open
 
-    from .weights import checkpoint_files
+    from opt66b.weights import checkpoint_files
 
     found = []
     by_file: dict[Path, list[str]] = {}

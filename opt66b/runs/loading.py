@@ -18,20 +18,20 @@ from typing import Any, Callable
 
 import torch
 
-from .cli_options import add_model_args  # noqa: F401  (re-exported: the options load_from_args reads)
-from .config import OPTConfig, config_for_size, config_from_hf
-from .diagnose import check_weights_finite
-from .host_memory import bound, needs_bound
-from .distributed import local_cuda_offset, local_rank, rank_world
-from .model import OPT
-from .offload import attach_pinned_streamer, load_streamed
-from .placement import (GIB, DeviceMap, build_device_map, device_name, dtype_bytes, head_params, layer_bytes,
+from opt66b.runs.options import add_model_args  # noqa: F401  (re-exported: the options load_from_args reads)
+from opt66b.config import OPTConfig, config_for_size, config_from_hf
+from opt66b.runs.diagnose import check_weights_finite
+from opt66b.host_memory import bound, needs_bound
+from opt66b.runs.distributed import local_cuda_offset, local_rank, rank_world
+from opt66b.model import OPT
+from opt66b.offload import attach_pinned_streamer, load_streamed
+from opt66b.placement import (GIB, DeviceMap, build_device_map, device_name, dtype_bytes, head_params, layer_bytes,
                         parse_max_memory, shift_cuda)
-from .identity import checkpoint_identity, tokenizer_identity
-from .tokenizer import OPTTokenizer, load_tokenizer
-from .weights import _set_param, load_model
+from opt66b.runs.identity import checkpoint_identity, tokenizer_identity
+from opt66b.tokenizer import OPTTokenizer, load_tokenizer
+from opt66b.weights import _set_param, load_model
 
-TINY_MODEL_DIR = Path(__file__).resolve().parent / "assets" / "tiny-opt"
+TINY_MODEL_DIR = Path(__file__).resolve().parents[1] / "assets" / "tiny-opt"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -124,7 +124,7 @@ def load(model: str | Path | None = None, *, tokenizer: str | Path | None = None
     reading a checkpoint (tokenizer from the embedded tiny OPT), seeded by random_weights_seed.
 
     Returns (model, tokenizer, info): info is JSON-able (path, dtype, device map, memory, offload)
-    and holds "identity", the content identity every result's fingerprint uses (opt66b.store).
+    and holds "identity", the content identity every result's fingerprint uses (opt66b.runs.store).
     Every load is announced through `log` (default: stderr) on a line starting with "loading".
     """
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))

@@ -1,16 +1,45 @@
-"""Scale sub-command of run.py: `device-map` prints the placement a --device-map/--max-memory would choose.
-
-No checkpoint is needed (sizes come from the config, see placement.py), so a user can plan a
-machine before downloading 131 GB.
-"""
+"""Model-level sub-commands of run.py: `convert` (pytorch_model*.bin -> safetensors shards) and `device-map`
+(the layer placement a --device-map / --max-memory would choose; no checkpoint needed, sizes come from the
+config, opt66b/placement.py, so a user can plan a machine before downloading 131 GB)."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from .cli_options import add_json_arg, add_old_spelling, example
+    register_convert(sub)
+    register_device_map(sub)
+
+
+def register_convert(sub: argparse._SubParsersAction) -> None:
+    from opt66b.runs.options import example
+
+    p = sub.add_parser(
+        "convert", help="convert a pytorch_model*.bin OPT checkpoint to safetensors shards",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Convert an official OPT checkpoint (pytorch_model.bin or sharded .bin + index) to "
+                    "safetensors, one shard at a time with torch.load(weights_only=True, mmap=True).",
+        epilog=example("python run.py convert ~/hf/opt-1.3b --out ~/ckpt/opt-1.3b"))
+    p.add_argument("src", type=Path, help="directory with config.json and pytorch_model*.bin")
+    p.add_argument("dst", type=Path, nargs="?", default=None, help=argparse.SUPPRESS)  # old spelling of --out
+    p.add_argument("--out", type=Path, default=None, metavar="DIR", help="output directory (created)")
+    p.set_defaults(func=_convert)
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from opt66b.convert import convert_bin_checkpoint
+
+    out = args.out or args.dst
+    if out is None:
+        raise ValueError("give the output directory with --out DIR")
+    convert_bin_checkpoint(args.src, out)
+    return 0
+
+
+def register_device_map(sub: argparse._SubParsersAction) -> None:
+    from opt66b.runs.options import add_json_arg, add_old_spelling, example
 
     p = sub.add_parser(
         "device-map", help="show the layer placement for an OPT size and memory budgets",
@@ -36,9 +65,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _device_map(args: argparse.Namespace) -> int:
     import torch
 
-    from .cli_options import emit_json
-    from .config import config_for_size, config_from_hf
-    from .placement import build_device_map, compress_ranges, parse_max_memory
+    from opt66b.runs.options import emit_json
+    from opt66b.config import config_for_size, config_from_hf
+    from opt66b.placement import build_device_map, compress_ranges, parse_max_memory
 
     cfg = config_from_hf(args.model) if args.model else config_for_size(args.random_weights)
     dm = build_device_map(args.device_map, cfg, getattr(torch, args.dtype), parse_max_memory(args.max_memory))

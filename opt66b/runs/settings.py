@@ -100,7 +100,7 @@ class StepSettings:
         if not cls.USES_MODEL:
             return settings.execute()["code"]
         if loaded is None:
-            from .runtime import load_from_args
+            from opt66b.runs.loading import load_from_args
 
             loaded = load_from_args(args)
         return settings.execute(loaded)["code"]
