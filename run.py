@@ -16,12 +16,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from study.commands import COMMAND_MODULES, build_parser  # noqa: F401,E402  (the grammar lives in study/)
+from study.commands import build_parser  # the grammar lives in study/commands.py
 
 
 # Options that name an output directory / file: checked (creatable, writable, not a file) before any
 # computation, and cleared of temp files orphaned by killed writes.
-OUTPUT_DIR_OPTIONS = {"out": "--out", "dst": "dst", "run": "--run"}
+OUTPUT_DIR_OPTIONS = {"out": "--out"}
 OUTPUT_FILE_OPTIONS = {"json": "--json"}
 # Errors that mean "the input is wrong", not "the program is": one line, exit 2.
 USER_ERRORS = (OSError, ValueError, KeyError, EOFError, UnicodeError)
@@ -51,6 +51,10 @@ def main(argv: list[str] | None = None) -> int:
 
             return run_plan(args)
         check_outputs(args)
+        if getattr(args, "step", None):  # a step of the study: its settings class, checked, loaded, run
+            from opt66b.runs.loading import run_step
+
+            return run_step(args)
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print(f"run.py {args.command}: interrupted; finished units are kept, rerun to resume", file=sys.stderr)
@@ -87,7 +91,7 @@ def check_outputs(args: argparse.Namespace) -> None:
             check_output_dir(getattr(args, name), label)
     for name, label in OUTPUT_FILE_OPTIONS.items():
         path = getattr(args, name, None)
-        label = "--plan-json" if name == "json" and getattr(args, "plan_step", None) else label
+        label = "--plan-json" if name == "json" and hasattr(args, "throughput") else label
         if isinstance(path, (str, Path)) and str(path) != "-":  # "-": stdout
             path = Path(path)
             if path.is_dir():

@@ -14,13 +14,15 @@ curve 100 - x(i) is added, plus optional seeded random-permutation curves.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
 from opt66b.runs.results import check_finite_heads, read_tensors, run_metadata, write_json, write_tensors
 from opt66b.runs.layout import SHOTS_PATTERN, shot_files
+from opt66b.runs.settings import StepSettings, option
 
 
 def retained_curve(scores: torch.Tensor, importance: torch.Tensor) -> torch.Tensor:
@@ -82,11 +84,27 @@ def find_scores(directory: str | Path) -> dict[str, Path]:
     return found
 
 
-def run_capacity(scores_dir: str | Path, importance_dir: str | Path, out: str | Path,
-                 random_seeds: Sequence[int] = (0,)) -> dict[str, Any]:
-    """Curves for every (score file, importance file) pair; writes OUT/capacity.safetensors with
+@dataclass(frozen=True, kw_only=True)
+class CapacitySettings(StepSettings):
+    """`run.py induction capacity`: the share of induction score kept as heads are pruned (no model)."""
+
+    COMMAND = ("induction", "capacity")
+    USES_MODEL = False
+    scores: Path = option(None)
+    importance: Path = option(None)
+    out: Path = option(None)
+    random_seeds: tuple[int, ...] = option((0,))
+
+    def execute(self, loaded: Any = None, cache: Any = None) -> None:
+        run_capacity(self)
+        print(f"capacity curves -> {self.out}/capacity.safetensors, {self.out}/capacity.json")
+
+
+def run_capacity(s: CapacitySettings) -> dict[str, Any]:
+    """Curves for every (score file, importance file) pair; writes s.out/capacity.safetensors with
     "x" (N,), "{score}|{shots-K/name}" (N,), "{score}|random_expected" and "{score}|random_seed_{s}",
-    and OUT/capacity.json with retained at 10%, 20%, ..., 90% pruned per curve."""
+    and s.out/capacity.json with retained at 10%, 20%, ..., 90% pruned per curve."""
+    scores_dir, importance_dir, out, random_seeds = s.scores, s.importance, s.out, s.random_seeds
     scores = {}
     for name, path in find_scores(scores_dir).items():
         tensors, _ = read_tensors(path)

@@ -57,7 +57,6 @@ from opt66b import OPT, Capture
 from opt66b.offload import layer_weights, running_layer
 
 VARIANTS = ("paper", "index_fix", "text", "residual")
-RENAMED = {"corrected": "residual"}  # old variant names, accepted for one release
 
 
 def shares(values: torch.Tensor, attended: torch.Tensor, exp_space: bool) -> torch.Tensor:

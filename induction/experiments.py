@@ -1,10 +1,9 @@
-"""The task-agnostic induction study as functions of a loaded model: prefix matching and copying
-scores per head over seeded random sequences (Bansal et al. 2023 §7, Appendix A.8).
+"""The `induction prefix` and `induction copying` steps: prefix-matching and copying scores per head over
+seeded random sequences (Bansal et al. 2023 §6.3, Appendix A.8).
 
     model, tok, info = opt66b.load("~/ckpt/opt-1.3b")
-    run_prefix_matching(model, tok, info, "runs/induction", seeds=100)
-    run_copying(model, tok, info, "runs/induction", seeds=100)
-    run_capacity("runs/induction", "runs/importance", "runs/capacity")   # induction.capacity
+    run_prefix_matching(model, tok, info, PrefixSettings(seeds=100, out="runs/induction"))
+    run_copying(model, tok, info, CopyingSettings(seeds=100, out="runs/induction"))
 
 Seed s draws its sequence with numpy default_rng(s) from the merge-rank pool (induction/sequences.py);
 per-seed units are fingerprinted (opt66b.runs.store) and reused on rerun. Each returns {"summary":
@@ -13,31 +12,33 @@ per-seed units are fingerprinted (opt66b.runs.store) and reused on rerun. Each r
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, ClassVar
 
 import torch
 
 from opt66b.fileio import sha256_file
 from opt66b.runs.store import UnitStore, Work, in_memory_info, model_fingerprint
 
+from opt66b.runs.settings import ModelStep, option
+
 from . import sequences as sq
 from .copying import VARIANTS as COPYING_VARIANTS
 from .copying import copying_seed
-from .prefix_matching import VARIANTS, prefix_matching_seed
+from .prefix_matching import VARIANTS as PREFIX_VARIANTS
+from .prefix_matching import prefix_matching_seed
 from .runner import run_seeds
 
 
-def _run(kind: str, model: Any, tokenizer: Any, info: dict[str, Any] | None, out: str | Path, seeds: int,
-         first_seed: int, variants: Sequence[str], exclude_ratio: float, start_length: int, length_step: int,
-         top: int, recompute: bool, fields: dict[str, Any],
+def _run(s: "ScoreSettings", model: Any, tokenizer: Any, info: dict[str, Any] | None, fields: dict[str, Any],
          make: Callable[[list[int], int, int], torch.Tensor],
          score: Callable[[torch.Tensor, list[str], int], dict[str, torch.Tensor]],
          passes: Callable[[list[str]], int]) -> dict[str, Any]:
-    if seeds < 1 or first_seed < 0:
-        raise ValueError(f"--seeds must be >= 1 and --first-seed >= 0, got {seeds} and {first_seed}")
-    if start_length < 1 or length_step < 0:
-        raise ValueError("--start-length must be >= 1 and --length-step >= 0")
+    """The seed loop of either score: sequences from the merge-rank pool, per-seed units, the summary."""
+    variants = s.check()
+    seeds, first_seed, exclude_ratio = s.seeds, s.first_seed, s.exclude_ratio
+    start_length, length_step = s.start_length, s.length_step
     info = info or in_memory_info(model)
     cfg = model.config
     seed_list = list(range(first_seed, first_seed + seeds))
@@ -58,7 +59,7 @@ def _run(kind: str, model: Any, tokenizer: Any, info: dict[str, Any] | None, out
                 "merges_sha256": sha256_file(merges) if merges else None, "start_length": start_length,
                 "length_step": length_step, "rng": "numpy.random.default_rng(seed)"}
     store = UnitStore({**model_fingerprint(info), "exclude_ratio": exclude_ratio, "start_length": start_length,
-                       "length_step": length_step, **fields}, recompute=recompute)
+                       "length_step": length_step, **fields}, recompute=s.recompute)
     work = Work()
 
     def counted(tokens: torch.Tensor, vs: list[str]) -> dict[str, torch.Tensor]:
@@ -66,37 +67,98 @@ def _run(kind: str, model: Any, tokenizer: Any, info: dict[str, Any] | None, out
         work.add(forward=n, tokens=n * tokens.numel())
         return score(tokens, vs, (tokens.numel() - 1) // 4)
 
-    summary = run_seeds(kind, seed_list, list(variants), out, lambda s: make(pool, s, length(s)), counted, settings,
-                        top=top, store=store)
+    summary = run_seeds("prefix_matching" if s.KIND == "prefix" else "copying", seed_list, variants, s.out, lambda seed: make(pool, seed, length(seed)), counted,
+                        settings, top=s.top, store=store)
     return {"summary": summary, "work": work.as_dict()}
 
 
-def run_prefix_matching(model: Any, tokenizer: Any, info: dict[str, Any] | None, out: str | Path, *,
-                        seeds: int = 100, first_seed: int = 0, variants: Sequence[str] = VARIANTS,
-                        exclude_ratio: float = sq.EXCLUDE_RATIO, start_length: int = sq.START_LENGTH,
-                        length_step: int = sq.LENGTH_STEP, top: int = 20, recompute: bool = False) -> dict[str, Any]:
-    """Prefix-matching score per head, seeds first_seed.. (BOS + 4 repeats of 25 + 2s distinct tokens,
-    one forward each). Writes out/prefix_matching_<variant>.{safetensors,json} and out/seeds/*."""
+VARIANT_CHOICES = ("paper", "corrected", "index_fix", "text", "residual", "both", "all")
+
+
+def selected_variants(kind: str, variant: str) -> list[str]:
+    """The score variants --variant asks for: "all" = every variant of the score, "both" = the paper's
+    code and its correction (prefix: corrected; copying: text); index_fix, text and residual exist for
+    copying only (ValueError otherwise)."""
+    available = list(PREFIX_VARIANTS if kind == "prefix" else COPYING_VARIANTS)
+    both = ["paper", "corrected"] if kind == "prefix" else ["paper", "text"]
+    variants = {"all": available, "both": both}.get(variant, [variant])
+    if any(v not in available for v in variants):
+        raise ValueError(f"--variant {variant} does not exist for `induction {kind}`; "
+                         f"choose from {', '.join(available)}, both or all")
+    return variants
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScoreSettings(ModelStep):
+    """What `run.py induction prefix` and `induction copying` share: per-head scores on repeated random
+    sequences, one per seed."""
+
+    KIND: ClassVar[str] = ""  # prefix | copying
+    seeds: int = option(100)
+    first_seed: int = option(0, flag="--seed")
+    variant: str = option("all")
+    out: Path = option(None)
+    exclude_ratio: float = option(sq.EXCLUDE_RATIO)
+    start_length: int = option(sq.START_LENGTH)
+    length_step: int = option(sq.LENGTH_STEP)
+    top: int = option(20)
+
+    def check(self) -> list[str]:
+        """The variants asked for, after checking every value."""
+        if self.seeds < 1 or self.first_seed < 0:
+            raise ValueError(f"--seeds must be >= 1 and --seed >= 0, got {self.seeds} and {self.first_seed}")
+        if self.start_length < 1 or self.length_step < 0:
+            raise ValueError("--start-length must be >= 1 and --length-step >= 0")
+        return selected_variants(self.KIND, self.variant)
+
+    def execute(self, loaded: Any = None, cache: Any = None) -> dict[str, int]:
+        model = loaded[0]
+        res = (run_prefix_matching if self.KIND == "prefix" else run_copying)(*loaded, self)
+        name = "prefix_matching" if self.KIND == "prefix" else "copying"
+        heads = model.config.num_heads
+        for v, scores in res["summary"].items():
+            flat = int(torch.argmax(scores["mean"]))
+            print(f"{name} {v}: top head layer {flat // heads} head {flat % heads} "
+                  f"score {float(scores['mean'].flatten()[flat]):.4f} -> {self.out}/{name}_{v}.json")
+        return res["work"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class PrefixSettings(ScoreSettings):
+    """`run.py induction prefix`: prefix-matching scores."""
+
+    COMMAND = ("induction", "prefix")
+    KIND = "prefix"
+
+
+@dataclass(frozen=True, kw_only=True)
+class CopyingSettings(ScoreSettings):
+    """`run.py induction copying`: copying scores, `head_chunk` heads at a time in the direct-path variants."""
+
+    COMMAND = ("induction", "copying")
+    KIND = "copying"
+    head_chunk: int = option(8)
+
+
+def run_prefix_matching(model: Any, tokenizer: Any, info: dict[str, Any] | None, s: PrefixSettings) -> dict[str, Any]:
+    """Prefix-matching score per head, seeds s.first_seed.. (BOS + 4 repeats of 25 + 2s distinct tokens, one
+    forward each). Writes s.out/prefix_matching_<variant>.{safetensors,json} and s.out/seeds/*."""
     bos = tokenizer.bos_id
-    return _run("prefix_matching", model, tokenizer, info, out, seeds, first_seed, variants, exclude_ratio,
-                start_length, length_step, top, recompute, {},
-                make=lambda pool, s, n: sq.prefix_sequence(pool, s, bos, n),
+    return _run(s, model, tokenizer, info, {},
+                make=lambda pool, seed, n: sq.prefix_sequence(pool, seed, bos, n),
                 score=lambda tokens, vs, n: prefix_matching_seed(model, tokens, n, vs),
                 passes=lambda vs: 1)
 
 
-def run_copying(model: Any, tokenizer: Any, info: dict[str, Any] | None, out: str | Path, *, seeds: int = 100,
-                first_seed: int = 0, variants: Sequence[str] = COPYING_VARIANTS, exclude_ratio: float = sq.EXCLUDE_RATIO,
-                start_length: int = sq.START_LENGTH, length_step: int = sq.LENGTH_STEP, head_chunk: int = 8,
-                top: int = 20, recompute: bool = False) -> dict[str, Any]:
-    """Copying score per head, seeds first_seed.. (BOS + 4(25 + 2s) distinct tokens; one forward per
-    variant). head_chunk bounds memory; as the batch shape of the per-head products it can move
-    the last float bits, so it is part of the units' fingerprint. Writes out/copying_<variant>.{safetensors,json}."""
+def run_copying(model: Any, tokenizer: Any, info: dict[str, Any] | None, s: CopyingSettings) -> dict[str, Any]:
+    """Copying score per head, seeds s.first_seed.. (BOS + 4(25 + 2s) distinct tokens; one forward per
+    variant that runs the model). s.head_chunk bounds memory; as the batch shape of the per-head products it
+    can move the last float bits, so it is part of the units' fingerprint. Writes
+    s.out/copying_<variant>.{safetensors,json}."""
     bos = tokenizer.bos_id
-    return _run("copying", model, tokenizer, info, out, seeds, first_seed, variants, exclude_ratio,
-                start_length, length_step, top, recompute, {"head_chunk": head_chunk},
-                make=lambda pool, s, n: sq.copying_sequence(pool, s, bos, 4 * n),
-                score=lambda tokens, vs, n: copying_seed(model, tokens, vs, head_chunk=head_chunk),
+    return _run(s, model, tokenizer, info, {"head_chunk": s.head_chunk},
+                make=lambda pool, seed, n: sq.copying_sequence(pool, seed, bos, 4 * n),
+                score=lambda tokens, vs, n: copying_seed(model, tokens, vs, head_chunk=s.head_chunk),
                 # only the residual variant runs the model; the direct-path ones (paper, index_fix, text) run
-                # layer pieces on the embedding-level input (no model pass), as study/plan.py counts them
+                # layer pieces on the embedding-level input (no model pass), as the plan counts them
                 passes=lambda vs: int("residual" in vs))

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,20 +58,59 @@ def device_name(name: str, where: str) -> torch.device:
     return dev
 
 
-def parse_max_memory(text: str | None, option: str = "--max-memory") -> dict[str, int]:
-    """'cuda:0=70GiB,cuda:1=70GiB,cpu=200GiB' -> ordered {device: bytes} (also --reserve's format)."""
-    if not text:
-        return {}
-    out: dict[str, int] = {}
-    for part in text.split(","):
-        dev, sep, size = part.strip().rpartition("=")
-        if not sep or not dev:
-            raise ValueError(f"{option} entry {part!r} must look like DEVICE=SIZE, e.g. cuda:0=70GiB")
-        device_name(dev, option)
-        if dev in out:
-            raise ValueError(f"{option} names {dev} twice")
-        out[dev] = parse_size(size)
-    return out
+class Budgets(Mapping):
+    """--max-memory or --reserve, parsed once: device -> bytes, in the order given (the auto map fills the
+    devices in that order). Immutable; str() gives back the text it was parsed from, so a settings object
+    holding it renders the option unchanged (a commands.txt line parses back into equal settings)."""
+
+    def __init__(self, entries: dict[str, int] | None = None, text: str = ""):
+        self._entries = dict(entries or {})
+        self._text = text or ",".join(f"{d}={b}" for d, b in self._entries.items())
+
+    @classmethod
+    def parse(cls, text: "str | Budgets | None", option: str = "--max-memory") -> "Budgets":
+        """'cuda:0=70GiB,cuda:1=70GiB,cpu=200GiB' -> Budgets; a ValueError naming `option` and the entry."""
+        if isinstance(text, Budgets):
+            return text
+        if not text:
+            return cls()
+        out: dict[str, int] = {}
+        for part in text.split(","):
+            dev, sep, size = part.strip().rpartition("=")
+            if not sep or not dev:
+                raise ValueError(f"{option} entry {part!r} must look like DEVICE=SIZE, e.g. cuda:0=70GiB")
+            device_name(dev, option)
+            if dev in out:
+                raise ValueError(f"{option} names {dev} twice")
+            out[dev] = parse_size(size)
+        return cls(out, text)
+
+    def __getitem__(self, device: str) -> int:
+        return self._entries[device]
+
+    def __iter__(self):
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __hash__(self) -> int:
+        return hash(tuple(self._entries.items()))
+
+    def __str__(self) -> str:
+        return self._text
+
+    def __repr__(self) -> str:
+        return f"Budgets({self._text!r})"
+
+    def accelerators(self) -> dict[str, int]:
+        """The entries of devices other than the host."""
+        return {d: b for d, b in self._entries.items() if not d.startswith("cpu")}
+
+
+def parse_max_memory(text: "str | Budgets | None", option: str = "--max-memory") -> Budgets:
+    """'cuda:0=70GiB,cuda:1=70GiB,cpu=200GiB' -> ordered Budgets {device: bytes} (also --reserve's format)."""
+    return Budgets.parse(text, option)
 
 
 def dtype_bytes(dtype: torch.dtype) -> int:

@@ -325,3 +325,27 @@ def save_checkpoint(model: OPT, out_dir: str | Path, dtype: torch.dtype | None =
     total = sum(t.numel() * t.element_size() for t in tensors.values())
     (out / INDEX_NAME).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
     return out
+
+
+def build_random_model(cfg: OPTConfig, dtype: torch.dtype, device_for: Callable[[str], torch.device],
+                       seed: int = 0) -> OPT:
+    """An OPT of shape `cfg` with random weights created directly on `device_for(name)`.
+
+    LayerNorm weights 1, biases 0, matrices N(0, 0.02). Each parameter has its own seed
+    (seed, parameter index), so values do not depend on the device map (for one device type).
+    """
+    with torch.device("meta"):
+        model = OPT(cfg)
+    for idx, (name, p) in enumerate(list(model.named_parameters())):
+        dev = torch.device(device_for(name))
+        gen_dev = torch.device("cuda") if dev.type == "cpu" and torch.cuda.is_available() else dev
+        t = torch.empty(p.shape, dtype=dtype, device=gen_dev)
+        if "layer_norm" in name and name.endswith("weight"):
+            t.fill_(1.0)
+        elif name.endswith("bias"):
+            t.zero_()
+        else:
+            gen = torch.Generator(device=gen_dev).manual_seed(seed * 1_000_003 + idx)
+            t.normal_(0.0, 0.02, generator=gen)
+        _set_param(model, name, t.to(dev))
+    return model.eval()

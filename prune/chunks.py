@@ -65,7 +65,7 @@ def chunk_store(store: UnitStore, task_dir: Path, fields: dict[str, Any], evalua
 
 def evaluate_together(evaluation: Any, masks: Sequence[tuple[Any, Any]], cache: Any, budget: int | None,
                       store: UnitStore, task_dir: Path, fields: dict[str, Any], label: str) -> int:
-    """Every (head_mask, ffn_mask) of `masks` not yet in `cache` (tasks.evaluate.EvaluationCache), and the
+    """Every (head_mask, ffn_mask) of `masks` not yet in `cache` (tasks.evaluation.EvaluationCache), and the
     unmasked run, in layer order over chunks (one fetch of each streamed layer per chunk for all of
     them); their metrics go into the cache, where the caller's unit loop finds them. Chunk files under
     task_dir/together-<masks digest>/chunks-C/, fingerprinted with `fields` and the runs' masks. Returns the runs computed (0

@@ -1,17 +1,15 @@
-"""Pruning-study sub-commands of run.py: `importance heads|ffn` and `prune heads|ffn|grid` (defined here);
-`correlate` lives in correlate_cli.py. The handlers only parse, load and call prune/experiments.py."""
+"""Pruning-study sub-commands of run.py: `importance heads|ffn`, `prune heads|ffn|grid|transfer`, `correlate`
+(and `export-pruned`, prune/export_cli.py). Only the grammar lives here (argparse, no torch); each command
+names the settings class of its step (prune/importance.py, oracle.py, sweeps.py, correlate.py), which checks
+and runs it."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
-from .correlate_cli import register_correlate
+
 from .export_cli import register_export
-
-if TYPE_CHECKING:
-    from .settings import FFNOracleSettings, HeadImportanceSettings, PruneSettings
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -82,7 +80,7 @@ def register_importance(sub: argparse._SubParsersAction) -> None:
                         "graph at a time from saved layer inputs (bounded memory, one extra forward; `all` picks "
                         "it when the full backward would not fit); auto (default): layerwise with streamed layers")
     add_plan_args(h, "importance heads")
-    h.set_defaults(func=_importance_heads)
+    h.set_defaults(step="prune.importance:HeadImportanceSettings")
 
     f = kinds.add_parser(
         "ffn", help="oracle FFN importance: metric drop with each FFN knocked out alone",
@@ -103,79 +101,7 @@ def register_importance(sub: argparse._SubParsersAction) -> None:
                         "then go through the task that many scoring batches at a time, with identical results "
                         "(default: a quarter of --max-memory's entry for that device, else 2 GiB)")
     add_plan_args(f, "importance ffn")
-    f.set_defaults(func=_importance_ffn)
-
-
-def oracle_budget(args: Any, streams_to: str | None = None) -> int:
-    """Bytes the FFN oracle's chunk (and, with streamed layers, a sweep's) may hold: --oracle-memory,
-    else a quarter of --max-memory's entry for where the chunk lives (the host in batch order, the
-    compute device `streams_to` in layer order), else 2 GiB (opt66b.layer_major.chunk_budget)."""
-    from opt66b.layer_major import chunk_budget
-    from opt66b.placement import GIB, parse_max_memory
-
-    given = getattr(args, "oracle_memory", None)
-    if given is not None:
-        if given <= 0:
-            raise ValueError(f"--oracle-memory must be > 0 GiB, got {given}")
-        return int(given * GIB)
-    return chunk_budget(parse_max_memory(getattr(args, "max_memory", None)), streams_to)
-
-
-def _importance_heads(args: argparse.Namespace, loaded=None) -> int:
-    from .settings import HeadImportanceSettings
-
-    return HeadImportanceSettings.handle(args, loaded)
-
-
-def _importance_ffn(args: argparse.Namespace, loaded=None) -> int:
-    from .settings import FFNOracleSettings
-
-    return FFNOracleSettings.handle(args, loaded)
-
-
-def check_head_importance(s: "HeadImportanceSettings") -> None:
-    from tasks.registry import check_task_args
-
-    s.check_tasks()
-    if s.seen_tasks:
-        check_task_args(list(s.seen_tasks), list(s.shots))
-    if s.n_docs < 1:
-        raise ValueError(f"--n-docs must be >= 1, got {s.n_docs}")
-
-
-def run_head_importance_step(s: "HeadImportanceSettings", loaded) -> dict[str, Any]:
-    from opt66b.layer_major import streamed_compute
-
-    from .experiments import run_head_importance
-    from .masks import DENOMINATOR_BY_PROTOCOL
-
-    check_head_importance(s)
-    model, tokenizer, info = loaded
-    work = run_head_importance(model, tokenizer, info, s.data, list(s.tasks), list(s.shots), s.out, n_docs=s.n_docs,
-                               seed=s.seed, max_length=s.max_length, normalize_per_layer=s.normalize_per_layer,
-                               paper_quirks=s.paper_quirks, denominator=DENOMINATOR_BY_PROTOCOL[s.protocol],
-                               seen_tasks=list(s.seen_tasks) if s.seen_tasks else None,
-                               layerwise_backward=s.backward == "layerwise", update_aggregate=s.update_aggregate,
-                               recompute=s.recompute, chunk_budget=oracle_budget(s, streamed_compute(model)))["work"]
-    return {"code": 0, "work": work}
-
-
-def check_ffn_oracle(s: "FFNOracleSettings") -> None:
-    s.check_tasks(s.limit)
-    oracle_budget(s)
-
-
-def run_ffn_oracle_step(s: "FFNOracleSettings", loaded) -> dict[str, Any]:
-    from opt66b.layer_major import streamed_compute
-
-    from .experiments import run_ffn_oracle
-
-    check_ffn_oracle(s)
-    model, tokenizer, info = loaded
-    work = run_ffn_oracle(model, tokenizer, info, s.data, list(s.tasks), list(s.shots), s.out, limit=s.limit,
-                          seed=s.seed, batch_tokens=s.batch_tokens, cached=not s.naive, paper_quirks=s.paper_quirks,
-                          record_budget=oracle_budget(s, streamed_compute(model)), recompute=s.recompute)["work"]
-    return {"code": 0, "work": work}
+    f.set_defaults(step="prune.oracle:FFNOracleSettings")
 
 
 # -- prune --------------------------------------------------------------------------------------------
@@ -183,92 +109,79 @@ def register_prune(sub: argparse._SubParsersAction) -> None:
     from opt66b.runs.options import add_plan_args, example
 
     p = sub.add_parser(
-        "prune", help="pruning sweeps: heads, FFNs or the combined grid, from any ranking",
+        "prune", help="pruning sweeps: heads, FFNs or the combined grid from any ranking; the transfer study",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Evaluate every task and shot with the lowest-ranked p% of heads (global ranking, "
-                    "floor(p*L*H/100)) and/or FFNs (floor(p*L/100)) masked. heads/ffn: 0..90% in 10% steps; "
-                    "grid: heads 0..70% x FFNs 0..50%, each mask from its own ranking. --ranking own uses "
-                    "each task's ranking, 'aggregate' the mean over tasks, a task name that task's "
-                    "(cross-task transfer, e.g. to mathqa or lambada). One unit file per evaluation under "
-                    "OUT/{sweep}-{ranking}/, skipped on rerun; table OUT/{sweep}-{ranking}.json.",
+                    "floor(p*L*H/100)) and/or FFNs (floor(p*L/100)) masked (heads, ffn, grid), or the paper's "
+                    "cross-task transfer (transfer).",
         epilog=example("python run.py prune heads --ranking own --importance runs/1.3b/importance "
                        "--model ~/ckpt/opt-1.3b --data ~/data --tasks copa rte --shots 0 1 5 --out runs/1.3b/prune"))
-    p.add_argument("sweep", choices=["heads", "ffn", "grid", "transfer"],
-                   help="what to prune; transfer: the paper's cross-task protocol (chosen tasks pruned with the "
-                        "rankings of their highest- and lowest-correlated seen tasks, docs/protocol.md)")
+    sweeps = p.add_subparsers(dest="sweep", metavar="SWEEP", required=True)
+    for name, what in (("heads", "heads 0..90% in 10% steps"), ("ffn", "FFNs 0..90% in 10% steps"),
+                       ("grid", "heads 0..70% x FFNs 0..50%, each mask from its own ranking")):
+        q = sweeps.add_parser(
+            name, help=what.replace("%", "%%"), formatter_class=argparse.RawDescriptionHelpFormatter,
+            description=f"{what}. --ranking own uses each task's ranking, 'aggregate' the mean over the seen tasks, "
+                        "a task name that task's (cross-task transfer, e.g. to mathqa or lambada). One unit file "
+                        "per evaluation under OUT/{sweep}-{ranking}/, skipped on rerun; table OUT/{sweep}-{ranking}.json.",
+            epilog=example(f"python run.py prune {name} --importance runs/tiny/importance --ffn-importance "
+                           f"runs/tiny/ffn --tasks copa --out runs/tiny/prune"))
+        _sweep_args(q)
+        q.add_argument("--ranking", default="own", help="own | aggregate | TASK (default: own)")
+        q.add_argument("--ffn-importance", type=Path, default=None, help="output dir of `run.py importance ffn`")
+        q.add_argument("--ffn-percents", type=float, nargs="+", default=None,
+                       help="FFN percentages (default: 0..90 step 10; grid 0..50)")
+        add_plan_args(q, "prune")
+        q.set_defaults(step="prune.sweeps:PruneSettings")
+    t = sweeps.add_parser(
+        "transfer", help="the paper's cross-task transfer: chosen tasks pruned with their partners' rankings",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="The chosen tasks (the paper's COPA, Winogrande, ReCoRD) pruned with the head rankings of their "
+                    "highest- and lowest-correlated seen tasks (docs/protocol.md); writes OUT/transfer.json.",
+        epilog=example("python run.py prune transfer --correlations runs/tiny/correlate/correlations.json "
+                       "--importance runs/tiny/importance --out runs/tiny/prune"))
+    _sweep_args(t)
+    t.add_argument("--correlations", type=Path, default=None,
+                   help="correlations.json of `run.py correlate` (the partners are read from it)")
+    t.add_argument("--transfer-tasks", nargs="+", default=["copa", "winogrande", "record"],
+                   help="the tasks pruned with their partners' rankings (default: the paper's copa winogrande record; "
+                        "a task without importance is replaced as docs/protocol.md says)")
+    t.add_argument("--partners", nargs="+", choices=["paper", "argsort", "spearman"], default=None,
+                   help="how partners are chosen: paper = the paper's published pairs, argsort = its SRCC (Pearson of "
+                        "argsort vectors), spearman = the true Spearman rho (default: paper argsort with --protocol "
+                        "paper, spearman argsort otherwise)")
+    add_plan_args(t, "prune")
+    t.set_defaults(step="prune.transfer:TransferSettings")
+
+
+def _sweep_args(p: argparse.ArgumentParser) -> None:
+    """What every sweep takes: the model, task and output options, the eval seed, the head ranking's files."""
     _study_args(p, evaluates=True)
     _eval_seed_arg(p)
-    p.add_argument("--ranking", default="own", help="own | aggregate | TASK (default: own)")
     p.add_argument("--importance", type=Path, default=None, help="output dir of `run.py importance heads`")
-    p.add_argument("--ffn-importance", type=Path, default=None, help="output dir of `run.py importance ffn`")
     p.add_argument("--head-percents", type=float, nargs="+", default=None,
-                   help="head percentages (default: 0..90 step 10; grid 0..70)")
-    p.add_argument("--ffn-percents", type=float, nargs="+", default=None,
-                   help="FFN percentages (default: 0..90 step 10; grid 0..50)")
-    p.add_argument("--correlations", type=Path, default=None,
-                   help="transfer: correlations.json of `run.py correlate` (the partners are read from it)")
-    p.add_argument("--transfer-tasks", nargs="+", default=["copa", "winogrande", "record"],
-                   help="transfer: the tasks pruned with their partners' rankings (default: the paper's copa "
-                        "winogrande record; a task without importance is replaced as docs/protocol.md says)")
-    p.add_argument("--partners", nargs="+", choices=["paper", "argsort", "spearman"], default=None,
-                   help="transfer: how partners are chosen: paper = the paper's published pairs, argsort = its SRCC "
-                        "(Pearson of argsort vectors), spearman = the true Spearman rho (default: paper argsort "
-                        "with --protocol paper, spearman argsort otherwise)")
-    add_plan_args(p, "prune")
-    p.set_defaults(func=_prune)
+                   help="head percentages (default: 0..90 step 10; grid 0..70; transfer 0 10 30 50 70 90)")
 
 
-def _prune(args: argparse.Namespace, loaded=None) -> int:
-    from .settings import PruneSettings
+def register_correlate(sub: argparse._SubParsersAction) -> None:
+    from opt66b.runs.options import add_out_arg, example
 
-    return PruneSettings.handle(args, loaded)
-
-
-def check_prune(s: "PruneSettings") -> None:
-    from tasks.registry import ALL_TASKS
-
-    s.check_tasks(s.limit)
-    if s.ranking not in ("own", "aggregate") and s.ranking not in ALL_TASKS:
-        raise KeyError(f"--ranking must be own, aggregate or a task name ({', '.join(ALL_TASKS)}); "
-                       f"got {s.ranking!r}")
-    for name, vals in (("--head-percents", s.head_percents), ("--ffn-percents", s.ffn_percents)):
-        if vals is not None and any(not 0 <= v <= 100 for v in vals):
-            raise ValueError(f"{name} must be in [0, 100], got {list(vals)}")
-    if s.sweep == "transfer":
-        if s.correlations is None or s.importance is None:
-            raise ValueError("prune transfer needs --correlations FILE (from `run.py correlate`) and --importance DIR")
-        if not Path(s.correlations).is_file():
-            raise FileNotFoundError(f"{s.correlations}: not found; run `run.py correlate` first")
-        return
-    if s.sweep in ("heads", "grid") and s.importance is None:
-        raise ValueError(f"prune {s.sweep} needs --importance DIR (from `run.py importance heads`)")
-    if s.sweep in ("ffn", "grid") and s.ffn_importance is None:
-        raise ValueError(f"prune {s.sweep} needs --ffn-importance DIR (from `run.py importance ffn`)")
-
-
-def run_prune_step(s: "PruneSettings", loaded, cache=None) -> dict[str, Any]:
-    """A sweep (or the transfer) on a loaded model; `cache`: evaluations earlier steps ran (run.py all)."""
-    from opt66b.fileio import read_json
-    from opt66b.layer_major import streamed_compute
-
-    from .experiments import run_prune_sweep, run_transfer_study
-
-    check_prune(s)
-    model, tokenizer, info = loaded
-    percents = None if s.head_percents is None else list(s.head_percents)
-    common = dict(limit=s.limit, seed=s.seed, batch_tokens=s.batch_tokens, paper_quirks=s.paper_quirks,
-                  recompute=s.recompute, cache=cache, chunk_budget=oracle_budget(s, streamed_compute(model)))
-    if s.sweep == "transfer":
-        res = run_transfer_study(model, tokenizer, info, s.data, list(s.tasks), list(s.shots), s.out,
-                                 correlations=read_json(s.correlations), importance=s.importance,
-                                 transfer_tasks=list(s.transfer_tasks), head_percents=percents,
-                                 partners=list(s.partners) if s.partners else None, **common)
-    else:
-        res = run_prune_sweep(model, tokenizer, info, s.data, list(s.tasks), list(s.shots), s.out, sweep=s.sweep,
-                              ranking=s.ranking, importance=s.importance, ffn_importance=s.ffn_importance,
-                              head_percents=percents,
-                              ffn_percents=None if s.ffn_percents is None else list(s.ffn_percents), **common)
-    if res["table"] is not None:  # torchrun: rank 0 writes the table
-        print(res["table"])
-    return {"code": 0, "work": res["work"]}
-
+    p = sub.add_parser(
+        "correlate", help="Spearman correlations between head-importance rankings (tasks, aggregate, shots)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Read IMPORTANCE/shots-K/{task,aggregate}.safetensors (from `run.py importance heads`) "
+                    "and write OUT/correlations.json: per shot the task x task true Spearman rho and p "
+                    "(average ranks for ties, t-test with n-2 df), the paper's argsort-Pearson variant "
+                    "(labelled paper_argsort_pearson), the top-30% head overlap, every task against the "
+                    "aggregate, and every task across shots (0v1, 0v5, 1v5) with mean and variance.",
+        epilog=example("python run.py correlate --importance runs/tiny/importance --out runs/tiny/correlate"))
+    p.add_argument("--importance", type=Path, required=True, help="directory with shots-K/*.safetensors")
+    add_out_arg(p, "output directory (correlations.json is written there)")
+    p.add_argument("--shots", type=int, nargs="+", default=None, help="shot counts to use (default: all found)")
+    p.add_argument("--tasks", nargs="+", default=None, help="tasks to use (default: all found)")
+    p.add_argument("--top-fraction", type=float, default=0.3,
+                   help="fraction of most important heads for the overlap (default: 0.3)")
+    p.add_argument("--compare-importance", type=Path, default=None, metavar="DIR",
+                   help="importance of some tasks under the other protocol's targets (`run.py all` writes "
+                        "OUT/importance-paper or -corrected): adds how far each ranking and the aggregate move")
+    p.set_defaults(step="prune.correlate:CorrelateSettings")

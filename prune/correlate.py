@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 import sys
+from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -36,6 +37,7 @@ from typing import Any, Callable, Sequence
 from opt66b.fileio import Progress
 from opt66b.runs.results import file_hashes, read_tensors, run_metadata, write_json
 from opt66b.runs.layout import SHOTS_PATTERN, shot_files, shots_dir, shots_name
+from opt66b.runs.settings import StepSettings, option
 
 from . import stats
 from tasks.registry import PAPER_SEEN_TASKS, seen_in
@@ -188,16 +190,38 @@ def _finite_or_none(obj: Any) -> Any:
     return obj
 
 
-def run_correlate(importance_dir: Path, out_dir: Path, shots: Sequence[int] | None = None,
-                  tasks: Sequence[str] | None = None, top_fraction: float = 0.3,
-                  log: Callable[[str], None] | None = None, random_seed: int | None = 0,
-                  compare_importance: Path | None = None) -> Path:
-    """Compute everything above and write OUT/correlations.json atomically; returns its path.
-    compare_importance: the importance of some tasks under the other protocol's targets (what
-    `run.py all` writes to OUT/importance-<other>); adds "targets" (prune/targets.py)."""
+@dataclass(frozen=True, kw_only=True)
+class CorrelateSettings(StepSettings):
+    """`run.py correlate`: Spearman matrices of the head-importance rankings (no model)."""
+
+    COMMAND = ("correlate",)
+    USES_MODEL = False
+    importance: Path = option(None)
+    out: Path = option(None)
+    shots: tuple[int, ...] | None = option(None)
+    tasks: tuple[str, ...] | None = option(None)
+    top_fraction: float = option(0.3)
+    compare_importance: Path | None = option(None)
+
+    def check(self) -> None:
+        if not 0 < self.top_fraction <= 1:
+            raise ValueError(f"--top-fraction must be in (0, 1], got {self.top_fraction}")
+        if self.compare_importance is not None and not Path(self.compare_importance).is_dir():
+            raise FileNotFoundError(f"--compare-importance {self.compare_importance}: directory not found")
+
+    def execute(self, loaded: Any = None, cache: Any = None) -> None:
+        run_correlate(self)
+
+
+def run_correlate(s: CorrelateSettings, log: Callable[[str], None] | None = None, random_seed: int | None = 0) -> Path:
+    """Compute everything above and write s.out/correlations.json atomically; returns its path.
+    s.compare_importance: the importance of some tasks under the other protocol's targets (what `run.py all`
+    writes to OUT/importance-<other>); adds "targets" (prune/targets.py). random_seed: the random-permutation
+    row's seed."""
+    s.check()
+    importance_dir, out_dir, top_fraction = Path(s.importance), Path(s.out), s.top_fraction
+    shots, tasks, compare_importance = s.shots, s.tasks, s.compare_importance
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-    if not 0 < top_fraction <= 1:
-        raise ValueError(f"--top-fraction must be in (0, 1], got {top_fraction}")
     found = discover(importance_dir, shots, tasks)
     shape: tuple[int, ...] | None = None
     by_shot: dict[int, dict[str, list[float]]] = {}
@@ -255,8 +279,6 @@ def run_correlate(importance_dir: Path, out_dir: Path, shots: Sequence[int] | No
     if compare_importance is not None:
         from .targets import compare_targets
 
-        if not Path(compare_importance).is_dir():
-            raise FileNotFoundError(f"--compare-importance {compare_importance}: directory not found")
         result["targets"] = compare_targets(Path(importance_dir), Path(compare_importance), sorted(by_shot),
                                             top_fraction)
     path = write_json(Path(out_dir) / OUTPUT_NAME, _finite_or_none(result))

@@ -11,8 +11,6 @@ from typing import Any
 
 
 def register_export(sub: argparse._SubParsersAction) -> None:
-    from opt66b.runs.options import add_old_spelling
-
     p = sub.add_parser(
         "export-pruned", help="write a smaller checkpoint without the masked heads and FFNs (or --dry-run)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -39,7 +37,6 @@ def register_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--head-importance", type=Path, default=None,
                    help="head importance file of `run.py importance heads` (e.g. OUT/shots-0/aggregate.safetensors)")
     p.add_argument("--head-percent", type=float, default=None, help="remove the lowest-ranked P%% of heads")
-    add_old_spelling(p, "--heads-percent", "--head-percent", "head_percent", type=float)
     p.add_argument("--ffn-ranking", type=Path, default=None,
                    help="FFN ranking file of `run.py importance ffn` (e.g. OUT/shots-0/aggregate.json)")
     p.add_argument("--ffn-percent", type=float, default=None, help="remove the lowest-ranked P%% of FFNs")
@@ -47,7 +44,6 @@ def register_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dry-run", action="store_true", help="print what would be removed; read no weights")
     p.add_argument("--random-weights", default=None, metavar="SIZE",
                    help="with --dry-run: an official size's shape instead of --model, e.g. opt-66b (no weights)")
-    add_old_spelling(p, "--size", "--random-weights", "random_weights")
     p.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default=None,
                    help="bytes of the dry run at this dtype (default: the checkpoint's; float16 for --random-weights)")
     p.set_defaults(func=_export)
@@ -94,7 +90,7 @@ def masks_from_args(args: argparse.Namespace, cfg: Any):
     Without a ranking (--dry-run with percentages only) the masks remove the first units in flat
     order: sizes depend on how many units go, not which (opt66b.export.config_for_counts)."""
     from opt66b.fileio import sha256_file
-    from tasks.evaluate import load_eval_masks
+    from tasks.evaluation import load_eval_masks
 
     from .masks import count_for_percent, ffn_mask_for_percent, head_mask_for_percent, read_importance
     from .sweeps import read_ffn_ranking

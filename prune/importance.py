@@ -1,7 +1,7 @@
-"""Head importance (gradient-based) and oracle FFN importance (knock one FFN out, measure the drop).
+"""Gradient head importance (Bansal et al. 2023 §4.1): the `importance heads` step and its measure.
 
-Mirrors amazon-science/llm-interpret `BaseLM.calculate_importance` (lm_eval/base.py) and
-scripts/plotting/fc_importance.py; docs/method.md ("Head importance", "FFN importance").
+Mirrors the paper's released code, `BaseLM.calculate_importance` (lm_eval/base.py of its lm-eval fork);
+docs/method.md ("Head importance"). The FFN oracle is prune/oracle.py.
 Michel et al. (NeurIPS 2019) define the same head score; their code is pmichel31415/pytorch-pretrained-BERT.
 
 Head score, per layer l and head h, over examples e = [context; gold continuation] of N_e tokens
@@ -17,7 +17,8 @@ Y_e continuation tokens (batch 1, unmasked model, no weight gradients).
 
 from __future__ import annotations
 
-import sys
+import random
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import torch
@@ -29,9 +30,11 @@ from opt66b.layer_major import DEFAULT_CHUNK_BUDGET, chunk_units, streams_layers
 from opt66b.host_memory import release_cpu_caches
 from opt66b.offload import layerwise_backward, layerwise_backward_chunk
 
+from opt66b.runs.settings import option
 from tasks.scoring import TokenRequest, token_requests
+from tasks.settings import TaskStep
 
-from .masks import ffn_ranking, normalize_per_layer as l2_normalize_per_layer
+from .masks import normalize_per_layer as l2_normalize_per_layer
 
 
 def _example(model: Any, input_ids: Sequence[int], continuation: Sequence[int]
@@ -189,85 +192,93 @@ def head_importance_tokens(model: Any, tokenized: Sequence[TokenRequest], normal
     return importance_from_sums(total, counts, denominator, normalize_per_layer), counts
 
 
-# -- oracle FFN importance -----------------------------------------------------------------------
-def ffn_knockout_mask(num_layers: int, layer: int) -> torch.Tensor:
-    """(L,) float32 FFN mask with only `layer` switched off."""
-    if not 0 <= layer < num_layers:
-        raise ValueError(f"layer {layer} out of range for a {num_layers}-layer model")
-    mask = torch.ones(num_layers, dtype=torch.float32)  # (L,)
-    mask[layer] = 0.0
-    return mask
+# -- the `importance heads` step -------------------------------------------------------------------------
+@dataclass(frozen=True, kw_only=True)
+class HeadImportanceSettings(TaskStep):
+    """`run.py importance heads`: gradient head importance per task and shot, and the seen-task aggregate."""
+
+    COMMAND = ("importance", "heads")
+    n_docs: int = option(2500)
+    seed: int = option(1234)  # the paper's few-shot demo sampler
+    max_length: int | None = option(None)
+    normalize_per_layer: bool = option(False)
+    seen_tasks: tuple[str, ...] | None = option(None)
+    update_aggregate: bool = option(False)
+    backward: str = option("auto")
+
+    def check(self) -> None:
+        from tasks.registry import check_task_args
+
+        self.check_tasks()
+        if self.seen_tasks:
+            check_task_args(list(self.seen_tasks), list(self.shots))
+        if self.n_docs < 1:
+            raise ValueError(f"--n-docs must be >= 1, got {self.n_docs}")
+
+    def execute(self, loaded: Any = None, cache: Any = None) -> dict[str, int]:
+        return run_head_importance(*loaded, self)["work"]
 
 
-def primary_points(metrics: dict[str, float], metric: str) -> float:
-    """The task's primary metric in points (x100), as the paper's plots read results[task][metric]*100."""
-    if metric not in metrics:
-        raise KeyError(f"evaluation returned no {metric!r}; it has {sorted(metrics)}")
-    return 100.0 * float(metrics[metric])
+def run_head_importance(model: Any, tokenizer: Any, info: dict[str, Any] | None,
+                        s: HeadImportanceSettings) -> dict[str, Any]:
+    """Per (task, shot): s.out/shots-K/<task>.safetensors with 'importance_paper_denominator' (L, H) (the
+    paper's code: its last layer over target tokens), 'importance_uniform' (every layer over the position
+    count) and 'importance', the ranking every later step reads: the one s.protocol.denominator names. Also
+    s.out/shots-K/aggregate.safetensors, the mean over the seen tasks present (prune/aggregate.py; default:
+    the paper's 14; s.update_aggregate replaces one whose members changed). n_docs: the first N docs of the
+    importance split; seed: the few-shot demo sampler (the paper's 1234). One forward + backward per example
+    (the layer-wise bounded-memory backward when the model streams its layers, or with --backward layerwise:
+    recorded, not fingerprinted, since it moves only the last float bits); with streamed layers the examples
+    go in chunks of s.chunk_budget(...) bytes on the compute device (example_chunks)."""
+    from opt66b.layer_major import streamed_compute
+    from opt66b.runs.distributed import barrier, my_units, rank_world
+    from opt66b.runs.layout import shots_dir
+    from opt66b.runs.results import run_metadata
+    from opt66b.runs.store import UnitStore, Work, in_memory_info, model_fingerprint
+    from tasks.evaluation import task_fingerprint
 
+    from .aggregate import PAPER_SEEN_TASKS, check_aggregate_before, write_aggregate
+    from .masks import IMPORTANCE_KEY, PAPER_DENOMINATOR_KEY, UNIFORM_IMPORTANCE_KEY
 
-def ffn_importance(evaluation: Any, num_layers: int, metric: str, layers: Sequence[int] | None = None,
-                   done: dict[int, dict[str, float]] | None = None,
-                   on_layer: Callable[[int, dict[str, float]], None] | None = None,
-                   base_metrics: dict[str, float] | None = None, cached: bool = True,
-                   progress: Callable[[int], None] | None = None, chunk_units: int | None = None,
-                   chunks: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Oracle FFN importance: drop[l] = base - metric with FFN l alone knocked out (points, eval split).
-
-    `evaluation` is a tasks.evaluate.TaskEvaluation (instances and scorer built once); its
-    `run(ffn_mask=..., start_layer=l)` resumes from the recorded input of layer l, which a knockout
-    at l cannot change, so only layers l.. are recomputed (cached=False re-runs the whole model:
-    the naive reference). `done` holds already-computed layers' metrics (resume); `on_layer(l, m)`
-    is called after each new layer (write its unit file there). chunk_units: run the base and the
-    knock-outs `chunk_units` scoring batches at a time, so the recorded layer inputs held at once are
-    one chunk's, not the task's (same results bit for bit); chunks: {"done", "on_chunk"} resume and
-    save each chunk's partial log-likelihoods (TaskEvaluation.run_knockouts).
-
-    Returns {"metric", "base", "base_metrics", "drop" (L floats), "metrics" (per layer), "ranking"}
-    where ranking lists layer ids by ascending drop, stable (ties: lower layer first, as the paper's code).
-    """
-    layers = list(range(num_layers)) if layers is None else list(layers)
-    per_layer: dict[int, dict[str, float]] = dict(done or {})
-    todo = [layer for layer in layers if layer not in per_layer]
-    if cached and chunk_units is not None and (todo or base_metrics is None):
-        # Bounded memory: the base and every knock-out, a chunk of scoring batches at a time, each chunk
-        # resumed from its own recorded layer inputs (Scorer.run_knockouts); the same numbers bit for bit.
-        runs = [(layer, None, ffn_knockout_mask(num_layers, layer), layer) for layer in todo]
-        res = evaluation.run_knockouts(runs, chunk_units, **(chunks or {}))
-        base_metrics = res["base"]
-        for layer in todo:
-            per_layer[layer] = res[layer]
-            if on_layer is not None:
-                on_layer(layer, res[layer])
-    if base_metrics is None:
-        base_metrics = evaluation.run(record_layer_inputs=cached) if cached else evaluation.run()
-    base = primary_points(base_metrics, metric)
-    for layer in layers:
-        if layer in per_layer:
+    s.check()
+    info = info or in_memory_info(model)
+    objects = s.task_objects()
+    recorded = s.recorded(info, objects)
+    length = model.config.max_positions if s.max_length is None else s.max_length
+    if not 0 < length <= model.config.max_positions:
+        raise ValueError(f"--max-length must be in [1, {model.config.max_positions}] (the model's positions), got {length}")
+    denominator, quirks = s.protocol.denominator, s.protocol.paper_quirks
+    store = UnitStore({**model_fingerprint(info), "seed": s.seed, "n_docs": s.n_docs, "max_length": length,
+                       "normalize_per_layer": s.normalize_per_layer, "paper_quirks": quirks,
+                       "denominator": denominator}, recompute=s.recompute)
+    seen = list(s.seen_tasks or PAPER_SEEN_TASKS)
+    for k in s.shots:  # an aggregate this run would change is refused now, not after hours of work
+        check_aggregate_before(shots_dir(s.out, k), list(objects), seen, s.update_aggregate)
+    work, layerwise = Work(), s.backward == "layerwise"
+    budget = s.chunk_budget(streamed_compute(model))
+    # (task, shot) is the unit: split across torchrun processes, skipped when its fingerprint matches.
+    for name, k in my_units([(t, k) for k in s.shots for t in objects]):
+        path = shots_dir(s.out, k) / f"{name}.safetensors"
+        fields = {**task_fingerprint(objects[name]), "shots": k}
+        if store.done(path, **fields):
             continue
-        mask = ffn_knockout_mask(num_layers, layer)
-        if cached:
-            metrics = evaluation.run(ffn_mask=mask, start_layer=layer)
-        else:
-            metrics = evaluation.run(ffn_mask=mask)
-        per_layer[layer] = metrics
-        if on_layer is not None:
-            on_layer(layer, metrics)
-        if progress is not None:
-            progress(1)
-    missing = [i for i in range(num_layers) if i not in per_layer]
-    drop = [base - primary_points(per_layer[i], metric) for i in range(num_layers) if i in per_layer]
-    result = {"metric": metric, "base": base, "base_metrics": base_metrics,
-              "metrics": {str(i): per_layer[i] for i in sorted(per_layer)}}
-    if not missing:
-        result["drop"] = drop
-        result["ranking"] = ffn_ranking(drop)
-    else:
-        result["missing_layers"] = missing
-    return result
-
-
-def stderr_progress(total: int, label: str) -> Callable[[int], None]:
-    """A progress callback printing to stderr (opt66b.runs.results.Progress)."""
-    bar = Progress(total, label, stream=sys.stderr)
-    return bar.update
+        examples = objects[name].importance_examples(s.n_docs, k, random.Random(s.seed), paper_quirks=quirks)
+        bar = Progress(len(examples), f"importance {name} {k}-shot")
+        total, counts = head_score_sums(model, tokenizer, examples, max_length=length, progress=bar.update,
+                                        layerwise=layerwise, chunk_budget=budget)
+        work.add(forward=counts["examples"], backward=counts["examples"], tokens=counts["positions"])
+        variants = {key: importance_from_sums(total, counts, denom, s.normalize_per_layer)
+                    for key, denom in ((PAPER_DENOMINATOR_KEY, "paper"), (UNIFORM_IMPORTANCE_KEY, "uniform"))}
+        chosen = PAPER_DENOMINATOR_KEY if denominator == "paper" else UNIFORM_IMPORTANCE_KEY
+        variants[IMPORTANCE_KEY] = variants[chosen].clone()
+        store.write_tensors(path, variants, run_metadata(**{
+            **recorded, "task": name, "shots": k, "seed": s.seed, "n_docs": s.n_docs, "counts": counts,
+            "normalize_per_layer": s.normalize_per_layer, "max_length": s.max_length, "denominator": denominator,
+            "backward": "layer-wise" if layerwise or getattr(model, "streamer", None) else "full",
+            "importance_is": chosen}), **fields)
+    barrier()
+    if rank_world()[0] == 0:
+        for k in s.shots:
+            write_aggregate(shots_dir(s.out, k), seen, update=s.update_aggregate,
+                            settings={**recorded, "shots": k, "seed": s.seed})
+    return {"out": s.out, "work": work.as_dict()}

@@ -29,9 +29,8 @@ from opt66b.runs.mask_files import FFN_MASK_KEY, HEAD_MASK_KEY, read_masks, writ
 IMPORTANCE_KEY = "importance"
 UNIFORM_IMPORTANCE_KEY = "importance_uniform"  # the same scores with every layer over the position count
 PAPER_DENOMINATOR_KEY = "importance_paper_denominator"  # the paper's: its last layer over target tokens
-# What IMPORTANCE_KEY (the ranking every step reads) holds under each --protocol; both variants are
-# always written under their own names too.
-DENOMINATOR_BY_PROTOCOL = {"paper": "paper", "corrected": "uniform"}
+# What IMPORTANCE_KEY (the ranking every step reads) holds is the protocol's choice (tasks/protocol.py,
+# Protocol.denominator); both variants are always written under their own names too.
 
 
 def count_for_percent(percent: float, total: int) -> int:

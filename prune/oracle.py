@@ -1,9 +1,11 @@
-"""The oracle FFN study as a resumable unit loop: every FFN knocked out alone, per (task, shot).
+"""The FFN oracle (Bansal et al. 2023 §4.2): the `importance ffn` step, every FFN knocked out alone.
 
-Mirrors amazon-science/llm-interpret's mask_iterative_fc runs and scripts/plotting/fc_importance.py;
-docs/method.md ("FFN importance"). The measure itself (drop = base - metric with FFN l removed) is
-prune/importance.ffn_importance; this module runs it over tasks and shots, chunk by chunk
-(prune/chunks.py), and writes the files:
+drop[l] = base metric - metric with FFN l alone removed, in points of the task's primary metric on its
+evaluation split, per (task, shot); the ranking lists the layers by ascending drop. Mirrors the paper's
+released code (its mask_iterative_fc runs and scripts/plotting/fc_importance.py); docs/method.md ("FFN
+importance"). A knock-out at layer l cannot change layers before l, so each run resumes from the base
+run's recorded input of layer l (`ffn_oracle`, cached) instead of recomputing the whole model (naive);
+the runs go chunk by chunk (prune/chunks.py, Scorer.run_knockouts), so memory is set by the chunk.
 
     OUT/shots-K/task/layer-XXX.json      one knocked-out layer's metrics (+ base.json)
     OUT/shots-K/task/chunks-C/           each chunk's partial log-likelihoods (resume)
@@ -14,94 +16,188 @@ prune/importance.ffn_importance; this module runs it over tasks and shots, chunk
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
-from opt66b.runs.distributed import barrier, my_units, rank_world
+import torch
+
 from opt66b.fileio import Progress, read_json
-from opt66b.runs.results import write_json
-from opt66b.layer_major import DEFAULT_CHUNK_BUDGET, streams_layers
+from opt66b.layer_major import streamed_compute, streams_layers
 from opt66b.runs.layout import knockout_base, knockout_unit, shots_dir
-from opt66b.runs.store import UnitStore, Work
-from tasks.evaluate import task_fingerprint
+from opt66b.runs.results import write_json
+from opt66b.runs.settings import option
+from tasks.metrics import primary_points
+from tasks.settings import EvaluatingStep
 
 from .chunks import chunk_store
 from .masks import ffn_ranking
-from .sweeps import EvaluationFactory, evaluation_work
 
 
+@dataclass(frozen=True, kw_only=True)
+class FFNOracleSettings(EvaluatingStep):
+    """`run.py importance ffn`: every FFN knocked out alone, chunk by chunk."""
 
-def run_ffn_importance(model: Any, tokenizer: Any, tasks: dict[str, Any], shots: Sequence[int], out_dir: Path,
-                       make_evaluation: EvaluationFactory, cached: bool = True,
-                       settings: dict[str, Any] | None = None, store: UnitStore | None = None,
-                       work: Work | None = None, record_budget: int | None = DEFAULT_CHUNK_BUDGET) -> list[Path]:
-    """Per (task, shot): knock each FFN out alone; units OUT/shots-K/task/layer-XXX.json (+ base.json);
-    merged OUT/shots-K/task.json {drop, base, ranking}; OUT/shots-K/aggregate.json ranks the mean drop.
+    COMMAND = ("importance", "ffn")
+    naive: bool = option(False)
+    oracle_memory: float | None = option(None)
 
-    The (task, shot) pair is the torchrun split unit here: the layer loop shares one recorded base
-    pass (layer inputs), which must stay in one process. store: fingerprints the files (see
-    run_sweep); work counts one scorer plan per run (the base run plus one per new layer; with
-    cached=True a knockout run recomputes layers l.. only). record_budget: host bytes the recorded
-    layer inputs may take at once; the base and the knock-outs then run that many scoring batches at a
-    time (chunks, saved under OUT/shots-K/task/chunks-C/ so a killed run resumes per chunk). None:
-    one chunk holding the whole task (the unbounded behaviour of earlier releases). With streamed
-    layers the chunk runs layer by layer (opt66b/layer_major.py: weights cross once per chunk) and
-    record_budget bounds its live states on the compute device instead (L + 1 streams, not L).
-    """
-    from opt66b.runs.results import run_metadata
+    def check(self) -> None:
+        self.check_tasks(self.limit)
+        if self.oracle_memory is not None and self.oracle_memory <= 0:
+            raise ValueError(f"--oracle-memory must be > 0 GiB, got {self.oracle_memory}")
 
-    from .importance import ffn_importance
+    def chunk_budget(self, streams_to: str | None) -> int:
+        """--oracle-memory when given, else the rule of every step (TaskStep.chunk_budget)."""
+        return int(self.oracle_memory * (1 << 30)) if self.oracle_memory is not None else super().chunk_budget(streams_to)
 
-    store = store or UnitStore({})
-    num_layers = model.config.num_layers
-    pairs = [(t, k) for t in tasks for k in shots]
-    written = []
-    for task_name, k in my_units(pairs):
-        unit_dir = shots_dir(out_dir, k) / task_name
-        merged = shots_dir(out_dir, k) / f"{task_name}.json"
-        fields = {**task_fingerprint(tasks[task_name]), "shots": k}
+    def execute(self, loaded: Any = None, cache: Any = None) -> dict[str, int]:
+        return run_ffn_oracle(*loaded, self)["work"]
+
+
+def run_ffn_oracle(model: Any, tokenizer: Any, info: dict[str, Any] | None, s: FFNOracleSettings,
+                   evaluations: Callable[..., Any] | None = None) -> dict[str, Any]:
+    """The oracle of every (task, shot) not yet on disk (module docstring), then (rank 0) each shot's
+    aggregate. The (task, shot) pair is the torchrun split unit: its knock-outs share one recorded base
+    run, which stays in one process. With --naive every knock-out re-runs the whole model (the reference).
+    evaluations(model, tokenizer, task, shots): builds each evaluation (default s.evaluation; tests pass
+    stand-ins). Returns {"out", "work": passes and tokens computed}."""
+    from opt66b.runs.distributed import barrier, my_units, rank_world
+    from opt66b.runs.store import Work, in_memory_info
+    from tasks.evaluation import task_fingerprint
+
+    s.check()
+    info = info or in_memory_info(model)
+    objects = s.task_objects()
+    recorded = {**s.recorded(info, objects), "batch_tokens": s.batch_tokens, "limit": s.limit, "seed": s.seed}
+    store, work = s.unit_store(info), Work()
+    make = evaluations or s.evaluation
+    budget, layer_major = s.chunk_budget(streamed_compute(model)), streams_layers(model)
+    for name, k in my_units([(t, k) for t in objects for k in s.shots]):
+        merged = shots_dir(s.out, k) / f"{name}.json"
+        fields = {**task_fingerprint(objects[name]), "shots": k}
         if store.done(merged, **fields):
             continue
-        done = {}
-        for layer in range(num_layers):
-            p = knockout_unit(unit_dir, layer)
-            if store.done(p, **fields, layer=layer):
-                done[layer] = read_json(p)["metrics"]
-        evaluation = make_evaluation(model, tokenizer, tasks[task_name], k)
-        metric = tasks[task_name].PRIMARY_METRIC
-
-        def save(layer: int, metrics: dict[str, float], _dir: Path = unit_dir, _fields=fields) -> None:
-            store.write_json(knockout_unit(_dir, layer), {"layer": layer, "metrics": metrics}, **_fields,
-                             layer=layer)
-
-        todo = num_layers - len(done)
-        chunking = {}
-        if cached and todo and hasattr(evaluation, "run_knockouts"):
-            layer_major = streams_layers(model)  # Scorer.run_knockouts takes layer order then
-            size = evaluation.scorer.chunk_units(record_budget, num_layers + 1 if layer_major else num_layers)
-            order = "layer order, states on the compute device" if layer_major else "batch order"
-            bar = Progress(-(-len(evaluation.scorer.units) // size),
-                           f"ffn oracle {task_name} {k}-shot (chunks of {size} batches, {order})")
-            names = {"base": "base", **{layer: f"layer-{layer:03d}" for layer in range(num_layers)}}
-            chunking = {"chunk_units": size, "chunks": chunk_store(store, unit_dir, fields, evaluation, size,
-                                                                   names, bar)}
-        else:
-            bar = Progress(todo, f"ffn oracle {task_name} {k}-shot") if todo else None
-        res = ffn_importance(evaluation, num_layers, metric, done=done, on_layer=save, cached=cached,
-                             progress=bar.update if bar and not chunking else None, **chunking)
-        if work is not None:
-            per_run = evaluation_work(evaluation)
-            for _ in range(1 + todo):
-                work.add(**per_run)
-        write_json(knockout_base(unit_dir), {"metrics": res["base_metrics"]})
-        res.update(task=task_name, shots=k, meta=run_metadata(**{**(settings or {}), "shots": k, "cached": cached}))
+        res = _oracle_unit(make(model, tokenizer, objects[name], k), objects[name].PRIMARY_METRIC,
+                           model.config.num_layers, layer_major,
+                           shots_dir(s.out, k) / name, fields, store, not s.naive, budget, work)
+        res.update(task=name, shots=k, meta=_meta(recorded, k, not s.naive))
         store.write_json(merged, res, **fields)
-        written.append(merged)
     barrier()
     if rank_world()[0] == 0:
-        for k in shots:
-            write_ffn_aggregate(shots_dir(out_dir, k), list(tasks))
-    return written
+        for k in s.shots:
+            write_ffn_aggregate(shots_dir(s.out, k), list(objects))
+    return {"out": s.out, "work": work.as_dict()}
+
+
+def _meta(recorded: dict[str, Any], shots: int, cached: bool) -> dict[str, Any]:
+    from opt66b.runs.results import run_metadata
+
+    return run_metadata(**{**recorded, "shots": shots, "cached": cached})
+
+
+def _oracle_unit(evaluation: Any, metric: str, num_layers: int, layer_major: bool, unit_dir: Path,
+                 fields: dict[str, Any], store: Any, cached: bool, budget: int, work: Any) -> dict[str, Any]:
+    """One (task, shot): the base run and every knock-out not yet on disk, in chunks of `budget` bytes of
+    recorded inputs (or, layer_major: with streamed layers, layer-order states); writes each layer's unit
+    and base.json."""
+    done = {}
+    for layer in range(num_layers):
+        p = knockout_unit(unit_dir, layer)
+        if store.done(p, **fields, layer=layer):
+            done[layer] = read_json(p)["metrics"]
+
+    def save(layer: int, metrics: dict[str, float]) -> None:
+        store.write_json(knockout_unit(unit_dir, layer), {"layer": layer, "metrics": metrics}, **fields, layer=layer)
+
+    todo, label = num_layers - len(done), f"ffn oracle {fields['task']} {fields['shots']}-shot"
+    chunking, bar = {}, None
+    if cached and todo and hasattr(evaluation, "run_knockouts"):
+        size = evaluation.scorer.chunk_units(budget, num_layers + 1 if layer_major else num_layers)
+        order = "layer order, states on the compute device" if layer_major else "batch order"
+        bar = Progress(-(-len(evaluation.scorer.units) // size), f"{label} (chunks of {size} batches, {order})")
+        names = {"base": "base", **{layer: f"layer-{layer:03d}" for layer in range(num_layers)}}
+        chunking = {"chunk_units": size, "chunks": chunk_store(store, unit_dir, fields, evaluation, size, names, bar)}
+    elif todo:
+        bar = Progress(todo, label)
+    res = ffn_oracle(evaluation, num_layers, metric, done=done, on_layer=save,
+                     cached=cached, progress=bar.update if bar and not chunking else None, **chunking)
+    stats = getattr(getattr(evaluation, "scorer", None), "stats", None)
+    if stats:
+        for _ in range(1 + todo):  # the base run and one (partial, with cached) run per new layer
+            work.add(forward=stats["forward_passes"], tokens=stats["tokens_fed"])
+    write_json(knockout_base(unit_dir), {"metrics": res["base_metrics"]})
+    return res
+
+
+def ffn_oracle(evaluation: Any, num_layers: int, metric: str, layers: Sequence[int] | None = None,
+                   done: dict[int, dict[str, float]] | None = None,
+                   on_layer: Callable[[int, dict[str, float]], None] | None = None,
+                   base_metrics: dict[str, float] | None = None, cached: bool = True,
+                   progress: Callable[[int], None] | None = None, chunk_units: int | None = None,
+                   chunks: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Oracle FFN importance: drop[l] = base - metric with FFN l alone knocked out (points, eval split).
+
+    `evaluation` is a tasks.evaluation.TaskEvaluation (instances and scorer built once); its
+    `run(ffn_mask=..., start_layer=l)` resumes from the recorded input of layer l, which a knockout
+    at l cannot change, so only layers l.. are recomputed (cached=False re-runs the whole model:
+    the naive reference). `done` holds already-computed layers' metrics (resume); `on_layer(l, m)`
+    is called after each new layer (write its unit file there). chunk_units: run the base and the
+    knock-outs `chunk_units` scoring batches at a time, so the recorded layer inputs held at once are
+    one chunk's, not the task's (same results bit for bit); chunks: {"done", "on_chunk"} resume and
+    save each chunk's partial log-likelihoods (TaskEvaluation.run_knockouts).
+
+    Returns {"metric", "base", "base_metrics", "drop" (L floats), "metrics" (per layer), "ranking"}
+    where ranking lists layer ids by ascending drop, stable (ties: lower layer first, as the paper's code).
+    """
+    layers = list(range(num_layers)) if layers is None else list(layers)
+    per_layer: dict[int, dict[str, float]] = dict(done or {})
+    todo = [layer for layer in layers if layer not in per_layer]
+    if cached and chunk_units is not None and (todo or base_metrics is None):
+        # Bounded memory: the base and every knock-out, a chunk of scoring batches at a time, each chunk
+        # resumed from its own recorded layer inputs (Scorer.run_knockouts); the same numbers bit for bit.
+        runs = [(layer, None, ffn_knockout_mask(num_layers, layer), layer) for layer in todo]
+        res = evaluation.run_knockouts(runs, chunk_units, **(chunks or {}))
+        base_metrics = res["base"]
+        for layer in todo:
+            per_layer[layer] = res[layer]
+            if on_layer is not None:
+                on_layer(layer, res[layer])
+    if base_metrics is None:
+        base_metrics = evaluation.run(record_layer_inputs=cached) if cached else evaluation.run()
+    base = primary_points(base_metrics, metric)
+    for layer in layers:
+        if layer in per_layer:
+            continue
+        mask = ffn_knockout_mask(num_layers, layer)
+        if cached:
+            metrics = evaluation.run(ffn_mask=mask, start_layer=layer)
+        else:
+            metrics = evaluation.run(ffn_mask=mask)
+        per_layer[layer] = metrics
+        if on_layer is not None:
+            on_layer(layer, metrics)
+        if progress is not None:
+            progress(1)
+    missing = [i for i in range(num_layers) if i not in per_layer]
+    drop = [base - primary_points(per_layer[i], metric) for i in range(num_layers) if i in per_layer]
+    result = {"metric": metric, "base": base, "base_metrics": base_metrics,
+              "metrics": {str(i): per_layer[i] for i in sorted(per_layer)}}
+    if not missing:
+        result["drop"] = drop
+        result["ranking"] = ffn_ranking(drop)
+    else:
+        result["missing_layers"] = missing
+    return result
+
+
+def ffn_knockout_mask(num_layers: int, layer: int) -> torch.Tensor:
+    """(L,) float32 FFN mask with only `layer` switched off."""
+    if not 0 <= layer < num_layers:
+        raise ValueError(f"layer {layer} out of range for a {num_layers}-layer model")
+    mask = torch.ones(num_layers, dtype=torch.float32)  # (L,)
+    mask[layer] = 0.0
+    return mask
 
 
 def write_ffn_aggregate(shot_dir: Path, tasks: Sequence[str]) -> Path | None:
@@ -125,4 +221,4 @@ def write_ffn_aggregate(shot_dir: Path, tasks: Sequence[str]) -> Path | None:
     return write_json(shot_dir / "aggregate.json", {"tasks": sorted(drops), "drop": mean, "ranking": ffn_ranking(mean)})
 
 
-__all__ = ["run_ffn_importance", "write_ffn_aggregate"]
+__all__ = ["FFNOracleSettings", "ffn_knockout_mask", "ffn_oracle", "run_ffn_oracle", "write_ffn_aggregate"]

@@ -24,19 +24,14 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from opt66b.runs.distributed import barrier, my_units, rank_world
 from opt66b.fileio import Progress, read_json
-from opt66b.runs.results import write_json
-from opt66b.layer_major import DEFAULT_CHUNK_BUDGET, streams_layers
-from opt66b.runs.layout import shots_dir, shots_name, sweep_unit
-from opt66b.runs.store import UnitStore, Work
-from tasks.evaluate import EvaluationCache, task_fingerprint
-from tasks.metrics import public_metrics
-from tasks.registry import seen_in
+from opt66b.runs.distributed import barrier, my_units, rank_world
+from opt66b.runs.layout import shots_dir, sweep_unit
+from opt66b.runs.settings import option
+from tasks.metrics import primary_points, public_metrics
+from tasks.settings import EvaluatingStep
 from tasks.uncertainty import PER_DOC_KEY
 
-from .importance import primary_points
-from .intervals import mean_se, paired_drop, value_se
 from .chunks import evaluate_together
 from .masks import count_for_percent, ffn_mask_for_percent, head_mask_for_percent, read_importance
 
@@ -45,8 +40,51 @@ DEFAULT_PERCENTS = {"heads": list(range(0, 100, 10)), "ffn": list(range(0, 100, 
                     "grid_heads": list(range(0, 80, 10)), "grid_ffn": list(range(0, 60, 10))}
 
 # (model, tokenizer, task, shots) -> an object with .run(head_mask=, ffn_mask=, start_layer=,
-# record_layer_inputs=) -> metrics dict; tasks.evaluate.TaskEvaluation in production.
+# record_layer_inputs=) -> metrics dict; EvaluatingStep.evaluation (a TaskEvaluation) in production.
 EvaluationFactory = Callable[[Any, Any, Any, int], Any]
+
+
+@dataclass(frozen=True, kw_only=True)
+class PruneSettings(EvaluatingStep):
+    """`run.py prune heads|ffn|grid`: a pruning sweep from a ranking (the transfer study: prune/transfer.py)."""
+
+    COMMAND = ("prune",)
+    sweep: str = option(positional=True)
+    ranking: str = option("own")
+    importance: Path | None = option(None)
+    ffn_importance: Path | None = option(None)
+    head_percents: tuple[float, ...] | None = option(None)
+    ffn_percents: tuple[float, ...] | None = option(None)
+
+    def check(self) -> None:
+        from tasks.registry import ALL_TASKS
+
+        self.check_tasks(self.limit)
+        if self.ranking not in ("own", "aggregate") and self.ranking not in ALL_TASKS:
+            raise KeyError(f"--ranking must be own, aggregate or a task name ({', '.join(ALL_TASKS)}); "
+                           f"got {self.ranking!r}")
+        for name, vals in (("--head-percents", self.head_percents), ("--ffn-percents", self.ffn_percents)):
+            if vals is not None and any(not 0 <= v <= 100 for v in vals):
+                raise ValueError(f"{name} must be in [0, 100], got {list(vals)}")
+        if self.sweep not in SWEEPS:
+            raise ValueError(f"unknown sweep {self.sweep!r}; choose from {', '.join(SWEEPS)}")
+        if self.sweep in ("heads", "grid") and self.importance is None:
+            raise ValueError(f"prune {self.sweep} needs --importance DIR (from `run.py importance heads`)")
+        if self.sweep in ("ffn", "grid") and self.ffn_importance is None:
+            raise ValueError(f"prune {self.sweep} needs --ffn-importance DIR (from `run.py importance ffn`)")
+
+    def percents(self) -> tuple[list[float], list[float]]:
+        """(head %, FFN %) of the sweep: the given ones, else the defaults of its kind (DEFAULT_PERCENTS)."""
+        grid = self.sweep == "grid"
+        hp = self.head_percents if self.head_percents is not None else DEFAULT_PERCENTS["grid_heads" if grid else "heads"]
+        fp = self.ffn_percents if self.ffn_percents is not None else DEFAULT_PERCENTS["grid_ffn" if grid else "ffn"]
+        return list(hp), list(fp)
+
+    def execute(self, loaded: Any = None, cache: Any = None) -> dict[str, int]:
+        res = run_prune(*loaded, self, cache)
+        if res["table"] is not None:  # torchrun: rank 0 writes the table
+            print(res["table"])
+        return res["work"]
 
 
 @dataclass(frozen=True)
@@ -129,91 +167,119 @@ def unit_masks(unit: Unit, cfg: Any, ranking: str, importance_dir: Path | None,
 
 
 # -- the sweep loop ----------------------------------------------------------------------------------
-def run_sweep(model: Any, tokenizer: Any, tasks: dict[str, Any], sweep: str, ranking: str, shots: Sequence[int],
-              out_dir: Path, make_evaluation: EvaluationFactory, importance_dir: Path | None = None,
-              ffn_dir: Path | None = None, head_percents: Sequence[float] | None = None,
-              ffn_percents: Sequence[float] | None = None, settings: dict[str, Any] | None = None,
-              store: UnitStore | None = None, work: Work | None = None,
-              cache: EvaluationCache | None = None, chunk_budget: int | None = DEFAULT_CHUNK_BUDGET) -> Path:
-    """Evaluate every unit of `sweep` not yet on disk, then (rank 0) merge OUT/{sweep}-{ranking}.json.
+def run_prune(model: Any, tokenizer: Any, info: dict[str, Any] | None, s: PruneSettings, cache: Any = None,
+              evaluations: EvaluationFactory | None = None) -> dict[str, Any]:
+    """The sweep s.sweep ("heads", "ffn" or "grid") with s.ranking ("own", "aggregate" or a task name: cross-
+    task transfer) from the outputs of `importance heads` (s.importance) and/or `importance ffn`
+    (s.ffn_importance). Units under s.out/<sweep>-<ranking>/, table s.out/<sweep>-<ranking>.json (returned as
+    "table"). cache: a tasks.evaluation.EvaluationCache of this model shared with other steps (evaluations
+    they ran are not run again); by default one for this call. With streamed layers each (task, shot)'s cells
+    run together in layer-order chunks of s.chunk_budget(...) bytes (prune/chunks.py).
+    evaluations(model, tokenizer, task, shots): builds each evaluation (default s.evaluation)."""
+    s.check()
+    objects, run = sweep_run(model, tokenizer, info, s, cache, evaluations)
+    table = run_sweep(s, objects, run)
+    return {"out": s.out, "table": table, "work": run.work.as_dict()}
 
-    tasks: name -> Task. ranking: "own", "aggregate" or a task name (cross-task transfer).
-    store: fingerprints the unit files (model, settings; each unit adds its task's identity, shot,
-    percentages and the content of the rankings its masks come from); a unit on disk is reused only
-    when they match. work: counts the forward passes and tokens of the evaluations run.
-    cache: evaluations already run on this model (tasks.evaluate.EvaluationCache; `run.py all` shares
-    one between its steps); by default one for this sweep, so identical masks are evaluated once.
-    chunk_budget: with streamed layers, the bytes the layer-order states of a (task, shot)'s units may
-    take on the compute device (prune/chunks.py; None: the whole task in one chunk).
-    Returns the table path. Metric values are the task's primary metric in points (x100).
-    """
-    hp = list(head_percents if head_percents is not None else
-              DEFAULT_PERCENTS["grid_heads" if sweep == "grid" else "heads"])
-    fp = list(ffn_percents if ffn_percents is not None else
-              DEFAULT_PERCENTS["grid_ffn" if sweep == "grid" else "ffn"])
-    root = Path(out_dir) / f"{sweep}-{ranking}"
-    store = store or UnitStore({})
-    units = sweep_units(sweep, list(tasks), shots, hp, fp)
-    task_ids = {name: task_fingerprint(task) for name, task in tasks.items()}
-    todo = []
-    for unit in my_units(units):
-        head_mask, ffn_mask, info = unit_masks(unit, model.config, ranking, importance_dir, ffn_dir)
-        fields = {**task_ids[unit.task], "shots": unit.shots, "head_percent": unit.head_percent,
-                  "ffn_percent": unit.ffn_percent, "ranking": ranking, "head_ranking_sha256": info.get("head_sha256"),
-                  "ffn_ranking": info.get("ffn_ranking")}
-        if not store.done(unit.path(root), **fields):
-            todo.append((unit, head_mask, ffn_mask, info, fields))
-    bar = Progress(len(todo), f"prune {sweep} ({ranking})") if todo else None
+
+def sweep_run(model: Any, tokenizer: Any, info: dict[str, Any] | None, s: Any, cache: Any = None,
+              evaluations: EvaluationFactory | None = None) -> tuple[dict[str, Any], "SweepRun"]:
+    """(Task objects of s.tasks, the SweepRun every sweep of one call shares) for an EvaluatingStep `s`."""
+    from opt66b.runs.store import Work, in_memory_info
+    from tasks.evaluation import EvaluationCache
+
+    info = info or in_memory_info(model)
+    objects = s.task_objects()
+    recorded = {**s.recorded(info, objects), "batch_tokens": s.batch_tokens, "limit": s.limit, "seed": s.seed,
+                "importance": s.importance, "ffn_importance": getattr(s, "ffn_importance", None)}
+    return objects, SweepRun(model, tokenizer, s.unit_store(info), Work(), cache or EvaluationCache(model),
+                             evaluations or s.evaluation, recorded)
+
+
+@dataclass
+class SweepRun:
+    """What every sweep of one call shares: the model, the unit store, the work counter, the evaluation
+    cache, how evaluations are built, and what every table records."""
+
+    model: Any
+    tokenizer: Any
+    store: Any
+    work: Any
+    cache: Any
+    evaluations: EvaluationFactory
+    recorded: dict[str, Any]
+
+
+def run_sweep(s: PruneSettings, tasks: dict[str, Any], run: SweepRun) -> Path:
+    """Evaluate every unit of the sweep s.sweep with ranking s.ranking not yet on disk, then (rank 0) merge
+    s.out/<sweep>-<ranking>.json (prune/sweep_tables.py). tasks: name -> Task. The store fingerprints each
+    unit with its task's identity, shot, percentages and the content of the rankings its masks come from;
+    a unit on disk is reused only when they match. Identical masks are evaluated once (the cache).
+    Returns the table path; metric values are the task's primary metric in points (x100)."""
+    from opt66b.layer_major import streams_layers
+
+    from .sweep_tables import merge_table
+
+    hp, fp = s.percents()
+    root = Path(s.out) / f"{s.sweep}-{s.ranking}"
+    units = sweep_units(s.sweep, list(tasks), s.shots, hp, fp)
+    todo = _units_to_run(s, tasks, units, root, run)
+    bar = Progress(len(todo), f"prune {s.sweep} ({s.ranking})") if todo else None
     evaluation, current = None, None
-    cache = cache or EvaluationCache(model)
-    layer_order = streams_layers(model)
     for unit, head_mask, ffn_mask, info, fields in todo:
         if current != (unit.task, unit.shots):
             current = (unit.task, unit.shots)
-            evaluation = make_evaluation(model, tokenizer, tasks[unit.task], unit.shots)
-            if layer_order and hasattr(evaluation, "run_knockouts"):
-                group = [(h, f) for u, h, f, *_ in todo if (u.task, u.shots) == current]
-                computed = evaluate_together(evaluation, group, cache, chunk_budget, store,
-                                             shots_dir(root, unit.shots) / unit.task,
-                                             {**task_ids[unit.task], "shots": unit.shots},
-                                             f"prune {sweep} ({ranking}) {unit.task} {unit.shots}-shot")
-                if work is not None:
-                    for _ in range(computed):
-                        work.add(**evaluation_work(evaluation))
+            evaluation = run.evaluations(run.model, run.tokenizer, tasks[unit.task], unit.shots)
+            if streams_layers(run.model) and hasattr(evaluation, "run_knockouts"):
+                _together(s, evaluation, [(h, f) for u, h, f, *_ in todo if (u.task, u.shots) == current],
+                          shots_dir(root, unit.shots) / unit.task, {k: fields[k] for k in ("task", "version",
+                                                                                         "data_sha256", "shots")}, run)
         # floor(p * N / 100) maps several percentages to one count on small models (8 heads: 10% and
         # 20% may mask the same heads), and sweeps share cells: identical masks are evaluated once.
-        metrics, computed = cache.run(evaluation, head_mask, ffn_mask)
-        if computed and work is not None:
-            work.add(**evaluation_work(evaluation))
+        metrics, computed = run.cache.run(evaluation, head_mask, ffn_mask)
+        if computed:
+            run.work.add(**evaluation_work(evaluation))
         metric = tasks[unit.task].PRIMARY_METRIC
         info = {k: v for k, v in info.items() if k != "head_sha256"}
-        store.write_json(unit.path(root), {
+        run.store.write_json(unit.path(root), {
             "task": unit.task, "shots": unit.shots, "head_percent": unit.head_percent,
-            "ffn_percent": unit.ffn_percent, "ranking": ranking, "metric": metric,
+            "ffn_percent": unit.ffn_percent, "ranking": s.ranking, "metric": metric,
             "value": primary_points(metrics, metric), "metrics": public_metrics(metrics),
             PER_DOC_KEY: metrics.get(PER_DOC_KEY), **info}, **fields)
         bar.update()
     barrier()
-    table = Path(out_dir) / f"{sweep}-{ranking}.json"
+    table = Path(s.out) / f"{s.sweep}-{s.ranking}.json"
     if rank_world()[0] == 0:
-        merge_table(root, table, sweep, ranking, units, model.config, settings or {})
+        merge_table(root, table, s.sweep, s.ranking, units, run.model.config, run.recorded)
     return table
 
 
-def cell_intervals(per_doc: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(stderr, paired) in the table's layout [task][shots-K][head %][ffn %]: each cell's standard error
-    and its paired drop against the task's unpruned cell (0, 0) (prune/intervals.py), None where a
-    vector is missing (units written before vectors were stored)."""
-    stderr: dict[str, Any] = {}
-    paired: dict[str, Any] = {}
-    for task, shots in per_doc.items():
-        for shot, rows in shots.items():
-            base = rows.get("0", {}).get("0")
-            for h, row in rows.items():
-                for f, bits in row.items():
-                    stderr.setdefault(task, {}).setdefault(shot, {}).setdefault(h, {})[f] = value_se(bits)
-                    paired.setdefault(task, {}).setdefault(shot, {}).setdefault(h, {})[f] = paired_drop(base, bits)
-    return stderr, paired
+def _units_to_run(s: PruneSettings, tasks: dict[str, Any], units: list[Unit], root: Path, run: SweepRun) -> list:
+    """This process's units not yet on disk, each with its masks, provenance and fingerprint fields."""
+    from tasks.evaluation import task_fingerprint
+
+    task_ids = {name: task_fingerprint(task) for name, task in tasks.items()}
+    todo = []
+    for unit in my_units(units):
+        head_mask, ffn_mask, info = unit_masks(unit, run.model.config, s.ranking, s.importance, s.ffn_importance)
+        fields = {**task_ids[unit.task], "shots": unit.shots, "head_percent": unit.head_percent,
+                  "ffn_percent": unit.ffn_percent, "ranking": s.ranking, "head_ranking_sha256": info.get("head_sha256"),
+                  "ffn_ranking": info.get("ffn_ranking")}
+        if not run.store.done(unit.path(root), **fields):
+            todo.append((unit, head_mask, ffn_mask, info, fields))
+    return todo
+
+
+def _together(s: PruneSettings, evaluation: Any, masks: list, task_dir: Path, fields: dict[str, Any],
+              run: SweepRun) -> None:
+    """Streamed layers: a (task, shot)'s new cells and its unmasked run in layer order, chunk by chunk."""
+    from opt66b.layer_major import streamed_compute
+
+    task, shots = fields["task"], fields["shots"]
+    computed = evaluate_together(evaluation, masks, run.cache, s.chunk_budget(streamed_compute(run.model)), run.store,
+                                 task_dir, fields, f"prune {s.sweep} ({s.ranking}) {task} {shots}-shot")
+    for _ in range(computed):
+        run.work.add(**evaluation_work(evaluation))
 
 
 def evaluation_work(evaluation: Any) -> dict[str, int]:
@@ -222,54 +288,4 @@ def evaluation_work(evaluation: Any) -> dict[str, int]:
     return {"forward": stats["forward_passes"], "tokens": stats["tokens_fed"]} if stats else {}
 
 
-def merge_table(root: Path, table: Path, sweep: str, ranking: str, units: Sequence[Unit], cfg: Any,
-                settings: dict[str, Any]) -> dict[str, Any] | None:
-    """Merge unit files into {results: {task: {shots-K: {head%: {ffn%: points}}}}, stderr, paired (drop
-    against the unpruned cell with its paired 95% interval), per_doc (the 0/1 strings every interval is
-    rebuilt from), mean_over_tasks (over the seen tasks) with mean_over_tasks_ci, counts}.
-
-    Units still missing (another process still running, or a killed run) are listed, not invented.
-    """
-    from opt66b.runs.results import run_metadata
-
-    results: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
-    per_doc: dict[str, dict[str, dict[str, dict[str, str | None]]]] = {}
-    missing = []
-    for u in units:
-        if not u.path(root).is_file():
-            missing.append(str(u.path(root)))
-            continue
-        rec = read_json(u.path(root))
-        shot, h, f = shots_name(u.shots), f"{u.head_percent:g}", f"{u.ffn_percent:g}"
-        results.setdefault(u.task, {}).setdefault(shot, {}).setdefault(h, {})[f] = rec["value"]
-        per_doc.setdefault(u.task, {}).setdefault(shot, {}).setdefault(h, {})[f] = rec.get(PER_DOC_KEY)
-    stderr, paired = cell_intervals(per_doc)
-    # the mean over the paper's seen tasks (all tasks when none is seen), as its figures draw it
-    members = seen_in(results) or sorted(results)
-    mean: dict[str, dict[str, dict[str, float]]] = {}
-    mean_ci: dict[str, dict[str, dict[str, dict[str, float | None]]]] = {}
-    for shot in sorted({shots_name(u.shots) for u in units}):
-        cells = {(f"{u.head_percent:g}", f"{u.ffn_percent:g}") for u in units}
-        for h, f in sorted(cells, key=lambda c: (float(c[0]), float(c[1]))):
-            have = [t for t in members if f in results.get(t, {}).get(shot, {}).get(h, {})]
-            if have and len(have) == len([t for t in members if t in {u.task for u in units}]):
-                mean.setdefault(shot, {}).setdefault(h, {})[f] = sum(results[t][shot][h][f] for t in have) / len(have)
-                drops = [paired.get(t, {}).get(shot, {}).get(h, {}).get(f) for t in have]
-                mean_ci.setdefault(shot, {}).setdefault(h, {})[f] = {
-                    "se": mean_se([stderr.get(t, {}).get(shot, {}).get(h, {}).get(f) for t in have]),
-                    "drop": None if None in drops else sum(d["drop"] for d in drops) / len(drops),
-                    "drop_se": None if None in drops else mean_se([d["se"] for d in drops])}
-    hp = sorted({u.head_percent for u in units})
-    fp = sorted({u.ffn_percent for u in units})
-    out = {"sweep": sweep, "ranking": ranking, "layout": "results[task][shots-K][head %][ffn %] = primary metric x100",
-           "head_percents": hp, "ffn_percents": fp,
-           "counts": {"heads": {f"{p:g}": count_for_percent(p, cfg.num_layers * cfg.num_heads) for p in hp},
-                      "ffn": {f"{p:g}": count_for_percent(p, cfg.num_layers) for p in fp}},
-           "results": results, "mean_over_tasks": mean, "mean_over_tasks_of": members,
-           "stderr": stderr, "paired": paired, "mean_over_tasks_ci": mean_ci, PER_DOC_KEY: per_doc,
-           "missing_units": missing, "meta": run_metadata(**settings)}
-    write_json(table, out)
-    return out
-
-
-__all__ = ["Unit", "sweep_units", "run_sweep", "merge_table", "unit_masks"]
+__all__ = ["PruneSettings", "Unit", "run_prune", "run_sweep", "sweep_units", "unit_masks"]

@@ -26,9 +26,13 @@ chosen already and is not itself a substitute; the substitution is recorded in t
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 from opt66b.runs.layout import shots_name
+from opt66b.runs.settings import option
+from tasks.settings import EvaluatingStep
 
 from .aggregate import PAPER_SEEN_TASKS, PAPER_UNSEEN_TASKS
 from .paper import PAPER_TRANSFER_PARTNERS, PAPER_TRANSFER_TASKS
@@ -37,9 +41,6 @@ from .paper import PAPER_TRANSFER_PARTNERS, PAPER_TRANSFER_TASKS
 PARTNER_CHOICES = {"paper": "published", "argsort": "paper_argsort_pearson", "spearman": "spearman"}
 VARIANTS = ("paper_argsort_pearson", "spearman")  # computed from correlations.json
 PAPER_CHOICE_VARIANT = "paper_argsort_pearson"
-# What each --protocol runs when --partners is not given: the paper's published pairs beside its
-# statistic, or the true Spearman beside the paper's statistic.
-PARTNERS_BY_PROTOCOL = {"paper": ("paper", "argsort"), "corrected": ("spearman", "argsort")}
 DEFAULT_PERCENTS = (0, 10, 30, 50, 70, 90)  # the paper's transfer points, plus the unpruned model
 
 
@@ -95,7 +96,7 @@ def choose_tasks(available: Sequence[str], wanted: Sequence[str] = PAPER_TRANSFE
     return chosen
 
 
-def transfer_plan(correlations: dict[str, Any], wanted: Sequence[str] = PAPER_TRANSFER_TASKS,
+def transfer_design(correlations: dict[str, Any], wanted: Sequence[str] = PAPER_TRANSFER_TASKS,
                   seen: Sequence[str] = PAPER_SEEN_TASKS, unseen: Sequence[str] = PAPER_UNSEEN_TASKS,
                   variants: Sequence[str] = VARIANTS) -> dict[str, Any]:
     """The whole transfer protocol from correlations.json: per shot, the chosen tasks with their
@@ -135,9 +136,9 @@ def transfer_plan(correlations: dict[str, Any], wanted: Sequence[str] = PAPER_TR
     return {"paper_choice_variant": PAPER_CHOICE_VARIANT, "variants": list(variants), "shots": shots, "runs": runs}
 
 
-def run_transfer(plan: dict[str, Any], prune_dir: Any, sweep: Any, percents: Sequence[float] = DEFAULT_PERCENTS,
+def run_transfer(design: dict[str, Any], prune_dir: Any, sweep: Any, percents: Sequence[float] = DEFAULT_PERCENTS,
                  log: Any = None) -> Any:
-    """Run the partner pruning of `plan` and write PRUNE_DIR/transfer.json with every curve.
+    """Run the partner pruning of `design` (transfer_design) and write PRUNE_DIR/transfer.json with every curve.
 
     sweep(task, ranking, shots, out_dir, percents) -> table path runs one ordinary head sweep
     (prune/sweeps.run_sweep bound to a loaded model); each (task, partner) pair gets its own
@@ -156,7 +157,7 @@ def run_transfer(plan: dict[str, Any], prune_dir: Any, sweep: Any, percents: Seq
 
     prune_dir = Path(prune_dir)
     pairs: dict[tuple[str, str], list[int]] = {}
-    for r in plan["runs"]:
+    for r in design["runs"]:
         pairs.setdefault((r["task"], r["ranking"]), []).append(r["shots"])
     paths = {}
     for (task, source), shots in pairs.items():  # every torchrun process runs its share of each sweep
@@ -176,7 +177,7 @@ def run_transfer(plan: dict[str, Any], prune_dir: Any, sweep: Any, percents: Seq
         rows = (table or {}).get("per_doc", {}).get(task, {}).get(shot, {})
         return {h: row.get("0") for h, row in rows.items()}
 
-    out = {k: v for k, v in plan.items() if k != "runs"}
+    out = {k: v for k, v in design.items() if k != "runs"}
     for key, block in out["shots"].items():
         shot = shots_name(key)
         for entry in block["chosen"] + block["unseen"]:
@@ -197,3 +198,62 @@ def run_transfer(plan: dict[str, Any], prune_dir: Any, sweep: Any, percents: Seq
     if log:
         log(f"wrote {path}")
     return path
+
+
+@dataclass(frozen=True, kw_only=True)
+class TransferSettings(EvaluatingStep):
+    """`run.py prune transfer`: the chosen tasks pruned with their partners' head rankings (module docstring)."""
+
+    COMMAND = ("prune", "transfer")
+    importance: Path | None = option(None)
+    head_percents: tuple[float, ...] | None = option(None)
+    correlations: Path | None = option(None)
+    transfer_tasks: tuple[str, ...] = option(PAPER_TRANSFER_TASKS)
+    partners: tuple[str, ...] | None = option(None)
+
+    def check(self) -> None:
+        self.check_tasks(self.limit)
+        if self.correlations is None or self.importance is None:
+            raise ValueError("prune transfer needs --correlations FILE (from `run.py correlate`) and --importance DIR")
+        if not Path(self.correlations).is_file():
+            raise FileNotFoundError(f"{self.correlations}: not found; run `run.py correlate` first")
+        unknown = [p for p in self.partners or () if p not in PARTNER_CHOICES]
+        if unknown:
+            raise ValueError(f"--partners must be among {', '.join(PARTNER_CHOICES)}, got {unknown}")
+
+    def execute(self, loaded: Any = None, cache: Any = None) -> dict[str, int]:
+        res = run_transfer_study(*loaded, self, cache)
+        if res["table"] is not None:  # torchrun: rank 0 writes the table
+            print(res["table"])
+        return res["work"]
+
+
+def run_transfer_study(model: Any, tokenizer: Any, info: dict[str, Any] | None, s: TransferSettings,
+                       cache: Any = None, evaluations: Any = None) -> dict[str, Any]:
+    """Cross-task transfer as the paper runs it (Fig. 9): for each chosen task and shot, head sweeps with the
+    rankings of its highest- and lowest-SRCC partners, picked from s.correlations (correlations.json;
+    transfer_design); own and aggregate come from the ordinary sweeps. Each (task, partner) sweep is
+    prune/sweeps.run_sweep on one SweepRun (its store, cache and work), so the partner sweeps' shared 0%
+    cells are one evaluation. Writes s.out/transfer.json (returned as "table")."""
+    from opt66b.fileio import read_json
+
+    from .sweeps import PruneSettings, run_sweep, sweep_run
+
+    s.check()
+    correlations = read_json(s.correlations)
+    corr = {**correlations, "shots": {k: v for k, v in correlations.get("shots", {}).items() if int(k) in s.shots}}
+    design = transfer_design(corr, s.transfer_tasks, variants=[PARTNER_CHOICES[p] for p in s.partners or s.protocol.partners])
+    missing = sorted({r["task"] for r in design["runs"]} - set(s.tasks))
+    if missing:
+        raise ValueError(f"--tasks must include the transfer targets {missing} (their data is needed)")
+    objects, run = sweep_run(model, tokenizer, info, s, cache, evaluations)
+    common = {f: getattr(s, f) for f in ("data", "protocol", "limit", "batch_tokens", "seed", "importance",
+                                         "max_memory", "recompute", "threads")}
+
+    def sweep(task: str, source: str, shots: list[int], out_dir: Any, percents: list[float]) -> Any:
+        partner = PruneSettings(**common, sweep="heads", ranking=source, tasks=(task,), shots=tuple(shots),
+                                out=out_dir, head_percents=tuple(percents))
+        return run_sweep(partner, {task: objects[task]}, run)
+
+    table = run_transfer(design, s.out, sweep, list(s.head_percents or DEFAULT_PERCENTS))
+    return {"out": s.out, "table": table, "work": run.work.as_dict()}

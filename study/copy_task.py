@@ -20,6 +20,8 @@ gradient score, so this check tests the code the study runs.
 
 from __future__ import annotations
 
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -28,6 +30,7 @@ import torch
 from induction.prefix_matching import prefix_matching_seed
 from induction.sequences import EXCLUDE_RATIO, prefix_sequence, token_pool
 from opt66b import OPT, OPTTokenizer
+from opt66b.runs.settings import ModelStep, option
 from opt66b.runs.store import UnitStore, Work, in_memory_info, model_fingerprint
 from prune.importance import head_importance_tokens
 from tasks.scoring import TokenRequest
@@ -125,22 +128,46 @@ def pruning_experiment(model: OPT, pool: Sequence[int], seeds: int = 16, length:
     }
 
 
-def run_copy_task(model: OPT, tokenizer: OPTTokenizer, info: dict[str, Any] | None, out: str | Path, *,
-                  seeds: int = 16, length: int = 25, threshold: float = 0.5, exclude_ratio: float = EXCLUDE_RATIO,
-                  first_seed: int = 0, recompute: bool = False) -> dict[str, Any]:
-    """The organism check as one unit: out/copytask.json with the accuracies, the induction and
-    control heads and their scores (see pruning_experiment), reused on rerun when its fingerprint
-    matches. Returns {"result": ..., "work": forward/backward passes and tokens computed}."""
+@dataclass(frozen=True, kw_only=True)
+class CopyTaskSettings(ModelStep):
+    """`run.py copytask`: copying accuracy with the induction heads, or as many control heads, pruned."""
+
+    COMMAND = ("copytask",)
+    seeds: int = option(16)
+    seed: int = option(0)
+    length: int = option(25)
+    threshold: float = option(0.5)
+    out: Path = option(None)
+
+    def check(self) -> None:
+        if self.seeds < 1 or self.length < 2 or self.seed < 0:
+            raise ValueError(f"--seeds must be >= 1, --length >= 2 and --seed >= 0, got {self.seeds}, {self.length} "
+                             f"and {self.seed}")
+        if not 0 < self.threshold <= 1:  # prefix-matching scores lie in [0, 1]: another threshold selects all or none
+            raise ValueError(f"--threshold must be in (0, 1] (prefix-matching scores lie in [0, 1]), got {self.threshold}")
+
+    def execute(self, loaded: Any = None, cache: Any = None) -> dict[str, int]:
+        out = run_copy_task(*loaded, self)
+        res = out["result"]
+        print(f"copy accuracy: full {res['accuracy_full']:.3f}, induction heads {res['induction_heads']} "
+              f"pruned {res['accuracy_induction_pruned']:.3f}, control {res['control_heads']} pruned "
+              f"{res['accuracy_control_pruned']:.3f}; wrote {self.out / 'copytask.json'}", file=sys.stderr)
+        return out["work"]
+
+
+def run_copy_task(model: OPT, tokenizer: OPTTokenizer, info: dict[str, Any] | None, s: CopyTaskSettings,
+                  exclude_ratio: float = EXCLUDE_RATIO) -> dict[str, Any]:
+    """The organism check as one unit: s.out/copytask.json with the accuracies, the induction and control
+    heads and their scores (see pruning_experiment), reused on rerun when its fingerprint matches.
+    Returns {"result": ..., "work": forward/backward passes and tokens computed}."""
     from opt66b.fileio import read_json
     from opt66b.runs.results import run_metadata
 
-    if seeds < 1 or length < 2 or first_seed < 0:
-        raise ValueError(f"--seeds must be >= 1, --length >= 2 and --seed >= 0, got {seeds}, {length} and {first_seed}")
-    if not 0 < threshold <= 1:  # prefix-matching scores lie in [0, 1]: another threshold selects all or no heads
-        raise ValueError(f"--threshold must be in (0, 1] (prefix-matching scores lie in [0, 1]), got {threshold}")
+    s.check()
+    seeds, length, threshold, first_seed, out = s.seeds, s.length, s.threshold, s.seed, s.out
     info = info or in_memory_info(model)
     path = Path(out) / "copytask.json"
-    store = UnitStore(model_fingerprint(info), recompute=recompute)
+    store = UnitStore(model_fingerprint(info), recompute=s.recompute)
     fields = {"seeds": seeds, "first_seed": first_seed, "length": length, "threshold": threshold,
               "exclude_ratio": exclude_ratio}
     work = Work()
@@ -148,7 +175,7 @@ def run_copy_task(model: OPT, tokenizer: OPTTokenizer, info: dict[str, Any] | No
         return {"result": read_json(path), "work": work.as_dict()}
     result = pruning_experiment(model, token_pool(tokenizer, exclude_ratio), seeds=seeds, length=length,
                                 threshold=threshold, bos_id=tokenizer.bos_id, first_seed=first_seed)
-    pm_tokens = sum(1 + 4 * (length + 2 * s) for s in range(first_seed, first_seed + seeds))
+    pm_tokens = sum(1 + 4 * (length + 2 * seed) for seed in range(first_seed, first_seed + seeds))
     work.add(forward=seeds, tokens=pm_tokens)  # prefix matching: one forward per seed
     work.add(forward=seeds, backward=seeds, tokens=seeds * 2 * length)  # importance: one per row (2L tokens fed)
     work.add(forward=4, tokens=4 * seeds * (1 + 2 * length))  # four batched accuracy forwards

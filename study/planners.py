@@ -12,7 +12,6 @@ change to one of those inputs makes a new key, never a stale answer.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import random
@@ -46,7 +45,7 @@ def _scorer_group(scorer: Any) -> PassGroup:
 
 _EVALUATIONS: dict[tuple, PassGroup] = {}  # within one plan (cleared by `reset`), steps share evaluation plans
 # Full evaluations already planned, by (evaluation, head mask id, FFN mask id): `run.py all` shares a
-# tasks.evaluate.EvaluationCache between its steps, so a cell planned once is not planned again.
+# tasks.evaluation.EvaluationCache between its steps, so a cell planned once is not planned again.
 _RUNS: set[tuple] = set()
 _SOURCE: list[str] = []  # sha256 of the tasks package's source, computed once per process
 
@@ -59,7 +58,7 @@ def reset(keep_evaluations: bool = False) -> None:
     _RUNS.clear()
 
 
-def _evaluation_key(args: argparse.Namespace, shape: Shape, task: Any, shots: int) -> tuple:
+def _evaluation_key(args: Any, shape: Shape, task: Any, shots: int) -> tuple:
     """As TaskEvaluation.identity: no --max-length means the model's positions (eval states it, sweeps do not)."""
     return (task.NAME, str(args.data), task.paper_quirks, shots, args.limit, args.seed, args.batch_tokens,
             getattr(args, "max_length", None) or shape.cfg.max_positions)
@@ -67,13 +66,13 @@ def _evaluation_key(args: argparse.Namespace, shape: Shape, task: Any, shots: in
 
 def _mask_id(kind: str, source: str | None, count: int | None) -> tuple | None:
     """What fixes a sweep's mask before its ranking is read: None for no mask and for a mask of ones
-    (count 0, whatever the ranking; the same evaluation, see tasks.evaluate.EvaluationCache), else
+    (count 0, whatever the ranking; the same evaluation, see tasks.evaluation.EvaluationCache), else
     `count` units masked by the ranking of `source`. Two rankings that happen to mask the same units
     are one evaluation at run time, but two here: the plan is an upper bound there."""
     return None if not count else (kind, source, count)
 
 
-def _plan_run(step: StepPlan, args: argparse.Namespace, tokenizer: Any, task: Any, shots: int,
+def _plan_run(step: StepPlan, args: Any, tokenizer: Any, task: Any, shots: int,
               head_id: tuple | None = None, ffn_id: tuple | None = None, ffn_skipped: float = 0,
               together: dict[tuple, tuple[PassGroup, list[float]]] | None = None, group_id: Any = None) -> None:
     """One full evaluation under masks, unless an earlier step of this plan already runs it. together
@@ -92,14 +91,12 @@ def _plan_run(step: StepPlan, args: argparse.Namespace, tokenizer: Any, task: An
         runs.append(ffn_skipped)
 
 
-def _plan_together(step: StepPlan, args: argparse.Namespace, together: dict[tuple, tuple[PassGroup, list[float]]]
+def _plan_together(step: StepPlan, args: Any, together: dict[tuple, tuple[PassGroup, list[float]]]
                    ) -> None:
     """prune/chunks.evaluate_together: per (task, shot) of a sweep, the unmasked run and every new masked
     run in layer order, chunk by chunk (each streamed layer fetched once per chunk), their live states
     on the compute device."""
-    from prune.cli import oracle_budget
-
-    budget = oracle_budget(args, step.shape.compute)
+    budget = args.chunk_budget(step.shape.compute)
     for (evaluation, _), (group, runs) in together.items():
         _RUNS.add((evaluation, None, None))  # its base run is in the evaluation cache from now on
         for skipped in [0.0, *runs]:
@@ -108,14 +105,6 @@ def _plan_together(step: StepPlan, args: argparse.Namespace, together: dict[tupl
     if together:
         step.notes.append(f"layers stream: each (task, shot)'s runs go together in layer order, chunks whose live "
                           f"states stay within {budget / (1 << 30):.3g} GiB on {step.shape.compute}")
-
-
-def _chunk_budget(args: argparse.Namespace, device: str) -> int:
-    """The evaluation's layer-order chunk budget (tasks/eval_cli.py's rule: a quarter of the device's entry)."""
-    from opt66b.layer_major import chunk_budget
-    from opt66b.placement import parse_max_memory
-
-    return chunk_budget(parse_max_memory(getattr(args, "max_memory", None)), device)
 
 
 def _plan_chunks(step: StepPlan, group: PassGroup, copies: int, budget: int, layer_order: bool) -> None:
@@ -142,7 +131,7 @@ def _cached(what: str, identity: list[Any], tokenizer: Any, task: Any, compute: 
     cannot be written costs the next plan its time, nothing else."""
     from opt66b.runs.identity import cache_dir, tokenizer_identity
     from opt66b.fileio import atomic_write_text
-    from tasks.evaluate import task_fingerprint
+    from tasks.evaluation import task_fingerprint
     from tasks.scoring import KV_BUDGET_FACTOR
 
     if getattr(tokenizer, "merges_path", None) is None:
@@ -169,9 +158,9 @@ def _cached(what: str, identity: list[Any], tokenizer: Any, task: Any, compute: 
     return value
 
 
-def _evaluation(args: argparse.Namespace, shape: Shape, tokenizer: Any, task: Any, shots: int) -> PassGroup:
+def _evaluation(args: Any, shape: Shape, tokenizer: Any, task: Any, shots: int) -> PassGroup:
     """The passes of one evaluation (Scorer's batching of every request), from the cache when it has them."""
-    from tasks.evaluate import TaskEvaluation
+    from tasks.evaluation import TaskEvaluation
 
     key = _evaluation_key(args, shape, task, shots)
     if key not in _EVALUATIONS:
@@ -186,16 +175,12 @@ def _evaluation(args: argparse.Namespace, shape: Shape, tokenizer: Any, task: An
     return _EVALUATIONS[key]
 
 
-def _tasks(args: argparse.Namespace) -> dict[str, Any]:
-    from tasks.registry import check_task_args, get_task
-
-    check_task_args(args.tasks, args.shots, getattr(args, "limit", None))
-    if not Path(args.data).is_dir():
-        raise FileNotFoundError(f"--data {args.data}: data directory not found")
-    return {t: get_task(t, args.data, paper_quirks=args.paper_quirks) for t in dict.fromkeys(args.tasks)}
+def _tasks(args: Any) -> dict[str, Any]:
+    args.check_tasks(getattr(args, "limit", None))
+    return args.task_objects()
 
 
-def plan_eval(step: StepPlan, args: argparse.Namespace, tokenizer: Any) -> None:
+def plan_eval(step: StepPlan, args: Any, tokenizer: Any) -> None:
     """Every evaluation runs (the per-request log-likelihoods are written); later sweeps reuse them."""
     tasks = _tasks(args)
     masks = (_mask_id("head file", str(args.head_mask), -1) if args.head_mask else None,
@@ -207,29 +192,28 @@ def plan_eval(step: StepPlan, args: argparse.Namespace, tokenizer: Any) -> None:
             group = _evaluation(args, step.shape, tokenizer, task, shots)
             step.add_group(group, layer_order=layer_order)
             if layer_order:
-                _plan_chunks(step, group, 1, _chunk_budget(args, step.shape.compute), layer_order=True)
+                _plan_chunks(step, group, 1, args.chunk_budget(step.shape.compute), layer_order=True)
     if layer_order:
         step.notes.append(f"layers stream: each evaluation runs in layer order, chunks whose states stay within "
-                          f"{_chunk_budget(args, step.shape.compute) / (1 << 30):.3g} GiB on {step.shape.compute}")
+                          f"{args.chunk_budget(step.shape.compute) / (1 << 30):.3g} GiB on {step.shape.compute}")
 
 
-def plan_head_importance(step: StepPlan, args: argparse.Namespace, tokenizer: Any) -> None:
+def plan_head_importance(step: StepPlan, args: Any, tokenizer: Any) -> None:
     """One forward and backward per example; with streamed layers the layer-wise backward takes the
     examples in chunks (prune/importance.example_chunks): the chunk's every-layer inputs and gradients
     on the compute device, each streamed layer crossing twice per chunk (forward and reverse sweep)."""
     from opt66b.layer_major import chunk_state_bytes, chunk_units
-    from prune.cli import oracle_budget
     from tasks.scoring import token_requests
 
     cfg, shape = step.shape.cfg, step.shape
     chunked = bool(shape.streamed)
-    budget = oracle_budget(args, shape.compute)
+    budget = args.chunk_budget(shape.compute)
     max_length = args.max_length or cfg.max_positions
     for name, task in _tasks(args).items():
         for k in args.shots:
             def lengths() -> list[list[int]]:  # (tokens fed, scored positions) per example
                 examples = task.importance_examples(args.n_docs, k, random.Random(args.seed),
-                                                    paper_quirks=args.paper_quirks)
+                                                    paper_quirks=args.protocol.paper_quirks)
                 return [[len(t.input_ids), len(t.continuation)] for t in token_requests(tokenizer, examples, max_length)]
 
             identity = [k, args.n_docs, args.seed, max_length, cfg.max_positions]
@@ -257,16 +241,14 @@ def plan_head_importance(step: StepPlan, args: argparse.Namespace, tokenizer: An
                           "layer-wise and keeps one input per layer")
 
 
-def plan_ffn_importance(step: StepPlan, args: argparse.Namespace, tokenizer: Any) -> None:
+def plan_ffn_importance(step: StepPlan, args: Any, tokenizer: Any) -> None:
     """The base run and one knock-out per layer, each resuming at its layer, in chunks of scoring batches
     (prune/sweeps.py): in batch order the chunk's recorded layer inputs (L streams) sit on the host; with
     streamed layers the chunk runs in layer order, its L + 1 live streams on the compute device, and the
     streamed weights cross once per chunk."""
-    from prune.cli import oracle_budget
-
     cfg = step.shape.cfg
     layer_order = bool(step.shape.streamed) and not args.naive
-    budget = oracle_budget(args, step.shape.compute if layer_order else None)
+    budget = args.chunk_budget(step.shape.compute if layer_order else None)
     copies = cfg.num_layers + 1 if layer_order else cfg.num_layers
     for name, task in _tasks(args).items():
         for k in args.shots:
@@ -286,35 +268,16 @@ def plan_ffn_importance(step: StepPlan, args: argparse.Namespace, tokenizer: Any
                           f"{budget / (1 << 30):.3g} GiB of host memory (--oracle-memory)")
 
 
-def plan_prune(step: StepPlan, args: argparse.Namespace, tokenizer: Any) -> None:
+def plan_prune(step: StepPlan, args: Any, tokenizer: Any) -> None:
     from prune.masks import count_for_percent
-    from prune.sweeps import DEFAULT_PERCENTS, sweep_units
+    from prune.sweeps import sweep_units
 
     from prune.sweeps import ranking_name
 
     cfg = step.shape.cfg
     heads_total = cfg.num_layers * cfg.num_heads
     together: dict[tuple, tuple[PassGroup, list[float]]] | None = {} if step.shape.streamed else None
-    if args.sweep == "transfer":  # partners are read from correlations.json at run time: plan the upper bound
-        from prune.aggregate import PAPER_SEEN_TASKS
-        from prune.transfer import DEFAULT_PERCENTS as TRANSFER_PERCENTS
-        from prune.transfer import choose_tasks
-
-        tasks = _tasks(args)
-        available = [t for t in tasks if t in PAPER_SEEN_TASKS]  # the seen tasks that will have importance
-        for name in [c["task"] for c in choose_tasks(available, args.transfer_tasks)]:  # with substitutes
-            for k in args.shots:
-                for partner in range(min(4, len(available) - 1)):  # 2 per statistic, sharing one cache
-                    for p in args.head_percents or TRANSFER_PERCENTS:
-                        count = count_for_percent(p, heads_total) if p else None
-                        _plan_run(step, args, tokenizer, tasks[name], k, _mask_id("heads", f"partner {partner}", count),
-                                  together=together, group_id=partner)  # one run_sweep per partner
-        step.notes.append("transfer: at most 4 partner rankings per chosen task; correlations.json says how many")
-        _plan_together(step, args, together or {})
-        return
-    grid = args.sweep == "grid"
-    hp = args.head_percents if args.head_percents is not None else DEFAULT_PERCENTS["grid_heads" if grid else "heads"]
-    fp = args.ffn_percents if args.ffn_percents is not None else DEFAULT_PERCENTS["grid_ffn" if grid else "ffn"]
+    hp, fp = args.percents()
     tasks = _tasks(args)
     present = [p for p in step.shape.ffn_params if p]
     mean_ffn = sum(present) / max(len(present), 1)  # which FFNs a ranking masks is known only at run time
@@ -329,17 +292,40 @@ def plan_prune(step: StepPlan, args: argparse.Namespace, tokenizer: Any) -> None
     _plan_together(step, args, together or {})
 
 
-def plan_induction(step: StepPlan, args: argparse.Namespace, tokenizer: Any) -> None:
+def plan_transfer(step: StepPlan, args: Any, tokenizer: Any) -> None:
+    """prune/transfer.py: partners are read from correlations.json at run time, so the plan prices the upper
+    bound: 2 partners per statistic (at most 4 rankings) per chosen task and shot, sharing one cache."""
+    from prune.masks import count_for_percent
+
+    cfg = step.shape.cfg
+    heads_total = cfg.num_layers * cfg.num_heads
+    together: dict[tuple, tuple[PassGroup, list[float]]] | None = {} if step.shape.streamed else None
+    from prune.aggregate import PAPER_SEEN_TASKS
+    from prune.transfer import DEFAULT_PERCENTS as TRANSFER_PERCENTS
+    from prune.transfer import choose_tasks
+
+    tasks = _tasks(args)
+    available = [t for t in tasks if t in PAPER_SEEN_TASKS]  # the seen tasks that will have importance
+    for name in [c["task"] for c in choose_tasks(available, args.transfer_tasks)]:  # with substitutes
+        for k in args.shots:
+            for partner in range(min(4, len(available) - 1)):  # 2 per statistic, sharing one cache
+                for p in args.head_percents or TRANSFER_PERCENTS:
+                    count = count_for_percent(p, heads_total) if p else None
+                    _plan_run(step, args, tokenizer, tasks[name], k, _mask_id("heads", f"partner {partner}", count),
+                              together=together, group_id=partner)  # one run_sweep per partner
+    step.notes.append("transfer: at most 4 partner rankings per chosen task; correlations.json says how many")
+    _plan_together(step, args, together or {})
+
+
+def plan_induction(step: StepPlan, args: Any, tokenizer: Any) -> None:
     from induction.sequences import REPEATS, base_length
 
     cfg = step.shape.cfg
     d, heads = cfg.hidden_size, cfg.num_heads
-    from induction.cli import selected_variants
-
-    variants = selected_variants(args.kind, args.variant)
+    variants = args.check()
     for seed in range(args.first_seed, args.first_seed + args.seeds):
         t = REPEATS * base_length(seed, args.start_length, args.length_step) + 1
-        if args.induction_command == "prefix":
+        if args.KIND == "prefix":
             step.add(1, t)  # one forward for every variant
             step.extra[step.shape.head] = max(step.extra.get(step.shape.head, 0), heads * t * t * 4)
             continue
@@ -349,11 +335,11 @@ def plan_induction(step: StepPlan, args: argparse.Namespace, tokenizer: Any) -> 
             step.add_flops(cfg.num_layers * per_layer_readout)
         for _ in {"paper", "index_fix", "text"} & set(variants):  # no model pass: q, k, v of the embedding-level input
             step.add_flops(cfg.num_layers * (2 * t * 3 * d * d + 2 * t * t * d + per_layer_readout))
-    if args.induction_command == "copying" and "paper" in variants:
+    if args.KIND == "copying" and "paper" in variants:
         step.notes.append("the paper's copying variant runs layer pieces, not passes: counted in FLOPs only")
 
 
-def plan_copytask(step: StepPlan, args: argparse.Namespace, tokenizer: Any) -> None:
+def plan_copytask(step: StepPlan, args: Any, tokenizer: Any) -> None:
     """study/copy_task.pruning_experiment: prefix matching per seed, prune.importance's forward +
     backward per row (2L tokens fed, the second repeat's L-1 targets), then four accuracy passes on the
     (seeds, 1 + 2L) batch (full, induction heads pruned, two controls)."""
@@ -364,8 +350,13 @@ def plan_copytask(step: StepPlan, args: argparse.Namespace, tokenizer: Any) -> N
     step.add(rows, t, logit_rows=rows * (args.length - 1), times=4)
 
 
-PLANNERS: dict[str, Callable[[StepPlan, argparse.Namespace, Any], None]] = {
-    "eval": plan_eval, "importance heads": plan_head_importance, "importance ffn": plan_ffn_importance,
-    "prune": plan_prune, "induction prefix": plan_induction, "induction copying": plan_induction,
-    "copytask": plan_copytask,
+# The planner of each step's settings class (steps that only read files have none: no model passes).
+PLANNERS: dict[str, Callable[[StepPlan, Any, Any], None]] = {
+    "EvalSettings": plan_eval, "HeadImportanceSettings": plan_head_importance, "FFNOracleSettings": plan_ffn_importance,
+    "PruneSettings": plan_prune, "TransferSettings": plan_transfer, "PrefixSettings": plan_induction, "CopyingSettings": plan_induction,
+    "CopyTaskSettings": plan_copytask,
 }
+
+
+def planner_of(settings: Any) -> Callable[[StepPlan, Any, Any], None] | None:
+    return PLANNERS.get(type(settings).__name__)

@@ -1,13 +1,62 @@
-"""Task sub-commands of run.py: `data` (tasks/data_cli.py) and `eval` (tasks/eval_cli.py)."""
+"""Task sub-commands of run.py: `data check` (tasks/data_check.py) and `eval` (tasks/evaluate.py). Only the
+grammar lives here (argparse, no torch: `run.py --help` stays instant); each command names the settings class
+of its step, which checks and runs it."""
 
 from __future__ import annotations
 
 import argparse
-
-from .data_cli import register_data
-from .eval_cli import register_eval
+from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     register_data(sub)
     register_eval(sub)
+
+
+def register_data(sub: argparse._SubParsersAction) -> None:
+    from opt66b.runs.options import add_json_arg, example
+
+    from .cli_options import add_data_arg
+
+    p = sub.add_parser(
+        "data", help="inspect the evaluation data directory",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Data utilities. `check` reads every task's files under --data and reports, per task "
+                    "and split, the file used, record counts against the published counts, fallbacks "
+                    "and what each missing split blocks.",
+        epilog=example("python run.py data check --data ~/data",
+                       "python run.py data check --data ~/data --tasks piqa mathqa --json report.json"))
+    p.add_argument("action", choices=["check"], help="what to do")
+    add_data_arg(p)
+    p.add_argument("--tasks", nargs="+", default=None, help="task names (default: all 16)")
+    add_json_arg(p, "the report")
+    p.set_defaults(step="tasks.data_check:DataCheckSettings")
+
+
+def register_eval(sub: argparse._SubParsersAction) -> None:
+    from opt66b.runs.options import add_model_args, add_out_arg, add_plan_args, add_seed_arg, example
+
+    from .cli_options import add_task_args
+
+    p = sub.add_parser(
+        "eval", help="evaluate tasks (lm-eval v0.3 prompts and scoring) at several shot counts",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Score each task's log-likelihood requests with the shared-context scorer and write, per "
+                    "shot count K, OUT/shots-K/results.json (lm-eval layout) and OUT/shots-K/requests/<task>.jsonl. "
+                    "Reruns skip tasks already complete.",
+        epilog=example("python run.py eval --model ~/ckpt/opt-1.3b --data ~/data --tasks boolq hellaswag "
+                       "--shots 0 1 5 --limit 200 --out runs/eval-1.3b",
+                       "python run.py eval --model ~/ckpt/opt-1.3b --tasks copa --shots 1 "
+                       "--head-mask masks/heads-30.safetensors --out runs/eval-pruned",
+                       "python run.py eval --random-weights opt-66b --device cuda:0 --tasks copa --plan"))
+    add_model_args(p)
+    add_task_args(p)
+    add_seed_arg(p, 42, "doc shuffle and few-shot demo sampling seed (lm-eval's)")
+    p.add_argument("--head-mask", type=Path, default=None, help="safetensors file with 'head_mask' (layers, heads)")
+    p.add_argument("--ffn-mask", type=Path, default=None, help="safetensors file with 'ffn_mask' (layers,)")
+    p.add_argument("--soft-masks", action="store_true",
+                   help="accept fractional mask values in (0, 1) (scaled heads/FFNs; recorded in the results)")
+    p.add_argument("--max-length", type=int, default=None, help="model input positions (default: the model's, 2048)")
+    add_out_arg(p)
+    add_plan_args(p, "eval")
+    p.set_defaults(step="tasks.evaluate:EvalSettings")

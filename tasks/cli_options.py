@@ -35,36 +35,14 @@ def add_task_args(parser: argparse.ArgumentParser, tasks_required: bool = True, 
     add_protocol_arg(parser)
 
 
-PROTOCOLS = ("corrected", "paper")
-
-
-class _Protocol(argparse.Action):
-    """--protocol NAME: sets args.protocol and the boolean the task code reads (args.paper_quirks)."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        namespace.protocol, namespace.paper_quirks = values, values == "paper"
-
-
-class _PaperQuirks(argparse.Action):
-    """The old spelling of --protocol paper, kept for one release."""
-
-    def __init__(self, option_strings, dest, **kwargs):
-        super().__init__(option_strings, dest, nargs=0, **kwargs)
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        import sys
-
-        print("note: --paper-quirks is deprecated; it means --protocol paper", file=sys.stderr)
-        namespace.protocol, namespace.paper_quirks = "paper", True
+PROTOCOLS = ("corrected", "paper")  # tasks/protocol.py holds what each decides
 
 
 def add_protocol_arg(parser: argparse.ArgumentParser) -> None:
-    """--protocol corrected|paper (the old --paper-quirks still means paper, with a notice)."""
-    parser.add_argument("--protocol", choices=PROTOCOLS, action=_Protocol, default="corrected",
-                        help="whose choices where the paper's code departs from the paper's text or from lm-eval: "
-                             "'paper' = the paper's code (importance targets without the leading space for "
+    """--protocol corrected|paper (tasks/protocol.py)."""
+    parser.add_argument("--protocol", choices=PROTOCOLS, default="corrected",
+                        help="whose choices where the paper's released code departs from the paper's text or from "
+                             "lm-eval: 'paper' = the released code (importance targets without the leading space for "
                              "ARC/OBQA/HellaSwag/PIQA/MathQA, WSC positives only, the last-layer denominator, MathQA "
                              "demos without the space, the published transfer partners); 'corrected' (default) = "
                              "lm-eval's targets, all WSC rows, one denominator for every layer")
-    parser.add_argument("--paper-quirks", action=_PaperQuirks, help=argparse.SUPPRESS)
-    parser.set_defaults(paper_quirks=False)

@@ -1,291 +1,131 @@
-"""Evaluate one task at one shot count: prompts -> Scorer -> per-doc metrics -> aggregated metrics.
+"""The `eval` step: every task at every shot count, lm-eval v0.3's results layout, resumable per (task, shot).
 
-Mirrors lm-evaluation-harness v0.3 `evaluator.evaluate` for a single task (docs/method.md,
-"Evaluation"): the seeded doc order and demos come from
-`Task.instances`, scoring from tasks/scoring.py, aggregation from the task (tasks/metrics.py).
+    s = EvalSettings(data="data", tasks=("copa", "rte"), shots=(0, 1), limit=200, out="runs/eval")
+    run_evaluation(model, tok, info, s)          # what `run.py eval ...` computes
 
-`TaskEvaluation` builds the prompts and the scoring plan once, so a pruning sweep can evaluate the
-same task under many masks:
+Layout under s.out, per shot count K (opt66b/runs/layout.py):
 
-    ev = TaskEvaluation(model, tok, get_task("copa", data), shots=1, limit=100)
-    base = ev.run(record_layer_inputs=True)               # {"acc": ...}
-    knocked = ev.run(ffn_mask=mask, start_layer=layer)    # only layers >= layer recomputed
+    shots-K/results.json           {"results": {task: {metric: value}}, "versions": {task: V}, "config": {...}}
+    shots-K/tasks/<task>.json      one task's metrics + settings + fingerprint; written last, so it marks it done
+    shots-K/requests/<task>.jsonl  one line per request: doc_id, context, continuation, loglikelihood, is_greedy
+
+A rerun skips tasks whose unit holds the same fingerprint (opt66b.runs.store: model, dtype, masks, data by
+content, limit, seed, VERSION) and rebuilds results.json; a different fingerprint in the same --out is an
+error (or, with --recompute, replaced) rather than a silent mix. Scoring itself: tasks/evaluation.py and
+tasks/scoring.py.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-import torch
-
-from opt66b.fileio import read_json
-from opt66b.runs.results import NonFiniteError, file_hashes
-from opt66b.layer_major import DEFAULT_CHUNK_BUDGET
 from opt66b.runs.layout import eval_requests, eval_results, eval_unit, shots_dir
+from opt66b.runs.settings import option
 
-from .base import Result, Task
-from .metrics import public_metrics, task_metrics_with_errors
-from .uncertainty import BOOTSTRAP_ITERS, BOOTSTRAP_SEED, PER_DOC_KEY, STDERR_RULES
-from .scoring import Scorer
+from .settings import EvaluatingStep
 
 
-class TaskEvaluation:
-    """Instances and Scorer of (task, shots, limit, seed), built once; `run` under any masks."""
+@dataclass(frozen=True, kw_only=True)
+class EvalSettings(EvaluatingStep):
+    """`run.py eval`: every task at every shot count, optionally under head / FFN mask files."""
 
-    def __init__(self, model: Any, tokenizer: Any, task: Task, shots: int, limit: int | None = None,
-                 seed: int = 42, batch_tokens: int = 4096, max_length: int | None = None,
-                 progress_label: str | None = None, chunk_budget: int | None = DEFAULT_CHUNK_BUDGET):
-        if shots < 0:
-            raise ValueError(f"shots must be >= 0, got {shots}")
-        if limit is not None and limit < 1:
-            raise ValueError(f"limit must be >= 1 (or None for all docs), got {limit}")
-        self.task, self.shots, self.limit, self.seed = task, shots, limit, seed
-        self.instances = task.instances(shots, limit=limit, seed=seed)
-        self.requests = [r for inst in self.instances for r in inst.requests]
-        self.scorer = Scorer(model, tokenizer, self.requests, batch_tokens=batch_tokens, max_length=max_length,
-                             progress_label=progress_label, chunk_budget=chunk_budget)
-        self.results: list[Result] | None = None  # of the latest run, in request order
+    COMMAND = ("eval",)
+    head_mask: Path | None = option(None)
+    ffn_mask: Path | None = option(None)
+    soft_masks: bool = option(False)
+    max_length: int | None = option(None)
 
-    def identity(self) -> str:
-        """What fixes this evaluation's numbers on a given model (EvaluationCache's key): the task's
-        identity and prompt variant, shots, limit, seed and the batching."""
-        return json.dumps([task_fingerprint(self.task), getattr(self.task, "paper_quirks", False), self.shots,
-                           self.limit, self.seed, self.scorer.batch_tokens, self.scorer.max_length], sort_keys=True)
+    def check(self) -> None:
+        """Bad values and missing files, each one clear error, before any model work."""
+        from opt66b.runs.mask_files import read_masks
 
-    def run(self, head_mask: torch.Tensor | None = None, ffn_mask: torch.Tensor | None = None,
-            start_layer: int = 0, record_layer_inputs: bool = False) -> dict[str, float]:
-        """Aggregated metrics ({metric: value}, fractions not points) under the given masks."""
-        self.results = self.scorer.run(head_mask=head_mask, ffn_mask=ffn_mask, start_layer=start_layer,
-                                       record_layer_inputs=record_layer_inputs)
-        self._check_finite()
-        return task_metrics_with_errors(self.task, self.instances, self.results)
+        self.check_tasks(self.limit)
+        if self.batch_tokens < 1:
+            raise ValueError(f"--batch-tokens must be >= 1, got {self.batch_tokens}")
+        for flag, path in (("--head-mask", self.head_mask), ("--ffn-mask", self.ffn_mask)):
+            if path is not None and not Path(path).is_file():
+                raise FileNotFoundError(f"{flag} {path}: mask file not found")
+            if path is not None:
+                read_masks(path, soft=self.soft_masks)  # values checked before the model loads
 
-    def run_knockouts(self, runs: Sequence[tuple[Any, Any, Any, int]], chunk_units: int, done=None,
-                      on_chunk=None, layer_major: bool | None = None) -> dict[Any, dict[str, float]]:
-        """{"base": metrics, key: metrics} of the unmasked run and each (key, head_mask, ffn_mask,
-        start_layer) run, computed chunk by chunk (Scorer.run_knockouts): memory bounded by the chunk."""
-        per_key = self.scorer.run_knockouts(runs, chunk_units, done=done, on_chunk=on_chunk, layer_major=layer_major)
-        out = {}
-        for key, results in per_key.items():
-            self.results = results
-            self._check_finite()
-            out[key] = task_metrics_with_errors(self.task, self.instances, results)
-        return out
-
-    def _check_finite(self) -> None:
-        """A NaN/inf log-likelihood would turn into a plausible-looking accuracy (NaN compares
-        false): an error naming the task, doc and request instead."""
-        k = 0
-        for inst in self.instances:
-            for j, req in enumerate(inst.requests):
-                ll = self.results[k][0]
-                k += 1
-                if not math.isfinite(ll):
-                    raise NonFiniteError(
-                        f"{self.task.NAME} {self.shots}-shot: doc {inst.doc_id} request {j} (continuation "
-                        f"{req.continuation!r:.40}) has log-likelihood {ll}; the model produced non-finite "
-                        "logits: corrupt or NaN weights, or float16 overflow (try --dtype float32 or bfloat16)")
-
-    def records(self) -> list[dict[str, Any]]:
-        """One JSON-able record per request of the latest run: doc_id, context, continuation,
-        loglikelihood (nats, summed over the continuation), is_greedy."""
-        if self.results is None:
-            raise ValueError("no results yet: call run() first")
-        out, k = [], 0
-        for inst in self.instances:
-            for req in inst.requests:
-                ll, greedy = self.results[k]
-                out.append({"doc_id": inst.doc_id, "context": req.context, "continuation": req.continuation,
-                            "loglikelihood": ll, "is_greedy": greedy})
-                k += 1
-        return out
+    def execute(self, loaded: Any = None, cache: Any = None) -> dict[str, int]:
+        return run_evaluation(*loaded, self, cache)["work"]
 
 
-def evaluate_task(model: Any, tokenizer: Any, task: Task, shots: int, limit: int | None = None, seed: int = 42,
-                  head_mask: torch.Tensor | None = None, ffn_mask: torch.Tensor | None = None,
-                  batch_tokens: int = 4096, max_length: int | None = None,
-                  progress_label: str | None = None) -> dict[str, Any]:
-    """{"metrics": {metric: value}, "records": [per request: doc_id, context, continuation,
-    loglikelihood, is_greedy]} for one task at `shots` demos (lm-eval order: Random(seed))."""
-    ev = TaskEvaluation(model, tokenizer, task, shots, limit=limit, seed=seed, batch_tokens=batch_tokens,
-                        max_length=max_length, progress_label=progress_label)
-    metrics = ev.run(head_mask=head_mask, ffn_mask=ffn_mask)
-    return {"metrics": metrics, "records": ev.records()}
-
-
-# -- the evaluation experiment: tasks x shot counts, resumable per (task, shot) -------------------
-class EvaluationCache:
-    """Metrics of the full evaluations already run on one loaded model, by what fixes them: the
-    task's identity (name, VERSION, data by content, paper quirks), shots, limit, seed, batch budget,
-    max length, and the exact mask values.
-
-    `run.py all` shares one between its steps, so an evaluation that several sweeps contain is run
-    once: every 0% unit is the unpruned evaluation, the grid's FFN-0% column is the head sweep and its
-    heads-0% row the FFN sweep, and one sweep evaluates two percentages that mask the same heads once.
-    Reuse is exact, not approximate: the same masks on the same batches run the same operations (a
-    mask of ones counts as no mask: multiplying by 1.0 changes no bit).
-    Only full runs are kept (start_layer 0); the FFN oracle's layer-skipping runs are not.
-    """
-
-    def __init__(self, model: Any):
-        self.model = model
-        self._metrics: dict[tuple[str, bytes, bytes], dict[str, float]] = {}
-        self._pinned: dict[str, Any] = {}
-
-    def key(self, evaluation: Any, head_mask: Any, ffn_mask: Any) -> tuple[str, bytes, bytes]:
-        """An evaluation without an identity() (a test's stand-in) is only equal to itself; it is
-        kept alive here so its id is never reused by another object."""
-        if hasattr(evaluation, "identity"):
-            ident = evaluation.identity()
-        else:
-            ident = f"object {id(evaluation)}"
-            self._pinned[ident] = evaluation
-        return ident, _mask_bytes(head_mask), _mask_bytes(ffn_mask)
-
-    def run(self, evaluation: Any, head_mask: Any = None, ffn_mask: Any = None) -> tuple[dict[str, float], bool]:
-        """(metrics, computed): the cached metrics of this evaluation under these masks, or a new
-        full run of it (computed=True) that is then kept."""
-        scorer = getattr(evaluation, "scorer", None)
-        if scorer is not None and scorer.model is not self.model:
-            raise ValueError("EvaluationCache: this evaluation scores another model than the cache's")
-        key = self.key(evaluation, head_mask, ffn_mask)
-        if key in self._metrics:
-            return dict(self._metrics[key]), False
-        metrics = evaluation.run(head_mask=head_mask, ffn_mask=ffn_mask)
-        self._metrics[key] = dict(metrics)
-        return metrics, True
-
-    def __contains__(self, key: tuple[str, bytes, bytes]) -> bool:
-        return key in self._metrics
-
-    def put(self, evaluation: "TaskEvaluation", metrics: dict[str, float], head_mask: Any = None,
-            ffn_mask: Any = None) -> None:
-        """Keep the metrics of a full run made elsewhere (the evaluation step's own run)."""
-        self._metrics[self.key(evaluation, head_mask, ffn_mask)] = dict(metrics)
-
-
-def _mask_bytes(mask: Any) -> bytes:
-    """A mask's exact values; no mask and a mask of ones are the same key: the model multiplies by the
-    mask (x * 1.0 == x exactly in IEEE arithmetic, any dtype), so their runs agree bit for bit."""
-    if mask is None:
-        return b""
-    values = torch.as_tensor(mask).detach().float().cpu()
-    return b"" if bool((values == 1.0).all()) else values.numpy().tobytes()
-
-
-def task_fingerprint(task: Task) -> dict[str, Any]:
-    """What fixes a task's numbers besides the model and settings: name, VERSION, data files by content."""
-    from opt66b.runs.store import files_fingerprint
-
-    return {"task": task.NAME, "version": task.VERSION, "data_sha256": files_fingerprint(task.data_files())}
-
-
-def load_eval_masks(head_path: Path | None, ffn_path: Path | None, num_layers: int, num_heads: int,
-                    soft: bool = False):
-    """(head_mask (L, H) or None, ffn_mask (L,) or None) from the given files; a file lacking the
-    tensor asked of it, or of the wrong shape for this model, is an error naming the file."""
-    from opt66b.runs.mask_files import read_masks
-
-    head = ffn = None
-    if head_path is not None:
-        head, _ = read_masks(head_path, num_layers, num_heads, soft)
-        if head is None:
-            raise KeyError(f"{head_path}: no 'head_mask' tensor (layers, heads) = ({num_layers}, {num_heads}) in it")
-    if ffn_path is not None:
-        _, ffn = read_masks(ffn_path, num_layers, num_heads, soft)
-        if ffn is None:
-            raise KeyError(f"{ffn_path}: no 'ffn_mask' tensor (layers,) = ({num_layers},) in it")
-    return head, ffn
-
-
-def evaluation_store(info: dict[str, Any], *, limit: int | None, seed: int, paper_quirks: bool, recompute: bool,
-                     **extra: Any) -> Any:
-    """The unit store (opt66b.runs.store) of every step that evaluates tasks (eval, the FFN oracle, the sweeps,
-    the transfer): the model, which docs (limit, seed) and which prompts (paper_quirks) fix an
-    evaluation's numbers; `extra`, what else a step's units depend on (eval: max_length, masks). Not
-    batch_tokens: a batch shape moves only the last float bits and a resumed run may have another memory
-    budget, so it is recorded in each unit instead of refusing it."""
-    from opt66b.runs.store import UnitStore, model_fingerprint
-
-    return UnitStore({**model_fingerprint(info), "limit": limit, "seed": seed, "paper_quirks": paper_quirks, **extra},
-                     recompute=recompute)
-
-
-def _evaluate_unit(ev: TaskEvaluation, name: str, head: Any, ffn: Any, shot_dir: Path, recorded: dict[str, Any],
-                   info: dict[str, Any], batch_tokens: int, cache: EvaluationCache | None, work: Any) -> dict[str, Any]:
-    """One (task, shot) unit of run_evaluation: score it under the masks, keep the run in `cache`, write
-    the per-request log-likelihoods; returns the unit's content (metrics, per-doc scores, config)."""
+def _evaluate_unit(ev: Any, head: Any, ffn: Any, shot_dir: Path, recorded: dict[str, Any], info: dict[str, Any],
+                   cache: Any, work: Any) -> dict[str, Any]:
+    """One (task, shot) unit of run_evaluation: score it under the masks, keep the run in `cache`, write the
+    per-request log-likelihoods; returns the unit's content (metrics, per-doc scores, config)."""
     from opt66b.fileio import atomic_write_text
-    from opt66b.runs.results import run_metadata
+    from opt66b.runs.results import file_hashes, run_metadata
+
+    from .metrics import public_metrics
+    from .uncertainty import PER_DOC_KEY
 
     task, k, stats = ev.task, ev.shots, ev.scorer.stats
-    print(f"[eval] {name} {k}-shot: {len(ev.instances)} docs, {len(ev.requests)} requests, "
+    print(f"[eval] {task.NAME} {k}-shot: {len(ev.instances)} docs, {len(ev.requests)} requests, "
           f"{stats['forward_passes']} forward passes", file=sys.stderr, flush=True)
     metrics = ev.run(head_mask=head, ffn_mask=ffn)
     if cache is not None:
         cache.put(ev, metrics, head, ffn)
     work.add(forward=stats["forward_passes"], tokens=stats["tokens_fed"])
     lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in ev.records())
-    atomic_write_text(eval_requests(shot_dir, name), lines)
-    settings = {"task": name, "version": task.VERSION, "shots": k, **recorded, "data_files": file_hashes(task.data_files())}
-    config = run_metadata(**settings, model=info, batch_tokens=batch_tokens, scoring=stats)
-    print(f"[eval] {name} {k}-shot: " + ", ".join(
+    atomic_write_text(eval_requests(shot_dir, task.NAME), lines)
+    settings = {"task": task.NAME, "version": task.VERSION, "shots": k, **recorded,
+                "data_files": file_hashes(task.data_files())}
+    config = run_metadata(**settings, model=info, batch_tokens=ev.scorer.batch_tokens, scoring=stats)
+    print(f"[eval] {task.NAME} {k}-shot: " + ", ".join(
         f"{m}={v:.4f} ± {metrics.get(m + '_stderr') or 0:.4f}" for m, v in metrics.items()
         if m in task.METRICS), file=sys.stderr, flush=True)
     return {"results": public_metrics(metrics), PER_DOC_KEY: {task.PRIMARY_METRIC: metrics[PER_DOC_KEY]},
             "version": task.VERSION, "config": config}
 
 
-def run_evaluation(model: Any, tokenizer: Any, info: dict[str, Any] | None, data: str | Path, tasks: Sequence[str],
-                   shots: Sequence[int], out: str | Path, *, limit: int | None = None, seed: int = 42,
-                   head_mask: str | Path | None = None, ffn_mask: str | Path | None = None,
-                   batch_tokens: int = 4096, max_length: int | None = None, paper_quirks: bool = False,
-                   soft_masks: bool = False, recompute: bool = False,
-                   cache: EvaluationCache | None = None, chunk_budget: int | None = DEFAULT_CHUNK_BUDGET) -> dict[str, Any]:
-    """Evaluate `tasks` at every shot count and write lm-eval-layout results under `out`.
+def run_evaluation(model: Any, tokenizer: Any, info: dict[str, Any] | None, s: EvalSettings,
+                   cache: Any = None) -> dict[str, Any]:
+    """Evaluate s.tasks at every shot count and write lm-eval-layout results under s.out (module docstring).
 
-    Per shot count K: out/shots-K/tasks/<task>.json (one unit: metrics + settings + fingerprint),
-    out/shots-K/requests/<task>.jsonl (per request log-likelihoods) and out/shots-K/results.json
-    ({"results": {task: {metric: value}}, "versions", "config"}). A unit already on disk with the same
-    fingerprint is reused; one with another fingerprint is a ValueError (recompute=True replaces it).
-    head_mask / ffn_mask: safetensors files with 'head_mask' (L, H) / 'ffn_mask' (L,).
-    info: the loader's info dict (opt66b.load); None identifies the model by its weights.
-    cache: every run made here is kept in it (later sweeps reuse the unpruned evaluation); it is
-    never read, since the per-request log-likelihoods are written too. chunk_budget: with streamed
-    layers, the bytes of layer-order states a chunk of batches may take on the compute device.
+    A unit already on disk with the same fingerprint is reused; one with another fingerprint is a
+    ValueError (s.recompute replaces it). s.head_mask / s.ffn_mask: safetensors files with 'head_mask'
+    (L, H) / 'ffn_mask' (L,). info: the loader's info dict (opt66b.load); None identifies the model by its
+    weights. cache: a tasks.evaluation.EvaluationCache every run made here is kept in (later sweeps reuse
+    the unpruned evaluation); never read here, since the per-request log-likelihoods are written too. With
+    streamed layers each evaluation runs in layer-order chunks of s.chunk_budget(...) bytes of states.
     Returns {"results": {K: {task: metrics}}, "work": forward passes and tokens computed by this call}.
     """
-    from opt66b.fileio import sha256_file
-    from opt66b.runs.results import run_metadata, write_json
+    from opt66b.fileio import read_json
+    from opt66b.layer_major import streamed_compute
+    from opt66b.runs.results import run_metadata, sha256_file, write_json
     from opt66b.runs.store import Work, in_memory_info
 
-    from .registry import get_task
+    from .evaluation import load_eval_masks, task_fingerprint
+    from .uncertainty import BOOTSTRAP_ITERS, BOOTSTRAP_SEED, STDERR_RULES
 
+    s.check()
     info = info or in_memory_info(model)
-    out = Path(out)
     cfg = model.config
-    head, ffn = load_eval_masks(head_mask, ffn_mask, cfg.num_layers, cfg.num_heads, soft_masks)
-    mask_ids = {key: None if path is None else {"path": str(path), "sha256": sha256_file(path), "soft_masks": soft_masks}
-                for key, path in (("head_mask", head_mask), ("ffn_mask", ffn_mask))}
-    max_length = cfg.max_positions if max_length is None else max_length
+    head, ffn = load_eval_masks(s.head_mask, s.ffn_mask, cfg.num_layers, cfg.num_heads, s.soft_masks)
+    mask_ids = {key: None if path is None else {"path": str(path), "sha256": sha256_file(path), "soft_masks": s.soft_masks}
+                for key, path in (("head_mask", s.head_mask), ("ffn_mask", s.ffn_mask))}
+    max_length = cfg.max_positions if s.max_length is None else s.max_length
     model_id = info["model"] + (f"#seed{info['random_weights_seed']}" if "random_weights_seed" in info else "")
-    store = evaluation_store(info, limit=limit, seed=seed, paper_quirks=paper_quirks, recompute=recompute,
-                             max_length=max_length, soft_masks=soft_masks,
-                             head_mask_sha256=(mask_ids["head_mask"] or {}).get("sha256"),
-                             ffn_mask_sha256=(mask_ids["ffn_mask"] or {}).get("sha256"))
+    store = s.unit_store(info, max_length=max_length, soft_masks=s.soft_masks,
+                         head_mask_sha256=(mask_ids["head_mask"] or {}).get("sha256"),
+                         ffn_mask_sha256=(mask_ids["ffn_mask"] or {}).get("sha256"))
     work = Work()
-    objects = {name: get_task(name, data, paper_quirks=paper_quirks) for name in tasks}
+    objects = s.task_objects()
     # what every unit records beside its task, shot and data (its config; the fingerprint is the store's)
-    recorded = {"limit": limit, "seed": seed, "max_length": max_length, "paper_quirks": paper_quirks,
+    recorded = {"limit": s.limit, "seed": s.seed, "max_length": max_length, "paper_quirks": s.protocol.paper_quirks,
                 "model_id": model_id, "model_config_sha256": info.get("config_sha256"), "dtype": info["dtype"],
                 **mask_ids}
+    budget = s.chunk_budget(streamed_compute(model))
     all_results: dict[int, dict[str, Any]] = {}
-    for k in shots:
-        shot_dir = shots_dir(out, k)
+    for k in s.shots:
+        shot_dir = shots_dir(s.out, k)
         results, versions, configs = {}, {}, {}
         for name, task in objects.items():
             fields = {**task_fingerprint(task), "shots": k}
@@ -294,14 +134,13 @@ def run_evaluation(model: Any, tokenizer: Any, info: dict[str, Any] | None, data
                 done = read_json(task_file)
                 print(f"[eval] {name} {k}-shot: done earlier ({task_file}), skipped", file=sys.stderr)
             else:
-                ev = TaskEvaluation(model, tokenizer, task, k, limit=limit, seed=seed, batch_tokens=batch_tokens,
-                                    max_length=max_length, progress_label=f"eval {name} {k}-shot",
-                                    chunk_budget=chunk_budget)
-                done = _evaluate_unit(ev, name, head, ffn, shot_dir, recorded, info, batch_tokens, cache, work)
+                ev = s.evaluation(model, tokenizer, task, k, max_length=max_length, progress_label=f"eval {name} {k}-shot",
+                                  chunk_budget=budget)
+                done = _evaluate_unit(ev, head, ffn, shot_dir, recorded, info, cache, work)
                 store.write_json(task_file, done, **fields)
             results[name], versions[name], configs[name] = done["results"], done["version"], done["config"]
-        config = run_metadata(seed=seed, shots=k, limit=limit, max_length=max_length, paper_quirks=paper_quirks,
-                              model=info, **mask_ids, batch_tokens=batch_tokens,
+        config = run_metadata(seed=s.seed, shots=k, limit=s.limit, max_length=max_length,
+                              paper_quirks=s.protocol.paper_quirks, model=info, **mask_ids, batch_tokens=s.batch_tokens,
                               data_files={n: c["data_files"] for n, c in configs.items()},
                               stderr={"rules": STDERR_RULES, "bootstrap_iters": BOOTSTRAP_ITERS,
                                       "bootstrap_seed": BOOTSTRAP_SEED})

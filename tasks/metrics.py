@@ -66,3 +66,10 @@ def task_metrics_with_errors(task: Task, instances: Sequence[Instance], results:
 def public_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     """The metrics and their standard errors, as results.json holds them (the per-doc string apart)."""
     return {k: v for k, v in metrics.items() if k != PER_DOC_KEY}
+
+
+def primary_points(metrics: dict[str, float], metric: str) -> float:
+    """The task's primary metric in points (x100), as the paper's plots read results[task][metric]*100."""
+    if metric not in metrics:
+        raise KeyError(f"evaluation returned no {metric!r}; it has {sorted(metrics)}")
+    return 100.0 * float(metrics[metric])

@@ -1,44 +1,36 @@
-"""Typed settings of the task steps (opt66b/runs/settings.py): `data check` and `eval`, plus the model-step
-base every experiment's settings build on (the data and task options shared by eval, importance and
-the sweeps)."""
+"""What every step that evaluates or ranks tasks takes (eval, head importance, the FFN oracle, the sweeps):
+the data, the tasks and shot counts, the protocol, the output directory, and the memory budget its
+bounded-memory paths size their chunks by. Each step's own settings class builds on `TaskStep` in the
+module of its experiment (tasks/evaluate.py, prune/importance.py, prune/oracle.py, prune/sweeps.py)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from opt66b.runs.settings import StepSettings, option
+from opt66b.placement import Budgets
+from opt66b.runs.settings import ModelStep, hidden, option
 
 from .cli_options import DEFAULT_SHOTS, SAMPLES_DIR
+from .protocol import CORRECTED, Protocol
 
 
-@dataclass(frozen=True, kw_only=True)
-class ModelStep(StepSettings):
-    """What every step that runs the model takes besides the model options: --recompute (replace units
-    made under other settings) and --threads (CPU threads; applied once per process)."""
-
-    recompute: bool = option(False)
-    threads: int | None = option(None)
+def _budgets(text: Any) -> Budgets:
+    return Budgets.parse(text, "--max-memory")
 
 
 @dataclass(frozen=True, kw_only=True)
 class TaskStep(ModelStep):
-    """The data and task options of eval, importance and the sweeps."""
+    """The data and task options of eval, importance and the sweeps (module docstring)."""
 
     data: Path = option(SAMPLES_DIR)
     tasks: tuple[str, ...] = option(None)
     shots: tuple[int, ...] = option(tuple(DEFAULT_SHOTS))
-    protocol: str = option("corrected")
+    protocol: Protocol = option(CORRECTED, parse=Protocol.named)
     out: Path = option(None)
-
-    @property
-    def paper_quirks(self) -> bool:
-        """--protocol paper: the paper's targets and choices (docs/protocol.md)."""
-        return self.protocol == "paper"
-
-    def namespace(self, **extra: Any):
-        return super().namespace(**extra, paper_quirks=self.paper_quirks)
+    # a model option the step needs too: its default chunk budget (`chunk_budget`); rendered with the model flags
+    max_memory: Budgets = hidden(Budgets(), parse=_budgets)
 
     def check_tasks(self, limit: int | None = None) -> None:
         from .registry import check_task_args
@@ -47,44 +39,50 @@ class TaskStep(ModelStep):
         if self.data is None or not Path(self.data).is_dir():
             raise FileNotFoundError(f"--data {self.data}: data directory not found")
 
+    def task_objects(self) -> dict[str, Any]:
+        """{name: Task} of --tasks (each once, in order), reading --data under this protocol's prompts."""
+        from .registry import get_task
+
+        return {t: get_task(t, self.data, paper_quirks=self.protocol.paper_quirks) for t in dict.fromkeys(self.tasks)}
+
+    def recorded(self, info: dict[str, Any], objects: dict[str, Any]) -> dict[str, Any]:
+        """What every output of the step records beside its numbers: the model, the data by content, the
+        tasks, shots and protocol."""
+        from opt66b.runs.results import file_hashes
+
+        files = [f for task in objects.values() for f in task.data_files()]
+        return {"model": info, "data_sha256": file_hashes(files), "tasks": list(objects), "shots": list(self.shots),
+                "paper_quirks": self.protocol.paper_quirks, "protocol": self.protocol.name}
+
+    def chunk_budget(self, streams_to: str | None) -> int:
+        """Bytes a chunk may hold: with layers streamed to `streams_to` (opt66b.layer_major.streamed_compute)
+        the layer-order states there, else (None) the recorded layer inputs on the host; a quarter of that
+        device's --max-memory entry, else 2 GiB (opt66b.layer_major.chunk_budget)."""
+        from opt66b.layer_major import chunk_budget
+
+        return chunk_budget(self.max_memory, streams_to)
+
 
 @dataclass(frozen=True, kw_only=True)
-class DataCheckSettings(StepSettings):
-    """`run.py data check`: which files each task reads, their sizes and sha256 (tasks/data_cli.py)."""
+class EvaluatingStep(TaskStep):
+    """What every step that scores tasks' evaluation splits takes (eval, the FFN oracle, the sweeps): which
+    docs (--limit after the --seed shuffle, whose demos the seed draws too) and the scoring batch."""
 
-    COMMAND = ("data", "check")
-    USES_MODEL = False
-    data: Path = option(SAMPLES_DIR)
-    tasks: tuple[str, ...] | None = option(None)
-    json: Path | None = option(None)
-
-    def execute(self, loaded: Any = None, cache: Any = None) -> dict[str, Any]:
-        from .data_cli import run_data_check
-
-        return run_data_check(self)
-
-
-@dataclass(frozen=True, kw_only=True)
-class EvalSettings(TaskStep):
-    """`run.py eval`: every task at every shot count, lm-eval's layout (tasks/evaluate.py run_evaluation)."""
-
-    COMMAND = ("eval",)
-    PLAN_STEP = "eval"
     limit: int | None = option(None)
     batch_tokens: int = option(4096)
     seed: int = option(42)
-    head_mask: Path | None = option(None)
-    ffn_mask: Path | None = option(None)
-    soft_masks: bool = option(False)
-    max_length: int | None = option(None)
-    max_memory: str | None = field(default=None)  # a model option (rendered with them): the layer-order chunk budget
 
-    def check(self) -> None:
-        from .eval_cli import check_eval
+    def evaluation(self, model: Any, tokenizer: Any, task: Any, shots: int, **kwargs: Any) -> Any:
+        """The tasks.evaluation.TaskEvaluation of `task` at `shots` under these settings (built once per
+        (task, shot) and run under any masks)."""
+        from .evaluation import TaskEvaluation
 
-        check_eval(self)
+        return TaskEvaluation(model, tokenizer, task, shots, limit=self.limit, seed=self.seed,
+                              batch_tokens=self.batch_tokens, **kwargs)
 
-    def execute(self, loaded: Any = None, cache: Any = None) -> dict[str, Any]:
-        from .eval_cli import run_eval_step
+    def unit_store(self, info: dict[str, Any], **extra: Any) -> Any:
+        """The fingerprinted store of this step's units (tasks.evaluation.evaluation_store)."""
+        from .evaluation import evaluation_store
 
-        return run_eval_step(self, loaded, cache)
+        return evaluation_store(info, limit=self.limit, seed=self.seed, paper_quirks=self.protocol.paper_quirks,
+                                recompute=self.recompute, **extra)

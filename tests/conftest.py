@@ -95,3 +95,30 @@ def write_checkpoint(model, path):
     return path
 
 
+
+
+def sweep_of(model, tokenizer, tasks, sweep, ranking, shots, out, make, importance_dir=None, ffn_dir=None,
+             store=None, cache=None, work=None, max_memory=None, **percents):
+    """prune.sweeps.run_sweep on stand-ins: a PruneSettings of these options (`max_memory` sizes the layer-order
+    chunks, e.g. "cpu=4" for one batch per chunk), a SweepRun with `make` building each evaluation."""
+    from opt66b.runs.store import UnitStore, Work
+    from prune.sweeps import PruneSettings, SweepRun, run_sweep
+    from tasks.evaluation import EvaluationCache
+
+    s = PruneSettings(sweep=sweep, ranking=ranking, tasks=tuple(tasks), shots=tuple(shots), out=out,
+                      importance=importance_dir, ffn_importance=ffn_dir, data=FIXTURES, max_memory=max_memory,
+                      **{k: tuple(v) for k, v in percents.items()})
+    run = SweepRun(model, tokenizer, store or UnitStore({}), work or Work(), cache or EvaluationCache(model), make, {})
+    return run_sweep(s, tasks, run)
+
+
+def oracle_of(model, tokenizer, tasks, shots, out, make, budget=None, naive=False, info=None):
+    """prune.oracle.run_ffn_oracle on stand-ins: FFNOracleSettings of these options (`budget`: the chunk's bytes,
+    --oracle-memory; None: a terabyte, the whole task in one chunk), `make` building each evaluation."""
+    from prune.oracle import FFNOracleSettings, run_ffn_oracle
+
+    memory = (budget if budget is not None else 1 << 40) / (1 << 30)  # GiB; exact for whole byte counts
+    s = FFNOracleSettings(tasks=tuple(tasks), shots=tuple(shots), out=out, data=FIXTURES, oracle_memory=memory,
+                          naive=naive)
+    info = info or {"model": "stand-in", "identity": {"stand-in": 1}, "dtype": "float32"}
+    return run_ffn_oracle(model, tokenizer, info, s, evaluations=make)

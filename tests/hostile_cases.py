@@ -183,13 +183,13 @@ def conversion_cases() -> list[Case]:
 
     def conv(name, files, words, dst=None):
         def argv(kit, out):
-            return ["convert", str(src(kit, name, files)), str(dst(out) if dst else out)]
+            return ["convert", str(src(kit, name, files)), "--out", str(dst(out) if dst else out)]
         return Case("conversion", name, argv, words)
 
     good = {"pytorch_model.bin": {"model.decoder.embed_tokens.weight": torch.zeros(2, 2)}}
     return [
-        Case("conversion", "src-missing", lambda kit, out: ["convert", str(kit.root / "nope"), str(out)], ("nope", "not found")),
-        Case("conversion", "src-is-file", lambda kit, out: ["convert", str(TINY / "config.json"), str(out)], ("config.json", "not found")),
+        Case("conversion", "src-missing", lambda kit, out: ["convert", str(kit.root / "nope"), "--out", str(out)], ("nope", "not found")),
+        Case("conversion", "src-is-file", lambda kit, out: ["convert", str(TINY / "config.json"), "--out", str(out)], ("config.json", "not found")),
         conv("no-config", {"config.json": None, **good}, ("config.json", "missing")),
         conv("bad-config", {"config.json": json.dumps(with_config(hidden_size="128")), **good}, ("config.json", "hidden_size")),
         conv("no-bin", {}, ("pytorch_model.bin", "neither")),
@@ -206,7 +206,7 @@ def conversion_cases() -> list[Case]:
         conv("index-absolute", {"pytorch_model.bin.index.json": json.dumps({"weight_map": {"a": "/etc/passwd"}})},
              ("/etc/passwd", "must be relative")),
         conv("index-value-int", {"pytorch_model.bin.index.json": json.dumps({"weight_map": {"a": 1}})}, ("'a'", "int")),
-        conv("dst-is-file", good, ("dst", "not a directory"), dst=lambda out: out.parent / "file"),
+        conv("dst-is-file", good, ("--out", "not a directory"), dst=lambda out: out.parent / "file"),
     ]
 
 

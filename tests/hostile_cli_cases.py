@@ -80,7 +80,7 @@ def output_cases() -> list[Case]:
         "correlate": lambda out: ["correlate", "--importance", str(FIXTURES), "--out", str(out)],
         "copytask": lambda out: ["copytask", "--seeds", "1", "--out", str(out)],
         "all": lambda out: ["all", "--out", str(out)],
-        "convert": lambda out: ["convert", str(TINY), str(out)],
+        "convert": lambda out: ["convert", str(TINY), "--out", str(out)],
     }
     cases = []
     for name, make in commands.items():

@@ -95,10 +95,9 @@ def test_all_and_data_check_default_to_the_bundled_samples():
     assert _parse(["data", "check"]).data == SAMPLES_DIR
 
 
-def test_induction_steps_take_an_explicit_seed_and_the_old_spelling():
+def test_induction_steps_take_an_explicit_seed():
     assert _parse(["induction", "prefix", "--out", "x"]).first_seed == 0
     assert _parse(["induction", "copying", "--seed", "7", "--out", "x"]).first_seed == 7
-    assert _parse(["induction", "prefix", "--first-seed", "3", "--out", "x"]).first_seed == 3
 
 
 def test_copytask_takes_an_explicit_seed():
@@ -106,35 +105,49 @@ def test_copytask_takes_an_explicit_seed():
     assert _parse(["copytask", "--seed", "5", "--out", "x"]).seed == 5
 
 
+def _study(argv: list[str]):
+    """(model settings, {label: settings}) of `all` with these options, as study.resolve builds them."""
+    from opt66b.runs.loading import LoadSettings
+    from study.study import StudySettings, fit_to_budgets, study_steps
+
+    args = _parse(argv)
+    load = LoadSettings.from_args(args)
+    s = StudySettings.from_args(args)
+    s.check()
+    s = s.sized(load)
+    return load, dict(study_steps(s, load, ["copa", "piqa"], *fit_to_budgets(s, load)))
+
+
 def test_all_forwards_seed_batch_tokens_and_protocol_to_every_step_that_takes_them():
     """Each step's settings hold `all`'s --seed, --batch-tokens and --protocol where the step takes them,
     and its commands.txt line (parsed by the step's own parser) holds them too."""
     from dataclasses import fields
 
-    from study.pipeline import model_flags, plan_steps
-    from study.run_cli import all_defaults
+    from tasks.protocol import Protocol
 
     argv = ["all", "--tasks", "copa", "piqa", "--out", "x"]
     other = {"paper": "head importance under the corrected protocol's targets (piqa)",
              "corrected": "head importance under the paper protocol's targets (piqa)"}
-    plain = dict(plan_steps(all_defaults(_parse(argv)), ["copa", "piqa"]))
-    given_args = all_defaults(_parse([*argv, "--seed", "9", "--batch-tokens", "777", "--protocol", "paper"]))
-    given = dict(plan_steps(given_args, ["copa", "piqa"]))
+    plain = _study(argv)[1]
+    load, given = _study([*argv, "--seed", "9", "--batch-tokens", "777", "--protocol", "paper"])
     # piqa's importance targets differ between the protocols: each run computes them under the other one too
-    assert given[other["paper"]].protocol == "corrected" and plain[other["corrected"]].protocol == "paper"
+    assert given[other["paper"]].protocol.name == "corrected" and plain[other["corrected"]].protocol.name == "paper"
     plain[other["paper"]] = plain.pop(other["corrected"])
     takes = lambda step, name: name in {f.name for f in fields(step)}  # noqa: E731
     for label, step in given.items():
-        parsed = _parse(step.argv(model_flags(given_args)))  # the replayed line, by the step's parser
+        parsed = _parse(step.argv(load.options()))  # the replayed line, by the step's parser
         seed = "first_seed" if takes(step, "first_seed") else "seed"  # induction's --seed is its first seed
         wanted = [(seed, 9), ("batch_tokens", 777)] + ([] if label == other["paper"] else [("protocol", "paper")])
         for name, value in wanted:
             if takes(step, name):
-                assert getattr(step, name) == value == getattr(parsed, name), (label, name)
+                got = getattr(parsed, name)
+                got = Protocol.named(got) if name == "protocol" else got
+                value = Protocol.named(value) if name == "protocol" else value
+                assert getattr(step, name) == value == got, (label, name)
                 assert getattr(plain[label], name) != value, (label, name)  # the step's own default without it
     seeded = [label for label, step in given.items() if takes(step, "seed") or takes(step, "first_seed")]
     assert len(seeded) == 12 and "synthetic copy task" in seeded and "prefix matching" in seeded
-    zero = dict(plan_steps(all_defaults(_parse([*argv, "--seed", "0"])), ["copa", "piqa"]))
+    zero = _study([*argv, "--seed", "0"])[1]
     assert zero["synthetic copy task"].seed == 0 and "--seed 0 " in " ".join(zero["synthetic copy task"].argv())
     assert [label for label, step in given.items() if takes(step, "batch_tokens")] == [
         "evaluation", "FFN oracle", "head pruning (own ranking)", "head pruning (aggregate ranking)", "FFN pruning",
@@ -148,9 +161,8 @@ def test_out_is_required_unless_planning(capsys):
     assert "--out" in capsys.readouterr().err.strip().splitlines()[-1]
 
 
-def test_report_takes_out_and_keeps_run_as_an_alias():
+def test_report_takes_out():
     assert _parse(["report", "--out", "r"]).out == Path("r")
-    assert _parse(["report", "--run", "r"]).out == Path("r")
 
 
 def test_json_path_means_write_there_and_dash_means_stdout(tmp_path, capsys):
@@ -172,23 +184,25 @@ def test_json_path_means_write_there_and_dash_means_stdout(tmp_path, capsys):
     assert json.loads(path.read_text())["layers"] == {"0-31": "cuda:0", "32-63": "cuda:1"}
 
 
-def test_one_spelling_per_concept_and_old_spellings_work_with_a_notice(capsys):
-    """The model shape is --random-weights SIZE everywhere (device-map and export-pruned included), a
-    head percentage is --head-percent(s): the old spellings still parse, into the same option, and say
-    once on stderr what they mean now."""
-    for new, old, dest, value in ((["device-map", "--random-weights", "opt-30b"], ["device-map", "--size", "opt-30b"],
-                                   "random_weights", "opt-30b"),
-                                  (["export-pruned", "--dry-run", "--random-weights", "opt-1.3b"],
-                                   ["export-pruned", "--dry-run", "--size", "opt-1.3b"], "random_weights", "opt-1.3b"),
-                                  (["export-pruned", "--dry-run", "--head-percent", "70"],
-                                   ["export-pruned", "--dry-run", "--heads-percent", "70"], "head_percent", 70.0)):
-        assert getattr(_parse(new), dest) == value
-        assert "deprecated" not in capsys.readouterr().err
-        assert getattr(_parse(old), dest) == value
-        notice = capsys.readouterr().err.strip()
-        assert notice == f"note: {old[-2]} is deprecated; it means {new[-2]}"
-        assert old[-2] not in build_parser_help(old[0])  # hidden from --help
-    # the grammar of run.py has one name per model shape option
+OLD_SPELLINGS = [  # removed in 0.2 (docs/errors.md): each is refused, naming the option
+    ["device-map", "--size", "opt-30b"], ["export-pruned", "--dry-run", "--size", "opt-1.3b"],
+    ["export-pruned", "--dry-run", "--heads-percent", "70"], ["induction", "prefix", "--first-seed", "3", "--out", "x"],
+    ["report", "--run", "r"], ["eval", "--tasks", "copa", "--paper-quirks", "--out", "x"],
+    ["eval", "--tasks", "copa", "--plan", "--json", "p.json"], ["convert", "src", "dst"],
+]
+
+
+@pytest.mark.parametrize("argv", OLD_SPELLINGS)
+def test_one_spelling_per_concept_old_spellings_are_refused(argv, capsys):
+    """The model shape is --random-weights SIZE everywhere, a head percentage --head-percent(s), the first
+    induction seed --seed, a run directory --out, the protocol --protocol, a step's plan --plan-json."""
+    with pytest.raises(SystemExit) as err:
+        _parse(argv)
+    assert err.value.code == 2
+    assert "unrecognized arguments" in capsys.readouterr().err
+
+
+def test_one_name_per_model_shape_option():
     assert "--size" not in build_parser_help("device-map") and "--random-weights" in build_parser_help("device-map")
 
 
@@ -204,14 +218,11 @@ def test_all_names_each_seed_for_what_it_seeds():
     """`all`'s seeds by role: --eval-seed (docs and demos of every evaluating step), --importance-seed
     (importance demos), --sequence-seed (induction and copy-task sequences); --seed sets the three, and
     a role-named one beside it wins. Each reaches exactly the steps of its role."""
-    from study.pipeline import plan_steps
-    from study.run_cli import all_defaults
-
     argv = ["all", "--tasks", "copa", "piqa", "--out", "x"]
 
     def seeds(*extra):
-        steps = plan_steps(all_defaults(_parse([*argv, *extra])), ["copa", "piqa"])
-        return {label: getattr(s, "first_seed", getattr(s, "seed", None)) for label, s in steps}
+        steps = _study([*argv, *extra])[1]
+        return {label: getattr(s, "first_seed", getattr(s, "seed", None)) for label, s in steps.items()}
 
     roles = seeds("--eval-seed", "7", "--importance-seed", "8", "--sequence-seed", "9")
     assert {roles[k] for k in ("evaluation", "FFN oracle", "head pruning (own ranking)", "combined grid",
@@ -223,18 +234,13 @@ def test_all_names_each_seed_for_what_it_seeds():
     defaults = seeds()
     assert (defaults["evaluation"], defaults["head importance"], defaults["prefix matching"]) == (42, 1234, 0)
     with pytest.raises(ValueError, match="--sequence-seed must be >= 0"):
-        all_defaults(_parse([*argv, "--sequence-seed", "-1"]))
+        _study([*argv, "--sequence-seed", "-1"])
 
 
 def test_plan_json_is_the_plan_and_json_is_a_result(capsys):
     """--json names one thing, a file-only command's result (data check's rows, device-map's map); the
-    plan of a model step is --plan-json, which implies --plan. A model step's old --json still writes
-    the plan, with a notice."""
+    plan of a model step is --plan-json, which implies --plan."""
     args = _parse(["eval", "--tasks", "copa", "--plan-json", "-"])
     assert args.plan and str(args.json) == "-"
-    assert "deprecated" not in capsys.readouterr().err
-    old = _parse(["eval", "--tasks", "copa", "--plan", "--json", "p.json"])
-    assert old.plan and old.json == Path("p.json")
-    assert capsys.readouterr().err.strip() == "note: --json on a step that runs the model is deprecated; it means --plan-json"
     assert "--plan-json" in build_parser_help("eval") and "--json" not in build_parser_help("eval").replace("--plan-json", "")
     assert "--json" in build_parser_help("device-map") and "--plan-json" not in build_parser_help("device-map")

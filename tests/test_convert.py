@@ -106,9 +106,9 @@ def test_convert_subcommand(tiny_config, tmp_path):
     import run
 
     src = _write_bin(random_model(tiny_config), tmp_path / "bin")
-    assert run.main(["convert", str(src), str(tmp_path / "st")]) == 0
+    assert run.main(["convert", str(src), "--out", str(tmp_path / "st")]) == 0
     assert (tmp_path / "st" / "model-00001-of-00001.safetensors").is_file()
-    assert run.main(["convert", str(tmp_path / "missing"), str(tmp_path / "x")]) == 2
+    assert run.main(["convert", str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 2
 
 
 def test_convert_index_disagreeing_with_shard(tiny_config, tmp_path):

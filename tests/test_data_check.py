@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from conftest import SHARED_DATA, needs_shared_data
-from tasks.data_cli import check_data
+from tasks.data_check import check_data
 from tasks.registry import TASKS
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "data"

@@ -97,10 +97,9 @@ import sys, torch
 sys.path.insert(0, {root!r})
 sys.path.insert(0, {tests!r})
 from pathlib import Path
-from conftest import random_model
+from conftest import random_model, sweep_of
 from opt66b import OPTConfig
 from opt66b.runs import distributed
-from prune.sweeps import run_sweep
 
 out, imp = Path(sys.argv[1]), Path(sys.argv[2])
 model = random_model(OPTConfig(hidden_size=32, num_layers=2, num_heads=4, ffn_dim=64, vocab_size=128,
@@ -122,8 +121,8 @@ class Evaluation:  # stand-in for tasks' evaluation: "accuracy" = agreement with
 
 tasks = {{"copa": Task(), "piqa": Task()}}
 with torch.no_grad():
-    run_sweep(model, None, tasks, "heads", "own", [0, 1], out, lambda m, t, task, k: Evaluation(k),
-              importance_dir=imp, head_percents=[0, 25, 50, 75], settings={{"seed": 0}})
+    sweep_of(model, None, tasks, "heads", "own", [0, 1], out, lambda m, t, task, k: Evaluation(k),
+             importance_dir=imp, head_percents=[0, 25, 50, 75])
 distributed.finish()
 '''
 

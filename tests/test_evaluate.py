@@ -10,7 +10,7 @@ import torch
 from conftest import ROOT, random_model
 from opt66b import OPTConfig, load_tokenizer
 from tasks.base import Instance, Request
-from tasks.evaluate import TaskEvaluation, evaluate_task
+from tasks.evaluation import TaskEvaluation, evaluate_task
 from tasks.lambada import LAMBADA
 from tasks.metrics import split_results, task_metrics
 from tasks.multirc import MultiRC

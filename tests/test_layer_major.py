@@ -48,7 +48,7 @@ def test_layer_order_equals_each_pass_forward_alone(which, nets, tokenizer):
     """Every pass's final hidden state under a head mask and an FFN mask, resumed or not, equals the
     whole forward of that pass alone (context pass first, continuation on its rows' cache)."""
     from opt66b.layer_major import MaskedRun, run_layer_major
-    from tasks.evaluate import TaskEvaluation
+    from tasks.evaluation import TaskEvaluation
     from tasks.registry import get_task
 
     net = nets[which]
@@ -83,8 +83,8 @@ def test_layer_order_equals_each_pass_forward_alone(which, nets, tokenizer):
 def test_layer_order_oracle_equals_batch_order_and_naive(which, nets, tokenizer):
     """Scorer.run_knockouts in layer order, chunks of 1, 2 and all batches: the batch-order oracle's and
     the naive (every knock-out from layer 0) per-request results, bit for bit."""
-    from prune.importance import ffn_knockout_mask
-    from tasks.evaluate import TaskEvaluation
+    from prune.oracle import ffn_knockout_mask
+    from tasks.evaluation import TaskEvaluation
     from tasks.registry import get_task
 
     net = nets[which]
@@ -108,8 +108,8 @@ def test_streamed_oracle_takes_layer_order_and_fetches_each_layer_once_per_chunk
     resident model's bit for bit (the same float32 values through the same kernels)."""
     from opt66b import OPTConfig, save_checkpoint
     from opt66b.offload import load_streamed
-    from prune.importance import ffn_knockout_mask
-    from tasks.evaluate import TaskEvaluation
+    from prune.oracle import ffn_knockout_mask
+    from tasks.evaluation import TaskEvaluation
     from tasks.registry import get_task
 
     cfg = OPTConfig(hidden_size=32, num_layers=4, num_heads=4, ffn_dim=64, max_positions=1024)
@@ -157,8 +157,8 @@ def test_streamed_sweeps_run_each_task_in_layer_order_with_the_resident_tables(t
     from opt66b.runs.results import write_tensors
     from opt66b.offload import load_streamed
     from opt66b.runs.store import UnitStore, Work
-    from prune.sweeps import run_sweep
-    from tasks.evaluate import EvaluationCache, TaskEvaluation
+    from conftest import sweep_of
+    from tasks.evaluation import EvaluationCache, TaskEvaluation
     from tasks.registry import get_task
 
     cfg = OPTConfig(hidden_size=32, num_layers=4, num_heads=4, ffn_dim=64, max_positions=1024)
@@ -176,33 +176,33 @@ def test_streamed_sweeps_run_each_task_in_layer_order_with_the_resident_tables(t
     sweeps = (("heads", {"head_percents": [0, 25, 50]}), ("ffn", {"ffn_percents": [0, 25, 50]}),
               ("grid", {"head_percents": [0, 25, 50], "ffn_percents": [0, 25, 50]}))
 
-    def tables(net, root, budget=2 << 30):
+    def tables(net, root, max_memory="cpu=8GiB"):
         cache, out, copies = EvaluationCache(net), {}, {}
         for sweep, kw in sweeps:
             before = getattr(net.streamer, "copies", 0)
             work = Work()
-            table = run_sweep(net, tokenizer, tasks, sweep, "own", [0], root, make, importance_dir=tmp_path / "imp",
-                              ffn_dir=tmp_path / "ffn", store=UnitStore({}), cache=cache, chunk_budget=budget,
-                              work=work, **kw)
+            table = sweep_of(net, tokenizer, tasks, sweep, "own", [0], root, make, importance_dir=tmp_path / "imp",
+                             ffn_dir=tmp_path / "ffn", store=UnitStore({}), cache=cache, max_memory=max_memory,
+                             work=work, **kw)
             out[sweep] = json.loads(table.read_text())["results"]
             copies[sweep] = (getattr(net.streamer, "copies", 0) - before, work.forward_passes)
         return out, copies
 
     want, _ = tables(resident, tmp_path / "resident")
-    got, copies = tables(streamed, tmp_path / "streamed", budget=None)  # one chunk: the whole task
+    got, copies = tables(streamed, tmp_path / "streamed", max_memory="cpu=1TiB")  # one chunk: the whole task
     assert got == want
     passes = len([p for u in make(resident, tokenizer, tasks["copa"], 0).scorer.units for p in (u.main, *u.conts)])
     # heads: base + 2 masks, ffn: 2 new masks (+ base), grid: its 4 cells with both masked (+ base);
     # every sweep fetches each of the 4 layers once (one chunk)
     assert copies == {"heads": (4, 3 * passes), "ffn": (4, 3 * passes), "grid": (4, 5 * passes)}
     # chunks of one batch: the same tables, each layer fetched once per chunk
-    got, copies = tables(streamed, tmp_path / "chunked", budget=1)
+    got, copies = tables(streamed, tmp_path / "chunked", max_memory="cpu=4")  # a 1-byte budget: a batch a chunk
     assert got == want and copies["heads"][0] == 4 * batches
     assert len(list((tmp_path / "chunked" / "heads-own" / "shots-0" / "copa").glob("together-*/chunks-1/chunk-*.safetensors"))) == batches
     # a rerun with the unit files lost reads every chunk back: nothing is fetched or run again
     for unit in (tmp_path / "chunked").glob("*-own/shots-0/copa/*.json"):
         unit.unlink()
-    got, copies = tables(streamed, tmp_path / "chunked", budget=1)
+    got, copies = tables(streamed, tmp_path / "chunked", max_memory="cpu=4")  # a 1-byte budget: a batch a chunk
     assert got == want and {c for c, _ in copies.values()} == {0}
 
 
@@ -212,7 +212,7 @@ def test_a_streamed_evaluation_runs_in_layer_order_chunks(tmp_path, tokenizer):
     and an FFN mask, each layer fetched once per chunk (one chunk: L fetches for the whole task)."""
     from opt66b import OPTConfig, save_checkpoint
     from opt66b.offload import load_streamed
-    from tasks.evaluate import TaskEvaluation
+    from tasks.evaluation import TaskEvaluation
     from tasks.registry import get_task
 
     cfg = OPTConfig(hidden_size=32, num_layers=4, num_heads=4, ffn_dim=64, max_positions=1024)
@@ -237,7 +237,7 @@ def test_a_streamed_evaluation_runs_in_layer_order_chunks(tmp_path, tokenizer):
 def test_run_knockouts_refuses_a_run_that_changes_layers_it_skips(nets, tokenizer):
     """Both orders check before any work: a knock-out resumed at layer 1 whose FFN mask also changes
     layer 0 would silently reuse the base's layer-0 output; it is refused, naming the run."""
-    from tasks.evaluate import TaskEvaluation
+    from tasks.evaluation import TaskEvaluation
     from tasks.registry import get_task
 
     net = nets["random-3-layer"]

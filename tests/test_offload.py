@@ -8,7 +8,6 @@ the same values, so results are in fact bit-identical; 1e-5 leaves room for BLAS
 
 from __future__ import annotations
 
-import argparse
 
 import pytest
 import torch
@@ -162,19 +161,19 @@ def test_host_streamer_reuses_two_buffers(cfg, batch):
 
 
 def test_runtime_offload_mmap_and_budget(tmp_path, cfg, batch):
-    from opt66b.runs.loading import load_from_args
+    from dataclasses import replace
+
+    from opt66b.runs.loading import LoadSettings
 
     model = random_model(cfg, seed=3)
     write_checkpoint(model, tmp_path)
-    args = argparse.Namespace(model=tmp_path, tokenizer=None, dtype="float32", device="cpu", device_map=None,
-                              max_memory="cpu=1GiB", offload="mmap", random_weights=None, random_weights_seed=0)
-    streamed, _, info = load_from_args(args, log=lambda m: None)
+    load = LoadSettings(model=tmp_path, dtype="float32", device="cpu", max_memory="cpu=1GiB", offload="mmap")
+    streamed, _, info = load.load(log=lambda m: None)
     assert info["offload"] == "mmap" and info["max_memory_gib"] == {"cpu": 1.0}
     ids, mask = batch
     assert (streamed(ids, mask).logits - model(ids, mask).logits).abs().max() < TOL
-    args.max_memory = "cpu=1000"  # bytes: below head group + two layer buffers
-    with pytest.raises(ValueError, match="below what streaming needs"):
-        load_from_args(args, log=lambda m: None)
+    with pytest.raises(ValueError, match="below what streaming needs"):  # 1000 bytes: below head group + two buffers
+        replace(load, max_memory="cpu=1000").load(log=lambda m: None)
 
 
 def test_head_importance_of_a_streamed_model_takes_the_layerwise_backward(pair, monkeypatch, cfg):

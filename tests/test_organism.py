@@ -192,7 +192,7 @@ def test_synthetic_copy_task_needs_the_induction_heads():
     """The seventeenth (non-paper) task: near perfect with all heads, near zero without the two
     induction heads (layer 1 heads 0 and 1), so its pruning curve has a real knee."""
     from opt66b import load_model, load_tokenizer
-    from tasks.evaluate import TaskEvaluation
+    from tasks.evaluation import TaskEvaluation
     from tasks.registry import TASKS, get_task
 
     assert "synthetic_copy" not in TASKS  # "the 16 tasks" stay the paper's

@@ -8,7 +8,6 @@ Shape-only checks of the real sizes use the meta device (no memory).
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import pytest
@@ -138,19 +137,12 @@ def test_explicit_map_over_cpu_names_equals_single_device(tmp_path, tiny_config)
     assert torch.equal(placed(ids, mask).logits, model(ids, mask).logits)
 
 
-def _args(**kw):
-    base = dict(model=None, tokenizer=None, dtype="float32", device="cpu", device_map=None, max_memory=None,
-                offload="auto", random_weights=None, random_weights_seed=0)
-    base.update(kw)
-    return argparse.Namespace(**base)
-
-
 def test_random_weights_with_map_records_info():
-    from opt66b.runs.loading import load_from_args
+    from opt66b.runs.loading import LoadSettings
 
     logs = []
-    model, tok, info = load_from_args(_args(random_weights="opt-125m", device_map="0-5:cpu:0,6-11:cpu:1"),
-                                      log=logs.append)
+    model, tok, info = LoadSettings(random_weights="opt-125m", device_map="0-5:cpu:0,6-11:cpu:1", dtype="float32",
+                                    device="cpu").load(log=logs.append)
     assert model.config.num_layers == 12 and model.config.hidden_size == 768
     assert info["model"] == "random:opt-125m" and info["device_map"]["layers"] == {"0-5": "cpu:0", "6-11": "cpu:1"}
     assert info["device_map"]["gib_per_device"]["cpu:1"] == round(6 * 7_087_872 * 4 / GIB, 3)
@@ -159,7 +151,7 @@ def test_random_weights_with_map_records_info():
     assert torch.equal(ln, torch.ones_like(ln))
     w = model.decoder.layers[3].fc1.weight
     assert abs(float(w.std()) - 0.02) < 0.001  # N(0, 0.02) over 2.4M samples: std error ~1e-5
-    again, _, _ = load_from_args(_args(random_weights="opt-125m"), log=logs.append)
+    again, _, _ = LoadSettings(random_weights="opt-125m", dtype="float32", device="cpu").load(log=logs.append)
     assert torch.equal(again.decoder.layers[3].fc1.weight, w)  # same seed, no map -> same values
     ids = torch.tensor([tok.encode("Hello world")])
     assert model(ids, logits="last").logits.shape == (1, 1, 50272)

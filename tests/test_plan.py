@@ -282,7 +282,7 @@ FIT_ARGV = ["all", "--random-weights", "opt-66b", "--dtype", "float16", "--devic
 def test_all_keeps_free_what_its_own_plan_needs(tmp_path, capsys):
     """ReCoRD's long passages at --batch-tokens 4096 hold a KV cache in every layer: beside OPT-66B on one
     141 GiB GPU, the auto map's default reserve (about 8192 tokens of one layer, 1833 MiB) leaves the
-    evaluation over budget. `all` fits --reserve from its own plan (plan_cli.fit_reserve): every step's
+    evaluation over budget. `all` fits --reserve from its own plan (study.study.fit_reserve): every step's
     peak is within the budget under the map it then builds, the reserve covers the activations the plan
     puts on the GPU, and every model step's command carries it."""
     default_like = plan_of([*FIT_ARGV, "--reserve", "cuda:0=1833MiB"], tmp_path, capsys)
@@ -309,26 +309,28 @@ def test_all_keeps_free_what_its_own_plan_needs(tmp_path, capsys):
 
 
 def test_all_loads_with_the_reserve_its_plan_fitted(tmp_path, monkeypatch, capsys):
-    """The run builds the map the plan priced: run_all plans first (StudyClock) and every step's
+    """The run builds the map the plan priced: the study is resolved with its plan, and every step's
     command, and the one model load, get the fitted --reserve."""
-    import opt66b.runs.loading
+    from opt66b.runs.loading import LoadSettings
     from study.commands import build_parser
     from study.pipeline import run_all
-    from study.run_cli import all_defaults
+    from study.study import resolve
 
     seen = {}
 
     class Stop(Exception):
         pass
 
-    def fake_load(args):
-        seen["reserve"] = args.reserve
+    def fake_load(self, threads=None, log=None):
+        seen["reserve"] = str(self.reserve)
         raise Stop
 
-    monkeypatch.setattr(opt66b.runs.loading, "load_from_args", fake_load)
-    args = all_defaults(build_parser().parse_args([*FIT_ARGV, "--throughput", "1", "--out", str(tmp_path / "run")]))
+    monkeypatch.setattr(LoadSettings, "load", fake_load)
+    study = resolve(build_parser().parse_args([*FIT_ARGV, "--throughput", "1", "--out", str(tmp_path / "run")]))
+    assert all(f"--reserve {study.load.reserve}" in line for line, (_, s) in zip(study.commands(), study.steps)
+               if s.USES_MODEL)
     with pytest.raises(Stop):
-        run_all(args)
+        run_all(study)
     planned = plan_of(FIT_ARGV, tmp_path, capsys)["reserve"]
     assert seen["reserve"] == planned and planned
     assert not (tmp_path / "run").exists()  # nothing is written before the load

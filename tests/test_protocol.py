@@ -10,7 +10,7 @@ import torch
 from opt66b.runs.results import read_tensors, write_tensors
 from prune.aggregate import PAPER_SEEN_TASKS, aggregate_of, write_aggregate
 from prune.inflection import grid_within_tolerance, headline, knee, within_tolerance
-from prune.transfer import choose_tasks, partners, transfer_plan
+from prune.transfer import choose_tasks, partners, transfer_design
 
 
 def _write(shot_dir, task, value):
@@ -91,8 +91,8 @@ def test_missing_task_gets_the_documented_substitute():
     assert chosen == [{"task": "copa"}, {"task": "winogrande"}, {"task": "rte", "instead_of": "record"}]
 
 
-def test_transfer_plan_lists_partner_runs_and_unseen_tasks():
-    plan = transfer_plan({"shots": {"0": BLOCK}}, wanted=["copa", "winogrande"], seen=SEEN, unseen=["mathqa"])
+def test_transfer_design_lists_partner_runs_and_unseen_tasks():
+    plan = transfer_design({"shots": {"0": BLOCK}}, wanted=["copa", "winogrande"], seen=SEEN, unseen=["mathqa"])
     assert plan["paper_choice_variant"] == "paper_argsort_pearson"
     copa = plan["shots"]["0"]["chosen"][0]
     assert copa["rankings"] == {"own": "copa", "aggregate": "aggregate"}
@@ -217,7 +217,7 @@ def test_last_layer_share_and_denominator_effect_by_hand():
 
 
 def test_correlate_writes_a_seeded_random_baseline_and_the_denominator_rows(tmp_path):
-    from prune.correlate import random_vector, run_correlate
+    from prune.correlate import CorrelateSettings, random_vector, run_correlate
 
     gen = torch.Generator().manual_seed(0)
     shot = tmp_path / "imp" / "shots-0"
@@ -225,7 +225,8 @@ def test_correlate_writes_a_seeded_random_baseline_and_the_denominator_rows(tmp_
     for task in ("copa", "rte", "wic"):
         imp = torch.rand(4, 6, generator=gen) + 0.1
         write_tensors(shot / f"{task}.safetensors", {"importance": imp, "importance_uniform": imp * 2})
-    corr = json.loads(run_correlate(tmp_path / "imp", tmp_path / "out", log=lambda m: None).read_text())
+    s = CorrelateSettings(importance=tmp_path / "imp", out=tmp_path / "out")
+    corr = json.loads(run_correlate(s, log=lambda m: None).read_text())
     block = corr["shots"]["0"]
     assert sorted(random_vector(24, 0)) == [float(i) for i in range(24)] and random_vector(24, 0) != random_vector(24, 1)
     for row in block["random_baseline"].values():
@@ -261,13 +262,13 @@ def test_paper_targets_differ_exactly_where_declared_and_one_changed_target_is_p
 
 
 def test_published_partners_are_the_papers_pairs():
-    from prune.transfer import transfer_plan
+    from prune.transfer import transfer_design
 
     seen = ["copa", "winogrande", "record", "rte", "openbookqa", "wsc", "hellaswag", "wic", "boolq"]
     n = len(seen) + 1
     block = {"tasks": seen + ["aggregate"], "spearman": {"rho": [[0.1] * n] * n},
              "paper_argsort_pearson": [[0.1] * n] * n}
-    plan = transfer_plan({"shots": {"0": block, "5": block}}, variants=["published"])
+    plan = transfer_design({"shots": {"0": block, "5": block}}, variants=["published"])
     got = {(k, e["task"]): (e["partners"]["published"]["high"]["task"], e["partners"]["published"]["low"]["task"])
            for k, b in plan["shots"].items() for e in b["chosen"]}
     assert got == {("0", "copa"): ("winogrande", "record"), ("0", "winogrande"): ("copa", "record"),
@@ -276,5 +277,5 @@ def test_published_partners_are_the_papers_pairs():
     # a published partner without importance here is not used, and the plan says so
     short = {"tasks": ["copa", "winogrande", "aggregate"], "spearman": {"rho": [[0.1] * 3] * 3},
              "paper_argsort_pearson": [[0.1] * 3] * 3}
-    entry = transfer_plan({"shots": {"1": short}}, wanted=["copa"], variants=["published"])["shots"]["1"]["chosen"][0]
+    entry = transfer_design({"shots": {"1": short}}, wanted=["copa"], variants=["published"])["shots"]["1"]["chosen"][0]
     assert entry["partners"] == {} and "wsc" in entry["notes"][0]

@@ -64,7 +64,7 @@ def test_every_task_loads_from_samples():
 
 
 def test_standins_are_disjoint_from_the_split_beside_them():
-    from tasks.data_cli import check_data
+    from tasks.data_check import check_data
 
     def lines(rel):
         return {ln for ln in (SAMPLES / rel).read_text(encoding="utf-8").splitlines() if ln.strip()}

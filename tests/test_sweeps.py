@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import FIXTURES, random_model
+from conftest import FIXTURES, oracle_of, random_model, sweep_of
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -35,15 +35,15 @@ class Recording:
 
 
 def test_ffn_cache_matches_naive_reevaluation(model, tokenizer):
-    from prune.importance import ffn_importance
-    from tasks.evaluate import TaskEvaluation
+    from prune.oracle import ffn_oracle
+    from tasks.evaluation import TaskEvaluation
     from tasks.registry import get_task
 
     task = get_task("copa", FIXTURES)
     runs = {}
     for cached in (True, False):
         ev = Recording(TaskEvaluation(model, tokenizer, task, shots=1, batch_tokens=256))
-        runs[cached] = (ffn_importance(ev, 4, "acc", cached=cached), ev.calls)
+        runs[cached] = (ffn_oracle(ev, 4, "acc", cached=cached), ev.calls)
     (fast, fast_calls), (naive, naive_calls) = runs[True], runs[False]
     assert [kw.get("start_layer", 0) for kw, _ in fast_calls] == [0, 0, 1, 2, 3]  # base + one resume per layer
     assert [kw.get("start_layer", 0) for kw, _ in naive_calls] == [0] * 5
@@ -88,14 +88,13 @@ def write_importances(root: Path, tasks: list[str], shots: int, seed: int = 0) -
 
 
 def run(tmp_path, sweep, ranking="own", log=None, **kw):
-    from prune.sweeps import run_sweep
     from tasks.registry import get_task
 
     log = [] if log is None else log
     tasks = {t: get_task(t, FIXTURES) for t in ("copa", "rte")}
-    table = run_sweep(FakeModel(), None, tasks, sweep, ranking, [0], tmp_path / "out",
-                      lambda m, tok, task, k: FakeEvaluation(log, task.NAME, k),
-                      importance_dir=tmp_path / "imp", ffn_dir=tmp_path / "ffn", **kw)
+    table = sweep_of(FakeModel(), None, tasks, sweep, ranking, [0], tmp_path / "out",
+                     lambda m, tok, task, k: FakeEvaluation(log, task.NAME, k),
+                     importance_dir=tmp_path / "imp", ffn_dir=tmp_path / "ffn", **kw)
     return json.loads(table.read_text()), log
 
 
@@ -165,8 +164,7 @@ def test_sweep_resumes_from_unit_files(tmp_path):
     assert second["results"] == first["results"]
 
 
-def test_ffn_importance_units_resume_and_aggregate(tmp_path):
-    from prune.oracle import run_ffn_importance
+def test_ffn_oracle_units_resume_and_aggregate(tmp_path):
     from tasks.registry import get_task
 
     class Model:
@@ -176,7 +174,7 @@ def test_ffn_importance_units_resume_and_aggregate(tmp_path):
     tasks = {t: get_task(t, FIXTURES) for t in ("copa", "rte")}
     log = []
     make = lambda m, tok, task, k: FakeEvaluation(log, task.NAME, k)  # noqa: E731
-    run_ffn_importance(Model(), None, tasks, [0], tmp_path, make)
+    oracle_of(Model(), None, tasks, [0], tmp_path, make)
     res = json.loads((tmp_path / "shots-0" / "copa.json").read_text())
     # Fake: 1 point per zeroed FFN + (7 l mod 3) points: layer 0 -> 1, 1 -> 2, 2 -> 3, 3 -> 1.
     assert res["drop"] == pytest.approx([1.0, 2.0, 3.0, 1.0])
@@ -187,7 +185,7 @@ def test_ffn_importance_units_resume_and_aggregate(tmp_path):
     (tmp_path / "shots-0" / "rte.json").unlink()
     (tmp_path / "shots-0" / "rte" / "layer-002.json").unlink()
     log.clear()
-    run_ffn_importance(Model(), None, tasks, [0], tmp_path, make)
+    oracle_of(Model(), None, tasks, [0], tmp_path, make)
     assert [(key, start) for key, _, _, start in log] == [(("rte", 0), 0), (("rte", 0), 2)]
     assert json.loads((tmp_path / "shots-0" / "rte.json").read_text())["ranking"] == [0, 3, 1, 2]
 
@@ -198,8 +196,7 @@ def test_shared_evaluation_cache_reuses_cells_exactly_and_runs_each_once(model, 
     cell (bit for bit: JSON floats compared as written), and only the new cells are run."""
     from opt66b.runs.results import write_tensors
     from opt66b.runs.store import Work
-    from prune.sweeps import run_sweep
-    from tasks.evaluate import EvaluationCache, TaskEvaluation
+    from tasks.evaluation import EvaluationCache, TaskEvaluation
     from tasks.registry import get_task
 
     tasks = {"copa": get_task("copa", FIXTURES)}
@@ -216,8 +213,8 @@ def test_shared_evaluation_cache_reuses_cells_exactly_and_runs_each_once(model, 
         for sweep, kw in (("heads", {"head_percents": hp}), ("ffn", {"ffn_percents": fp}),
                           ("grid", {"head_percents": hp, "ffn_percents": fp})):
             works[sweep] = Work()
-            run_sweep(model, tokenizer, tasks, sweep, "own", [0], root, make, **dirs, **kw, work=works[sweep],
-                      cache=cache)
+            sweep_of(model, tokenizer, tasks, sweep, "own", [0], root, make, **dirs, **kw, work=works[sweep],
+                     cache=cache)
         tables = {s: json.loads((root / f"{s}-own.json").read_text())["results"]["copa"]["shots-0"] for s in works}
         return tables, {s: w.forward_passes for s, w in works.items()}
 
@@ -235,7 +232,7 @@ def test_shared_evaluation_cache_reuses_cells_exactly_and_runs_each_once(model, 
 def test_a_mask_of_ones_is_no_mask_bit_for_bit(model, tokenizer):
     """Why EvaluationCache keys a mask of ones as no mask: the model multiplies head outputs and FFN
     outputs by the mask, and x * 1.0 == x exactly, so every log-likelihood is the same bits."""
-    from tasks.evaluate import TaskEvaluation
+    from tasks.evaluation import TaskEvaluation
     from tasks.registry import get_task
 
     ev = TaskEvaluation(model, tokenizer, get_task("copa", FIXTURES), 1, limit=4, batch_tokens=256)
@@ -257,8 +254,8 @@ def test_chunked_oracle_equals_the_cached_and_the_naive_one_bit_for_bit(which, m
     knock-out from layer 0), bit for bit: every request is scored inside one batch, whatever the chunks."""
     from opt66b import OPTConfig
     from opt66b.runs.loading import load
-    from prune.importance import ffn_importance, ffn_knockout_mask
-    from tasks.evaluate import TaskEvaluation
+    from prune.oracle import ffn_knockout_mask, ffn_oracle
+    from tasks.evaluation import TaskEvaluation
     from tasks.registry import get_task
 
     if which == "tiny":
@@ -283,17 +280,15 @@ def test_chunked_oracle_equals_the_cached_and_the_naive_one_bit_for_bit(which, m
         for layer in range(layers):
             assert chunked[layer] == cached[layer] == naive[layer], (size, layer)  # exact float equality
     assert any(naive[layer] != naive["base"] for layer in range(layers))  # the knock-outs change scores
-    a = ffn_importance(ev, layers, "acc", chunk_units=1)
-    b = ffn_importance(ev, layers, "acc", cached=False)
+    a = ffn_oracle(ev, layers, "acc", chunk_units=1)
+    b = ffn_oracle(ev, layers, "acc", cached=False)
     assert a["drop"] == b["drop"] and a["metrics"] == b["metrics"]
 
 
 def test_chunked_oracle_resumes_per_chunk_and_bounds_its_records(tmp_path, model, tokenizer):
-    """run_ffn_importance under a small record budget: chunk files are written and reused on rerun, and
-    the result equals the unbounded run's."""
-    from opt66b.runs.store import UnitStore
-    from prune.oracle import run_ffn_importance
-    from tasks.evaluate import TaskEvaluation
+    """The FFN oracle under a small record budget: chunk files are written and reused on rerun, and the
+    result equals the unbounded run's."""
+    from tasks.evaluation import TaskEvaluation
     from tasks.registry import get_task
 
     tasks = {"piqa": get_task("piqa", FIXTURES)}
@@ -306,11 +301,10 @@ def test_chunked_oracle_resumes_per_chunk_and_bounds_its_records(tmp_path, model
 
     tokens = max(sum(int(p.ids.numel()) for p in (u.main, *u.conts)) for u in probe.scorer.units)
     budget = 2 * chunk_state_bytes(tokens, 4, 32, 4)  # two batches' recorded inputs (4 layers x D 32 x fp32) at a time
-    run_ffn_importance(model, tokenizer, tasks, [0], tmp_path / "bounded", make, store=UnitStore({}),
-                       record_budget=budget)
+    oracle_of(model, tokenizer, tasks, [0], tmp_path / "bounded", make, budget=budget)
     chunks = sorted((tmp_path / "bounded" / "shots-0" / "piqa").glob("chunks-2/chunk-*.safetensors"))
     assert len(chunks) == -(-len(probe.scorer.units) // 2)
-    run_ffn_importance(model, tokenizer, tasks, [0], tmp_path / "whole", make, store=UnitStore({}), record_budget=None)
+    oracle_of(model, tokenizer, tasks, [0], tmp_path / "whole", make, budget=None)
     bounded = json.loads((tmp_path / "bounded" / "shots-0" / "piqa.json").read_text())
     whole = json.loads((tmp_path / "whole" / "shots-0" / "piqa.json").read_text())
     assert bounded["drop"] == whole["drop"] and bounded["metrics"] == whole["metrics"]
@@ -319,7 +313,6 @@ def test_chunked_oracle_resumes_per_chunk_and_bounds_its_records(tmp_path, model
     for layer_file in (tmp_path / "bounded" / "shots-0" / "piqa").glob("layer-*.json"):
         layer_file.unlink()
     stamps = {p: p.stat().st_mtime_ns for p in chunks}
-    run_ffn_importance(model, tokenizer, tasks, [0], tmp_path / "bounded", make, store=UnitStore({}),
-                       record_budget=budget)
+    oracle_of(model, tokenizer, tasks, [0], tmp_path / "bounded", make, budget=budget)
     assert {p: p.stat().st_mtime_ns for p in chunks} == stamps
     assert json.loads((tmp_path / "bounded" / "shots-0" / "piqa.json").read_text())["drop"] == whole["drop"]

@@ -74,10 +74,10 @@ def test_convert_under_a_file_size_limit_names_the_shard(tiny_config, tmp_path):
     torch.save({"model." + k: v for k, v in model.state_dict().items()}, src / "pytorch_model.bin")
     size = (src / "pytorch_model.bin").stat().st_size
     dst = tmp_path / "st"
-    proc = _run(["convert", str(src), str(dst)], limit=size // 2)
+    proc = _run(["convert", str(src), "--out", str(dst)], limit=size // 2)
     err = proc.stderr.strip().splitlines()[-1]
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert "model-00001-of-00001.safetensors" in err and "could not be written" in err, err
     assert not dst.exists() or [p.name for p in dst.iterdir()] == []
-    assert _run(["convert", str(src), str(dst)]).returncode == 0
+    assert _run(["convert", str(src), "--out", str(dst)]).returncode == 0
     assert (dst / "model-00001-of-00001.safetensors").is_file()

@@ -23,7 +23,6 @@ def register_convert(sub: argparse._SubParsersAction) -> None:
                     "safetensors, one shard at a time with torch.load(weights_only=True, mmap=True).",
         epilog=example("python run.py convert ~/hf/opt-1.3b --out ~/ckpt/opt-1.3b"))
     p.add_argument("src", type=Path, help="directory with config.json and pytorch_model*.bin")
-    p.add_argument("dst", type=Path, nargs="?", default=None, help=argparse.SUPPRESS)  # old spelling of --out
     p.add_argument("--out", type=Path, default=None, metavar="DIR", help="output directory (created)")
     p.set_defaults(func=_convert)
 
@@ -31,15 +30,14 @@ def register_convert(sub: argparse._SubParsersAction) -> None:
 def _convert(args: argparse.Namespace) -> int:
     from opt66b.convert import convert_bin_checkpoint
 
-    out = args.out or args.dst
-    if out is None:
+    if args.out is None:
         raise ValueError("give the output directory with --out DIR")
-    convert_bin_checkpoint(args.src, out)
+    convert_bin_checkpoint(args.src, args.out)
     return 0
 
 
 def register_device_map(sub: argparse._SubParsersAction) -> None:
-    from opt66b.runs.options import add_json_arg, add_old_spelling, example
+    from opt66b.runs.options import add_json_arg, example
 
     p = sub.add_parser(
         "device-map", help="show the layer placement for an OPT size and memory budgets",
@@ -52,7 +50,6 @@ def register_device_map(sub: argparse._SubParsersAction) -> None:
                        "--json map.json"))
     p.add_argument("--random-weights", default="opt-66b", metavar="SIZE",
                    help="official size name whose shape is placed, e.g. opt-30b (default opt-66b; no weights are read)")
-    add_old_spelling(p, "--size", "--random-weights", "random_weights")
     p.add_argument("--model", default=None, help="or: a checkpoint directory whose config.json is used")
     p.add_argument("--device-map", default="auto", help="auto (default), ranges, or a .json file")
     p.add_argument("--max-memory", default=None, help="e.g. cuda:0=70GiB,cuda:1=70GiB,cpu=200GiB")

@@ -1,35 +1,34 @@
-"""Shared command-line plumbing for loading a model: the options every sub-command takes.
+"""Loading a model for a run: the model options every sub-command takes, and what a result records of it.
 
 `load(path, dtype=..., device=..., device_map=..., max_memory=..., offload=..., random_weights=...)`
-returns the model, its tokenizer and a JSON-able description (including the device map, memory per
-device and the content identity used by result fingerprints) recorded in every output file; with no
-path the embedded tiny OPT is used. `add_model_args(parser)` declares the same settings as options
-(--model, --dtype, --device, --device-map, --max-memory, --offload, --random-weights) and
-`load_from_args(args)` calls `load` with them.
+returns the model, its tokenizer and a JSON-able description (the device map, memory per device and
+the content identity every result's fingerprint uses) recorded in every output file; with no path the
+embedded tiny OPT is used. `LoadSettings` holds the same settings as typed, frozen options
+(opt66b.runs.options.add_model_args declares them): `LoadSettings.from_args(args).load()`.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
+from dataclasses import dataclass
 import sys
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from opt66b.runs.options import add_model_args  # noqa: F401  (re-exported: the options load_from_args reads)
 from opt66b.config import OPTConfig, config_for_size, config_from_hf
 from opt66b.runs.diagnose import check_weights_finite
 from opt66b.host_memory import bound, needs_bound
 from opt66b.runs.distributed import local_cuda_offset, local_rank, rank_world
 from opt66b.model import OPT
 from opt66b.offload import attach_pinned_streamer, load_streamed
-from opt66b.placement import (GIB, DeviceMap, build_device_map, device_name, dtype_bytes, head_params, layer_bytes,
-                        parse_max_memory, shift_cuda)
+from opt66b.placement import (GIB, Budgets, DeviceMap, build_device_map, device_name, dtype_bytes, head_params, layer_bytes,
+                        shift_cuda)
 from opt66b.runs.identity import checkpoint_identity, tokenizer_identity
 from opt66b.tokenizer import OPTTokenizer, load_tokenizer
-from opt66b.weights import _set_param, load_model
+from opt66b.runs.settings import Options, option, step_class
+from opt66b.weights import build_random_model, load_model
 
 TINY_MODEL_DIR = Path(__file__).resolve().parents[1] / "assets" / "tiny-opt"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -78,35 +77,6 @@ def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:
     return DTYPES[name]
 
 
-def build_random_model(cfg: OPTConfig, dtype: torch.dtype, device_for: Callable[[str], torch.device],
-                       seed: int = 0) -> OPT:
-    """An OPT of shape `cfg` with random weights created directly on `device_for(name)`.
-
-    LayerNorm weights 1, biases 0, matrices N(0, 0.02). Each parameter has its own seed
-    (seed, parameter index), so values do not depend on the device map (for one device type).
-    """
-    with torch.device("meta"):
-        model = OPT(cfg)
-    for idx, (name, p) in enumerate(list(model.named_parameters())):
-        dev = torch.device(device_for(name))
-        gen_dev = torch.device("cuda") if dev.type == "cpu" and torch.cuda.is_available() else dev
-        t = torch.empty(p.shape, dtype=dtype, device=gen_dev)
-        if "layer_norm" in name and name.endswith("weight"):
-            t.fill_(1.0)
-        elif name.endswith("bias"):
-            t.zero_()
-        else:
-            gen = torch.Generator(device=gen_dev).manual_seed(seed * 1_000_003 + idx)
-            t.normal_(0.0, 0.02, generator=gen)
-        _set_param(model, name, t.to(dev))
-    return model.eval()
-
-
-# The loader's keyword arguments, as argparse dest names (add_model_args declares them).
-LOAD_OPTIONS = ("model", "tokenizer", "dtype", "device", "device_map", "max_memory", "reserve", "offload",
-                "random_weights", "random_weights_seed")
-
-
 def load(model: str | Path | None = None, *, tokenizer: str | Path | None = None, dtype: str | torch.dtype | None = None,
          device: str | torch.device | None = None, device_map: str | None = None,
          max_memory: str | dict[str, int] | None = None, reserve: str | dict[str, int] | None = None,
@@ -130,8 +100,8 @@ def load(model: str | Path | None = None, *, tokenizer: str | Path | None = None
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     device = check_device_available(resolve_device(None if device is None else str(device)), "--device")
     dtype = dtype if isinstance(dtype, torch.dtype) else resolve_dtype(dtype, device)
-    max_memory = max_memory if isinstance(max_memory, dict) else parse_max_memory(max_memory)
-    reserve = reserve if isinstance(reserve, dict) or reserve is None else parse_max_memory(reserve, "--reserve")
+    max_memory = Budgets.parse(max_memory, "--max-memory")
+    reserve = Budgets.parse(reserve, "--reserve") or None
     offload = offload or "auto"
     if needs_bound(max_memory, offload):  # a host budget: memory follows the live tensors (host_memory.py)
         bound()
@@ -224,11 +194,42 @@ def _load_placed(model_dir: Path | None, size: str | None, seed: int, cfg: OPTCo
     return net
 
 
-def load_from_args(args: argparse.Namespace, log=None) -> tuple[Any, OPTTokenizer, dict[str, Any]]:
-    """`load` with the options of `add_model_args` (absent attributes take load's defaults)."""
-    apply_threads(getattr(args, "threads", None), log)
-    kwargs = {name: getattr(args, name) for name in LOAD_OPTIONS if getattr(args, name, None) is not None}
-    return load(**kwargs, log=log)
+@dataclass(frozen=True, kw_only=True)
+class LoadSettings(Options):
+    """The model options every model step takes (opt66b.runs.options.add_model_args), parsed once: what
+    `load` reads, what commands.txt renders before each step's own options, what `--plan` places."""
+
+    model: Path | None = option(None)
+    tokenizer: Path | None = option(None)
+    dtype: str | None = option(None)
+    device: str | None = option(None)
+    device_map: str | None = option(None)
+    max_memory: Budgets = option(Budgets(), parse=lambda t: Budgets.parse(t, "--max-memory"))
+    reserve: Budgets | None = option(None, parse=lambda t: Budgets.parse(t, "--reserve") or None)
+    offload: str = option("auto")
+    random_weights: str | None = option(None)
+    random_weights_seed: int = option(0)
+
+    def options(self) -> list[str]:
+        """The model flags, without the ones left at their defaults (an empty budget, auto offload, seed 0)."""
+        defaults = {"max_memory": "", "offload": "auto", "random_weights_seed": "0"}
+        out, flags = [], super().options()
+        i = 0
+        while i < len(flags):
+            name = flags[i][2:].replace("-", "_")
+            if defaults.get(name) != flags[i + 1]:
+                out += flags[i:i + 2]
+            i += 2
+        return out
+
+    def load(self, threads: int | None = None, log: Callable[[str], None] | None = None
+             ) -> tuple[OPT, OPTTokenizer, dict[str, Any]]:
+        """`load` with these options, after setting the CPU threads (--threads)."""
+        apply_threads(threads, log)
+        return load(self.model, tokenizer=self.tokenizer, dtype=self.dtype, device=self.device,
+                    device_map=self.device_map, max_memory=self.max_memory, reserve=self.reserve,
+                    offload=self.offload, random_weights=self.random_weights,
+                    random_weights_seed=self.random_weights_seed, log=log)
 
 
 def check_stream_budget(cfg: OPTConfig, dtype: torch.dtype, budget: int | None, device: str) -> int:
@@ -239,3 +240,15 @@ def check_stream_budget(cfg: OPTConfig, dtype: torch.dtype, budget: int | None, 
         raise ValueError(f"--max-memory {device}={budget / GIB:.2f} GiB is below what streaming needs: "
                          f"{need / GIB:.2f} GiB (embeddings/head + two layer buffers) plus activations")
     return need
+
+
+def run_step(args: Any) -> int:
+    """A sub-command that is a step (its parser names the settings class, `args.step`): its parsed options ->
+    settings -> check -> the model loaded (for a model step) -> execute."""
+    settings = step_class(args.step).from_args(args)
+    settings.check()  # before the model loads
+    if not settings.USES_MODEL:
+        settings.execute()
+        return 0
+    settings.execute(LoadSettings.from_args(args).load(threads=getattr(args, "threads", None)))
+    return 0

@@ -10,7 +10,7 @@ appears. Only argparse and pathlib are imported here (no torch): `run.py --help`
     --json PATH      write a file-only command's result as JSON to PATH ("-": to stdout): data check's
                      rows, device-map's map
     --plan           print passes, tokens, FLOPs, memory and time of the command without running it
-    --plan-json PATH the same plan as JSON (implies --plan); a model step's old `--json` still means it
+    --plan-json PATH the same plan as JSON (implies --plan)
 """
 
 from __future__ import annotations
@@ -28,27 +28,7 @@ class _PlanJson(argparse.Action):
     """--plan-json PATH: write the plan as JSON, which implies --plan."""
 
     def __call__(self, parser, namespace, values, option_string=None):
-        if option_string != "--plan-json":
-            print(f"note: {option_string} on a step that runs the model is deprecated; it means --plan-json",
-                  file=sys.stderr)
         namespace.json, namespace.plan = values, True
-
-
-class _Deprecated(argparse.Action):
-    """An old spelling kept for one release: stores into the new option's dest and says so once."""
-
-    def __init__(self, option_strings, dest, new: str = "", **kwargs):
-        self.new = new
-        super().__init__(option_strings, dest, **kwargs)
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        print(f"note: {option_string} is deprecated; it means {self.new}", file=sys.stderr)
-        setattr(namespace, self.dest, values)
-
-
-def add_old_spelling(parser: argparse.ArgumentParser, old: str, new: str, dest: str, **kwargs: Any) -> None:
-    """`old` keeps working as `new` (same dest, hidden from --help) with a one-line notice."""
-    parser.add_argument(old, dest=dest, action=_Deprecated, new=new, help=argparse.SUPPRESS, **kwargs)
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -131,8 +111,6 @@ def add_plan_args(parser: argparse.ArgumentParser, step: str) -> None:
             action.help = action.help.replace("(required)", "(required, except with --plan)")
     g.add_argument("--plan-json", dest="json", action=_PlanJson, type=Path, default=None, metavar="PATH",
                    help="write the plan as JSON to PATH ('-': to stdout, instead of the table); implies --plan")
-    g.add_argument("--json", dest="json", action=_PlanJson, type=Path, help=argparse.SUPPRESS)  # the old spelling
-    parser.set_defaults(plan_step=step)
 
 
 def emit_json(path: Path | None, obj: Any) -> None:

@@ -5,7 +5,7 @@
     python tests/benchmarks/bench_all_cache.py --tasks copa rte --limit 4 --shots 0   # a quick look
 
 Runs `run.py all` twice in this process on the embedded tiny OPT and the bundled samples, each into a
-fresh --out: once as shipped (one tasks.evaluate.EvaluationCache shared by every step, so a cell two
+fresh --out: once as shipped (one tasks.evaluation.EvaluationCache shared by every step, so a cell two
 sweeps contain is evaluated once) and once with no cache shared between steps (each step keeps its
 own, so it still evaluates identical masks once, as when the steps run alone from commands.txt). Prints wall seconds and model forward passes (OUT/work.json) of each, their ratios, and
 checks that both runs wrote the same numbers (tests/compare_runs.py). Not collected by pytest.

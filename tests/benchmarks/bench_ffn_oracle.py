@@ -45,7 +45,7 @@ def main() -> int:
 
     from opt66b import OPT, OPTConfig, config_for_size, load_tokenizer
     from prune.importance import ffn_importance
-    from tasks.evaluate import TaskEvaluation
+    from tasks.evaluation import TaskEvaluation
     from tasks.registry import get_task
 
     cfg = config_for_size(args.size) if args.size else OPTConfig(hidden_size=512, num_layers=12, num_heads=8,

@@ -45,7 +45,7 @@ def main() -> None:
     from opt66b.runs.loading import TINY_MODEL_DIR
     from prune.importance import ffn_knockout_mask
     from tasks.cli_options import SAMPLES_DIR
-    from tasks.evaluate import TaskEvaluation
+    from tasks.evaluation import TaskEvaluation
     from tasks.registry import get_task
 
     torch.set_num_threads(args.threads)

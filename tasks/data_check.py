@@ -3,30 +3,13 @@ count (docs/data.md), which stand-in files are used, and what a missing split bl
 
 from __future__ import annotations
 
-import argparse
-import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from opt66b.runs.settings import StepSettings, option
 
-def register_data(sub: argparse._SubParsersAction) -> None:
-    from opt66b.runs.options import add_json_arg, example
-
-    from .cli_options import add_data_arg
-
-    p = sub.add_parser(
-        "data", help="inspect the evaluation data directory",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Data utilities. `check` reads every task's files under --data and reports, per task "
-                    "and split, the file used, record counts against the published counts, fallbacks "
-                    "and what each missing split blocks.",
-        epilog=example("python run.py data check --data ~/data",
-                       "python run.py data check --data ~/data --tasks piqa mathqa --json report.json"))
-    p.add_argument("action", choices=["check"], help="what to do")
-    add_data_arg(p)
-    p.add_argument("--tasks", nargs="+", default=None, help="task names (default: all 16)")
-    add_json_arg(p, "the report")
-    p.set_defaults(func=_data)
+from .cli_options import SAMPLES_DIR
 
 
 def check_data(data_dir: Path, names: list[str] | None = None) -> list[dict[str, Any]]:
@@ -109,27 +92,34 @@ def format_report(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _data(args: argparse.Namespace) -> int:
-    from .settings import DataCheckSettings
+@dataclass(frozen=True, kw_only=True)
+class DataCheckSettings(StepSettings):
+    """`run.py data check`: which files each task reads, their counts and sha256."""
 
-    return DataCheckSettings.handle(args)
+    COMMAND = ("data", "check")
+    USES_MODEL = False
+    data: Path = option(SAMPLES_DIR)
+    tasks: tuple[str, ...] | None = option(None)
+    json: Path | None = option(None)
 
+    def check(self) -> None:
+        if not Path(self.data).is_dir():
+            raise FileNotFoundError(f"{self.data}: data directory not found (layout: <data>/<task>/<file as released>)")
 
-def run_data_check(s: Any) -> dict[str, Any]:
-    """The data check of DataCheckSettings `s`: the table on stdout (unless --json -), the rows as JSON;
-    code 2 when a file is unusable (bad input, like any other)."""
-    if not Path(s.data).is_dir():
-        raise FileNotFoundError(f"{s.data}: data directory not found (layout: <data>/<task>/<file as released>)")
-    from opt66b.runs.options import emit_json
-
-    rows = check_data(Path(s.data), list(s.tasks) if s.tasks else None)
-    if s.json is None or str(s.json) != "-":
-        print(format_report(rows))
-    if s.json is not None:
+    def execute(self, loaded: Any = None, cache: Any = None) -> None:
+        """The table on stdout (unless --json -), the rows as JSON; a file that cannot be used is bad input
+        (exit 2), named after the table shows every row."""
+        from opt66b.runs.options import emit_json
         from opt66b.runs.results import run_metadata
 
-        emit_json(s.json, {"rows": rows, "meta": run_metadata(data=str(s.data))})
-    errors = [r for r in rows if r["status"] == "error"]
-    for r in errors:
-        print(f"run.py data: error: {r['note']}", file=sys.stderr)
-    return {"code": 2 if errors else 0, "work": None}
+        self.check()
+        rows = check_data(Path(self.data), list(self.tasks) if self.tasks else None)
+        if self.json is None or str(self.json) != "-":
+            print(format_report(rows))
+        if self.json is not None:
+            emit_json(self.json, {"rows": rows, "meta": run_metadata(data=str(self.data))})
+        errors = [r for r in rows if r["status"] == "error"]
+        if errors:
+            more = f" (and {len(errors) - 1} more: see the table)" if len(errors) > 1 else ""
+            raise ValueError(errors[0]["note"] + more)
+        return None

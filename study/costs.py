@@ -1,0 +1,160 @@
+"""The cost plan: what a list of steps costs on a placed model, as one JSON-able object and as a table.
+
+    steps = price([(label, settings, command), ...], shape, tokenizer)   # one StepPlan per step
+    plan = make_plan(steps, shape, info, plan_settings)                    # {"model", "steps", "total", ...}
+    print(format_plan(plan))
+
+A step is priced by its planner (study/planners.py) with the cost rules of study/plan.py; `run.py CMD --plan`
+(study/plan_cli.py) and `run.py all` (study/study.py, which also fits the device map's reserve to it) both
+come here. "Plan" in this code means this cost plan and nothing else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from opt66b.runs.settings import Options, option
+
+from .machine import HOST_TO_DEVICE_GBS, calibrate_tflops
+from .plan import FLOP_MODEL, Shape, StepPlan
+from .planners import planner_of, reset
+
+GIB = 1 << 30
+
+
+@dataclass(frozen=True, kw_only=True)
+class PlanSettings(Options):
+    """The options of `--plan` (opt66b.runs.options.add_plan_args): throughput, processes, precision, output."""
+
+    throughput: float | None = option(None)
+    processes: int | None = option(None)
+    target_halfwidth: float | None = option(None)
+    json: Path | None = option(None)
+
+    def check(self) -> None:
+        if self.throughput is not None and self.throughput <= 0:
+            raise ValueError(f"--throughput must be > 0 TFLOP/s, got {self.throughput}")
+        if self.processes is not None and self.processes < 1:
+            raise ValueError(f"--processes must be >= 1, got {self.processes}")
+        if self.target_halfwidth is not None and self.target_halfwidth <= 0:
+            raise ValueError(f"--target-halfwidth must be > 0 points, got {self.target_halfwidth}")
+
+
+def price(steps: Sequence[tuple[str, Any, str]], shape: Shape, tokenizer: Any, keep: bool = False) -> list[StepPlan]:
+    """One StepPlan per (label, settings, command): its passes, FLOPs and memory, by the step's planner (a step
+    without one only reads files). keep: reuse the previous call's evaluations (same data and batch budget)."""
+    reset(keep)
+    out = []
+    for label, settings, command in steps:
+        step = StepPlan(label, shape, command=command)
+        planner = planner_of(settings)
+        if planner is not None:
+            planner(step, settings, tokenizer)
+        else:
+            step.notes.append("reads earlier results only: no model passes")
+        out.append(step)
+    return out
+
+
+def make_plan(steps: list[StepPlan], shape: Shape, info: dict[str, Any], ps: PlanSettings,
+              reserve: Any = None) -> dict[str, Any]:
+    """The plan as JSON: the model, every step's row, the totals, the throughput and the time on
+    ps.processes processes (default: WORLD_SIZE under torchrun, else 1)."""
+    from opt66b.runs.distributed import rank_world
+
+    ps.check()
+    if ps.throughput is not None:
+        tflops, source = ps.throughput, "given (--throughput)"
+    else:
+        tflops, source = calibrate_tflops(info["compute"], info["dtype"], shape.cfg)
+    rows = [{"step": s.label, "command": s.command, "forward_passes": s.forward, "backward_passes": s.backward,
+             "tokens": s.tokens, "padded_tokens": s.padded_tokens, "logit_positions": s.logit_positions,
+             "flops": s.flops, "seconds": s.flops / (tflops * 1e12) if tflops else None,
+             "peak_bytes": s.peak(), "host_bytes": s.host_bytes, "streamed_bytes": s.streamed_bytes,
+             "notes": s.notes} for s in steps]
+    peak: dict[str, int] = {}
+    for r in rows:
+        for dev, b in r["peak_bytes"].items():
+            peak[dev] = max(peak.get(dev, 0), b)
+    total = {k: sum(r[k] for r in rows) for k in ("forward_passes", "backward_passes", "tokens", "padded_tokens",
+                                                  "logit_positions", "flops")}
+    total.update(seconds=total["flops"] / (tflops * 1e12) if tflops else None, peak_bytes=peak,
+                 host_bytes=max(r["host_bytes"] for r in rows), streamed_bytes=sum(r["streamed_bytes"] for r in rows))
+    processes = ps.processes if ps.processes is not None else rank_world()[1]
+    # Under torchrun every model step splits its units over the processes (each with its own copy of the
+    # placement), so its time divides by their number, as far as the units split evenly; steps that only
+    # read files run once.
+    total["seconds_on_processes"] = None if total["seconds"] is None else sum(
+        r["seconds"] / (processes if r["forward_passes"] else 1) for r in rows)
+    return {"model": info, "weights_bytes": shape.weights_on, "reserve": None if reserve is None else str(reserve),
+            "throughput_tflops": tflops, "throughput_source": source, "flop_model": FLOP_MODEL, "steps": rows,
+            "total": total, "processes": processes}
+
+
+def add_precision(plan: dict[str, Any], ps: PlanSettings, data: Path, tasks: Sequence[str], shots: Sequence[int],
+                  limit: int | None, tokenizer: Any, out: Path | None) -> None:
+    """The precision of the accuracies and drops the planned evaluations give (study/precision.py)."""
+    from tasks.registry import TASKS
+
+    from .precision import precision_plan
+
+    out = Path(out) if out is not None and Path(out).is_dir() else None
+    names = [t for t in tasks if t in TASKS]
+    plan["precision"] = precision_plan(Path(data), names, list(shots), limit, tokenizer, out=out,
+                                       target=ps.target_halfwidth)
+
+
+def _num(x: float) -> str:
+    for unit, scale in (("E", 1e18), ("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if x >= scale:
+            return f"{x / scale:.3g}{unit}"
+    return f"{x:.3g}"
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    if seconds < 60:
+        return f"{seconds:.2g}s"
+    h, rest = divmod(round(seconds), 3600)
+    return f"{h}h{rest // 60:02d}m" if h else f"{rest // 60}m{rest % 60:02d}s"
+
+
+def format_plan(plan: dict[str, Any]) -> str:
+    m = plan["model"]
+    lines = [f"plan for {m['model']}: {m['layers']} layers x {m['heads']} heads, {m['params'] / 1e9:.3g}B params, "
+             f"{m['dtype']}, compute on {m['compute']} (nothing was run, no weights were read)",
+             f"FLOPs: {plan['flop_model']}",
+             f"throughput: {plan['throughput_tflops'] or 0:.4g} TFLOP/s, {plan['throughput_source']}", ""]
+    head = f"{'step':<38}{'fwd':>8}{'bwd':>7}{'tokens':>9}{'padded':>9}{'FLOPs':>9}{'time':>9}  peak memory per device"
+    lines += [head, "-" * len(head)]
+    budgets = m["budget_gib"]
+
+    def mem(peak: dict[str, int]) -> str:
+        return ", ".join(f"{d} {b / GIB:.1f} GiB" + (f" of {budgets[d]:g}" + (" OVER BUDGET" if b > budgets[d] * GIB else "")
+                                                      if d in budgets else "") for d, b in peak.items())
+    for r in [*plan["steps"], {"step": "total", **plan["total"], "notes": []}]:
+        if r["step"] == "total":
+            lines.append("-" * len(head))
+        lines.append(f"{r['step'][:37]:<38}{r['forward_passes']:>8}{r['backward_passes']:>7}{_num(r['tokens']):>9}"
+                     f"{_num(r['padded_tokens']):>9}{_num(r['flops']):>9}{_duration(r['seconds']):>9}  {mem(r['peak_bytes'])}")
+        lines += [f"{'':<4}note: {n}" for n in r["notes"]]
+    if plan.get("processes", 1) > 1:
+        lines.append(f"on {plan['processes']} processes (torchrun, units split evenly, each process its own copy of "
+                     f"the placement above): about {_duration(plan['total']['seconds_on_processes'])}")
+    if plan["total"]["host_bytes"]:
+        lines.append(f"host memory beyond the weights (largest step): {plan['total']['host_bytes'] / GIB:.1f} GiB")
+    if plan["total"]["streamed_bytes"]:
+        streamed = plan["total"]["streamed_bytes"]
+        lines.append(f"weights streamed to {m['compute']} (--offload): {streamed / GIB:,.{0 if streamed >= 100 * GIB else 3}f} GiB in all, about "
+                     f"{_duration(streamed / (HOST_TO_DEVICE_GBS * 1e9))} at {HOST_TO_DEVICE_GBS} GB/s (PCIe 4.0 x16) "
+                     "on top of the time above where compute does not hide it")
+    lines.append("peak = weights placed on the device + the largest pass's activations (estimate, see study/plan.py); "
+                 "time = FLOPs / throughput, transfers of streamed layers not included")
+    if plan.get("precision"):
+        from .precision import format_precision
+
+        lines.append(format_precision(plan["precision"]))
+    return "\n".join(lines)

@@ -1,0 +1,212 @@
+"""One task at one shot count, evaluated: prompts -> Scorer -> per-doc metrics -> aggregated metrics, and
+the cache and store every step that evaluates tasks shares (the `eval` step itself: tasks/evaluate.py).
+
+Mirrors lm-evaluation-harness v0.3 `evaluator.evaluate` for a single task (docs/method.md,
+"Evaluation"): the seeded doc order and demos come from
+`Task.instances`, scoring from tasks/scoring.py, aggregation from the task (tasks/metrics.py).
+
+`TaskEvaluation` builds the prompts and the scoring plan once, so a pruning sweep can evaluate the
+same task under many masks:
+
+    ev = TaskEvaluation(model, tok, get_task("copa", data), shots=1, limit=100)
+    base = ev.run(record_layer_inputs=True)               # {"acc": ...}
+    knocked = ev.run(ffn_mask=mask, start_layer=layer)    # only layers >= layer recomputed
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from opt66b.runs.results import NonFiniteError
+from opt66b.layer_major import DEFAULT_CHUNK_BUDGET
+
+from .base import Result, Task
+from .metrics import task_metrics_with_errors
+from .scoring import Scorer
+
+
+class TaskEvaluation:
+    """Instances and Scorer of (task, shots, limit, seed), built once; `run` under any masks."""
+
+    def __init__(self, model: Any, tokenizer: Any, task: Task, shots: int, limit: int | None = None,
+                 seed: int = 42, batch_tokens: int = 4096, max_length: int | None = None,
+                 progress_label: str | None = None, chunk_budget: int | None = DEFAULT_CHUNK_BUDGET):
+        if shots < 0:
+            raise ValueError(f"shots must be >= 0, got {shots}")
+        if limit is not None and limit < 1:
+            raise ValueError(f"limit must be >= 1 (or None for all docs), got {limit}")
+        self.task, self.shots, self.limit, self.seed = task, shots, limit, seed
+        self.instances = task.instances(shots, limit=limit, seed=seed)
+        self.requests = [r for inst in self.instances for r in inst.requests]
+        self.scorer = Scorer(model, tokenizer, self.requests, batch_tokens=batch_tokens, max_length=max_length,
+                             progress_label=progress_label, chunk_budget=chunk_budget)
+        self.results: list[Result] | None = None  # of the latest run, in request order
+
+    def identity(self) -> str:
+        """What fixes this evaluation's numbers on a given model (EvaluationCache's key): the task's
+        identity and prompt variant, shots, limit, seed and the batching."""
+        return json.dumps([task_fingerprint(self.task), getattr(self.task, "paper_quirks", False), self.shots,
+                           self.limit, self.seed, self.scorer.batch_tokens, self.scorer.max_length], sort_keys=True)
+
+    def run(self, head_mask: torch.Tensor | None = None, ffn_mask: torch.Tensor | None = None,
+            start_layer: int = 0, record_layer_inputs: bool = False) -> dict[str, float]:
+        """Aggregated metrics ({metric: value}, fractions not points) under the given masks."""
+        self.results = self.scorer.run(head_mask=head_mask, ffn_mask=ffn_mask, start_layer=start_layer,
+                                       record_layer_inputs=record_layer_inputs)
+        self._check_finite()
+        return task_metrics_with_errors(self.task, self.instances, self.results)
+
+    def run_knockouts(self, runs: Sequence[tuple[Any, Any, Any, int]], chunk_units: int, done=None,
+                      on_chunk=None, layer_major: bool | None = None) -> dict[Any, dict[str, float]]:
+        """{"base": metrics, key: metrics} of the unmasked run and each (key, head_mask, ffn_mask,
+        start_layer) run, computed chunk by chunk (Scorer.run_knockouts): memory bounded by the chunk."""
+        per_key = self.scorer.run_knockouts(runs, chunk_units, done=done, on_chunk=on_chunk, layer_major=layer_major)
+        out = {}
+        for key, results in per_key.items():
+            self.results = results
+            self._check_finite()
+            out[key] = task_metrics_with_errors(self.task, self.instances, results)
+        return out
+
+    def _check_finite(self) -> None:
+        """A NaN/inf log-likelihood would turn into a plausible-looking accuracy (NaN compares
+        false): an error naming the task, doc and request instead."""
+        k = 0
+        for inst in self.instances:
+            for j, req in enumerate(inst.requests):
+                ll = self.results[k][0]
+                k += 1
+                if not math.isfinite(ll):
+                    raise NonFiniteError(
+                        f"{self.task.NAME} {self.shots}-shot: doc {inst.doc_id} request {j} (continuation "
+                        f"{req.continuation!r:.40}) has log-likelihood {ll}; the model produced non-finite "
+                        "logits: corrupt or NaN weights, or float16 overflow (try --dtype float32 or bfloat16)")
+
+    def records(self) -> list[dict[str, Any]]:
+        """One JSON-able record per request of the latest run: doc_id, context, continuation,
+        loglikelihood (nats, summed over the continuation), is_greedy."""
+        if self.results is None:
+            raise ValueError("no results yet: call run() first")
+        out, k = [], 0
+        for inst in self.instances:
+            for req in inst.requests:
+                ll, greedy = self.results[k]
+                out.append({"doc_id": inst.doc_id, "context": req.context, "continuation": req.continuation,
+                            "loglikelihood": ll, "is_greedy": greedy})
+                k += 1
+        return out
+
+
+def evaluate_task(model: Any, tokenizer: Any, task: Task, shots: int, limit: int | None = None, seed: int = 42,
+                  head_mask: torch.Tensor | None = None, ffn_mask: torch.Tensor | None = None,
+                  batch_tokens: int = 4096, max_length: int | None = None,
+                  progress_label: str | None = None) -> dict[str, Any]:
+    """{"metrics": {metric: value}, "records": [per request: doc_id, context, continuation,
+    loglikelihood, is_greedy]} for one task at `shots` demos (lm-eval order: Random(seed))."""
+    ev = TaskEvaluation(model, tokenizer, task, shots, limit=limit, seed=seed, batch_tokens=batch_tokens,
+                        max_length=max_length, progress_label=progress_label)
+    metrics = ev.run(head_mask=head_mask, ffn_mask=ffn_mask)
+    return {"metrics": metrics, "records": ev.records()}
+
+
+# -- shared between the steps that evaluate: the cache of full runs, the unit store --------------------
+class EvaluationCache:
+    """Metrics of the full evaluations already run on one loaded model, by what fixes them: the
+    task's identity (name, VERSION, data by content, paper quirks), shots, limit, seed, batch budget,
+    max length, and the exact mask values.
+
+    `run.py all` shares one between its steps, so an evaluation that several sweeps contain is run
+    once: every 0% unit is the unpruned evaluation, the grid's FFN-0% column is the head sweep and its
+    heads-0% row the FFN sweep, and one sweep evaluates two percentages that mask the same heads once.
+    Reuse is exact, not approximate: the same masks on the same batches run the same operations (a
+    mask of ones counts as no mask: multiplying by 1.0 changes no bit).
+    Only full runs are kept (start_layer 0); the FFN oracle's layer-skipping runs are not.
+    """
+
+    def __init__(self, model: Any):
+        self.model = model
+        self._metrics: dict[tuple[str, bytes, bytes], dict[str, float]] = {}
+        self._pinned: dict[str, Any] = {}
+
+    def key(self, evaluation: Any, head_mask: Any, ffn_mask: Any) -> tuple[str, bytes, bytes]:
+        """An evaluation without an identity() (a test's stand-in) is only equal to itself; it is
+        kept alive here so its id is never reused by another object."""
+        if hasattr(evaluation, "identity"):
+            ident = evaluation.identity()
+        else:
+            ident = f"object {id(evaluation)}"
+            self._pinned[ident] = evaluation
+        return ident, _mask_bytes(head_mask), _mask_bytes(ffn_mask)
+
+    def run(self, evaluation: Any, head_mask: Any = None, ffn_mask: Any = None) -> tuple[dict[str, float], bool]:
+        """(metrics, computed): the cached metrics of this evaluation under these masks, or a new
+        full run of it (computed=True) that is then kept."""
+        scorer = getattr(evaluation, "scorer", None)
+        if scorer is not None and scorer.model is not self.model:
+            raise ValueError("EvaluationCache: this evaluation scores another model than the cache's")
+        key = self.key(evaluation, head_mask, ffn_mask)
+        if key in self._metrics:
+            return dict(self._metrics[key]), False
+        metrics = evaluation.run(head_mask=head_mask, ffn_mask=ffn_mask)
+        self._metrics[key] = dict(metrics)
+        return metrics, True
+
+    def __contains__(self, key: tuple[str, bytes, bytes]) -> bool:
+        return key in self._metrics
+
+    def put(self, evaluation: "TaskEvaluation", metrics: dict[str, float], head_mask: Any = None,
+            ffn_mask: Any = None) -> None:
+        """Keep the metrics of a full run made elsewhere (the evaluation step's own run)."""
+        self._metrics[self.key(evaluation, head_mask, ffn_mask)] = dict(metrics)
+
+
+def _mask_bytes(mask: Any) -> bytes:
+    """A mask's exact values; no mask and a mask of ones are the same key: the model multiplies by the
+    mask (x * 1.0 == x exactly in IEEE arithmetic, any dtype), so their runs agree bit for bit."""
+    if mask is None:
+        return b""
+    values = torch.as_tensor(mask).detach().float().cpu()
+    return b"" if bool((values == 1.0).all()) else values.numpy().tobytes()
+
+
+def task_fingerprint(task: Task) -> dict[str, Any]:
+    """What fixes a task's numbers besides the model and settings: name, VERSION, data files by content."""
+    from opt66b.runs.store import files_fingerprint
+
+    return {"task": task.NAME, "version": task.VERSION, "data_sha256": files_fingerprint(task.data_files())}
+
+
+def load_eval_masks(head_path: Path | None, ffn_path: Path | None, num_layers: int, num_heads: int,
+                    soft: bool = False):
+    """(head_mask (L, H) or None, ffn_mask (L,) or None) from the given files; a file lacking the
+    tensor asked of it, or of the wrong shape for this model, is an error naming the file."""
+    from opt66b.runs.mask_files import read_masks
+
+    head = ffn = None
+    if head_path is not None:
+        head, _ = read_masks(head_path, num_layers, num_heads, soft)
+        if head is None:
+            raise KeyError(f"{head_path}: no 'head_mask' tensor (layers, heads) = ({num_layers}, {num_heads}) in it")
+    if ffn_path is not None:
+        _, ffn = read_masks(ffn_path, num_layers, num_heads, soft)
+        if ffn is None:
+            raise KeyError(f"{ffn_path}: no 'ffn_mask' tensor (layers,) = ({num_layers},) in it")
+    return head, ffn
+
+
+def evaluation_store(info: dict[str, Any], *, limit: int | None, seed: int, paper_quirks: bool, recompute: bool,
+                     **extra: Any) -> Any:
+    """The unit store (opt66b.runs.store) of every step that evaluates tasks (eval, the FFN oracle, the sweeps,
+    the transfer): the model, which docs (limit, seed) and which prompts (paper_quirks) fix an
+    evaluation's numbers; `extra`, what else a step's units depend on (eval: max_length, masks). Not
+    batch_tokens: a batch shape moves only the last float bits and a resumed run may have another memory
+    budget, so it is recorded in each unit instead of refusing it."""
+    from opt66b.runs.store import UnitStore, model_fingerprint
+
+    return UnitStore({**model_fingerprint(info), "limit": limit, "seed": seed, "paper_quirks": paper_quirks, **extra},
+                     recompute=recompute)
