@@ -21,6 +21,7 @@ import torch
 from opt66b.fileio import sha256_file
 from opt66b.runs.store import UnitStore, Work, in_memory_info, model_fingerprint
 
+from opt66b.cost import ModelShape
 from opt66b.runs.settings import ModelStep, option
 
 from . import sequences as sq
@@ -62,13 +63,17 @@ def _run(s: "ScoreSettings", model: Any, tokenizer: Any, info: dict[str, Any] | 
                        "length_step": length_step, **fields}, recompute=s.recompute)
     work = Work()
 
+    shape = ModelShape.of(model)
+    units = {u.key[1]: u for u in s.units(shape, tokenizer)}
+    by_length = {length(seed) * sq.REPEATS + 1: units[seed] for seed in seed_list}  # a sequence's unit, by its length
+
     def counted(tokens: torch.Tensor, vs: list[str]) -> dict[str, torch.Tensor]:
         n = passes(vs)
-        work.add(forward=n, tokens=n * tokens.numel())
+        work.add(forward=n, tokens=n * tokens.numel(), flops=by_length[tokens.numel()].flops(shape.rule))
         return score(tokens, vs, (tokens.numel() - 1) // 4)
 
     summary = run_seeds("prefix_matching" if s.KIND == "prefix" else "copying", seed_list, variants, s.out, lambda seed: make(pool, seed, length(seed)), counted,
-                        settings, top=s.top, store=store)
+                        settings, top=s.top, store=store, costs=[units[seed].flops(shape.rule) for seed in seed_list])
     return {"summary": summary, "work": work.as_dict()}
 
 
@@ -110,6 +115,29 @@ class ScoreSettings(ModelStep):
         if self.start_length < 1 or self.length_step < 0:
             raise ValueError("--start-length must be >= 1 and --length-step >= 0")
         return selected_variants(self.KIND, self.variant)
+
+    def units(self, shape: Any, tokenizer: Any = None, done: Any = None) -> list[Any]:
+        """The work units (opt66b.cost) the run splits and the plan prices: one sequence (seed) each. Prefix
+        matching runs one captured forward (the attention probabilities kept); copying's residual variant runs
+        one, its direct-path variants (paper, index_fix, text) run layer pieces on the embedding-level input,
+        no model pass: counted in FLOPs only (q, k, v of the input, the (T, T) attention, the OV readout)."""
+        from opt66b.cost import Passes, Run, WorkUnit
+
+        cfg, variants = shape.cfg, self.check()
+        d = cfg.hidden_size
+        units = []
+        for seed in range(self.first_seed, self.first_seed + self.seeds):
+            t = sq.REPEATS * sq.base_length(seed, self.start_length, self.length_step) + 1
+            one = Run(Passes((((1, t, t, t, 0, 0),),)), scores=True)
+            if self.KIND == "prefix":
+                units.append(WorkUnit((self.KIND, seed), [one], extra=cfg.num_heads * t * t * 4))
+                continue
+            readout = cfg.num_layers * (2 * t * d * d + 2 * t * t * d)  # unembedded ids through W_O, (T, T) per head
+            pieces = cfg.num_layers * (2 * t * 3 * d * d + 2 * t * t * d) + readout
+            direct = len({"paper", "index_fix", "text"} & set(variants))
+            units.append(WorkUnit((self.KIND, seed), [one] if "residual" in variants else [],
+                                  extra_flops=readout * ("residual" in variants) + pieces * direct))
+        return units
 
     def execute(self, loaded: Any = None, cache: Any = None) -> dict[str, int]:
         model = loaded[0]

@@ -36,20 +36,25 @@ def seed_path(out: Path, kind: str, variant: str, seed: int) -> Path:
 
 def run_seeds(kind: str, seeds: Sequence[int], variants: Sequence[str], out: str | Path,
               make_tokens: Callable[[int], torch.Tensor], score: ScoreFn, settings: dict[str, Any],
-              top: int = 20, store: UnitStore | None = None) -> dict[str, dict[str, torch.Tensor]]:
-    """Score every seed (skipping seeds whose unit files hold the same fingerprint), then aggregate
-    per variant.
+              top: int = 20, store: UnitStore | None = None,
+              costs: Sequence[float] | None = None) -> dict[str, dict[str, torch.Tensor]]:
+    """Score this process's share of the seeds (by `costs`, opt66b.runs.distributed.my_units; seeds whose
+    unit files hold the same fingerprint are skipped), then, after every process, aggregate per variant
+    (rank 0 writes the aggregates).
 
     make_tokens(seed) -> (T,) int64 sequence; score(tokens, missing_variants) -> {variant: (L, H)}
     store fingerprints each seed file (kind, variant, seed
     on top of its common fields). Returns {variant: {"mean", "var", "scores"}}.
     """
+    from opt66b.runs.distributed import barrier, is_main, my_units
+
     out = Path(out)
     store = store or UnitStore({})
     if not seeds:
         raise ValueError("no seeds to run; pass --seeds N with N >= 1")
-    progress = Progress(len(seeds), kind)
-    for s in seeds:
+    mine = my_units(list(seeds), costs)
+    progress = Progress(len(mine), kind)
+    for s in mine:
         tokens = make_tokens(s)
         missing = [v for v in variants if not store.done(seed_path(out, kind, v, s), kind=kind, variant=v, seed=s)]
         if missing:
@@ -60,14 +65,12 @@ def run_seeds(kind: str, seeds: Sequence[int], variants: Sequence[str], out: str
                 store.write_tensors(seed_path(out, kind, v, s), {"scores": results[v], "tokens": tokens}, meta,
                                     kind=kind, variant=v, seed=s)
         progress.update()
-    summary = {}
-    for v in variants:
-        summary[v] = _aggregate(out, kind, v, seeds, settings, top)
-    return summary
+    barrier()  # every process's seeds are on disk
+    return {v: _aggregate(out, kind, v, seeds, settings, top, write=is_main()) for v in variants}
 
 
 def _aggregate(out: Path, kind: str, variant: str, seeds: Sequence[int], settings: dict[str, Any],
-               top: int) -> dict[str, torch.Tensor]:
+               top: int, write: bool = True) -> dict[str, torch.Tensor]:
     scores, seqs = [], []
     for s in seeds:
         path = seed_path(out, kind, variant, s)
@@ -80,6 +83,8 @@ def _aggregate(out: Path, kind: str, variant: str, seeds: Sequence[int], setting
     mean = stacked.mean(0)
     # Unbiased variance over seeds as the paper's torch.var; undefined (NaN) for a single seed.
     var = stacked.var(0, unbiased=True) if len(seeds) > 1 else torch.full_like(mean, float("nan"))
+    if not write:
+        return {"mean": mean, "var": var, "scores": stacked}
     tokens, lengths = pack(seqs)
     meta = run_metadata(kind=kind, variant=variant, seeds=list(seeds), **settings)
     write_tensors(out / f"{kind}_{variant}.safetensors",

@@ -90,6 +90,16 @@ def chunk_units(unit_tokens: Sequence[int], budget: int | None, copies: int, hid
     return max(1, min(len(unit_tokens), budget // max(per_unit, 1)))
 
 
+def chunk_cost(unit_tokens: Sequence[int], budget: int | None, copies: int, hidden: int,
+               element_bytes: int) -> tuple[int, int, int]:
+    """(batches per chunk, state bytes of the largest chunk, number of chunks) of a chunked run under `budget`:
+    chunk_units' size; what a chunk holds (its largest batches' `copies` streams); the chunks, i.e. the layer
+    sweeps of a layer-order run (each streams every layer once)."""
+    size = chunk_units(unit_tokens, budget, copies, hidden, element_bytes)
+    held = chunk_state_bytes(sum(sorted(unit_tokens, reverse=True)[:size]), copies, hidden, element_bytes)
+    return size, held, -(-len(unit_tokens) // size)
+
+
 @torch.no_grad()
 def run_layer_major(model: OPT, units: Sequence[Sequence[ChunkPass]], runs: Sequence[MaskedRun],
                     on_output: Callable[[int, int, int, torch.Tensor], None]) -> None:
@@ -163,5 +173,5 @@ def _check_runs(model: OPT, runs: Sequence[MaskedRun]) -> None:
         check_resumable(model.config, runs[0], run, f"run {r}")
 
 
-__all__ = ["ChunkPass", "MaskedRun", "check_resumable", "full_masks", "DEFAULT_CHUNK_BUDGET", "chunk_budget", "chunk_state_bytes", "chunk_units",
+__all__ = ["ChunkPass", "MaskedRun", "check_resumable", "full_masks", "DEFAULT_CHUNK_BUDGET", "chunk_budget", "chunk_cost", "chunk_state_bytes", "chunk_units",
            "run_layer_major", "streamed_compute", "streams_layers"]

@@ -64,33 +64,37 @@ def chunk_store(store: UnitStore, task_dir: Path, fields: dict[str, Any], evalua
 
 
 def evaluate_together(evaluation: Any, masks: Sequence[tuple[Any, Any]], cache: Any, budget: int | None,
-                      store: UnitStore, task_dir: Path, fields: dict[str, Any], label: str) -> int:
-    """Every (head_mask, ffn_mask) of `masks` not yet in `cache` (tasks.evaluation.EvaluationCache), and the
-    unmasked run, in layer order over chunks (one fetch of each streamed layer per chunk for all of
-    them); their metrics go into the cache, where the caller's unit loop finds them. Chunk files under
-    task_dir/together-<masks digest>/chunks-C/, fingerprinted with `fields` and the runs' masks. Returns the runs computed (0
-    when every mask was cached), so the caller can count their work."""
+                      store: UnitStore, task_dir: Path, fields: dict[str, Any], label: str,
+                      identity: str | None = None) -> int:
+    """Every (head_mask, ffn_mask) of `masks` not yet in `cache` (tasks.evaluation.EvaluationCache), in layer
+    order over chunks (one fetch of each streamed layer per chunk for all of them): the first is the others'
+    base (every run starts at layer 0, so none shares another's layers, and no unmasked run is added that no
+    cell asked for); their metrics go into the cache, where the caller finds them. Chunk files under
+    task_dir/together-<masks digest>/chunks-C/, fingerprinted with `fields` and the runs' masks. Returns the
+    runs computed (0 when every mask was cached), so the caller can count their work. identity: the
+    evaluation's key in the cache (tasks.evaluation.evaluation_identity; default its own identity())."""
     new: dict[tuple, tuple[Any, Any]] = {}
     for head_mask, ffn_mask in masks:
-        key = cache.key(evaluation, head_mask, ffn_mask)
-        if key not in cache and key[1:] != (b"", b""):
+        key = cache.key_of(identity, head_mask, ffn_mask) if identity else cache.key(evaluation, head_mask, ffn_mask)
+        if key not in cache:
             new.setdefault(key, (head_mask, ffn_mask))
     if not new:
         return 0
-    runs = [(i, head, ffn, 0) for i, (head, ffn) in enumerate(new.values())]
+    base, *rest = new.values()
+    runs = [(i, head, ffn, 0) for i, (head, ffn) in enumerate(rest)]
     size = evaluation.scorer.chunk_units(budget, 1 + len(runs))
     chunks = -(-len(evaluation.scorer.units) // size)
-    bar = Progress(chunks, f"{label}: {len(runs) + 1} runs in layer order, chunks of {size} batches")
+    bar = Progress(chunks, f"{label}: {len(new)} runs in layer order, chunks of {size} batches")
     masks_id = hashlib.sha256(b"".join(h + b"|" + f + b";" for _, h, f in new)).hexdigest()
     names = {"base": "base", **{i: f"run-{i:03d}" for i, *_ in runs}}
     # the runs' own directory: torchrun processes splitting a (task, shot)'s cells never share chunk files
-    res = evaluation.run_knockouts(runs, size, layer_major=True,
+    res = evaluation.run_knockouts(runs, size, layer_major=True, base=base,
                                    **chunk_store(store, Path(task_dir) / f"together-{masks_id[:16]}",
                                                  {**fields, "runs_sha256": masks_id}, evaluation, size, names, bar))
-    cache.put(evaluation, res["base"])
+    cache.put(evaluation, res["base"], *base, identity=identity)
     for i, head, ffn, _ in runs:
-        cache.put(evaluation, res[i], head, ffn)
-    return 1 + len(runs)
+        cache.put(evaluation, res[i], head, ffn, identity=identity)
+    return len(new)
 
 
 __all__ = ["chunk_store", "evaluate_together"]

@@ -93,7 +93,7 @@ def masks_from_args(args: argparse.Namespace, cfg: Any):
     from tasks.evaluation import load_eval_masks
 
     from .masks import count_for_percent, ffn_mask_for_percent, head_mask_for_percent, read_importance
-    from .sweeps import read_ffn_ranking
+    from .masks import read_ffn_ranking
 
     L, H = cfg.num_layers, cfg.num_heads
     prov: dict[str, Any] = {"counts_only": False}

@@ -218,6 +218,46 @@ class HeadImportanceSettings(TaskStep):
     def execute(self, loaded: Any = None, cache: Any = None) -> dict[str, int]:
         return run_head_importance(*loaded, self)["work"]
 
+    def units(self, shape: Any, tokenizer: Any, done: Any = None) -> list[Any]:
+        """The work units (opt66b.cost) the run splits and the plan prices: one (task, shot) each, one forward
+        and backward per example; with streamed layers the layer-wise backward takes the examples in chunks
+        (example_chunks): the chunk's every-layer inputs and gradients on the compute device, each streamed
+        layer crossing twice per chunk (a forward and a reverse sweep)."""
+        from opt66b.cost import Passes, Run, WorkUnit
+        from opt66b.layer_major import chunk_cost, chunk_state_bytes
+
+        cfg, streamed = shape.cfg, shape.streams_to is not None
+        backward = "layerwise" if streamed or self.backward == "layerwise" else "full"
+        units = []
+        for k in self.shots:
+            for name, task in self.task_objects().items():
+                lengths = self.example_lengths(task, k, cfg, tokenizer)
+                unit = WorkUnit(("importance", name, k), [Run(Passes.of_examples(lengths), backward=backward,
+                                                              scores=True, layer_order=streamed)])
+                if streamed and lengths:
+                    fed = [f for f, _ in lengths]
+                    _, chunk, chunks = chunk_cost(fed, self.chunk_budget(shape.streams_to), cfg.num_layers + 1,
+                                                  cfg.hidden_size, shape.dtype_bytes)
+                    # beside the pass rule's own example (its inputs of every layer): the chunk's others and the gradients
+                    unit.held = chunk - chunk_state_bytes(max(fed), cfg.num_layers, cfg.hidden_size, shape.dtype_bytes)
+                    unit.sweeps = 2 * chunks
+                units.append(unit)
+        return units
+
+    def example_lengths(self, task: Any, shots: int, cfg: Any, tokenizer: Any) -> list[tuple[int, int]]:
+        """(tokens fed, scored positions) of each importance example, from the tokenisation cache when it has them."""
+        from tasks.batching import cached
+
+        max_length = self.max_length or cfg.max_positions
+
+        def lengths() -> list[list[int]]:
+            examples = task.importance_examples(self.n_docs, shots, random.Random(self.seed),
+                                                paper_quirks=self.protocol.paper_quirks)
+            return [[len(t.input_ids), len(t.continuation)] for t in token_requests(tokenizer, examples, max_length)]
+
+        identity = [shots, self.n_docs, self.seed, max_length]
+        return [tuple(x) for x in cached(f"{shots}-shot-importance", identity, tokenizer, task, lengths)]
+
 
 def run_head_importance(model: Any, tokenizer: Any, info: dict[str, Any] | None,
                         s: HeadImportanceSettings) -> dict[str, Any]:
@@ -230,6 +270,7 @@ def run_head_importance(model: Any, tokenizer: Any, info: dict[str, Any] | None,
     (the layer-wise bounded-memory backward when the model streams its layers, or with --backward layerwise:
     recorded, not fingerprinted, since it moves only the last float bits); with streamed layers the examples
     go in chunks of s.chunk_budget(...) bytes on the compute device (example_chunks)."""
+    from opt66b.cost import ModelShape
     from opt66b.layer_major import streamed_compute
     from opt66b.runs.distributed import barrier, my_units, rank_world
     from opt66b.runs.layout import shots_dir
@@ -256,17 +297,19 @@ def run_head_importance(model: Any, tokenizer: Any, info: dict[str, Any] | None,
         check_aggregate_before(shots_dir(s.out, k), list(objects), seen, s.update_aggregate)
     work, layerwise = Work(), s.backward == "layerwise"
     budget = s.chunk_budget(streamed_compute(model))
-    # (task, shot) is the unit: split across torchrun processes, skipped when its fingerprint matches.
-    for name, k in my_units([(t, k) for k in s.shots for t in objects]):
+    # (task, shot) is the unit: split across torchrun processes by cost, skipped when its fingerprint matches.
+    shape = ModelShape.of(model)
+    units = {u.key[1:]: u for u in s.units(shape, tokenizer)}
+    pending = [(t, k) for t, k in units if not store.done(shots_dir(s.out, k) / f"{t}.safetensors",
+                                                          **task_fingerprint(objects[t]), shots=k)]
+    for name, k in my_units(pending, [units[key].flops(shape.rule) for key in pending]):
         path = shots_dir(s.out, k) / f"{name}.safetensors"
         fields = {**task_fingerprint(objects[name]), "shots": k}
-        if store.done(path, **fields):
-            continue
         examples = objects[name].importance_examples(s.n_docs, k, random.Random(s.seed), paper_quirks=quirks)
         bar = Progress(len(examples), f"importance {name} {k}-shot")
         total, counts = head_score_sums(model, tokenizer, examples, max_length=length, progress=bar.update,
                                         layerwise=layerwise, chunk_budget=budget)
-        work.add(forward=counts["examples"], backward=counts["examples"], tokens=counts["positions"])
+        work.add_unit(units[(name, k)], shape.rule)
         variants = {key: importance_from_sums(total, counts, denom, s.normalize_per_layer)
                     for key, denom in ((PAPER_DENOMINATOR_KEY, "paper"), (UNIFORM_IMPORTANCE_KEY, "uniform"))}
         chosen = PAPER_DENOMINATOR_KEY if denominator == "paper" else UNIFORM_IMPORTANCE_KEY

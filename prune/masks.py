@@ -17,15 +17,18 @@ Flat head index = layer * H + head (layer-major, 0-based), as `importance.view(-
 
 from __future__ import annotations
 
+import hashlib
 import math
 from fractions import Fraction
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 
+from opt66b.fileio import read_json
+from opt66b.runs.layout import shots_dir
 from opt66b.runs.results import read_tensors
-from opt66b.runs.mask_files import FFN_MASK_KEY, HEAD_MASK_KEY, read_masks, write_masks  # noqa: F401 (re-exported)
+
 IMPORTANCE_KEY = "importance"
 UNIFORM_IMPORTANCE_KEY = "importance_uniform"  # the same scores with every layer over the position count
 PAPER_DENOMINATOR_KEY = "importance_paper_denominator"  # the paper's: its last layer over target tokens
@@ -145,3 +148,62 @@ def read_importance(path: str | Path, num_layers: int | None = None, num_heads: 
         raise ValueError(f"{path}: '{key}' has shape {tuple(imp.shape)}, expected (layers, heads)"
                          f"{'' if num_layers is None else f' = ({num_layers}, {num_heads})'}")
     return _check_importance(imp.double(), f"{path}: '{key}'")
+
+
+# -- where a sweep's rankings come from, and the masks they give ----------------------------------------------------------------------
+def ranking_name(ranking: str, task: str) -> str:
+    """Which task's file supplies the ranking: own -> the task itself, aggregate, or another task."""
+    return task if ranking == "own" else ranking
+
+
+def head_importance_file(importance_dir: Path, ranking: str, task: str, shots: int) -> Path:
+    path = shots_dir(importance_dir, shots) / f"{ranking_name(ranking, task)}.safetensors"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: head importance missing for ranking {ranking!r} (task {task}, "
+                                f"{shots}-shot); run `run.py importance heads` for it first")
+    return path
+
+
+def ffn_ranking_for(ffn_dir: Path, ranking: str, task: str, shots: int, num_layers: int) -> list[int]:
+    """The FFN order (least important first) from `run.py importance ffn` output."""
+    path = shots_dir(ffn_dir, shots) / f"{ranking_name(ranking, task)}.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: FFN importance missing for ranking {ranking!r} (task {task}, "
+                                f"{shots}-shot); run `run.py importance ffn` for it first")
+    return read_ffn_ranking(path, num_layers)
+
+
+def read_ffn_ranking(path: Path, num_layers: int) -> list[int]:
+    """The 'ranking' (layer ids, least important first) of a `run.py importance ffn` JSON file."""
+    data = read_json(path)
+    if "ranking" not in data:
+        raise KeyError(f"{path}: no 'ranking' key; the FFN study of this task is incomplete, rerun it")
+    order = [int(i) for i in data["ranking"]]
+    if sorted(order) != list(range(num_layers)):
+        raise ValueError(f"{path}: 'ranking' is not a permutation of the model's {num_layers} layers")
+    return order
+
+
+def cell_masks(unit: Any, cfg: Any, ranking: str, importance_dir: Path | None,
+               ffn_dir: Path | None) -> tuple[torch.Tensor | None, torch.Tensor | None, dict[str, Any]]:
+    """(head_mask (L, H) or None, ffn_mask (L,) or None, provenance) for one sweep cell (its task, shot and
+    percentages), from the ranking files of `ranking`."""
+    info: dict[str, Any] = {}
+    head_mask = ffn_mask = None
+    if unit.head_percent:
+        if importance_dir is None:
+            raise ValueError("head pruning needs --importance DIR (output of `run.py importance heads`)")
+        path = head_importance_file(importance_dir, ranking, unit.task, unit.shots)
+        importance = read_importance(path, cfg.num_layers, cfg.num_heads)
+        head_mask = head_mask_for_percent(importance, unit.head_percent)
+        info["head_importance"] = str(path)
+        info["head_sha256"] = hashlib.sha256(importance.float().numpy().tobytes()).hexdigest()  # ranking by content
+    if unit.ffn_percent:
+        if ffn_dir is None:
+            raise ValueError("FFN pruning needs --ffn-importance DIR (output of `run.py importance ffn`)")
+        order = ffn_ranking_for(ffn_dir, ranking, unit.task, unit.shots, cfg.num_layers)
+        ffn_mask = ffn_mask_for_percent(order, unit.ffn_percent, cfg.num_layers)
+        info["ffn_ranking"] = order
+    info["heads_masked"] = count_for_percent(unit.head_percent, cfg.num_layers * cfg.num_heads)
+    info["ffns_masked"] = count_for_percent(unit.ffn_percent, cfg.num_layers)
+    return head_mask, ffn_mask, info

@@ -54,14 +54,46 @@ class FFNOracleSettings(EvaluatingStep):
     def execute(self, loaded: Any = None, cache: Any = None) -> dict[str, int]:
         return run_ffn_oracle(*loaded, self)["work"]
 
+    def units(self, shape: Any, tokenizer: Any, done: Any = None) -> list[Any]:
+        """The work units (opt66b.cost) the run splits and the plan prices: per (task, shot), each chunk of
+        scoring batches with its base run and one knock-out per layer resuming at its layer (chunk_cost: in
+        batch order the chunk's recorded layer inputs sit on the host; with streamed layers it runs in layer
+        order, L + 1 live streams on the compute device, the streamed weights crossing once). --naive: one
+        unit per (task, shot), every knock-out from layer 0."""
+        from opt66b.cost import Run, WorkUnit
+        from opt66b.layer_major import chunk_cost
+
+        cfg, skipped = shape.cfg, shape.rule.ffn_params
+        layer_major = shape.streams_to is not None and not self.naive
+        budget = self.chunk_budget(shape.streams_to if layer_major else None)
+        units = []
+        for name, task in self.task_objects().items():
+            for k in self.shots:
+                passes = self.passes(task, k, cfg, tokenizer)
+                if self.naive:
+                    runs = [Run(passes), *(Run(passes, ffn_skipped=skipped[layer]) for layer in range(cfg.num_layers))]
+                    units.append(WorkUnit(("oracle", name, k), runs))
+                    continue
+                size, held, _ = chunk_cost(passes.unit_tokens, budget, cfg.num_layers + (1 if layer_major else 0),
+                                           cfg.hidden_size, shape.dtype_bytes)
+                for first in range(0, len(passes.units), size):
+                    part = passes.chunk(first, size)
+                    runs = [Run(part, layer_order=layer_major),
+                            *(Run(part, start_layer=layer, ffn_skipped=skipped[layer], layer_order=layer_major)
+                              for layer in range(cfg.num_layers))]
+                    units.append(WorkUnit(("oracle", name, k, first, size), runs, held=held if layer_major else 0,
+                                          host=0 if layer_major else held, sweeps=int(layer_major)))
+        return units
+
 
 def run_ffn_oracle(model: Any, tokenizer: Any, info: dict[str, Any] | None, s: FFNOracleSettings,
                    evaluations: Callable[..., Any] | None = None) -> dict[str, Any]:
     """The oracle of every (task, shot) not yet on disk (module docstring), then (rank 0) each shot's
-    aggregate. The (task, shot) pair is the torchrun split unit: its knock-outs share one recorded base
-    run, which stays in one process. With --naive every knock-out re-runs the whole model (the reference).
-    evaluations(model, tokenizer, task, shots): builds each evaluation (default s.evaluation; tests pass
-    stand-ins). Returns {"out", "work": passes and tokens computed}."""
+    aggregate. The work units are chunks of a (task, shot)'s scoring batches (FFNOracleSettings.units): this
+    process runs its share of them (by cost) and saves each chunk's log-likelihoods; after every process,
+    each (task, shot) is merged by one process from the chunk files. With --naive every knock-out re-runs the
+    whole model (the reference), a (task, shot) at a time. evaluations(model, tokenizer, task, shots): builds
+    each evaluation (default s.evaluation; tests pass stand-ins). Returns {"out", "work": what was computed}."""
     from opt66b.runs.distributed import barrier, my_units, rank_world
     from opt66b.runs.store import Work, in_memory_info
     from tasks.evaluation import task_fingerprint
@@ -70,24 +102,58 @@ def run_ffn_oracle(model: Any, tokenizer: Any, info: dict[str, Any] | None, s: F
     info = info or in_memory_info(model)
     objects = s.task_objects()
     recorded = {**s.recorded(info, objects), "batch_tokens": s.batch_tokens, "limit": s.limit, "seed": s.seed}
-    store, work = s.unit_store(info), Work()
-    make = evaluations or s.evaluation
+    store, work, make = s.unit_store(info), Work(), evaluations or s.evaluation
+    fields = {(t, k): {**task_fingerprint(objects[t]), "shots": k} for t in objects for k in s.shots}
+    pending = [key for key in fields if not store.done(shots_dir(s.out, key[1]) / f"{key[0]}.json", **fields[key])]
+    if not s.naive and hasattr(model, "parameters"):  # a model (not a test's stand-in): chunks split by cost
+        _run_chunks(model, tokenizer, s, objects, pending, fields, store, work, make)
+        barrier()  # every chunk is on disk: the merges below read them
     budget, layer_major = s.chunk_budget(streamed_compute(model)), streams_layers(model)
-    for name, k in my_units([(t, k) for t in objects for k in s.shots]):
-        merged = shots_dir(s.out, k) / f"{name}.json"
-        fields = {**task_fingerprint(objects[name]), "shots": k}
-        if store.done(merged, **fields):
-            continue
+    for name, k in my_units(pending):
         res = _oracle_unit(make(model, tokenizer, objects[name], k), objects[name].PRIMARY_METRIC,
-                           model.config.num_layers, layer_major,
-                           shots_dir(s.out, k) / name, fields, store, not s.naive, budget, work)
+                           model.config.num_layers, layer_major, shots_dir(s.out, k) / name, fields[(name, k)], store,
+                           not s.naive, budget, work)
         res.update(task=name, shots=k, meta=_meta(recorded, k, not s.naive))
-        store.write_json(merged, res, **fields)
+        store.write_json(shots_dir(s.out, k) / f"{name}.json", res, **fields[(name, k)])
     barrier()
     if rank_world()[0] == 0:
         for k in s.shots:
             write_ffn_aggregate(shots_dir(s.out, k), list(objects))
     return {"out": s.out, "work": work.as_dict()}
+
+
+def _run_chunks(model: Any, tokenizer: Any, s: FFNOracleSettings, objects: dict[str, Any], pending: list,
+                fields: dict, store: Any, work: Any, make: Callable[..., Any]) -> None:
+    """This process's share of the chunk units of the pending (task, shot)s whose chunk file is not on disk:
+    each chunk's base run and knock-outs, saved (prune/chunks.chunk_store)."""
+    from opt66b.cost import ModelShape
+    from opt66b.runs.distributed import my_units
+    from opt66b.runs.layout import knockout_chunk
+
+    shape = ModelShape.of(model)
+    L = shape.cfg.num_layers
+
+    def saved(unit: Any) -> bool:
+        _, name, k, first, size = unit.key
+        return store.done(knockout_chunk(shots_dir(s.out, k) / name, size, first), **fields[(name, k)], chunk=first,
+                          chunk_units=size)
+
+    units = [u for u in s.units(shape, tokenizer) if u.key[1:3] in pending and not saved(u)]
+    mine = my_units(units, [u.flops(shape.rule) for u in units])
+    groups: dict[tuple, list] = {}
+    for unit in mine:
+        groups.setdefault(unit.key[1:3], []).append(unit)
+    runs = [(layer, None, ffn_knockout_mask(L, layer), layer) for layer in range(L)]
+    names = {"base": "base", **{layer: f"layer-{layer:03d}" for layer in range(L)}}
+    for (name, k), group in groups.items():
+        evaluation, size = make(model, tokenizer, objects[name], k), group[0].key[4]
+        order = "layer order, states on the compute device" if shape.streams_to else "batch order"
+        bar = Progress(-(-len(evaluation.scorer.units) // size),
+                       f"ffn oracle {name} {k}-shot (chunks of {size} batches, {order})")
+        parts = chunk_store(store, shots_dir(s.out, k) / name, fields[(name, k)], evaluation, size, names, bar)
+        evaluation.run_knockouts(runs, size, only={u.key[3] for u in group}, **parts)
+        for unit in group:
+            work.add_unit(unit, shape.rule)
 
 
 def _meta(recorded: dict[str, Any], shots: int, cached: bool) -> dict[str, Any]:
@@ -123,8 +189,8 @@ def _oracle_unit(evaluation: Any, metric: str, num_layers: int, layer_major: boo
     res = ffn_oracle(evaluation, num_layers, metric, done=done, on_layer=save,
                      cached=cached, progress=bar.update if bar and not chunking else None, **chunking)
     stats = getattr(getattr(evaluation, "scorer", None), "stats", None)
-    if stats:
-        for _ in range(1 + todo):  # the base run and one (partial, with cached) run per new layer
+    if stats and not chunking:  # chunked: each chunk unit was counted when it ran (_run_chunks)
+        for _ in range(1 + todo):  # the base run and one (from layer 0 with --naive) run per new layer
             work.add(forward=stats["forward_passes"], tokens=stats["tokens_fed"])
     write_json(knockout_base(unit_dir), {"metrics": res["base_metrics"]})
     return res

@@ -221,6 +221,29 @@ class TransferSettings(EvaluatingStep):
         if unknown:
             raise ValueError(f"--partners must be among {', '.join(PARTNER_CHOICES)}, got {unknown}")
 
+    def units(self, shape: Any, tokenizer: Any, done: Any = None) -> list[Any]:
+        """The plan's work units: the partners are read from correlations.json at run time, so this prices the
+        upper bound, two partners per statistic (at most 4 rankings) for each chosen task (with substitutes)
+        and shot, each an ordinary head sweep (PruneSettings.units, sharing `done`). The run splits each
+        partner sweep's own units (prune/sweeps.run_sweep)."""
+        from .aggregate import PAPER_SEEN_TASKS
+        from .sweeps import PruneSettings
+
+        available = [t for t in self.tasks if t in PAPER_SEEN_TASKS]  # the seen tasks that will have importance
+        planned: set = set()
+        seen = lambda key: key in planned or (done is not None and done(key))  # noqa: E731
+        common = {f: getattr(self, f) for f in ("data", "protocol", "limit", "batch_tokens", "seed", "importance",
+                                                 "max_memory", "shots")}
+        units = []
+        for name in [c["task"] for c in choose_tasks(available, self.transfer_tasks)]:
+            for partner in range(min(4, len(available) - 1)):
+                sweep = PruneSettings(**common, sweep="heads", ranking=f"partner {partner}", tasks=(name,),
+                                      head_percents=tuple(self.head_percents or DEFAULT_PERCENTS))
+                for unit in sweep.units(shape, tokenizer, seen):
+                    units.append(unit)
+                    planned.update(unit.provides)
+        return units
+
     def execute(self, loaded: Any = None, cache: Any = None) -> dict[str, int]:
         res = run_transfer_study(*loaded, self, cache)
         if res["table"] is not None:  # torchrun: rank 0 writes the table

@@ -146,6 +146,20 @@ class CopyTaskSettings(ModelStep):
         if not 0 < self.threshold <= 1:  # prefix-matching scores lie in [0, 1]: another threshold selects all or none
             raise ValueError(f"--threshold must be in (0, 1] (prefix-matching scores lie in [0, 1]), got {self.threshold}")
 
+    def units(self, shape: Any, tokenizer: Any = None, done: Any = None) -> list[Any]:
+        """The one work unit (opt66b.cost) of pruning_experiment: prefix matching per seed (a captured forward of
+        1 + 4(L + 2s) tokens), prune.importance's forward and backward per row (2L tokens fed, the second
+        repeat's L - 1 targets), then four accuracy passes on the (seeds, 1 + 2L) batch (full, induction heads
+        pruned, two controls)."""
+        from opt66b.cost import Passes, Run, WorkUnit
+
+        n, rows, t = self.length, self.seeds, 1 + 2 * self.length
+        sequences = [1 + 4 * (n + 2 * s) for s in range(self.seed, self.seed + self.seeds)]
+        runs = [Run(Passes((((1, T, T, T, 0, 0),),)), scores=True) for T in sequences]
+        runs.append(Run(Passes((((1, 2 * n, 2 * n, 2 * n, n - 1, 0),),)), backward="full", scores=True, times=rows))
+        runs.append(Run(Passes((((rows, t, t, rows * t, rows * (n - 1), 0),),)), scores=True, times=4))
+        return [WorkUnit(("copytask",), runs)]
+
     def execute(self, loaded: Any = None, cache: Any = None) -> dict[str, int]:
         out = run_copy_task(*loaded, self)
         res = out["result"]
@@ -160,7 +174,9 @@ def run_copy_task(model: OPT, tokenizer: OPTTokenizer, info: dict[str, Any] | No
     """The organism check as one unit: s.out/copytask.json with the accuracies, the induction and control
     heads and their scores (see pruning_experiment), reused on rerun when its fingerprint matches.
     Returns {"result": ..., "work": forward/backward passes and tokens computed}."""
+    from opt66b.cost import ModelShape
     from opt66b.fileio import read_json
+    from opt66b.runs.distributed import barrier, is_main
     from opt66b.runs.results import run_metadata
 
     s.check()
@@ -171,15 +187,15 @@ def run_copy_task(model: OPT, tokenizer: OPTTokenizer, info: dict[str, Any] | No
     fields = {"seeds": seeds, "first_seed": first_seed, "length": length, "threshold": threshold,
               "exclude_ratio": exclude_ratio}
     work = Work()
-    if store.done(path, **fields):
+    if not is_main() or store.done(path, **fields):  # one unit: rank 0 runs it, the others read its result
+        barrier()
         return {"result": read_json(path), "work": work.as_dict()}
     result = pruning_experiment(model, token_pool(tokenizer, exclude_ratio), seeds=seeds, length=length,
                                 threshold=threshold, bos_id=tokenizer.bos_id, first_seed=first_seed)
-    pm_tokens = sum(1 + 4 * (length + 2 * seed) for seed in range(first_seed, first_seed + seeds))
-    work.add(forward=seeds, tokens=pm_tokens)  # prefix matching: one forward per seed
-    work.add(forward=seeds, backward=seeds, tokens=seeds * 2 * length)  # importance: one per row (2L tokens fed)
-    work.add(forward=4, tokens=4 * seeds * (1 + 2 * length))  # four batched accuracy forwards
+    shape = ModelShape.of(model)
+    work.add_unit(s.units(shape)[0], shape.rule)
     record = {**run_metadata(model=info, seeds=seeds, first_seed=first_seed, length=length, threshold=threshold,
                              exclude_ratio=exclude_ratio), **result}
     store.write_json(path, record, **fields)
+    barrier()
     return {"result": record, "work": work.as_dict()}

@@ -4,7 +4,8 @@
     plan = make_plan(steps, shape, info, plan_settings)                    # {"model", "steps", "total", ...}
     print(format_plan(plan))
 
-A step is priced by its planner (study/planners.py) with the cost rules of study/plan.py; `run.py CMD --plan`
+A step is priced by its own work units (study/planners.py) with the rules of opt66b/cost.py (FLOPs) and
+study/plan.py (memory on the placement); `run.py CMD --plan`
 (study/plan_cli.py) and `run.py all` (study/study.py, which also fits the device map's reserve to it) both
 come here. "Plan" in this code means this cost plan and nothing else.
 """
@@ -18,8 +19,10 @@ from typing import Any, Sequence
 from opt66b.runs.settings import Options, option
 
 from .machine import HOST_TO_DEVICE_GBS, calibrate_tflops
-from .plan import FLOP_MODEL, Shape, StepPlan
-from .planners import planner_of, reset
+from opt66b.cost import FLOP_MODEL
+
+from .plan import Shape, StepPlan
+from .planners import price_step, reset
 
 GIB = 1 << 30
 
@@ -42,18 +45,14 @@ class PlanSettings(Options):
             raise ValueError(f"--target-halfwidth must be > 0 points, got {self.target_halfwidth}")
 
 
-def price(steps: Sequence[tuple[str, Any, str]], shape: Shape, tokenizer: Any, keep: bool = False) -> list[StepPlan]:
-    """One StepPlan per (label, settings, command): its passes, FLOPs and memory, by the step's planner (a step
-    without one only reads files). keep: reuse the previous call's evaluations (same data and batch budget)."""
-    reset(keep)
+def price(steps: Sequence[tuple[str, Any, str]], shape: Shape, tokenizer: Any) -> list[StepPlan]:
+    """One StepPlan per (label, settings, command): its work units' passes, FLOPs and memory (study/planners.py;
+    a step without units only reads files)."""
+    reset()
     out = []
     for label, settings, command in steps:
         step = StepPlan(label, shape, command=command)
-        planner = planner_of(settings)
-        if planner is not None:
-            planner(step, settings, tokenizer)
-        else:
-            step.notes.append("reads earlier results only: no model passes")
+        price_step(step, settings, tokenizer)
         out.append(step)
     return out
 

@@ -86,7 +86,10 @@ def run_all(study: Study) -> int:
                                   "targets_differ": targets_differ(list(study.tasks)), "tasks": list(study.tasks),
                                   "shots": list(s.shots)})
         atomic_write_text(layout.commands, "".join(line + "\n" for line in study.commands()))
-    cache = EvaluationCache(loaded[0])
+    from opt66b.runs.store import model_fingerprint
+
+    # one evaluation cache for every step and every process, on disk: an evaluation any of them ran is read, not run again
+    cache = EvaluationCache(loaded[0], layout.evaluations, model_fingerprint(loaded[2]))
     work: dict[str, dict[str, Any]] = {}
     for i, (label, settings) in enumerate(study.steps, 1):
         if main:

@@ -161,7 +161,7 @@ def plan_study(study: Study, ps: PlanSettings) -> Study:
 
     shape, tokenizer, info = model_shape(study.load)
     rows = [(label, st, command_line(study.load, st)) for label, st in study.steps]
-    priced = price(rows, shape, tokenizer, keep=True)
+    priced = price(rows, shape, tokenizer)
     load = fit_reserve(study.load, priced)
     if load is not study.load:
         print(f"[all] --reserve {load.reserve}: the plan's largest activations on each GPU, kept free by the "

@@ -55,9 +55,29 @@ class EvalSettings(EvaluatingStep):
     def execute(self, loaded: Any = None, cache: Any = None) -> dict[str, int]:
         return run_evaluation(*loaded, self, cache)["work"]
 
+    def units(self, shape: Any, tokenizer: Any, done: Any = None) -> list[Any]:
+        """The work units (opt66b.cost) the run splits and the plan prices: one (task, shot) evaluation each,
+        in the run's order; with streamed layers it runs in layer-order chunks (states held on the compute
+        device, one layer sweep per chunk)."""
+        from opt66b.cost import Run, WorkUnit
+        from opt66b.layer_major import chunk_cost
+
+        units = []
+        for k in self.shots:
+            for name, task in self.task_objects().items():
+                passes = self.passes(task, k, shape.cfg, tokenizer)
+                unit = WorkUnit(("eval", name, k), [Run(passes, layer_order=shape.streams_to is not None)],
+                                provides=((self.evaluation_key(task, k, shape.cfg), None, None),)
+                                if self.head_mask is None and self.ffn_mask is None else ())
+                if shape.streams_to is not None:
+                    _, unit.held, unit.sweeps = chunk_cost(passes.unit_tokens, self.chunk_budget(shape.streams_to), 1,
+                                                          shape.cfg.hidden_size, shape.dtype_bytes)
+                units.append(unit)
+        return units
+
 
 def _evaluate_unit(ev: Any, head: Any, ffn: Any, shot_dir: Path, recorded: dict[str, Any], info: dict[str, Any],
-                   cache: Any, work: Any) -> dict[str, Any]:
+                   cache: Any) -> dict[str, Any]:
     """One (task, shot) unit of run_evaluation: score it under the masks, keep the run in `cache`, write the
     per-request log-likelihoods; returns the unit's content (metrics, per-doc scores, config)."""
     from opt66b.fileio import atomic_write_text
@@ -72,7 +92,6 @@ def _evaluate_unit(ev: Any, head: Any, ffn: Any, shot_dir: Path, recorded: dict[
     metrics = ev.run(head_mask=head, ffn_mask=ffn)
     if cache is not None:
         cache.put(ev, metrics, head, ffn)
-    work.add(forward=stats["forward_passes"], tokens=stats["tokens_fed"])
     lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in ev.records())
     atomic_write_text(eval_requests(shot_dir, task.NAME), lines)
     settings = {"task": task.NAME, "version": task.VERSION, "shots": k, **recorded,
@@ -97,13 +116,13 @@ def run_evaluation(model: Any, tokenizer: Any, info: dict[str, Any] | None, s: E
     streamed layers each evaluation runs in layer-order chunks of s.chunk_budget(...) bytes of states.
     Returns {"results": {K: {task: metrics}}, "work": forward passes and tokens computed by this call}.
     """
-    from opt66b.fileio import read_json
+    from opt66b.cost import ModelShape
     from opt66b.layer_major import streamed_compute
-    from opt66b.runs.results import run_metadata, sha256_file, write_json
+    from opt66b.runs.distributed import barrier, is_main, my_units
+    from opt66b.runs.results import sha256_file
     from opt66b.runs.store import Work, in_memory_info
 
     from .evaluation import load_eval_masks, task_fingerprint
-    from .uncertainty import BOOTSTRAP_ITERS, BOOTSTRAP_SEED, STDERR_RULES
 
     s.check()
     info = info or in_memory_info(model)
@@ -123,28 +142,44 @@ def run_evaluation(model: Any, tokenizer: Any, info: dict[str, Any] | None, s: E
                 "model_id": model_id, "model_config_sha256": info.get("config_sha256"), "dtype": info["dtype"],
                 **mask_ids}
     budget = s.chunk_budget(streamed_compute(model))
-    all_results: dict[int, dict[str, Any]] = {}
-    for k in s.shots:
-        shot_dir = shots_dir(s.out, k)
-        results, versions, configs = {}, {}, {}
-        for name, task in objects.items():
-            fields = {**task_fingerprint(task), "shots": k}
-            task_file = eval_unit(shot_dir, name)
-            if store.done(task_file, **fields):
-                done = read_json(task_file)
-                print(f"[eval] {name} {k}-shot: done earlier ({task_file}), skipped", file=sys.stderr)
-            else:
-                ev = s.evaluation(model, tokenizer, task, k, max_length=max_length, progress_label=f"eval {name} {k}-shot",
-                                  chunk_budget=budget)
-                done = _evaluate_unit(ev, head, ffn, shot_dir, recorded, info, cache, work)
-                store.write_json(task_file, done, **fields)
-            results[name], versions[name], configs[name] = done["results"], done["version"], done["config"]
-        config = run_metadata(seed=s.seed, shots=k, limit=s.limit, max_length=max_length,
-                              paper_quirks=s.protocol.paper_quirks, model=info, **mask_ids, batch_tokens=s.batch_tokens,
-                              data_files={n: c["data_files"] for n, c in configs.items()},
-                              stderr={"rules": STDERR_RULES, "bootstrap_iters": BOOTSTRAP_ITERS,
-                                      "bootstrap_seed": BOOTSTRAP_SEED})
-        write_json(eval_results(shot_dir), {"results": results, "versions": versions, "config": config})
-        print(f"[eval] wrote {eval_results(shot_dir)}", file=sys.stderr)
-        all_results[k] = results
+    shape = ModelShape.of(model)
+    units = {u.key[1:]: u for u in s.units(shape, tokenizer)}
+    pending = []
+    for name, k in units:
+        path = eval_unit(shots_dir(s.out, k), name)
+        if store.done(path, **task_fingerprint(objects[name]), shots=k):
+            print(f"[eval] {name} {k}-shot: done earlier ({path}), skipped", file=sys.stderr)
+        else:
+            pending.append((name, k))
+    for name, k in my_units(pending, [units[key].flops(shape.rule) for key in pending]):  # this process's share
+        task = objects[name]
+        ev = s.evaluation(model, tokenizer, task, k, max_length=max_length, progress_label=f"eval {name} {k}-shot",
+                          chunk_budget=budget)
+        done = _evaluate_unit(ev, head, ffn, shots_dir(s.out, k), recorded, info, cache)
+        store.write_json(eval_unit(shots_dir(s.out, k), name), done, **task_fingerprint(task), shots=k)
+        work.add_unit(units[(name, k)], shape.rule)
+    barrier()  # every unit is on disk: rank 0 writes the results of each shot count
+    all_results = {k: _results(s, objects, k, mask_ids, max_length, info) for k in s.shots} if is_main() else {}
     return {"results": all_results, "work": work.as_dict()}
+
+
+def _results(s: EvalSettings, objects: dict[str, Any], k: int, mask_ids: dict[str, Any], max_length: int,
+             info: dict[str, Any]) -> dict[str, Any]:
+    """Write s.out/shots-K/results.json (lm-eval's layout) from the shot's unit files; returns its results."""
+    from opt66b.fileio import read_json
+    from opt66b.runs.results import run_metadata, write_json
+
+    from .uncertainty import BOOTSTRAP_ITERS, BOOTSTRAP_SEED, STDERR_RULES
+
+    shot_dir = shots_dir(s.out, k)
+    units = {name: read_json(eval_unit(shot_dir, name)) for name in objects}
+    config = run_metadata(seed=s.seed, shots=k, limit=s.limit, max_length=max_length,
+                          paper_quirks=s.protocol.paper_quirks, model=info, **mask_ids, batch_tokens=s.batch_tokens,
+                          data_files={n: u["config"]["data_files"] for n, u in units.items()},
+                          stderr={"rules": STDERR_RULES, "bootstrap_iters": BOOTSTRAP_ITERS,
+                                  "bootstrap_seed": BOOTSTRAP_SEED})
+    results = {n: u["results"] for n, u in units.items()}
+    write_json(eval_results(shot_dir), {"results": results, "versions": {n: u["version"] for n, u in units.items()},
+                                        "config": config})
+    print(f"[eval] wrote {eval_results(shot_dir)}", file=sys.stderr)
+    return results

@@ -15,8 +15,10 @@ same task under many masks:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -50,8 +52,8 @@ class TaskEvaluation:
     def identity(self) -> str:
         """What fixes this evaluation's numbers on a given model (EvaluationCache's key): the task's
         identity and prompt variant, shots, limit, seed and the batching."""
-        return json.dumps([task_fingerprint(self.task), getattr(self.task, "paper_quirks", False), self.shots,
-                           self.limit, self.seed, self.scorer.batch_tokens, self.scorer.max_length], sort_keys=True)
+        return evaluation_identity(self.task, self.shots, self.limit, self.seed, self.scorer.batch_tokens,
+                                   self.scorer.max_length)
 
     def run(self, head_mask: torch.Tensor | None = None, ffn_mask: torch.Tensor | None = None,
             start_layer: int = 0, record_layer_inputs: bool = False) -> dict[str, float]:
@@ -62,10 +64,16 @@ class TaskEvaluation:
         return task_metrics_with_errors(self.task, self.instances, self.results)
 
     def run_knockouts(self, runs: Sequence[tuple[Any, Any, Any, int]], chunk_units: int, done=None,
-                      on_chunk=None, layer_major: bool | None = None) -> dict[Any, dict[str, float]]:
-        """{"base": metrics, key: metrics} of the unmasked run and each (key, head_mask, ffn_mask,
-        start_layer) run, computed chunk by chunk (Scorer.run_knockouts): memory bounded by the chunk."""
-        per_key = self.scorer.run_knockouts(runs, chunk_units, done=done, on_chunk=on_chunk, layer_major=layer_major)
+                      on_chunk=None, layer_major: bool | None = None, base: tuple[Any, Any] = (None, None),
+                      only: set[int] | None = None) -> dict[Any, dict[str, float]] | None:
+        """{"base": metrics, key: metrics} of the base run (unmasked, or under `base`'s masks) and each (key,
+        head_mask, ffn_mask, start_layer) run, computed chunk by chunk (Scorer.run_knockouts): memory bounded
+        by the chunk. only: compute just these chunks (first units) and return None (another process has the
+        rest; the merge reads every chunk back through `done`)."""
+        per_key = self.scorer.run_knockouts(runs, chunk_units, done=done, on_chunk=on_chunk, layer_major=layer_major,
+                                            base=base, only=only)
+        if only is not None:
+            return None
         out = {}
         for key, results in per_key.items():
             self.results = results
@@ -116,20 +124,24 @@ def evaluate_task(model: Any, tokenizer: Any, task: Task, shots: int, limit: int
 
 # -- shared between the steps that evaluate: the cache of full runs, the unit store --------------------
 class EvaluationCache:
-    """Metrics of the full evaluations already run on one loaded model, by what fixes them: the
-    task's identity (name, VERSION, data by content, paper quirks), shots, limit, seed, batch budget,
-    max length, and the exact mask values.
+    """Metrics of the full evaluations already run on one loaded model, by what fixes them: the task's
+    identity (name, VERSION, data by content, prompt variant), shots, limit, seed, batch budget, max length,
+    and the exact mask values (`evaluation_identity` and the masks' bytes).
 
-    `run.py all` shares one between its steps, so an evaluation that several sweeps contain is run
-    once: every 0% unit is the unpruned evaluation, the grid's FFN-0% column is the head sweep and its
-    heads-0% row the FFN sweep, and one sweep evaluates two percentages that mask the same heads once.
-    Reuse is exact, not approximate: the same masks on the same batches run the same operations (a
-    mask of ones counts as no mask: multiplying by 1.0 changes no bit).
-    Only full runs are kept (start_layer 0); the FFN oracle's layer-skipping runs are not.
+    `run.py all` shares one between its steps, so an evaluation that several sweeps contain is run once: every
+    0% unit is the unpruned evaluation, the grid's FFN-0% column is the head sweep and its heads-0% row the FFN
+    sweep, and one sweep evaluates two percentages that mask the same heads once. With a `directory` every
+    evaluation is also kept on disk (one small JSON each, fingerprinted with the model): torchrun processes
+    read what the others computed, and a resumed run what the killed one computed. Reuse is exact, not
+    approximate: the same masks on the same batches run the same operations (a mask of ones counts as no mask:
+    multiplying by 1.0 changes no bit). Only full runs are kept (start_layer 0); the FFN oracle's
+    layer-skipping runs are not.
     """
 
-    def __init__(self, model: Any):
+    def __init__(self, model: Any, directory: str | Path | None = None, fingerprint: dict[str, Any] | None = None):
         self.model = model
+        self.directory = None if directory is None else Path(directory)
+        self.fingerprint = fingerprint or {}
         self._metrics: dict[tuple[str, bytes, bytes], dict[str, float]] = {}
         self._pinned: dict[str, Any] = {}
 
@@ -137,32 +149,80 @@ class EvaluationCache:
         """An evaluation without an identity() (a test's stand-in) is only equal to itself; it is
         kept alive here so its id is never reused by another object."""
         if hasattr(evaluation, "identity"):
-            ident = evaluation.identity()
-        else:
-            ident = f"object {id(evaluation)}"
-            self._pinned[ident] = evaluation
-        return ident, _mask_bytes(head_mask), _mask_bytes(ffn_mask)
+            return self.key_of(evaluation.identity(), head_mask, ffn_mask)
+        ident = f"object {id(evaluation)}"
+        self._pinned[ident] = evaluation
+        return self.key_of(ident, head_mask, ffn_mask)
 
-    def run(self, evaluation: Any, head_mask: Any = None, ffn_mask: Any = None) -> tuple[dict[str, float], bool]:
-        """(metrics, computed): the cached metrics of this evaluation under these masks, or a new
-        full run of it (computed=True) that is then kept."""
+    @staticmethod
+    def key_of(identity: str, head_mask: Any, ffn_mask: Any) -> tuple[str, bytes, bytes]:
+        """The key of an evaluation (its evaluation_identity) under these masks."""
+        return identity, _mask_bytes(head_mask), _mask_bytes(ffn_mask)
+
+    def get(self, key: tuple[str, bytes, bytes]) -> dict[str, float] | None:
+        """The metrics kept under `key`, from memory or the directory; None when not there."""
+        if key in self._metrics:
+            return dict(self._metrics[key])
+        path = self._path(key)
+        if path is None or not path.is_file():
+            return None
+        try:
+            entry = json.loads(path.read_text(encoding="utf-8"))
+            ok = entry["identity"] == key[0] and entry["fingerprint"] == self.fingerprint
+            metrics = dict(entry["metrics"]) if ok else None
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            print(f"[evaluations] {path}: damaged ({type(err).__name__}), evaluated again", file=sys.stderr)
+            return None
+        if metrics is not None:
+            self._metrics[key] = metrics
+        return metrics
+
+    def run(self, evaluation: Any, head_mask: Any = None, ffn_mask: Any = None,
+            identity: str | None = None) -> tuple[dict[str, float], bool]:
+        """(metrics, computed): the kept metrics of this evaluation under these masks, or a new full run of it
+        (computed=True) that is then kept. identity: its evaluation_identity when the caller knows it (a
+        stand-in evaluation has none of its own; every process keys it the same way then)."""
         scorer = getattr(evaluation, "scorer", None)
         if scorer is not None and scorer.model is not self.model:
             raise ValueError("EvaluationCache: this evaluation scores another model than the cache's")
-        key = self.key(evaluation, head_mask, ffn_mask)
-        if key in self._metrics:
-            return dict(self._metrics[key]), False
+        key = self.key_of(identity, head_mask, ffn_mask) if identity else self.key(evaluation, head_mask, ffn_mask)
+        metrics = self.get(key)
+        if metrics is not None:
+            return metrics, False
         metrics = evaluation.run(head_mask=head_mask, ffn_mask=ffn_mask)
-        self._metrics[key] = dict(metrics)
+        self._put(key, metrics)
         return metrics, True
 
     def __contains__(self, key: tuple[str, bytes, bytes]) -> bool:
-        return key in self._metrics
+        return self.get(key) is not None
 
     def put(self, evaluation: "TaskEvaluation", metrics: dict[str, float], head_mask: Any = None,
-            ffn_mask: Any = None) -> None:
-        """Keep the metrics of a full run made elsewhere (the evaluation step's own run)."""
-        self._metrics[self.key(evaluation, head_mask, ffn_mask)] = dict(metrics)
+            ffn_mask: Any = None, identity: str | None = None) -> None:
+        """Keep the metrics of a full run made elsewhere (the evaluation step's own run; layer-order runs)."""
+        key = self.key_of(identity, head_mask, ffn_mask) if identity else self.key(evaluation, head_mask, ffn_mask)
+        self._put(key, metrics)
+
+    def _put(self, key: tuple[str, bytes, bytes], metrics: dict[str, float]) -> None:
+        self._metrics[key] = dict(metrics)
+        path = self._path(key)
+        if path is not None:
+            from opt66b.runs.results import write_json
+
+            write_json(path, {"identity": key[0], "metrics": metrics, "fingerprint": self.fingerprint})
+
+    def _path(self, key: tuple[str, bytes, bytes]) -> Path | None:
+        if self.directory is None or key[0].startswith("object "):
+            return None
+        digest = hashlib.sha256(key[0].encode() + b"|" + key[1] + b"|" + key[2]).hexdigest()
+        return self.directory / f"{digest[:40]}.json"
+
+
+def evaluation_identity(task: Task, shots: int, limit: int | None, seed: int, batch_tokens: int,
+                        max_length: int) -> str:
+    """What fixes an evaluation's numbers on a given model besides its masks (EvaluationCache's key): the task's
+    identity and prompt variant, shots, limit, seed and the batching."""
+    return json.dumps([task_fingerprint(task), getattr(task, "paper_quirks", False), shots, limit, seed, batch_tokens,
+                       max_length], sort_keys=True)
 
 
 def _mask_bytes(mask: Any) -> bytes:
@@ -210,3 +270,34 @@ def evaluation_store(info: dict[str, Any], *, limit: int | None, seed: int, pape
 
     return UnitStore({**model_fingerprint(info), "limit": limit, "seed": seed, "paper_quirks": paper_quirks, **extra},
                      recompute=recompute)
+
+
+# -- an evaluation's passes without its tensors (what the run splits by and the plan prices) ---------------
+_PASSES: dict[tuple, Any] = {}  # within a process: (task, data, variant, shots, limit, seed, length, budget, tokenizer)
+
+
+def evaluation_order(task: Task, shots: int, limit: int | None, seed: int, max_length: int, tokenizer: Any) -> Any:
+    """The length-level order of the evaluation's unique requests (tasks.batching.Order), from the
+    tokenisation cache when it has it (tasks.batching.cached): tokenising the full data takes minutes."""
+    from .batching import Order, cached
+    from .scoring import token_requests
+
+    def compute() -> dict[str, Any]:
+        requests = [r for inst in task.instances(shots, limit=limit, seed=seed) for r in inst.requests]
+        return Order.of(list(dict.fromkeys(token_requests(tokenizer, requests, max_length)))).to_json()
+
+    return Order.from_json(cached(f"{shots}-shot-order", [shots, limit, seed, max_length], tokenizer, task, compute))
+
+
+def evaluation_passes(task: Task, shots: int, limit: int | None, seed: int, max_length: int, batch_tokens: int,
+                      tokenizer: Any) -> Any:
+    """opt66b.cost.Passes of the evaluation: its order, batched under `batch_tokens` as the Scorer batches it
+    (tasks.batching.layout); equal to Scorer.passes() of the same evaluation (tests/test_scoring.py)."""
+    from .batching import layout
+
+    key = (task.NAME, str(task.data_dir), task.paper_quirks, shots, limit, seed, max_length, batch_tokens,
+           id(tokenizer))
+    if key not in _PASSES:
+        order = evaluation_order(task, shots, limit, seed, max_length, tokenizer)
+        _PASSES[key] = order.passes(layout(order, batch_tokens))
+    return _PASSES[key]

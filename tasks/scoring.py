@@ -35,9 +35,8 @@ from opt66b.layer_major import (DEFAULT_CHUNK_BUDGET, ChunkPass, MaskedRun, chec
                                 run_layer_major, streams_layers)
 
 from .base import Request, Result
+from .batching import Batch, Order, layout
 
-KV_BUDGET_FACTOR = 4  # continuation batches may touch up to 4x batch_tokens key positions (expanded cache copies)
-PAD_SLACK = 32  # a row joins a batch only if it is at most max(32, first/8) tokens shorter than its first row
 
 
 @dataclass(frozen=True)
@@ -129,29 +128,23 @@ class Scorer:
         index: dict[TokenRequest, int] = {}
         self.request_to_unique = [index.setdefault(t, len(index)) for t in self.tokenized]
         self.unique = list(index)
-        self.units = self._plan()
+        self.units = self._batches()
         self._records: list[dict[str, Any]] | None = None
         self._record_masks: tuple[torch.Tensor, torch.Tensor] | None = None
         self.stats = self._stats()
 
-    # -- planning ------------------------------------------------------------------------------
-    def _plan(self) -> list[_Unit]:
-        groups: dict[tuple[int, ...], list[int]] = {}
-        for u, t in enumerate(self.unique):
-            groups.setdefault(t.prefix, []).append(u)
-        plain = [us[0] for us in groups.values() if len(us) == 1]
-        shared = [us for us in groups.values() if len(us) > 1]
-        # Longest first: the first batch is the largest, so an out-of-memory error happens at once
-        # rather than hours in, and each batch pads to its first (longest) row with little waste.
-        plain.sort(key=lambda u: (-len(self.unique[u].input_ids), self.unique[u].input_ids))
-        shared.sort(key=lambda us: (-len(self.unique[us[0]].prefix), self.unique[us[0]].prefix))
-        units = [_Unit(self._plain_pass(b)) for b in _fill(plain, lambda u: len(self.unique[u].input_ids),
-                                                            self.batch_tokens)]
-        for batch in _fill(shared, lambda us: len(self.unique[us[0]].prefix), self.batch_tokens):
-            units.append(self._shared_unit(batch))
-        return units
+    # -- batching (tasks/batching.py decides it on lengths; here it becomes tensors) ------------------
+    def _batches(self) -> list[_Unit]:
+        self.order = Order.of(self.unique)
+        self.layout = layout(self.order, self.batch_tokens)
+        return [self._shared_unit(b) if b.shared else self._plain_pass([self.order.plain[i][2] for i in b.rows])
+                for b in self.layout]
 
-    def _plain_pass(self, batch: list[int]) -> _Pass:
+    def passes(self) -> Any:
+        """The cost shapes of every pass (opt66b.cost.Passes), the ones `--plan` prices."""
+        return self.order.passes(self.layout)
+
+    def _plain_pass(self, batch: list[int]) -> _Unit:
         seqs = [self.unique[u].input_ids for u in batch]
         ids, mask = _pad(seqs)
         rows, pos, targets, owner = [], [], [], []
@@ -160,24 +153,19 @@ class Scorer:
             start = len(t.prefix) - 1
             for j, tok in enumerate(t.continuation):
                 rows.append(r), pos.append(start + j), targets.append(tok), owner.append(u)
-        return _Pass(ids, mask, *map(_long, (rows, pos, targets, owner)))
+        return _Unit(_Pass(ids, mask, *map(_long, (rows, pos, targets, owner))))
 
-    def _shared_unit(self, batch: list[list[int]]) -> _Unit:
-        prefixes = [list(self.unique[us[0]].prefix) for us in batch]
+    def _shared_unit(self, batch: Batch) -> _Unit:
+        groups = [[u for u, _ in self.order.shared[i][1]] for i in batch.rows]
+        prefixes = [list(self.unique[us[0]].prefix) for us in groups]
         ids, mask = _pad(prefixes)
         rows, pos, targets, owner = [], [], [], []
-        conts = []  # (context row, unique index) for continuations longer than one token
-        for r, us in enumerate(batch):
+        for r, us in enumerate(groups):
             for u in us:
                 rows.append(r), pos.append(len(prefixes[r]) - 1)
                 targets.append(self.unique[u].continuation[0]), owner.append(u)
-                if len(self.unique[u].continuation) > 1:
-                    conts.append((r, u))
         unit = _Unit(_Pass(ids, mask, *map(_long, (rows, pos, targets, owner))))
-        past = ids.shape[1]
-        conts.sort(key=lambda ru: (-len(self.unique[ru[1]].continuation), ru[1]))
-        fed = lambda ru: len(self.unique[ru[1]].continuation) - 1  # noqa: E731
-        for cb in _fill(conts, fed, self.batch_tokens, past=past, past_budget=KV_BUDGET_FACTOR * self.batch_tokens):
+        for cb in batch.conts:
             c_ids, c_mask = _pad([list(self.unique[u].continuation[:-1]) for _, u in cb])
             ctx_rows = _long([r for r, _ in cb])
             full_mask = torch.cat([mask[ctx_rows], c_mask], dim=1)  # (R, past + T)
@@ -267,14 +255,17 @@ class Scorer:
     def run_knockouts(self, runs: Sequence[tuple[Any, Any, Any, int]], chunk_units: int,
                       done: dict[int, dict[Any, tuple[torch.Tensor, torch.Tensor]]] | None = None,
                       on_chunk: Callable[[int, dict[Any, tuple[torch.Tensor, torch.Tensor]]], None] | None = None,
-                      layer_major: bool | None = None) -> dict[Any, list[Result]]:
+                      layer_major: bool | None = None, base: tuple[Any, Any] = (None, None),
+                      only: set[int] | None = None) -> dict[Any, list[Result]]:
         """The unmasked base run and every (key, head_mask, ffn_mask, start_layer) run, `chunk_units`
         batches at a time: memory is set by the chunk, not by the task. Batch order (resident layers):
         each chunk's base records its layer inputs on the host and every run resumes from them batch by
         batch. Layer order (layer_major; default when layers stream; opt66b/layer_major.py): layer i
         takes the chunk for the base and every started run before layer i + 1 is fetched, live states
         on the compute device. Both give run()'s and run(start_layer=...)'s results bit for bit.
-        done[first unit] / on_chunk(first unit, {key: (lls, misses)}) resume and save per chunk."""
+        done[first unit] / on_chunk(first unit, {key: (lls, misses)}) resume and save per chunk. base: the base
+        run's (head_mask, ffn_mask) (unmasked by default). only: the chunks (first units) to compute; the others
+        must be in `done` (another process computed them) or their requests stay at zero."""
         if chunk_units < 1:
             raise ValueError(f"chunk_units must be >= 1, got {chunk_units}")
         if layer_major is None:
@@ -283,16 +274,18 @@ class Scorer:
         total = {k: (torch.zeros(len(self.unique), dtype=torch.float64), torch.zeros(len(self.unique), dtype=torch.long))
                  for k in keys}
         for key, head_mask, ffn_mask, start in runs:
-            check_resumable(self.model.config, MaskedRun(), MaskedRun(head_mask, ffn_mask, start), f"run {key!r}")
+            check_resumable(self.model.config, MaskedRun(*base), MaskedRun(head_mask, ffn_mask, start), f"run {key!r}")
         for first in range(0, len(self.units), chunk_units):
             part = (done or {}).get(first)
+            if part is None and only is not None and first not in only:
+                continue
             if part is None:
                 part = {k: (torch.zeros_like(total[k][0]), torch.zeros_like(total[k][1])) for k in keys}
                 chunk = self.units[first:first + chunk_units]
                 if layer_major:
-                    self._chunk_layer_major(chunk, runs, [part[k] for k in keys])
+                    self._chunk_layer_major(chunk, runs, [part[k] for k in keys], base)
                 else:
-                    recs = [self._run_unit(u, None, None, 0, None, True, *part["base"]) for u in chunk]
+                    recs = [self._run_unit(u, *base, 0, None, True, *part["base"]) for u in chunk]
                     for key, head_mask, ffn_mask, start in runs:
                         for u, rec in zip(chunk, recs):
                             self._run_unit(u, head_mask, ffn_mask, start, rec, False, *part[key])
@@ -363,22 +356,6 @@ class Scorer:
                                                               and torch.equal(f[:start_layer], rf[:start_layer])):
             raise ValueError(f"start_layer={start_layer}: the masks differ from the recorded run in layers "
                              f"< {start_layer}, so the recorded inputs of layer {start_layer} do not apply")
-
-
-def _fill(items: list, length, budget: int, past: int = 0, past_budget: int | None = None) -> list[list]:
-    """Greedy batches over items sorted longest first: rows * first_length <= budget (and
-    rows * (past + first_length) <= past_budget); a batch always takes at least one item. Padding
-    is computed like real tokens, so a much shorter row starts a new batch instead (PAD_SLACK)."""
-    batches: list[list] = []
-    for item in items:
-        if batches:
-            rows, first = len(batches[-1]) + 1, length(batches[-1][0])
-            short_enough = first - length(item) <= max(PAD_SLACK, first // 8)
-            if short_enough and rows * first <= budget and (past_budget is None or rows * (past + first) <= past_budget):
-                batches[-1].append(item)
-                continue
-        batches.append([item])
-    return batches
 
 
 def _pad(seqs: list[list[int]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

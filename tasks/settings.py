@@ -80,6 +80,29 @@ class EvaluatingStep(TaskStep):
         return TaskEvaluation(model, tokenizer, task, shots, limit=self.limit, seed=self.seed,
                               batch_tokens=self.batch_tokens, **kwargs)
 
+    def max_positions(self, cfg: Any) -> int:
+        """Model inputs per request: --max-length where the step has it, else the model's positions."""
+        return getattr(self, "max_length", None) or cfg.max_positions
+
+    def evaluation_key(self, task: Any, shots: int, cfg: Any) -> tuple:
+        """What fixes an evaluation's numbers on a given model besides its masks (TaskEvaluation.identity's
+        parts): the task and its prompts, the docs, the batching. The plan dedupes evaluations by it."""
+        return (task.NAME, str(self.data), getattr(task, "paper_quirks", False), shots, self.limit, self.seed,
+                self.batch_tokens, self.max_positions(cfg))
+
+    def evaluation_identity(self, task: Any, shots: int, cfg: Any) -> str:
+        """tasks.evaluation.evaluation_identity of `task` at `shots`: its EvaluationCache key without masks."""
+        from .evaluation import evaluation_identity
+
+        return evaluation_identity(task, shots, self.limit, self.seed, self.batch_tokens, self.max_positions(cfg))
+
+    def passes(self, task: Any, shots: int, cfg: Any, tokenizer: Any) -> Any:
+        """opt66b.cost.Passes of the evaluation of `task` at `shots` under these settings."""
+        from .evaluation import evaluation_passes
+
+        return evaluation_passes(task, shots, self.limit, self.seed, self.max_positions(cfg), self.batch_tokens,
+                                 tokenizer)
+
     def unit_store(self, info: dict[str, Any], **extra: Any) -> Any:
         """The fingerprinted store of this step's units (tasks.evaluation.evaluation_store)."""
         from .evaluation import evaluation_store

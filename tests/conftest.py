@@ -98,17 +98,22 @@ def write_checkpoint(model, path):
 
 
 def sweep_of(model, tokenizer, tasks, sweep, ranking, shots, out, make, importance_dir=None, ffn_dir=None,
-             store=None, cache=None, work=None, max_memory=None, **percents):
+             store=None, cache=None, work=None, max_memory=None, limit=None, batch_tokens=4096, **percents):
     """prune.sweeps.run_sweep on stand-ins: a PruneSettings of these options (`max_memory` sizes the layer-order
-    chunks, e.g. "cpu=4" for one batch per chunk), a SweepRun with `make` building each evaluation."""
+    chunks, e.g. "cpu=4" for one batch per chunk; limit and batch_tokens as `make` builds its evaluations),
+    a SweepRun with `make` building each evaluation."""
     from opt66b.runs.store import UnitStore, Work
     from prune.sweeps import PruneSettings, SweepRun, run_sweep
     from tasks.evaluation import EvaluationCache
 
     s = PruneSettings(sweep=sweep, ranking=ranking, tasks=tuple(tasks), shots=tuple(shots), out=out,
                       importance=importance_dir, ffn_importance=ffn_dir, data=FIXTURES, max_memory=max_memory,
-                      **{k: tuple(v) for k, v in percents.items()})
-    run = SweepRun(model, tokenizer, store or UnitStore({}), work or Work(), cache or EvaluationCache(model), make, {})
+                      limit=limit, batch_tokens=batch_tokens, **{k: tuple(v) for k, v in percents.items()})
+    from opt66b.cost import ModelShape
+
+    shape = ModelShape.of(model) if hasattr(model, "parameters") and tokenizer is not None else None  # stand-ins: equal costs
+    cache = cache or EvaluationCache(model, Path(out) / "evaluations", {})  # on disk, as run_prune's: shared by processes
+    run = SweepRun(model, tokenizer, store or UnitStore({}), work or Work(), cache, make, {}, shape)
     return run_sweep(s, tasks, run)
 
 

@@ -183,7 +183,7 @@ def test_streamed_sweeps_run_each_task_in_layer_order_with_the_resident_tables(t
             work = Work()
             table = sweep_of(net, tokenizer, tasks, sweep, "own", [0], root, make, importance_dir=tmp_path / "imp",
                              ffn_dir=tmp_path / "ffn", store=UnitStore({}), cache=cache, max_memory=max_memory,
-                             work=work, **kw)
+                             work=work, limit=8, batch_tokens=24, **kw)
             out[sweep] = json.loads(table.read_text())["results"]
             copies[sweep] = (getattr(net.streamer, "copies", 0) - before, work.forward_passes)
         return out, copies
@@ -192,9 +192,10 @@ def test_streamed_sweeps_run_each_task_in_layer_order_with_the_resident_tables(t
     got, copies = tables(streamed, tmp_path / "streamed", max_memory="cpu=1TiB")  # one chunk: the whole task
     assert got == want
     passes = len([p for u in make(resident, tokenizer, tasks["copa"], 0).scorer.units for p in (u.main, *u.conts)])
-    # heads: base + 2 masks, ffn: 2 new masks (+ base), grid: its 4 cells with both masked (+ base);
-    # every sweep fetches each of the 4 layers once (one chunk)
-    assert copies == {"heads": (4, 3 * passes), "ffn": (4, 3 * passes), "grid": (4, 5 * passes)}
+    # heads: the unmasked cell + 2 masks, ffn: its 2 new masks (its 0% is the head sweep's), grid: its 4 cells with
+    # both masked; no unmasked run is added as a base (every run starts at layer 0: the first new one is the
+    # others' base); every sweep fetches each of the 4 layers once (one chunk)
+    assert copies == {"heads": (4, 3 * passes), "ffn": (4, 2 * passes), "grid": (4, 4 * passes)}
     # chunks of one batch: the same tables, each layer fetched once per chunk
     got, copies = tables(streamed, tmp_path / "chunked", max_memory="cpu=4")  # a 1-byte budget: a batch a chunk
     assert got == want and copies["heads"][0] == 4 * batches

@@ -8,8 +8,8 @@ import torch
 from conftest import random_model
 from opt66b.runs.results import write_tensors
 from prune.masks import (aggregate_importance, count_for_percent, ffn_mask_for_percent, ffn_ranking,
-                         head_mask_for_percent, head_ranking, normalize_per_layer, read_importance, read_masks,
-                         write_masks)
+                         head_mask_for_percent, head_ranking, normalize_per_layer, read_importance)
+from opt66b.runs.mask_files import read_masks, write_masks
 
 # OPT-66B (64 layers x 72 heads = 4608) counts per 10% step: floor(p * n / 100), as the paper's code.
 HEADS_66B = {10: 460, 20: 921, 30: 1382, 40: 1843, 50: 2304, 60: 2764, 70: 3225, 80: 3686, 90: 4147}

@@ -81,13 +81,18 @@ def test_flops_follow_the_stated_rule_on_a_hand_computed_pass(tmp_path, capsys):
     plan = plan_of(["induction", "prefix", "--seeds", "1"], tmp_path, capsys)
     assert plan["total"]["flops"] == c["layers"] * per_layer
     assert plan["total"]["seconds"] == pytest.approx(c["layers"] * per_layer / 1e12)  # --throughput 1 TFLOP/s
-    # head importance: forward + backward = 3 x forward, output head at the continuation positions
+    # head importance: a forward, and a backward of the activations only (the weights are frozen): the weight
+    # matmuls once more (dX = dY W^T), the attention twice (both operands are activations), the head once
     plan = plan_of(["importance", "heads", "--tasks", "copa", "--shots", "0", "--n-docs", "1"], tmp_path, capsys)
     step = plan["steps"][0]
     n, y = step["tokens"], step["logit_positions"]
-    forward = c["layers"] * (2 * n * (4 * c["d"] ** 2 + 2 * c["d"] * c["f"]) + 4 * n * n * c["d"]) + 2 * y * c["w"] * c["v"]
+    matmuls = c["layers"] * 2 * n * (4 * c["d"] ** 2 + 2 * c["d"] * c["f"])
+    attention = c["layers"] * 4 * n * n * c["d"]
+    head = 2 * y * c["w"] * c["v"]
     assert (step["forward_passes"], step["backward_passes"]) == (1, 1)
-    assert step["flops"] == 3 * forward
+    assert step["flops"] == (matmuls + attention + head) + (matmuls + 2 * attention + head)
+    # the rule the weights' gradients would add (x W, a matmul of the same size per weight) is not counted
+    assert step["flops"] < 3 * (matmuls + attention + head)
 
 
 def test_backward_memory_resident_keeps_every_layer_streamed_keeps_one_input_per_layer():
@@ -99,6 +104,7 @@ def test_backward_memory_resident_keeps_every_layer_streamed_keeps_one_input_per
     logits' gradient."""
     from types import SimpleNamespace
 
+    from opt66b.cost import Passes, Run, WorkUnit
     from study.plan import Shape, StepPlan
 
     d, f, layers, heads, v, b, t, nbytes = 16, 64, 3, 2, 100, 2, 5, 2
@@ -110,7 +116,8 @@ def test_backward_memory_resident_keeps_every_layer_streamed_keeps_one_input_per
     for streamed, kept in (({}, (layers + 1) * working), ({2: 1000}, 2 * working + layers * b * t * d * nbytes)):
         shape = Shape(cfg, nbytes, {"cuda:0": layers}, {"cuda:0": 0}, "cuda:0", streamed)
         step = StepPlan("importance heads", shape)
-        step.add(b, t, logit_rows=4, backward=True, scores=False)
+        passes = Passes((((b, t, t, b * t, 4, 0),),))  # one pass: B rows x T positions, 4 scored
+        step.add_unit(WorkUnit(("example",), [Run(passes, backward="layerwise" if streamed else "full")]))
         assert step.activations["cuda:0"] == kept + logits, streamed
     assert (layers + 1) * working > 2 * working + layers * b * t * d * nbytes  # the layer-wise rule is the smaller
 

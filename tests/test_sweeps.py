@@ -73,7 +73,7 @@ class FakeEvaluation:
 
 class FakeModel:
     class config:  # noqa: N801 - mimics OPTConfig's attribute names
-        num_layers, num_heads = 10, 8
+        num_layers, num_heads, max_positions = 10, 8, 2048
 
 
 def write_importances(root: Path, tasks: list[str], shots: int, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -147,7 +147,8 @@ def test_ffn_and_grid_sweeps_use_the_ffn_ranking(tmp_path):
     assert all(torch.equal(f, ffn_mask_for_percent(order, 30, 10)) for _, _, f, _ in log if f is not None)
     assert table["results"]["rte"]["shots-0"]["0"]["30"] == pytest.approx(97.0)
     grid, log = run(tmp_path, "grid", head_percents=[0, 20], ffn_percents=[0, 10])
-    assert len(log) == 2 * 4
+    # 2 tasks x 4 cells, less the unmasked cell the FFN sweep left in the run's evaluation cache (OUT/evaluations)
+    assert len(log) == 2 * 3 and all(h is not None or f is not None for _, h, f, _ in log)
     # Cell (20% heads, 10% FFN): 16 heads + 1 FFN off -> 83 points.
     assert grid["results"]["copa"]["shots-0"]["20"]["10"] == pytest.approx(83.0)
     assert set(grid["results"]["copa"]["shots-0"]) == {"0", "20"}
@@ -160,8 +161,14 @@ def test_sweep_resumes_from_unit_files(tmp_path):
     assert unit.is_file()
     unit.unlink()
     second, log2 = run(tmp_path, "heads")
-    assert len(log1) == 20 and len(log2) == 1  # only the missing unit is recomputed
+    # the missing cell is written again from the run's evaluation cache (OUT/evaluations): nothing is recomputed
+    assert len(log1) == 20 and len(log2) == 0 and unit.is_file()
     assert second["results"] == first["results"]
+    for entry in (tmp_path / "out" / "evaluations").glob("*.json"):  # without the cache, only that evaluation runs
+        entry.unlink()
+    unit.unlink()
+    third, log3 = run(tmp_path, "heads")
+    assert len(log3) == 1 and third["results"] == first["results"]
 
 
 def test_ffn_oracle_units_resume_and_aggregate(tmp_path):
@@ -214,7 +221,7 @@ def test_shared_evaluation_cache_reuses_cells_exactly_and_runs_each_once(model, 
                           ("grid", {"head_percents": hp, "ffn_percents": fp})):
             works[sweep] = Work()
             sweep_of(model, tokenizer, tasks, sweep, "own", [0], root, make, **dirs, **kw, work=works[sweep],
-                     cache=cache)
+                     cache=cache or EvaluationCache(model), limit=4, batch_tokens=256)  # None: a fresh cache per sweep
         tables = {s: json.loads((root / f"{s}-own.json").read_text())["results"]["copa"]["shots-0"] for s in works}
         return tables, {s: w.forward_passes for s, w in works.items()}
 

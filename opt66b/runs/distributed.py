@@ -34,10 +34,28 @@ def is_main() -> bool:
     return rank_world()[0] == 0
 
 
-def my_units(units: Sequence[T]) -> list[T]:
-    """This process's share of `units` (round robin, so long and short units spread evenly)."""
+def my_units(units: Sequence[T], costs: Sequence[float] | None = None) -> list[T]:
+    """This process's share of `units`, in their order: by `assign` when their costs are given (every process
+    computes the same costs, so the same assignment), else round robin."""
     rank, world = rank_world()
-    return list(units[rank::world])
+    if costs is None:
+        return list(units[rank::world])
+    owners = assign(costs, world)
+    return [u for u, owner in zip(units, owners) if owner == rank]
+
+
+def assign(costs: Sequence[float], world: int) -> list[int]:
+    """The process of each unit: longest first, each to the process with the least work so far (ties: the
+    lowest rank; equal costs: the earlier unit first). Deterministic: the run and `--plan` call it with the
+    same costs and get the same schedule; its makespan is at most 4/3 of the best possible (Graham's bound
+    for longest-processing-time-first)."""
+    loads = [0.0] * world
+    owners = [0] * len(costs)
+    for i in sorted(range(len(costs)), key=lambda i: (-costs[i], i)):
+        owner = min(range(world), key=lambda r: (loads[r], r))
+        owners[i] = owner
+        loads[owner] += costs[i]
+    return owners
 
 
 def init() -> None:

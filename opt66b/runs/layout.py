@@ -13,6 +13,7 @@ name changes in one place. A run of `python run.py all --out OUT` is laid out as
     OUT/prune/<table>.json                 heads-own, heads-aggregate, ffn-own, grid-own, transfer
     OUT/prune/<table>/shots-K/<task>/hH_fF.json   one sweep unit
     OUT/correlate/correlations.json
+    OUT/evaluations/<digest>.json          the evaluation cache every step and process shares
     OUT/induction/, OUT/capacity/, OUT/copytask/
 
 A step run on its own (`run.py eval --out DIR`) writes the same tree under DIR that `all` writes
@@ -97,6 +98,11 @@ class RunLayout:
     def table(self, name: str) -> Path:
         """A merged sweep table: prune/heads-own.json, prune/grid-own.json, prune/transfer.json, ..."""
         return self.prune / f"{name}.json"
+
+    @property
+    def evaluations(self) -> Path:
+        """The evaluation cache every step of the run shares, on disk (tasks.evaluation.EvaluationCache)."""
+        return self.root / "evaluations"
 
     @property
     def correlate(self) -> Path:

@@ -66,18 +66,30 @@ def in_memory_info(model: torch.nn.Module) -> dict[str, Any]:
 
 
 class Work:
-    """What an experiment call computed (resumed units count nothing): model passes and tokens fed."""
+    """What an experiment call computed (resumed units count nothing): model passes, tokens fed, and the FLOPs
+    of the work units it ran, by the rule the plan prices them with (opt66b/cost.py), so OUT/work.json sets the
+    executed FLOPs of each process beside the planned ones."""
 
     def __init__(self) -> None:
         self.forward_passes = self.backward_passes = self.tokens = 0
+        self.flops = 0.0
 
-    def add(self, forward: int = 0, backward: int = 0, tokens: int = 0) -> None:
+    def add(self, forward: int = 0, backward: int = 0, tokens: int = 0, flops: float = 0.0) -> None:
         self.forward_passes += forward
         self.backward_passes += backward
         self.tokens += tokens
+        self.flops += flops
 
-    def as_dict(self) -> dict[str, int]:
-        return {"forward_passes": self.forward_passes, "backward_passes": self.backward_passes, "tokens": self.tokens}
+    def add_unit(self, unit: Any, rule: Any) -> None:
+        """A WorkUnit (opt66b.cost) run whole: its passes, tokens and FLOPs."""
+        for r in unit.runs:
+            self.add(forward=r.times * r.passes.count, backward=r.times * r.passes.count if r.backward else 0,
+                     tokens=r.times * r.passes.real)
+        self.flops += unit.flops(rule)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"forward_passes": self.forward_passes, "backward_passes": self.backward_passes, "tokens": self.tokens,
+                "flops": self.flops}
 
 
 def _canonical(obj: Any) -> Any:
