@@ -246,7 +246,7 @@ class HeadImportanceSettings(TaskStep):
 
     def example_lengths(self, task: Any, shots: int, cfg: Any, tokenizer: Any) -> list[tuple[int, int]]:
         """(tokens fed, scored positions) of each importance example, from the tokenisation cache when it has them."""
-        from tasks.batching import cached
+        from tasks.evaluation import cached
 
         max_length = self.max_length or cfg.max_positions
 

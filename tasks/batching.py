@@ -5,9 +5,9 @@ layout and the plan prices the same layout, so a batch is made in one place.
     batches = layout(order, batch_tokens)        # what Scorer runs: plain and shared-context batches
     passes = order.passes(batches)               # opt66b.cost.Passes: what each pass costs
 
-An Order holds no tokens, only lengths and request indices, so it is JSON-able and is what the plan keeps of
-a tokenised evaluation (`cached`): a new --batch-tokens re-batches the cached order in well under a second
-instead of tokenising the data again (the expensive part: minutes on the full data).
+An Order holds no tokens, only lengths and request indices, so it is JSON-able and is what the tokenisation
+cache keeps of an evaluation (tasks.evaluation.cached): a new --batch-tokens re-batches the cached order in
+well under a second instead of tokenising the data again (the expensive part: minutes on the full data).
 
 Rules (lm-eval's numbers, the least work): requests with an identical prefix share one context pass whose
 keys and values the continuations then read (a shared unit); a request alone is a plain batch row. Rows are
@@ -19,18 +19,13 @@ within KV_BUDGET_FACTOR x the budget.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from opt66b.cost import Passes
 
 KV_BUDGET_FACTOR = 4  # continuation batches may touch up to 4x batch_tokens key positions (expanded cache copies)
 PAD_SLACK = 32  # a row joins a batch only if it is at most max(32, first/8) tokens shorter than its first row
-ORDER_FORMAT = 1  # bump when Order's layout changes: cached orders of other formats are recomputed
 
 
 @dataclass(frozen=True)
@@ -126,42 +121,3 @@ def _fill(items: list, length: Callable[[Any], int], budget: int, past: int = 0,
                 continue
         batches.append([item])
     return batches
-
-
-# -- the tokenisation cache -------------------------------------------------------------------------------
-_SOURCE: list[str] = []  # sha256 of the tasks package's source, computed once per process
-
-
-def cached(what: str, identity: list[Any], tokenizer: Any, task: Any, compute: Callable[[], Any]) -> Any:
-    """compute(), a JSON-able value, kept in OPT66B_CACHE_DIR/plans/ under everything that fixes it:
-    `identity` (which docs, demos, lengths) plus the task's name, VERSION and data by content, its prompt
-    variant, the tokenizer files by content and the source of the tasks package. No batch budget and no
-    placement: any machine shape reads it back. A tokenizer built in memory (no files) is never cached; a
-    damaged entry is recomputed, never trusted; a cache that cannot be written costs time, nothing else."""
-    from opt66b.fileio import atomic_write_text
-    from opt66b.runs.identity import cache_dir, tokenizer_identity
-
-    from .evaluation import task_fingerprint
-
-    if getattr(tokenizer, "merges_path", None) is None:
-        return compute()
-    if not _SOURCE:
-        package = Path(__file__).resolve().parent
-        _SOURCE.append(hashlib.sha256(b"".join(p.read_bytes() for p in sorted(package.glob("*.py")))).hexdigest())
-    full = [ORDER_FORMAT, what, *identity, task_fingerprint(task), task.paper_quirks,
-            tokenizer_identity(Path(tokenizer.merges_path).parent), _SOURCE[0]]
-    digest = hashlib.sha256(json.dumps(full, sort_keys=True).encode()).hexdigest()
-    path = cache_dir() / "plans" / f"{task.NAME}-{what}-{digest[:32]}.json"
-    try:
-        return json.loads(path.read_text())["value"]
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    print(f"[plan] {task.NAME} {' '.join(what.rsplit('-', 1))}: tokenising its requests (kept in {path.parent} "
-          "for the next plan)", file=sys.stderr, flush=True)
-    value = compute()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, json.dumps({"value": value}, separators=(",", ":")))
-    except (OSError, ValueError):
-        pass
-    return value

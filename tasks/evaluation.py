@@ -20,7 +20,7 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -279,7 +279,7 @@ _PASSES: dict[tuple, Any] = {}  # within a process: (task, data, variant, shots,
 def evaluation_order(task: Task, shots: int, limit: int | None, seed: int, max_length: int, tokenizer: Any) -> Any:
     """The length-level order of the evaluation's unique requests (tasks.batching.Order), from the
     tokenisation cache when it has it (tasks.batching.cached): tokenising the full data takes minutes."""
-    from .batching import Order, cached
+    from .batching import Order
     from .scoring import token_requests
 
     def compute() -> dict[str, Any]:
@@ -301,3 +301,41 @@ def evaluation_passes(task: Task, shots: int, limit: int | None, seed: int, max_
         order = evaluation_order(task, shots, limit, seed, max_length, tokenizer)
         _PASSES[key] = order.passes(layout(order, batch_tokens))
     return _PASSES[key]
+
+
+# -- the tokenisation cache -------------------------------------------------------------------------------
+CACHE_FORMAT = 1  # bump when what `cached` keeps changes layout: entries of other formats are recomputed
+_SOURCE: list[str] = []  # sha256 of the tasks package's source, computed once per process
+
+
+def cached(what: str, identity: list[Any], tokenizer: Any, task: Any, compute: Callable[[], Any]) -> Any:
+    """compute(), a JSON-able value, kept in OPT66B_CACHE_DIR/plans/ under everything that fixes it:
+    `identity` (which docs, demos, lengths) plus the task's name, VERSION and data by content, its prompt
+    variant, the tokenizer files by content and the source of the tasks package. No batch budget and no
+    placement: any machine shape reads it back. A tokenizer built in memory (no files) is never cached; a
+    damaged entry is recomputed, never trusted; a cache that cannot be written costs time, nothing else."""
+    from opt66b.fileio import atomic_write_text
+    from opt66b.runs.identity import cache_dir, tokenizer_identity
+
+    if getattr(tokenizer, "merges_path", None) is None:
+        return compute()
+    if not _SOURCE:
+        package = Path(__file__).resolve().parent
+        _SOURCE.append(hashlib.sha256(b"".join(p.read_bytes() for p in sorted(package.glob("*.py")))).hexdigest())
+    full = [CACHE_FORMAT, what, *identity, task_fingerprint(task), task.paper_quirks,
+            tokenizer_identity(Path(tokenizer.merges_path).parent), _SOURCE[0]]
+    digest = hashlib.sha256(json.dumps(full, sort_keys=True).encode()).hexdigest()
+    path = cache_dir() / "plans" / f"{task.NAME}-{what}-{digest[:32]}.json"
+    try:
+        return json.loads(path.read_text())["value"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    print(f"[plan] {task.NAME} {' '.join(what.rsplit('-', 1))}: tokenising its requests (kept in {path.parent} "
+          "for the next plan)", file=sys.stderr, flush=True)
+    value = compute()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps({"value": value}, separators=(",", ":")))
+    except (OSError, ValueError):
+        pass
+    return value

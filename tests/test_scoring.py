@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import random_model
+from conftest import FIXTURES, random_model
 from opt66b import OPTConfig
 from tasks.base import Request
 from tasks.scoring import Scorer, token_requests
@@ -173,3 +173,44 @@ def test_errors():
         Scorer(model, CharTokenizer(), [Request("a", " b"), Request("a", "")])
     with pytest.raises(ValueError, match="more than max_length"):
         Scorer(model, CharTokenizer(), [Request("a", "b" * 50)], max_length=40)
+
+
+def _tensor_passes(scorer):
+    """Each pass's (rows, new positions, key positions, real tokens, scored positions, KV row-positions held),
+    read off the tensors the Scorer built."""
+    units = []
+    for unit in scorer.units:
+        rows, width = unit.main.ids.shape
+        context_kv = rows * width if unit.conts else 0
+        passes = []
+        for p in (unit.main, *unit.conts):
+            b, new = p.ids.shape
+            keys = p.mask.shape[1]
+            passes.append((b, new, keys, int(p.mask[:, -new:].sum()), int(p.targets.numel()),
+                           context_kv + (b * keys if p is not unit.main else 0)))
+        units.append(tuple(passes))
+    return tuple(units)
+
+
+@pytest.mark.parametrize("budget", [64, 512, 4096])
+def test_the_plans_batches_are_the_scorers_tensors(tokenizer, budget):
+    """tasks/batching.py decides the batches on lengths; the Scorer builds its tensors from that layout and
+    the plan prices it (evaluation_passes, through the tokenisation cache): every pass's shape, token and
+    scored-position count and cached KV agree with the tensors, on every task of the fixtures at 0 and 5 shots."""
+    from types import SimpleNamespace
+
+    from opt66b import OPTConfig
+    from tasks.evaluation import TaskEvaluation, evaluation_passes
+    from tasks.registry import ALL_TASKS, get_task
+
+    stand_in = SimpleNamespace(config=OPTConfig(hidden_size=32, num_layers=2, num_heads=4, ffn_dim=64,
+                                                max_positions=2048))  # the Scorer reads the config only
+    for name in ALL_TASKS:
+        for k in (0, 5):
+            task = get_task(name, FIXTURES)
+            try:
+                ev = TaskEvaluation(stand_in, tokenizer, task, k, limit=12, batch_tokens=budget)
+            except (FileNotFoundError, ValueError):  # a split the fixtures lack
+                continue
+            assert ev.scorer.passes().units == _tensor_passes(ev.scorer), (name, k)
+            assert evaluation_passes(task, k, 12, 42, 2048, budget, tokenizer) == ev.scorer.passes(), (name, k)
