@@ -108,6 +108,16 @@ class Budgets(Mapping):
         return {d: b for d, b in self._entries.items() if not d.startswith("cpu")}
 
 
+def per_process(budgets: Budgets, processes: int) -> Budgets:
+    """The budgets one of `processes` processes on a node places by: --max-memory's cpu entry is the node's
+    host memory, shared equally by its processes (each holds its own copy of what the placement puts on the
+    host); a GPU entry is the GPU's, each process using its own GPUs (opt66b.runs.loading.placement)."""
+    if processes <= 1 or "cpu" not in budgets:
+        return budgets
+    entries = {d: b // processes if d == "cpu" else b for d, b in budgets.items()}
+    return Budgets(entries, ",".join(f"{d}={b}" for d, b in entries.items()))
+
+
 def parse_max_memory(text: "str | Budgets | None", option: str = "--max-memory") -> Budgets:
     """'cuda:0=70GiB,cuda:1=70GiB,cpu=200GiB' -> ordered Budgets {device: bytes} (also --reserve's format)."""
     return Budgets.parse(text, option)

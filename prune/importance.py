@@ -302,6 +302,7 @@ def run_head_importance(model: Any, tokenizer: Any, info: dict[str, Any] | None,
     units = {u.key[1:]: u for u in s.units(shape, tokenizer)}
     pending = [(t, k) for t, k in units if not store.done(shots_dir(s.out, k) / f"{t}.safetensors",
                                                           **task_fingerprint(objects[t]), shots=k)]
+    barrier()  # every process has read the unit files before any process writes one (the same split everywhere)
     for name, k in my_units(pending, [units[key].flops(shape.rule) for key in pending]):
         path = shots_dir(s.out, k) / f"{name}.safetensors"
         fields = {**task_fingerprint(objects[name]), "shots": k}

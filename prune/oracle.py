@@ -105,6 +105,7 @@ def run_ffn_oracle(model: Any, tokenizer: Any, info: dict[str, Any] | None, s: F
     store, work, make = s.unit_store(info), Work(), evaluations or s.evaluation
     fields = {(t, k): {**task_fingerprint(objects[t]), "shots": k} for t in objects for k in s.shots}
     pending = [key for key in fields if not store.done(shots_dir(s.out, key[1]) / f"{key[0]}.json", **fields[key])]
+    barrier()  # every process has read the files before any process writes one (the same split everywhere)
     if not s.naive and hasattr(model, "parameters"):  # a model (not a test's stand-in): chunks split by cost
         _run_chunks(model, tokenizer, s, objects, pending, fields, store, work, make)
         barrier()  # every chunk is on disk: the merges below read them
@@ -127,7 +128,7 @@ def _run_chunks(model: Any, tokenizer: Any, s: FFNOracleSettings, objects: dict[
     """This process's share of the chunk units of the pending (task, shot)s whose chunk file is not on disk:
     each chunk's base run and knock-outs, saved (prune/chunks.chunk_store)."""
     from opt66b.cost import ModelShape
-    from opt66b.runs.distributed import my_units
+    from opt66b.runs.distributed import barrier, my_units
     from opt66b.runs.layout import knockout_chunk
 
     shape = ModelShape.of(model)
@@ -139,6 +140,7 @@ def _run_chunks(model: Any, tokenizer: Any, s: FFNOracleSettings, objects: dict[
                           chunk_units=size)
 
     units = [u for u in s.units(shape, tokenizer) if u.key[1:3] in pending and not saved(u)]
+    barrier()  # every process has listed the chunks before any writes one
     mine = my_units(units, [u.flops(shape.rule) for u in units])
     groups: dict[tuple, list] = {}
     for unit in mine:

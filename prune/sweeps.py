@@ -274,6 +274,7 @@ def _evaluate(s: PruneSettings, tasks: dict[str, Any], todo: list, run: SweepRun
 
     units = s.units(run.shape, run.tokenizer, done) if run.shape is not None else _plain_units(cells)
     costs = [u.flops(run.shape.rule) for u in units] if run.shape is not None else None
+    barrier()  # every process has listed the units before any writes to the cache they were listed from
     mine = my_units(units, costs)
     bar = Progress(len(mine), f"prune {s.sweep} ({s.ranking})") if mine else None
     evaluation, current = None, None

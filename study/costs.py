@@ -82,14 +82,38 @@ def make_plan(steps: list[StepPlan], shape: Shape, info: dict[str, Any], ps: Pla
     total.update(seconds=total["flops"] / (tflops * 1e12) if tflops else None, peak_bytes=peak,
                  host_bytes=max(r["host_bytes"] for r in rows), streamed_bytes=sum(r["streamed_bytes"] for r in rows))
     processes = ps.processes if ps.processes is not None else rank_world()[1]
-    # Under torchrun every model step splits its units over the processes (each with its own copy of the
-    # placement), so its time divides by their number, as far as the units split evenly; steps that only
-    # read files run once.
-    total["seconds_on_processes"] = None if total["seconds"] is None else sum(
-        r["seconds"] / (processes if r["forward_passes"] else 1) for r in rows)
-    return {"model": info, "weights_bytes": shape.weights_on, "reserve": None if reserve is None else str(reserve),
+    plan = {"model": info, "weights_bytes": shape.weights_on, "reserve": None if reserve is None else str(reserve),
             "throughput_tflops": tflops, "throughput_source": source, "flop_model": FLOP_MODEL, "steps": rows,
             "total": total, "processes": processes}
+    schedule(plan, steps, shape, processes)
+    return plan
+
+
+def schedule(plan: dict[str, Any], steps: list[StepPlan], shape: Shape, processes: int) -> None:
+    """The plan on `processes` torchrun processes, as the run assigns the work: each step's units by
+    opt66b.runs.distributed.assign (the function the run calls, on the same costs), the steps one after
+    another (a barrier between them). Adds per step `per_process_flops`, and total.makespan_seconds (the sum of
+    each step's slowest process), total.imbalance (makespan / a perfect split) and per_process: {flops,
+    seconds, host_bytes} (host memory beyond the weights and what the placement keeps on the host, per process;
+    `node_host_bytes`: all of a node's processes together, against --max-memory's cpu entry, the node's)."""
+    from opt66b.runs.distributed import assign
+
+    tflops = plan["throughput_tflops"]
+    loads, makespan, hosts = [0.0] * processes, 0.0, [0] * processes
+    for row, step in zip(plan["steps"], steps):
+        per = [0.0] * processes
+        for flops, owner in zip(step.unit_flops, assign(step.unit_flops, processes)):
+            per[owner] += flops
+            hosts[owner] = max(hosts[owner], step.host_bytes)
+        row["per_process_flops"] = per
+        loads = [a + b for a, b in zip(loads, per)]
+        makespan += max(per)
+    seconds = (lambda f: f / (tflops * 1e12) if tflops else None)  # noqa: E731
+    on_host = shape.weights_on.get("cpu", 0)
+    plan["per_process"] = [{"flops": f, "seconds": seconds(f), "host_bytes": h + on_host} for f, h in zip(loads, hosts)]
+    total = plan["total"]
+    total.update(makespan_seconds=seconds(makespan), imbalance=makespan * processes / max(total["flops"], 1),
+                 node_host_bytes=sum(p["host_bytes"] for p in plan["per_process"]))
 
 
 def add_precision(plan: dict[str, Any], ps: PlanSettings, data: Path, tasks: Sequence[str], shots: Sequence[int],
@@ -140,9 +164,7 @@ def format_plan(plan: dict[str, Any]) -> str:
         lines.append(f"{r['step'][:37]:<38}{r['forward_passes']:>8}{r['backward_passes']:>7}{_num(r['tokens']):>9}"
                      f"{_num(r['padded_tokens']):>9}{_num(r['flops']):>9}{_duration(r['seconds']):>9}  {mem(r['peak_bytes'])}")
         lines += [f"{'':<4}note: {n}" for n in r["notes"]]
-    if plan.get("processes", 1) > 1:
-        lines.append(f"on {plan['processes']} processes (torchrun, units split evenly, each process its own copy of "
-                     f"the placement above): about {_duration(plan['total']['seconds_on_processes'])}")
+    lines += _schedule_lines(plan)
     if plan["total"]["host_bytes"]:
         lines.append(f"host memory beyond the weights (largest step): {plan['total']['host_bytes'] / GIB:.1f} GiB")
     if plan["total"]["streamed_bytes"]:
@@ -157,3 +179,17 @@ def format_plan(plan: dict[str, Any]) -> str:
 
         lines.append(format_precision(plan["precision"]))
     return "\n".join(lines)
+
+
+def _schedule_lines(plan: dict[str, Any]) -> list[str]:
+    """The schedule on several processes (schedule), when there are several."""
+    n, total = plan.get("processes", 1), plan["total"]
+    if n <= 1:
+        return []
+    per = plan["per_process"]
+    budget = plan["model"].get("budget_gib", {}).get("cpu")
+    node = f"; host memory of the node's {n} processes {total['node_host_bytes'] / GIB:.1f} GiB" + (
+        f" of {budget * n:g} (--max-memory cpu=, the node's; each process places within {budget:g})" if budget else "")
+    return [f"on {n} processes (torchrun; each step's work units assigned longest first, the steps one after another): "
+            f"makespan {_duration(total['makespan_seconds'])}, {total['imbalance']:.2f}x a perfect split{node}",
+            "  per process: " + ", ".join(f"#{r} {_num(p['flops'])}FLOP {_duration(p['seconds'])}" for r, p in enumerate(per))]

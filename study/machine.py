@@ -16,7 +16,7 @@ from .plan import Shape
 HOST_TO_DEVICE_GBS = 25  # a PCIe 4.0 x16 link's practical rate, for the streamed layers' transfer time
 
 
-def model_shape(load: Any) -> tuple[Shape, Any, dict[str, Any]]:
+def model_shape(load: Any, processes: int | None = None) -> tuple[Shape, Any, dict[str, Any]]:
     """(Shape, tokenizer, description) as LoadSettings `load` would place the model, from config.json or
     an official size name only: the same device map, streaming and dtype rules, no tensors."""
     from opt66b.config import config_for_size, config_from_hf
@@ -37,7 +37,7 @@ def model_shape(load: Any) -> tuple[Shape, Any, dict[str, Any]]:
         weights, layers_on = {head: head_bytes + 2 * max(per_layer)}, {head: cfg.num_layers}
         streamed = dict(enumerate(per_layer))
     else:
-        dm = placement(cfg, dtype, device, load.device_map, load.max_memory, load.reserve)  # as `load` places it
+        dm = placement(cfg, dtype, device, load.device_map, load.max_memory, load.reserve, processes)  # as `load` does
         if dm is None:
             head = str(device)
             weights, layers_on = {head: head_bytes + sum(per_layer)}, {head: cfg.num_layers}

@@ -63,7 +63,7 @@ class StudyClock:
 def run_all(study: Study) -> int:
     """Run every step of `study` on one loaded model, then write the report; returns the exit status."""
     from opt66b.host_memory import trim
-    from opt66b.runs.distributed import barrier, is_main
+    from opt66b.runs.distributed import barrier, is_main, rank_world
     from opt66b.fileio import atomic_write_text
     from opt66b.runs.results import write_json
     from tasks.evaluation import EvaluationCache
@@ -90,7 +90,9 @@ def run_all(study: Study) -> int:
 
     # one evaluation cache for every step and every process, on disk: an evaluation any of them ran is read, not run again
     cache = EvaluationCache(loaded[0], layout.evaluations, model_fingerprint(loaded[2]))
-    work: dict[str, dict[str, Any]] = {}
+    work: dict[str, dict[str, Any]] = {}  # OUT/work.json: per step, every process's work together
+    mine: dict[str, dict[str, Any]] = {}  # this process's (OUT/work/rank-R.json)
+    rank, world = rank_world()
     for i, (label, settings) in enumerate(study.steps, 1):
         if main:
             print(f"[all] step {i}/{len(study.steps)}: {label} ({time.monotonic() - start:.0f}s elapsed{eta.line()})",
@@ -107,13 +109,31 @@ def run_all(study: Study) -> int:
         trim()  # the step's freed host memory back to the system before the next (opt66b/host_memory.py)
         seconds = time.monotonic() - step_start
         eta.done(label, seconds, computed=bool((step_work or {}).get("forward_passes")))
+        if step_work is not None:
+            mine[label] = {**step_work, "measured_seconds": round(seconds, 3)}
+            write_json(layout.work_of(rank), mine)
+        barrier()  # the next step reads what rank 0 merged in this one; every process's work is on disk
         if step_work is not None and main:
-            work[label] = {**step_work, **eta.record(label, seconds)}
+            work[label] = {**_all_processes(layout, label, world, study.plan, i - 1), **eta.record(label, seconds)}
             write_json(layout.work, work)
-        barrier()  # the next step reads what rank 0 merged in this one
     if not main:
         return 0
     report = write_report(layout.root, skipped_tasks=list(study.skipped))
     print(f"[all] done in {time.monotonic() - start:.0f}s; report: {report}", file=sys.stderr)
     print(report)
     return 0
+
+
+def _all_processes(layout: Any, label: str, world: int, plan: dict[str, Any] | None, index: int) -> dict[str, Any]:
+    """One step's entry of work.json: the passes, tokens and FLOPs of every process together, and per process
+    the FLOPs it executed beside the FLOPs the plan assigned it (the same schedule, opt66b.runs.distributed.assign;
+    equal but for evaluations another step or process had already left in the cache)."""
+    from opt66b.fileio import read_json
+
+    ranks = [read_json(layout.work_of(r)).get(label, {}) for r in range(world)]
+    row = (plan or {}).get("steps", [{}] * (index + 1))[index]
+    planned = row.get("per_process_flops") if (plan or {}).get("processes") == world else None
+    out = {k: sum(r.get(k, 0) for r in ranks) for k in ("forward_passes", "backward_passes", "tokens", "flops")}
+    out["processes"] = [{"rank": r, "executed_flops": w.get("flops", 0.0), "measured_seconds": w.get("measured_seconds"),
+                         "planned_flops": None if planned is None else planned[r]} for r, w in enumerate(ranks)]
+    return out

@@ -24,7 +24,7 @@ def plan_of(args: argparse.Namespace) -> dict[str, Any]:
         return resolve(args, for_plan=True).plan
     settings = step_class(args.step).from_args(args)
     ps, load = PlanSettings.from_args(args), LoadSettings.from_args(args)
-    shape, tokenizer, info = model_shape(load)
+    shape, tokenizer, info = model_shape(load, ps.processes)
     plan = make_plan(price([(" ".join(settings.COMMAND), settings, "")], shape, tokenizer), shape, info, ps,
                      reserve=load.reserve)
     if hasattr(settings, "batch_tokens") and settings.COMMAND[0] in ("eval", "prune"):

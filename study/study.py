@@ -143,11 +143,12 @@ def resolve(args: argparse.Namespace, for_plan: bool = False) -> Study:
     if not tasks:
         raise ValueError(f"{s.data}: none of the requested tasks has its data; see `python run.py data check --data "
                          f"{s.data}`")
-    batch_tokens, backward = fit_to_budgets(s, load)
+    ps = PlanSettings.from_args(args)
+    batch_tokens, backward = fit_to_budgets(s, load, ps.processes)
     steps = study_steps(s, load, tasks, batch_tokens, backward)
     study = Study(s, load, tuple(tasks), tuple(skipped), steps)
     try:
-        return plan_study(study, PlanSettings.from_args(args))
+        return plan_study(study, ps)
     except Exception as err:  # noqa: BLE001 - for a run, the plan is a convenience (the ETA, a fitted reserve)
         if for_plan:
             raise
@@ -159,15 +160,15 @@ def plan_study(study: Study, ps: PlanSettings) -> Study:
     """The study with its plan, and with the reserve of an auto device map fitted to it (fit_reserve)."""
     from .machine import model_shape
 
-    shape, tokenizer, info = model_shape(study.load)
+    shape, tokenizer, info = model_shape(study.load, ps.processes)
     rows = [(label, st, command_line(study.load, st)) for label, st in study.steps]
     priced = price(rows, shape, tokenizer)
-    load = fit_reserve(study.load, priced)
+    load = fit_reserve(study.load, priced, ps.processes)
     if load is not study.load:
         print(f"[all] --reserve {load.reserve}: the plan's largest activations on each GPU, kept free by the "
               "device map (give --reserve to choose)", file=sys.stderr)
         study = replace(study, load=load)
-        shape, _, info = model_shape(load)  # fit_reserve priced every step under it already
+        shape, _, info = model_shape(load, ps.processes)  # fit_reserve priced every step under it already
         for step, (_, st) in zip(priced, study.steps):
             step.command = command_line(load, st)
     plan = make_plan(priced, shape, info, ps, reserve=load.reserve)
@@ -239,7 +240,7 @@ def targets_differ(tasks: list[str]) -> list[str]:
     return [t for t in tasks if ALL_TASKS[t].PAPER_TARGETS_DIFFER]
 
 
-def fit_to_budgets(s: StudySettings, load: LoadSettings) -> tuple[int | None, str | None]:
+def fit_to_budgets(s: StudySettings, load: LoadSettings, processes: int | None = None) -> tuple[int | None, str | None]:
     """(batch tokens, backward) that `all` chooses when not told, with --max-memory budgets on accelerators
     (said on stderr): the largest scoring batch whose worst-case activations fit beside the weights the
     placement puts there (study/plan.py's rule, so the plan shows it fitting), and the layer-wise backward
@@ -253,7 +254,7 @@ def fit_to_budgets(s: StudySettings, load: LoadSettings) -> tuple[int | None, st
     budgets = load.max_memory.accelerators()
     if not budgets:
         return s.batch_tokens, None
-    shape, _, info = model_shape(load)
+    shape, _, info = model_shape(load, processes)
     fitting = shape
     if shape.streamed:
         # Layers stream anyway: every pass copies the streamed layers to the GPU, so the transfers, not the
@@ -284,7 +285,7 @@ def fit_to_budgets(s: StudySettings, load: LoadSettings) -> tuple[int | None, st
     return batch_tokens, backward
 
 
-def fit_reserve(load: LoadSettings, steps: list[Any]) -> LoadSettings:
+def fit_reserve(load: LoadSettings, steps: list[Any], processes: int | None = None) -> LoadSettings:
     """`all` placing the model itself (--device-map auto, budgets on accelerators, no --reserve): keep free on
     each accelerator what the plan's largest pass needs there, by the plan's own rule (StepPlan.activations),
     instead of the map's default reserve. A new map moves layers, which moves the activations (a KV cache is
@@ -313,7 +314,7 @@ def fit_reserve(load: LoadSettings, steps: list[Any]) -> LoadSettings:
         text = ",".join(f"{d}={b // mib}MiB" for d, b in reserve.items())
         fitted = replace(load, reserve=Budgets.parse(text, "--reserve"))
         try:
-            shape = model_shape(fitted)[0]
+            shape = model_shape(fitted, processes)[0]
         except ValueError as err:
             raise ValueError(f"the plan's activations ({text}) and the weights do not fit the budgets together: "
                              f"{err}") from None

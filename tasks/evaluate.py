@@ -151,6 +151,7 @@ def run_evaluation(model: Any, tokenizer: Any, info: dict[str, Any] | None, s: E
             print(f"[eval] {name} {k}-shot: done earlier ({path}), skipped", file=sys.stderr)
         else:
             pending.append((name, k))
+    barrier()  # every process has read the unit files before any process writes one (the same split everywhere)
     for name, k in my_units(pending, [units[key].flops(shape.rule) for key in pending]):  # this process's share
         task = objects[name]
         ev = s.evaluation(model, tokenizer, task, k, max_length=max_length, progress_label=f"eval {name} {k}-shot",

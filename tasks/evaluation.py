@@ -141,7 +141,8 @@ class EvaluationCache:
     def __init__(self, model: Any, directory: str | Path | None = None, fingerprint: dict[str, Any] | None = None):
         self.model = model
         self.directory = None if directory is None else Path(directory)
-        self.fingerprint = fingerprint or {}
+        # as a JSON file gives it back (tuples become lists), so an entry another process wrote compares equal
+        self.fingerprint = json.loads(json.dumps(fingerprint or {}, sort_keys=True, default=str))
         self._metrics: dict[tuple[str, bytes, bytes], dict[str, float]] = {}
         self._pinned: dict[str, Any] = {}
 

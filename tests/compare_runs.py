@@ -59,9 +59,16 @@ def diff_json(a, b, run_a: Path, run_b: Path, where: str, numbers: list, provena
             numbers.append(f"{where}: {json.dumps(a)[:60]} vs {json.dumps(b)[:60]}")
 
 
+# What one invocation computed and how long it took (work.json, OUT/work/rank-R.json): records of the run, not
+# results; two runs of the same study differ there by design (times, and each process's share).
+RECORDS = {"work.json", "work"}
+
+
 def compare(run_a: Path, run_b: Path, ignore_dirs: set[str] = frozenset(), aliases: dict[str, str] | None = None) -> dict:
-    """{files only in either, counts, number_diffs {file: [...]}, provenance_diffs {file: [keys]}}.
-    aliases: {text in B: text in A} replaced in B's strings (e.g. another checkout's root)."""
+    """{files only in either, counts, number_diffs {file: [...]}, provenance_diffs {file: [keys]}}, the
+    records of the invocations (RECORDS) left out. aliases: {text in B: text in A} replaced in B's strings
+    (e.g. another checkout's root)."""
+    ignore_dirs = set(ignore_dirs) | RECORDS
     import torch
 
     from opt66b.runs.results import read_tensors

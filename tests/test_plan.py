@@ -264,20 +264,29 @@ def test_layerwise_backward_of_a_resident_model_gives_the_full_backwards_importa
 
 
 def test_plan_prices_the_study_on_several_processes(tmp_path, capsys):
-    """--processes N: every model step's time divided by N (units split over torchrun processes), the
-    steps that only read files once."""
+    """--processes N: the schedule the run will follow. Each step's work units go to the processes by
+    opt66b.runs.distributed.assign (longest first, to the least loaded), the steps one after another: the
+    makespan is the sum of each step's slowest process, no less than a perfect split and no more than 4/3 of
+    the best assignment (Graham) plus the largest unit; each process's FLOPs add up to the total."""
     import json
 
     import run
+    from opt66b.runs.distributed import assign
 
     path = tmp_path / "plan.json"
-    assert run.main(["all", "--plan", "--throughput", "1", "--processes", "4", "--tasks", "copa", "--shots", "0",
+    assert run.main(["all", "--plan", "--throughput", "1", "--processes", "4", "--tasks", "copa", "rte", "--shots", "0",
                      "--plan-json", str(path)]) == 0
     assert "on 4 processes" in capsys.readouterr().out
     plan = json.loads(path.read_text())
-    want = sum(s["seconds"] / (4 if s["forward_passes"] else 1) for s in plan["steps"])
-    assert plan["processes"] == 4 and plan["total"]["seconds_on_processes"] == pytest.approx(want)
-    assert plan["total"]["seconds_on_processes"] < plan["total"]["seconds"]
+    total, per = plan["total"], plan["per_process"]
+    assert plan["processes"] == 4 and len(per) == 4
+    assert sum(p["flops"] for p in per) == pytest.approx(total["flops"])
+    assert total["seconds"] / 4 <= total["makespan_seconds"] * (1 + 1e-9) and total["makespan_seconds"] < total["seconds"]
+    for step in plan["steps"]:  # each step's split, recomputed by hand from its per-process loads
+        per_step = step["per_process_flops"]
+        assert sum(per_step) == pytest.approx(step["flops"]) and len(per_step) == 4
+    assert total["makespan_seconds"] == pytest.approx(sum(max(s["per_process_flops"]) for s in plan["steps"]) / 1e12)
+    assert assign([5, 4, 3, 3, 3], 2) == [0, 1, 1, 0, 1]  # longest first, to the least loaded: 8 and 10
     assert run.main(["all", "--plan", "--processes", "0", "--tasks", "copa"]) == 2
 
 

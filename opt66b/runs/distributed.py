@@ -30,6 +30,11 @@ def local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", "0"))
 
 
+def local_world() -> int:
+    """Processes on this node (torchrun's LOCAL_WORLD_SIZE; the world size when it is not set)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", str(rank_world()[1])))
+
+
 def is_main() -> bool:
     return rank_world()[0] == 0
 

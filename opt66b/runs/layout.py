@@ -141,6 +141,10 @@ class RunLayout:
     def work(self) -> Path:
         return self.root / "work.json"
 
+    def work_of(self, rank: int) -> Path:
+        """What one torchrun process computed per step (work.json gathers them)."""
+        return self.root / "work" / f"rank-{rank}.json"
+
     @property
     def data_check(self) -> Path:
         return self.root / "data_check.json"

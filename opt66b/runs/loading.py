@@ -20,11 +20,11 @@ import torch
 from opt66b.config import OPTConfig, config_for_size, config_from_hf
 from opt66b.runs.diagnose import check_weights_finite
 from opt66b.host_memory import bound, needs_bound
-from opt66b.runs.distributed import local_cuda_offset, local_rank, rank_world
+from opt66b.runs.distributed import local_cuda_offset, local_rank, local_world, rank_world
 from opt66b.model import OPT
 from opt66b.offload import attach_pinned_streamer, load_streamed
 from opt66b.placement import (GIB, Budgets, DeviceMap, build_device_map, device_name, dtype_bytes, head_params, layer_bytes,
-                        shift_cuda)
+                        per_process, shift_cuda)
 from opt66b.runs.identity import checkpoint_identity, tokenizer_identity
 from opt66b.tokenizer import OPTTokenizer, load_tokenizer
 from opt66b.runs.settings import Options, option, step_class
@@ -150,10 +150,13 @@ def load(model: str | Path | None = None, *, tokenizer: str | Path | None = None
 
 
 def placement(cfg: OPTConfig, dtype: torch.dtype, device: torch.device, device_map: str | None,
-              max_memory: dict[str, int], reserve: dict[str, int] | None) -> DeviceMap | None:
-    """The device map `load` builds (None: everything on `device`), under torchrun shifted to this
-    process's own GPUs; `--plan` prices the same map (study/plan_cli.model_shape)."""
+              max_memory: dict[str, int], reserve: dict[str, int] | None,
+              processes: int | None = None) -> DeviceMap | None:
+    """The device map `load` builds (None: everything on `device`), under torchrun shifted to this process's own
+    GPUs and placed within its share of the node's host memory (placement.per_process); `--plan` prices the
+    same map (study/machine.model_shape). processes: on this node (default: torchrun's LOCAL_WORLD_SIZE)."""
     compute = str(device) if device.type != "cpu" else None
+    max_memory = per_process(Budgets.parse(max_memory), local_world() if processes is None else processes)
     dm = build_device_map(device_map, cfg, dtype, max_memory, compute=compute, reserve=reserve)
     if dm is not None and rank_world()[1] > 1 and torch.cuda.is_available():
         gpus = len({d for d in [dm.head, *dm.layers] if torch.device(d).type == "cuda"})
