@@ -133,12 +133,14 @@ class WorkUnit:
 @dataclass(frozen=True)
 class ModelShape:
     """What a step's work units depend on besides its settings: the config, the bytes of a weight element
-    (a chunk's states are in the model's dtype) and where layers stream to (None: resident, batch order).
-    The run takes it from the loaded model (`of`), the plan from the placement it prices."""
+    (a chunk's states are in the model's dtype), where layers stream to (None: resident, batch order) and the
+    processes sharing the node's host memory. The run takes it from the loaded model (`of`), the plan from
+    the placement it prices."""
 
     cfg: Any
     dtype_bytes: int
     streams_to: str | None = None
+    processes: int | None = None  # on the node, sharing its host memory; None: this run's (torchrun's)
 
     @classmethod
     def of(cls, model: Any) -> "ModelShape":

@@ -236,7 +236,7 @@ class HeadImportanceSettings(TaskStep):
                                                               scores=True, layer_order=streamed)])
                 if streamed and lengths:
                     fed = [f for f, _ in lengths]
-                    _, chunk, chunks = chunk_cost(fed, self.chunk_budget(shape.streams_to), cfg.num_layers + 1,
+                    _, chunk, chunks = chunk_cost(fed, self.chunk_budget(shape), cfg.num_layers + 1,
                                                   cfg.hidden_size, shape.dtype_bytes)
                     # beside the pass rule's own example (its inputs of every layer): the chunk's others and the gradients
                     unit.held = chunk - chunk_state_bytes(max(fed), cfg.num_layers, cfg.hidden_size, shape.dtype_bytes)
@@ -271,7 +271,6 @@ def run_head_importance(model: Any, tokenizer: Any, info: dict[str, Any] | None,
     recorded, not fingerprinted, since it moves only the last float bits); with streamed layers the examples
     go in chunks of s.chunk_budget(...) bytes on the compute device (example_chunks)."""
     from opt66b.cost import ModelShape
-    from opt66b.layer_major import streamed_compute
     from opt66b.runs.distributed import barrier, my_units, rank_world
     from opt66b.runs.layout import shots_dir
     from opt66b.runs.results import run_metadata
@@ -296,7 +295,7 @@ def run_head_importance(model: Any, tokenizer: Any, info: dict[str, Any] | None,
     for k in s.shots:  # an aggregate this run would change is refused now, not after hours of work
         check_aggregate_before(shots_dir(s.out, k), list(objects), seen, s.update_aggregate)
     work, layerwise = Work(), s.backward == "layerwise"
-    budget = s.chunk_budget(streamed_compute(model))
+    budget = s.chunk_budget(ModelShape.of(model))
     # (task, shot) is the unit: split across torchrun processes by cost, skipped when its fingerprint matches.
     shape = ModelShape.of(model)
     units = {u.key[1:]: u for u in s.units(shape, tokenizer)}

@@ -23,7 +23,8 @@ from typing import Any, Callable, Sequence
 import torch
 
 from opt66b.fileio import Progress, read_json
-from opt66b.layer_major import streamed_compute, streams_layers
+from opt66b.cost import ModelShape
+from opt66b.layer_major import streams_layers
 from opt66b.runs.layout import knockout_base, knockout_unit, shots_dir
 from opt66b.runs.results import write_json
 from opt66b.runs.settings import option
@@ -47,9 +48,11 @@ class FFNOracleSettings(EvaluatingStep):
         if self.oracle_memory is not None and self.oracle_memory <= 0:
             raise ValueError(f"--oracle-memory must be > 0 GiB, got {self.oracle_memory}")
 
-    def chunk_budget(self, streams_to: str | None) -> int:
-        """--oracle-memory when given, else the rule of every step (TaskStep.chunk_budget)."""
-        return int(self.oracle_memory * (1 << 30)) if self.oracle_memory is not None else super().chunk_budget(streams_to)
+    def chunk_budget(self, shape: Any, on_host: bool = False) -> int:
+        """--oracle-memory when given (per process), else the rule of every step (TaskStep.chunk_budget)."""
+        if self.oracle_memory is not None:
+            return int(self.oracle_memory * (1 << 30))
+        return super().chunk_budget(shape, on_host)
 
     def execute(self, loaded: Any = None, cache: Any = None) -> dict[str, int]:
         return run_ffn_oracle(*loaded, self)["work"]
@@ -65,7 +68,7 @@ class FFNOracleSettings(EvaluatingStep):
 
         cfg, skipped = shape.cfg, shape.rule.ffn_params
         layer_major = shape.streams_to is not None and not self.naive
-        budget = self.chunk_budget(shape.streams_to if layer_major else None)
+        budget = self.chunk_budget(shape, on_host=not layer_major)
         units = []
         for name, task in self.task_objects().items():
             for k in self.shots:
@@ -109,11 +112,11 @@ def run_ffn_oracle(model: Any, tokenizer: Any, info: dict[str, Any] | None, s: F
     if not s.naive and hasattr(model, "parameters"):  # a model (not a test's stand-in): chunks split by cost
         _run_chunks(model, tokenizer, s, objects, pending, fields, store, work, make)
         barrier()  # every chunk is on disk: the merges below read them
-    budget, layer_major = s.chunk_budget(streamed_compute(model)), streams_layers(model)
+    budget = s.chunk_budget(ModelShape.of(model)) if hasattr(model, "parameters") else None  # None: a stand-in
     for name, k in my_units(pending):
         res = _oracle_unit(make(model, tokenizer, objects[name], k), objects[name].PRIMARY_METRIC,
-                           model.config.num_layers, layer_major, shots_dir(s.out, k) / name, fields[(name, k)], store,
-                           not s.naive, budget, work)
+                           model.config.num_layers, streams_layers(model), shots_dir(s.out, k) / name, fields[(name, k)],
+                           store, not s.naive, budget, work)
         res.update(task=name, shots=k, meta=_meta(recorded, k, not s.naive))
         store.write_json(shots_dir(s.out, k) / f"{name}.json", res, **fields[(name, k)])
     barrier()

@@ -123,7 +123,7 @@ class PruneSettings(EvaluatingStep):
                 continue
             if not keys:
                 continue
-            _, held, chunks = chunk_cost(passes.unit_tokens, self.chunk_budget(shape.streams_to), len(runs),
+            _, held, chunks = chunk_cost(passes.unit_tokens, self.chunk_budget(shape), len(runs),
                                          cfg.hidden_size, shape.dtype_bytes)
             units.append(WorkUnit(("prune", name, k), runs, provides=tuple(keys), held=held, sweeps=chunks))
         return units
@@ -257,6 +257,7 @@ def _cells_to_write(s: PruneSettings, tasks: dict[str, Any], cells: list[Cell], 
 def _evaluate(s: PruneSettings, tasks: dict[str, Any], todo: list, run: SweepRun) -> None:
     """This process's share of the evaluations the missing cells need: s.units with `done` = in the cache,
     split by cost; each evaluation run (or, with streamed layers, a (task, shot)'s together) into the cache."""
+    from opt66b.cost import ModelShape
     from opt66b.layer_major import streamed_compute
 
     cfg = run.model.config
@@ -290,7 +291,7 @@ def _evaluate(s: PruneSettings, tasks: dict[str, Any], todo: list, run: SweepRun
             from .chunks import evaluate_together
 
             task_dir = shots_dir(Path(s.out) / f"{s.sweep}-{s.ranking}", k) / name
-            computed = evaluate_together(evaluation, wanted, run.cache, s.chunk_budget(streamed_compute(run.model)),
+            computed = evaluate_together(evaluation, wanted, run.cache, s.chunk_budget(run.shape or ModelShape.of(run.model)),
                                          run.store, task_dir, {**task_fingerprint(tasks[name]), "shots": k},
                                          f"prune {s.sweep} ({s.ranking}) {name} {k}-shot", identity)
         else:

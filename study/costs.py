@@ -20,6 +20,7 @@ from opt66b.runs.settings import Options, option
 
 from .machine import HOST_TO_DEVICE_GBS, calibrate_tflops
 from opt66b.cost import FLOP_MODEL
+from opt66b.hardware import SUSTAINED_FRACTION, check_plan_hardware, detect_gpu, gpu_kind
 
 from .plan import Shape, StepPlan
 from .planners import price_step, reset
@@ -32,11 +33,14 @@ class PlanSettings(Options):
     """The options of `--plan` (opt66b.runs.options.add_plan_args): throughput, processes, precision, output."""
 
     throughput: float | None = option(None)
+    gpu: str | None = option(None)
     processes: int | None = option(None)
     target_halfwidth: float | None = option(None)
     json: Path | None = option(None)
 
     def check(self) -> None:
+        if self.gpu is not None:
+            gpu_kind(self.gpu)  # a ValueError listing the kinds
         if self.throughput is not None and self.throughput <= 0:
             raise ValueError(f"--throughput must be > 0 TFLOP/s, got {self.throughput}")
         if self.processes is not None and self.processes < 1:
@@ -57,17 +61,37 @@ def price(steps: Sequence[tuple[str, Any, str]], shape: Shape, tokenizer: Any) -
     return out
 
 
+def check_hardware(ps: PlanSettings, load: Any, compute: str) -> Any:
+    """The GPU the plan is for (--gpu, else the card at `compute` on this machine, else None), after refusing a
+    --max-memory entry above its usable memory or a --throughput above its peak (opt66b/hardware.py)."""
+    ps.check()
+    kind = gpu_kind(ps.gpu) if ps.gpu else detect_gpu(compute)
+    if kind is not None:
+        check_plan_hardware(kind, load.max_memory, ps.throughput)
+    return kind
+
+
+def throughput(ps: PlanSettings, kind: Any, info: dict[str, Any], shape: Shape) -> tuple[float | None, str]:
+    """(TFLOP/s, where it comes from): --throughput; with --gpu KIND and no card, the stated fraction of the
+    kind's dense peak; else a timed matmul on the compute device (none when it is not on this machine)."""
+    if ps.throughput is not None:
+        return ps.throughput, "given (--throughput)"
+    if ps.gpu:
+        return kind.default_tflops, (f"{SUSTAINED_FRACTION:.0%} of the {kind.name}'s dense fp16/bf16 peak of "
+                                     f"{kind.peak_tflops:g} TFLOP/s (opt66b/hardware.py; give --throughput once a run "
+                                     "has measured its rate)")
+    return calibrate_tflops(info["compute"], info["dtype"], shape.cfg)
+
+
 def make_plan(steps: list[StepPlan], shape: Shape, info: dict[str, Any], ps: PlanSettings,
-              reserve: Any = None) -> dict[str, Any]:
-    """The plan as JSON: the model, every step's row, the totals, the throughput and the time on
+              load: Any = None) -> dict[str, Any]:
+    """The plan as JSON: the model, every step's row, the totals, the throughput and the schedule on
     ps.processes processes (default: WORLD_SIZE under torchrun, else 1)."""
     from opt66b.runs.distributed import rank_world
 
-    ps.check()
-    if ps.throughput is not None:
-        tflops, source = ps.throughput, "given (--throughput)"
-    else:
-        tflops, source = calibrate_tflops(info["compute"], info["dtype"], shape.cfg)
+    kind = check_hardware(ps, load, info["compute"]) if load is not None else None
+    tflops, source = throughput(ps, kind, info, shape)
+    reserve = None if load is None else load.reserve
     rows = [{"step": s.label, "command": s.command, "forward_passes": s.forward, "backward_passes": s.backward,
              "tokens": s.tokens, "padded_tokens": s.padded_tokens, "logit_positions": s.logit_positions,
              "flops": s.flops, "seconds": s.flops / (tflops * 1e12) if tflops else None,
@@ -84,7 +108,9 @@ def make_plan(steps: list[StepPlan], shape: Shape, info: dict[str, Any], ps: Pla
     processes = ps.processes if ps.processes is not None else rank_world()[1]
     plan = {"model": info, "weights_bytes": shape.weights_on, "reserve": None if reserve is None else str(reserve),
             "throughput_tflops": tflops, "throughput_source": source, "flop_model": FLOP_MODEL, "steps": rows,
-            "total": total, "processes": processes}
+            "total": total, "processes": processes,
+            "gpu": None if kind is None else {"kind": kind.name, "label": kind.label, "usable_gib": kind.usable_bytes / GIB,
+                                               "peak_tflops": kind.peak_tflops}}
     schedule(plan, steps, shape, processes)
     return plan
 

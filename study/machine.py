@@ -37,7 +37,7 @@ def model_shape(load: Any, processes: int | None = None) -> tuple[Shape, Any, di
         weights, layers_on = {head: head_bytes + 2 * max(per_layer)}, {head: cfg.num_layers}
         streamed = dict(enumerate(per_layer))
     else:
-        dm = placement(cfg, dtype, device, load.device_map, load.max_memory, load.reserve, processes)  # as `load` does
+        dm = placement(cfg, dtype, device, load.device_map, load.max_memory, load.reserve, processes)  # as load() does
         if dm is None:
             head = str(device)
             weights, layers_on = {head: head_bytes + sum(per_layer)}, {head: cfg.num_layers}
@@ -55,7 +55,11 @@ def model_shape(load: Any, processes: int | None = None) -> tuple[Shape, Any, di
             "hidden": cfg.hidden_size, "ffn": cfg.ffn_dim, "params": params, "dtype": str(dtype).removeprefix("torch."),
             "device": str(device), "compute": dm.compute if dm else str(device),
             "device_map": dm.to_json() if dm else None, "budget_gib": dm.to_json()["budget_gib"] if dm else {}}
-    return Shape(cfg, per, layers_on, weights, head, streamed, dm.compute if dm else head), tokenizer, info
+    from opt66b.runs.distributed import local_world
+
+    processes = processes if processes is not None else local_world()  # under torchrun: the processes it started
+    shape = Shape(cfg, per, layers_on, weights, head, streamed, dm.compute if dm else head, processes)
+    return shape, tokenizer, info
 
 
 def calibrate_tflops(device: str, dtype_name: str, cfg: Any, seconds: float = 0.3) -> tuple[float | None, str]:

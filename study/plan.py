@@ -54,6 +54,7 @@ class Shape:
     head: str  # device of the embeddings and output head
     streamed: dict[int, int] = field(default_factory=dict)  # layer -> bytes copied to the compute device per pass
     compute: str = ""  # the device streamed layers run on (default: the head's)
+    processes: int = 1  # torchrun processes on the node, each with this placement (sharing its host memory)
 
     def __post_init__(self) -> None:
         self.compute = self.compute or self.head

@@ -25,8 +25,7 @@ def plan_of(args: argparse.Namespace) -> dict[str, Any]:
     settings = step_class(args.step).from_args(args)
     ps, load = PlanSettings.from_args(args), LoadSettings.from_args(args)
     shape, tokenizer, info = model_shape(load, ps.processes)
-    plan = make_plan(price([(" ".join(settings.COMMAND), settings, "")], shape, tokenizer), shape, info, ps,
-                     reserve=load.reserve)
+    plan = make_plan(price([(" ".join(settings.COMMAND), settings, "")], shape, tokenizer), shape, info, ps, load)
     if hasattr(settings, "batch_tokens") and settings.COMMAND[0] in ("eval", "prune"):
         add_precision(plan, ps, settings.data, settings.tasks, settings.shots, settings.limit, tokenizer, settings.out)
     return plan

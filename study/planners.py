@@ -26,7 +26,7 @@ def reset() -> None:
 
 def model_shape_of(shape: Shape) -> ModelShape:
     """What a step's units depend on, from the placement priced: layers stream to the compute device or not."""
-    return ModelShape(shape.cfg, shape.dtype_bytes, shape.compute if shape.streamed else None)
+    return ModelShape(shape.cfg, shape.dtype_bytes, shape.compute if shape.streamed else None, shape.processes)
 
 
 def price_step(step: StepPlan, settings: Any, tokenizer: Any) -> None:
@@ -50,11 +50,11 @@ def notes(settings: Any, shape: ModelShape, step: StepPlan) -> list[str]:
     gib = lambda b: f"{b / (1 << 30):.3g} GiB"  # noqa: E731
     if shape.streams_to and hasattr(settings, "chunk_budget"):
         out.append(f"layers stream: the work runs in layer-order chunks whose states stay within "
-                   f"{gib(settings.chunk_budget(shape.streams_to))} on {shape.streams_to}; the streamed weights cross "
+                   f"{gib(settings.chunk_budget(shape))} on {shape.streams_to}; the streamed weights cross "
                    "once per chunk (twice for head importance: a forward and a reverse sweep)")
     elif name == "FFNOracleSettings" and not settings.naive:
         out.append(f"the knock-outs run in chunks whose recorded layer inputs stay within "
-                   f"{gib(settings.chunk_budget(None))} of host memory (--oracle-memory)")
+                   f"{gib(settings.chunk_budget(shape, on_host=True))} of host memory (--oracle-memory)")
     elif name == "HeadImportanceSettings":
         out.append("layer-wise backward (--backward layerwise): every layer's input kept, one layer's graph"
                    if settings.backward == "layerwise" else

@@ -27,7 +27,7 @@ from tasks.cli_options import DEFAULT_SHOTS, SAMPLES_DIR
 from tasks.protocol import CORRECTED, Protocol
 from tasks.registry import ALL_TASKS, PAPER_SEEN_TASKS, PAPER_UNSEEN_TASKS, seen_in
 
-from .costs import PlanSettings, add_precision, make_plan, price
+from .costs import PlanSettings, add_precision, check_hardware, make_plan, price
 
 PAPER_TASKS = [*PAPER_SEEN_TASKS, *PAPER_UNSEEN_TASKS]
 # The default run adds the synthetic copy task (not the paper's; never in its aggregate or task means).
@@ -144,6 +144,7 @@ def resolve(args: argparse.Namespace, for_plan: bool = False) -> Study:
         raise ValueError(f"{s.data}: none of the requested tasks has its data; see `python run.py data check --data "
                          f"{s.data}`")
     ps = PlanSettings.from_args(args)
+    check_hardware(ps, load, load.device or "cuda")  # a budget or a rate the card cannot give, refused at once
     batch_tokens, backward = fit_to_budgets(s, load, ps.processes)
     steps = study_steps(s, load, tasks, batch_tokens, backward)
     study = Study(s, load, tuple(tasks), tuple(skipped), steps)
@@ -171,7 +172,7 @@ def plan_study(study: Study, ps: PlanSettings) -> Study:
         shape, _, info = model_shape(load, ps.processes)  # fit_reserve priced every step under it already
         for step, (_, st) in zip(priced, study.steps):
             step.command = command_line(load, st)
-    plan = make_plan(priced, shape, info, ps, reserve=load.reserve)
+    plan = make_plan(priced, shape, info, ps, load)
     s = study.settings
     add_precision(plan, ps, s.data, study.tasks, s.shots, s.limit, tokenizer, s.out)
     return replace(study, plan=plan)

@@ -70,7 +70,7 @@ class EvalSettings(EvaluatingStep):
                                 provides=((self.evaluation_key(task, k, shape.cfg), None, None),)
                                 if self.head_mask is None and self.ffn_mask is None else ())
                 if shape.streams_to is not None:
-                    _, unit.held, unit.sweeps = chunk_cost(passes.unit_tokens, self.chunk_budget(shape.streams_to), 1,
+                    _, unit.held, unit.sweeps = chunk_cost(passes.unit_tokens, self.chunk_budget(shape), 1,
                                                           shape.cfg.hidden_size, shape.dtype_bytes)
                 units.append(unit)
         return units
@@ -117,7 +117,6 @@ def run_evaluation(model: Any, tokenizer: Any, info: dict[str, Any] | None, s: E
     Returns {"results": {K: {task: metrics}}, "work": forward passes and tokens computed by this call}.
     """
     from opt66b.cost import ModelShape
-    from opt66b.layer_major import streamed_compute
     from opt66b.runs.distributed import barrier, is_main, my_units
     from opt66b.runs.results import sha256_file
     from opt66b.runs.store import Work, in_memory_info
@@ -141,8 +140,8 @@ def run_evaluation(model: Any, tokenizer: Any, info: dict[str, Any] | None, s: E
     recorded = {"limit": s.limit, "seed": s.seed, "max_length": max_length, "paper_quirks": s.protocol.paper_quirks,
                 "model_id": model_id, "model_config_sha256": info.get("config_sha256"), "dtype": info["dtype"],
                 **mask_ids}
-    budget = s.chunk_budget(streamed_compute(model))
     shape = ModelShape.of(model)
+    budget = s.chunk_budget(shape)
     units = {u.key[1:]: u for u in s.units(shape, tokenizer)}
     pending = []
     for name, k in units:

@@ -54,13 +54,17 @@ class TaskStep(ModelStep):
         return {"model": info, "data_sha256": file_hashes(files), "tasks": list(objects), "shots": list(self.shots),
                 "paper_quirks": self.protocol.paper_quirks, "protocol": self.protocol.name}
 
-    def chunk_budget(self, streams_to: str | None) -> int:
-        """Bytes a chunk may hold: with layers streamed to `streams_to` (opt66b.layer_major.streamed_compute)
-        the layer-order states there, else (None) the recorded layer inputs on the host; a quarter of that
-        device's --max-memory entry, else 2 GiB (opt66b.layer_major.chunk_budget)."""
+    def chunk_budget(self, shape: Any, on_host: bool = False) -> int:
+        """Bytes a chunk may hold: with layers streamed (shape.streams_to; opt66b.cost.ModelShape) the
+        layer-order states on the compute device, else (or on_host) the recorded layer inputs on the host; a
+        quarter of that device's --max-memory entry, the host's shared by the processes on the node
+        (opt66b.placement.per_process), else 2 GiB (opt66b.layer_major.chunk_budget)."""
         from opt66b.layer_major import chunk_budget
+        from opt66b.placement import per_process
+        from opt66b.runs.distributed import local_world
 
-        return chunk_budget(self.max_memory, streams_to)
+        processes = shape.processes if shape.processes is not None else local_world()
+        return chunk_budget(per_process(self.max_memory, processes), None if on_host else shape.streams_to)
 
 
 @dataclass(frozen=True, kw_only=True)

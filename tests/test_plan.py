@@ -379,3 +379,26 @@ def test_a_second_plan_reads_its_evaluations_from_the_cache_and_changed_data_is_
     val.write_text("".join(val.read_text().splitlines(keepends=True)[:-3]))  # three docs fewer
     changed, err = plan()
     assert err.count("tokenising its requests") == 2 and changed["tokens"] < first["tokens"]
+
+
+def test_hardware_as_it_is_a_budget_or_a_rate_the_card_cannot_give_is_refused(tmp_path, capsys):
+    """--gpu KIND (opt66b/hardware.py): a --max-memory entry above the card's usable memory (what the driver
+    exposes less the CUDA context and allocator) or a --throughput above its dense fp16/bf16 peak is exit 2
+    naming both numbers; without --throughput the plan runs at the stated fraction of the peak."""
+    from opt66b.hardware import GPU_KINDS, SUSTAINED_FRACTION
+
+    base = ["all", "--plan", "--random-weights", "opt-66b", "--device", "cuda:0", "--device-map", "auto",
+            "--tasks", "copa", "--shots", "0", "--limit", "2", "--n-docs", "2", "--seeds", "1"]
+    a100 = ",".join(f"cuda:{i}=38GiB" for i in range(4)) + ",cpu=400GiB"
+    assert run.main([*base, "--max-memory", a100, "--gpu", "a100-40gb", "--throughput", "400"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--throughput 400" in err and "312" in err
+    assert run.main([*base, "--max-memory", "cuda:0=80GiB,cpu=400GiB", "--gpu", "h100-80gb"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "cuda:0=80.0GiB" in err and "78.6 GiB" in err and "79.6" in err
+    path = tmp_path / "plan.json"
+    assert run.main([*base, "--max-memory", "cuda:0=139GiB,cpu=400GiB", "--gpu", "h200", "--plan-json", str(path)]) == 0
+    plan = json.loads(path.read_text())
+    assert plan["throughput_tflops"] == pytest.approx(SUSTAINED_FRACTION * GPU_KINDS["h200"].peak_tflops)
+    assert plan["gpu"]["kind"] == "h200" and plan["gpu"]["usable_gib"] == pytest.approx(139.4)
+    assert run.main([*base, "--gpu", "b300"]) == 2 and "h100-80gb" in capsys.readouterr().err

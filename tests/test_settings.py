@@ -83,5 +83,9 @@ def test_settings_are_immutable_and_comparable():
         a.limit = 3
     assert a.argv()[:1] == ["eval"] and "--shots" in a.argv() and a.protocol.paper_quirks is False
     b = EvalSettings(tasks=["copa"], protocol="paper", max_memory="cpu=2GiB")  # text parsed once into typed values
-    assert b.protocol is PAPER and b.max_memory["cpu"] == 2 << 30 and b.chunk_budget(None) == (2 << 30) // 4
+    from opt66b.cost import ModelShape
+
+    shape = ModelShape(None, 4, None, processes=1)  # resident: the chunk's records on the host
+    assert b.protocol is PAPER and b.max_memory["cpu"] == 2 << 30 and b.chunk_budget(shape) == (2 << 30) // 4
+    assert b.chunk_budget(ModelShape(None, 4, None, processes=2)) == (2 << 30) // 8  # the node's host, shared
     assert b.argv()[b.argv().index("--protocol") + 1] == "paper" and "--max-memory" not in b.argv()

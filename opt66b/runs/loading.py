@@ -19,6 +19,7 @@ import torch
 
 from opt66b.config import OPTConfig, config_for_size, config_from_hf
 from opt66b.runs.diagnose import check_weights_finite
+from opt66b.hardware import check_plan_hardware, detect_gpu
 from opt66b.host_memory import bound, needs_bound
 from opt66b.runs.distributed import local_cuda_offset, local_rank, local_world, rank_world
 from opt66b.model import OPT
@@ -103,6 +104,10 @@ def load(model: str | Path | None = None, *, tokenizer: str | Path | None = None
     max_memory = Budgets.parse(max_memory, "--max-memory")
     reserve = Budgets.parse(reserve, "--reserve") or None
     offload = offload or "auto"
+    for dev, size in max_memory.items():  # a GPU budget above what the card can give fails later, out of memory
+        kind = detect_gpu(dev) if dev.startswith("cuda") else None
+        if kind is not None:
+            check_plan_hardware(kind, {dev: size}, None)
     if needs_bound(max_memory, offload):  # a host budget: memory follows the live tensors (host_memory.py)
         bound()
     size = random_weights

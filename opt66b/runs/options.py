@@ -99,6 +99,10 @@ def add_plan_args(parser: argparse.ArgumentParser, step: str) -> None:
     g.add_argument("--throughput", type=float, default=None, metavar="TFLOPS",
                    help="with --plan: sustained TFLOP/s of the compute device (default: measured by a short "
                         "timed layer-shaped matmul on --device)")
+    g.add_argument("--gpu", default=None, metavar="KIND",
+                   help="with --plan: the GPU kind to plan for without the card (h100-80gb, h100-pcie, h200, a100-40gb, "
+                        "a100-80gb, l40s; opt66b/hardware.py): its usable memory bounds --max-memory and its dense "
+                        "peak --throughput, and 45%% of that peak is the default throughput (on a GPU: read from it)")
     g.add_argument("--processes", type=int, default=None, metavar="N",
                    help="with --plan: the time on N torchrun processes, each with its own copy of the placement "
                         "(default: WORLD_SIZE under torchrun, else 1)")
