@@ -41,10 +41,10 @@ from .convert import COPIED_FILES, _nbytes
 from .fileio import Progress, atomic_save_file, atomic_write_bytes, atomic_write_text, sha256_file
 from .model import OPT
 from .placement import dtype_bytes, head_params, layer_params
-from .weights import INDEX_NAME, _ST_DTYPES, checkpoint_files, plan_keys, read_safetensors_header
+from .weights import INDEX_NAME, _ST_DTYPES, checkpoint_files, key_map, read_safetensors_header
 
 EXPORT_KEY = "opt66b_export"  # provenance record in config.json
-PLAN_NAME = ".export-plan.json"  # in an unfinished output directory: what is being written (resume)
+MANIFEST_NAME = ".export-manifest.json"  # in an unfinished output directory: what is being written (resume)
 DEFAULT_SHARD_BYTES = 2 << 30
 _LAYER_PARAM = re.compile(r"decoder\.layers\.(\d+)\.(.+)")
 
@@ -148,7 +148,7 @@ def check_output_dir(src_dir: Path, out_dir: Path) -> None:
                          "outside it")
     if out.is_file():
         raise ValueError(f"--out {out_dir}: is a file; give a directory")
-    if out.is_dir() and any(out.iterdir()) and not (out / PLAN_NAME).is_file():
+    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST_NAME).is_file():
         raise ValueError(f"--out {out_dir}: exists and is not empty; give a new directory (an unfinished export "
                          "to the same directory resumes)")
 
@@ -160,7 +160,7 @@ def export_pruned(src_dir: str | Path, out_dir: str | Path, head_mask: torch.Ten
     """Write the checkpoint of `src_dir` without the heads/FFNs the masks zero to `out_dir`.
 
     Everything is checked before anything is written. Shards are written one at a time, each
-    atomically; a killed export resumes (same plan) and skips finished shards. config.json, written
+    atomically; a killed export resumes (same manifest) and skips finished shards. config.json, written
     last, marks a finished export. Returns the config's export record.
     """
     log = log or (lambda msg: None)
@@ -172,40 +172,40 @@ def export_pruned(src_dir: str | Path, out_dir: str | Path, head_mask: torch.Ten
     with torch.device("meta"):
         want = {n: tuple(p.shape) for n, p in OPT(dst).named_parameters()}
         have = [n for n, _ in OPT(src).named_parameters()]
-    plan, _ = plan_keys(stored, src, have)  # every source key accounted for, as the loader does
+    mapped, _ = key_map(stored, src, have)  # every source key accounted for, as the loader does
     headers = {path: read_safetensors_header(path) for path in sorted(set(stored.values()))}
     for name in have:
-        key, path = plan[name]
+        key, path = mapped[name]
         info = headers[path].get(key)
         if info is None or info["dtype"] not in _ST_DTYPES:
             raise ValueError(f"{path}: {key!r} is missing or not a float tensor; is the checkpoint complete?")
-    shards = _plan_shards(want, plan, headers, max_shard_bytes)
+    shards = _shard_layout(want, mapped, headers, max_shard_bytes)
     names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
     fingerprint = {"source": str(src_dir.resolve()), "pruned": dst.pruned_hf_dict(), "shards": names,
                    "source_config_sha256": sha256_file(src_dir / "config.json")}
     out_dir.mkdir(parents=True, exist_ok=True)
-    plan_file = out_dir / PLAN_NAME
-    if plan_file.is_file() and json.loads(plan_file.read_text()) != fingerprint:
+    manifest = out_dir / MANIFEST_NAME
+    if manifest.is_file() and json.loads(manifest.read_text()) != fingerprint:
         raise ValueError(f"--out {out_dir}: holds an unfinished export of other masks or another source; "
                          "give a new directory or delete it")
-    atomic_write_text(plan_file, json.dumps(fingerprint, indent=2) + "\n")
-    weight_map, total = _write_shards(shards, names, want, plan, headers, src, dst, out_dir, log)
+    atomic_write_text(manifest, json.dumps(fingerprint, indent=2) + "\n")
+    weight_map, total = _write_shards(shards, names, want, mapped, headers, src, dst, out_dir, log)
     atomic_write_text(out_dir / INDEX_NAME, json.dumps({"metadata": {"total_size": total},
                                                         "weight_map": weight_map}, indent=2) + "\n")
     for fname in COPIED_FILES:
         if fname != "config.json" and (src_dir / fname).is_file():
             atomic_write_bytes(out_dir / fname, (src_dir / fname).read_bytes())
-    raw = _exported_config(src_dir, src, dst, stored, plan, headers, provenance)
+    raw = _exported_config(src_dir, src, dst, stored, mapped, headers, provenance)
     atomic_write_text(out_dir / "config.json", json.dumps(raw, indent=2) + "\n")
-    plan_file.unlink()
+    manifest.unlink()
     log(f"[export] wrote {len(shards)} shard(s), {total / 2**30:.3f} GiB to {out_dir}")
     return raw[EXPORT_KEY]
 
 
-def _write_shards(shards: list[list[str]], names: list[str], want: dict[str, tuple[int, ...]], plan: dict,
+def _write_shards(shards: list[list[str]], names: list[str], want: dict[str, tuple[int, ...]], mapped: dict,
                   headers: dict, src: Any, dst: Any, out_dir: Path, log: Callable[[str], None]) -> tuple[dict, int]:
     """Each shard's sliced tensors, one shard at a time, atomically; a shard already there (a killed
-    earlier export of the same plan) is kept. Returns the index's weight map and total bytes."""
+    earlier export of the same manifest) is kept. Returns the index's weight map and total bytes."""
     weight_map: dict[str, str] = {}
     total = 0
     bar = Progress(len(shards), "export shards")
@@ -214,14 +214,14 @@ def _write_shards(shards: list[list[str]], names: list[str], want: dict[str, tup
         for shard, fname in zip(shards, names):
             for name in shard:
                 weight_map[_out_key(name)] = fname
-                total += _nbytes(list(want[name]), headers[plan[name][1]][plan[name][0]]["dtype"])
+                total += _nbytes(list(want[name]), headers[mapped[name][1]][mapped[name][0]]["dtype"])
             if (out_dir / fname).is_file():
                 log(f"[export] {fname} exists (unfinished earlier run), kept")
                 bar.update()
                 continue
             tensors = {}
             for name in shard:
-                key, path = plan[name]
+                key, path = mapped[name]
                 if path not in handles:
                     handles[path] = stack.enter_context(safe_open(str(path), framework="pt", device="cpu"))
                 t = slice_tensor(name, handles[path].get_tensor(key), src, dst)
@@ -235,7 +235,7 @@ def _write_shards(shards: list[list[str]], names: list[str], want: dict[str, tup
     return weight_map, total
 
 
-def _exported_config(src_dir: Path, src: Any, dst: Any, stored: dict, plan: dict, headers: dict,
+def _exported_config(src_dir: Path, src: Any, dst: Any, stored: dict, mapped: dict, headers: dict,
                      provenance: dict[str, Any] | None) -> dict[str, Any]:
     """The pruned checkpoint's config.json: the source's, with the removed heads and FFNs and the export
     record (source files by sha256, what was removed, how the masks were chosen, earlier exports)."""
@@ -246,7 +246,7 @@ def _exported_config(src_dir: Path, src: Any, dst: Any, stored: dict, plan: dict
     for path in source_files:
         hashes[path.name] = sha256_file(path)
         bar.update()
-    embed_key, embed_path = plan["decoder.embed_tokens.weight"]
+    embed_key, embed_path = mapped["decoder.embed_tokens.weight"]
     record = {"source": str(src_dir.resolve()), "source_sha256": hashes,
               **removal_summary(src, dst, _ST_DTYPES[headers[embed_path][embed_key]["dtype"]]), **(provenance or {})}
     earlier = src_raw.get(EXPORT_KEY)
@@ -263,12 +263,12 @@ def _out_key(name: str) -> str:
     return name if name == "lm_head.weight" else "model." + name
 
 
-def _plan_shards(want: dict[str, tuple[int, ...]], plan: dict, headers: dict, max_bytes: int) -> list[list[str]]:
+def _shard_layout(want: dict[str, tuple[int, ...]], mapped: dict, headers: dict, max_bytes: int) -> list[list[str]]:
     """Parameters in model order, cut into shards of at most max_bytes (a bigger tensor gets its own)."""
     shards: list[list[str]] = [[]]
     size = 0
     for name, shape in want.items():
-        key, path = plan[name]
+        key, path = mapped[name]
         nbytes = _nbytes(list(shape), headers[path][key]["dtype"])
         if shards[-1] and size + nbytes > max_bytes:
             shards.append([])

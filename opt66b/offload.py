@@ -29,7 +29,7 @@ from torch import nn
 from .capture import Capture, head_attribution
 from .host_memory import release_cpu_caches
 from .model import OPT, DecoderLayer, attention_allowed, position_ids_from_mask
-from .weights import (_ST_DTYPES, CheckpointError, _set_param, check_plan, checkpoint_files, config_from_hf, plan_keys,
+from .weights import (_ST_DTYPES, CheckpointError, _set_param, check_key_map, checkpoint_files, config_from_hf, key_map,
                       read_safetensors_header)
 
 Fetch = Callable[[int], dict[str, torch.Tensor]]  # layer index -> {local param name: host tensor}
@@ -209,17 +209,17 @@ def load_streamed(ckpt_dir: str | Path, dtype: torch.dtype | None = None, device
     cfg = config_from_hf(ckpt.dir)
     with torch.device("meta"):
         model = OPT(cfg)
-    plan, _ = plan_keys(ckpt.files, cfg, [n for n, _ in model.named_parameters()])
-    check_plan(plan, ckpt.headers, {n: tuple(p.shape) for n, p in model.named_parameters()})  # as load_model does
-    for name, (key, path) in plan.items():
+    mapped, _ = key_map(ckpt.files, cfg, [n for n, _ in model.named_parameters()])
+    check_key_map(mapped, ckpt.headers, {n: tuple(p.shape) for n, p in model.named_parameters()})  # as load_model does
+    for name, (key, path) in mapped.items():
         if name.startswith("decoder.layers."):
             continue
         t = ckpt.view(key)
         _set_param(model, name, t.to(device=device, dtype=dtype or t.dtype, copy=True))
         ckpt.evict(key)
     prefix = {i: f"decoder.layers.{i}." for i in range(cfg.num_layers)}
-    keys = {i: {n[len(prefix[i]):]: plan[n][0] for n in plan if n.startswith(prefix[i])} for i in prefix}
-    first = ckpt.view(plan["decoder.embed_tokens.weight"][0]).dtype
+    keys = {i: {n[len(prefix[i]):]: mapped[n][0] for n in mapped if n.startswith(prefix[i])} for i in prefix}
+    first = ckpt.view(mapped["decoder.embed_tokens.weight"][0]).dtype
     streamer = LayerStreamer(model, range(cfg.num_layers), device,
                              lambda i: {n: ckpt.view(k) for n, k in keys[i].items()}, dtype or first,
                              evict=lambda i: [ckpt.evict(k) for k in keys[i].values()])
@@ -271,23 +271,6 @@ def _acquire(model: OPT, i: int) -> nn.Module:
 def _release(model: OPT, i: int) -> None:
     if model.streamer is not None:
         model.streamer.release(i)
-
-
-@torch.no_grad()
-def forward_layer_major(model: OPT, batches: Sequence[tuple[torch.Tensor, torch.Tensor | None]],
-                        head_mask: torch.Tensor | None = None, ffn_mask: Sequence[float] | None = None,
-                        ) -> list[torch.Tensor]:
-    """Run a chunk of (input_ids (B, T), attention_mask (B, T) or None) batches layer by layer: each
-    layer's weights are brought in once for the whole chunk. Returns each batch's (B, T, W) hidden
-    state (what `model.logits` reads), equal to `model(...).hidden` for that batch."""
-    states = [_layer_inputs(model, ids, m) for ids, m in batches]
-    ffn = [1.0] * model.config.num_layers if ffn_mask is None else [float(v) for v in ffn_mask]
-    for i in range(model.config.num_layers):
-        layer = _acquire(model, i)
-        for k, (_, m) in enumerate(batches):
-            states[k] = _run_layer(layer, states[k], m, None if head_mask is None else head_mask[i], ffn[i], i)
-        _release(model, i)
-    return [model.finalize(h) for h in states]
 
 
 def layerwise_backward(model: OPT, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,

@@ -194,7 +194,7 @@ def canonical_key(key: str) -> str:
     return key[len("model."):] if key.startswith("model.") else key
 
 
-def plan_keys(stored: dict[str, Path], cfg: OPTConfig, targets: list[str]) -> tuple[dict[str, tuple[str, Path]], list[str]]:
+def key_map(stored: dict[str, Path], cfg: OPTConfig, targets: list[str]) -> tuple[dict[str, tuple[str, Path]], list[str]]:
     """Decide which stored key fills which parameter. Returns {param: (stored key, file)} and the
     list of stored keys deliberately ignored. Raises on unknown or missing keys."""
     by_canon: dict[str, tuple[str, Path]] = {}
@@ -222,10 +222,10 @@ def plan_keys(stored: dict[str, Path], cfg: OPTConfig, targets: list[str]) -> tu
     return by_canon, ignored
 
 
-def check_plan(plan: dict[str, tuple[str, Path]], headers: dict[Path, dict], shapes: dict[str, tuple[int, ...]]) -> None:
-    """Every planned tensor exists in its file with the parameter's shape and a float dtype: the
+def check_key_map(mapped: dict[str, tuple[str, Path]], headers: dict[Path, dict], shapes: dict[str, tuple[int, ...]]) -> None:
+    """Every mapped tensor exists in its file with the parameter's shape and a float dtype: the
     checks both loaders (resident and --offload mmap) run before reading any weight."""
-    for name, (key, path) in plan.items():
+    for name, (key, path) in mapped.items():
         info = headers[path].get(key)
         if info is None:
             raise CheckpointError(f"{path}: the index maps {key!r} to this file, but the file has no such tensor")
@@ -257,17 +257,17 @@ def load_model(ckpt_dir: str | Path, dtype: torch.dtype | None = None, device: s
     with torch.device("meta"):
         model = OPT(cfg)
     targets = dict(model.named_parameters())
-    plan, ignored = plan_keys(stored, cfg, list(targets))
-    headers = {path: read_safetensors_header(path) for path in sorted(set(p for _, p in plan.values()))}
-    check_plan(plan, headers, {name: tuple(p.shape) for name, p in targets.items()})
+    mapped, ignored = key_map(stored, cfg, list(targets))
+    headers = {path: read_safetensors_header(path) for path in sorted(set(p for _, p in mapped.values()))}
+    check_key_map(mapped, headers, {name: tuple(p.shape) for name, p in targets.items()})
     by_file: dict[Path, list[str]] = {}
-    for name, (_, path) in plan.items():
+    for name, (_, path) in mapped.items():
         by_file.setdefault(path, []).append(name)
     for path, names in by_file.items():  # one shard open at a time, tensors read once each
         try:
             with safe_open(str(path), framework="pt", device="cpu") as f:
                 for name in names:
-                    key = plan[name][0]
+                    key = mapped[name][0]
                     target = torch.device(device_for(name)) if device_for else torch.device(device)
                     stored = _ST_DTYPES[headers[path][key]["dtype"]]
                     if target.type == "cpu" and dtype is not None and dtype != stored:

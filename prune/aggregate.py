@@ -26,7 +26,7 @@ from typing import Callable, Sequence
 
 from opt66b.fileio import sha256_file
 from opt66b.runs.results import read_tensors, run_metadata, write_tensors
-from tasks.registry import PAPER_SEEN_TASKS, PAPER_UNSEEN_TASKS  # noqa: F401  (re-exported)
+from tasks.registry import PAPER_SEEN_TASKS
 
 from .masks import IMPORTANCE_KEY, aggregate_importance
 

@@ -39,7 +39,7 @@ def _eval_seed_arg(p: argparse.ArgumentParser) -> None:
 
 # -- importance ---------------------------------------------------------------------------------------
 def register_importance(sub: argparse._SubParsersAction) -> None:
-    from opt66b.runs.options import add_plan_args, add_seed_arg, example
+    from opt66b.runs.options import example
 
     p = sub.add_parser("importance", help="head importance (gradients) or oracle FFN importance (knockouts)",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -48,6 +48,13 @@ def register_importance(sub: argparse._SubParsersAction) -> None:
                                       "--out runs/tiny/importance",
                                       "python run.py importance ffn --tasks copa --shots 0 --out runs/tiny/ffn"))
     kinds = p.add_subparsers(dest="kind", metavar="KIND", required=True)
+    _register_heads(kinds)
+    _register_ffn(kinds)
+
+
+def _register_heads(kinds: argparse._SubParsersAction) -> None:
+    from opt66b.runs.options import add_plan_args, add_seed_arg, example
+
     h = kinds.add_parser(
         "heads", help="gradient-based head importance per task and shot",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -81,6 +88,11 @@ def register_importance(sub: argparse._SubParsersAction) -> None:
                         "it when the full backward would not fit); auto (default): layerwise with streamed layers")
     add_plan_args(h, "importance heads")
     h.set_defaults(step="prune.importance:HeadImportanceSettings")
+
+
+
+def _register_ffn(kinds: argparse._SubParsersAction) -> None:
+    from opt66b.runs.options import add_plan_args, example
 
     f = kinds.add_parser(
         "ffn", help="oracle FFN importance: metric drop with each FFN knocked out alone",

@@ -219,56 +219,26 @@ def run_correlate(s: CorrelateSettings, log: Callable[[str], None] | None = None
     writes to OUT/importance-<other>); adds "targets" (prune/targets.py). random_seed: the random-permutation
     row's seed."""
     s.check()
-    importance_dir, out_dir, top_fraction = Path(s.importance), Path(s.out), s.top_fraction
-    shots, tasks, compare_importance = s.shots, s.tasks, s.compare_importance
+    importance_dir = Path(s.importance)
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-    found = discover(importance_dir, shots, tasks)
-    shape: tuple[int, ...] | None = None
-    by_shot: dict[int, dict[str, list[float]]] = {}
-    aggregates: dict[int, tuple[list[float], str]] = {}
-    denominators: dict[int, dict[str, Any]] = {}
+    found = discover(importance_dir, s.shots, s.tasks)
+    shots, shape = {}, None
     for k, files in found.items():
-        vectors = {}
-        denominators[k] = {}
-        for name, path in files.items():
-            imp = read_importance(path)
-            stored = read_tensors(path)[0]
-            if UNIFORM_IMPORTANCE_KEY in stored:
-                # the paper's denominator under its own name; older files held it under "importance"
-                paper = read_importance(path, key=PAPER_DENOMINATOR_KEY if PAPER_DENOMINATOR_KEY in stored
-                                        else IMPORTANCE_KEY)
-                uniform = read_importance(path, key=UNIFORM_IMPORTANCE_KEY)
-                denominators[k][name] = denominator_effect(paper.reshape(-1).tolist(), uniform.reshape(-1).tolist(),
-                                                           imp.shape[1], top_fraction)  # (L*H,) layer-major
-            if shape is None:
-                shape = tuple(imp.shape)
-            elif tuple(imp.shape) != shape:
-                raise ValueError(f"{path}: importance has shape {tuple(imp.shape)} but earlier files have "
-                                 f"{shape}; were they computed on different models?")
-            vectors[name] = imp
-        agg = vectors.pop(AGGREGATE_NAME, None)
-        if not vectors:
-            raise FileNotFoundError(f"{shots_dir(importance_dir, k)}: only an aggregate file, no task files")
-        source = "file"
-        if agg is None:  # not written (yet): the paper's definition, mean of the raw task tensors
-            agg, source = aggregate_importance(list(vectors.values())).double(), "mean of the task files"
-            log(f"{shots_name(k)}: no {AGGREGATE_NAME}.safetensors, using the mean of {len(vectors)} task files")
-        by_shot[k] = {t: v.reshape(-1).tolist() for t, v in vectors.items()}  # (L*H,) layer-major
-        aggregates[k] = (agg.reshape(-1).tolist(), source)  # (L*H,)
-
+        shots[k] = _read_shot(importance_dir, k, files, s.top_fraction, log, shape)
+        shape = shots[k][4]
+    by_shot = {k: vectors for k, (vectors, *_) in shots.items()}
     progress = Progress(len(by_shot) + 1, "correlate")
     per_shot = {}
-    for k, vectors in by_shot.items():
-        per_shot[str(k)] = {**correlate_shot(vectors, aggregates[k][0], top_fraction, random_seed),
-                            "aggregate_source": aggregates[k][1], "denominators": denominators[k]}
+    for k, (vectors, aggregate, source, denominators, _) in shots.items():
+        per_shot[str(k)] = {**correlate_shot(vectors, aggregate, s.top_fraction, random_seed),
+                            "aggregate_source": source, "denominators": denominators}
         progress.update()
-    crossed = cross_shot(by_shot, top_fraction)
+    crossed = cross_shot(by_shot, s.top_fraction)
     progress.update()
-
     all_files = [p for files in found.values() for p in files.values()]
     result = {
-        "metadata": run_metadata(importance_dir=str(importance_dir), shots=sorted(by_shot),
-                                 top_fraction=top_fraction, random_seed=random_seed, layers_heads=list(shape or ()),
+        "metadata": run_metadata(importance_dir=str(importance_dir), shots=sorted(by_shot), top_fraction=s.top_fraction,
+                                 random_seed=random_seed, layers_heads=list(shape or ()),
                                  # keyed relative to the importance dir: a moved run records the same
                                  input_sha256={str(Path(f).relative_to(importance_dir)): h
                                                for f, h in file_hashes(all_files).items()}),
@@ -276,11 +246,45 @@ def run_correlate(s: CorrelateSettings, log: Callable[[str], None] | None = None
         "shots": per_shot,
         "cross_shot": crossed,
     }
-    if compare_importance is not None:
+    if s.compare_importance is not None:
         from .targets import compare_targets
 
-        result["targets"] = compare_targets(Path(importance_dir), Path(compare_importance), sorted(by_shot),
-                                            top_fraction)
-    path = write_json(Path(out_dir) / OUTPUT_NAME, _finite_or_none(result))
+        result["targets"] = compare_targets(importance_dir, Path(s.compare_importance), sorted(by_shot), s.top_fraction)
+    path = write_json(Path(s.out) / OUTPUT_NAME, _finite_or_none(result))
     log(f"wrote {path}")
     return path
+
+
+def _read_shot(importance_dir: Path, k: int, files: dict[str, Path], top_fraction: float,
+               log: Callable[[str], None], shape: tuple | None = None
+               ) -> tuple[dict[str, list[float]], list[float], str, dict[str, Any], tuple]:
+    """One shot's (flat (L*H,) layer-major vector per task, the aggregate's, where the aggregate comes from,
+    the denominator effect per task, the (L, H) shape, which every file must share with `shape`, the earlier
+    shots'). Without an aggregate file the aggregate is the paper's definition: the mean of the seen tasks'
+    raw tensors (all the tasks when none is seen), never an unseen or synthetic task beside seen ones."""
+    vectors, denominators = {}, {}
+    for name, path in files.items():
+        imp = read_importance(path)
+        stored = read_tensors(path)[0]
+        if UNIFORM_IMPORTANCE_KEY in stored:
+            # the paper's denominator under its own name; older files held it under "importance"
+            paper = read_importance(path, key=PAPER_DENOMINATOR_KEY if PAPER_DENOMINATOR_KEY in stored else IMPORTANCE_KEY)
+            uniform = read_importance(path, key=UNIFORM_IMPORTANCE_KEY)
+            denominators[name] = denominator_effect(paper.reshape(-1).tolist(), uniform.reshape(-1).tolist(),
+                                                    imp.shape[1], top_fraction)  # (L*H,) layer-major
+        if shape is not None and tuple(imp.shape) != shape:
+            raise ValueError(f"{path}: importance has shape {tuple(imp.shape)} but earlier files have {shape}; were "
+                             "they computed on different models?")
+        shape = tuple(imp.shape)
+        vectors[name] = imp
+    agg = vectors.pop(AGGREGATE_NAME, None)
+    if not vectors:
+        raise FileNotFoundError(f"{shots_dir(importance_dir, k)}: only an aggregate file, no task files")
+    source = "file"
+    if agg is None:  # not written (yet): the paper's definition, the mean of the seen tasks' raw tensors
+        members = seen_in(vectors) or sorted(vectors)
+        agg = aggregate_importance([vectors[t] for t in members]).double()
+        source = "mean of the seen task files" if seen_in(vectors) else "mean of the task files"
+        log(f"{shots_name(k)}: no {AGGREGATE_NAME}.safetensors, using the {source[:-6]} ({', '.join(members)})")
+    flat = {t: v.reshape(-1).tolist() for t, v in vectors.items()}  # (L*H,) layer-major
+    return flat, agg.reshape(-1).tolist(), source, denominators, shape

@@ -273,12 +273,12 @@ def run_head_importance(model: Any, tokenizer: Any, info: dict[str, Any] | None,
     from opt66b.cost import ModelShape
     from opt66b.runs.distributed import barrier, my_units, rank_world
     from opt66b.runs.layout import shots_dir
-    from opt66b.runs.results import run_metadata
     from opt66b.runs.store import UnitStore, Work, in_memory_info, model_fingerprint
     from tasks.evaluation import task_fingerprint
 
-    from .aggregate import PAPER_SEEN_TASKS, check_aggregate_before, write_aggregate
-    from .masks import IMPORTANCE_KEY, PAPER_DENOMINATOR_KEY, UNIFORM_IMPORTANCE_KEY
+    from tasks.registry import PAPER_SEEN_TASKS
+
+    from .aggregate import check_aggregate_before, write_aggregate
 
     s.check()
     info = info or in_memory_info(model)
@@ -303,25 +303,34 @@ def run_head_importance(model: Any, tokenizer: Any, info: dict[str, Any] | None,
                                                           **task_fingerprint(objects[t]), shots=k)]
     barrier()  # every process has read the unit files before any process writes one (the same split everywhere)
     for name, k in my_units(pending, [units[key].flops(shape.rule) for key in pending]):
-        path = shots_dir(s.out, k) / f"{name}.safetensors"
-        fields = {**task_fingerprint(objects[name]), "shots": k}
         examples = objects[name].importance_examples(s.n_docs, k, random.Random(s.seed), paper_quirks=quirks)
         bar = Progress(len(examples), f"importance {name} {k}-shot")
         total, counts = head_score_sums(model, tokenizer, examples, max_length=length, progress=bar.update,
                                         layerwise=layerwise, chunk_budget=budget)
         work.add_unit(units[(name, k)], shape.rule)
-        variants = {key: importance_from_sums(total, counts, denom, s.normalize_per_layer)
-                    for key, denom in ((PAPER_DENOMINATOR_KEY, "paper"), (UNIFORM_IMPORTANCE_KEY, "uniform"))}
-        chosen = PAPER_DENOMINATOR_KEY if denominator == "paper" else UNIFORM_IMPORTANCE_KEY
-        variants[IMPORTANCE_KEY] = variants[chosen].clone()
-        store.write_tensors(path, variants, run_metadata(**{
-            **recorded, "task": name, "shots": k, "seed": s.seed, "n_docs": s.n_docs, "counts": counts,
-            "normalize_per_layer": s.normalize_per_layer, "max_length": s.max_length, "denominator": denominator,
-            "backward": "layer-wise" if layerwise or getattr(model, "streamer", None) else "full",
-            "importance_is": chosen}), **fields)
+        meta = {**recorded, "task": name, "shots": k, "seed": s.seed, "n_docs": s.n_docs, "counts": counts,
+                "normalize_per_layer": s.normalize_per_layer, "max_length": s.max_length, "denominator": denominator,
+                "backward": "layer-wise" if layerwise or getattr(model, "streamer", None) else "full"}
+        store.write_tensors(shots_dir(s.out, k) / f"{name}.safetensors", *_variants(total, counts, s, meta),
+                            **task_fingerprint(objects[name]), shots=k)
     barrier()
     if rank_world()[0] == 0:
         for k in s.shots:
             write_aggregate(shots_dir(s.out, k), seen, update=s.update_aggregate,
                             settings={**recorded, "shots": k, "seed": s.seed})
     return {"out": s.out, "work": work.as_dict()}
+
+
+def _variants(total: torch.Tensor, counts: dict[str, int], s: HeadImportanceSettings,
+              meta: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(tensors, metadata) of one (task, shot)'s file: both denominators under their own names, and the one the
+    protocol ranks by as `importance` (what every later step reads), the metadata saying which."""
+    from opt66b.runs.results import run_metadata
+
+    from .masks import IMPORTANCE_KEY, PAPER_DENOMINATOR_KEY, UNIFORM_IMPORTANCE_KEY
+
+    variants = {key: importance_from_sums(total, counts, denom, s.normalize_per_layer)
+                for key, denom in ((PAPER_DENOMINATOR_KEY, "paper"), (UNIFORM_IMPORTANCE_KEY, "uniform"))}
+    chosen = PAPER_DENOMINATOR_KEY if s.protocol.denominator == "paper" else UNIFORM_IMPORTANCE_KEY
+    variants[IMPORTANCE_KEY] = variants[chosen].clone()
+    return variants, run_metadata(**meta, importance_is=chosen)

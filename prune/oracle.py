@@ -201,12 +201,10 @@ def _oracle_unit(evaluation: Any, metric: str, num_layers: int, layer_major: boo
     return res
 
 
-def ffn_oracle(evaluation: Any, num_layers: int, metric: str, layers: Sequence[int] | None = None,
-                   done: dict[int, dict[str, float]] | None = None,
-                   on_layer: Callable[[int, dict[str, float]], None] | None = None,
-                   base_metrics: dict[str, float] | None = None, cached: bool = True,
-                   progress: Callable[[int], None] | None = None, chunk_units: int | None = None,
-                   chunks: dict[str, Any] | None = None) -> dict[str, Any]:
+def ffn_oracle(evaluation: Any, num_layers: int, metric: str, done: dict[int, dict[str, float]] | None = None,
+               on_layer: Callable[[int, dict[str, float]], None] | None = None, cached: bool = True,
+               progress: Callable[[int], None] | None = None, chunk_units: int | None = None,
+               chunks: dict[str, Any] | None = None) -> dict[str, Any]:
     """Oracle FFN importance: drop[l] = base - metric with FFN l alone knocked out (points, eval split).
 
     `evaluation` is a tasks.evaluation.TaskEvaluation (instances and scorer built once); its
@@ -221,10 +219,10 @@ def ffn_oracle(evaluation: Any, num_layers: int, metric: str, layers: Sequence[i
     Returns {"metric", "base", "base_metrics", "drop" (L floats), "metrics" (per layer), "ranking"}
     where ranking lists layer ids by ascending drop, stable (ties: lower layer first, as the paper's code).
     """
-    layers = list(range(num_layers)) if layers is None else list(layers)
+    layers, base_metrics = list(range(num_layers)), None
     per_layer: dict[int, dict[str, float]] = dict(done or {})
     todo = [layer for layer in layers if layer not in per_layer]
-    if cached and chunk_units is not None and (todo or base_metrics is None):
+    if cached and chunk_units is not None:
         # Bounded memory: the base and every knock-out, a chunk of scoring batches at a time, each chunk
         # resumed from its own recorded layer inputs (Scorer.run_knockouts); the same numbers bit for bit.
         runs = [(layer, None, ffn_knockout_mask(num_layers, layer), layer) for layer in todo]

@@ -34,7 +34,7 @@ from opt66b.runs.layout import shots_name
 from opt66b.runs.settings import option
 from tasks.settings import EvaluatingStep
 
-from .aggregate import PAPER_SEEN_TASKS, PAPER_UNSEEN_TASKS
+from tasks.registry import PAPER_SEEN_TASKS, PAPER_UNSEEN_TASKS
 from .paper import PAPER_TRANSFER_PARTNERS, PAPER_TRANSFER_TASKS
 
 # How partners are chosen: the CLI name (`prune transfer --partners`) -> the variant name in transfer.json.
@@ -150,9 +150,6 @@ def run_transfer(design: dict[str, Any], prune_dir: Any, sweep: Any, percents: S
     from opt66b.fileio import read_json
     from opt66b.runs.results import write_json
 
-    from .inflection import sweep_curve
-    from .intervals import difference
-
     from opt66b.runs.distributed import barrier, is_main
 
     prune_dir = Path(prune_dir)
@@ -168,36 +165,42 @@ def run_transfer(design: dict[str, Any], prune_dir: Any, sweep: Any, percents: S
     tables = {key: read_json(path) for key, path in paths.items()}
     base = {name: read_json(prune_dir / f"heads-{name}.json") for name in ("own", "aggregate")
             if (prune_dir / f"heads-{name}.json").is_file()}
-
-    def curve(table: dict | None, task: str, shot: str) -> dict[str, float] | None:
-        cells = (table or {}).get("results", {}).get(task, {}).get(shot)
-        return None if cells is None else {f"{x:g}": y for x, y in sweep_curve(cells, "heads").items()}
-
-    def vectors(table: dict | None, task: str, shot: str) -> dict[str, str | None]:
-        rows = (table or {}).get("per_doc", {}).get(task, {}).get(shot, {})
-        return {h: row.get("0") for h, row in rows.items()}
-
     out = {k: v for k, v in design.items() if k != "runs"}
     for key, block in out["shots"].items():
-        shot = shots_name(key)
         for entry in block["chosen"] + block["unseen"]:
-            task = entry["task"]
-            entry["curves"] = {"own": curve(base.get("own"), task, shot),
-                               "aggregate": curve(base.get("aggregate"), task, shot)}
-            own = vectors(base.get("own"), task, shot)
-            rankings = {"aggregate": base.get("aggregate")}
-            for variant, sides in entry.get("partners", {}).items():
-                for side, partner in sides.items():
-                    entry["curves"][f"{side}:{variant}"] = curve(tables.get((task, partner["task"])), task, shot)
-                    rankings[f"{side}:{variant}"] = tables.get((task, partner["task"]))
-            # own - other per percentage, paired on the same documents (prune/intervals.py): a curve is
-            # told apart from the task's own ranking only where the 95% interval excludes 0
-            entry["vs_own"] = {name: {h: difference(own.get(h), bits) for h, bits in vectors(table, task, shot).items()}
-                               for name, table in rankings.items() if table is not None}
+            _curves(entry, shots_name(key), base, tables)
     path = write_json(prune_dir / "transfer.json", out)
     if log:
         log(f"wrote {path}")
     return path
+
+
+def _curves(entry: dict[str, Any], shot: str, base: dict[str, Any], tables: dict[tuple, Any]) -> None:
+    """One chosen (or unseen) task's curves at one shot: own and aggregate from the ordinary sweeps, each
+    partner's from its sweep, and every curve's difference to own, paired on the same documents
+    (prune/intervals.py): a curve is told apart from the task's own ranking only where the 95% interval
+    excludes 0."""
+    from .inflection import sweep_curve
+    from .intervals import difference
+
+    def curve(table: dict | None) -> dict[str, float] | None:
+        cells = (table or {}).get("results", {}).get(task, {}).get(shot)
+        return None if cells is None else {f"{x:g}": y for x, y in sweep_curve(cells, "heads").items()}
+
+    def vectors(table: dict | None) -> dict[str, str | None]:
+        rows = (table or {}).get("per_doc", {}).get(task, {}).get(shot, {})
+        return {h: row.get("0") for h, row in rows.items()}
+
+    task = entry["task"]
+    entry["curves"] = {"own": curve(base.get("own")), "aggregate": curve(base.get("aggregate"))}
+    rankings = {"aggregate": base.get("aggregate")}
+    for variant, sides in entry.get("partners", {}).items():
+        for side, partner in sides.items():
+            entry["curves"][f"{side}:{variant}"] = curve(tables.get((task, partner["task"])))
+            rankings[f"{side}:{variant}"] = tables.get((task, partner["task"]))
+    own = vectors(base.get("own"))
+    entry["vs_own"] = {name: {h: difference(own.get(h), bits) for h, bits in vectors(table).items()}
+                       for name, table in rankings.items() if table is not None}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -226,7 +229,6 @@ class TransferSettings(EvaluatingStep):
         upper bound, two partners per statistic (at most 4 rankings) for each chosen task (with substitutes)
         and shot, each an ordinary head sweep (PruneSettings.units, sharing `done`). The run splits each
         partner sweep's own units (prune/sweeps.run_sweep)."""
-        from .aggregate import PAPER_SEEN_TASKS
         from .sweeps import PruneSettings
 
         available = [t for t in self.tasks if t in PAPER_SEEN_TASKS]  # the seen tasks that will have importance

@@ -56,11 +56,7 @@ def cli_reference() -> str:
     lines = ["# Command-line options", "",
              "Generated from run.py's parser by `python -m study.cli_reference` (tests/test_docs.py checks it is",
              "current). One row per option and meaning; `-` means no default (the option is off or required).",
-             "Old spellings still accepted for one release: `--size` (now `--random-weights`), `--heads-percent`",
-             "(now `--head-percent`), `--paper-quirks` (now `--protocol paper`) and a model step's `--json` (now",
-             "`--plan-json`) with a one-line notice;",
-             "`report --run` (now `--out`), `convert SRC DST` (now `--out DST`) and `induction --first-seed` (now",
-             "`--seed`) silently.", "",
+             "One spelling per option: the spellings of earlier releases are refused (docs/errors.md).", "",
              "| option | meaning | default | commands |", "|---|---|---|---|"]
     for (option, meaning), defaults in sorted(rows.items()):
         if len(defaults) == 1:

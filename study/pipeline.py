@@ -64,7 +64,6 @@ def run_all(study: Study) -> int:
     """Run every step of `study` on one loaded model, then write the report; returns the exit status."""
     from opt66b.host_memory import trim
     from opt66b.runs.distributed import barrier, is_main, rank_world
-    from opt66b.fileio import atomic_write_text
     from opt66b.runs.results import write_json
     from tasks.evaluation import EvaluationCache
 
@@ -80,12 +79,7 @@ def run_all(study: Study) -> int:
     loaded = study.load.load(threads=s.threads)
     main = is_main()  # under torchrun: every process runs the model steps on its share of the units
     if main:
-        layout.root.mkdir(parents=True, exist_ok=True)
-        write_json(layout.skipped_tasks, list(study.skipped))
-        write_json(layout.study, {"protocol": s.protocol.name, "other_protocol": s.protocol.other.name,
-                                  "targets_differ": targets_differ(list(study.tasks)), "tasks": list(study.tasks),
-                                  "shots": list(s.shots)})
-        atomic_write_text(layout.commands, "".join(line + "\n" for line in study.commands()))
+        _write_run_files(study)
     from opt66b.runs.store import model_fingerprint
 
     # one evaluation cache for every step and every process, on disk: an evaluation any of them ran is read, not run again
@@ -122,6 +116,20 @@ def run_all(study: Study) -> int:
     print(f"[all] done in {time.monotonic() - start:.0f}s; report: {report}", file=sys.stderr)
     print(report)
     return 0
+
+
+def _write_run_files(study: Study) -> None:
+    """The run's directory and its top files: the tasks skipped, the protocol, and every step's command line."""
+    from opt66b.fileio import atomic_write_text
+    from opt66b.runs.results import write_json
+
+    layout, s = study.layout, study.settings
+    layout.root.mkdir(parents=True, exist_ok=True)
+    write_json(layout.skipped_tasks, list(study.skipped))
+    write_json(layout.study, {"protocol": s.protocol.name, "other_protocol": s.protocol.other.name,
+                              "targets_differ": targets_differ(list(study.tasks)), "tasks": list(study.tasks),
+                              "shots": list(s.shots)})
+    atomic_write_text(layout.commands, "".join(line + "\n" for line in study.commands()))
 
 
 def _all_processes(layout: Any, label: str, world: int, plan: dict[str, Any] | None, index: int) -> dict[str, Any]:

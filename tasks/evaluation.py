@@ -110,14 +110,12 @@ class TaskEvaluation:
         return out
 
 
-def evaluate_task(model: Any, tokenizer: Any, task: Task, shots: int, limit: int | None = None, seed: int = 42,
-                  head_mask: torch.Tensor | None = None, ffn_mask: torch.Tensor | None = None,
-                  batch_tokens: int = 4096, max_length: int | None = None,
-                  progress_label: str | None = None) -> dict[str, Any]:
+def evaluate_task(model: Any, tokenizer: Any, task: Task, shots: int, head_mask: torch.Tensor | None = None,
+                  ffn_mask: torch.Tensor | None = None, **options: Any) -> dict[str, Any]:
     """{"metrics": {metric: value}, "records": [per request: doc_id, context, continuation,
-    loglikelihood, is_greedy]} for one task at `shots` demos (lm-eval order: Random(seed))."""
-    ev = TaskEvaluation(model, tokenizer, task, shots, limit=limit, seed=seed, batch_tokens=batch_tokens,
-                        max_length=max_length, progress_label=progress_label)
+    loglikelihood, is_greedy]} for one task at `shots` demos (lm-eval order: Random(seed)); `options` are
+    TaskEvaluation's (limit, seed, batch_tokens, max_length, progress_label)."""
+    ev = TaskEvaluation(model, tokenizer, task, shots, **options)
     metrics = ev.run(head_mask=head_mask, ffn_mask=ffn_mask)
     return {"metrics": metrics, "records": ev.records()}
 

@@ -127,3 +127,17 @@ def oracle_of(model, tokenizer, tasks, shots, out, make, budget=None, naive=Fals
                           naive=naive)
     info = info or {"model": "stand-in", "identity": {"stand-in": 1}, "dtype": "float32"}
     return run_ffn_oracle(model, tokenizer, info, s, evaluations=make)
+
+
+def layer_major_hidden(model, batches):
+    """Each (input_ids (B, T), attention_mask (B, T) or None) batch's final hidden state, the chunk run layer by
+    layer through opt66b.layer_major.run_layer_major (the one layer-order executor)."""
+    from opt66b.layer_major import ChunkPass, MaskedRun, run_layer_major
+    from opt66b.model import position_ids_from_mask
+
+    units, out = [], {}
+    for ids, mask in batches:
+        mask = torch.ones_like(ids) if mask is None else mask
+        units.append([ChunkPass(ids, mask, position_ids_from_mask(mask, ids.shape[1]))])
+    run_layer_major(model, units, [MaskedRun()], lambda r, u, j, hidden: out.__setitem__(u, hidden))
+    return [out[u] for u in range(len(units))]

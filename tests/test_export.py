@@ -107,7 +107,7 @@ def test_checkpoint_is_physically_smaller(exported):
     assert set(raw["opt66b_export"]["source_sha256"]) >= {"config.json", "model.safetensors.index.json"}
     index = json.loads((d / "out" / "model.safetensors.index.json").read_text())
     assert len(set(index["weight_map"].values())) > 1  # written as several shards
-    assert not (d / "out" / ".export-plan.json").exists()
+    assert not (d / "out" / ".export-manifest.json").exists()
 
 
 def test_streamed_and_placed_loading_of_an_exported_model(exported, one_thread):

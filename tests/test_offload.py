@@ -12,9 +12,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import random_model, write_checkpoint
+from conftest import layer_major_hidden, random_model, write_checkpoint
 from opt66b import OPTConfig, save_checkpoint
-from opt66b.offload import attach_pinned_streamer, forward_layer_major, layerwise_backward, load_streamed
+from opt66b.offload import attach_pinned_streamer, layerwise_backward, load_streamed
 
 TOL = 1e-5  # see module docstring
 
@@ -124,7 +124,7 @@ def test_layer_major_chunk_brings_each_layer_once(pair, batch, cfg):
     ids, mask = batch
     chunk = [(ids, mask), (ids[1:], mask[1:]), (ids[:, 3:], None)]
     before = streamed.streamer.copies
-    hidden = forward_layer_major(streamed, chunk)
+    hidden = layer_major_hidden(streamed, chunk)
     assert streamed.streamer.copies - before == cfg.num_layers  # weights cross once per chunk
     for (i, m), h in zip(chunk, hidden):
         assert (model.logits(h) - model(i, m).logits).abs().max() < TOL

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from opt66b.runs.results import read_tensors, write_tensors
-from prune.aggregate import PAPER_SEEN_TASKS, aggregate_of, write_aggregate
+from prune.aggregate import aggregate_of, write_aggregate
+from tasks.registry import PAPER_SEEN_TASKS
 from prune.inflection import grid_within_tolerance, headline, knee, within_tolerance
 from prune.transfer import choose_tasks, partners, transfer_design
 

@@ -35,7 +35,7 @@ def counted_run(argv: list[str]) -> dict[str, int]:
     import argparse
 
     counts = {"load_calls": 0, "checkpoint_reads": 0, "parses": 0}
-    real_load, real_read = runtime.load, runtime.load_model
+    real_load, real_read = runtime.load_from, runtime.load_model  # every load goes through load_from
     real_parse = argparse.ArgumentParser.parse_args
 
     def parse(self, *args, **kwargs):  # run.main's own parse, and any other
@@ -51,13 +51,13 @@ def counted_run(argv: list[str]) -> dict[str, int]:
         return real_read(*args, **kwargs)
 
     err = io.StringIO()
-    runtime.load, runtime.load_model = load, read
+    runtime.load_from, runtime.load_model = load, read
     argparse.ArgumentParser.parse_args = parse
     try:
         with contextlib.redirect_stderr(err):
             assert run.main(argv) == 0, err.getvalue()[-3000:]
     finally:
-        runtime.load, runtime.load_model = real_load, real_read
+        runtime.load_from, runtime.load_model = real_load, real_read
         argparse.ArgumentParser.parse_args = real_parse
     counts["announced"] = sum(line.startswith("loading") for line in err.getvalue().splitlines())
     return counts
@@ -216,7 +216,7 @@ def test_report_lists_all_tasks_and_the_protocol(study_run):
     out, _ = study_run
     report = (out / "report.md").read_text()
     tasks_table = report.split("## Tasks", 1)[1].split("\n## ", 1)[0]
-    from prune.aggregate import PAPER_SEEN_TASKS, PAPER_UNSEEN_TASKS
+    from tasks.registry import PAPER_SEEN_TASKS, PAPER_UNSEEN_TASKS
 
     for t in (*PAPER_SEEN_TASKS, *PAPER_UNSEEN_TASKS, "synthetic_copy"):
         assert f"| {t} |" in tasks_table, t

@@ -78,64 +78,67 @@ def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:
     return DTYPES[name]
 
 
-def load(model: str | Path | None = None, *, tokenizer: str | Path | None = None, dtype: str | torch.dtype | None = None,
-         device: str | torch.device | None = None, device_map: str | None = None,
-         max_memory: str | dict[str, int] | None = None, reserve: str | dict[str, int] | None = None,
-         offload: str = "auto", random_weights: str | None = None,
-         random_weights_seed: int = 0, log: Callable[[str], None] | None = None,
-         ) -> tuple[OPT, OPTTokenizer, dict[str, Any]]:
+def load(model: str | Path | None = None, log: Callable[[str], None] | None = None,
+         **options: Any) -> tuple[OPT, OPTTokenizer, dict[str, Any]]:
     """Load an OPT checkpoint (default: the embedded tiny OPT) and its tokenizer.
 
-    model: HF checkpoint directory with safetensors. tokenizer: directory with vocab.json +
-    merges.txt (default: the model's). dtype: "float32"/"float16"/"bfloat16" or a torch dtype
-    (default float32 on CPU, float16 on GPU). device: compute device (default: this process's GPU,
-    else cpu). device_map / max_memory / offload: layer placement and streaming (placement.py,
-    offload.py; same values as the --device-map / --max-memory / --offload options).
-    random_weights: an official size name (e.g. "opt-125m") to build random weights instead of
-    reading a checkpoint (tokenizer from the embedded tiny OPT), seeded by random_weights_seed.
+    model: HF checkpoint directory with safetensors. options, LoadSettings' fields: tokenizer (directory
+    with vocab.json + merges.txt; default: the model's), dtype ("float32"/"float16"/"bfloat16" or a torch
+    dtype; default float32 on CPU, float16 on GPU), device (compute device; default: this process's GPU,
+    else cpu), device_map / max_memory / reserve / offload (layer placement and streaming: placement.py,
+    offload.py; the values of the --device-map / --max-memory / --reserve / --offload options),
+    random_weights (an official size name, e.g. "opt-125m": random weights instead of a checkpoint, the
+    tokenizer from the embedded tiny OPT) seeded by random_weights_seed.
 
     Returns (model, tokenizer, info): info is JSON-able (path, dtype, device map, memory, offload)
     and holds "identity", the content identity every result's fingerprint uses (opt66b.runs.store).
     Every load is announced through `log` (default: stderr) on a line starting with "loading".
     """
-    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-    device = check_device_available(resolve_device(None if device is None else str(device)), "--device")
-    dtype = dtype if isinstance(dtype, torch.dtype) else resolve_dtype(dtype, device)
-    max_memory = Budgets.parse(max_memory, "--max-memory")
-    reserve = Budgets.parse(reserve, "--reserve") or None
-    offload = offload or "auto"
-    for dev, size in max_memory.items():  # a GPU budget above what the card can give fails later, out of memory
+    return load_from(LoadSettings(model=model, **options), log or (lambda msg: print(msg, file=sys.stderr, flush=True)))
+
+
+def load_from(s: "LoadSettings", log: Callable[[str], None]) -> tuple[OPT, OPTTokenizer, dict[str, Any]]:
+    """Every load goes here (`load`, `LoadSettings.load`): check the devices and budgets, build the placed model, describe it."""
+    device = check_device_available(resolve_device(None if s.device is None else str(s.device)), "--device")
+    dtype = s.dtype if isinstance(s.dtype, torch.dtype) else resolve_dtype(s.dtype, device)
+    for dev, size in s.max_memory.items():  # a GPU budget above what the card can give fails later, out of memory
         kind = detect_gpu(dev) if dev.startswith("cuda") else None
         if kind is not None:
             check_plan_hardware(kind, {dev: size}, None)
-    if needs_bound(max_memory, offload):  # a host budget: memory follows the live tensors (host_memory.py)
+    if needs_bound(s.max_memory, s.offload):  # a host budget: memory follows the live tensors (host_memory.py)
         bound()
-    size = random_weights
-    model_dir = None if size else (Path(model).expanduser() if model else TINY_MODEL_DIR)
+    model_dir = None if s.random_weights else (Path(s.model).expanduser() if s.model else TINY_MODEL_DIR)
     if model_dir is not None and not model_dir.is_dir():
         raise FileNotFoundError(f"{model_dir}: model directory not found")
-    tok_dir = Path(tokenizer).expanduser() if tokenizer else (model_dir or TINY_MODEL_DIR)
-    dm = None
-    if offload == "mmap":
-        if size:
+    net, cfg, dm = _build(s, model_dir, dtype, device, log)
+    tok_dir = Path(s.tokenizer).expanduser() if s.tokenizer else (model_dir or TINY_MODEL_DIR)
+    return net, load_tokenizer(tok_dir), _describe(s, model_dir, tok_dir, cfg, dtype, device, dm, net)
+
+
+def _build(s: "LoadSettings", model_dir: Path | None, dtype: torch.dtype, device: torch.device,
+           log: Callable[[str], None]) -> tuple[OPT, OPTConfig, DeviceMap | None]:
+    """(the model, its config, its device map or None): streamed from the files (--offload mmap), or placed."""
+    if s.offload == "mmap":
+        if s.random_weights:
             raise ValueError("--offload mmap streams from safetensors files; it needs --model, not --random-weights")
-        if device_map:
+        if s.device_map:
             raise ValueError("--offload mmap streams every layer; drop --device-map")
         cfg = config_from_hf(model_dir)
-        net = _load_from_files(model_dir, cfg, dtype, device, max_memory, log)
-    else:
-        cfg = config_for_size(size) if size else config_from_hf(model_dir)
-        dm = placement(cfg, dtype, device, device_map, max_memory, reserve)
-        if dm is not None:
-            for dev in dict.fromkeys([dm.head, *dm.layers]):
-                check_device_available(torch.device(dev), "--device-map")
-            log(dm.summary())
-        net = _load_placed(model_dir, size, random_weights_seed, cfg, dtype, device, dm, offload, log)
-    tok = load_tokenizer(tok_dir)
-    if size:
-        identity = {"random_weights": size, "seed": random_weights_seed}
-    else:
-        identity = checkpoint_identity(model_dir)
+        return _load_from_files(model_dir, cfg, dtype, device, s.max_memory, log), cfg, None
+    cfg = config_for_size(s.random_weights) if s.random_weights else config_from_hf(model_dir)
+    dm = placement(cfg, dtype, device, s.device_map, s.max_memory, s.reserve)
+    if dm is not None:
+        for dev in dict.fromkeys([dm.head, *dm.layers]):
+            check_device_available(torch.device(dev), "--device-map")
+        log(dm.summary())
+    return _load_placed(model_dir, s.random_weights, s.random_weights_seed, cfg, dtype, device, dm, s.offload, log), cfg, dm
+
+
+def _describe(s: "LoadSettings", model_dir: Path | None, tok_dir: Path, cfg: OPTConfig, dtype: torch.dtype,
+              device: torch.device, dm: DeviceMap | None, net: OPT) -> dict[str, Any]:
+    """The loaded model as every result records it, its content identity included."""
+    size = s.random_weights
+    identity = {"random_weights": size, "seed": s.random_weights_seed} if size else checkpoint_identity(model_dir)
     identity["tokenizer"] = tokenizer_identity(tok_dir)
     info = {
         "model": f"random:{size}" if size else str(model_dir),
@@ -145,13 +148,13 @@ def load(model: str | Path | None = None, *, tokenizer: str | Path | None = None
         "layers": cfg.num_layers,
         "heads": cfg.num_heads,
         "device_map": dm.to_json() if dm is not None else None,
-        "max_memory_gib": {k: round(v / GIB, 3) for k, v in max_memory.items()},
-        "offload": "mmap" if offload == "mmap" else ("pinned" if net.streamer is not None else "none"),
+        "max_memory_gib": {k: round(v / GIB, 3) for k, v in s.max_memory.items()},
+        "offload": "mmap" if s.offload == "mmap" else ("pinned" if net.streamer is not None else "none"),
         "identity": identity,
     }
     if size:
-        info["random_weights_seed"] = random_weights_seed
-    return net, tok, info
+        info["random_weights_seed"] = s.random_weights_seed
+    return info
 
 
 def placement(cfg: OPTConfig, dtype: torch.dtype, device: torch.device, device_map: str | None,
@@ -232,12 +235,11 @@ class LoadSettings(Options):
 
     def load(self, threads: int | None = None, log: Callable[[str], None] | None = None
              ) -> tuple[OPT, OPTTokenizer, dict[str, Any]]:
-        """`load` with these options, after setting the CPU threads (--threads)."""
+        """The model these options describe (the module function `load`), after setting the CPU threads
+        (--threads; None keeps torch's choice, said on stderr as the run records it)."""
+        log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         apply_threads(threads, log)
-        return load(self.model, tokenizer=self.tokenizer, dtype=self.dtype, device=self.device,
-                    device_map=self.device_map, max_memory=self.max_memory, reserve=self.reserve,
-                    offload=self.offload, random_weights=self.random_weights,
-                    random_weights_seed=self.random_weights_seed, log=log)
+        return load_from(self, log)
 
 
 def check_stream_budget(cfg: OPTConfig, dtype: torch.dtype, budget: int | None, device: str) -> int:

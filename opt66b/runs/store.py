@@ -27,7 +27,6 @@ from typing import Any
 
 import torch
 
-from opt66b.runs.identity import checkpoint_identity, tokenizer_identity  # noqa: F401  (re-exported)
 from opt66b.fileio import read_json, sha256_file
 from opt66b.runs.results import write_json, write_tensors
 
@@ -42,7 +41,7 @@ FINGERPRINT_KEY = "fingerprint"  # JSON key / safetensors metadata key holding a
 _SHA_CACHE: dict[tuple[str, int, int], str] = {}
 
 
-def content_sha256(path: str | Path) -> str:
+def file_sha256(path: str | Path) -> str:
     """sha256 of a file, remembered per (real path, size, mtime) so the steps of one run hash each
     data file once."""
     path = Path(path)
@@ -56,7 +55,7 @@ def content_sha256(path: str | Path) -> str:
 def files_fingerprint(paths: Any) -> dict[str, str]:
     """{"<dir>/<name>": sha256} of files by content; the key keeps only the last directory and the
     file name (e.g. "copa/val.jsonl"), so the same data under another root resumes."""
-    return {f"{Path(p).parent.name}/{Path(p).name}": content_sha256(p) for p in sorted(map(str, paths))}
+    return {f"{Path(p).parent.name}/{Path(p).name}": file_sha256(p) for p in sorted(map(str, paths))}
 
 
 def in_memory_info(model: torch.nn.Module) -> dict[str, Any]:

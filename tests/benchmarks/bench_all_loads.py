@@ -9,7 +9,7 @@ a temp dir, then in this process:
   new: `run.py all` with a reduced setting (one model load for every step);
   old: every line of the new run's OUT/commands.txt replayed as its own sub-command (run.main per
        line, a fresh --out), which is how `all` ran before: one load per model-using step.
-Every call of opt66b.runs.loading.load is counted and timed. Prints loads, total load seconds and total
+Every call of opt66b.runs.loading.load_from (every load goes through it) is counted and timed. Prints loads, total load seconds and total
 wall seconds of each path and their ratios, and checks that both paths wrote the same numbers
 (tests/compare_runs.py). The shards were just written, so reads mostly come from the page cache:
 on a cold disk every extra load of a big checkpoint costs far more. Not collected by pytest.
@@ -45,12 +45,12 @@ def write_checkpoint(size: str, out: Path) -> Path:
 
 
 class LoadMeter:
-    """Wraps opt66b.runs.loading.load: counts calls and sums their wall time."""
+    """Wraps opt66b.runs.loading.load_from: counts calls and sums their wall time."""
 
     def __init__(self) -> None:
         import opt66b.runs.loading as runtime
 
-        self.runtime, self.real = runtime, runtime.load
+        self.runtime, self.real = runtime, runtime.load_from
         self.count, self.seconds = 0, 0.0
 
     def __enter__(self) -> "LoadMeter":
@@ -61,11 +61,11 @@ class LoadMeter:
             finally:
                 self.count += 1
                 self.seconds += time.perf_counter() - t0
-        self.runtime.load = timed
+        self.runtime.load_from = timed
         return self
 
     def __exit__(self, *exc) -> None:
-        self.runtime.load = self.real
+        self.runtime.load_from = self.real
 
 
 def main() -> int:

@@ -33,7 +33,9 @@ sys.path.insert(0, {root!r})
 import torch
 torch.set_num_threads(int(sys.argv[4]))
 from opt66b import load_model
-from opt66b.offload import forward_layer_major, load_streamed
+from opt66b.offload import load_streamed
+sys.path.insert(0, {root!r} + '/tests')
+from conftest import layer_major_hidden
 mode, ckpt, out = sys.argv[1], sys.argv[2], sys.argv[3]
 g = torch.Generator().manual_seed(0)
 batches = [(torch.randint(4, 8192, (4, 64), generator=g), torch.ones(4, 64, dtype=torch.long)) for _ in range(4)]
@@ -42,7 +44,7 @@ model = load_model(ckpt, dtype=torch.float32) if mode == "resident" else load_st
 t1 = time.perf_counter()
 with torch.no_grad():
     if mode == "stream":
-        hidden = forward_layer_major(model, batches)
+        hidden = layer_major_hidden(model, batches)
     else:
         hidden = [model(ids, m, logits="none").hidden for ids, m in batches]
     last = torch.cat([model.logits(h[:, -1]) for h in hidden])  # (16, V)

@@ -50,7 +50,9 @@ def main() -> int:
     import torch
 
     from opt66b import config_for_size
-    from opt66b.offload import attach_pinned_streamer, forward_layer_major
+    from opt66b.offload import attach_pinned_streamer
+    sys.path.insert(0, str(ROOT / 'tests'))
+    from conftest import layer_major_hidden
     from opt66b.placement import auto_device_map, layer_params, parse_max_memory
     from opt66b.runs.loading import DTYPES, build_random_model
 
@@ -84,7 +86,7 @@ def main() -> int:
     tokens = args.chunk * args.seq
 
     def run_all():
-        hidden = forward_layer_major(model, chunk)
+        hidden = layer_major_hidden(model, chunk)
         return [model.logits(h[:, -1]) for h in hidden]
 
     full_s = timed(run_all, args.reps)
