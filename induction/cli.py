@@ -7,8 +7,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+# every score variant (induction/prefix_matching.py, induction/copying.py), written here for a parser that
+# loads no torch; experiments.selected_variants checks them, tests/test_induction.py keeps the two equal
+VARIANT_CHOICES = ("paper", "corrected", "text", "index_fix", "attended_logits", "residual", "both", "all")
 
-VARIANT_CHOICES = ("paper", "corrected", "index_fix", "text", "residual", "both", "all")  # experiments.py checks them
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -59,10 +61,13 @@ def _register_scores(inner: argparse._SubParsersAction, name: str, help_text: st
     p.add_argument("--seed", dest="first_seed", type=int, default=0,
                    help="first seed: sequences of seeds SEED..SEED+N-1 (default: 0, as the paper)")
     p.add_argument("--variant", choices=VARIANT_CHOICES, default="all",
-                   help="which score(s). prefix: paper, corrected. copying: paper (its code), index_fix (the code "
-                        "read at the attended position), text (its Appendix A.8 text: direct path, the attended "
-                        "token's OV, logits), residual (the real forward pass, an extension). "
-                        "both = paper + corrected (prefix) or paper + text (copying); all (default)")
+                   help="which score(s). prefix: paper (its released code: a sum with a spurious key), corrected "
+                        "(the sum over true keys), text (Appendix A.8 as written: the average over the earlier "
+                        "copies). copying: paper (its released code), index_fix (the code read at the attended "
+                        "position), attended_logits (the attended token's OV row as logits, no b_O), text "
+                        "(Appendix A.8 as written: the head's attention-weighted output with b_O, as logits), "
+                        "residual (the real forward pass, an extension). both = paper + corrected (prefix) or "
+                        "paper + text (copying); all (default)")
     add_out_arg(p)
     p.add_argument("--exclude-ratio", type=float, default=0.04,
                    help="fraction of most and of least frequent merges left out of the pool (default: 0.04)")

@@ -12,10 +12,10 @@ Every variant scores each query position j = 1 .. T-1 (BOS excluded) and average
 A score is in [0, 1]; a head whose output raises the logit of the token it attends to scores near 1,
 a non-copying head keeps a positive floor of about 1 / (number of positive entries of r).
 
-Four variants, named for what they are:
+Five variants, named for what they are:
 
-"paper": the computation as the paper's code runs it. The same embedding-level input x = E[tok] +
-    P[pos] feeds every layer (the residual stream is never propagated); u = LN1_l(x); A from u
+"paper": the computation as the paper's released code runs it. The same embedding-level input x =
+    E[tok] + P[pos] feeds every layer (the residual stream is never propagated); u = LN1_l(x); A from u
     (causal); the head's OV output at the *query* position, o_h = W_O^h v_proj(u)_h[j] + b_O (b_O for
     every head), goes through the unembedding with no final layer norm, and z = softmax over the full
     vocabulary at c.
@@ -23,16 +23,21 @@ Four variants, named for what they are:
     softmax(l)[c] = exp(l[c] - max) * exp(max - logsumexp(l)), so z = exp(l[c] - max_c l[c]) gives the
     identical score without the 50272-way normaliser (`exact_softmax=True` computes the normaliser in
     position chunks as the code does; the tests check both agree).
-"index_fix": the paper's computation with only its index fixed: z is read from the OV output of the
+"index_fix": the released code with only its index fixed: z is read from the OV output of the
     attended *source* position m_j, o_h = W_O^h v_proj(u)_h[m_j] + b_O, still with b_O, no final layer
     norm and full-vocabulary probabilities. A difference between "paper" and "index_fix" is the index
     bug's alone; for a head attending to itself (m_j = j) the two agree exactly.
-"text": what the paper's text (Appendix A.8) describes: feed the sequence directly through the head
-    (the same embedding-level input as "paper", the direct path), take the head's own contribution to
-    the output logits, W_U W_O^h v_h[m_j] (the attended token's OV output, no b_O, which belongs to no
-    head), and measure how much it raises the *logit* of the maximally attended token over the other
-    attendable tokens: z = logits at c, not probabilities. It fixes both of the code's departures from
-    its text (probabilities, the query position); "index_fix" fixes the second only.
+"attended_logits": the attended token's OV output alone as logits: z = W_U W_O^h v_h[m_j] (no b_O),
+    compared as logits. It fixes both of the code's departures from the text (probabilities, the
+    query position) but keeps only the most-attended token's row of the head's output and drops b_O:
+    narrower than the text (an earlier version called it "text").
+"text": Appendix A.8 as written: "directly feed the sequence through each head and compute the
+    contribution of the head to the output logits, and then measure how much the head increased the
+    logit of the maximally attended to token over increasing the logits of other attendable tokens".
+    The head's contribution at query j is its attention-weighted output through its slice of W_O,
+    o_h[j] = sum_k A_h[j, k] W_O^h v_h[k] + b_O (the text drops no bias), on the direct path (the same
+    embedding-level input as "paper"); z = the logits W_U o_h[j] at the attendable ids c, compared as
+    logits; m_j = argmax_k A_h[j, k].
 "residual": an extension of the paper, not a correction of it: the real forward pass. z_h[j] =
     sum_k A_h[j, k] v_h[k] (the head's attention-weighted value vector, exactly what out_proj reads, on
     the true residual stream instead of the embedding-level input), pushed through head h's slice of
@@ -56,7 +61,10 @@ import torch.nn.functional as F
 from opt66b import OPT, Capture
 from opt66b.offload import layer_weights, running_layer
 
-VARIANTS = ("paper", "index_fix", "text", "residual")
+VARIANTS = ("paper", "index_fix", "attended_logits", "text", "residual")
+# the direct-path variants: (where the OV output is read, compared as logits, with b_O)
+DIRECT = {"paper": ("query", False, True), "index_fix": ("source", False, True),
+          "attended_logits": ("source", True, False), "text": ("weighted", True, True)}
 
 
 def shares(values: torch.Tensor, attended: torch.Tensor, exp_space: bool) -> torch.Tensor:
@@ -102,13 +110,15 @@ def _heads_through_unembedding(u_c: torch.Tensor, att: torch.nn.Module) -> torch
 
 @torch.no_grad()
 def copying_paper(model: OPT, tokens: torch.Tensor, head_chunk: int = 8, exact_softmax: bool = False,
-                  position_chunk: int = 256, read_at: str = "query", logits: bool = False) -> torch.Tensor:
-    """The direct-path copying score (see module docstring) for `tokens` (T,) = BOS + distinct ids.
-    read_at="query": the head's OV output at query j (the code); "source": at the attended
-    position m_j ("index_fix"). logits=True: the head's own logit contribution (no b_O) compared as
-    logits, not probabilities (with read_at="source": the "text" variant). Returns (L, H) float32."""
-    if read_at not in ("query", "source"):
-        raise ValueError(f"read_at must be 'query' or 'source', got {read_at!r}")
+                  position_chunk: int = 256, read_at: str = "query", logits: bool = False,
+                  bias: bool | None = None) -> torch.Tensor:
+    """A direct-path copying score (see module docstring) for `tokens` (T,) = BOS + distinct ids.
+    read_at="query": the head's OV output at query j (the released code); "source": at the attended
+    position m_j ("index_fix", "attended_logits"); "weighted": the attention-weighted sum over positions
+    ("text"). logits=True compares logits, not probabilities. bias: add b_O (default: when comparing
+    probabilities, as the code does). The DIRECT table names each variant's choices. Returns (L, H) float32."""
+    if read_at not in ("query", "source", "weighted"):
+        raise ValueError(f"read_at must be 'query', 'source' or 'weighted', got {read_at!r}")
     if logits and exact_softmax:
         raise ValueError("exact_softmax normalises probabilities; the logits variant has none")
     cfg = model.config
@@ -117,44 +127,52 @@ def copying_paper(model: OPT, tokens: torch.Tensor, head_chunk: int = 8, exact_s
     ids = tokens.view(1, t).to(dev0)  # (1, T)
     x = model.embed(ids, torch.arange(t, device=dev0).view(1, t) + 2)  # (1, T, D), table row = position + 2
     out = torch.zeros(cfg.num_layers, cfg.num_heads)
-    causal = torch.ones(t, t, dtype=torch.bool).tril()  # (T, T)
     for li in range(cfg.num_layers):
         with layer_weights(model, li) as layer:  # a streamed layer is fetched for the block
-            dev = layer.device
             att = layer.self_attn
-            u = layer.self_attn_layer_norm(x.to(dev))[0]  # (T, D)
             if att.num_heads == 0:  # a pruned checkpoint's layer without heads: nothing to copy
                 continue
-            # h kept heads (all H unless the checkpoint is pruned), then back to the original numbering
-            q = (att.q_proj(u) * att.scaling).view(t, att.num_heads, -1).transpose(0, 1)  # (h, T, Dh)
-            k = att.k_proj(u).view(t, att.num_heads, -1).transpose(0, 1)  # (h, T, Dh)
-            v = att.v_proj(u).view(t, att.num_heads, -1).transpose(0, 1).float()  # (h, T, Dh), b_V included
-            scores = (q @ k.transpose(-1, -2)).float()  # (h, T, T); softmax is monotone, argmax suffices
-            attended = scores.masked_fill(~causal.to(dev), float("-inf")).argmax(-1)  # (h, T)
-            v, attended = att.to_all_heads(v[None])[0], att.to_all_heads(attended[None])[0]  # (H, T, Dh), (H, T)
-            u_c = _unembed_rows(model, tokens, dev)  # (T, D)
+            v, probs, attended = _direct_path(layer, x, t)  # (H, T, Dh), (H, T, T), (H, T)
+            u_c = _unembed_rows(model, tokens, layer.device)  # (T, D)
             m = _heads_through_unembedding(u_c, att)  # (T, H, Dh)
-            with_bias = att.out_proj.bias is not None and not logits  # b_O is no head's contribution
-            bias_logit = u_c @ att.out_proj.bias.float() if with_bias else torch.zeros(t, device=dev)
+            with_bias = (not logits) if bias is None else bias
+            bias_logit = u_c @ att.out_proj.bias.float() if with_bias and att.out_proj.bias is not None \
+                else torch.zeros(t, device=layer.device)
             for h0 in range(0, cfg.num_heads, head_chunk):
                 hs = slice(h0, min(h0 + head_chunk, cfg.num_heads))
-                z = torch.einsum("hjd,khd->hjk", v[hs], m[:, hs]) + bias_logit  # (hc, T, T) output at j, id of k
-                if read_at == "source":
-                    # row j <- row m_j: the OV output of the attended position, still read at query j's ids c
-                    rows = attended[hs].unsqueeze(-1).expand(-1, -1, t)  # (hc, T, T)
-                    z = z.gather(1, rows)
+                z = torch.einsum("hjd,khd->hjk", v[hs], m[:, hs])  # (hc, T, T) OV output at position j, id of k
+                if read_at == "source":  # row j <- row m_j: the attended position's output, read at query j's ids
+                    z = z.gather(1, attended[hs].unsqueeze(-1).expand(-1, -1, t))  # (hc, T, T)
+                elif read_at == "weighted":  # the head's output at j: sum_k A[j, k] (output of position k)
+                    z = probs[hs] @ z  # (hc, T, T) @ (hc, T, T)
+                z = z + bias_logit
                 if exact_softmax:
                     lse = _full_vocab_lse(model, att, v[hs], hs.start, position_chunk)  # (hc, T) per output row
                     if read_at == "source":
                         lse = lse.gather(1, attended[hs])  # (hc, T): the normaliser of row m_j
-                    probs = torch.exp(z - lse.unsqueeze(-1))  # (hc, T, T): full-vocabulary softmax at ids c
-                    out[li, hs] = shares(probs, attended[hs], exp_space=False).cpu()
+                    out[li, hs] = shares(torch.exp(z - lse.unsqueeze(-1)), attended[hs], exp_space=False).cpu()
                 else:
                     out[li, hs] = shares(z, attended[hs], exp_space=not logits).cpu()
             if att.head_ids is not None:  # heads a pruned checkpoint lacks copy nothing (their b_O-only logits
                 removed = [h for h in range(cfg.num_heads) if h not in att.head_ids]  # would give a share anyway)
                 out[li, removed] = 0.0
     return out
+
+
+def _direct_path(layer: torch.nn.Module, x: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(v, A, m) of one layer's heads on the embedding-level input x (1, T, D): the value vectors (H, T, Dh)
+    float32 (b_V included), the causal attention probabilities (H, T, T) and the attended position m_j
+    (H, T) (argmax of the scores: softmax is monotone; the first of ties), in the original head numbering
+    (a pruned checkpoint's missing heads hold zeros)."""
+    att = layer.self_attn
+    u = layer.self_attn_layer_norm(x.to(layer.device))[0]  # (T, D)
+    q = (att.q_proj(u) * att.scaling).view(t, att.num_heads, -1).transpose(0, 1)  # (h, T, Dh)
+    k = att.k_proj(u).view(t, att.num_heads, -1).transpose(0, 1)  # (h, T, Dh)
+    v = att.v_proj(u).view(t, att.num_heads, -1).transpose(0, 1).float()  # (h, T, Dh)
+    causal = torch.ones(t, t, dtype=torch.bool, device=u.device).tril()  # (T, T)
+    scores = (q @ k.transpose(-1, -2)).float().masked_fill(~causal, float("-inf"))  # (h, T, T)
+    probs, attended = torch.softmax(scores, -1), scores.argmax(-1)  # (h, T, T), (h, T)
+    return tuple(att.to_all_heads(a[None])[0] for a in (v, probs, attended))
 
 
 def _full_vocab_lse(model: OPT, att: torch.nn.Module, v: torch.Tensor, first_head: int, chunk: int) -> torch.Tensor:
@@ -225,12 +243,9 @@ def copying_seed(model: OPT, tokens: torch.Tensor, variants: Iterable[str] = VAR
     """{variant: (L, H) copying scores} for one sequence."""
     out = {}
     for v in variants:
-        if v == "paper":
-            out[v] = copying_paper(model, tokens, head_chunk=head_chunk)
-        elif v == "index_fix":
-            out[v] = copying_paper(model, tokens, head_chunk=head_chunk, read_at="source")
-        elif v == "text":
-            out[v] = copying_paper(model, tokens, head_chunk=head_chunk, read_at="source", logits=True)
+        if v in DIRECT:
+            read_at, logits, bias = DIRECT[v]
+            out[v] = copying_paper(model, tokens, head_chunk=head_chunk, read_at=read_at, logits=logits, bias=bias)
         elif v == "residual":
             out[v] = copying_residual(model, tokens, head_chunk=head_chunk)
         else:

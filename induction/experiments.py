@@ -25,6 +25,7 @@ from opt66b.cost import ModelShape
 from opt66b.runs.settings import ModelStep, option
 
 from . import sequences as sq
+from .copying import DIRECT
 from .copying import VARIANTS as COPYING_VARIANTS
 from .copying import copying_seed
 from .prefix_matching import VARIANTS as PREFIX_VARIANTS
@@ -77,13 +78,10 @@ def _run(s: "ScoreSettings", model: Any, tokenizer: Any, info: dict[str, Any] | 
     return {"summary": summary, "work": work.as_dict()}
 
 
-VARIANT_CHOICES = ("paper", "corrected", "index_fix", "text", "residual", "both", "all")
-
-
 def selected_variants(kind: str, variant: str) -> list[str]:
     """The score variants --variant asks for: "all" = every variant of the score, "both" = the paper's
-    code and its correction (prefix: corrected; copying: text); index_fix, text and residual exist for
-    copying only (ValueError otherwise)."""
+    released code and its correction (prefix: corrected; copying: text); corrected exists for prefix
+    matching only, index_fix, attended_logits and residual for copying only (ValueError otherwise)."""
     available = list(PREFIX_VARIANTS if kind == "prefix" else COPYING_VARIANTS)
     both = ["paper", "corrected"] if kind == "prefix" else ["paper", "text"]
     variants = {"all": available, "both": both}.get(variant, [variant])
@@ -119,8 +117,9 @@ class ScoreSettings(ModelStep):
     def units(self, shape: Any, tokenizer: Any = None, done: Any = None) -> list[Any]:
         """The work units (opt66b.cost) the run splits and the plan prices: one sequence (seed) each. Prefix
         matching runs one captured forward (the attention probabilities kept); copying's residual variant runs
-        one, its direct-path variants (paper, index_fix, text) run layer pieces on the embedding-level input,
-        no model pass: counted in FLOPs only (q, k, v of the input, the (T, T) attention, the OV readout)."""
+        one, its direct-path variants (paper, index_fix, attended_logits, text) run layer pieces on the
+        embedding-level input, no model pass: counted in FLOPs only (q, k, v of the input, the (T, T)
+        attention, the OV readout; "text" adds the attention-weighted readout, a (T, T) x (T, T) per head)."""
         from opt66b.cost import Passes, Run, WorkUnit
 
         cfg, variants = shape.cfg, self.check()
@@ -134,9 +133,10 @@ class ScoreSettings(ModelStep):
                 continue
             readout = cfg.num_layers * (2 * t * d * d + 2 * t * t * d)  # unembedded ids through W_O, (T, T) per head
             pieces = cfg.num_layers * (2 * t * 3 * d * d + 2 * t * t * d) + readout
-            direct = len({"paper", "index_fix", "text"} & set(variants))
+            direct = len(set(DIRECT) & set(variants))
+            weighted = cfg.num_layers * cfg.num_heads * 2 * t ** 3 * ("text" in variants)
             units.append(WorkUnit((self.KIND, seed), [one] if "residual" in variants else [],
-                                  extra_flops=readout * ("residual" in variants) + pieces * direct))
+                                  extra_flops=readout * ("residual" in variants) + pieces * direct + weighted))
         return units
 
     def execute(self, loaded: Any = None, cache: Any = None) -> dict[str, int]:
@@ -187,6 +187,6 @@ def run_copying(model: Any, tokenizer: Any, info: dict[str, Any] | None, s: Copy
     return _run(s, model, tokenizer, info, {"head_chunk": s.head_chunk},
                 make=lambda pool, seed, n: sq.copying_sequence(pool, seed, bos, 4 * n),
                 score=lambda tokens, vs, n: copying_seed(model, tokens, vs, head_chunk=s.head_chunk),
-                # only the residual variant runs the model; the direct-path ones (paper, index_fix, text) run
+                # only the residual variant runs the model; the direct-path ones (copying.DIRECT) run
                 # layer pieces on the embedding-level input (no model pass), as the plan counts them
                 passes=lambda vs: int("residual" in vs))

@@ -1,13 +1,12 @@
-"""Prefix-matching score per attention head (the paper's "Algorithm 1" as its code runs it, and a fix).
+"""Prefix-matching score per attention head (the paper's "Algorithm 1" as its code runs it, a fix, and its text).
 
 Mirrors amazon-science/llm-interpret lm_eval/prefix_matching_copying.py (paper Appendix A.8,
 Algorithm 1; the peer definition is TransformerLens' induction score; docs/method.md).
 
 Input: BOS + the same L distinct tokens repeated R (= 4) times, one forward pass. For a query j in
-repeats 2..R, a head's score is the attention mass from j onto the positions that *follow* an earlier
-occurrence of token_j (summed over all earlier copies), averaged over the (R-1)L queries. BOS
-attention is neither excluded nor renormalised, so a score lies in [0, 1]: 1 is a perfect induction
-head, a previous-token or BOS-sink head scores ~0.
+repeats 2..R, a head's score reads the attention from j onto the positions that *follow* an earlier
+occurrence of token_j, averaged over the (R-1)L queries. BOS attention is neither excluded nor
+renormalised, so a score lies in [0, 1]: a previous-token or BOS-sink head scores ~0.
 
     position   0    1   2  ...  L    L+1  L+2 ... 2L   2L+1 ...
     token     BOS   a1  a2 ...  aL   a1   a2  ... aL   a1   ...
@@ -16,10 +15,17 @@ head, a previous-token or BOS-sink head scores ~0.
                               paper's k = nL + (j mod L) + 1, n = 0: key 1 (a1) -- spurious
 
 Variants:
-    "paper": keys k = n*L + (j mod L) + 1 for n = 0 .. floor(j/L) - 1. When j mod L = 0 (the last
-        token of repeats 2..R) n = 0 gives k = 1, the first token after BOS, which follows no
-        occurrence of token_j: R-1 of the (R-1)L queries carry one spurious key.
-    "corrected": keys k = j - n*L + 1 for every n >= 1 with j - n*L >= 1 (a real earlier occurrence).
+    "paper": the paper's released code: the attention *summed* over keys k = n*L + (j mod L) + 1 for
+        n = 0 .. floor(j/L) - 1. When j mod L = 0 (the last token of repeats 2..R) n = 0 gives k = 1,
+        the first token after BOS, which follows no occurrence of token_j: R-1 of the (R-1)L queries
+        carry one spurious key. A perfect induction head scores 1.
+    "corrected": the same sum over keys k = j - n*L + 1 for every n >= 1 with j - n*L >= 1 (a real
+        earlier occurrence): the code's spurious key removed.
+    "text": Appendix A.8 as written, "the average of all attention pattern entries attending from a
+        given token back to tokens that succeeded the same token in earlier repeats": the *mean* over
+        the corrected keys instead of their sum. A query in repeat r has r - 1 such keys, so a head
+        putting all its attention on them scores 1/(r - 1) there: at most (1 + 1/2 + 1/3) / 3 = 0.61
+        with R = 4, however sharp the head. The ranking of heads is what the paper reads from it.
 """
 
 from __future__ import annotations
@@ -30,12 +36,13 @@ import torch
 
 from opt66b import OPT, Capture
 
-VARIANTS = ("paper", "corrected")
+VARIANTS = ("paper", "corrected", "text")
 
 
 def key_mask(length: int, total: int, variant: str) -> torch.Tensor:
-    """(T, T) float32 0/1 target keys per query row (T = total positions, L = length). Rows of BOS
-    and of the first repeat are all zero."""
+    """(T, T) float32 weights of the target keys per query row (T = total positions, L = length): 1 on
+    each key ("paper", "corrected": a sum), 1/(number of keys) ("text": a mean). Rows of BOS and of the
+    first repeat are all zero."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown prefix-matching variant {variant!r}; choose from {VARIANTS}")
     repeats, rest = divmod(total - 1, length)
@@ -48,7 +55,7 @@ def key_mask(length: int, total: int, variant: str) -> torch.Tensor:
             keys = [n * length + (j % length) + 1 for n in range(j // length)]
         else:
             keys = [j - n * length + 1 for n in range(1, (j - 1) // length + 1)]
-        mask[j, keys] = 1.0
+        mask[j, keys] = 1.0 / len(keys) if variant == "text" else 1.0
     return mask
 
 
@@ -56,7 +63,8 @@ def prefix_scores(attn: torch.Tensor, length: int, variant: str = "paper") -> to
     """Per-head score from one sequence's post-softmax attention.
 
     attn: (H, T, T) rows = queries, columns = keys, for BOS + R repeats of `length` tokens.
-    Returns (H,) float32: mean over queries j = L+1 .. T-1 of the summed attention on the key set.
+    Returns (H,) float32: mean over queries j = L+1 .. T-1 of the attention on the key set, summed
+    ("paper", "corrected") or averaged ("text") over the keys.
     """
     if attn.dim() != 3 or attn.shape[1] != attn.shape[2]:
         raise ValueError(f"attention must be (heads, T, T), got shape {tuple(attn.shape)}")

@@ -10,9 +10,9 @@ Dimension letters used in shape comments:
 
 Interventions are explicit forward arguments:
     head_mask (L, H): multiplies each head's attention-weighted value vector (its output before
-        out_proj). 0 zeroes the head; out_proj's bias is per layer and stays, as in the paper's code.
+        out_proj). 0 zeroes the head; out_proj's bias is per layer and stays, as in the paper's released code.
     ffn_mask (L,): scales the layer's whole FFN block. 0 skips it (the block is not computed); a
-        post-LN (350m) layer still applies its trailing layer norm, as in the paper's code.
+        post-LN (350m) layer still applies its trailing layer norm, as in the paper's released code.
     Physically pruned checkpoints (config.pruned_heads / pruned_ffn, written by export.py) compute
     only the heads and FFNs they have; masks stay (L, H) / (L,) in the original numbering, and a
     removed head or FFN is absent whatever its mask value (as if masked with 0).

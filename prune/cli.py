@@ -60,7 +60,7 @@ def _register_heads(kinds: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="One forward+backward per training example on [prompt; gold continuation], loss = mean "
                     "NLL of the continuation; IS[l,h] = sum over positions of |a . dL/da| / sum(N_e - 1) "
-                    "(the paper's code: last layer / sum(Y_e)). Writes OUT/shots-K/{task}.safetensors with tensors "
+                    "(the paper's released code: last layer / sum(Y_e)). Writes OUT/shots-K/{task}.safetensors with tensors "
                     "'importance_paper_denominator' (L, H), 'importance_uniform' (every layer over sum(N_e - 1)) "
                     "and 'importance', the ranking later steps read (uniform; the paper's with --protocol paper), "
                     "and OUT/shots-K/aggregate.safetensors: the mean over the seen tasks whose files exist (the "
@@ -130,7 +130,7 @@ def register_prune(sub: argparse._SubParsersAction) -> None:
                        "--model ~/ckpt/opt-1.3b --data ~/data --tasks copa rte --shots 0 1 5 --out runs/1.3b/prune"))
     sweeps = p.add_subparsers(dest="sweep", metavar="SWEEP", required=True)
     for name, what in (("heads", "heads 0..90% in 10% steps"), ("ffn", "FFNs 0..90% in 10% steps"),
-                       ("grid", "heads 0..70% x FFNs 0..50%, each mask from its own ranking")):
+                       ("grid", "heads 0..80% x FFNs 0..50%, each mask from its own ranking (the paper's released code: heads to 70%; 80% lets 70% be a knee)")):
         q = sweeps.add_parser(
             name, help=what.replace("%", "%%"), formatter_class=argparse.RawDescriptionHelpFormatter,
             description=f"{what}. --ranking own uses each task's ranking, 'aggregate' the mean over the seen tasks, "
@@ -172,7 +172,7 @@ def _sweep_args(p: argparse.ArgumentParser) -> None:
     _eval_seed_arg(p)
     p.add_argument("--importance", type=Path, default=None, help="output dir of `run.py importance heads`")
     p.add_argument("--head-percents", type=float, nargs="+", default=None,
-                   help="head percentages (default: 0..90 step 10; grid 0..70; transfer 0 10 30 50 70 90)")
+                   help="head percentages (default: 0..90 step 10; grid 0..80; transfer 0 10 30 50 70 90)")
 
 
 def register_correlate(sub: argparse._SubParsersAction) -> None:

@@ -139,7 +139,7 @@ def head_score_sums(model: Any, tokenizer: Any, examples: Sequence[Any], max_len
     if not examples:
         raise ValueError("head_importance needs at least one example, got none")
     tokenized = token_requests(tokenizer, examples, max_length)
-    # lm-eval's left truncation keeps max_length + 1 tokens; the paper's code never truncates.
+    # lm-eval's left truncation keeps max_length + 1 tokens; the paper's released code never truncates.
     truncated = sum(len(t.prefix) < len(c) for t, c in
                     zip(tokenized, (r.prefix for r in token_requests(tokenizer, examples, 1 << 40))))
     total, counts = head_score_sums_tokens(model, tokenized, progress, layerwise, chunk_budget)
@@ -149,7 +149,7 @@ def head_score_sums(model: Any, tokenizer: Any, examples: Sequence[Any], max_len
 def importance_from_sums(total: torch.Tensor, counts: dict[str, int], denominator: str = "paper",
                          normalize_per_layer: bool = False) -> torch.Tensor:
     """IS (L, H) float32 from the sums S. denominator "paper": layers < L-1 divide by sum(N_e - 1),
-    the last layer by sum(Y_e) (the paper's code); "uniform": every layer by sum(N_e - 1), so the last
+    the last layer by sum(Y_e) (the paper's released code); "uniform": every layer by sum(N_e - 1), so the last
     layer is on the same per-position scale as the others (in one global ranking the paper's choice
     inflates it by about sum(N_e - 1) / sum(Y_e))."""
     if denominator not in DENOMINATORS:

@@ -92,10 +92,13 @@ def bootstrap_readings(per_task: Mapping[str, Mapping[Cell, str]], read: Callabl
 
 
 def interval_of(values: Sequence[float | None]) -> dict[str, Any] | None:
-    """{lo, hi, none_share}: the 2.5% / 97.5% quantiles of the resampled readings (knees) that exist."""
+    """{lo, hi, none_share, iters}: the 2.5% / 97.5% quantiles of the resampled readings (knees) that exist
+    and the share of resamples with none (lo and hi None when no resample has one); None without readings."""
+    if not values:
+        return None
     found = sorted(v for v in values if v is not None)
     if not found:
-        return None
+        return {"lo": None, "hi": None, "none_share": 1.0, "iters": len(values)}
     lo = found[int(math.floor(0.025 * (len(found) - 1)))]
     hi = found[int(math.ceil(0.975 * (len(found) - 1)))]
     return {"lo": lo, "hi": hi, "none_share": 1 - len(found) / len(values), "iters": len(values)}
@@ -110,31 +113,4 @@ def per_task_cells(table: Mapping[str, Any], tasks: Sequence[str], shot: str) ->
         cells = {(float(h), float(f)): bits for h, row in grid.items() for f, bits in row.items()}
         if cells and all(cells.values()):
             out[t] = cells
-    return out
-
-
-def headline_intervals(heads: Mapping[str, Any] | None, ffn: Mapping[str, Any] | None, grid: Mapping[str, Any] | None,
-                       tasks: Callable[[Mapping[str, Any]], Sequence[str]], shot: str, min_bend: float,
-                       iters: int = KNEE_ITERS, seed: int = KNEE_SEED) -> dict[str, Any]:
-    """{"heads" | "ffn" | "both": {"knee": {lo, hi, none_share, iters}}} for one shot: the 95% bootstrap
-    interval of each knee of the mean over `tasks(table)` (the seen tasks) of the own-ranking sweeps."""
-    from .inflection import grid_knee, knee
-
-    out: dict[str, Any] = {}
-    for name, table in (("heads", heads), ("ffn", ffn)):
-        per_task = per_task_cells(table, tasks(table), shot) if table else {}
-        axis = 0 if name == "heads" else 1
-        readings = bootstrap_readings(per_task, lambda m, a=axis: knee(
-            {c[a]: v for c, v in m.items() if c[1 - a] == 0.0}, min_bend), iters, seed)
-        out[name] = {"knee": interval_of(readings)}
-    per_task = per_task_cells(grid, tasks(grid), shot) if grid else {}
-
-    def read_grid(m: dict[Cell, float]):
-        g: dict[float, dict[float, float]] = {}
-        for (h, f), v in m.items():
-            g.setdefault(h, {})[f] = v
-        return grid_knee(g, min_bend)
-    cells = bootstrap_readings(per_task, read_grid, iters, seed)
-    out["both"] = {"knee": {"heads": interval_of([c[0] if c else None for c in cells]),
-                            "ffn": interval_of([c[1] if c else None for c in cells])} if cells else None}
     return out

@@ -6,7 +6,7 @@ docs/method.md, "Masks" and "Pruning"):
     heads: flatten the (L, H) importance, sort ascending, zero the first floor(p * L*H / 100)
     FFNs:  take the ordered list of layer ids (least important first), zero the first floor(p * L / 100)
 
-Differences from the paper's code, both deliberate: the head sort is *stable* (torch.sort there is
+Differences from the paper's released code, both deliberate: the head sort is *stable* (torch.sort there is
 not, so the paper's tie order is unspecified; ours is "lower flat index first"), and masks are
 saved as safetensors, never pickle. The aggregate ranking is the arithmetic mean of the raw task
 importances (docs/method.md), with no per-task normalisation; `normalize_per_layer` is Michel et al.'s

@@ -217,7 +217,7 @@ def ffn_oracle(evaluation: Any, num_layers: int, metric: str, done: dict[int, di
     save each chunk's partial log-likelihoods (TaskEvaluation.run_knockouts).
 
     Returns {"metric", "base", "base_metrics", "drop" (L floats), "metrics" (per layer), "ranking"}
-    where ranking lists layer ids by ascending drop, stable (ties: lower layer first, as the paper's code).
+    where ranking lists layer ids by ascending drop, stable (ties: lower layer first, as the paper's released code).
     """
     layers, base_metrics = list(range(num_layers)), None
     per_layer: dict[int, dict[str, float]] = dict(done or {})

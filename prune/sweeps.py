@@ -35,7 +35,7 @@ from .masks import cell_masks, count_for_percent, ranking_name
 
 SWEEPS = ("heads", "ffn", "grid")
 DEFAULT_PERCENTS = {"heads": list(range(0, 100, 10)), "ffn": list(range(0, 100, 10)),
-                    "grid_heads": list(range(0, 80, 10)), "grid_ffn": list(range(0, 60, 10))}
+                    "grid_heads": list(range(0, 90, 10)), "grid_ffn": list(range(0, 60, 10))}
 
 # (model, tokenizer, task, shots) -> an object with .run(head_mask=, ffn_mask=, start_layer=,
 # record_layer_inputs=) -> metrics dict; EvaluatingStep.evaluation (a TaskEvaluation) in production.

@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-FIGSIZE = (6.4, 4.8)  # inches; with DPI 100 every figure is 640 x 480 pixels
-DPI = 100
+FIGSIZE = (6.4, 4.8)  # inches; with DPI 150 a single plot is 960 x 720 pixels
+DPI = 150  # print resolution for a column-wide figure; panels scale with their count
 
 
 def have_matplotlib() -> bool:
@@ -204,7 +204,7 @@ def curve_panels(panels: dict[str, dict[str, tuple[Sequence[float], Sequence[flo
         ax.set_ylabel(ylabel, fontsize=7)
         ax.tick_params(labelsize=6)
         ax.grid(alpha=0.3)
-        if len(series) <= 20:
+        if 1 < len(series) <= 20:  # one series per panel: the panel's title names it
             ax.legend(fontsize=5, ncol=2)
     return _finish(plt, fig, path, title)
 

@@ -22,12 +22,13 @@ from opt66b.runs.results import read_tensors
 from opt66b.runs.layout import SHOTS_PATTERN, RunLayout, eval_results, shot_dirs, shot_files, shot_of, shots_name
 from prune.aggregate import aggregate_of
 from prune.intervals import Z95
-from prune.inflection import DEFAULT_MIN_BEND, DEFAULT_TOLERANCE, RULES, curve_points, mean_curve, mean_grid, sweep_curve
+from prune.inflection import (DEFAULT_MIN_BEND, DEFAULT_TOLERANCE, RULES, axis_errors, curve_points, knee, mean_curve,
+                              mean_errors, mean_grid, sweep_curve)
 from tasks.registry import ALL_TASKS, EXTRA_TASKS, PAPER_SEEN_TASKS, PAPER_UNSEEN_TASKS, paper_order, seen_in
 
 from . import figures
 from .report_headline import headline_section, protocol_lines, targets_section
-from .report_kit import Figures, md_table, pct, run_json, sweep_tables, xy
+from .report_kit import Figures, figure_at, md_table, pct, run_json, sweep_tables, xy
 
 
 # -- tasks and accuracy -------------------------------------------------------------------------------
@@ -70,10 +71,22 @@ def accuracy_section(run: Path) -> list[str]:
 
 
 # -- importance ---------------------------------------------------------------------------------------
+PAPER_KEY, UNIFORM_KEY = "importance_paper_denominator", "importance_uniform"  # prune/importance.py's tensors
+
+
+def _paper_tasks(names) -> tuple[list[str], list[str]]:
+    """(the paper's seen tasks among `names`, the rest: unseen and synthetic), each in the paper's order.
+    The paper's per-task figures draw its seen tasks; the others go to a figure of their own."""
+    ordered = paper_order(names)
+    seen = set(seen_in(ordered))
+    return [t for t in ordered if t in seen], [t for t in ordered if t not in seen]
+
+
 def importance_section(run: Path, figs: Figures) -> list[str]:
     lines = ["## Head importance (gradient-based, paper §4.1)", ""]
     found = False
     for shot in shot_dirs(RunLayout(run).importance):
+        k = shot_of(shot.name)
         files = {p.stem: p for p in sorted(shot.glob("*.safetensors"))}
         agg = files.pop("aggregate", None)
         if agg is not None:
@@ -82,21 +95,29 @@ def importance_section(run: Path, figs: Figures) -> list[str]:
             lines += [f"{shot.name}: the aggregate averages {len(members or [])} seen tasks: "
                       f"{', '.join(members or ['(not recorded)'])}.", ""]
             tensors = read_tensors(agg)[0]
-            figs.add(lines, figures.heatmap(tensors["importance"].tolist(), figs.dir / f"importance-aggregate-{shot.name}.png",
+            paper = tensors.get(PAPER_KEY, tensors["importance"])
+            figs.add(lines, figures.heatmap(paper.tolist(), figs.dir / f"importance-aggregate-{shot.name}.png",
                                             f"aggregate head importance (seen tasks), {shot.name}", "head", "layer"),
-                     "3, 12", f"aggregate head importance, {shot.name}")
-            if "importance_uniform" in tensors:
-                figs.add(lines, figures.heatmap(tensors["importance_uniform"].tolist(),
+                     figure_at("importance_aggregate", k), f"aggregate head importance (the paper's denominator), "
+                                                          f"{shot.name}")
+            if UNIFORM_KEY in tensors:
+                figs.add(lines, figures.heatmap(tensors[UNIFORM_KEY].tolist(),
                                                 figs.dir / f"importance-aggregate-uniform-{shot.name}.png",
                                                 f"aggregate importance, uniform denominator, {shot.name}", "head", "layer"),
                          "", f"erratum: aggregate importance with one denominator for every layer, {shot.name}")
-        per_task = {t: read_tensors(files[t])[0]["importance"].tolist() for t in paper_order(files)}
-        if per_task:
-            found = True
-            figs.add(lines, figures.heatmap_panels(per_task, figs.dir / f"importance-tasks-{shot.name}.png",
-                                                   f"head importance per task, {shot.name} (colour capped at max/10)",
-                                                   "head", "layer", vmax_fraction=0.1),
-                     "14-16", f"head importance per task, {shot.name}")
+        per_task = {t: read_tensors(files[t])[0] for t in paper_order(files)}
+        per_task = {t: v.get(PAPER_KEY, v["importance"]).tolist() for t, v in per_task.items()}
+        seen, others = _paper_tasks(per_task)
+        found = found or bool(per_task)
+        figs.add(lines, figures.heatmap_panels({t: per_task[t] for t in seen}, figs.dir / f"importance-tasks-{shot.name}.png",
+                                               f"head importance per seen task, {shot.name} (colour capped at max/10)",
+                                               "head", "layer", vmax_fraction=0.1),
+                 figure_at("importance_tasks", k), f"head importance per seen task, {shot.name}")
+        figs.add(lines, figures.heatmap_panels({t: per_task[t] for t in others},
+                                               figs.dir / f"importance-other-tasks-{shot.name}.png",
+                                               f"head importance, unseen and synthetic tasks, {shot.name}", "head",
+                                               "layer", vmax_fraction=0.1),
+                 "", f"head importance of the unseen and synthetic tasks, {shot.name}")
     if not found:
         lines += ["(no importance files under importance/)", ""]
     return lines + ffn_section(run, figs)
@@ -105,6 +126,7 @@ def importance_section(run: Path, figs: Figures) -> list[str]:
 def ffn_section(run: Path, figs: Figures) -> list[str]:
     lines = ["## FFN importance (oracle knock-outs, paper §4.2)", ""]
     for shot in shot_dirs(RunLayout(run).ffn):
+        k = shot_of(shot.name)
         agg = run_json(shot / "aggregate.json")
         if agg:
             lines += [f"{shot.name}: mean drop over the {len(agg.get('tasks', []))} seen tasks (points) per layer "
@@ -112,26 +134,33 @@ def ffn_section(run: Path, figs: Figures) -> list[str]:
                       + ", ".join(f"L{i} {d:+.1f}" for i, d in enumerate(agg["drop"]))
                       + f"; ranking (least important first) {agg['ranking']}", ""]
             figs.add(lines, figures.bars(agg["drop"], figs.dir / f"ffn-importance-{shot.name}.png",
-                                         f"FFN knock-out drop, mean over tasks, {shot.name}", "layer", "drop (points)"),
-                     "", f"FFN importance, mean over tasks, {shot.name}")
+                                         f"FFN knock-out drop, mean over seen tasks, {shot.name}", "layer",
+                                         "drop (points)"),
+                     figure_at("ffn_importance", k), f"FFN importance, task-averaged, {shot.name}")
         per_task = {p.stem: run_json(p) for p in sorted(shot.glob("*.json")) if p.stem != "aggregate"}
         drops = {t: per_task[t]["drop"] for t in paper_order(per_task) if per_task[t] and "drop" in per_task[t]}
-        figs.add(lines, figures.bar_panels(drops, figs.dir / f"ffn-importance-tasks-{shot.name}.png",
-                                           f"FFN knock-out drop per task, {shot.name}", "layer", "drop (points)"),
-                 "4, 13", f"FFN importance per task, {shot.name}")
+        seen, others = _paper_tasks(drops)
+        figs.add(lines, figures.bar_panels({t: drops[t] for t in seen}, figs.dir / f"ffn-importance-tasks-{shot.name}.png",
+                                           f"FFN knock-out drop per seen task, {shot.name}", "layer", "drop (points)"),
+                 figure_at("ffn_importance", k), f"FFN importance, task-specific, {shot.name}")
+        figs.add(lines, figures.bar_panels({t: drops[t] for t in others},
+                                           figs.dir / f"ffn-importance-other-tasks-{shot.name}.png",
+                                           f"FFN knock-out drop, unseen and synthetic tasks, {shot.name}", "layer",
+                                           "drop (points)"),
+                 "", f"FFN importance of the unseen and synthetic tasks, {shot.name}")
     return lines
 
 
 # -- pruning, inflection points, headline ---------------------------------------------------------------
 def pruning_section(run: Path, figs: Figures, tolerance: float, min_bend: float) -> list[str]:
     lines = ["## Pruning sweeps and inflection points (paper §5, Figs. 5-7, 17-19)", "",
-             f"Rules (prune/inflection.py): knee = {RULES['knee']}, min_bend {min_bend:g}; "
-             f"within tolerance = {RULES['tolerance']}, tolerance {tolerance:g} points. The bold curve is the "
-             "mean over the paper's seen tasks present; thin curves are single tasks.", ""]
+             f"Rules (prune/inflection.py): knee = {RULES['knee']}, min_bend {min_bend:g}, read with each "
+             f"point's standard error; within tolerance = {RULES['tolerance']}, tolerance {tolerance:g} points. "
+             "The bold curve is the mean over the paper's seen tasks present; thin curves are single tasks; "
+             "the paper's figures draw its seen tasks, the unseen and synthetic tasks are drawn apart.", ""]
     tables = sweep_tables(run)
     if not tables:
         return lines + ["(no sweep tables under prune/)", ""]
-    paper_fig = {"heads-own": "5, 17", "ffn-own": "6, 18"}
     for name, tab in tables.items():
         sweep, ranking = tab["sweep"], tab["ranking"]
         lines += [f"### {sweep}, ranking: {ranking}", ""]
@@ -141,44 +170,74 @@ def pruning_section(run: Path, figs: Figures, tolerance: float, min_bend: float)
         if sweep == "grid":
             lines += grid_lines(tab, shots, figs, tolerance)
             continue
-        axis = "ffn" if sweep == "ffn" else "heads"
-        panels, marks, rows, errors = {}, {}, [], {}
-        for task in paper_order(tab["results"]):
-            row = [task]
-            for shot in shots:
-                cells = tab["results"][task].get(shot)
-                pts = curve_points(sweep_curve(cells, axis), min_bend, tolerance) if cells else {}
-                row += [pct(pts.get("knee")), pct(pts.get("within_tolerance"))]
-            rows.append(row)
-        mean_row = ["mean (seen tasks)"]
-        for shot in shots:
-            mean, used = mean_curve(tab, seen_in(tab["results"]), shot, axis)
-            series = {t: xy(sweep_curve(tab["results"][t][shot], axis)) for t in paper_order(tab["results"])
-                      if shot in tab["results"][t]}
-            errors[shot] = {t: _half_widths(tab.get("stderr", {}).get(t, {}).get(shot, {}), series[t][0], axis)
-                            for t in series}
-            pts = curve_points(mean, min_bend, tolerance) if mean else {}
-            mean_row += [pct(pts.get("knee")), pct(pts.get("within_tolerance"))]
-            if mean:
-                label = f"mean of {len(used)} seen"
-                series[label] = xy(mean)
-                ci = tab.get("mean_over_tasks_ci", {}).get(shot, {})
-                errors[shot][label] = _half_widths({h: {f: (c or {}).get("se") for f, c in row.items()}
-                                                    for h, row in ci.items()}, series[label][0], axis)
-                marks[shot] = [(pts["knee"], "knee")] if pts.get("knee") is not None else []
-            panels[shot] = series
-        rows.append(mean_row)
-        header = ["task"] + [f"{c} ({s})" for s in shots for c in ("knee %", "within tol. %")]
-        lines += md_table(header, rows)
-        bold = [k for p in panels.values() for k in p if k.startswith("mean of")]
+        lines += _knee_table(tab, shots, min_bend, tolerance)
         lines += ["Error bars: 95% intervals of each point (per task: its standard error over documents; the "
                   "mean: the tasks' errors combined). Every cell's paired drop against the unpruned model, with its "
                   f"interval, is in `prune/{name}.json` (`paired`, `mean_over_tasks_ci`).", ""]
-        figs.add(lines, figures.curve_panels(panels, figs.dir / f"prune-{name}.png", f"{sweep} pruning, ranking {ranking}",
-                                             f"% {axis} pruned", "metric x100", bold=bold, marks=marks,
-                                             errors=errors),
-                 paper_fig.get(name, ""), f"{sweep} pruning per task with the task mean, ranking {ranking}")
+        for shot in shots:
+            _curve_figures(tab, name, shot, figs, lines, min_bend)
     return lines
+
+
+def _axis(tab: dict) -> str:
+    return "ffn" if tab["sweep"] == "ffn" else "heads"
+
+
+def _knee_table(tab: dict, shots: list[str], min_bend: float, tolerance: float) -> list[str]:
+    """Per task and for the mean over the seen tasks: the knee and the tolerance reading at every shot."""
+    axis, rows = _axis(tab), []
+    for task in paper_order(tab["results"]):
+        row = [task]
+        for shot in shots:
+            cells = tab["results"][task].get(shot)
+            se = axis_errors(tab.get("stderr", {}).get(task, {}).get(shot, {}), axis) or None
+            pts = curve_points(sweep_curve(cells, axis), min_bend, tolerance, se) if cells else {}
+            row += [pct(pts.get("knee")) or ("no knee" if cells else None), pct(pts.get("within_tolerance"))]
+        rows.append(row)
+    mean_row = ["mean (seen tasks)"]
+    for shot in shots:
+        mean, used = mean_curve(tab, seen_in(tab["results"]), shot, axis)
+        se = axis_errors(mean_errors(tab, used, shot), axis) or None
+        pts = curve_points(mean, min_bend, tolerance, se) if mean else {}
+        mean_row += [pct(pts.get("knee")) or ("no knee" if mean else None), pct(pts.get("within_tolerance"))]
+    header = ["task"] + [f"{c} ({s})" for s in shots for c in ("knee %", "within tol. %")]
+    return md_table(header, rows + [mean_row])
+
+
+def _curve_figures(tab: dict, name: str, shot: str, figs: Figures, lines: list[str], min_bend: float) -> None:
+    """One file per shot, one panel per task with its 95% error bars, the mean over the seen tasks first
+    with its knee marked: the seen tasks make the paper's figure (own ranking), the unseen and synthetic
+    tasks a file of their own."""
+    axis, ranking = _axis(tab), tab["ranking"]
+    have = [t for t in paper_order(tab["results"]) if shot in tab["results"][t]]
+    seen, others = _paper_tasks(have)
+    stderr = tab.get("stderr", {})
+    series = {t: xy(sweep_curve(tab["results"][t][shot], axis)) for t in have}
+    errors = {t: _half_widths(stderr.get(t, {}).get(shot, {}), series[t][0], axis) for t in have}
+    mean, used = mean_curve(tab, seen_in(tab["results"]), shot, axis)
+    panels, errs, marks = {}, {}, {}
+    if mean:
+        label = f"mean of {len(used)} seen tasks"
+        grid_se = mean_errors(tab, used, shot)
+        panels[label] = {label: xy(mean)}
+        errs[label] = {label: _half_widths(grid_se, panels[label][label][0], axis)}
+        at = knee(mean, axis_errors(grid_se, axis) or None, min_bend)
+        marks[label] = [(at, f"knee {at:g}%")] if at is not None else []
+    for t in seen:
+        panels[t], errs[t] = {t: series[t]}, {t: errors[t]}
+    kind = "prune_heads" if axis == "heads" else "prune_ffn"
+    paper = figure_at(kind, shot_of(shot)) if ranking == "own" else ""
+    xlabel, ylabel = f"% {'heads' if axis == 'heads' else 'FFNs'} pruned", "metric x100 (95% interval)"
+    figs.add(lines, figures.curve_panels(panels, figs.dir / f"prune-{name}-{shot}.png",
+                                         f"{tab['sweep']} pruning, ranking {ranking}, {shot}", xlabel, ylabel,
+                                         bold=list(panels)[:1] if mean else [], marks=marks, errors=errs),
+             paper, f"{tab['sweep']} pruning per seen task with their mean, ranking {ranking}, {shot}")
+    if others:
+        figs.add(lines, figures.curve_panels({t: {t: series[t]} for t in others},
+                                             figs.dir / f"prune-{name}-other-tasks-{shot}.png",
+                                             f"{tab['sweep']} pruning, ranking {ranking}, unseen and synthetic tasks, {shot}",
+                                             xlabel, ylabel, errors={t: {t: errors[t]} for t in others}),
+                 "", f"{tab['sweep']} pruning of the unseen and synthetic tasks, ranking {ranking}, {shot}")
 
 
 def _half_widths(ses: dict, xs: list[float], axis: str) -> list[float | None]:
@@ -204,7 +263,8 @@ def grid_lines(tab: dict, shots: list[str], figs: Figures, tolerance: float) -> 
         figs.add(lines, figures.heatmap(matrix, figs.dir / f"grid-{tab['ranking']}-{shot}.png",
                                         f"combined pruning, mean over seen tasks, {shot}", "FFN % pruned",
                                         "heads % pruned", xticks=fs, yticks=hs, annotate=True),
-                 "7" if shot_of(shot) == 5 else "19", f"combined heads x FFN pruning, {shot}")
+                 figure_at("grid", shot_of(shot)) if tab["ranking"] == "own" else "",
+                 f"combined heads x FFN pruning, mean over the seen tasks, ranking {tab['ranking']}, {shot}")
     return lines
 
 
@@ -232,6 +292,7 @@ def require_results(run: Path) -> None:
 def write_report(run: str | Path, skipped_tasks: list[str] | None = None, tolerance: float = DEFAULT_TOLERANCE,
                  min_bend: float = DEFAULT_MIN_BEND) -> Path:
     from .report_induction import copytask_section, correlation_section, induction_section, transfer_section
+    from .report_paper import paper_numbers_section
 
     run = Path(run)
     if not run.is_dir():
@@ -256,6 +317,7 @@ def write_report(run: str | Path, skipped_tasks: list[str] | None = None, tolera
     body += transfer_section(run, figs)
     body += correlation_section(run, figs)
     body += targets_section(run)
+    body += paper_numbers_section(run)
     body += induction_section(run, figs)
     body += copytask_section(run)
     return atomic_write_text(RunLayout(run).report, "\n".join(head + figs.index_lines() + body) + "\n")

@@ -8,8 +8,9 @@ from pathlib import Path
 
 from opt66b.runs.results import write_json
 from opt66b.runs.layout import RunLayout, eval_results, shot_dirs, shots_name
-from prune.inflection import DEFAULT_MIN_BEND, RULES, headline, mean_curve, mean_grid
-from prune.intervals import KNEE_ITERS, KNEE_SEED, Z95, headline_intervals
+from prune.inflection import (DEFAULT_MIN_BEND, RULES, axis_errors, headline, knee_intervals, mean_curve, mean_errors,
+                              mean_grid)
+from prune.intervals import KNEE_ITERS, KNEE_SEED, Z95
 from prune.paper import PAPER_HEADLINE
 from tasks.registry import seen_in
 
@@ -17,15 +18,19 @@ from .report_kit import md_table, model_config, pct, run_json, sweep_tables
 
 
 def _span(iv: dict | None) -> str:
-    return "" if not iv else (f" (95% interval {pct(iv['lo'])}-{pct(iv['hi'])}%)" if iv["lo"] != iv["hi"]
-                              else f" (95% interval {pct(iv['lo'])}%)")
+    if not iv or iv["lo"] is None:
+        return ""
+    where = f"{pct(iv['lo'])}-{pct(iv['hi'])}%" if iv["lo"] != iv["hi"] else f"{pct(iv['lo'])}%"
+    none = f"; no knee in {iv['none_share']:.0%} of resamples" if iv.get("none_share") else ""
+    return f" (95% interval {where}{none})"
 
 
-def _point(p: dict | None, axis: str) -> str:
+def _point(p: dict | None, axis: str, rule: str = "knee") -> str:
     """'70% (95% interval 60-80%), drop 5.1 ± 1.2' for a headline point of one axis ('heads', 'ffn' or
-    'both'; the ± is the 95% half-width of the paired drop), '-' for none."""
+    'both'; the ± is the 95% half-width of the paired drop; a negative drop is printed as a gain), 'no
+    knee' / '-' where the rule finds none."""
     if not p:
-        return "-"
+        return "no knee" if rule == "knee" else "-"
     iv = p.get("interval") or {}
     if axis == "both":
         where = (f"{pct(p.get('head_percent'))}%{_span(iv.get('heads'))} / "
@@ -33,7 +38,10 @@ def _point(p: dict | None, axis: str) -> str:
     else:
         where = f"{pct(p.get('head_percent' if axis == 'heads' else 'ffn_percent'))}%{_span(iv)}"
     drop, se = p.get("drop_points"), p.get("drop_se")
-    return where + ("" if drop is None else f", drop {drop:.1f}" + ("" if se is None else f" ± {Z95 * se:.1f}"))
+    if drop is None:
+        return where
+    said = f"drop {drop:.1f}" if drop >= 0 else f"gain {-drop:.1f} (above the unpruned model)"
+    return f"{where}, {said}" + ("" if se is None else f" ± {Z95 * se:.1f}")
 
 
 def _attach_intervals(reading: dict, knee_interval: dict | None, ci: dict) -> None:
@@ -51,12 +59,12 @@ def _separability(shot: str, res: dict) -> list[str]:
     out = []
     ffn = (res.get("ffn") or {}).get("knee") or {}
     iv = ffn.get("interval")
-    if iv and iv["lo"] <= 10 and iv["hi"] >= 20:
+    if iv and iv["lo"] is not None and iv["lo"] <= 10 and iv["hi"] >= 20:
         out.append(f"{shot}: the FFN knee's interval ({pct(iv['lo'])}-{pct(iv['hi'])}%) holds both 10% and 20%: at "
                    "this sample size the run cannot tell the paper's 1/5-shot knee from its 0-shot one.")
     heads = (res.get("heads") or {}).get("knee") or {}
     iv = heads.get("interval")
-    if iv and iv["hi"] - iv["lo"] >= 30:
+    if iv and iv["lo"] is not None and iv["hi"] - iv["lo"] >= 30:
         out.append(f"{shot}: the heads knee moves over {pct(iv['lo'])}-{pct(iv['hi'])}% under resampling of the "
                    "documents: more documents are needed to place it.")
     return out
@@ -89,8 +97,11 @@ def headline_section(run: Path, tolerance: float, min_bend: float = DEFAULT_MIN_
         h = mean_curve(heads, seen_in(heads["results"]), shot, "heads")[0] if heads else None
         f = mean_curve(ffn, seen_in(ffn["results"]), shot, "ffn")[0] if ffn else None
         g = mean_grid(grid, seen_in(grid["results"]), shot)[0] if grid else None
-        out[shot] = res = headline(h, f, g, cfg, min_bend, tolerance)
-        ivs = headline_intervals(heads, ffn, grid, lambda t: seen_in(t["results"]), shot, min_bend)
+        errors = {"heads": axis_errors(mean_errors(heads, seen_in(heads["results"]), shot), "heads") if heads else None,
+                  "ffn": axis_errors(mean_errors(ffn, seen_in(ffn["results"]), shot), "ffn") if ffn else None,
+                  "grid": mean_errors(grid, seen_in(grid["results"]), shot) if grid else None}
+        out[shot] = res = headline(h, f, g, cfg, min_bend, tolerance, {k: v for k, v in errors.items() if v})
+        ivs = knee_intervals(heads, ffn, grid, lambda t: seen_in(t["results"]), shot, min_bend)
         for key, tab in (("heads", heads), ("ffn", ffn), ("both", grid)):
             if key in res and tab:
                 _attach_intervals(res[key], ivs[key]["knee"], (tab.get("mean_over_tasks_ci") or {}).get(shot, {}))
@@ -100,7 +111,7 @@ def headline_section(run: Path, tolerance: float, min_bend: float = DEFAULT_MIN_
             if key in res:
                 r = res[key]
                 rows.append([shot, label, _point(paper.get(key), key), _point(r["knee"], key), _params(r["knee"]),
-                             _point(r["tolerance"], key)])
+                             _point(r["tolerance"], key, "tolerance")])
     write_json(RunLayout(run).headline, {"rule": "knee", "rules": {k: RULES[k] for k in ("knee", "grid_knee", "tolerance")},
                                        "min_bend": min_bend, "tolerance_points": tolerance,
                                        "intervals": {"knee": f"bootstrap over documents, {KNEE_ITERS} resamples, seed "
@@ -118,7 +129,7 @@ PROTOCOL_SENTENCES = {
     "corrected": "the corrected choices: lm-eval's importance targets (with the leading space), every WSC row, "
                  "one importance denominator for every layer, transfer partners by the true Spearman rho (and the "
                  "paper's SRCC beside it)",
-    "paper": "the paper's code: importance targets without the leading space (ARC, OpenBookQA, HellaSwag, PIQA, "
+    "paper": "the paper's released code: importance targets without the leading space (ARC, OpenBookQA, HellaSwag, PIQA, "
              "MathQA), WSC's positive rows only, its last-layer denominator, MathQA demos without the space, its "
              "published transfer partners (and its SRCC beside them)",
 }

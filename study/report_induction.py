@@ -11,25 +11,34 @@ from pathlib import Path
 from opt66b.runs.results import read_tensors
 from opt66b.runs.layout import RunLayout, shot_dirs, shot_of, shots_name
 from prune import stats
-from tasks.registry import paper_order
+from prune.paper import PAPER_P_LEVEL
+from tasks.registry import paper_order, seen_in
 
 from . import figures
-from .report_kit import Figures, md_table, run_json, xy
+from .report_kit import Figures, figure_at, md_table, run_json, xy
 
+# The scores the paper's figures draw (its released code's), with the per-task capacity figure of each
+# (Appendix A.9); every other variant is this study's and is indexed as not in the paper.
+PAPER_SCORES = {"prefix_matching_paper": "23", "copying_paper": "24"}
 INDUCTION_THRESHOLD = 0.5  # a head with prefix matching (or copying) >= 0.5 is counted as an induction head
 TOP_FRACTION = 0.3  # "important heads": the top 30% of the aggregate ranking, as the paper's overlap
 
 VARIANT_SENTENCES = {
-    "prefix_matching_paper": "the paper's Algorithm 1 as its code runs it, including a spurious key at position 1 "
-                             "for the last token of repeats 2-4",
-    "prefix_matching_corrected": "the same attention sums over only the positions that truly follow an earlier "
+    "prefix_matching_paper": "the paper's released code (Algorithm 1 as it runs): the attention summed over the keys "
+                             "after earlier copies, with a spurious key at position 1 for the last token of repeats 2-4",
+    "prefix_matching_corrected": "the released code's sum over only the positions that truly follow an earlier "
                                  "occurrence of the query's token",
-    "copying_paper": "the paper's code: embedding-level input to every layer, the head's OV output at the query "
-                     "position (plus the output bias), full-vocabulary probabilities, no final layer norm",
-    "copying_index_fix": "the paper's code with only its index fixed: the OV output of the attended source "
+    "prefix_matching_text": "Appendix A.8 as written: the average (not the sum) of the attention entries on the tokens "
+                            "that followed the same token in earlier repeats",
+    "copying_paper": "the paper's released code: embedding-level input to every layer, the head's OV output at the "
+                     "query position (plus the output bias), full-vocabulary probabilities, no final layer norm",
+    "copying_index_fix": "the released code with only its index fixed: the OV output of the attended source "
                          "position, everything else as the code's",
-    "copying_text": "the paper's text (Appendix A.8): the direct path, the head's own logit contribution from the "
-                    "attended token's OV output (no bias), compared as logits: both of the code's departures fixed",
+    "copying_attended_logits": "the attended token's OV output alone, as logits, without the output bias: both of the "
+                               "code's departures from the text fixed, but narrower than the text",
+    "copying_text": "Appendix A.8 as written: the direct path, the head's contribution to the logits (its "
+                    "attention-weighted output through its slice of the output projection, with the output bias), "
+                    "the attended token's logit against the other attendable tokens'",
     "copying_residual": "an extension, not the paper's measurement: the real forward pass on the residual stream, "
                         "the head's attention-weighted value vector through its slice of the output projection "
                         "(no bias) and the unembedding, as logits",
@@ -44,7 +53,8 @@ def transfer_section(run: Path, figs: Figures) -> list[str]:
         return lines + ["(no prune/transfer.json)", ""]
     lines += [f"Partners chosen by: {', '.join(tr.get('variants', []))}. `published` = the paper's own pairs (its "
               f"plotting script); `{tr['paper_choice_variant']}` = the highest / lowest seen task under the paper's "
-              "SRCC as its code computes it (from which the published pairs were read); `spearman` = the same under "
+              "SRCC as its released code computes it (the published pairs are consistent with this statistic; which one the "
+              "authors read them from is not stated); `spearman` = the same under "
               "the true Spearman rho.", ""]
 
     def side(s: dict) -> str:
@@ -71,7 +81,7 @@ def transfer_section(run: Path, figs: Figures) -> list[str]:
         figs.add(lines, figures.curve_panels(panels, figs.dir / f"transfer-{shots_name(key)}.png",
                                              f"cross-task transfer, {shots_name(key)}", "% heads pruned", "metric x100",
                                              dashed=[k for p in panels.values() for k in p if "spearman" in k]),
-                 "9, 21, 22", f"cross-task transfer, {shots_name(key)}")
+                 figure_at("transfer", int(key)), f"cross-task transfer, {shots_name(key)}")
     return lines
 
 
@@ -105,8 +115,9 @@ def correlation_section(run: Path, figs: Figures) -> list[str]:
     corr = run_json(RunLayout(run).correlations)
     if not corr:
         return lines + ["(no correlate/correlations.json)", ""]
-    lines += ["Both statistics are drawn: the true Spearman rho (p-values below) and the paper's SRCC as its code "
-              "computes it (Pearson of argsort vectors, which the paper's figures show). The matrices hold the "
+    lines += ["Both statistics are drawn: the true Spearman rho (p-values below) and the paper's SRCC as its released "
+              "code computes it (Pearson of argsort vectors; the paper's figures' values fall in this statistic's range, "
+              "but the text does not say which it drew). The matrices hold the "
               "paper's seen tasks present, with the aggregate ranking as their last task row and column, as the "
               "paper's Fig. 8; the last row of each figure is a random permutation of the heads (seeded, the "
               "paper's `--random` row): what no agreement looks like.", ""]
@@ -121,13 +132,13 @@ def correlation_section(run: Path, figs: Figures) -> list[str]:
         figs.add(lines, figures.matrix_panels({"true Spearman rho": (true, rows, tasks),
                                                "paper's SRCC (argsort Pearson)": (arg, rows, tasks)},
                                               figs.dir / f"srcc-{shot}.png", f"rank correlation of importance, {shot}"),
-                 "8, 20", f"SRCC in both variants with a random row, {shot}")
+                 figure_at("srcc", shot_of(shot)), f"SRCC in both variants with a random row, {shot}")
         p = block["spearman"]["p"]
         weak = [f"{a}/{b} p={p[i][j]:.2g}" for i, a in enumerate(tasks) for j, b in enumerate(tasks)
-                if j > i and p[i][j] is not None and p[i][j] >= 0.05]
-        lines += [f"{shot}: Spearman p-values (two-sided t, n = {block['n_heads']} heads): "
-                  + (f"{len(weak)} pairs not significant at 0.05: {', '.join(weak)}" if weak else
-                     "every pair significant at 0.05"), ""]
+                if j > i and p[i][j] is not None and p[i][j] >= PAPER_P_LEVEL]
+        lines += [f"{shot}: Spearman p-values (two-sided t, n = {block['n_heads']} heads), tested at the paper's "
+                  f"p < {PAPER_P_LEVEL:g}: " + (f"{len(weak)} pairs not significant: {', '.join(weak)}" if weak else
+                                                "every pair significant"), ""]
         if rand:
             lines += md_table(["task", "rho vs random", "p", "argsort vs random", "top-30% overlap vs random"],
                             [[t, rand[t]["rho"], rand[t]["p"], rand[t]["paper_argsort_pearson"], rand[t]["top_overlap"]]
@@ -170,7 +181,7 @@ def _mean(values: list) -> float | None:
 
 # -- induction scores, overlap, capacity --------------------------------------------------------------------
 def induction_section(run: Path, figs: Figures) -> list[str]:
-    lines = ["## Induction heads: prefix matching and copying (paper §7, Fig. 10, Appendix A.8)", ""]
+    lines = ["## Induction heads: prefix matching and copying (paper §6.3, Fig. 10, Appendix A.8)", ""]
     ind = RunLayout(run).induction
     scores = {p.stem: read_tensors(p)[0]["mean"] for p in sorted(ind.glob("*.safetensors"))} if ind.is_dir() else {}
     scores = {k: scores[k] for k in VARIANT_SENTENCES if k in scores}
@@ -180,7 +191,8 @@ def induction_section(run: Path, figs: Figures) -> list[str]:
                     [[name, VARIANT_SENTENCES[name], ", ".join(_top(mean, 3))] for name, mean in scores.items()])
     for name, mean in scores.items():
         figs.add(lines, figures.heatmap(mean.tolist(), figs.dir / f"{name}.png", name.replace("_", " "), "head", "layer"),
-                 "10", f"{name.replace('_', ' ')} per head")
+                 "10" if name in PAPER_SCORES else "", f"{name.replace('_', ' ')} per head" +
+                 {"prefix_matching_paper": " (10a)", "copying_paper": " (10b)"}.get(name, ""))
     lines += overlap_lines(run, scores)
     return lines + capacity_lines(run, figs)
 
@@ -193,7 +205,9 @@ def _top(mean, k: int) -> list[str]:
 
 def overlap_lines(run: Path, scores: dict) -> list[str]:
     """Induction heads among the important heads, over ALL heads (no top-N cut), for every score."""
-    lines = [f"Overlap with the aggregate ranking, over all heads: induction heads = score >= "
+    lines = ["This study's own measure of the overlap the paper shows by figure (Fig. 10 beside Fig. 3), not a number "
+             "the paper reports: "
+             f"overlap with the aggregate ranking, over all heads: induction heads = score >= "
              f"{INDUCTION_THRESHOLD:g}; important = top {TOP_FRACTION:.0%} of the aggregate; rho = Spearman "
              "between the score and the aggregate importance.", ""]
     rows = []
@@ -223,7 +237,7 @@ def capacity_lines(run: Path, figs: Figures) -> list[str]:
     cap = run_json(RunLayout(run).capacity / "capacity.json")
     if not cap:
         return []
-    lines = ["## Capacity retained under head pruning (paper §7, Figs. 11, 23, 24)", ""]
+    lines = ["## Capacity retained under head pruning (paper §6.3.1, Fig. 11; per task Appendix A.9, Figs. 23, 24)", ""]
     table = {k: v for k, v in cap["retained_at_pruned_percent"].items()
              if k.endswith("/aggregate") or k.endswith("random_expected")}
     if table:
@@ -240,8 +254,8 @@ def capacity_lines(run: Path, figs: Figures) -> list[str]:
         figs.add(lines, figures.curves(series, figs.dir / f"capacity-{score}.png", f"capacity retained: {score}",
                                        "% heads pruned", "% of total score kept",
                                        dashed=[k for k in series if k.startswith("random")]),
-                 "11", f"capacity retained, aggregate rankings, {score}")
-        if score.endswith("_paper"):  # the paper's per-task figures use its own scores
+                 "11" if score in PAPER_SCORES else "", f"capacity retained, aggregate rankings, {score}")
+        if score in PAPER_SCORES:  # the paper's per-task figures (A.9): its own scores, its seen tasks
             panels: dict[str, dict] = {}
             for k in keys:
                 ranking = k.split("|")[1]
@@ -249,12 +263,12 @@ def capacity_lines(run: Path, figs: Figures) -> list[str]:
                     shot, task = ranking.split("/", 1)
                     panels.setdefault(shot, {})[task] = (x, tensors[k].tolist())
             for shot in panels:
-                panels[shot] = {t: panels[shot][t] for t in paper_order(panels[shot])}
+                panels[shot] = {t: panels[shot][t] for t in seen_in(panels[shot])}
                 panels[shot]["random (expected)"] = (x, tensors[f"{score}|random_expected"].tolist())
             figs.add(lines, figures.curve_panels(panels, figs.dir / f"capacity-tasks-{score}.png",
                                                  f"capacity retained per task ranking: {score}", "% heads pruned",
                                                  "% of total score kept", dashed=["random (expected)"]),
-                     "23, 24", f"capacity retained per task ranking, {score}")
+                     PAPER_SCORES[score], f"capacity retained per task ranking, {score}")
     return lines
 
 

@@ -72,19 +72,42 @@ class Figures:
         return lines
 
 
-# The paper's figures 3-24 (1 and 2 are its prompt example and its method sketch).
+# The paper's figures 3-24 (1 and 2 are its prompt example and its method sketch), each at its own shot
+# counts, as the paper's captions give them.
 PAPER_FIGURES = {
-    3: "aggregate head importance heatmap", 4: "FFN oracle importance per task",
-    5: "head pruning per task (own ranking)", 6: "FFN pruning per task (own ranking)",
-    7: "combined heads x FFN pruning, 5-shot", 8: "SRCC of head importance across tasks",
-    9: "cross-task transfer of rankings", 10: "prefix-matching and copying scores per head",
-    11: "capacity retained under aggregate-ranked pruning", 12: "aggregate head importance, other shots",
-    13: "FFN oracle importance, other shots", 14: "head importance per task, 0-shot",
-    15: "head importance per task, 1-shot", 16: "head importance per task, 5-shot",
-    17: "head pruning, other shots", 18: "FFN pruning, other shots", 19: "combined pruning, 0- and 1-shot",
-    20: "SRCC across tasks, other shots", 21: "cross-task transfer, other shots", 22: "cross-task transfer, other shots",
-    23: "capacity retained per task ranking (prefix matching)", 24: "capacity retained per task ranking (copying)",
+    3: "aggregate head importance, 5-shot", 4: "FFN importance, task-specific and task-averaged, 5-shot",
+    5: "head pruning per task (own ranking), 5-shot", 6: "FFN pruning per task (own ranking), 0-shot",
+    7: "combined heads x FFN pruning, 5-shot", 8: "SRCC of head importance across tasks, 5-shot",
+    9: "cross-task transfer, 5-shot (a-c: COPA, Winogrande, ReCoRD; d, e: MathQA, LAMBADA by the aggregate)",
+    10: "prefix matching (a) and copying (b) per head", 11: "capacity retained under aggregate-ranked pruning",
+    12: "aggregate head importance, 0- and 1-shot", 13: "FFN importance, 0- and 1-shot",
+    14: "head importance per task, 0-shot", 15: "head importance per task, 1-shot",
+    16: "head importance per task, 5-shot", 17: "head pruning per task, 0- and 1-shot",
+    18: "FFN pruning per task, 1- and 5-shot", 19: "combined pruning, 0- and 1-shot",
+    20: "SRCC across tasks, 0- and 1-shot", 21: "cross-task transfer, 0-shot", 22: "cross-task transfer, 1-shot",
+    23: "capacity retained per task ranking, prefix matching (Appendix A.9)",
+    24: "capacity retained per task ranking, copying (Appendix A.9)",
 }
+
+# kind of figure -> {shot count: the paper's figure number}; a shot count absent here is not the paper's.
+FIGURE_AT_SHOT = {
+    "importance_aggregate": {5: 3, 0: 12, 1: 12}, "ffn_importance": {5: 4, 0: 13, 1: 13},
+    "importance_tasks": {0: 14, 1: 15, 5: 16}, "prune_heads": {5: 5, 0: 17, 1: 17},
+    "prune_ffn": {0: 6, 1: 18, 5: 18}, "grid": {5: 7, 0: 19, 1: 19}, "srcc": {5: 8, 0: 20, 1: 20},
+    "transfer": {5: 9, 0: 21, 1: 22},
+}
+
+
+def figure_at(kind: str, shots: int | None) -> str:
+    """The paper's figure number for a figure of `kind` at `shots` in-context examples, "" when the paper
+    has no such figure (e.g. 2 shots)."""
+    n = FIGURE_AT_SHOT[kind].get(shots) if shots is not None else None
+    return "" if n is None else str(n)
+
+
+def figure_shots(number: int) -> set[int]:
+    """The shot counts the paper's figure `number` shows (empty for the induction figures 10, 11, 23, 24)."""
+    return {k for at in FIGURE_AT_SHOT.values() for k, n in at.items() if n == number}
 
 
 def figure_numbers(label: str) -> list[int]:

@@ -31,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="seed of the eval docs' shuffle and few-shot demos in every evaluating step (eval, FFN oracle, "
                         "sweeps, transfer; default 42, lm-eval's)")
     p.add_argument("--importance-seed", type=int, default=None, metavar="N",
-                   help="seed of head importance's few-shot demos (default 1234, the paper's code)")
+                   help="seed of head importance's few-shot demos (default 1234, the paper's released code)")
     p.add_argument("--sequence-seed", type=int, default=None, metavar="N",
                    help="first seed of the random token sequences of prefix matching, copying and the copy task "
                         "(default 0, the paper's)")

@@ -49,7 +49,7 @@ class Task:
     DATA_DIR: str = ""  # folder under --data holding this task's files
     FILES: dict[str, list[SplitFile]] = {}  # split -> accepted files, original release first, then HF export
     PUBLISHED: dict[str, int] = {}  # split -> published doc count (docs/data.md)
-    # True where the paper's code builds other importance examples than the corrected protocol (targets
+    # True where the paper's released code builds other importance examples than the corrected protocol (targets
     # without the leading space; WSC's positive rows): `all` computes this task's importance both ways.
     PAPER_TARGETS_DIFFER: bool = False
 
@@ -195,7 +195,7 @@ class MultipleChoiceTask(Task):
     PAPER_TARGETS_DIFFER = True  # the paper's importance target is choices[gold] without the space
 
     def importance_target(self, doc: Doc) -> str:
-        # The paper's doc_to_cont is choices[gold] with no leading space (the paper's code, docs/method.md).
+        # The paper's doc_to_cont is choices[gold] with no leading space (the paper's released code, docs/method.md).
         return doc["choices"][doc["gold"]] if self.paper_quirks else self.doc_to_target(doc)
 
     def doc_to_text(self, doc: Doc) -> str:

@@ -70,7 +70,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     return run.build_parser().parse_args(argv)
 
 
-STEPS = {  # sub-command argv (minimal) -> the seed default the paper's code uses for it
+STEPS = {  # sub-command argv (minimal) -> the seed default the paper's released code uses for it
     "eval": (["eval", "--tasks", "copa"], 42),
     "importance heads": (["importance", "heads", "--tasks", "copa"], 1234),
     "importance ffn": (["importance", "ffn", "--tasks", "copa"], 42),

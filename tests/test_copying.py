@@ -8,7 +8,7 @@ import torch
 
 from conftest import random_model
 from induction import sequences as sq
-from induction.copying import copying_residual, copying_paper, shares
+from induction.copying import copying_paper, copying_residual, copying_seed, shares
 from opt66b import OPT, Capture, OPTConfig
 
 
@@ -29,10 +29,13 @@ def _naive_share(z: torch.Tensor, m: int) -> float:
 
 
 @torch.no_grad()
-def _naive_paper(model: OPT, tokens: torch.Tensor, at_source: bool = False, text: bool = False) -> torch.Tensor:
-    """Algorithm 2 as the paper's code runs it, step by step: out_proj on v placed in one head's slice,
+def _naive_paper(model: OPT, tokens: torch.Tensor, at_source: bool = False, text: bool = False,
+                 literal: bool = False) -> torch.Tensor:
+    """Algorithm 2 as the paper's released code runs it, step by step: out_proj on v placed in one head's slice,
     softmax over the full vocab, read at query j (at_source: at the attended position m_j instead).
-    text: as the paper's text reads: the head's own logits (no b_O, no softmax) at the attended m_j."""
+    text: the attended token's own logits (no b_O, no softmax) at m_j ("attended_logits").
+    literal: Appendix A.8 as written: the head's attention-weighted output at j through out_proj with
+    b_O, as logits over the full vocabulary, read at the attendable ids."""
     cfg = model.config
     t, n_heads, dh = tokens.numel(), cfg.num_heads, cfg.head_dim
     x = model.embed(tokens.view(1, t), torch.arange(t).view(1, t) + 2)[0]  # (T, D)
@@ -48,14 +51,19 @@ def _naive_paper(model: OPT, tokens: torch.Tensor, at_source: bool = False, text
         for h in range(n_heads):
             placed = torch.zeros_like(v)
             placed[:, h * dh:(h + 1) * dh] = v[:, h * dh:(h + 1) * dh]
-            if text:
+            if literal:  # row j: sum over positions k of A[j, k] times position k's output, then b_O
+                mixed = torch.zeros_like(placed)
+                mixed[:, h * dh:(h + 1) * dh] = probs_att[h] @ v[:, h * dh:(h + 1) * dh]  # (T, Dh)
+                q_h = model.logits(att.out_proj(mixed))  # (T, V), b_O included, logits
+            elif text:
                 q_h = model.logits(placed @ att.out_proj.weight.T)  # (T, V): the head's own logits, no b_O
             else:
                 q_h = torch.softmax(model.logits(att.out_proj(placed)), -1)  # (T, V), b_O included
             total = 0.0
             for j in range(1, t):
                 m_j = int(probs_att[h, j, :j + 1].argmax())
-                total += _naive_share(q_h[m_j if at_source or text else j][tokens[:j + 1]], m_j)
+                row = j if literal or not (at_source or text) else m_j
+                total += _naive_share(q_h[row][tokens[:j + 1]], m_j)
             out[li, h] = total / (t - 1)
     return out
 
@@ -118,9 +126,11 @@ def identity_ov_model() -> OPT:
 def test_identity_ov_head_outscores_random_ov_head():
     model = identity_ov_model()
     pool = list(range(3, 64))
-    text = lambda m, t: copying_paper(m, t, read_at="source", logits=True)  # noqa: E731
+    attended = lambda m, t: copying_paper(m, t, read_at="source", logits=True)  # noqa: E731
+    attended.__name__ = "attended_logits"
+    text = lambda m, t: copying_seed(m, t, ["text"])["text"]  # noqa: E731
     text.__name__ = "text"
-    for fn in (copying_paper, copying_residual, text):
+    for fn in (copying_paper, copying_residual, attended, text):
         scores = torch.stack([fn(model, sq.copying_sequence(pool, s, 2, length=40)) for s in range(2)]).mean(0)
         # measured: identity head 1.00 (paper) / 0.55 (corrected: a share of raw logits, not of
         # probabilities), random head 0.16 / 0.09; the bars leave room for float differences
@@ -170,5 +180,49 @@ def test_index_fix_matches_a_full_vocabulary_loop_on_heads_attending_elsewhere()
     # 1e-5: the same float32 logits, summed in another order
     torch.testing.assert_close(copying_paper(model, tokens, read_at="source", logits=True), text, atol=1e-5, rtol=0)
     assert float((text - naive).abs().max()) > 0.02  # logits vs probabilities: measured 0.043, far above 1e-5
+    # Appendix A.8 as written: the attention-weighted output with b_O, as logits
+    literal = _naive_paper(model, tokens, literal=True)
+    # 1e-5: the same float32 logits, summed in another order
+    torch.testing.assert_close(copying_seed(model, tokens, ["text"], head_chunk=3)["text"], literal, atol=1e-5, rtol=0)
+    assert float((literal - text).abs().max()) > 0.02  # the weighted output is not the attended row alone
     with pytest.raises(ValueError, match="read_at"):
         copying_paper(model, tokens, read_at="key")
+
+
+def test_the_literal_text_variant_by_hand():
+    """One layer, one head, D = 2, vocabulary 4, tokens [BOS=0, 1, 2]: every number below is worked by hand.
+    Embeddings e0 = (0, 0), e1 = (1, 0), e2 = (0, 1), no positions, the layer norm replaced by the identity,
+    W_V = W_O = I, b_O = (0.5, 0), unembedding = the embeddings (tied); q = k = 0 first (uniform attention)."""
+    cfg = OPTConfig(hidden_size=2, num_layers=1, num_heads=1, ffn_dim=2, vocab_size=4, max_positions=8)
+    model = OPT(cfg).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.zero_()
+        emb = model.decoder.embed_tokens.weight
+        emb[1], emb[2], emb[3] = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0]), torch.tensor([1.0, 1.0])
+        att = model.decoder.layers[0].self_attn
+        att.v_proj.weight.copy_(torch.eye(2))
+        att.out_proj.weight.copy_(torch.eye(2))
+        att.out_proj.bias.copy_(torch.tensor([0.5, 0.0]))
+    model.decoder.layers[0].self_attn_layer_norm = torch.nn.Identity()  # x itself reaches the head
+    tokens = torch.tensor([0, 1, 2])
+    # j = 1: A = (1/2, 1/2) over e0, e1 -> o = (1/2, 0) + b_O = (1, 0); logits at ids (0, 1): (0, 1); mean 1/2,
+    #        r = (0, 1/2); m_1 = 0 (uniform: the first key) -> share 0
+    # j = 2: A = 1/3 each over e0, e1, e2 -> o = (1/3, 1/3) + b_O = (5/6, 1/3); logits at ids (0, 1, 2):
+    #        (0, 5/6, 1/3), mean 7/18, r = (0, 8/18, 0); m_2 = 0 -> share 0
+    # uniform attention picks BOS (the first of ties) as m_j at every query: the score is 0
+    assert copying_seed(model, tokens, ["text"])["text"].item() == pytest.approx(0.0, abs=1e-6)
+    import math
+
+    with torch.no_grad():  # q = a x, k = x with a = sqrt(2) ln 2: the score of key k is ln 2 (x_j . x_k)
+        att.q_proj.weight.copy_(math.sqrt(2) * math.log(2) * torch.eye(2))  # (the head scales q by 1/sqrt(2))
+        att.k_proj.weight.copy_(torch.eye(2))
+    # j = 1 (e1): scores (0, ln 2) -> A = (1/3, 2/3), m_1 = 1; o = 2/3 e1 + b_O = (7/6, 0); logits at ids (0, 1):
+    #        (0, 7/6), mean 7/12, r = (0, 7/12) -> share 1
+    # j = 2 (e2): scores (0, 0, ln 2) -> A = (1/4, 1/4, 1/2), m_2 = 2; o = 1/4 e1 + 1/2 e2 + b_O = (3/4, 1/2);
+    #        logits at (0, 1, 2): (0, 3/4, 1/2), mean 5/12, r = (0, 1/3, 1/12) -> share (1/12) / (5/12) = 1/5
+    # score (1 + 1/5) / 2 = 0.6; 1e-6: float32 arithmetic on these few numbers
+    assert copying_seed(model, tokens, ["text"])["text"].item() == pytest.approx(0.6, abs=1e-6)
+    # the attended row alone (no weighting, no b_O): j = 1 row e1 -> logits (0, 1), share 1; j = 2 row e2 ->
+    # logits (0, 0, 1), share 1: score 1, the narrower reading the text does not describe
+    assert copying_seed(model, tokens, ["attended_logits"])["attended_logits"].item() == pytest.approx(1.0, abs=1e-6)

@@ -133,3 +133,21 @@ def test_unseen_and_synthetic_tasks_stay_out_of_the_seen_statistics(tmp_path):
     assert c01["tasks"] == ["copa", "rte"] and set(c01["other_tasks"]) == {"mathqa", "synthetic_copy"}
     mean, _ = mean_and_variance([c01["per_task"][t]["rho"] for t in ("copa", "rte")])
     assert c01["mean"]["rho"] == pytest.approx(mean)
+
+
+def test_without_an_aggregate_file_the_aggregate_is_the_mean_of_the_seen_tasks_only(tmp_path):
+    """The paper's aggregate averages its 14 seen tasks; an unseen (mathqa) or synthetic task file in the same
+    directory must not move it. Checked against the mean written by hand of the two seen tasks."""
+    root = tmp_path / "imp"
+    t = {name: _imp(i) for i, name in enumerate(("copa", "boolq", "mathqa", "synthetic_copy"), start=1)}
+    for name, tensor in t.items():
+        write_tensors(root / "shots-0" / f"{name}.safetensors", {"importance": tensor})
+    assert run.main(["correlate", "--importance", str(root), "--out", str(tmp_path / "out")]) == 0
+    shot = json.loads((tmp_path / "out" / "correlations.json").read_text())["shots"]["0"]
+    assert shot["aggregate_source"] == "mean of the seen task files"
+    by_hand = ((t["copa"].double() + t["boolq"].double()) / 2).reshape(-1).tolist()
+    for task in ("copa", "boolq"):
+        rho, _ = spearman(t[task].reshape(-1).double().tolist(), by_hand)
+        assert shot["vs_aggregate"][task]["rho"] == pytest.approx(rho, abs=1e-12)
+    unseen = shot["other_tasks"]["vs_aggregate"]["mathqa"]["rho"]
+    assert unseen == pytest.approx(spearman(t["mathqa"].reshape(-1).double().tolist(), by_hand)[0], abs=1e-12)

@@ -176,3 +176,12 @@ def test_cli_reference_is_what_the_parser_says():
         assert f"`{option}`" in text or f"`{option}," in text, option
     table = text.split("| option |", 1)[1]  # old spellings: named in the introduction, never a row
     assert "`--size`" not in table and "`--heads-percent`" not in table
+
+
+def test_section_numbers_are_the_papers():
+    """Induction heads are the paper's §6.3 and §6.3.1 (its §7 is related work), per-task capacity its
+    Appendix A.9: no page or docstring may cite §7 for them."""
+    for path in [*ROOT.glob("*.md"), *ROOT.glob("docs/*.md"), *ROOT.glob("*/*.py"), ROOT / "run.py"]:
+        if "tests" in path.parts:
+            continue
+        assert "§7" not in path.read_text(), f"{path} cites §7"

@@ -95,6 +95,22 @@ def test_prefix_scores_on_hand_patterns(kind, paper, corrected):
     assert prefix_scores(a, L, "corrected").item() == pytest.approx(corrected, abs=1e-6)
 
 
+@pytest.mark.parametrize("kind,text", [
+    # L = 3, R = 4: queries 4..6 (repeat 2) have 1 key, 7..9 two, 10..12 three. The induction pattern spreads
+    # 1/n over the n keys, so each key holds 1/n and their average is 1/n: (3 x 1 + 3 x 1/2 + 3 x 1/3) / 9
+    ("induction", (3 * 1 + 3 * Fraction(1, 2) + 3 * Fraction(1, 3)) / 9),
+    ("previous", 0.0),
+    ("first", 0.0),  # key 1 is no true key: the text's average, like the correction, ignores it
+    # uniform: every key holds 1/(j + 1), so the average over the keys is 1/(j + 1) at every query
+    ("uniform", sum(Fraction(1, j + 1) for j in range(4, 13)) / 9),
+])
+def test_prefix_text_variant_averages_over_the_earlier_copies(kind, text):
+    """Appendix A.8: "the average of all attention pattern entries attending from a given token back to
+    tokens that succeeded the same token in earlier repeats" (the released code sums them)."""
+    # 1e-6: float32 means of at most 3 probabilities and a mean over 9 queries
+    assert prefix_scores(_pattern(kind), L, "text").item() == pytest.approx(float(text), abs=1e-6)
+
+
 def test_bad_inputs_are_named():
     with pytest.raises(ValueError, match="variant"):
         prefix_scores(_pattern("uniform"), L, "tl")
@@ -113,7 +129,7 @@ def _reference_score(attn: torch.Tensor, length: int, variant: str) -> np.ndarra
             keys = [n * length + (j % length) + 1 for n in range(j // length)]
         else:
             keys = [j - n * length + 1 for n in range(1, j) if j - n * length >= 1]
-        per_query.append(attn[:, j, keys].sum(-1))
+        per_query.append(attn[:, j, keys].mean(-1) if variant == "text" else attn[:, j, keys].sum(-1))
     return np.mean(per_query, axis=0)
 
 
@@ -129,7 +145,7 @@ def test_prefix_scores_match_transformers_attentions(tmp_path):
         ours = prefix_matching_seed(model, tokens, length)
         with torch.no_grad():
             atts = hf(tokens.view(1, -1), output_attentions=True).attentions  # per layer (1, H, T, T)
-        for variant in ("paper", "corrected"):
+        for variant in ("paper", "corrected", "text"):
             ref = np.stack([_reference_score(a[0], length, variant) for a in atts])  # (L, H)
             # 1e-5 (the project's bar): both fp32, patterns agree to ~1e-7, sums of <= 3 entries
             np.testing.assert_allclose(ours[variant].numpy(), ref, atol=1e-5)
@@ -164,11 +180,12 @@ def induction_model() -> OPT:
 def test_constructed_induction_head_ranks_first():
     model = induction_model()
     pool = list(range(3, 16))
-    for variant in ("paper", "corrected"):
+    for variant in ("paper", "corrected", "text"):
         scores = torch.stack([prefix_matching_seed(model, sq.prefix_sequence(pool, s, 2, length=8), 8)[variant]
                               for s in range(3)]).mean(0)  # (L, H)
         assert int(scores.flatten().argmax()) == 2  # layer 1, head 0
-        assert scores[1, 0] >= 0.5 and scores[0, 0] < 0.1  # the previous-token head is no induction head
+        # the text's average caps a sharp head at (1 + 1/2 + 1/3) / 3 = 0.61 with 4 repeats
+        assert scores[1, 0] >= (0.5 if variant != "text" else 0.45) and scores[0, 0] < 0.1
 
 
 # -- the CLI: outputs, saved sequences, resume ----------------------------------------------------
@@ -204,3 +221,11 @@ def test_cli_prefix_writes_scores_and_resumes(tmp_path):
     too_long = ["induction", "prefix", "--model", str(tmp_path / "m"), "--tokenizer", str(TINY_TOK),
                 "--seeds", "30", "--out", str(tmp_path / "out2")]
     assert run.main(too_long) == 2  # seed 29 needs 333 positions, the model has 112: a clear error
+
+
+def test_the_parsers_variant_list_is_every_variant():
+    from induction.cli import VARIANT_CHOICES
+    from induction.copying import VARIANTS as COPYING
+    from induction.prefix_matching import VARIANTS as PREFIX
+
+    assert set(VARIANT_CHOICES) == {*PREFIX, *COPYING, "both", "all"}

@@ -9,7 +9,8 @@ import random
 import numpy as np
 import pytest
 
-from prune.intervals import (Z95, bootstrap_readings, headline_intervals, interval_of, mean_se, paired_drop,
+from prune.inflection import knee_intervals
+from prune.intervals import (Z95, bootstrap_readings, interval_of, mean_se, paired_drop,
                              unpaired_se, value_se)
 from tasks.uncertainty import (bootstrap_stderr, decode_bits, encode_bits, mean_stderr, metric_stderr,
                                question_units)
@@ -85,7 +86,7 @@ def _noisy_tasks(knee_at: float, n_docs: int, seed: int) -> dict[str, dict[tuple
     rng = np.random.default_rng(seed)
 
     def p(h: float) -> float:
-        return 0.8 - 0.001 * min(h, knee_at) - 0.012 * max(h - knee_at, 0)
+        return 0.8 - 0.0001 * min(h, knee_at) - 0.012 * max(h - knee_at, 0)
 
     out = {}
     for t in ("a", "b", "c"):
@@ -108,6 +109,6 @@ def test_headline_intervals_read_a_sweep_tables_vectors():
     per_task = _noisy_tasks(60.0, 1500, seed=4)
     table = {"per_doc": {t: {"shots-0": {f"{h:g}": {"0": bits} for (h, _), bits in cells.items()}}
                          for t, cells in per_task.items()}}
-    got = headline_intervals(table, None, None, lambda tab: sorted(tab["per_doc"]), "shots-0", 0.1, iters=100)
+    got = knee_intervals(table, None, None, lambda tab: sorted(tab["per_doc"]), "shots-0", 0.1, iters=100)
     assert got["heads"]["knee"]["lo"] <= 60.0 <= got["heads"]["knee"]["hi"]
     assert got["ffn"]["knee"] is None and got["both"]["knee"] is None

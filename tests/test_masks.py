@@ -11,7 +11,7 @@ from prune.masks import (aggregate_importance, count_for_percent, ffn_mask_for_p
                          head_mask_for_percent, head_ranking, normalize_per_layer, read_importance)
 from opt66b.runs.mask_files import read_masks, write_masks
 
-# OPT-66B (64 layers x 72 heads = 4608) counts per 10% step: floor(p * n / 100), as the paper's code.
+# OPT-66B (64 layers x 72 heads = 4608) counts per 10% step: floor(p * n / 100), as the paper's released code.
 HEADS_66B = {10: 460, 20: 921, 30: 1382, 40: 1843, 50: 2304, 60: 2764, 70: 3225, 80: 3686, 90: 4147}
 FFNS_66B = {10: 6, 20: 12, 30: 19, 40: 25, 50: 32, 60: 38, 70: 44, 80: 51, 90: 57}
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import json
 
 import pytest
@@ -105,16 +107,49 @@ def test_transfer_design_lists_partner_runs_and_unseen_tasks():
 
 
 # -- inflection rules ---------------------------------------------------------------------------------
-def test_knee_is_the_largest_slope_change():
-    # slopes (points per %): 0-10 -0.01, 10-20 -0.02, 20-30 -0.05, 30-40 -1.0 -> bends at 10: 0.01,
-    # at 20: 0.03, at 30: 0.95 -> knee 30
+def test_knee_is_where_a_flat_stretch_meets_a_decline():
+    # slopes (points per %): -0.01, -0.02, -0.05, -1.0: 30% is the only point with a decline (> 0.1) after it
     curve = {"0": 80.0, "10": 79.9, "20": 79.7, "30": 79.2, "40": 69.2}
     assert knee(curve) == 30.0
-    assert knee(curve, min_bend=1.0) is None  # 0.95 < 1.0
-    assert knee({"0": 50.0, "10": 50.0, "20": 50.0}) is None  # flat: no bend
+    assert knee(curve, min_bend=1.0) is None  # a decline of 1.0 per % is not more than min_bend 1.0
     assert knee({0: 1.0, 10: 1.0}) is None  # two points have no interior
-    # equal bends: the smaller percentage
-    assert knee({0: 10.0, 10: 10.0, 20: 8.0, 30: 4.0}, min_bend=0.0) == 10.0  # bends 0.2 at 10, 0.2 at 20
+    # two candidates (10% and 20% both have a flat stretch before): the larger bend wins
+    assert knee({0: 10.0, 10: 10.0, 20: 8.0, 30: 8.0, 40: 0.0}) == 30.0  # bends 0.2 at 10, 0.8 at 30
+    assert knee({0: 10.0, 10: 10.0, 20: 8.0, 30: 4.0}, min_bend=0.0) == 10.0  # 20%: falling before it
+
+
+@pytest.mark.parametrize("name,curve", [
+    ("rising", {p: 50.0 + 0.3 * p for p in range(0, 90, 10)}),
+    ("flat", {p: 50.0 for p in range(0, 90, 10)}),
+    ("straight decline", {p: 80.0 - 0.5 * p for p in range(0, 90, 10)}),
+    ("gentle straight decline", {p: 80.0 - 0.05 * p for p in range(0, 90, 10)}),
+    ("rising then level (the demo's old 'knee' with a gain as its drop)", {0: 40.0, 10: 44.0, 20: 48.0, 30: 48.5,
+                                                                          40: 48.4, 50: 48.6}),
+    ("a dip that comes back", {0: 60.0, 10: 60.0, 20: 50.0, 30: 60.0, 40: 60.0}),
+])
+def test_no_knee_on_curves_that_do_not_fall_after_a_flat_stretch(name, curve):
+    assert knee(curve) is None, name
+    assert knee(curve, se={p: 0.5 for p in curve}) is None, name
+
+
+def test_a_curve_flat_to_70_then_falling_has_its_knee_at_70():
+    curve = {p: 62.0 if p <= 70 else 62.0 - 1.5 * (p - 70) for p in range(0, 90, 10)}
+    assert knee(curve) == 70.0
+    assert knee(curve, se={p: 1.0 for p in curve}) == 70.0  # a 15-point fall is far beyond 1-point errors
+    # the same fall under 8-point errors is not a knee: z = 2.45 (5% over 7 candidates) times the step's se
+    # sqrt(64 + 64) / 10 = 1.13 per %, plus min_bend 0.1, is 2.9 per %: more than the 1.5 per % decline
+    assert knee(curve, se={p: 8.0 for p in curve}) is None
+
+
+def test_knee_noise_threshold_is_bonferroni_over_the_interior_points():
+    from statistics import NormalDist
+
+    from prune.inflection import knee_z
+
+    assert knee_z(1) == pytest.approx(NormalDist().inv_cdf(0.95))  # 1.645
+    assert knee_z(7) == pytest.approx(NormalDist().inv_cdf(1 - 0.05 / 7))  # 2.45
+    with pytest.raises(ValueError, match="standard errors"):
+        knee({0: 1.0, 10: 1.0, 20: 0.0}, se={0: -1.0})
 
 
 def test_tolerance_rule_walks_up_and_stops_at_the_first_failure():
@@ -130,6 +165,17 @@ def test_grid_rule_needs_every_dominated_cell_within_tolerance():
             "20": {"0": 48.0, "10": 49.9, "20": 49.9}}
     # (10,20) is fine alone but (0,20) below it fails; (20, *) fail through (20,0)
     assert grid_within_tolerance(grid, 1.0) == [(0.0, 0.0), (0.0, 10.0), (10.0, 0.0), (10.0, 10.0)]
+
+
+def test_parameter_totals_are_the_papers():
+    """The paper's totals for OPT-66B: 21.7B parameters in attention heads, 43.4B in FFNs."""
+    from opt66b.config import config_for_size
+    from opt66b.placement import attention_head_params, ffn_params
+
+    cfg = config_for_size("opt-66b")
+    heads, ffns = attention_head_params(cfg) * cfg.num_layers * cfg.num_heads, ffn_params(cfg) * cfg.num_layers
+    # 21.745B and 43.489B: the paper's one-decimal figures are these truncated
+    assert math.floor(heads / 1e8) / 10 == 21.7 and math.floor(ffns / 1e8) / 10 == 43.4
 
 
 def test_headline_counts_parameters_from_the_config():
@@ -185,14 +231,27 @@ def test_a_grid_shaped_like_the_papers_zero_shot_grid_reads_70_20():
     def loss_f(f):
         return 0.1 * min(f, 20) + 1.2 * max(f - 20, 0)
 
-    grid = {str(h): {str(f): 62.0 - loss_h(h) - loss_f(f) for f in range(0, 60, 10)} for h in range(0, 100, 10)}
-    assert grid_knee(grid) == (70.0, 20.0)
+    grid = {str(h): {str(f): 62.0 - loss_h(h) - loss_f(f) for f in range(0, 60, 10)} for h in range(0, 90, 10)}
+    assert grid_knee(grid) == (70.0, 20.0)  # the default grid: heads 0..80, FFNs 0..50
     out = headline(None, None, grid, config_for_size("opt-66b"), tolerance=1.0)
     both = out["both"]["knee"]
     assert (both["head_percent"], both["ffn_percent"]) == (70.0, 20.0)
     assert both["drop_points"] == pytest.approx(0.04 * 70 + 0.1 * 20)  # 4.8 points, the paper's ~5
     tol = out["both"]["tolerance"]
     assert tol["params_removed"] < both["params_removed"]  # within 1 point: far less removed
+
+
+def test_grid_knee_on_a_grid_flat_through_70_20_and_falling_beyond():
+    from prune.inflection import grid_knee
+    from prune.sweeps import DEFAULT_PERCENTS
+
+    hs, fs = DEFAULT_PERCENTS["grid_heads"], DEFAULT_PERCENTS["grid_ffn"]
+    assert max(hs) >= 80 and max(fs) >= 30  # the grid reaches past the paper's points
+    grid = {h: {f: 55.0 - 1.2 * max(h - 70, 0) - 0.8 * max(f - 20, 0) for f in fs} for h in hs}
+    assert grid_knee(grid) == (70.0, 20.0)
+    assert grid_knee(grid, se={h: {f: 0.5 for f in fs} for h in hs}) == (70.0, 20.0)
+    # the old grid (heads 0..70) cannot answer 70%: nothing falls after its last point
+    assert grid_knee({h: row for h, row in grid.items() if h <= 70}) == (0.0, 20.0)
 
 
 def test_grid_knee_without_any_bend_is_none():
@@ -239,7 +298,7 @@ def test_correlate_writes_a_seeded_random_baseline_and_the_denominator_rows(tmp_
 
 # -- the paper's protocol one switch away ---------------------------------------------------------------
 def test_paper_targets_differ_exactly_where_declared_and_one_changed_target_is_pinned_per_task():
-    """Importance examples under the paper's code vs the corrected protocol, on the bundled samples:
+    """Importance examples under the paper's released code vs the corrected protocol, on the bundled samples:
     they differ for the tasks that say so (PAPER_TARGETS_DIFFER), and only there; one target each."""
     import random
 

@@ -113,8 +113,8 @@ def test_every_artefact_exists_and_is_well_formed(study_run):
         assert not table["missing_units"] and set(table["results"]) == set(ran), name
     corr = json.loads((out / "correlate/correlations.json").read_text())
     assert set(corr["shots"]) == {"0", "1"} and "0v1" in corr["cross_shot"]
-    for kind, variants in (("prefix_matching", ("paper", "corrected")),
-                           ("copying", ("paper", "index_fix", "text", "residual"))):
+    for kind, variants in (("prefix_matching", ("paper", "corrected", "text")),
+                           ("copying", ("paper", "index_fix", "attended_logits", "text", "residual"))):
         for variant in variants:
             t, _ = read_tensors(out / f"induction/{kind}_{variant}.safetensors")
             assert t["mean"].shape == (2, 4) and t["tokens"].shape[0] == 3
@@ -146,7 +146,7 @@ def test_work_json_counts_what_each_step_computed_by_hand(study_run):
         # one forward per seed
         "prefix matching": {"forward_passes": 3, "backward_passes": 0, "tokens": pm_tokens},
         # one model pass per seed (the residual variant) on BOS + 4 (25 + 2s) tokens; the direct-path
-        # variants (paper, index_fix, text) run layer pieces on the embeddings, not the model
+        # variants (paper, index_fix, attended_logits, text) run layer pieces on the embeddings, not the model
         "copying": {"forward_passes": 3, "backward_passes": 0, "tokens": pm_tokens},
         # prefix matching (3 seeds), importance (3 rows of 2 x 25 tokens fed, forward + backward),
         # four accuracy passes on the (3, 1 + 2 x 25) batch
@@ -197,17 +197,34 @@ def test_every_figure_is_a_well_formed_png_and_the_index_matches_the_files(study
         w, h = png_size(out / p)
         assert w >= 300 and h >= 200 and (out / p).stat().st_size > 5000, p
     report = (out / "report.md").read_text()
+    _check_the_papers_reading(out, report)
     index = report.split("## Figure index", 1)[1].split("\n## ", 1)[0]
     rows = dict(re.findall(r"^\| Fig\. (\d+) \| [^|]* \| ([^\n]*) \|$", index, re.M))
     assert sorted(map(int, rows)) == list(range(3, 25))  # every figure of the paper from 3 to 24, once
     linked = set(re.findall(r"\]\(([^)]+\.png)\)", index))
     assert linked == pngs  # no file unlisted or missing
     drawn = {n for n, files in rows.items() if ".png" in files}
-    # this run (shots 0 and 1, no 5-shot grid; copa, boolq, piqa) draws these of the paper's figures
-    assert {"3", "4", "5", "6", "8", "9", "10", "11", "12", "13", "14", "15", "16", "17", "18", "19", "20",
-            "23", "24"} <= drawn, sorted(drawn, key=int)
+    # this run (shots 0 and 1; copa, boolq, piqa) draws the paper's figures at those shot counts only:
+    # 3, 4, 5, 7, 8, 9 and 16 are 5-shot figures
+    assert drawn == {"6", "10", "11", "12", "13", "14", "15", "17", "18", "19", "20", "21", "22", "23", "24"}, \
+        sorted(drawn, key=int)
+    from study.report_kit import figure_shots
+
+    for n, files in rows.items():  # every row lists only its own shot counts, readable in the file names
+        for k in map(int, re.findall(r"shots-(\d+)", files)):
+            assert k in figure_shots(int(n)), (n, files)
     assert "grid-own-shots-0.png" in rows["19"] and "not drawn" in rows["7"]  # Fig. 7 is the 5-shot grid
-    assert "prefix_matching_paper.png" in rows["10"] and "importance-aggregate-shots-0.png" in rows["3"]
+    assert "prune-heads-own-shots-0.png" in rows["17"] and "prune-ffn-own-shots-0.png" in rows["6"]
+    assert "prune-ffn-own-shots-1.png" in rows["18"] and "shots-0" not in rows["18"]
+    assert "transfer-shots-0.png" in rows["21"] and "shots-1" not in rows["21"] and "shots-0" not in rows["22"]
+    assert rows["10"].count("](") == 2 and "prefix_matching_paper.png" in rows["10"] and "copying_paper.png" in rows["10"]
+    assert "residual" not in rows["10"] + rows["11"]  # the project's own variants are not the paper's figures
+    assert "prefix_matching" in rows["23"] and "copying" not in rows["23"] and "prefix" not in rows["24"]
+    # Figs. 3/12 are the paper's denominator; the other one is the erratum figure, not the paper's
+    assert "importance-aggregate-shots-0.png" in rows["12"] and "uniform" not in rows["12"]
+    extra = index.split("Not in the paper:", 1)[1]
+    assert "importance-aggregate-uniform-shots-0.png" in extra and "copying_residual.png" in extra
+    assert "importance-other-tasks-shots-0.png" not in pngs  # copa, boolq, piqa are all seen tasks
     for p in pngs:
         assert f"]({p})" in report.split("## Figure index", 1)[1]  # drawn in its section too
 
@@ -282,6 +299,28 @@ def test_protocol_paper_runs_the_papers_choices(tmp_path, capsys):
     report = (out / "report.md").read_text()
     assert "**Protocol: paper**" in report.split("\n## ", 1)[0]
     assert "| shots-0 | openbookqa |" in report.split("## What the importance targets change", 1)[1]
+    _check_the_papers_reading(out, report, record=True)
+
+
+def _check_the_papers_reading(out, report: str, record: bool = False) -> None:
+    """What a reader holding the paper checks first: no knee with a gain as its drop, every figure row with
+    only its own shot counts, the paper's numbers set beside the run's."""
+    from study.report_kit import figure_shots
+
+    headline = json.loads((out / "headline.json").read_text())
+    for shot, reading in headline["shots"].items():
+        for axis in ("heads", "ffn", "both"):
+            point = (reading.get(axis) or {}).get("knee")
+            assert point is None or point["drop_points"] is None or point["drop_points"] >= 0, (shot, axis, point)
+    index = report.split("## Figure index", 1)[1].split("\n## ", 1)[0]
+    for n, files in re.findall(r"^\| Fig\. (\d+) \| [^|]* \| ([^\n]*) \|$", index, re.M):
+        assert all(int(k) in figure_shots(int(n)) for k in re.findall(r"shots-(\d+)", files)), (n, files)
+    section = report.split("## The paper's numbers beside this run's", 1)[1].split("\n## ", 1)[0]
+    if not record:  # ReCoRD, COPA and Winogrande are not all in this run
+        assert "(ReCoRD and COPA or Winogrande are not both in this run)" in section
+        return
+    assert "| shots-0 | SRCC ReCoRD-copa (paper's statistic) | 0.130 |" in section
+    assert "| shots-0 | top-30% overlap ReCoRD-winogrande | 0.760 |" in section
 
 
 def test_every_number_carries_its_uncertainty(study_run):

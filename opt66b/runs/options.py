@@ -6,7 +6,7 @@ appears. Only argparse and pathlib are imported here (no torch): `run.py --help`
 --tasks, --shots, --limit) live next to the tasks, in tasks/cli_options.py.
 
     --out DIR        every output directory (finished units are skipped on rerun)
-    --seed N         every randomised step, with the default the paper's code used for that step
+    --seed N         every randomised step, with the default the paper's released code used for that step
     --json PATH      write a file-only command's result as JSON to PATH ("-": to stdout): data check's
                      rows, device-map's map
     --plan           print passes, tokens, FLOPs, memory and time of the command without running it
