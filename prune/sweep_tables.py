@@ -13,7 +13,7 @@ from opt66b.runs.results import write_json
 from tasks.registry import seen_in
 from tasks.uncertainty import PER_DOC_KEY
 
-from .intervals import mean_se, paired_drop, value_se
+from .intervals import mean_interval, mean_se, paired_drop, value_se
 from .masks import count_for_percent
 
 
@@ -66,10 +66,13 @@ def merge_table(root: Path, table: Path, sweep: str, ranking: str, units: Sequen
             if have and len(have) == len([t for t in members if t in {u.task for u in units}]):
                 mean.setdefault(shot, {}).setdefault(h, {})[f] = sum(results[t][shot][h][f] for t in have) / len(have)
                 drops = [paired.get(t, {}).get(shot, {}).get(h, {}).get(f) for t in have]
+                whole = None not in drops
                 mean_ci.setdefault(shot, {}).setdefault(h, {})[f] = {
                     "se": mean_se([stderr.get(t, {}).get(shot, {}).get(h, {}).get(f) for t in have]),
-                    "drop": None if None in drops else sum(d["drop"] for d in drops) / len(drops),
-                    "drop_se": None if None in drops else mean_se([d["se"] for d in drops])}
+                    "drop": sum(d["drop"] for d in drops) / len(drops) if whole else None,
+                    "drop_se": mean_se([d["se"] for d in drops]) if whole else None,
+                    "drop_ci95": list(mean_interval([d["drop"] for d in drops], [d["drop_ci95"] for d in drops]))
+                    if whole else None}
     hp = sorted({u.head_percent for u in units})
     fp = sorted({u.ffn_percent for u in units})
     out = {"sweep": sweep, "ranking": ranking, "layout": "results[task][shots-K][head %][ffn %] = primary metric x100",

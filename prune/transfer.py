@@ -181,7 +181,7 @@ def _curves(entry: dict[str, Any], shot: str, base: dict[str, Any], tables: dict
     (prune/intervals.py): a curve is told apart from the task's own ranking only where the 95% interval
     excludes 0."""
     from .inflection import sweep_curve
-    from .intervals import difference
+    from .intervals import paired_drop
 
     def curve(table: dict | None) -> dict[str, float] | None:
         cells = (table or {}).get("results", {}).get(task, {}).get(shot)
@@ -199,7 +199,7 @@ def _curves(entry: dict[str, Any], shot: str, base: dict[str, Any], tables: dict
             entry["curves"][f"{side}:{variant}"] = curve(tables.get((task, partner["task"])))
             rankings[f"{side}:{variant}"] = tables.get((task, partner["task"]))
     own = vectors(base.get("own"))
-    entry["vs_own"] = {name: {h: difference(own.get(h), bits) for h, bits in vectors(table).items()}
+    entry["vs_own"] = {name: {h: paired_drop(own.get(h), bits) for h, bits in vectors(table).items()}
                        for name, table in rankings.items() if table is not None}
 
 

@@ -22,7 +22,7 @@ from .machine import HOST_TO_DEVICE_GBS, calibrate_tflops
 from opt66b.cost import FLOP_MODEL
 from opt66b.hardware import SUSTAINED_FRACTION, check_plan_hardware, detect_gpu, gpu_kind
 
-from .plan import Shape, StepPlan
+from .plan import Shape, StepPlan, duration_text, flops_text
 from .planners import price_step, reset
 
 GIB = 1 << 30
@@ -96,7 +96,7 @@ def make_plan(steps: list[StepPlan], shape: Shape, info: dict[str, Any], ps: Pla
              "tokens": s.tokens, "padded_tokens": s.padded_tokens, "logit_positions": s.logit_positions,
              "flops": s.flops, "seconds": s.flops / (tflops * 1e12) if tflops else None,
              "peak_bytes": s.peak(), "host_bytes": s.host_bytes, "streamed_bytes": s.streamed_bytes,
-             "notes": s.notes} for s in steps]
+             "doc_flops": s.doc_flops, "notes": s.notes} for s in steps]
     peak: dict[str, int] = {}
     for r in rows:
         for dev, b in r["peak_bytes"].items():
@@ -143,7 +143,7 @@ def schedule(plan: dict[str, Any], steps: list[StepPlan], shape: Shape, processe
 
 
 def add_precision(plan: dict[str, Any], ps: PlanSettings, data: Path, tasks: Sequence[str], shots: Sequence[int],
-                  limit: int | None, tokenizer: Any, out: Path | None) -> None:
+                  limit: int | None, out: Path | None) -> None:
     """The precision of the accuracies and drops the planned evaluations give (study/precision.py)."""
     from tasks.registry import TASKS
 
@@ -151,24 +151,12 @@ def add_precision(plan: dict[str, Any], ps: PlanSettings, data: Path, tasks: Seq
 
     out = Path(out) if out is not None and Path(out).is_dir() else None
     names = [t for t in tasks if t in TASKS]
-    plan["precision"] = precision_plan(Path(data), names, list(shots), limit, tokenizer, out=out,
+    doc_flops: dict[str, float] = {}
+    for row in plan["steps"]:
+        for task, flops in row.get("doc_flops", {}).items():
+            doc_flops[task] = doc_flops.get(task, 0.0) + flops
+    plan["precision"] = precision_plan(Path(data), names, list(shots), limit, doc_flops, out=out,
                                        target=ps.target_halfwidth)
-
-
-def _num(x: float) -> str:
-    for unit, scale in (("E", 1e18), ("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if x >= scale:
-            return f"{x / scale:.3g}{unit}"
-    return f"{x:.3g}"
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    if seconds < 60:
-        return f"{seconds:.2g}s"
-    h, rest = divmod(round(seconds), 3600)
-    return f"{h}h{rest // 60:02d}m" if h else f"{rest // 60}m{rest % 60:02d}s"
 
 
 def format_plan(plan: dict[str, Any]) -> str:
@@ -187,8 +175,8 @@ def format_plan(plan: dict[str, Any]) -> str:
     for r in [*plan["steps"], {"step": "total", **plan["total"], "notes": []}]:
         if r["step"] == "total":
             lines.append("-" * len(head))
-        lines.append(f"{r['step'][:37]:<38}{r['forward_passes']:>8}{r['backward_passes']:>7}{_num(r['tokens']):>9}"
-                     f"{_num(r['padded_tokens']):>9}{_num(r['flops']):>9}{_duration(r['seconds']):>9}  {mem(r['peak_bytes'])}")
+        lines.append(f"{r['step'][:37]:<38}{r['forward_passes']:>8}{r['backward_passes']:>7}{flops_text(r['tokens']):>9}"
+                     f"{flops_text(r['padded_tokens']):>9}{flops_text(r['flops']):>9}{duration_text(r['seconds']):>9}  {mem(r['peak_bytes'])}")
         lines += [f"{'':<4}note: {n}" for n in r["notes"]]
     lines += _schedule_lines(plan)
     if plan["total"]["host_bytes"]:
@@ -196,14 +184,14 @@ def format_plan(plan: dict[str, Any]) -> str:
     if plan["total"]["streamed_bytes"]:
         streamed = plan["total"]["streamed_bytes"]
         lines.append(f"weights streamed to {m['compute']} (--offload): {streamed / GIB:,.{0 if streamed >= 100 * GIB else 3}f} GiB in all, about "
-                     f"{_duration(streamed / (HOST_TO_DEVICE_GBS * 1e9))} at {HOST_TO_DEVICE_GBS} GB/s (PCIe 4.0 x16) "
+                     f"{duration_text(streamed / (HOST_TO_DEVICE_GBS * 1e9))} at {HOST_TO_DEVICE_GBS} GB/s (PCIe 4.0 x16) "
                      "on top of the time above where compute does not hide it")
     lines.append("peak = weights placed on the device + the largest pass's activations (estimate, see study/plan.py); "
                  "time = FLOPs / throughput, transfers of streamed layers not included")
     if plan.get("precision"):
         from .precision import format_precision
 
-        lines.append(format_precision(plan["precision"]))
+        lines.append(format_precision(plan["precision"], plan))
     return "\n".join(lines)
 
 
@@ -217,5 +205,5 @@ def _schedule_lines(plan: dict[str, Any]) -> list[str]:
     node = f"; host memory of the node's {n} processes {total['node_host_bytes'] / GIB:.1f} GiB" + (
         f" of {budget * n:g} (--max-memory cpu=, the node's; each process places within {budget:g})" if budget else "")
     return [f"on {n} processes (torchrun; each step's work units assigned longest first, the steps one after another): "
-            f"makespan {_duration(total['makespan_seconds'])}, {total['imbalance']:.2f}x a perfect split{node}",
-            "  per process: " + ", ".join(f"#{r} {_num(p['flops'])}FLOP {_duration(p['seconds'])}" for r, p in enumerate(per))]
+            f"makespan {duration_text(total['makespan_seconds'])}, {total['imbalance']:.2f}x a perfect split{node}",
+            "  per process: " + ", ".join(f"#{r} {flops_text(p['flops'])}FLOP {duration_text(p['seconds'])}" for r, p in enumerate(per))]

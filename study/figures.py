@@ -180,10 +180,11 @@ def bar_panels(values: dict[str, Sequence[float]], path: str | Path, title: str,
 def curve_panels(panels: dict[str, dict[str, tuple[Sequence[float], Sequence[float]]]], path: str | Path,
                  title: str, xlabel: str, ylabel: str, bold: Sequence[str] = (), dashed: Sequence[str] = (),
                  marks: dict[str, Sequence[tuple[float, str]]] | None = None,
-                 errors: dict[str, dict[str, Sequence[float | None]]] | None = None) -> Path | None:
+                 errors: dict[str, dict[str, Sequence[tuple[float, float] | None]]] | None = None) -> Path | None:
     """One line plot per panel name of label -> (x, y); labels in `bold` drawn thick, in `dashed`
     dashed; marks[panel] = [(x, label)] draws labelled vertical lines (e.g. the knee);
-    errors[panel][label] = 95% half-widths per point, drawn as error bars (None: no bar there)."""
+    errors[panel][label] = (low, high) per point, drawn as error bars that may be asymmetric, as exact
+    intervals of a proportion are (None: no bar there)."""
     if not have_matplotlib() or not panels:
         return None
     plt, fig, axes = _panels(len(panels), max_cols=3)
@@ -194,7 +195,9 @@ def curve_panels(panels: dict[str, dict[str, tuple[Sequence[float], Sequence[flo
                            markersize=2.5, color="k" if label in bold else None)[0]
             err = (errors or {}).get(name, {}).get(label)
             if err is not None:
-                ax.errorbar(list(xs), list(ys), yerr=[0.0 if e is None else e for e in err], fmt="none",
+                below = [0.0 if e is None else max(0.0, y - e[0]) for y, e in zip(ys, err)]
+                above = [0.0 if e is None else max(0.0, e[1] - y) for y, e in zip(ys, err)]
+                ax.errorbar(list(xs), list(ys), yerr=[below, above], fmt="none",
                             ecolor=line.get_color(), elinewidth=1.2 if label in bold else 0.6, capsize=1.5)
         for x, label in (marks or {}).get(name, []):
             ax.axvline(x, color="tab:red", linewidth=0.8, linestyle=":")

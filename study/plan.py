@@ -42,6 +42,9 @@ from opt66b.cost import FlopRule, Run, WorkUnit
 # memory of a 1-document step beyond its activations (tests/benchmarks/bench_plan_memory.py --limits 1:
 # 13 to 17 MiB for eval and head importance on opt-125m, 2 threads, torch 2.13). Not derived: measured.
 CPU_RUNTIME_BYTES = 16 << 20
+# Work units whose FLOPs grow linearly with a task's evaluation documents (key = (kind, task, ...)): its
+# evaluation, the FFN oracle's knock-outs and every sweep cell; head importance runs on its own examples.
+DOC_SCALED = ("eval", "oracle", "prune")
 
 @dataclass
 class Shape:
@@ -91,12 +94,15 @@ class StepPlan:
     passes_from: dict[int, int] = field(default_factory=dict)  # start layer -> passes (streamed bytes)
     layer_order_chunks: int = 0  # layer sweeps of layer-order chunks: the streamed weights cross once per sweep
     unit_flops: list[float] = field(default_factory=list)  # per work unit, in the step's order (the split)
+    doc_flops: dict[str, float] = field(default_factory=dict)  # task -> FLOPs that grow with its evaluation docs
 
     def add_unit(self, unit: WorkUnit) -> None:
         """A work unit: its runs' passes, FLOPs and memory, and what it holds beside them."""
         for run in unit.runs:
             self._add_run(run)
         self.unit_flops.append(unit.flops(self.shape.rule))
+        if unit.key[0] in DOC_SCALED and len(unit.key) > 1:
+            self.doc_flops[unit.key[1]] = self.doc_flops.get(unit.key[1], 0.0) + self.unit_flops[-1]
         self.host_bytes = max(self.host_bytes, unit.host)
         if unit.held:
             self.held[self.shape.compute] = max(self.held.get(self.shape.compute, 0), unit.held)
@@ -216,3 +222,21 @@ def fit_batch_tokens(shape: Shape, budgets: dict[str, float],
         if all(shape.weights_on.get(d, 0) + scoring_peak_bytes(shape, tokens, d) <= budgets[d] for d in devices):
             return tokens, True
     return candidates[-1], False
+
+
+def flops_text(x: float) -> str:
+    """450E, 8.04T, ...: a count with its SI prefix, three digits."""
+    for unit, scale in (("E", 1e18), ("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if x >= scale:
+            return f"{x / scale:.3g}{unit}"
+    return f"{x:.3g}"
+
+
+def duration_text(seconds: float | None) -> str:
+    """'36h04m', '7m05s', '2.2s'; '?' without a time."""
+    if seconds is None:
+        return "?"
+    if seconds < 60:
+        return f"{seconds:.2g}s"
+    h, rest = divmod(round(seconds), 3600)
+    return f"{h}h{rest // 60:02d}m" if h else f"{rest // 60}m{rest % 60:02d}s"

@@ -27,7 +27,7 @@ def plan_of(args: argparse.Namespace) -> dict[str, Any]:
     shape, tokenizer, info = model_shape(load, ps.processes)
     plan = make_plan(price([(" ".join(settings.COMMAND), settings, "")], shape, tokenizer), shape, info, ps, load)
     if hasattr(settings, "batch_tokens") and settings.COMMAND[0] in ("eval", "prune"):
-        add_precision(plan, ps, settings.data, settings.tasks, settings.shots, settings.limit, tokenizer, settings.out)
+        add_precision(plan, ps, settings.data, settings.tasks, settings.shots, settings.limit, settings.out)
     return plan
 
 

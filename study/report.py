@@ -21,7 +21,7 @@ from opt66b.fileio import atomic_write_text
 from opt66b.runs.results import read_tensors
 from opt66b.runs.layout import SHOTS_PATTERN, RunLayout, eval_results, shot_dirs, shot_files, shot_of, shots_name
 from prune.aggregate import aggregate_of
-from prune.intervals import Z95
+from prune.intervals import mean_interval, value_interval
 from prune.inflection import (DEFAULT_MIN_BEND, DEFAULT_TOLERANCE, RULES, axis_errors, curve_points, knee, mean_curve,
                               mean_errors, mean_grid, sweep_curve)
 from tasks.registry import ALL_TASKS, EXTRA_TASKS, PAPER_SEEN_TASKS, PAPER_UNSEEN_TASKS, paper_order, seen_in
@@ -52,8 +52,10 @@ def tasks_section(run: Path, skipped: list[str]) -> list[str]:
 
 
 def accuracy_section(run: Path) -> list[str]:
-    lines = ["## Accuracy per task and shot", "", "Primary metric as a fraction (ReCoRD: em), ± its 95% half-width "
-             "(1.96 x the standard error lm-evaluation-harness writes beside it, `<metric>_stderr`).", ""]
+    lines = ["## Accuracy per task and shot", "", "Primary metric as a fraction (ReCoRD: em) with its 95% interval "
+             "`<metric>_ci95`: Clopper-Pearson's exact interval for a proportion (it holds at any number of documents "
+             "and never leaves [0, 1]), a percentile bootstrap otherwise (tasks/uncertainty.py). lm-evaluation-"
+             "harness's `<metric>_stderr` stays in results.json beside it.", ""]
     shots = {p.name: run_json(eval_results(p)) for p in shot_dirs(RunLayout(run).eval)}
     shots = {k: v for k, v in shots.items() if v}
     if not shots:
@@ -64,8 +66,8 @@ def accuracy_section(run: Path) -> list[str]:
         cells = []
         for s in shots:
             res = shots[s]["results"].get(t, {})
-            value, se = res.get(metric), res.get(f"{metric}_stderr")
-            cells.append(None if value is None else f"{value:.3f}" + ("" if se is None else f" ± {Z95 * se:.3f}"))
+            value, ci = res.get(metric), res.get(f"{metric}_ci95")
+            cells.append(None if value is None else f"{value:.3f}" + ("" if not ci else f" [{ci[0]:.3f}, {ci[1]:.3f}]"))
         rows.append([t, metric] + cells)
     return lines + md_table(["task", "metric"] + list(shots), rows)
 
@@ -205,29 +207,27 @@ def _knee_table(tab: dict, shots: list[str], min_bend: float, tolerance: float) 
 
 
 def _curve_figures(tab: dict, name: str, shot: str, figs: Figures, lines: list[str], min_bend: float) -> None:
-    """One file per shot, one panel per task with its 95% error bars, the mean over the seen tasks first
-    with its knee marked: the seen tasks make the paper's figure (own ranking), the unseen and synthetic
-    tasks a file of their own."""
+    """One file per shot, one panel per task with its exact 95% interval bars, the mean over the seen tasks
+    first with its knee marked: the seen tasks make the paper's figure (own ranking), the unseen and
+    synthetic tasks a file of their own."""
     axis, ranking = _axis(tab), tab["ranking"]
     have = [t for t in paper_order(tab["results"]) if shot in tab["results"][t]]
     seen, others = _paper_tasks(have)
-    stderr = tab.get("stderr", {})
     series = {t: xy(sweep_curve(tab["results"][t][shot], axis)) for t in have}
-    errors = {t: _half_widths(stderr.get(t, {}).get(shot, {}), series[t][0], axis) for t in have}
+    bars = {t: _bars(tab, [t], shot, series[t][0], axis) for t in have}
     mean, used = mean_curve(tab, seen_in(tab["results"]), shot, axis)
     panels, errs, marks = {}, {}, {}
     if mean:
         label = f"mean of {len(used)} seen tasks"
-        grid_se = mean_errors(tab, used, shot)
         panels[label] = {label: xy(mean)}
-        errs[label] = {label: _half_widths(grid_se, panels[label][label][0], axis)}
-        at = knee(mean, axis_errors(grid_se, axis) or None, min_bend)
+        errs[label] = {label: _bars(tab, used, shot, panels[label][label][0], axis)}
+        at = knee(mean, axis_errors(mean_errors(tab, used, shot), axis) or None, min_bend)
         marks[label] = [(at, f"knee {at:g}%")] if at is not None else []
     for t in seen:
-        panels[t], errs[t] = {t: series[t]}, {t: errors[t]}
+        panels[t], errs[t] = {t: series[t]}, {t: bars[t]}
     kind = "prune_heads" if axis == "heads" else "prune_ffn"
     paper = figure_at(kind, shot_of(shot)) if ranking == "own" else ""
-    xlabel, ylabel = f"% {'heads' if axis == 'heads' else 'FFNs'} pruned", "metric x100 (95% interval)"
+    xlabel, ylabel = f"% {'heads' if axis == 'heads' else 'FFNs'} pruned", "metric x100 (exact 95% interval)"
     figs.add(lines, figures.curve_panels(panels, figs.dir / f"prune-{name}-{shot}.png",
                                          f"{tab['sweep']} pruning, ranking {ranking}, {shot}", xlabel, ylabel,
                                          bold=list(panels)[:1] if mean else [], marks=marks, errors=errs),
@@ -236,16 +236,23 @@ def _curve_figures(tab: dict, name: str, shot: str, figs: Figures, lines: list[s
         figs.add(lines, figures.curve_panels({t: {t: series[t]} for t in others},
                                              figs.dir / f"prune-{name}-other-tasks-{shot}.png",
                                              f"{tab['sweep']} pruning, ranking {ranking}, unseen and synthetic tasks, {shot}",
-                                             xlabel, ylabel, errors={t: {t: errors[t]} for t in others}),
+                                             xlabel, ylabel, errors={t: {t: bars[t]} for t in others}),
                  "", f"{tab['sweep']} pruning of the unseen and synthetic tasks, ranking {ranking}, {shot}")
 
 
-def _half_widths(ses: dict, xs: list[float], axis: str) -> list[float | None]:
-    """95% half-widths at the curve's x values from a [head %][ffn %] table of standard errors."""
-    def se(x: float):
+def _bars(tab: dict, tasks: list[str], shot: str, xs: list[float], axis: str) -> list[tuple[float, float] | None]:
+    """(low, high) in points at the curve's x values: a task's exact interval (prune/intervals.value_interval),
+    or for several tasks the interval of their mean (mean_interval); None where a vector is missing."""
+    per_doc = tab.get("per_doc", {})
+
+    def at(x: float) -> tuple[float, float] | None:
         h, f = (f"{x:g}", "0") if axis == "heads" else ("0", f"{x:g}")
-        return ses.get(h, {}).get(f)
-    return [None if se(x) is None else Z95 * se(x) for x in xs]
+        bits = [per_doc.get(t, {}).get(shot, {}).get(h, {}).get(f) for t in tasks]
+        if not all(bits):
+            return None
+        values = [100.0 * b.count("1") / len(b) for b in bits]
+        return mean_interval(values, [value_interval(b) for b in bits])
+    return [at(x) for x in xs]
 
 
 def grid_lines(tab: dict, shots: list[str], figs: Figures, tolerance: float) -> list[str]:

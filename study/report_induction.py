@@ -12,7 +12,7 @@ from opt66b.runs.results import read_tensors
 from opt66b.runs.layout import RunLayout, shot_dirs, shot_of, shots_name
 from prune import stats
 from prune.paper import PAPER_P_LEVEL
-from tasks.registry import paper_order, seen_in
+from tasks.registry import seen_in
 
 from . import figures
 from .report_kit import Figures, figure_at, md_table, run_json, xy
@@ -95,9 +95,9 @@ def transfer_gap_lines(block: dict) -> list[str]:
             if not gaps:
                 continue
             rows.append([entry["task"], name] + [
-                "-" if not gaps.get(p) else f"{gaps[p]['drop']:+.1f} [{gaps[p]['lo']:+.1f}, {gaps[p]['hi']:+.1f}]"
+                "-" if not gaps.get(p) else f"{gaps[p]['drop']:+.1f} [{gaps[p]['drop_ci95'][0]:+.1f}, {gaps[p]['drop_ci95'][1]:+.1f}]"
                 for p in ("30", "50", "70")])
-            if all(g["lo"] <= 0 <= g["hi"] for g in gaps.values()):
+            if all(g["drop_ci95"][0] <= 0 <= g["drop_ci95"][1] for g in gaps.values()):
                 blurred.append(f"{entry['task']} / {name}")
     if not rows:
         return []

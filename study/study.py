@@ -174,7 +174,7 @@ def plan_study(study: Study, ps: PlanSettings) -> Study:
             step.command = command_line(load, st)
     plan = make_plan(priced, shape, info, ps, load)
     s = study.settings
-    add_precision(plan, ps, s.data, study.tasks, s.shots, s.limit, tokenizer, s.out)
+    add_precision(plan, ps, s.data, study.tasks, s.shots, s.limit, s.out)
     return replace(study, plan=plan)
 
 

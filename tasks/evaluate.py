@@ -76,6 +76,10 @@ class EvalSettings(EvaluatingStep):
         return units
 
 
+def _span(ci: Any) -> str:
+    return "no interval" if not ci else f"{ci[0]:.4f}, {ci[1]:.4f}"
+
+
 def _evaluate_unit(ev: Any, head: Any, ffn: Any, shot_dir: Path, recorded: dict[str, Any], info: dict[str, Any],
                    cache: Any) -> dict[str, Any]:
     """One (task, shot) unit of run_evaluation: score it under the masks, keep the run in `cache`, write the
@@ -89,16 +93,16 @@ def _evaluate_unit(ev: Any, head: Any, ffn: Any, shot_dir: Path, recorded: dict[
     task, k, stats = ev.task, ev.shots, ev.scorer.stats
     print(f"[eval] {task.NAME} {k}-shot: {len(ev.instances)} docs, {len(ev.requests)} requests, "
           f"{stats['forward_passes']} forward passes", file=sys.stderr, flush=True)
-    metrics = ev.run(head_mask=head, ffn_mask=ffn)
-    if cache is not None:
-        cache.put(ev, metrics, head, ffn)
+    metrics = ev.run(head_mask=head, ffn_mask=ffn, intervals=True)
+    if cache is not None:  # as a masked run computes them (no intervals), so a reused result is the same
+        cache.put(ev, {m: v for m, v in metrics.items() if not m.endswith("_ci95")}, head, ffn)
     lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in ev.records())
     atomic_write_text(eval_requests(shot_dir, task.NAME), lines)
     settings = {"task": task.NAME, "version": task.VERSION, "shots": k, **recorded,
                 "data_files": file_hashes(task.data_files())}
     config = run_metadata(**settings, model=info, batch_tokens=ev.scorer.batch_tokens, scoring=stats)
     print(f"[eval] {task.NAME} {k}-shot: " + ", ".join(
-        f"{m}={v:.4f} ± {metrics.get(m + '_stderr') or 0:.4f}" for m, v in metrics.items()
+        f"{m}={v:.4f} [{_span(metrics.get(m + '_ci95'))}]" for m, v in metrics.items()
         if m in task.METRICS), file=sys.stderr, flush=True)
     return {"results": public_metrics(metrics), PER_DOC_KEY: {task.PRIMARY_METRIC: metrics[PER_DOC_KEY]},
             "version": task.VERSION, "config": config}
@@ -169,7 +173,7 @@ def _results(s: EvalSettings, objects: dict[str, Any], k: int, mask_ids: dict[st
     from opt66b.fileio import read_json
     from opt66b.runs.results import run_metadata, write_json
 
-    from .uncertainty import BOOTSTRAP_ITERS, BOOTSTRAP_SEED, STDERR_RULES
+    from .uncertainty import BOOTSTRAP_ITERS, BOOTSTRAP_SEED, INTERVAL_ITERS, INTERVAL_RULES, STDERR_RULES
 
     shot_dir = shots_dir(s.out, k)
     units = {name: read_json(eval_unit(shot_dir, name)) for name in objects}
@@ -177,7 +181,8 @@ def _results(s: EvalSettings, objects: dict[str, Any], k: int, mask_ids: dict[st
                           paper_quirks=s.protocol.paper_quirks, model=info, **mask_ids, batch_tokens=s.batch_tokens,
                           data_files={n: u["config"]["data_files"] for n, u in units.items()},
                           stderr={"rules": STDERR_RULES, "bootstrap_iters": BOOTSTRAP_ITERS,
-                                  "bootstrap_seed": BOOTSTRAP_SEED})
+                                  "bootstrap_seed": BOOTSTRAP_SEED},
+                          ci95={"rules": INTERVAL_RULES, "bootstrap_iters": INTERVAL_ITERS, "bootstrap_seed": BOOTSTRAP_SEED})
     results = {n: u["results"] for n, u in units.items()}
     write_json(eval_results(shot_dir), {"results": results, "versions": {n: u["version"] for n, u in units.items()},
                                         "config": config})

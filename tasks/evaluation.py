@@ -56,12 +56,13 @@ class TaskEvaluation:
                                    self.scorer.max_length)
 
     def run(self, head_mask: torch.Tensor | None = None, ffn_mask: torch.Tensor | None = None,
-            start_layer: int = 0, record_layer_inputs: bool = False) -> dict[str, float]:
-        """Aggregated metrics ({metric: value}, fractions not points) under the given masks."""
+            start_layer: int = 0, record_layer_inputs: bool = False, intervals: bool = False) -> dict[str, float]:
+        """Aggregated metrics ({metric: value}, fractions not points) under the given masks (with
+        `intervals`, each metric's `_ci95` too: tasks/metrics.task_metrics_with_errors)."""
         self.results = self.scorer.run(head_mask=head_mask, ffn_mask=ffn_mask, start_layer=start_layer,
                                        record_layer_inputs=record_layer_inputs)
         self._check_finite()
-        return task_metrics_with_errors(self.task, self.instances, self.results)
+        return task_metrics_with_errors(self.task, self.instances, self.results, intervals=intervals)
 
     def run_knockouts(self, runs: Sequence[tuple[Any, Any, Any, int]], chunk_units: int, done=None,
                       on_chunk=None, layer_major: bool | None = None, base: tuple[Any, Any] = (None, None),

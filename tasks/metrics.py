@@ -11,7 +11,8 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from .base import Instance, Result, Task
-from .uncertainty import BOOTSTRAP_ITERS, BOOTSTRAP_SEED, PER_DOC_KEY, encode_bits, metric_stderr, primary_units
+from .uncertainty import (BOOTSTRAP_ITERS, BOOTSTRAP_SEED, PER_DOC_KEY, encode_bits, metric_interval, metric_stderr,
+                          primary_units)
 
 
 def split_results(instances: Sequence[Instance], results: Sequence[Result]) -> list[list[Result]]:
@@ -51,13 +52,19 @@ def task_metrics(task: Task, instances: Sequence[Instance], results: Sequence[Re
 
 
 def task_metrics_with_errors(task: Task, instances: Sequence[Instance], results: Sequence[Result],
-                             iters: int = BOOTSTRAP_ITERS, seed: int = BOOTSTRAP_SEED) -> dict[str, Any]:
+                             iters: int = BOOTSTRAP_ITERS, seed: int = BOOTSTRAP_SEED,
+                             intervals: bool = False) -> dict[str, Any]:
     """task_metrics plus `<metric>_stderr` for every metric (tasks/uncertainty.py: lm-eval's rules) and
-    PER_DOC_KEY, the primary metric's per-unit 0/1 string (None if it is not 0/1 per unit)."""
+    PER_DOC_KEY, the primary metric's per-unit 0/1 string (None if it is not 0/1 per unit); with
+    `intervals`, `<metric>_ci95` [low, high] too (exact for proportions, else a 20,000-resample bootstrap:
+    asked for by the evaluation step, not by the masked runs of a sweep, which read the 0/1 strings)."""
     per_doc = doc_metrics(task, instances, results)
     out: dict[str, Any] = aggregate(task, per_doc)
     for m, rule in task.METRICS.items():
         out[f"{m}_stderr"] = metric_stderr(rule, [d[m] for d in per_doc], iters, seed)
+        if intervals:
+            ci = metric_interval(rule, [d[m] for d in per_doc])
+            out[f"{m}_ci95"] = None if ci is None else [ci[0], ci[1]]
     primary = task.PRIMARY_METRIC
     out[PER_DOC_KEY] = encode_bits(primary_units(task.METRICS[primary], [d[primary] for d in per_doc]))
     return out

@@ -36,9 +36,15 @@ def test_eval_writes_lm_eval_layout_and_resumes(checkpoint, tmp_path, capsys):
     for k in (0, 1):
         res = read_json(out / f"shots-{k}" / "results.json")
         assert set(res["results"]) == {"copa", "lambada"}
-        assert set(res["results"]["copa"]) == {"acc", "acc_stderr"}
-        assert set(res["results"]["lambada"]) == {"ppl", "acc", "ppl_stderr", "acc_stderr"}
+        assert set(res["results"]["copa"]) == {"acc", "acc_stderr", "acc_ci95"}
+        assert set(res["results"]["lambada"]) == {"ppl", "acc", "ppl_stderr", "acc_stderr", "ppl_ci95", "acc_ci95"}
         assert res["config"]["stderr"]["bootstrap_iters"] == 1000 and res["results"]["lambada"]["ppl_stderr"] > 0
+        assert res["config"]["ci95"]["bootstrap_iters"] == 20000
+        low, high = res["results"]["lambada"]["ppl_ci95"]  # the bootstrap's percentiles hold the estimate
+        assert low <= res["results"]["lambada"]["ppl"] <= high
+        k_right = round(3 * res["results"]["copa"]["acc"])
+        from tasks.uncertainty import proportion_interval
+        assert res["results"]["copa"]["acc_ci95"] == list(proportion_interval(k_right, 3))
         assert 0.0 <= res["results"]["copa"]["acc"] <= 1.0 and res["results"]["lambada"]["ppl"] > 1.0
         assert res["versions"] == {"copa": 0, "lambada": 0}
         assert res["config"]["seed"] == 42 and res["config"]["shots"] == k and res["config"]["limit"] == 3

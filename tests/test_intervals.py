@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 
 from prune.inflection import knee_intervals
-from prune.intervals import (Z95, bootstrap_readings, interval_of, mean_se, paired_drop,
-                             unpaired_se, value_se)
+from prune.intervals import bootstrap_readings, interval_of, mean_se, paired_drop, value_se
 from tasks.uncertainty import (bootstrap_stderr, decode_bits, encode_bits, mean_stderr, metric_stderr,
                                question_units)
 
@@ -66,16 +65,19 @@ def test_bits_round_trip_and_refuse_non_binary_values():
     assert encode_bits([0.5]) is None
 
 
-def test_paired_drop_by_hand_and_below_the_unpaired_error_on_correlated_vectors():
+def test_paired_drop_by_hand():
     base = "1101101110"  # mean 0.7
     cell = "1001101100"  # mean 0.5; differences 0,1,0,0,0,0,0,0,1,0
     got = paired_drop(base, cell)
     d = [0, 1, 0, 0, 0, 0, 0, 0, 1, 0]
     se = 100 * math.sqrt(sum((x - 0.2) ** 2 for x in d) / 9) / math.sqrt(10)
     assert got["drop"] == pytest.approx(20.0) and got["se"] == pytest.approx(se) and got["n"] == 10
-    assert got["lo"] == pytest.approx(20.0 - Z95 * se) and got["hi"] == pytest.approx(20.0 + Z95 * se)
+    # 2 of 10 broken, none fixed: exact bounds 1 - 0.025 ** (1/10) for 0 of 10, and for 2 of 10 the
+    # Clopper-Pearson values (scipy's beta quantiles, checked in test_coverage.py); no correlation term
+    up0, lo2, up2 = 1 - 0.025 ** 0.1, 0.0252107263, 0.5560954623
+    assert got["drop_ci95"][0] == pytest.approx(100 * (0.2 - math.hypot(0.2 - lo2, up0)), abs=1e-6)
+    assert got["drop_ci95"][1] == pytest.approx(100 * up2, abs=1e-6)
     assert value_se(base) == pytest.approx(100 * math.sqrt(0.7 * 0.3 * 10 / 9) / math.sqrt(10))
-    assert got["se"] < unpaired_se(base, cell)  # the cell is the base with two docs flipped: strongly paired
     assert paired_drop(base, cell[:5]) is None  # other documents: no pairing
     assert mean_se([3.0, 4.0]) == pytest.approx(2.5) and mean_se([3.0, None]) is None
 

@@ -240,7 +240,11 @@ def test_report_lists_all_tasks_and_the_protocol(study_run):
     assert "NOT the paper's" in tasks_table
     headline = json.loads((out / "headline.json").read_text())
     assert headline["rule"] == "knee" and headline["tolerance_points"] == 1.0
-    assert set(headline["shots"]["shots-0"]["heads"]) == {"knee", "tolerance"}
+    assert set(headline["shots"]["shots-0"]["heads"]) == {"knee", "tolerance", "against_paper"}
+    verdict = headline["shots"]["shots-0"]["both"]["against_paper"]
+    assert set(verdict) == {"heads location", "ffn location", "drop"}
+    assert all(v.split(" (")[0] in ("consistent", "differs", "too imprecise to tell", "not measured")
+               for v in verdict.values())
     assert headline["paper_opt66b"]["shots-0"]["both"] == {"head_percent": 70, "ffn_percent": 20, "drop_points": 5}
     assert report.split("\n## ", 1)[0].count("**Protocol: corrected**") == 1  # said before any section
     targets = report.split("## What the importance targets change", 1)[1].split("\n## ", 1)[0]
@@ -324,15 +328,20 @@ def _check_the_papers_reading(out, report: str, record: bool = False) -> None:
 
 
 def test_every_number_carries_its_uncertainty(study_run):
-    """results.json: <metric>_stderr beside every metric; sweep tables: each cell's stderr and paired drop
-    against the unpruned cell, the seen-task mean's interval; headline: knee intervals; transfer: the
-    partner curves' paired gap to the task's own ranking."""
+    """results.json: <metric>_stderr and <metric>_ci95 beside every metric (the interval inside [0, 1], never
+    zero width); sweep tables: each cell's stderr and paired drop interval against the unpruned cell, the
+    seen-task mean's interval; headline: knee intervals; transfer: the partner curves' paired gap to the
+    task's own ranking; the report: intervals, no zero-width one."""
+    import re
+
     out, _ = study_run
     for k in (0, 1):
         res = json.loads((out / f"eval/shots-{k}/results.json").read_text())
         for task, metrics in res["results"].items():
-            for m in [m for m in metrics if not m.endswith("_stderr")]:
+            for m in [m for m in metrics if not m.endswith(("_stderr", "_ci95"))]:
                 assert metrics[f"{m}_stderr"] is not None and metrics[f"{m}_stderr"] >= 0, (task, m)
+                low, high = metrics[f"{m}_ci95"]
+                assert 0.0 <= low <= metrics[m] <= high <= 1.0 and high > low, (task, m)
     for name in ("heads-own", "ffn-own", "grid-own"):
         table = json.loads((out / f"prune/{name}.json").read_text())
         for task, shots in table["results"].items():
@@ -340,10 +349,12 @@ def test_every_number_carries_its_uncertainty(study_run):
                 for h, row in rows.items():
                     for f in row:
                         paired = table["paired"][task][shot][h][f]
-                        assert paired["lo"] <= paired["drop"] <= paired["hi"] and paired["n"] == 6, (name, task, h, f)
+                        low, high = paired["drop_ci95"]
+                        assert low <= paired["drop"] <= high and high > low and paired["n"] == 6, (name, task, h, f)
                         assert len(table["per_doc"][task][shot][h][f]) == 6
                 assert table["paired"][task][shot]["0"]["0"]["drop"] == 0.0
-        assert table["mean_over_tasks_ci"]["shots-0"]["0"]["0"]["se"] is not None
+        mean0 = table["mean_over_tasks_ci"]["shots-0"]["0"]["0"]
+        assert mean0["se"] is not None and mean0["drop_ci95"][0] < 0.0 < mean0["drop_ci95"][1]
     headline = json.loads((out / "headline.json").read_text())
     knee = headline["shots"]["shots-0"]["heads"]["knee"]
     if knee is not None and knee.get("interval"):
@@ -352,31 +363,41 @@ def test_every_number_carries_its_uncertainty(study_run):
     gap = transfer["shots"]["0"]["chosen"][0]["vs_own"]["aggregate"]["0"]
     assert gap["drop"] == 0.0 and gap["se"] == 0.0  # the unpruned cell is the same evaluation
     report = (out / "report.md").read_text()
-    assert " ± " in report.split("## Accuracy per task and shot", 1)[1].split("\n## ", 1)[0]
+    accuracy = report.split("## Accuracy per task and shot", 1)[1].split("\n## ", 1)[0]
+    spans = [(float(a), float(b)) for a, b in re.findall(r"\[(-?[0-9.]+), (-?[0-9.]+)\]", accuracy)]
+    assert spans and all(0.0 <= a < b <= 1.0 for a, b in spans)
+    assert "± 0.0" not in report and "0.000 ±" not in report
 
 
 def test_plan_prices_precision_from_the_run_it_would_resume(study_run, tmp_path, capsys):
-    """--plan's half-widths: from p = 0.5 before anything ran, from the run's own accuracies and paired
-    errors once it has; --target-halfwidth gives the documents by the closed form."""
+    """--plan's half-widths: from the stated prior before anything ran, from the run's own accuracies and
+    paired differences at the paper's points once it has; --target-halfwidth allocates the mean's documents."""
     import math
 
     from prune.intervals import Z95
+    from study.precision import PRIOR_SD
 
     out, argv = study_run
     fresh, seen = tmp_path / "fresh.json", tmp_path / "seen.json"
     base = [a for a in argv if a != str(out)][:-1]  # without --out OUT
     assert run.main([*base, "--plan", "--throughput", "1", "--target-halfwidth", "20", "--plan-json", str(fresh)]) == 0
     assert run.main([*argv, "--plan", "--throughput", "1", "--plan-json", str(seen)]) == 0
-    capsys.readouterr()
-    rows = {r["task"]: r for r in json.loads(fresh.read_text())["precision"]["rows"]}
+    printed = capsys.readouterr().out
+    plan = json.loads(fresh.read_text())
+    rows = {r["task"]: r for r in plan["precision"]["rows"]}
     assert set(rows) == {"copa", "boolq", "piqa"}
     copa = rows["copa"]
-    assert copa["docs"] == 6 and copa["acc_halfwidth"] == pytest.approx(100 * Z95 * 0.5 / math.sqrt(6))
-    assert copa["drop_halfwidth"] == pytest.approx(100 * Z95 * math.sqrt(0.5) / math.sqrt(6))
-    assert copa["target_docs"] == min(copa["full_docs"], math.ceil((100 * Z95 * math.sqrt(0.5) / 20) ** 2))
+    assert copa["units"] == 6 and copa["acc_halfwidth"] == pytest.approx(100 * Z95 * 0.5 / math.sqrt(6))
+    assert copa["drop_halfwidth"] == pytest.approx(Z95 * PRIOR_SD / math.sqrt(6))
+    # the FLOPs per unit come from the plan's own work units of that task
+    assert copa["flops"] == pytest.approx(sum(r["doc_flops"].get("copa", 0) for r in plan["steps"])) and copa["flops"] > 0
+    target = plan["precision"]["target"]
+    assert target["reached"] == (target["achieved_halfwidth"] <= 20 + 1e-9)
     prev = {r["task"]: r for r in json.loads(seen.read_text())["precision"]["rows"]}["copa"]
     accs = [json.loads((out / f"eval/shots-{k}/results.json").read_text())["results"]["copa"]["acc"] for k in (0, 1)]
-    assert prev["source"] == "previous run" and prev["p"] == pytest.approx(min(max(sum(accs) / 2, 1e-3), 1 - 1e-3))
+    assert prev["p"] == pytest.approx(min(max(sum(accs) / 2, 1e-3), 1 - 1e-3))
+    assert prev["source"].startswith("earlier run") and prev["sd_points"] != PRIOR_SD
+    assert "knee location: not priced" in printed
 
 
 # When and how a file was written, not what it holds: the time, the process's argv, and the sha256 of

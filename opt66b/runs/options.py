@@ -108,8 +108,9 @@ def add_plan_args(parser: argparse.ArgumentParser, step: str) -> None:
                         "(default: WORLD_SIZE under torchrun, else 1)")
     if step in ("all", "eval", "prune"):
         g.add_argument("--target-halfwidth", type=float, default=None, metavar="POINTS",
-                       help="with --plan: the documents per task that bring the 95%% half-width of a paired pruning "
-                            "drop down to POINTS, and their cost beside the full data's (study/precision.py)")
+                       help="with --plan: the least-cost documents per task that bring the 95%% half-width of the "
+                            "mean drop over the seen tasks (what the paper reads) down to POINTS, their FLOPs beside "
+                            "the full data's, or the best half-width the data gives (study/precision.py)")
     for action in parser._actions:
         if action.dest == "out":
             action.help = action.help.replace("(required)", "(required, except with --plan)")
