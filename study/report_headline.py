@@ -28,7 +28,7 @@ def _span(iv: dict | None) -> str:
 def _drop(p: dict) -> str:
     """'drop 5.1 (95% interval 2.0 to 8.3)'; a negative drop as a gain, its interval still the drop's."""
     drop, ci = p.get("drop_points"), p.get("drop_ci95")
-    said = f"drop {drop:.1f}" if drop >= 0 else f"gain {-drop:.1f} (above the unpruned model)"
+    said = f"drop {drop:.1f}" if drop >= 0 else f"gain {-drop:.1f} above the unpruned model"
     if not ci:
         return said
     return said + f" (drop's 95% interval {ci[0]:.1f} to {ci[1]:.1f})"
@@ -63,18 +63,18 @@ def _attach_intervals(reading: dict, knee_interval: dict | None, ci: dict) -> No
                 point["interval"] = knee_interval
 
 
-def paper_verdicts(paper: dict, res: dict, ci: dict) -> dict[str, str]:
+def paper_verdicts(paper: dict, knee_interval: dict | None, ci: dict) -> dict[str, str]:
     """This run against the paper's point of one axis: where the knee is (the paper's percentage against
-    the knee's bootstrap interval) and, for the combined point, the drop there (the paper's points against
-    this run's paired interval at the paper's own cell). prune/intervals.against_paper says how."""
-    knee = (res.get("knee") or {}).get("interval")
+    the knee's bootstrap interval, whether or not the measured curve has a knee) and, for the combined
+    point, the drop there (the paper's points against this run's paired interval at the paper's own
+    cell). prune/intervals.against_paper says how."""
     out = {}
     if "head_percent" in paper and "ffn_percent" in paper:  # the combined point
         for axis, key in (("heads", "head_percent"), ("ffn", "ffn_percent")):
-            out[f"{axis} location"] = against_paper(paper[key], (knee or {}).get(axis) if knee else None, "location")
+            out[f"{axis} location"] = against_paper(paper[key], (knee_interval or {}).get(axis), "location")
     else:
         key = "head_percent" if "head_percent" in paper else "ffn_percent"
-        out["location"] = against_paper(paper[key], knee, "location")
+        out["location"] = against_paper(paper[key], knee_interval, "location")
     if paper.get("drop_points") is not None:
         cell = _cell_ci(ci, paper["head_percent"], paper["ffn_percent"])
         out["drop"] = against_paper(paper["drop_points"], cell.get("drop_ci95"), "drop")
@@ -88,7 +88,7 @@ def _params(p: dict | None) -> str:
     return f"{n / 1e9:.2f}B" if n >= 1e8 else f"{n:,}"
 
 
-def _limits(shot: str, res: dict, tables: dict, cfg) -> list[str]:
+def _limits(shot: str, res: dict) -> list[str]:
     """Sentences where an interval spans a distinction the paper draws, or where the grid of percentages
     or the model's FFN count, not the documents, sets the knee interval's width."""
     out = []
@@ -100,15 +100,23 @@ def _limits(shot: str, res: dict, tables: dict, cfg) -> list[str]:
     if iv and iv["lo"] is not None and iv["hi"] - iv["lo"] >= 30:
         out.append(f"{shot}: the heads knee moves over {pct(iv['lo'])}-{pct(iv['hi'])}% under resampling of the "
                    "documents: more documents are needed to place it.")
-    ffn = tables.get("ffn-own")
-    if ffn:
-        removed = [ffn["counts"]["ffn"][f"{p:g}"] for p in ffn["ffn_percents"]]
-        same = [p for p, n in zip(ffn["ffn_percents"], removed) if removed.count(n) > 1]
-        if same:
-            out.append(f"{shot}: this model has {cfg.num_layers} FFNs, so the percentages "
-                       f"{', '.join(pct(p) + '%' for p in same)} remove equal counts of them: the FFN knee and its "
-                       "interval are set by the model's size there, not by the documents.")
     return out
+
+
+def _ffn_count_limit(tables: dict, cfg) -> list[str]:
+    """A sentence when several FFN percentages remove the same number of FFNs (a small model): there the
+    FFN knee and its interval are set by the model's size, not by the documents."""
+    ffn = tables.get("ffn-own")
+    if not ffn:
+        return []
+    groups: dict[int, list[float]] = {}
+    for p in ffn["ffn_percents"]:
+        groups.setdefault(ffn["counts"]["ffn"][f"{p:g}"], []).append(p)
+    shared = [f"{pct(ps[0])}-{pct(ps[-1])}% remove {n}" for n, ps in sorted(groups.items()) if len(ps) > 1]
+    if not shared:
+        return []
+    return [f"This model has {cfg.num_layers} FFNs: {'; '.join(shared)} of them, so the FFN knee and its interval "
+            "are set by the model's size there, not by the documents."]
 
 
 def _shot_reading(shot: str, tables: dict, cfg, min_bend: float, tolerance: float) -> dict:
@@ -128,7 +136,7 @@ def _shot_reading(shot: str, tables: dict, cfg, min_bend: float, tolerance: floa
             ci = (tab.get("mean_over_tasks_ci") or {}).get(shot, {})
             _attach_intervals(res[key], ivs[key]["knee"], ci)
             if key in paper:
-                res[key]["against_paper"] = paper_verdicts(paper[key], res[key], ci)
+                res[key]["against_paper"] = paper_verdicts(paper[key], ivs[key]["knee"], ci)
     return res
 
 
@@ -151,10 +159,10 @@ def headline_section(run: Path, tolerance: float, min_bend: float = DEFAULT_MIN_
         return lines + ["(no own-ranking sweeps, or the model config is unknown)", ""]
     shots = sorted({s for name in ("heads-own", "ffn-own", "grid-own") if tables.get(name)
                     for per in tables[name]["results"].values() for s in per}, key=lambda s: int(s.split("-")[1]))
-    rows, out, notes = [], {}, []
+    rows, out, notes = [], {}, _ffn_count_limit(tables, cfg)
     for shot in shots:
         out[shot] = res = _shot_reading(shot, tables, cfg, min_bend, tolerance)
-        notes += _limits(shot, res, tables, cfg)
+        notes += _limits(shot, res)
         paper = PAPER_HEADLINE.get(int(shot.split("-")[1]), {})
         for key, label in (("heads", "heads"), ("ffn", "FFNs"), ("both", "heads + FFNs")):
             if key in res:

@@ -304,7 +304,7 @@ def evaluation_passes(task: Task, shots: int, limit: int | None, seed: int, max_
 
 
 # -- the tokenisation cache -------------------------------------------------------------------------------
-CACHE_FORMAT = 1  # bump when what `cached` keeps changes layout: entries of other formats are recomputed
+CACHE_FORMAT = 2  # bump when what `cached` keeps changes layout: entries of other formats are recomputed
 _SOURCE: list[str] = []  # sha256 of the tasks package's source, computed once per process
 
 
@@ -313,7 +313,8 @@ def cached(what: str, identity: list[Any], tokenizer: Any, task: Any, compute: C
     `identity` (which docs, demos, lengths) plus the task's name, VERSION and data by content, its prompt
     variant, the tokenizer files by content and the source of the tasks package. No batch budget and no
     placement: any machine shape reads it back. A tokenizer built in memory (no files) is never cached; a
-    damaged entry is recomputed, never trusted; a cache that cannot be written costs time, nothing else."""
+    damaged entry (unreadable, cut short, garbage, another schema or key) is
+    said in one line and recomputed, never trusted; a cache that cannot be written costs time, nothing else."""
     from opt66b.fileio import atomic_write_text
     from opt66b.runs.identity import cache_dir, tokenizer_identity
 
@@ -327,15 +328,22 @@ def cached(what: str, identity: list[Any], tokenizer: Any, task: Any, compute: C
     digest = hashlib.sha256(json.dumps(full, sort_keys=True).encode()).hexdigest()
     path = cache_dir() / "plans" / f"{task.NAME}-{what}-{digest[:32]}.json"
     try:
-        return json.loads(path.read_text())["value"]
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
+        entry = json.loads(path.read_text())
+        if isinstance(entry, dict) and entry.get("key") == digest and "value" in entry:
+            return entry["value"]
+        why = "another key or schema"
+    except FileNotFoundError:
+        why = None
+    except (OSError, ValueError) as err:
+        why = getattr(err, "strerror", None) or str(err).splitlines()[0]
+    if why:
+        print(f"[plan] {path}: damaged cache entry ({why}); ignored and rebuilt", file=sys.stderr, flush=True)
     print(f"[plan] {task.NAME} {' '.join(what.rsplit('-', 1))}: tokenising its requests (kept in {path.parent} "
           "for the next plan)", file=sys.stderr, flush=True)
     value = compute()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, json.dumps({"value": value}, separators=(",", ":")))
+        atomic_write_text(path, json.dumps({"key": digest, "value": value}, separators=(",", ":")))
     except (OSError, ValueError):
         pass
     return value

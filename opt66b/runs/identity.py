@@ -10,8 +10,12 @@ pool of threads (hashlib releases the GIL, so the blocks of one shard hash in pa
 file's `content_sha256` is the sha256 of the concatenated block digests. On an ordinary machine
 that runs faster than the disk (tests/benchmarks/bench_identity.py measures it against a plain
 read of the same file; docs/scale.md gives the numbers). The result is remembered in a small JSON
-cache keyed by the file's real path, size, modification time, inode and device, so only the first
-run on a checkpoint pays: `OPT66B_CACHE_DIR` chooses the cache directory (default
+cache keyed by the file's real path, size, modification and change times, inode and device, so only
+the first run on a checkpoint pays. The change time (ctime) is the guard against a file edited in place
+with its modification time put back (`touch -r`, some sync tools): no user can set it back. An entry
+hashed within RACY_NS of the file's last change is not trusted (git's "racy" rule: a write in the same
+clock tick as the hash would leave every time equal) and the file is hashed again. A damaged cache
+(truncated, garbage, another schema) is said in one line, ignored and rebuilt. `OPT66B_CACHE_DIR` chooses the cache directory (default
 `$XDG_CACHE_HOME/opt66b`, else `~/.cache/opt66b`); a cache that cannot be written only costs the
 re-hash next time.
 """
@@ -22,6 +26,7 @@ import hashlib
 import json
 import os
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -31,6 +36,7 @@ from opt66b.fileio import Progress, atomic_write_text, sha256_file
 BLOCK_BYTES = 16 << 20  # one unit of parallel hashing; small next to a shard, large next to call overhead
 TOKENIZER_FILES = ("vocab.json", "merges.txt")
 CACHE_NAME = "identity.json"
+RACY_NS = 2_000_000_000  # an entry hashed within 2 s of the file's last change is hashed again
 _warned: list[str] = []
 
 
@@ -44,16 +50,33 @@ def cache_dir() -> Path:
 
 def _stat_key(path: Path) -> tuple[str, dict[str, int]]:
     st = path.stat()
-    return str(path.resolve()), {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino, "device": st.st_dev}
+    return str(path.resolve()), {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns,
+                                 "inode": st.st_ino, "device": st.st_dev}
 
 
 def _read_cache() -> dict[str, Any]:
+    """The cache's entries; absent: none; damaged (unreadable, not JSON, not an object): none, said once."""
     path = cache_dir() / CACHE_NAME
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):  # absent or damaged: a cache miss, never an error
+        if isinstance(data, dict):
+            return data
+        why = f"a JSON {type(data).__name__}, not an object"
+    except FileNotFoundError:
         return {}
+    except (OSError, ValueError) as err:  # damaged: a cache miss, never an error
+        why = getattr(err, "strerror", None) or str(err).splitlines()[0]
+    if str(path) not in _warned:
+        _warned.append(str(path))
+        print(f"note: {path}: damaged checkpoint-hash cache ({why}); ignored, the weights are hashed again and the "
+              "cache rebuilt", file=sys.stderr)
+    return {}
+
+
+def _trusted(hit: Any, stat: dict[str, int]) -> bool:
+    """A cache entry still describes the file: every stat field equal and hashed well after its last change."""
+    return (isinstance(hit, dict) and isinstance(hit.get("sha256"), str) and all(hit.get(k) == v for k, v in stat.items())
+            and isinstance(hit.get("hashed_ns"), int) and hit["hashed_ns"] - RACY_NS > max(stat["mtime_ns"], stat["ctime_ns"]))
 
 
 def _write_cache(entries: dict[str, Any]) -> None:
@@ -108,7 +131,7 @@ def file_identities(paths: list[Path], log=None) -> dict[str, str]:
     for path in paths:
         key, stat = _stat_key(path)
         hit = cache.get(key)
-        if isinstance(hit, dict) and all(hit.get(k) == v for k, v in stat.items()) and isinstance(hit.get("sha256"), str):
+        if _trusted(hit, stat):
             out[key] = hit["sha256"]
         else:
             todo.append((path, key, stat))
@@ -119,7 +142,7 @@ def file_identities(paths: list[Path], log=None) -> dict[str, str]:
         if _stat_key(path)[1] != stat:
             raise OSError(f"{path}: changed while it was being hashed; wait for the copy or download to finish")
         out[key] = digest
-        fresh[key] = {**stat, "sha256": digest}
+        fresh[key] = {**stat, "sha256": digest, "hashed_ns": time.time_ns()}
     if fresh:
         _write_cache(fresh)
     return out
