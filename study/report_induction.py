@@ -110,6 +110,36 @@ def transfer_gap_lines(block: dict) -> list[str]:
 
 
 # -- SRCC -------------------------------------------------------------------------------------------------
+def _correlation_tables(shot: str, block: dict) -> list[str]:
+    """One shot's tables beside the matrices: against the aggregate, the unseen and synthetic tasks, and the
+    last-layer denominator erratum."""
+    lines: list[str] = []
+    if block.get("matrix_tasks") == "all":
+        lines += [f"{shot}: no seen task has importance here, so the matrices hold every task present.", ""]
+    if block.get("vs_aggregate"):
+        rows = [[t, v["rho"], v["paper_argsort_pearson"], v["top_overlap"]] for t, v in block["vs_aggregate"].items()]
+        lines += ["Against the aggregate ranking:", ""]
+        lines += md_table(["task", "Spearman rho", "paper's SRCC (argsort)", "top-30% overlap"], rows)
+    other = block.get("other_tasks")
+    if other:
+        lines += ["Unseen and synthetic tasks, kept out of every number above (the paper's generalisation "
+                  "question: does the aggregate of the seen tasks rank their heads too?):", ""]
+        lines += md_table(["task", "Spearman rho vs aggregate", "paper's SRCC (argsort)", "top-30% overlap",
+                         "mean rho vs the seen tasks"],
+                        [[t, (other["vs_aggregate"].get(t) or {}).get("rho"),
+                          (other["vs_aggregate"].get(t) or {}).get("paper_argsort_pearson"),
+                          (other["vs_aggregate"].get(t) or {}).get("top_overlap"),
+                          _mean([v["rho"] for v in other["vs_seen"][t].values()])] for t in other["tasks"]])
+    if block.get("denominators"):
+        lines += ["Erratum, last-layer denominator: the paper divides the last layer by target tokens and the "
+                  "others by positions; `uniform` divides every layer by positions.", ""]
+        lines += md_table(["ranking", "Spearman rho paper vs uniform", "last-layer share of top 30%: paper",
+                         "uniform"],
+                        [[t, d["rho"], d["last_layer_share_top"]["paper"], d["last_layer_share_top"]["uniform"]]
+                         for t, d in block["denominators"].items()])
+    return lines
+
+
 def correlation_section(run: Path, figs: Figures) -> list[str]:
     lines = ["## Rank correlation of head importance (paper §6.1, Figs. 8, 20)", ""]
     corr = run_json(RunLayout(run).correlations)
@@ -143,29 +173,7 @@ def correlation_section(run: Path, figs: Figures) -> list[str]:
             lines += md_table(["task", "rho vs random", "p", "argsort vs random", "top-30% overlap vs random"],
                             [[t, rand[t]["rho"], rand[t]["p"], rand[t]["paper_argsort_pearson"], rand[t]["top_overlap"]]
                              for t in tasks])
-        if block.get("matrix_tasks") == "all":
-            lines += [f"{shot}: no seen task has importance here, so the matrices hold every task present.", ""]
-        if block.get("vs_aggregate"):
-            rows = [[t, v["rho"], v["paper_argsort_pearson"], v["top_overlap"]] for t, v in block["vs_aggregate"].items()]
-            lines += ["Against the aggregate ranking:", ""]
-            lines += md_table(["task", "Spearman rho", "paper's SRCC (argsort)", "top-30% overlap"], rows)
-        other = block.get("other_tasks")
-        if other:
-            lines += ["Unseen and synthetic tasks, kept out of every number above (the paper's generalisation "
-                      "question: does the aggregate of the seen tasks rank their heads too?):", ""]
-            lines += md_table(["task", "Spearman rho vs aggregate", "paper's SRCC (argsort)", "top-30% overlap",
-                             "mean rho vs the seen tasks"],
-                            [[t, (other["vs_aggregate"].get(t) or {}).get("rho"),
-                              (other["vs_aggregate"].get(t) or {}).get("paper_argsort_pearson"),
-                              (other["vs_aggregate"].get(t) or {}).get("top_overlap"),
-                              _mean([v["rho"] for v in other["vs_seen"][t].values()])] for t in other["tasks"]])
-        if block.get("denominators"):
-            lines += ["Erratum, last-layer denominator: the paper divides the last layer by target tokens and the "
-                      "others by positions; `uniform` divides every layer by positions.", ""]
-            lines += md_table(["ranking", "Spearman rho paper vs uniform", "last-layer share of top 30%: paper",
-                             "uniform"],
-                            [[t, d["rho"], d["last_layer_share_top"]["paper"], d["last_layer_share_top"]["uniform"]]
-                             for t, d in block["denominators"].items()])
+        lines += _correlation_tables(shot, block)
     if corr.get("cross_shot"):
         lines += ["### Across shots (same task; mean and variance over the seen tasks, paper §6.2)", ""]
         rows = [[pair, v["mean"]["rho"], v["variance"]["rho"], v["mean"]["paper_argsort_pearson"],

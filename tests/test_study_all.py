@@ -241,8 +241,7 @@ def test_report_lists_all_tasks_and_the_protocol(study_run):
     headline = json.loads((out / "headline.json").read_text())
     assert headline["rule"] == "knee" and headline["tolerance_points"] == 1.0
     assert set(headline["shots"]["shots-0"]["heads"]) == {"knee", "tolerance", "against_paper"}
-    verdict = headline["shots"]["shots-0"]["both"]["against_paper"]
-    assert set(verdict) == {"heads location", "ffn location", "drop"}
+    assert set(verdict := headline["shots"]["shots-0"]["both"]["against_paper"]) == {"heads location", "ffn location", "drop"}
     assert all(v.split(" (")[0] in ("consistent", "differs", "too imprecise to tell", "not measured")
                for v in verdict.values())
     assert headline["paper_opt66b"]["shots-0"]["both"] == {"head_percent": 70, "ffn_percent": 20, "drop_points": 5}
@@ -332,7 +331,6 @@ def test_every_number_carries_its_uncertainty(study_run):
     zero width); sweep tables: each cell's stderr and paired drop interval against the unpruned cell, the
     seen-task mean's interval; headline: knee intervals; transfer: the partner curves' paired gap to the
     task's own ranking; the report: intervals, no zero-width one."""
-    import re
 
     out, _ = study_run
     for k in (0, 1):
