@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from study.commands import build_parser  # the grammar lives in study/commands.py
 
@@ -51,11 +52,12 @@ def main(argv: list[str] | None = None) -> int:
 
             return run_plan(args)
         check_outputs(args)
-        if getattr(args, "step", None):  # a step of the study: its settings class, checked, loaded, run
-            from opt66b.runs.loading import run_step
+        with run_directory_lock(args):
+            if getattr(args, "step", None):  # a step of the study: its settings class, checked, loaded, run
+                from opt66b.runs.loading import run_step
 
-            return run_step(args)
-        return int(args.func(args) or 0)
+                return run_step(args)
+            return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print(f"run.py {args.command}: interrupted; finished units are kept, rerun to resume", file=sys.stderr)
         return 130
@@ -97,6 +99,19 @@ def check_outputs(args: argparse.Namespace) -> None:
             if path.is_dir():
                 raise IsADirectoryError(f"{label} {path}: is a directory; give a file name")
             check_output_dir(path.parent, label)
+
+
+def run_directory_lock(args: argparse.Namespace) -> Any:
+    """The lock of the run directory a command writes (opt66b/runs/lock.py); none for a command without one."""
+    import contextlib
+
+    from opt66b.runs.lock import RunLock
+
+    if getattr(args, "out_required", False) and args.out is not None:
+        if getattr(args, "reads_out", False) and not Path(args.out).is_dir():
+            return contextlib.nullcontext()  # `report` on a missing run: its own error names it
+        return RunLock(args.out)
+    return contextlib.nullcontext()
 
 
 def _with_cause(args: argparse.Namespace, err: Exception, msg: object) -> object:

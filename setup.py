@@ -16,5 +16,7 @@ setup(
         # transformers and scipy are test-only references (logit parity, spearmanr); never imported by the core.
         "test": ["pytest>=7", "transformers>=4.40", "scipy>=1.10"],
         "plots": ["matplotlib>=3.7"],
+        # `run.py data fetch` only: the 16 datasets from the Hugging Face hub (tasks/fetch.py).
+        "data": ["datasets>=2.14"],
     },
 )

@@ -138,5 +138,6 @@ def run_capacity(s: CapacitySettings) -> dict[str, Any]:
     meta = run_metadata(scores=str(scores_dir), importance=str(importance_dir), random_seeds=list(random_seeds),
                         heads=n)
     write_tensors(Path(out) / "capacity.safetensors", curves, meta)
-    write_json(Path(out) / "capacity.json", {**meta, "retained_at_pruned_percent": table})
+    heads_at = {f"{p}%": k for p, k in zip(range(10, 100, 10), steps)}  # what each column removes, of n heads
+    write_json(Path(out) / "capacity.json", {**meta, "retained_at_pruned_percent": table, "heads_at_percent": heads_at})
     return curves

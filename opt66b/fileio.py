@@ -103,7 +103,7 @@ def remove_orphans(root: str | Path) -> list[Path]:
             continue  # not a name atomic_write_bytes makes
         host, pid = writer[0], int(writer[1])
         if host == _HOST:
-            orphan = pid != os.getpid() and not _pid_alive(pid)
+            orphan = pid != os.getpid() and not pid_alive(pid)
         else:
             orphan = time.time() - tmp.stat().st_mtime > ORPHAN_AGE_S
         if orphan:
@@ -115,7 +115,7 @@ def remove_orphans(root: str | Path) -> list[Path]:
     return removed
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -6,7 +6,7 @@ MathQA and LAMBADA are "unseen": their own importance may be computed, but they 
 into the aggregate; the aggregate is tested on them (pruned with their own ranking against the
 aggregate's). The seen set is settable (`seen`), the paper's 14 by default.
 
-The aggregate file records which tasks it averages and the sha256 of each input file. Writing it is
+The aggregate file records which tasks it averages and the digest of each input's numbers. Writing it is
 a pure function of the seen-task files present in the shot directory, never of which tasks one
 invocation computed, and an existing aggregate is never changed silently: when the members or their
 files differ from what it records, `write_aggregate` refuses (ValueError naming both lists) unless
@@ -26,6 +26,7 @@ from typing import Callable, Sequence
 
 from opt66b.fileio import sha256_file
 from opt66b.runs.results import read_tensors, run_metadata, write_tensors
+from opt66b.runs.store import CONTENT_KEY
 from tasks.registry import PAPER_SEEN_TASKS
 
 from .masks import IMPORTANCE_KEY, aggregate_importance
@@ -46,12 +47,32 @@ def recorded_members(path: Path) -> dict[str, str] | None:
     return json.loads(meta["aggregate_inputs"])
 
 
+def input_id(path: Path) -> str:
+    """What an aggregate records of one member: the digest of its numbers (a member computed again to the same numbers,
+    with another time stamp, is the same member), or the file's sha256 for a file written without one."""
+    return read_tensors(path)[1].get(CONTENT_KEY) or sha256_file(path)
+
+
+def intact_aggregate(path: Path, log: Callable[[str], None] | None = None) -> bool:
+    """True when an aggregate file exists and reads; a damaged one (cut short, not safetensors) is said in one line
+    (with `log`) and counts as absent: it is rebuilt from the task files it averages."""
+    if not path.is_file():
+        return False
+    try:
+        read_tensors(path)
+    except ValueError as err:
+        if log:
+            log(f"{path}: damaged ({str(err).removeprefix(f'{path}: ').split(';')[0]}); rebuilt from the task files")
+        return False
+    return True
+
+
 def check_aggregate_before(shot_dir: Path, tasks: Sequence[str], seen: Sequence[str] = PAPER_SEEN_TASKS,
                            update: bool = False) -> None:
     """Refuse, before any work, a run whose seen tasks would change the members of an existing
     aggregate (the same refusal write_aggregate makes at the end, once it is knowable up front)."""
     path = Path(shot_dir) / AGGREGATE_FILE
-    if update or not path.is_file():
+    if update or not intact_aggregate(path):
         return
     old = recorded_members(path)
     after = set(aggregate_members(shot_dir, seen)) | {t for t in tasks if t in seen}
@@ -75,10 +96,11 @@ def write_aggregate(shot_dir: Path, seen: Sequence[str] = PAPER_SEEN_TASKS, upda
     path = shot_dir / AGGREGATE_FILE
     if not members:
         return None
-    inputs = {t: sha256_file(shot_dir / f"{t}.safetensors") for t in members}
-    if path.is_file():
+    inputs = {t: input_id(shot_dir / f"{t}.safetensors") for t in members}
+    if intact_aggregate(path, log):
         old = recorded_members(path)
-        if old == inputs:
+        if old is not None and set(old) == set(inputs) and all(
+                old[t] in (inputs[t], sha256_file(shot_dir / f"{t}.safetensors")) for t in old):  # or, by older code
             return path
         change = _describe_change(old, inputs)
         if not update:

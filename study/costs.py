@@ -147,6 +147,8 @@ def add_precision(plan: dict[str, Any], ps: PlanSettings, data: Path, tasks: Seq
     """The precision of the accuracies and drops the planned evaluations give (study/precision.py)."""
     from tasks.registry import TASKS
 
+    note_data(plan, data)
+
     from .precision import precision_plan
 
     out = Path(out) if out is not None and Path(out).is_dir() else None
@@ -159,9 +161,22 @@ def add_precision(plan: dict[str, Any], ps: PlanSettings, data: Path, tasks: Seq
                                        target=ps.target_halfwidth)
 
 
+def note_data(plan: dict[str, Any], data: Path) -> None:
+    """The data directory a plan prices, and whether it is the bundled samples (its first line says so)."""
+    from tasks.cli_options import SAMPLES_DIR
+
+    plan["data"] = str(data)
+    plan["bundled_samples"] = Path(data).resolve() == SAMPLES_DIR
+
+
+SAMPLES_LINE = ("ON THE BUNDLED SAMPLES (tasks/samples: 16 to 40 documents per task, not the study's data): give --data DIR "
+                "with the full data to price the real study (`run.py data fetch --out DIR` builds it; docs/data.md)")
+
+
 def format_plan(plan: dict[str, Any]) -> str:
     m = plan["model"]
-    lines = [f"plan for {m['model']}: {m['layers']} layers x {m['heads']} heads, {m['params'] / 1e9:.3g}B params, "
+    lines = [SAMPLES_LINE] if plan.get("bundled_samples") else []
+    lines += [f"plan for {m['model']}: {m['layers']} layers x {m['heads']} heads, {m['params'] / 1e9:.3g}B params, "
              f"{m['dtype']}, compute on {m['compute']} (nothing was run, no weights were read)",
              f"FLOPs: {plan['flop_model']}",
              f"throughput: {plan['throughput_tflops'] or 0:.4g} TFLOP/s, {plan['throughput_source']}", ""]

@@ -45,14 +45,18 @@ class StudyClock:
             self.rate_flops += self.flops[label]
             self.rate_seconds += seconds
 
-    def line(self) -> str:
+    def line(self, steps_left: int) -> str:
+        """The share of the planned model work done and the ETA; once the model work is all done (the steps that
+        only read files are left, priced at no FLOPs) it says so instead of a premature 100%."""
         if not self.total:
             return ""
         share = self.finished / self.total
+        if share >= 1 - 1e-9:
+            return f"; the model work is done, {steps_left} step(s) reading files left"
         if not self.rate_flops:
-            return f"; {share:.0%} of the planned work done"
+            return f"; {int(share * 100)}% of the planned work done"
         left = (self.total - self.finished) * self.rate_seconds / self.rate_flops
-        return f"; {share:.0%} of the planned work done, ETA for the whole study {left:.0f}s"
+        return f"; {int(share * 100)}% of the planned work done, ETA for the whole study {left:.0f}s"
 
     def record(self, label: str, seconds: float) -> dict[str, Any]:
         planned = self.flops.get(label)
@@ -79,7 +83,7 @@ def run_all(study: Study) -> int:
     loaded = study.load.load(threads=s.threads)
     main = is_main()  # under torchrun: every process runs the model steps on its share of the units
     if main:
-        _write_run_files(study)
+        _write_run_files(study, loaded[2])
     from opt66b.runs.store import model_fingerprint
 
     # one evaluation cache for every step and every process, on disk: an evaluation any of them ran is read, not run again
@@ -89,7 +93,8 @@ def run_all(study: Study) -> int:
     rank, world = rank_world()
     for i, (label, settings) in enumerate(study.steps, 1):
         if main:
-            print(f"[all] step {i}/{len(study.steps)}: {label} ({time.monotonic() - start:.0f}s elapsed{eta.line()})",
+            print(f"[all] step {i}/{len(study.steps)}: {label} ({time.monotonic() - start:.0f}s elapsed"
+                  f"{eta.line(len(study.steps) - i + 1)})",
                   file=sys.stderr, flush=True)
         step_start = time.monotonic()
         if not settings.USES_MODEL and not main:  # steps that only read files run once, on rank 0
@@ -113,22 +118,41 @@ def run_all(study: Study) -> int:
     if not main:
         return 0
     report = write_report(layout.root, skipped_tasks=list(study.skipped))
-    print(f"[all] done in {time.monotonic() - start:.0f}s; report: {report}", file=sys.stderr)
+    print(f"[all] done in {time.monotonic() - start:.0f}s: every step, 100% of the planned work; report: {report}",
+          file=sys.stderr)
     print(report)
     return 0
 
 
-def _write_run_files(study: Study) -> None:
-    """The run's directory and its top files: the tasks skipped, the protocol, and every step's command line."""
+def _write_run_files(study: Study, info: dict[str, Any]) -> None:
+    """The run's directory and its top files: the tasks skipped, what the run is (the model `info` the loader gave,
+    the data, the seeds by step, the protocol, the code, the start and the machine: the report's header), and every
+    step's command line."""
+    import platform
+
+    import torch
+
     from opt66b.fileio import atomic_write_text
+    from opt66b.runs.distributed import rank_world
     from opt66b.runs.results import write_json
+    from opt66b.runs.store import code_identity
 
     layout, s = study.layout, study.settings
     layout.root.mkdir(parents=True, exist_ok=True)
     write_json(layout.skipped_tasks, list(study.skipped))
-    write_json(layout.study, {"protocol": s.protocol.name, "other_protocol": s.protocol.other.name,
-                              "targets_differ": targets_differ(list(study.tasks)), "tasks": list(study.tasks),
-                              "shots": list(s.shots)})
+    device = info.get("device", "?")
+    if str(device).startswith("cuda") and torch.cuda.is_available():
+        device = f"{device} ({torch.cuda.get_device_name(0)})"
+    write_json(layout.study, {
+        "protocol": s.protocol.name, "other_protocol": s.protocol.other.name,
+        "targets_differ": targets_differ(list(study.tasks)), "tasks": list(study.tasks), "shots": list(s.shots),
+        "model": {k: info.get(k) for k in ("model", "layers", "heads", "dtype", "device", "identity")},
+        "data": str(s.data),
+        "seeds": {label: getattr(st, "first_seed", getattr(st, "seed", None)) for label, st in study.steps
+                  if isinstance(getattr(st, "first_seed", getattr(st, "seed", None)), int)},
+        "code": code_identity(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+                    "device": device, "threads": torch.get_num_threads(), "processes": rank_world()[1]}})
     atomic_write_text(layout.commands, "".join(line + "\n" for line in study.commands()))
 
 

@@ -12,7 +12,7 @@ from typing import Any
 from opt66b.runs.loading import LoadSettings
 from opt66b.runs.settings import step_class
 
-from .costs import PlanSettings, add_precision, format_plan, make_plan, price
+from .costs import PlanSettings, add_precision, format_plan, make_plan, note_data, price
 from .machine import model_shape
 
 
@@ -28,6 +28,8 @@ def plan_of(args: argparse.Namespace) -> dict[str, Any]:
     plan = make_plan(price([(" ".join(settings.COMMAND), settings, "")], shape, tokenizer), shape, info, ps, load)
     if hasattr(settings, "batch_tokens") and settings.COMMAND[0] in ("eval", "prune"):
         add_precision(plan, ps, settings.data, settings.tasks, settings.shots, settings.limit, settings.out)
+    elif getattr(settings, "data", None) is not None:
+        note_data(plan, settings.data)
     return plan
 
 

@@ -2,9 +2,10 @@
 
 Reads only what the sub-commands wrote under RUN (eval/, importance/, ffn_importance/, prune/,
 correlate/, induction/, capacity/, copytask/); a missing part is reported as missing, never
-invented. `python run.py report --run DIR` redraws everything from a finished run. The report opens
+invented. `python run.py report --out DIR` redraws everything from a finished run. The report opens
 with the list of tasks (the paper's 14 seen, its 2 unseen, and the synthetic copy task, which is not
-the paper's), the headline numbers, and an index from each paper figure number to its file.
+the paper's), after what the run is (model, data, seeds, protocol, code, date, machine) and a summary of its
+findings (study/report_summary.py), the headline numbers, and an index from each paper figure number to its file.
 
 Task means follow the paper: the mean over its seen tasks present in the run (never the unseen ones
 or the synthetic copy task). Inflection points and the headline use prune/inflection.py's rules.
@@ -28,7 +29,7 @@ from tasks.registry import ALL_TASKS, EXTRA_TASKS, PAPER_SEEN_TASKS, PAPER_UNSEE
 
 from . import figures
 from .report_headline import headline_section, protocol_lines, targets_section
-from .report_kit import Figures, figure_at, md_table, pct, run_json, sweep_tables, xy
+from .report_kit import Figures, count_groups, figure_at, md_table, pct, run_json, sweep_tables, xy
 
 
 # -- tasks and accuracy -------------------------------------------------------------------------------
@@ -99,26 +100,28 @@ def importance_section(run: Path, figs: Figures) -> list[str]:
             tensors = read_tensors(agg)[0]
             paper = tensors.get(PAPER_KEY, tensors["importance"])
             figs.add(lines, figures.heatmap(paper.tolist(), figs.dir / f"importance-aggregate-{shot.name}.png",
-                                            f"aggregate head importance (seen tasks), {shot.name}", "head", "layer"),
+                                            f"aggregate head importance (seen tasks), {shot.name}", "head", "layer",
+                                            cbar_label="importance (the paper's denominator)"),
                      figure_at("importance_aggregate", k), f"aggregate head importance (the paper's denominator), "
                                                           f"{shot.name}")
             if UNIFORM_KEY in tensors:
                 figs.add(lines, figures.heatmap(tensors[UNIFORM_KEY].tolist(),
                                                 figs.dir / f"importance-aggregate-uniform-{shot.name}.png",
-                                                f"aggregate importance, uniform denominator, {shot.name}", "head", "layer"),
+                                                f"aggregate importance, uniform denominator, {shot.name}", "head", "layer",
+                                                cbar_label="importance (one denominator for every layer)"),
                          "", f"erratum: aggregate importance with one denominator for every layer, {shot.name}")
         per_task = {t: read_tensors(files[t])[0] for t in paper_order(files)}
         per_task = {t: v.get(PAPER_KEY, v["importance"]).tolist() for t, v in per_task.items()}
         seen, others = _paper_tasks(per_task)
         found = found or bool(per_task)
         figs.add(lines, figures.heatmap_panels({t: per_task[t] for t in seen}, figs.dir / f"importance-tasks-{shot.name}.png",
-                                               f"head importance per seen task, {shot.name} (colour capped at max/10)",
-                                               "head", "layer", vmax_fraction=0.1),
+                                               f"head importance per seen task, {shot.name}", "head", "layer",
+                                               cbar_label="importance (log scale)", log=True),
                  figure_at("importance_tasks", k), f"head importance per seen task, {shot.name}")
         figs.add(lines, figures.heatmap_panels({t: per_task[t] for t in others},
                                                figs.dir / f"importance-other-tasks-{shot.name}.png",
                                                f"head importance, unseen and synthetic tasks, {shot.name}", "head",
-                                               "layer", vmax_fraction=0.1),
+                                               "layer", cbar_label="importance (log scale)", log=True),
                  "", f"head importance of the unseen and synthetic tasks, {shot.name}")
     if not found:
         lines += ["(no importance files under importance/)", ""]
@@ -267,9 +270,16 @@ def grid_lines(tab: dict, shots: list[str], figs: Figures, tolerance: float) -> 
         matrix = [[grid[h].get(f, float("nan")) for f in fs] for h in hs]
         lines += [f"{shot}, mean over {len(used)} seen tasks (rows: heads %, columns: FFN %)", ""]
         lines += md_table(["heads % \\ FFN %"] + fs, [[h] + row for h, row in zip(hs, matrix)])
+        same = [f"{what}: {', '.join(groups)}" for what, groups in (("heads", count_groups(tab, "heads")),
+                                                                     ("FFNs", count_groups(tab, "ffn"))) if groups]
+        note = ("On this model's size some percentages are one pruning (" + "; ".join(same) + "): their rows or "
+                "columns are equal by construction." if same else None)
+        if note:
+            lines += [note, ""]
         figs.add(lines, figures.heatmap(matrix, figs.dir / f"grid-{tab['ranking']}-{shot}.png",
                                         f"combined pruning, mean over seen tasks, {shot}", "FFN % pruned",
-                                        "heads % pruned", xticks=fs, yticks=hs, annotate=True),
+                                        "heads % pruned", xticks=fs, yticks=hs, annotate=True,
+                                        cbar_label="mean metric x100", note=note),
                  figure_at("grid", shot_of(shot)) if tab["ranking"] == "own" else "",
                  f"combined heads x FFN pruning, mean over the seen tasks, ranking {tab['ranking']}, {shot}")
     return lines
@@ -300,6 +310,7 @@ def write_report(run: str | Path, skipped_tasks: list[str] | None = None, tolera
                  min_bend: float = DEFAULT_MIN_BEND) -> Path:
     from .report_induction import copytask_section, correlation_section, induction_section, transfer_section
     from .report_paper import paper_numbers_section
+    from .report_summary import header_lines, summary_lines
 
     run = Path(run)
     if not run.is_dir():
@@ -311,13 +322,14 @@ def write_report(run: str | Path, skipped_tasks: list[str] | None = None, tolera
     for old in figs.dir.glob("*.png") if figs.dir.is_dir() else []:
         old.unlink()  # the index must match the files: drop figures of an earlier report
     head = ["# opt66b study report", "", f"Run directory: `{run}`. Commands: `commands.txt` (if written by `run.py all`).", ""]
+    reading = tasks_section(run, skipped_tasks) + headline_section(run, tolerance, min_bend)  # writes headline.json
+    head += protocol_lines(run) + header_lines(run) + summary_lines(run)  # the protocol first: it drove every number
     if not figures.have_matplotlib():
         head += ["Figures: matplotlib is not installed. `pip install -e \".[plots]\"` then "
-                 f"`python run.py report --run {run}` draws them.", ""]
-    head += protocol_lines(run)
+                 f"`python run.py report --out {run}` draws them.", ""]
     if skipped_tasks:
         head += ["Tasks skipped for missing data: " + "; ".join(skipped_tasks), ""]
-    head += tasks_section(run, skipped_tasks) + headline_section(run, tolerance, min_bend)
+    head += reading
     body = accuracy_section(run)
     body += importance_section(run, figs)
     body += pruning_section(run, figs, tolerance, min_bend)

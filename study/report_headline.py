@@ -14,7 +14,7 @@ from prune.intervals import KNEE_ITERS, KNEE_SEED, MAX_WIDTH, against_paper
 from prune.paper import PAPER_HEADLINE
 from tasks.registry import seen_in
 
-from .report_kit import md_table, model_config, pct, run_json, sweep_tables
+from .report_kit import count_groups, md_table, model_config, pct, run_json, sweep_tables
 
 
 def _span(iv: dict | None) -> str:
@@ -34,7 +34,7 @@ def _drop(p: dict) -> str:
     return said + f" (drop's 95% interval {ci[0]:.1f} to {ci[1]:.1f})"
 
 
-def _point(p: dict | None, axis: str, rule: str = "knee") -> str:
+def point_text(p: dict | None, axis: str, rule: str = "knee") -> str:
     """'70% (95% interval 60-80%), drop 5.1 (95% interval ...)' for a headline point of one axis ('heads',
     'ffn' or 'both'), 'no knee' / '-' where the rule finds none."""
     if not p:
@@ -107,12 +107,7 @@ def _ffn_count_limit(tables: dict, cfg) -> list[str]:
     """A sentence when several FFN percentages remove the same number of FFNs (a small model): there the
     FFN knee and its interval are set by the model's size, not by the documents."""
     ffn = tables.get("ffn-own")
-    if not ffn:
-        return []
-    groups: dict[int, list[float]] = {}
-    for p in ffn["ffn_percents"]:
-        groups.setdefault(ffn["counts"]["ffn"][f"{p:g}"], []).append(p)
-    shared = [f"{pct(ps[0])}-{pct(ps[-1])}% remove {n}" for n, ps in sorted(groups.items()) if len(ps) > 1]
+    shared = count_groups(ffn, "ffn") if ffn else []
     if not shared:
         return []
     return [f"This model has {cfg.num_layers} FFNs: {'; '.join(shared)} of them, so the FFN knee and its interval "
@@ -167,9 +162,9 @@ def headline_section(run: Path, tolerance: float, min_bend: float = DEFAULT_MIN_
         for key, label in (("heads", "heads"), ("ffn", "FFNs"), ("both", "heads + FFNs")):
             if key in res:
                 r = res[key]
-                rows.append([shot, label, _point(paper.get(key), key), _point(r["knee"], key),
+                rows.append([shot, label, point_text(paper.get(key), key), point_text(r["knee"], key),
                              _verdicts(r.get("against_paper")), _params(r["knee"]),
-                             _point(r["tolerance"], key, "tolerance")])
+                             point_text(r["tolerance"], key, "tolerance")])
     write_json(RunLayout(run).headline, {
         "rule": "knee", "rules": {k: RULES[k] for k in ("knee", "grid_knee", "tolerance")}, "min_bend": min_bend,
         "tolerance_points": tolerance, "max_width": MAX_WIDTH,

@@ -161,7 +161,8 @@ def correlation_section(run: Path, figs: Figures) -> list[str]:
             ([[rand[t]["paper_argsort_pearson"] for t in tasks]] if rand else [])
         figs.add(lines, figures.matrix_panels({"true Spearman rho": (true, rows, tasks),
                                                "paper's SRCC (argsort Pearson)": (arg, rows, tasks)},
-                                              figs.dir / f"srcc-{shot}.png", f"rank correlation of importance, {shot}"),
+                                              figs.dir / f"srcc-{shot}.png", f"rank correlation of importance, {shot}",
+                                              cbar_label="rank correlation of the importance rankings"),
                  figure_at("srcc", shot_of(shot)), f"SRCC in both variants with a random row, {shot}")
         p = block["spearman"]["p"]
         weak = [f"{a}/{b} p={p[i][j]:.2g}" for i, a in enumerate(tasks) for j, b in enumerate(tasks)
@@ -198,7 +199,9 @@ def induction_section(run: Path, figs: Figures) -> list[str]:
     lines += md_table(["score", "definition", "top heads"],
                     [[name, VARIANT_SENTENCES[name], ", ".join(_top(mean, 3))] for name, mean in scores.items()])
     for name, mean in scores.items():
-        figs.add(lines, figures.heatmap(mean.tolist(), figs.dir / f"{name}.png", name.replace("_", " "), "head", "layer"),
+        figs.add(lines, figures.heatmap(mean.tolist(), figs.dir / f"{name}.png", name.replace("_", " "), "head", "layer",
+                                        cbar_label=f"{name.split('_')[0].replace('prefix', 'prefix matching')} score "
+                                                   "(mean over seeds)"),
                  "10" if name in PAPER_SCORES else "", f"{name.replace('_', ' ')} per head" +
                  {"prefix_matching_paper": " (10a)", "copying_paper": " (10b)"}.get(name, ""))
     lines += overlap_lines(run, scores)
@@ -238,7 +241,35 @@ def overlap_lines(run: Path, scores: dict) -> list[str]:
     if not rows:
         return lines + ["(no aggregate importance)", ""]
     return lines + md_table(["shots", "score", "induction heads", "among important", "which", "rho",
-                           "top-30% overlap"], rows)
+                           "top-30% overlap"], rows) + denominator_lines(run, scores)
+
+
+DENOMINATORS = {"importance_uniform": "every layer over positions (the corrected protocol's ranking)",
+                "importance_paper_denominator": "the last layer over target tokens (the paper's released code)"}
+
+
+def denominator_lines(run: Path, scores: dict) -> list[str]:
+    """Where the induction heads (prefix_matching_paper >= threshold) rank under each importance denominator of the
+    aggregate: the two differ only in the last layer, which moves a small model's last-layer heads as a block."""
+    if "prefix_matching_paper" not in scores:
+        return []
+    flat = scores["prefix_matching_paper"].flatten().tolist()
+    induction = [i for i, v in enumerate(flat) if v >= INDUCTION_THRESHOLD]
+    rows = []
+    for shot in shot_dirs(RunLayout(run).importance):
+        agg = shot / "aggregate.safetensors"
+        tensors = read_tensors(agg)[0] if agg.is_file() else {}
+        for key, what in DENOMINATORS.items():
+            if key not in tensors:
+                continue
+            imp = tensors[key].flatten().tolist()
+            top = set(stats.argsort(imp)[-stats.top_count(TOP_FRACTION, len(imp)):])
+            rows.append([shot.name, what, f"{len(top & set(induction))}/{len(induction)}"])
+    if not rows:
+        return []
+    return ([f"The induction heads (prefix_matching_paper >= {INDUCTION_THRESHOLD:g}) among the top "
+             f"{TOP_FRACTION:.0%} of the aggregate under each importance denominator:", ""]
+            + md_table(["shots", "denominator", "among important"], rows))
 
 
 def capacity_lines(run: Path, figs: Figures) -> list[str]:
@@ -248,20 +279,27 @@ def capacity_lines(run: Path, figs: Figures) -> list[str]:
     lines = ["## Capacity retained under head pruning (paper §6.3.1, Fig. 11; per task Appendix A.9, Figs. 23, 24)", ""]
     table = {k: v for k, v in cap["retained_at_pruned_percent"].items()
              if k.endswith("/aggregate") or k.endswith("random_expected")}
+    heads_at, n = cap.get("heads_at_percent", {}), cap.get("heads")
     if table:
         pcts = list(next(iter(table.values())))
-        lines += ["% of the total score kept when the given % of heads is pruned least-important-first:", ""]
-        lines += md_table(["scores / ranking"] + pcts,
+        header = [f"{p} ({heads_at[p]} of {n} heads, {100 * heads_at[p] / n:.3g}%)" if p in heads_at and n else p
+                  for p in pcts]
+        lines += ["% of the total score kept when the given % of heads is pruned least-important-first (a "
+                  "percentage prunes the nearest whole number of heads: the share removed is in brackets, and is "
+                  "where the figure's ticks are):", ""]
+        lines += md_table(["scores / ranking"] + header,
                         [[k.replace("|", " / ")] + [v[p] for p in pcts] for k, v in sorted(table.items())])
     tensors = read_tensors(RunLayout(run).capacity / "capacity.safetensors")[0]
     x = tensors["x"].tolist()
+    ticks = sorted({100 * k / n for k in heads_at.values()}) if heads_at and n else None
     for score in sorted({k.split("|")[0] for k in tensors if k != "x"}):
         keys = [k for k in sorted(tensors) if k.startswith(score + "|")]
         series = {k.split("|")[1]: (x, tensors[k].tolist()) for k in keys
                   if k.endswith("/aggregate") or "|random" in k}
         figs.add(lines, figures.curves(series, figs.dir / f"capacity-{score}.png", f"capacity retained: {score}",
-                                       "% heads pruned", "% of total score kept",
-                                       dashed=[k for k in series if k.startswith("random")]),
+                                       "% of heads pruned (heads removed / all heads)", "% of total score kept",
+                                       dashed=[k for k in series if k.startswith("random")], xticks=ticks,
+                                       xticklabels=None if ticks is None else [f"{t:.3g}" for t in ticks]),
                  "11" if score in PAPER_SCORES else "", f"capacity retained, aggregate rankings, {score}")
         if score in PAPER_SCORES:  # the paper's per-task figures (A.9): its own scores, its seen tasks
             panels: dict[str, dict] = {}
@@ -274,7 +312,8 @@ def capacity_lines(run: Path, figs: Figures) -> list[str]:
                 panels[shot] = {t: panels[shot][t] for t in seen_in(panels[shot])}
                 panels[shot]["random (expected)"] = (x, tensors[f"{score}|random_expected"].tolist())
             figs.add(lines, figures.curve_panels(panels, figs.dir / f"capacity-tasks-{score}.png",
-                                                 f"capacity retained per task ranking: {score}", "% heads pruned",
+                                                 f"capacity retained per task ranking: {score}",
+                                                 "% of heads pruned (heads removed / all heads)",
                                                  "% of total score kept", dashed=["random (expected)"]),
                      PAPER_SCORES[score], f"capacity retained per task ranking, {score}")
     return lines

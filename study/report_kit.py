@@ -142,3 +142,12 @@ def model_config(run: Path) -> Any | None:
         if name and (Path(name) / "config.json").is_file():
             return config_from_hf(Path(name))
     return None
+
+
+def count_groups(tab: dict, axis: str) -> list[str]:
+    """'0-40% remove 0' for every run of a sweep table's percentages ('heads' or 'ffn') that remove the same number
+    of heads or FFNs: on a small model several percentages are one and the same pruning."""
+    groups: dict[int, list[float]] = {}
+    for p in tab.get("head_percents" if axis == "heads" else "ffn_percents", []):
+        groups.setdefault(tab["counts"][axis][f"{p:g}"], []).append(p)
+    return [f"{pct(ps[0])}-{pct(ps[-1])}% remove {n}" for n, ps in sorted(groups.items()) if len(ps) > 1]

@@ -18,7 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "OUT/commands.txt) and resumes on rerun.",
         epilog=example("python run.py all --out runs/tiny                # tiny OPT + bundled samples, < 5 min on 2 cores",
                        "python run.py all --model ~/ckpt/opt-1.3b --data ~/data --tasks copa rte wic --out runs/1.3b",
-                       "python run.py all --random-weights opt-66b --device cuda:0 --data ~/data --plan   # cost first"))
+                       "python run.py all --random-weights opt-66b --device cuda:0 --gpu h100-80gb --data ~/data --plan   # cost, time"))
     add_model_args(p)
     add_task_args(p, tasks_required=False, limit=False)
     p.add_argument("--limit", type=int, default=None,
@@ -50,7 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog=example("python run.py report --out runs/tiny"))
     add_out_arg(r, "run directory written by `run.py all`; report.md and figures/ are written there")
-    r.set_defaults(func=_report)
+    r.set_defaults(func=_report, reads_out=True)  # a run directory that must exist: the lock does not create it
 
 
 def _all(args: argparse.Namespace) -> int:

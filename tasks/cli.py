@@ -1,6 +1,6 @@
-"""Task sub-commands of run.py: `data check` (tasks/data_check.py) and `eval` (tasks/evaluate.py). Only the
-grammar lives here (argparse, no torch: `run.py --help` stays instant); each command names the settings class
-of its step, which checks and runs it."""
+"""Task sub-commands of run.py: `data check` (tasks/data_check.py), `data fetch` (tasks/fetch.py) and `eval`
+(tasks/evaluate.py). Only the grammar lives here (argparse, no torch: `run.py --help` stays instant); each command
+names the settings class of its step, which checks and runs it."""
 
 from __future__ import annotations
 
@@ -19,18 +19,36 @@ def register_data(sub: argparse._SubParsersAction) -> None:
     from .cli_options import add_data_arg
 
     p = sub.add_parser(
-        "data", help="inspect the evaluation data directory",
+        "data", help="check a data directory, or fetch the datasets from the Hugging Face hub",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Data utilities. `check` reads every task's files under --data and reports, per task "
-                    "and split, the file used, record counts against the published counts, fallbacks "
-                    "and what each missing split blocks.",
+        description="Data utilities. `check` reads every task's files under --data and reports, per task and split, "
+                    "the file used, record counts against the published counts, fallbacks and what each missing "
+                    "split blocks. `fetch` builds a data directory from the hub (needs `pip install -e \".[data]\"`; "
+                    "the only command that downloads).",
         epilog=example("python run.py data check --data ~/data",
-                       "python run.py data check --data ~/data --tasks piqa mathqa --json report.json"))
-    p.add_argument("action", choices=["check"], help="what to do")
-    add_data_arg(p)
-    p.add_argument("--tasks", nargs="+", default=None, help="task names (default: all 16)")
-    add_json_arg(p, "the report")
-    p.set_defaults(step="tasks.data_check:DataCheckSettings")
+                       "python run.py data fetch --out ~/data && python run.py data check --data ~/data"))
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    c = actions.add_parser("check", help="per task and split: file, count, sha256, stand-ins, what is missing",
+                           formatter_class=argparse.RawDescriptionHelpFormatter,
+                           epilog=example("python run.py data check --data ~/data --tasks piqa mathqa --json report.json"))
+    add_data_arg(c)
+    c.add_argument("--tasks", nargs="+", default=None, help="task names (default: all 16)")
+    add_json_arg(c, "the report")
+    c.set_defaults(step="tasks.data_check:DataCheckSettings")
+    f = actions.add_parser(
+        "fetch", help="download the 16 datasets from the Hugging Face hub into --out, in the layout --data reads",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Each task's splits from the hub ids lm-evaluation-harness reads (tasks/fetch.py SOURCES), one "
+                    "row per line with the hub's field names, as DIR/<task dir>/validation.jsonl (train.jsonl, "
+                    "test.jsonl). A split the hub cannot give is named with where to get it by hand; files already "
+                    "there are kept (--overwrite replaces them).",
+        epilog=example("python run.py data fetch --out ~/data",
+                       "python run.py data fetch --out ~/data --tasks copa rte --overwrite"))
+    f.add_argument("--out", type=Path, default=None, metavar="DIR", help="the data directory to build (required)")
+    f.add_argument("--tasks", nargs="+", default=None, help="task names (default: all 16)")
+    f.add_argument("--overwrite", action="store_true", help="replace files already there")
+    add_json_arg(f, "what was written")
+    f.set_defaults(step="tasks.fetch:DataFetchSettings")
 
 
 def register_eval(sub: argparse._SubParsersAction) -> None:

@@ -25,6 +25,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from opt66b.runs.results import NonFiniteError
+from opt66b.runs.store import CONTENT_KEY, json_sha256
 from opt66b.layer_major import DEFAULT_CHUNK_BUDGET
 
 from .base import Result, Task
@@ -168,10 +169,13 @@ class EvaluationCache:
             return None
         try:
             entry = json.loads(path.read_text(encoding="utf-8"))
+            if entry.get(CONTENT_KEY, json_sha256(entry)) != json_sha256(entry):
+                raise ValueError("its numbers differ from the digest written with them")
             ok = entry["identity"] == key[0] and entry["fingerprint"] == self.fingerprint
             metrics = dict(entry["metrics"]) if ok else None
-        except (OSError, ValueError, KeyError, TypeError) as err:
-            print(f"[evaluations] {path}: damaged ({type(err).__name__}), evaluated again", file=sys.stderr)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+            print(f"[evaluations] {path}: damaged ({type(err).__name__}: {err}), evaluated again", file=sys.stderr)
+            path.unlink(missing_ok=True)  # said once; the evaluation's new entry replaces it
             return None
         if metrics is not None:
             self._metrics[key] = metrics
@@ -208,7 +212,8 @@ class EvaluationCache:
         if path is not None:
             from opt66b.runs.results import write_json
 
-            write_json(path, {"identity": key[0], "metrics": metrics, "fingerprint": self.fingerprint})
+            entry = {"identity": key[0], "metrics": metrics}
+            write_json(path, {**entry, "fingerprint": self.fingerprint, CONTENT_KEY: json_sha256(entry)})
 
     def _path(self, key: tuple[str, bytes, bytes]) -> Path | None:
         if self.directory is None or key[0].startswith("object "):

@@ -25,7 +25,7 @@ PROVENANCE = {"created", "argv", "python", "torch", "platform", "fingerprint", "
               "data_sha256", "data_files", "head_importance", "importance", "ffn_importance", "scores_dir",
               "importance_dir", "merges_sha256", "model_id", "model_config_sha256", "missing_units", "dtype",
               "device", "device_map", "layers", "heads", "max_memory_gib", "offload", "identity", "config_sha256",
-              "random_weights_seed", "sources", "input_sha256"}
+              "random_weights_seed", "sources", "input_sha256", "content_sha256", "started", "machine", "code"}
 
 
 def _norm(value, run: Path, aliases: dict[str, str]):

@@ -1,8 +1,9 @@
 """Shared fixtures: tiny random configs, seeded generators, and where the optional full data and
-OPT tokenizer files live (a sibling directory of the checkout; tests that need them skip without them)."""
+OPT tokenizer files live (OPT66B_TEST_DATA, OPT66B_TEST_TOKENIZER; tests that need them skip without them)."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -14,14 +15,19 @@ sys.path.insert(0, str(ROOT))
 
 FIXTURES = ROOT / "tests" / "fixtures" / "data"
 TOKENIZER_DIR = ROOT / "opt66b" / "assets" / "tiny-opt"  # the real OPT tokenizer files, bundled
-SHARED = ROOT.parent / "shared"
-SHARED_DATA = SHARED / "data"
-SHARED_TOKENIZER = SHARED / "tokenizer" / "opt"
+# The full data and the real OPT tokenizer files are not in a clone: tests that need them read OPT66B_TEST_DATA (a
+# data directory, e.g. one `run.py data fetch` built) and OPT66B_TEST_TOKENIZER (a directory with vocab.json and
+# merges.txt), and skip saying so when they are not set (README, "Set up").
+_SIBLING = ROOT.parent / "shared"
+SHARED_DATA = Path(os.environ.get("OPT66B_TEST_DATA") or _SIBLING / "data")
+SHARED_TOKENIZER = Path(os.environ.get("OPT66B_TEST_TOKENIZER") or _SIBLING / "tokenizer" / "opt")
 
-needs_shared_data = pytest.mark.skipif(not SHARED_DATA.is_dir(),
-                                       reason=f"{SHARED_DATA} absent: the real dataset files are not in this clone")
-needs_shared_tokenizer = pytest.mark.skipif(not (SHARED_TOKENIZER / "vocab.json").is_file(),
-                                            reason=f"{SHARED_TOKENIZER} absent: the real OPT tokenizer files are not here")
+needs_shared_data = pytest.mark.skipif(
+    not SHARED_DATA.is_dir(), reason="the full data is not here: set OPT66B_TEST_DATA=DIR (a data directory, e.g. "
+                                     "from `run.py data fetch --out DIR`) to run this test")
+needs_shared_tokenizer = pytest.mark.skipif(
+    not (SHARED_TOKENIZER / "vocab.json").is_file(),
+    reason="the real OPT tokenizer files are not here: set OPT66B_TEST_TOKENIZER=DIR (vocab.json, merges.txt)")
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -107,22 +107,32 @@ def prefilled_out(files: dict[str, bytes], argv: Callable[[Path], list[str]]):
 
 
 def resume_cases() -> list[Case]:
-    """A unit file of an earlier run in --out that is corrupt or was made with other settings."""
-    imp = lambda out: ["importance", "heads", "--data", str(FIXTURES), "--tasks", "copa", "--shots", "0",
-                       "--n-docs", "1", "--out", str(out)]
+    """A unit file of an earlier run in --out made with other settings, and damaged inputs a step cannot recompute
+    (a damaged unit of the step's own is computed again: tests/test_faults.py)."""
+    from safetensors.torch import save
+
     task_json = "shots-0/tasks/copa.json"
     other = json.dumps({"results": {"acc": 0.5}, "version": 0, "config": {"task": "copa", "limit": 999}}).encode()
+    limit_999 = json.dumps({"results": {"acc": 0.5}, "fingerprint": {"code_version": 1, "limit": 999}}).encode()
+    unfingerprinted = save({"importance": torch.zeros(2, 4)})  # whole and readable, but no fingerprint: not ours
+    imp = lambda out: ["importance", "heads", "--data", str(FIXTURES), "--tasks", "copa", "--shots", "0",
+                       "--n-docs", "1", "--out", str(out)]
+    ffn = lambda out: ["importance", "ffn", "--data", str(FIXTURES), "--tasks", "copa", "--shots", "0", "--limit", "1",
+                       "--out", str(out)]
+    prune_aggregate = lambda out: ["prune", "heads", "--ranking", "aggregate", "--data", str(FIXTURES), "--tasks", "copa",
+                                   "--shots", "0", "--limit", "1", "--importance", str(out / "imp"), "--out", str(out)]
     return [
-        Case("resume", "eval-unit-not-json", prefilled_out({task_json: b"{"}, ev), ("copa.json", "not valid JSON")),
-        Case("resume", "eval-unit-invalid-utf8", prefilled_out({task_json: b'{"\xff": 1}'}, ev), ("copa.json",)),
         Case("resume", "eval-unit-other-settings", prefilled_out({task_json: other}, ev), ("copa.json", "--recompute")),
-        Case("resume", "importance-unit-corrupt", prefilled_out({"shots-0/copa.safetensors": b"garbage"}, imp),
-             ("copa.safetensors", "safetensors")),
-        Case("resume", "importance-unit-truncated", prefilled_out({"shots-0/copa.safetensors": b"\x10\x00\x00\x00\x00\x00\x00\x00{}"}, imp),
-             ("copa.safetensors",)),
-        Case("resume", "induction-seed-corrupt", prefilled_out(
-            {f"seeds/prefix_matching_{v}_seed_0.safetensors": b"garbage" for v in ("paper", "corrected")},
-            lambda out: ["induction", "prefix", "--seeds", "1", "--out", str(out)]), ("seed_0.safetensors",)),
+        Case("resume", "eval-unit-other-limit", prefilled_out({task_json: limit_999}, ev), ("copa.json", "limit")),
+        Case("resume", "importance-unit-unfingerprinted", prefilled_out({"shots-0/copa.safetensors": unfingerprinted}, imp),
+             ("copa.safetensors", "--recompute")),
+        Case("resume", "induction-seed-unfingerprinted", prefilled_out(
+            {"seeds/prefix_matching_paper_seed_0.safetensors": unfingerprinted},
+            lambda out: ["induction", "prefix", "--seeds", "1", "--out", str(out)]), ("seed_0.safetensors", "--recompute")),
+        Case("resume", "ffn-unit-other-limit", prefilled_out({"shots-0/copa.json": limit_999}, ffn), ("copa.json", "limit")),
+        Case("resume", "prune-aggregate-corrupt", prefilled_out(
+            {"imp/shots-0/aggregate.safetensors": b"\x10\x00\x00\x00\x00\x00\x00\x00{}"}, prune_aggregate),
+             ("aggregate.safetensors",)),
         Case("resume", "correlate-importance-corrupt", prefilled_out(
             {"imp/shots-0/copa.safetensors": b"garbage", "imp/shots-0/rte.safetensors": b"garbage"},
             lambda out: ["correlate", "--importance", str(out / "imp"), "--out", str(out)]), ("copa.safetensors",)),

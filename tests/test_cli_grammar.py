@@ -199,7 +199,8 @@ def test_one_spelling_per_concept_old_spellings_are_refused(argv, capsys):
     with pytest.raises(SystemExit) as err:
         _parse(argv)
     assert err.value.code == 2
-    assert "unrecognized arguments" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "unknown option" in err or "unexpected argument" in err, err
 
 
 def test_one_name_per_model_shape_option():
@@ -244,3 +245,21 @@ def test_plan_json_is_the_plan_and_json_is_a_result(capsys):
     assert args.plan and str(args.json) == "-"
     assert "--plan-json" in build_parser_help("eval") and "--json" not in build_parser_help("eval").replace("--plan-json", "")
     assert "--json" in build_parser_help("device-map") and "--plan-json" not in build_parser_help("device-map")
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["all", "--shtos", "1", "--out", "x"], ("run.py all: error: unknown option --shtos", "did you mean --shots?")),
+    (["importance", "heads", "--tasks", "copa", "--n-dcos", "2"], ("run.py importance heads:", "--n-docs")),
+    (["evl"], ("run.py: error:", "unknown choice 'evl'", "did you mean eval?")),
+    (["induction", "prefx"], ("run.py induction: error:", "did you mean prefix?")),
+    (["all", "--shots", "x", "--out", "o"], ("run.py all: error: argument --shots: invalid int value",)),
+    (["all"], ("run.py all: error:", "--out (or --plan)")),
+])
+def test_a_mistyped_line_is_one_line_with_the_nearest_spelling(argv, words, capsys):
+    with pytest.raises(SystemExit) as stop:
+        run.main(argv)
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "usage:" not in err, err
+    for word in words:
+        assert word in err, (word, err)

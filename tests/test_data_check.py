@@ -64,3 +64,19 @@ def test_a_file_that_differs_from_SHA256SUMS_is_an_error(capsys, tmp_path):
     (tmp_path / "SHA256SUMS").write_text("0" * 64 + "  copa/val.jsonl\n")
     assert _run(["data", "check", "--data", str(tmp_path), "--tasks", "copa"]) == 2
     assert "copa/val.jsonl: sha256 differs" in capsys.readouterr().err
+
+
+def test_on_the_bundled_samples_a_row_says_sample_not_count_differs(capsys):
+    from tasks.cli_options import SAMPLES_DIR
+    from tasks.data_check import check_data, format_report
+
+    rows = check_data(SAMPLES_DIR, ["copa", "piqa", "record", "synthetic_copy"])
+    status = {(r["task"], r["split"]): r["status"] for r in rows}
+    assert status[("copa", "validation")] == "sample" and status[("copa", "train")] == "sample"
+    assert status[("piqa", "train")] == "stand-in" and status[("record", "validation")] == "stand-in"
+    assert "count differs" not in status.values()
+    copa = next(r for r in rows if r["task"] == "copa" and r["split"] == "validation")
+    assert copa["note"] == f"bundled sample ({copa['docs']} of 100 docs)"
+    table = format_report(rows)
+    assert all(line.startswith("synthetic_copy  ") for line in table.splitlines() if "synthetic" in line)
+    assert table.splitlines()[-1].startswith("0 ok, ")  # and "sample" is counted

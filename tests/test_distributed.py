@@ -153,7 +153,23 @@ def test_prune_sweep_two_processes_equal_one(tmp_path):
     assert len(units) == 16 and units == sorted(p.relative_to(two) for p in two.rglob("h*_f*.json"))
 
 
-def test_the_whole_study_under_a_three_process_torchrun_writes_what_one_process_writes(tmp_path):
+STUDY = ["all", "--tasks", "copa", "cb", "rte", "--shots", "0", "--limit", "4", "--n-docs", "2", "--seeds", "2"]
+
+
+@pytest.fixture(scope="module")
+def one_process_study(tmp_path_factory):
+    """The small study run whole by one process: what every multi-process or resumed run must write."""
+    out = tmp_path_factory.mktemp("study") / "one"
+    _run([sys.executable, str(ROOT / "run.py"), *STUDY, "--out", str(out)], env=_env(OMP_NUM_THREADS="1"), timeout=600)
+    return out
+
+
+def _torchrun(processes: int, out: Path) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
+            str(ROOT / "run.py"), *STUDY, "--out", str(out)]
+
+
+def test_the_whole_study_under_a_three_process_torchrun_writes_what_one_process_writes(tmp_path, one_process_study):
     """`torchrun --nproc_per_node 3 run.py all ...` (gloo, CPU, the tiny OPT): every step splits its work units
     over the processes by cost, the processes wait for each other between steps, rank 0 alone writes the shared
     files and the report; every number equals the single-process run's (work.json and each process's work
@@ -164,11 +180,8 @@ def test_the_whole_study_under_a_three_process_torchrun_writes_what_one_process_
     plan is an upper bound of the step."""
     from compare_runs import compare
 
-    argv = ["all", "--tasks", "copa", "cb", "rte", "--shots", "0", "--limit", "4", "--n-docs", "2", "--seeds", "2"]
-    one, three = tmp_path / "one", tmp_path / "three"
-    _run([sys.executable, str(ROOT / "run.py"), *argv, "--out", str(one)], env=_env(OMP_NUM_THREADS="1"), timeout=600)
-    proc = _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "3",
-                 str(ROOT / "run.py"), *argv, "--out", str(three)], env=_env(OMP_NUM_THREADS="1"), timeout=900)
+    one, three = one_process_study, tmp_path / "three"
+    proc = _run(_torchrun(3, three), env=_env(OMP_NUM_THREADS="1"), timeout=900)
     assert proc.stderr.count("[all] step 1/") == 1  # one process speaks for the study
     work = json.loads((three / "work.json").read_text())
     upper_bound = {"head pruning (aggregate ranking)", "cross-task transfer (highest / lowest correlated partners)"}
@@ -184,3 +197,68 @@ def test_the_whole_study_under_a_three_process_torchrun_writes_what_one_process_
     rep = compare(one, three)  # work.json and work/ are records of each invocation, left out
     assert rep["number_diffs"] == {} and rep["only_in_a"] == [] and rep["only_in_b"] == [], rep
     assert (three / "report.md").is_file() and (three / "prune" / "transfer.json").is_file()
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process under `pid` (Linux /proc): torchrun starts its workers in sessions of their own."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="finds torchrun's workers through Linux /proc")
+def test_a_killed_two_process_torchrun_resumes_on_one_and_on_three_processes_to_the_clean_result(
+        tmp_path, one_process_study):
+    """A node lost midway: the 2-process torchrun of `all` is frozen in the middle of its pruning sweeps (a second run
+    into its directory meanwhile is refused, naming it), then every one of its processes is killed (SIGKILL: no
+    cleanup, its lock and half-written files left). Copies of what it left are resumed by one process and by three;
+    each takes the stale lock over with one line, and every result file equals the clean one-process run's."""
+    import shutil
+    import signal
+
+    from compare_runs import compare
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(_torchrun(2, killed), env=_env(OMP_NUM_THREADS="1"), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stderr:
+            if "[all] step 6/" in line:  # head pruning under the aggregate ranking: steps 1-5 are whole, 6 is not
+                break
+        else:
+            pytest.fail(f"the torchrun ended before step 6 (exit {proc.wait()})")
+        workers = _descendants(proc.pid)
+        for pid in [proc.pid, *workers]:
+            os.kill(pid, signal.SIGSTOP)  # frozen mid-step: its processes still hold the directory
+        second = subprocess.run([sys.executable, str(ROOT / "run.py"), *STUDY, "--out", str(killed)],
+                                env=_env(OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=120)
+        assert second.returncode == 2 and str(killed) in second.stderr, second.stderr
+        assert "another run is writing here" in second.stderr and "Traceback" not in second.stderr
+    finally:
+        for pid in [proc.pid, *_descendants(proc.pid)]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        proc.wait()
+    assert (killed / "run.lock").is_file() and not (killed / "report.md").exists()
+    for processes in (1, 3):
+        resumed = tmp_path / f"resumed-on-{processes}"
+        shutil.copytree(killed, resumed)
+        argv = ([sys.executable, str(ROOT / "run.py"), *STUDY, "--out", str(resumed)] if processes == 1
+                else _torchrun(processes, resumed))
+        done = _run(argv, env=_env(OMP_NUM_THREADS="1"), timeout=900)
+        assert done.stderr.count("taking over the stale lock") == 1, done.stderr[-2000:]
+        rep = compare(one_process_study, resumed)
+        assert rep["number_diffs"] == {} and rep["only_in_a"] == [] and rep["only_in_b"] == [], (processes, rep)
+        assert not (resumed / "run.lock").exists() and (resumed / "report.md").is_file()

@@ -91,3 +91,137 @@ def test_a_damaged_plan_cache_entry_is_said_and_recomputed(tmp_path, monkeypatch
     first, again = (json.loads((tmp_path / f"{n}.json").read_text())["total"] for n in ("first", "again"))
     assert again == first  # the same passes, from the data, not from the damaged entry
     assert json.loads(entry.read_text())["value"] != [1, 2]  # rebuilt
+
+
+# -- a damaged unit: computed again with one line naming it, never read as a result ---------------------------------
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "data")
+STEPS = {  # a step run alone, and one of the unit files it resumes from
+    "eval": (["eval", "--data", FIXTURES, "--tasks", "copa", "--shots", "0", "--limit", "2"], "shots-0/tasks/copa.json"),
+    "importance": (["importance", "heads", "--data", FIXTURES, "--tasks", "copa", "--shots", "0", "--n-docs", "1"],
+                   "shots-0/copa.safetensors"),
+    "induction": (["induction", "prefix", "--seeds", "1"], "seeds/prefix_matching_paper_seed_0.safetensors"),
+}
+
+
+def _cut_short(data: bytes) -> bytes:
+    return data[:len(data) // 2]
+
+
+def _garbage(data: bytes) -> bytes:
+    return b"\x00\x01 not a result"
+
+
+def _one_number_changed(data: bytes) -> bytes:
+    """The file still parses and carries its fingerprint; one of its numbers differs (a flipped bit in a float)."""
+    if data.startswith(b"{") or data.startswith(b"["):
+        doc = json.loads(data)
+        doc["results"]["acc"] = doc["results"]["acc"] + 0.25
+        return json.dumps(doc).encode()
+    return data[:-1] + bytes([data[-1] ^ 0x40])  # the last byte of the last tensor
+
+
+@pytest.mark.parametrize("step", sorted(STEPS))
+@pytest.mark.parametrize("damage", [_cut_short, _garbage, _one_number_changed], ids=lambda f: f.__name__[1:])
+def test_a_damaged_unit_is_computed_again_with_one_line(step, damage, tmp_path, capsys):
+    argv, rel = STEPS[step]
+    out = tmp_path / "out"
+    assert run.main([*argv, "--out", str(out)]) == 0
+    unit = out / rel
+    intact = unit.read_bytes()
+    unit.write_bytes(damage(intact))
+    capsys.readouterr()
+    assert run.main([*argv, "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "damaged unit" in line]
+    assert len(lines) == 1 and str(unit) in lines[0] and "computing it again" in lines[0], err
+    assert "Traceback" not in err
+    assert run.main([*argv, "--out", str(out)]) == 0  # the unit written again is whole: a third run reuses it
+    assert "damaged unit" not in capsys.readouterr().err
+
+
+# -- the run directory's lock ---------------------------------------------------------------------------------------
+@pytest.fixture
+def sleeper():
+    """A live process of this host standing for a run that holds a directory."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+def _hold(out, pid, **over):
+    from opt66b.runs.lock import holder_record, process_start
+
+    out.mkdir(parents=True, exist_ok=True)
+    held = {**holder_record("run.py all --out elsewhere"), "pid": pid, "process_start": process_start(pid), **over}
+    (out / "run.lock").write_text(json.dumps(held))
+    return held
+
+
+EVAL = ["eval", "--data", FIXTURES, "--tasks", "copa", "--shots", "0", "--limit", "1"]
+
+
+def test_a_second_run_into_a_held_directory_exits_2_naming_it_and_the_holder(tmp_path, capsys, sleeper):
+    out = tmp_path / "run"
+    _hold(out, sleeper.pid)
+    for target in (out, out / "eval"):  # the directory itself, or one inside it
+        assert run.main([*EVAL, "--out", str(target)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and str(out) in err and f"pid {sleeper.pid}" in err, err
+        assert "another run is writing here" in err and "run.py all --out elsewhere" in err
+    assert sorted(p.name for p in out.iterdir()) == ["run.lock"]  # nothing was written, the holder's lock stays
+
+
+def test_a_stale_lock_is_taken_over_with_one_line_and_released_at_the_end(tmp_path, capsys, sleeper):
+    out = tmp_path / "run"
+    _hold(out, sleeper.pid)
+    sleeper.kill()
+    sleeper.wait()
+    assert run.main([*EVAL, "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert err.count("[lock]") == 1 and "taking over the stale lock" in err and f"pid {sleeper.pid}" in err
+    assert not (out / "run.lock").exists() and (out / "shots-0" / "results.json").is_file()
+
+
+def test_a_reused_pid_a_damaged_lock_and_another_host(tmp_path, capsys):
+    out = tmp_path / "run"
+    _hold(out, os.getpid(), process_start="1")  # this pid, but a process that started at another time: gone
+    assert run.main([*EVAL, "--out", str(out)]) == 0
+    assert "taking over the stale lock" in capsys.readouterr().err
+    (out / "run.lock").write_text('{"host": "vm", "pi')  # cut short
+    assert run.main([*EVAL, "--out", str(out)]) == 0
+    assert "unreadable lock file" in capsys.readouterr().err
+    _hold(out, 1, host="node-17.cluster")  # a shared file system: that host's processes cannot be seen from here
+    assert run.main([*EVAL, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "node-17.cluster" in err and "another host" in err and str(out / "run.lock") in err
+
+
+def test_processes_of_one_torchrun_share_the_lock_of_their_job(tmp_path, monkeypatch, sleeper):
+    from opt66b.runs.lock import DirectoryBusy, RunLock, job_id
+
+    out = tmp_path / "run"
+    for key, value in {"RANK": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500",
+                       "TORCHELASTIC_RUN_ID": "job-1"}.items():
+        monkeypatch.setenv(key, value)
+    _hold(out, sleeper.pid, job=job_id())  # rank 0 of this job holds it
+    with RunLock(out):
+        pass
+    monkeypatch.setenv("RANK", "0")
+    with RunLock(out):
+        pass
+    assert (out / "run.lock").is_file()  # rank 0 of the job found its job's lock: it is not released by a sharer
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-2")  # another job: refused, on every rank
+    for rank in ("0", "1"):
+        monkeypatch.setenv("RANK", rank)
+        with pytest.raises(DirectoryBusy, match="another run is writing here"):
+            RunLock(out).acquire()
+
+
+def test_a_run_refused_before_writing_leaves_no_directory(tmp_path):
+    out = tmp_path / "new" / "run"
+    assert run.main([*EVAL[:-4], "--tasks", "nosuchtask", "--out", str(out)]) == 2
+    assert not (tmp_path / "new").exists()

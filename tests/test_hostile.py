@@ -65,7 +65,9 @@ def run_main(argv: list[str]) -> int:
 
 
 def snapshot(root: Path) -> dict[str, tuple[int, int]]:
-    return {str(p.relative_to(root)): (p.lstat().st_size if p.is_file() else -1, p.lstat().st_mtime_ns)
+    """Every file's size and modification time, every directory's presence (a directory's own time moves when the
+    run's lock is taken and given back in it, which leaves nothing)."""
+    return {str(p.relative_to(root)): (p.lstat().st_size, p.lstat().st_mtime_ns) if p.is_file() else (-1, 0)
             for p in sorted(root.rglob("*"))}
 
 

@@ -4,6 +4,7 @@ rule on a hand-computed case, and OPT-66B plans on one 141 GiB GPU and on 2 x 80
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +12,8 @@ import torch
 import run
 from conftest import random_model
 from opt66b.model import OPT
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "data"
 
 
 @pytest.fixture
@@ -402,3 +405,23 @@ def test_hardware_as_it_is_a_budget_or_a_rate_the_card_cannot_give_is_refused(tm
     assert plan["throughput_tflops"] == pytest.approx(SUSTAINED_FRACTION * GPU_KINDS["h200"].peak_tflops)
     assert plan["gpu"]["kind"] == "h200" and plan["gpu"]["usable_gib"] == pytest.approx(139.4)
     assert run.main([*base, "--gpu", "b300"]) == 2 and "h100-80gb" in capsys.readouterr().err
+
+
+def test_a_plan_on_the_bundled_samples_says_so_first_and_one_on_a_data_directory_does_not(capsys, tmp_path):
+    from study.costs import SAMPLES_LINE
+
+    assert run.main(["eval", "--tasks", "copa", "--shots", "0", "--plan"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == SAMPLES_LINE
+    assert run.main(["eval", "--tasks", "copa", "--shots", "0", "--data", str(FIXTURES), "--plan"]) == 0
+    assert capsys.readouterr().out.startswith("plan for ")
+
+
+def test_the_study_progress_line_never_says_100_percent_before_the_end():
+    from study.pipeline import StudyClock
+
+    clock = StudyClock({"steps": [{"step": "eval", "flops": 999.0}, {"step": "prune", "flops": 1.0},
+                                  {"step": "correlate", "flops": 0.0}], "throughput_tflops": None})
+    clock.done("eval", 10.0, computed=True)
+    assert "99% of the planned work done" in clock.line(2)  # 99.9% is not yet all of it
+    clock.done("prune", 1.0, computed=True)
+    assert clock.line(1) == "; the model work is done, 1 step(s) reading files left"

@@ -19,6 +19,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tasks.registry import TASKS, get_task  # noqa: E402
+from conftest import SHARED_DATA, needs_shared_data  # noqa: E402
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "data"
 SNAPSHOTS = Path(__file__).resolve().parent / "snapshots" / "requests.json"
@@ -197,10 +198,7 @@ def test_mathqa_paper_quirks_drop_the_demo_space_only():
     assert [r.continuation for r in s.requests] == [r.continuation for r in q.requests]  # scored with the space
 
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-
-
-@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"{SHARED_DATA} absent: the real dataset files are not here")
+@needs_shared_data
 @pytest.mark.parametrize("name", [n for n in TASKS if n != "record"])  # fixture record/val.jsonl is a stand-in
 def test_full_files_first_doc_is_the_hand_checked_fixture_doc(name):
     """The fixtures hold each file's first records, so the hand-checked strings above hold on the full files."""

@@ -400,7 +400,7 @@ def test_plan_prices_precision_from_the_run_it_would_resume(study_run, tmp_path,
 
 # When and how a file was written, not what it holds: the time, the process's argv, and the sha256 of
 # input files (which record their own write times; their numbers are compared file by file here).
-VOLATILE = {"created", "argv", "aggregate_inputs", "input_sha256"}
+VOLATILE = {"created", "argv", "aggregate_inputs", "input_sha256", "content_sha256"}  # the digest covers the first two
 
 
 def _normalised(path, root) -> object:

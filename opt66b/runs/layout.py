@@ -5,6 +5,7 @@ reader (the report, correlate, capacity, transfer, export) takes its paths from 
 name changes in one place. A run of `python run.py all --out OUT` is laid out as:
 
     OUT/commands.txt                       one `python run.py ...` line per step (replayable)
+    OUT/run.lock                           while a run writes here: its host, pid, start (opt66b/runs/lock.py)
     OUT/study.json, work.json, data_check.json, skipped_tasks.json, report.md, figures/
     OUT/eval/shots-K/results.json          lm-eval's layout; tasks/<task>.json units, requests/<task>.jsonl
     OUT/importance/shots-K/<task>.safetensors, aggregate.safetensors
@@ -163,6 +164,11 @@ class RunLayout:
 
     def results(self, k: int) -> Path:
         return eval_results(shots_dir(self.eval, k))
+
+
+def run_lock(root: str | Path) -> Path:
+    """The lock a run holds on its output directory while it writes there (any step's --out, `all`'s OUT)."""
+    return Path(root) / "run.lock"
 
 
 # -- the units inside a step's shot directory: each written by one step, read back when it resumes -----

@@ -77,7 +77,8 @@ def add_out_arg(parser: argparse.ArgumentParser, what: str = "output directory")
 def require_out(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Exit 2 with argparse's own message when --out is missing and the command is going to run."""
     if getattr(args, "out_required", False) and args.out is None and not getattr(args, "plan", False):
-        parser.error(f"{args.command}: the following argument is required: --out (or --plan)")
+        command = getattr(parser, "_command_parser", lambda _: parser)(args)  # `run.py all: error: ...`
+        command.error("the following argument is required: --out (or --plan)")
 
 
 def add_seed_arg(parser: argparse.ArgumentParser, default: int, what: str) -> None:
@@ -120,12 +121,12 @@ def add_plan_args(parser: argparse.ArgumentParser, step: str) -> None:
 
 def emit_json(path: Path | None, obj: Any) -> None:
     """The --json PATH rule: '-' prints `obj` to stdout, any other path is written atomically."""
-    from opt66b.runs.results import _json_default, write_json
+    from opt66b.runs.results import json_default, write_json
 
     if path is None:
         return
     if str(path) == "-":
-        sys.stdout.write(json.dumps(obj, indent=2, default=_json_default) + "\n")
+        sys.stdout.write(json.dumps(obj, indent=2, default=json_default) + "\n")
         return
     write_json(path, obj)
 

@@ -35,7 +35,7 @@ class NonFiniteError(ValueError):
 def write_json(path: str | Path, obj: Any) -> Path:
     """Atomic, strict JSON write: a non-finite float is a ValueError naming the file and its key."""
     try:
-        text = json.dumps(obj, indent=2, sort_keys=False, default=_json_default, allow_nan=False)
+        text = json.dumps(obj, indent=2, sort_keys=False, default=json_default, allow_nan=False)
     except ValueError as err:
         where = nonfinite_key(obj)
         raise NonFiniteError(f"{path}: refusing to write a non-finite number at {where or 'a value'} "
@@ -104,7 +104,7 @@ def write_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: 
     """Atomic safetensors write. Metadata values are JSON-encoded strings (safetensors allows str only)."""
     from safetensors.torch import save
 
-    meta = {k: v if isinstance(v, str) else json.dumps(v, default=_json_default) for k, v in (metadata or {}).items()}
+    meta = {k: v if isinstance(v, str) else json.dumps(v, default=json_default) for k, v in (metadata or {}).items()}
     data = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata=meta)
     return atomic_write_bytes(path, data)
 
@@ -141,7 +141,7 @@ def run_metadata(**settings: Any) -> dict[str, Any]:
     }
 
 
-def _json_default(obj: Any) -> Any:
+def json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     if isinstance(obj, (torch.dtype, torch.device)):

@@ -5,7 +5,9 @@ each unit's result is written atomically (opt66b.runs.results) together with a f
 identity and dtype, the data files' sha256, the task VERSIONs, and every setting that changes the
 numbers, plus CODE_VERSION. A rerun reuses a unit only when its fingerprint is the same; a unit made
 under other settings is an error naming the file and the fields that differ (never a silent mix),
-unless the caller asks to recompute.
+unless the caller asks to recompute. Each unit also carries the sha256 of its own numbers (CONTENT_KEY): a unit
+that no longer parses, or whose numbers differ from that digest (a file system's crash, a copy cut short, a
+flipped bit), is said in one line and computed again, never read as a result.
 
 Identity is by content, never by path spelling, so the same data given by another path, or a run
 directory moved elsewhere, still resumes. A checkpoint is identified by all of its bytes: config.json,
@@ -22,13 +24,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from opt66b.fileio import read_json, sha256_file
-from opt66b.runs.results import write_json, write_tensors
+from opt66b.runs.results import json_default, read_tensors, write_json, write_tensors
 
 # Bump when a code change alters numbers of existing units: their files are then refused, not reused.
 CODE_VERSION = 1
@@ -36,6 +39,9 @@ CODE_VERSION = 1
 # last float bits, and a resumed run may have another memory budget): ignored in stored fingerprints.
 RETIRED_FIELDS = ("batch_tokens",)
 FINGERPRINT_KEY = "fingerprint"  # JSON key / safetensors metadata key holding a unit's fingerprint
+# JSON key / safetensors metadata key holding the sha256 of a unit's numbers, so a unit whose bytes changed after
+# it was written (a file system's crash, a copy cut short, a flipped bit) is told from a finished one.
+CONTENT_KEY = "content_sha256"
 
 
 _SHA_CACHE: dict[tuple[str, int, int], str] = {}
@@ -149,11 +155,15 @@ class UnitStore:
         return _canonical({**self.common, **fields})
 
     def done(self, path: str | Path, **fields: Any) -> bool:
-        """True if `path` holds this unit made by the same fingerprint (skip it); False if absent
-        (or different and recompute is on). A different fingerprint is a ValueError naming the
-        file and the fields that changed."""
+        """True if `path` holds this unit made by the same fingerprint (skip it); False if absent, damaged (said
+        in one line: it is computed again and replaced) or different and recompute is on. A different
+        fingerprint is a ValueError naming the file and the fields that changed."""
         path = Path(path)
         if not path.is_file():
+            return False
+        damage = unit_damage(path)
+        if damage:
+            print(f"[store] {path}: damaged unit ({damage}); computing it again", file=sys.stderr, flush=True)
             return False
         old = read_fingerprint(path)
         new = self.fingerprint(**fields)
@@ -174,11 +184,50 @@ class UnitStore:
                          "--recompute to replace it, or use another --out")
 
     def write_json(self, path: str | Path, obj: dict[str, Any], **fields: Any) -> Path:
-        return write_json(path, {**obj, FINGERPRINT_KEY: self.fingerprint(**fields)})
+        return write_json(path, {**obj, FINGERPRINT_KEY: self.fingerprint(**fields), CONTENT_KEY: json_sha256(obj)})
 
     def write_tensors(self, path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, Any] | None = None,
                       **fields: Any) -> Path:
-        return write_tensors(path, tensors, {**(metadata or {}), FINGERPRINT_KEY: self.fingerprint(**fields)})
+        meta = {**(metadata or {}), FINGERPRINT_KEY: self.fingerprint(**fields), CONTENT_KEY: tensors_sha256(tensors)}
+        return write_tensors(path, tensors, meta)
+
+
+def json_sha256(obj: dict[str, Any]) -> str:
+    """sha256 of a JSON result's content as its file gives it back (keys sorted; tuples and lists alike)."""
+    body = {k: v for k, v in obj.items() if k not in (FINGERPRINT_KEY, CONTENT_KEY)}
+    text = json.dumps(json.loads(json.dumps(body, default=json_default)), sort_keys=True)  # int keys: as read back
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over a safetensors unit's tensors: names, dtypes, shapes and bytes, by name."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def unit_damage(path: Path) -> str | None:
+    """Why a unit file cannot be a finished unit (it does not parse; its numbers differ from the digest written with
+    them), None when intact. A file without a digest (older code) is judged by parsing alone."""
+    try:
+        if path.suffix == ".safetensors":
+            tensors, meta = read_tensors(path)
+            digest = meta.get(CONTENT_KEY)
+            actual = tensors_sha256(tensors) if digest else None
+        else:
+            data = read_json(path, want=dict)
+            digest = data.get(CONTENT_KEY)
+            actual = json_sha256(data) if digest else None
+    except ValueError as err:
+        return _one_line(str(err).removeprefix(f"{path}: ").split("; ")[0])
+    return "its numbers differ from the digest written with them" if digest != actual else None
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())[:160]
 
 
 def read_fingerprint(path: str | Path) -> dict[str, Any] | None:
@@ -201,3 +250,31 @@ def read_fingerprint(path: str | Path) -> dict[str, Any] | None:
 def fingerprint_sha256(fields: dict[str, Any]) -> str:
     """A short content id of any settings (e.g. a ranking file's content in a sweep unit's fingerprint)."""
     return _sha256_json(fields)
+
+
+def code_identity() -> dict[str, Any]:
+    """The code that made a run: the package version, CODE_VERSION of the units, and the git commit of the checkout
+    (read from .git without running git; None outside a checkout)."""
+    from importlib import metadata
+
+    try:
+        version = metadata.version("opt66b")
+    except metadata.PackageNotFoundError:
+        version = None
+    return {"opt66b": version, "unit code version": CODE_VERSION, "git commit": _git_commit(Path(__file__).parents[2])}
+
+
+def _git_commit(root: Path) -> str | None:
+    try:
+        head = (root / ".git" / "HEAD").read_text().strip()
+        if not head.startswith("ref: "):
+            return head[:12]
+        ref = head[5:]
+        if (root / ".git" / ref).is_file():
+            return (root / ".git" / ref).read_text().strip()[:12]
+        for line in (root / ".git" / "packed-refs").read_text().splitlines():
+            if line.endswith(" " + ref):
+                return line.split()[0][:12]
+    except OSError:
+        return None
+    return None
