@@ -115,14 +115,18 @@ def check_names(tasks: Iterable[str]) -> None:
                            "synthetic copy task is generated, not fetched)")
 
 
-def fetch(out: Path, tasks: list[str] | None = None, load: Loader = hub_loader, overwrite: bool = False,
+def fetch(out: Path, tasks: list[str] | None = None, load: Loader | None = None, overwrite: bool = False,
           log: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr, flush=True)) -> list[dict[str, Any]]:
     """Write every split of `tasks` (default: the 16) under `out`; one row per split: task, split, hub, file,
-    records, status ("written", "kept", "failed") and a note. A split that fails is said with where to get it."""
+    records, status ("written", "kept", "failed") and a note. A split that fails is said with where to get it.
+    load(source, split) gives a split's rows (default: hub_loader, the network)."""
     from .registry import ALL_TASKS
 
+    load = load or hub_loader
+
     check_names(tasks or [])
-    rows = []
+    rows: list[dict[str, Any]] = []
+    unreachable = ""  # once the hub cannot be reached, the other splits are not tried (each would retry for long)
     for task in tasks or list(SOURCES):
         source = SOURCES[task]
         folder = Path(out) / ALL_TASKS[task].DATA_DIR
@@ -130,23 +134,26 @@ def fetch(out: Path, tasks: list[str] | None = None, load: Loader = hub_loader, 
             path = folder / target_name(task, split)
             row = {"task": task, "split": split, "hub": f"{source.hub}" + (f" ({source.config})" if source.config else "")
                    + f" split {hub_split}", "file": str(path), "records": None, "status": "", "note": source.note}
+            rows.append(row)
             if path.is_file() and not overwrite:
                 row["status"] = "kept"
-                rows.append(row)
+                continue
+            if unreachable:
+                row["status"], row["note"] = "failed", f"not tried: {unreachable}; get it by hand: {source.by_hand}"
                 continue
             log(f"[fetch] {task} {split}: {row['hub']}")
             try:
                 text, count = _jsonl(load(source, hub_split))
             except Exception as err:  # the hub's errors are many (network, gone, scripts refused): say, go on
-                row["status"] = "failed"
-                row["note"] = f"{type(err).__name__}: {' '.join(str(err).split())[:200]}; get it by hand: {source.by_hand}"
+                said = f"{type(err).__name__}: {' '.join(str(err).split())[:200]}"
+                row["status"], row["note"] = "failed", f"{said}; get it by hand: {source.by_hand}"
                 log(f"[fetch] {task} {split}: failed ({row['note']})")
-                rows.append(row)
+                if "Connection" in type(err).__name__ or "reach" in str(err):
+                    unreachable = f"the hub could not be reached ({said[:80]})"
                 continue
             folder.mkdir(parents=True, exist_ok=True)
             atomic_write_text(path, text)
             row["status"], row["records"] = "written", count
-            rows.append(row)
     return rows
 
 
@@ -195,4 +202,8 @@ class DataFetchSettings(StepSettings):
             print(format_fetch(rows))
         if self.json is not None:
             emit_json(self.json, {"rows": rows, "meta": run_metadata(out=str(self.out))})
+        failed = [r for r in rows if r["status"] == "failed"]
+        if failed:  # after the table: a script must not take a partial directory for a whole one
+            raise ValueError(f"{len(failed)} of {len(rows)} splits could not be fetched (the table names each and where "
+                             f"to get it by hand), first {failed[0]['task']} {failed[0]['split']}: {failed[0]['note']}")
         return None

@@ -156,7 +156,7 @@ def _hold(out, pid, **over):
     from opt66b.runs.lock import holder_record, process_start
 
     out.mkdir(parents=True, exist_ok=True)
-    held = {**holder_record("run.py all --out elsewhere"), "pid": pid, "process_start": process_start(pid), **over}
+    held = {**holder_record("run.py all --out elsewhere", out), "pid": pid, "process_start": process_start(pid), **over}
     (out / "run.lock").write_text(json.dumps(held))
     return held
 
@@ -225,3 +225,16 @@ def test_a_run_refused_before_writing_leaves_no_directory(tmp_path):
     out = tmp_path / "new" / "run"
     assert run.main([*EVAL[:-4], "--tasks", "nosuchtask", "--out", str(out)]) == 2
     assert not (tmp_path / "new").exists()
+
+
+def test_a_lock_copied_with_its_directory_does_not_lock_the_copy(tmp_path, capsys, sleeper):
+    """`cp -r` of a running run (to look at it): the copy's lock names the original directory, so the copy is free."""
+    import shutil
+
+    out = tmp_path / "run"
+    _hold(out, sleeper.pid)
+    shutil.copytree(out, tmp_path / "copy")
+    assert run.main([*EVAL, "--out", str(tmp_path / "copy")]) == 0
+    err = capsys.readouterr().err
+    assert "taking over the stale lock" in err and f"it was copied from {out.resolve()}" in err
+    assert run.main([*EVAL, "--out", str(out)]) == 2  # the original stays locked by its live run

@@ -153,3 +153,24 @@ def test_the_command_refuses_unknown_tasks_before_any_download_and_needs_out(tmp
     assert "nosuchtask" in err and "[fetch]" not in err and not any(tmp_path.iterdir())
     assert run.main(["data", "fetch"]) == 2
     assert "--out DIR" in capsys.readouterr().err
+
+
+def test_once_the_hub_cannot_be_reached_the_other_splits_are_not_tried(tmp_path):
+    calls = []
+
+    def load(src, split):
+        calls.append(src.hub)
+        raise ConnectionError(f"Couldn't reach '{src.hub}' on the Hub (LocalEntryNotFoundError)")
+
+    rows = fetch_mod.fetch(tmp_path, ["copa", "rte", "lambada"], load=load, log=lambda msg: None)
+    assert len(calls) == 1 and [r["status"] for r in rows] == ["failed"] * 5
+    assert all("not tried: the hub could not be reached" in r["note"] for r in rows[1:])
+    assert "gluebenchmark.com" in rows[-2]["note"]  # each still says where to get it by hand
+
+
+def test_the_command_exits_2_after_its_table_when_a_split_failed(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("datasets")  # the command checks the optional package before anything else
+    monkeypatch.setattr(fetch_mod, "hub_loader", lambda src, split: (_ for _ in ()).throw(RuntimeError("gone")))
+    assert run.main(["data", "fetch", "--out", str(tmp_path), "--tasks", "copa"]) == 2
+    captured = capsys.readouterr()
+    assert "2 failed" in captured.out and "2 of 2 splits could not be fetched" in captured.err

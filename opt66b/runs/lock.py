@@ -9,8 +9,9 @@ command into the directory, or into a directory inside it, exits 2 naming the di
 
 A lock whose process is gone (kill -9, a node that lost power, a preempted job) is stale: the next run on the same
 host takes it over, says so in one line, and resumes as usual. A pid the system has since given to another process
-is told apart by the process's start time (Linux /proc). A lock held from another host (a shared file system)
-cannot be checked from here: the message says so and names the file to delete once that run is gone.
+is told apart by the process's start time (Linux /proc), and a lock copied with its directory (`cp -r` of a running
+run, to look at it) by the directory it records. A lock held from another host (a shared file system) cannot be
+checked from here: the message says so and names the file to delete once that run is gone.
 
 The processes of one torchrun job share one lock: rank 0 takes it; the job is named by torchrun's rendezvous
 (MASTER_ADDR, MASTER_PORT, TORCHELASTIC_RUN_ID), and the other ranks only check that no other run holds the
@@ -61,15 +62,19 @@ def process_start(pid: int) -> str | None:
     return fields[19] if len(fields) > 19 else None
 
 
-def holder_record(command: str) -> dict[str, Any]:
+def holder_record(command: str, root: Path) -> dict[str, Any]:
     """What a lock holds: enough to tell whether its run still runs, and to name it to a user."""
     return {"host": socket.gethostname(), "pid": os.getpid(), "process_start": process_start(os.getpid()),
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "job": job_id(), "command": command}
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "job": job_id(), "command": command,
+            "directory": str(Path(root).resolve())}
 
 
-def holder_state(held: dict[str, Any]) -> str:
-    """'running', 'gone' (its process ended or is a zombie, or its pid now belongs to a younger process), or
-    'unknown' (another host: nothing here can see its processes)."""
+def holder_state(held: dict[str, Any], where: Path) -> str:
+    """'running', 'gone' (its process ended or is a zombie, or its pid now belongs to a younger process; or the lock
+    was copied with its directory from `directory`: it locks that one, not `where`), or 'unknown' (another host:
+    nothing here can see its processes)."""
+    if held.get("directory") not in (None, str(Path(where).resolve())):
+        return "gone"
     if held.get("host") != socket.gethostname():
         return "unknown"
     pid = held.get("pid")
@@ -125,7 +130,7 @@ class RunLock:
         rank, world = rank_world()
         if world > 1 and rank != 0:  # rank 0 takes the job's lock; the others only check nobody else holds it
             held = read_lock(self.path)
-            if held is not None and not same_job(held) and holder_state(held) != "gone":
+            if held is not None and not same_job(held) and holder_state(held, self.root) != "gone":
                 raise self._busy(self.root, held)
             return
         self._make_root()
@@ -134,11 +139,12 @@ class RunLock:
                 self.owned = True
                 return
             held = read_lock(self.path)
-            if held is not None and same_job(held):
-                return  # a lock of this very torchrun job
-            if held is not None and holder_state(held) != "gone":
+            state = None if held is None else holder_state(held, self.root)
+            if held is not None and same_job(held) and state != "gone":
+                return  # a lock of this very torchrun job, held by a live process of it
+            if state not in (None, "gone"):
                 raise self._busy(self.root, held)
-            self._take_over(held)
+            self._take_over(held)  # stale, damaged, copied, or a restarted job's dead rank 0: this process owns it
         raise DirectoryBusy(f"{self.root}: other runs keep taking its lock {self.path}; start one run at a time")
 
     def release(self) -> None:
@@ -161,7 +167,7 @@ class RunLock:
     def _create(self) -> bool:
         """Create the lock with its whole content (a hard link of a finished file), False when one exists."""
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}-{os.urandom(4).hex()}")
-        tmp.write_text(json.dumps(holder_record(self.command)) + "\n", encoding="utf-8")
+        tmp.write_text(json.dumps(holder_record(self.command, self.root)) + "\n", encoding="utf-8")
         try:
             os.link(tmp, self.path)
             return True
@@ -193,18 +199,20 @@ class RunLock:
         elif held is None:
             self.log(f"[lock] {self.path}: unreadable lock file (cut short or not a lock); taking it over")
         else:
-            self.log(f"[lock] {self.path}: taking over the stale lock of {describe(held)}: that process is gone")
+            copied = held.get("directory") not in (None, str(self.root.resolve()))
+            why = f"it was copied from {held['directory']}" if copied else "that process is gone"
+            self.log(f"[lock] {self.path}: taking over the stale lock of {describe(held)}: {why}")
         aside.unlink(missing_ok=True)
 
     def _check_enclosing(self) -> None:
         """A run writing a directory that holds this one (`all --out runs/x` while `eval --out runs/x/eval`)."""
         for parent in self.root.resolve().parents:
             held = read_lock(run_lock(parent))
-            if held is not None and not same_job(held) and holder_state(held) != "gone":
+            if held is not None and not same_job(held) and holder_state(held, parent) != "gone":
                 raise self._busy(parent, held)
 
     def _busy(self, where: Path, held: dict[str, Any]) -> DirectoryBusy:
-        if holder_state(held) == "unknown":
+        if holder_state(held, where) == "unknown":
             return DirectoryBusy(f"{where}: locked by {describe(held)}, on another host, so it cannot be checked from "
                                  f"here; wait for it, use another --out, or delete {run_lock(where)} once that run "
                                  "is gone")
