@@ -14,6 +14,7 @@ does. Nothing in it is typed by hand: a run that lacks a part says so.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +80,8 @@ def header_lines(run: Path) -> list[str]:
     code = study.get("code") or {}
     if code:
         rows.append(["code", ", ".join(f"{k} {v}" for k, v in code.items() if v is not None)])
-    rows.append(["date", f"started {study.get('started') or config.get('created', '?')}"])
+    rows.append(["date", f"started {study.get('started') or config.get('created', '?')}; this report written "
+                         f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')}"])
     machine = study.get("machine") or {k: config.get(k) for k in ("platform", "python", "torch") if config.get(k)}
     if machine:
         rows.append(["machine", ", ".join(f"{k} {v}" for k, v in machine.items())])

@@ -30,6 +30,10 @@ def register_data(sub: argparse._SubParsersAction) -> None:
     actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     c = actions.add_parser("check", help="per task and split: file, count, sha256, stand-ins, what is missing",
                            formatter_class=argparse.RawDescriptionHelpFormatter,
+                           description="Reads every task's files under --data and reports, per task and split, the "
+                                       "file used, its records against the published count (\"sample\" on the "
+                                       "bundled samples), its sha256 (checked against DIR/SHA256SUMS when present), "
+                                       "stand-ins and fallbacks, and what a missing split blocks.",
                            epilog=example("python run.py data check --data ~/data --tasks piqa mathqa --json report.json"))
     add_data_arg(c)
     c.add_argument("--tasks", nargs="+", default=None, help="task names (default: all 16)")
@@ -41,7 +45,8 @@ def register_data(sub: argparse._SubParsersAction) -> None:
         description="Each task's splits from the hub ids lm-evaluation-harness reads (tasks/fetch.py SOURCES), one "
                     "row per line with the hub's field names, as DIR/<task dir>/validation.jsonl (train.jsonl, "
                     "test.jsonl). A split the hub cannot give is named with where to get it by hand; files already "
-                    "there are kept (--overwrite replaces them).",
+                    "there are kept (--overwrite replaces them). Needs the optional `datasets` package: "
+                    "pip install -e \".[data]\". The only command that downloads.",
         epilog=example("python run.py data fetch --out ~/data",
                        "python run.py data fetch --out ~/data --tasks copa rte --overwrite"))
     f.add_argument("--out", type=Path, default=None, metavar="DIR", help="the data directory to build (required)")
