@@ -214,18 +214,20 @@ def bar_panels(values: dict[str, Sequence[float]], path: str | Path, title: str,
 def curve_panels(panels: dict[str, dict[str, tuple[Sequence[float], Sequence[float]]]], path: str | Path,
                  title: str, xlabel: str, ylabel: str, bold: Sequence[str] = (), dashed: Sequence[str] = (),
                  marks: dict[str, Sequence[tuple[float, str]]] | None = None,
-                 errors: dict[str, dict[str, Sequence[tuple[float, float] | None]]] | None = None) -> Path | None:
+                 errors: dict[str, dict[str, Sequence[tuple[float, float] | None]]] | None = None,
+                 note: str | None = None) -> Path | None:
     """One line plot per panel name of label -> (x, y); labels in `bold` drawn thick, in `dashed`
     dashed; marks[panel] = [(x, label)] draws labelled vertical lines (e.g. the knee);
     errors[panel][label] = (low, high) per point, drawn as error bars that may be asymmetric, as exact
     intervals of a proportion are (None: no bar there). Where panels hold several series, one legend for the
-    figure sits below the panels, never on the data; a panel of one series is named by its title."""
+    figure sits below the panels, never on the data; a panel of one series is named by its title. `note`: a
+    sentence under the panels (e.g. why a curve is flat on a small model)."""
     if not have_matplotlib() or not panels:
         return None
     labels = list(dict.fromkeys(label for series in panels.values() if len(series) > 1 for label in series))
     ncol = min(5, max(1, len(labels)))
     legend_in = (0.15 + 0.17 * -(-len(labels) // ncol)) if labels else 0.0
-    plt, fig, axes = _panels(len(panels), max_cols=3, extra_height=legend_in)
+    plt, fig, axes = _panels(len(panels), max_cols=3, extra_height=legend_in + (0.4 if note else 0.0))
     palette = [f"C{i}" for i in range(10)] if len(labels) <= 10 else [_pyplot().get_cmap("tab20")(i) for i in range(20)]
     colours = {label: palette[i % len(palette)] for i, label in enumerate(labels)}  # one colour per label, all panels
     handles: dict[str, object] = {}
@@ -235,12 +237,7 @@ def curve_panels(panels: dict[str, dict[str, tuple[Sequence[float], Sequence[flo
                            linestyle="--" if label in dashed else "-", marker="o" if len(xs) <= 12 else None,
                            markersize=2.5, color="k" if label in bold else colours.get(label))[0]
             handles.setdefault(label, line)
-            err = (errors or {}).get(name, {}).get(label)
-            if err is not None:
-                below = [0.0 if e is None else max(0.0, y - e[0]) for y, e in zip(ys, err)]
-                above = [0.0 if e is None else max(0.0, e[1] - y) for y, e in zip(ys, err)]
-                ax.errorbar(list(xs), list(ys), yerr=[below, above], fmt="none",
-                            ecolor=line.get_color(), elinewidth=1.2 if label in bold else 0.6, capsize=1.5)
+            _error_bars(ax, xs, ys, (errors or {}).get(name, {}).get(label), line.get_color(), label in bold)
         for x, label in (marks or {}).get(name, []):
             ax.axvline(x, color="tab:red", linewidth=0.8, linestyle=":")
             ax.annotate(label, (x, 0.02), xycoords=("data", "axes fraction"), fontsize=LABEL_PT, color="tab:red")
@@ -249,12 +246,23 @@ def curve_panels(panels: dict[str, dict[str, tuple[Sequence[float], Sequence[flo
         ax.set_ylabel(ylabel, fontsize=LABEL_PT)
         ax.tick_params(labelsize=LABEL_PT)
         ax.grid(alpha=0.3)
-    bottom = 0.0
+    note_in = 0.4 if note else 0.0
+    if note:
+        fig.text(0.01, 0.01, note, fontsize=LABEL_PT, wrap=True, va="bottom")
     if labels and len(labels) <= 30:
-        bottom = legend_in / fig.get_figheight()
         fig.legend([handles[label] for label in labels], labels, loc="lower center", ncol=ncol, fontsize=LABEL_PT,
-                   frameon=False, bbox_to_anchor=(0.5, 0.0))
-    return _finish(plt, fig, path, title, bottom=bottom)
+                   frameon=False, bbox_to_anchor=(0.5, note_in / fig.get_figheight()))
+    return _finish(plt, fig, path, title, bottom=(legend_in + note_in) / fig.get_figheight())
+
+
+def _error_bars(ax, xs, ys, err: Sequence[tuple[float, float] | None] | None, colour, bold: bool) -> None:
+    """(low, high) per point as error bars, asymmetric where the interval is (None: no bar at that point)."""
+    if err is None:
+        return
+    below = [0.0 if e is None else max(0.0, y - e[0]) for y, e in zip(ys, err)]
+    above = [0.0 if e is None else max(0.0, e[1] - y) for y, e in zip(ys, err)]
+    ax.errorbar(list(xs), list(ys), yerr=[below, above], fmt="none", ecolor=colour, elinewidth=1.2 if bold else 0.6,
+                capsize=1.5)
 
 
 def matrix_panels(matrices: dict[str, tuple[Sequence[Sequence[float]], Sequence[str], Sequence[str]]],

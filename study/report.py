@@ -231,9 +231,14 @@ def _curve_figures(tab: dict, name: str, shot: str, figs: Figures, lines: list[s
     kind = "prune_heads" if axis == "heads" else "prune_ffn"
     paper = figure_at(kind, shot_of(shot)) if ranking == "own" else ""
     xlabel, ylabel = f"% {'heads' if axis == 'heads' else 'FFNs'} pruned", "metric x100 (exact 95% interval)"
+    same = count_groups(tab, axis)
+    note = (f"On this model's size some percentages are one pruning ({'; '.join(same)} "
+            f"{'heads' if axis == 'heads' else 'FFNs'}): the curves are flat there by construction." if same else None)
+    if note:
+        lines += [note, ""]
     figs.add(lines, figures.curve_panels(panels, figs.dir / f"prune-{name}-{shot}.png",
                                          f"{tab['sweep']} pruning, ranking {ranking}, {shot}", xlabel, ylabel,
-                                         bold=list(panels)[:1] if mean else [], marks=marks, errors=errs),
+                                         bold=list(panels)[:1] if mean else [], marks=marks, errors=errs, note=note),
              paper, f"{tab['sweep']} pruning per seen task with their mean, ranking {ranking}, {shot}")
     if others:
         figs.add(lines, figures.curve_panels({t: {t: series[t]} for t in others},

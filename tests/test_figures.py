@@ -93,12 +93,15 @@ def test_curve_panels_share_one_legend_below_every_panel_with_one_colour_per_lab
     panels = {f"shots-{k}": {label: (x, [100, 90 - i, 80 - i]) for i, label in enumerate(labels)} for k in (0, 1, 5)}
     errors = {"shots-0": {"task0": [(95, 100), None, (70, 85)]}}
     figures.curve_panels(panels, tmp_path / "p.png", "per task", "% heads pruned", "% kept",
-                         dashed=["random (expected)"], errors=errors, marks={"shots-0": [(10, "knee 10%")]})
+                         dashed=["random (expected)"], errors=errors, marks={"shots-0": [(10, "knee 10%")]},
+                         note="a note under the legend")
     fig = drawn[0]
     renderer, axes = _boxes(fig)
     assert len(fig.legends) == 1 and all(ax.get_legend() is None for ax in axes)
     box = fig.legends[0].get_window_extent(renderer)
-    assert not any(_overlaps(box, ax.get_window_extent(renderer)) for ax in axes)
+    note = next(t for t in fig.texts if t.get_text() == "a note under the legend").get_window_extent(renderer)
+    assert not any(_overlaps(box, ax.get_window_extent(renderer)) for ax in axes) and not _overlaps(box, note)
+    assert not any(_overlaps(note, ax.get_window_extent(renderer)) for ax in axes)
     assert [t.get_text() for t in fig.legends[0].get_texts()] == labels
     colours = {}
     for ax in axes:
@@ -111,8 +114,13 @@ def test_curve_panels_share_one_legend_below_every_panel_with_one_colour_per_lab
 
 
 def test_a_panel_of_one_series_is_named_by_its_title_and_has_no_legend(tmp_path, drawn):
-    figures.curve_panels({"copa": {"copa": ([0, 10], [75, 70])}}, tmp_path / "p.png", "pruning", "%", "metric x100")
-    assert drawn[0].legends == [] and drawn[0].axes[0].get_title() == "copa"
+    figures.curve_panels({"copa": {"copa": ([0, 10], [75, 70])}}, tmp_path / "p.png", "pruning", "%", "metric x100",
+                         note="0-40% remove 0 FFNs: the curves are flat there by construction")
+    fig = drawn[0]
+    assert fig.legends == [] and fig.axes[0].get_title() == "copa"
+    renderer, axes = _boxes(fig)
+    note = next(t for t in fig.texts if "by construction" in t.get_text())
+    assert not _overlaps(note.get_window_extent(renderer), axes[0].get_window_extent(renderer))
 
 
 def test_matrix_panels_cells_are_readable_and_the_colour_bar_says_what_it_is(tmp_path, drawn):
