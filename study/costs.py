@@ -163,10 +163,10 @@ def add_precision(plan: dict[str, Any], ps: PlanSettings, data: Path, tasks: Seq
 
 def note_data(plan: dict[str, Any], data: Path) -> None:
     """The data directory a plan prices, and whether it is the bundled samples (its first line says so)."""
-    from tasks.cli_options import SAMPLES_DIR
+    from tasks.cli_options import is_samples
 
     plan["data"] = str(data)
-    plan["bundled_samples"] = Path(data).resolve() == SAMPLES_DIR
+    plan["bundled_samples"] = is_samples(data)
 
 
 SAMPLES_LINE = ("ON THE BUNDLED SAMPLES (tasks/samples: 16 to 40 documents per task, not the study's data): give --data DIR "

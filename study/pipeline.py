@@ -140,6 +140,8 @@ def _write_run_files(study: Study, info: dict[str, Any]) -> None:
     layout, s = study.layout, study.settings
     layout.root.mkdir(parents=True, exist_ok=True)
     write_json(layout.skipped_tasks, list(study.skipped))
+    # each step's seed (the induction steps: their first seed)
+    seeds = [(label, getattr(st, "first_seed", getattr(st, "seed", None))) for label, st in study.steps]
     device = info.get("device", "?")
     if str(device).startswith("cuda") and torch.cuda.is_available():
         device = f"{device} ({torch.cuda.get_device_name(0)})"
@@ -148,8 +150,7 @@ def _write_run_files(study: Study, info: dict[str, Any]) -> None:
         "targets_differ": targets_differ(list(study.tasks)), "tasks": list(study.tasks), "shots": list(s.shots),
         "model": {k: info.get(k) for k in ("model", "layers", "heads", "dtype", "device", "identity")},
         "data": str(s.data),
-        "seeds": {label: getattr(st, "first_seed", getattr(st, "seed", None)) for label, st in study.steps
-                  if isinstance(getattr(st, "first_seed", getattr(st, "seed", None)), int)},
+        "seeds": {label: seed for label, seed in seeds if isinstance(seed, int)},
         "code": code_identity(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
                     "device": device, "threads": torch.get_num_threads(), "processes": rank_world()[1]}})

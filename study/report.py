@@ -29,7 +29,7 @@ from tasks.registry import ALL_TASKS, EXTRA_TASKS, PAPER_SEEN_TASKS, PAPER_UNSEE
 
 from . import figures
 from .report_headline import headline_section, protocol_lines, targets_section
-from .report_kit import Figures, count_groups, figure_at, md_table, pct, run_json, sweep_tables, xy
+from .report_kit import Figures, figure_at, md_table, pct, run_json, size_note, sweep_tables, xy
 
 
 # -- tasks and accuracy -------------------------------------------------------------------------------
@@ -231,9 +231,7 @@ def _curve_figures(tab: dict, name: str, shot: str, figs: Figures, lines: list[s
     kind = "prune_heads" if axis == "heads" else "prune_ffn"
     paper = figure_at(kind, shot_of(shot)) if ranking == "own" else ""
     xlabel, ylabel = f"% {'heads' if axis == 'heads' else 'FFNs'} pruned", "metric x100 (exact 95% interval)"
-    same = count_groups(tab, axis)
-    note = (f"On this model's size some percentages are one pruning ({'; '.join(same)} "
-            f"{'heads' if axis == 'heads' else 'FFNs'}): the curves are flat there by construction." if same else None)
+    note = size_note(tab, (axis,), "the curves are flat there by construction")
     if note:
         lines += [note, ""]
     figs.add(lines, figures.curve_panels(panels, figs.dir / f"prune-{name}-{shot}.png",
@@ -275,10 +273,7 @@ def grid_lines(tab: dict, shots: list[str], figs: Figures, tolerance: float) -> 
         matrix = [[grid[h].get(f, float("nan")) for f in fs] for h in hs]
         lines += [f"{shot}, mean over {len(used)} seen tasks (rows: heads %, columns: FFN %)", ""]
         lines += md_table(["heads % \\ FFN %"] + fs, [[h] + row for h, row in zip(hs, matrix)])
-        same = [f"{what}: {', '.join(groups)}" for what, groups in (("heads", count_groups(tab, "heads")),
-                                                                     ("FFNs", count_groups(tab, "ffn"))) if groups]
-        note = ("On this model's size some percentages are one pruning (" + "; ".join(same) + "): their rows or "
-                "columns are equal by construction." if same else None)
+        note = size_note(tab, ("heads", "ffn"), "their rows or columns are equal by construction")
         if note:
             lines += [note, ""]
         figs.add(lines, figures.heatmap(matrix, figs.dir / f"grid-{tab['ranking']}-{shot}.png",

@@ -151,3 +151,12 @@ def count_groups(tab: dict, axis: str) -> list[str]:
     for p in tab.get("head_percents" if axis == "heads" else "ffn_percents", []):
         groups.setdefault(tab["counts"][axis][f"{p:g}"], []).append(p)
     return [f"{pct(ps[0])}-{pct(ps[-1])}% remove {n}" for n, ps in sorted(groups.items()) if len(ps) > 1]
+
+
+def size_note(tab: dict, axes: tuple[str, ...], consequence: str) -> str | None:
+    """A sentence for a figure and its text when this model's size makes several percentages of a sweep table one
+    pruning along `axes` ('heads', 'ffn'), ending with what that does to the figure; None when none do."""
+    parts = [f"{'heads' if a == 'heads' else 'FFNs'}: {', '.join(g)}" for a in axes if (g := count_groups(tab, a))]
+    if not parts:
+        return None
+    return f"On this model's size some percentages are one pruning ({'; '.join(parts)}): {consequence}."

@@ -23,7 +23,7 @@ from typing import Any
 from opt66b.runs.loading import LoadSettings
 from opt66b.runs.layout import RunLayout
 from opt66b.runs.settings import Options, option
-from tasks.cli_options import DEFAULT_SHOTS, SAMPLES_DIR
+from tasks.cli_options import DEFAULT_SHOTS, SAMPLES_DIR, is_samples
 from tasks.protocol import CORRECTED, Protocol
 from tasks.registry import ALL_TASKS, PAPER_SEEN_TASKS, PAPER_UNSEEN_TASKS, seen_in
 
@@ -72,7 +72,7 @@ class StudySettings(Options):
     def sized(self, load: LoadSettings) -> "StudySettings":
         """The sizes not given: small for the tiny defaults (the embedded OPT on the bundled samples), the paper's
         otherwise."""
-        tiny = load.model is None and load.random_weights is None and Path(self.data).resolve() == SAMPLES_DIR
+        tiny = load.model is None and load.random_weights is None and is_samples(self.data)
         sizes = TINY_SIZES if tiny else PAPER_SIZES
         return replace(self, **{k: v for k, v in sizes.items() if getattr(self, k) is None})
 

@@ -11,6 +11,11 @@ import argparse
 from pathlib import Path
 
 SAMPLES_DIR = Path(__file__).resolve().parent / "samples"
+
+
+def is_samples(data: str | Path) -> bool:
+    """True when `data` is the bundled samples (by any spelling of its path): cut short on purpose."""
+    return Path(data).resolve() == SAMPLES_DIR
 DEFAULT_SHOTS = [0, 1, 5]
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from opt66b.runs.settings import StepSettings, option
 
-from .cli_options import SAMPLES_DIR
+from .cli_options import SAMPLES_DIR, is_samples
 
 
 def check_data(data_dir: Path, names: list[str] | None = None) -> list[dict[str, Any]]:
@@ -21,7 +21,7 @@ def check_data(data_dir: Path, names: list[str] | None = None) -> list[dict[str,
     from .registry import TASKS, get_task
 
     sums = _read_sha256sums(data_dir / "SHA256SUMS")
-    samples = Path(data_dir).resolve() == SAMPLES_DIR  # cut short on purpose: a count is no finding there
+    samples = is_samples(data_dir)  # cut short on purpose: a count is no finding there
     rows = []
     for name in names or list(TASKS):
         task = get_task(name, data_dir)

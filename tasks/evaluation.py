@@ -25,7 +25,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from opt66b.runs.results import NonFiniteError
-from opt66b.runs.store import CONTENT_KEY, json_sha256
+from opt66b.runs.store import json_intact, sealed_json
 from opt66b.layer_major import DEFAULT_CHUNK_BUDGET
 
 from .base import Result, Task
@@ -169,7 +169,7 @@ class EvaluationCache:
             return None
         try:
             entry = json.loads(path.read_text(encoding="utf-8"))
-            if entry.get(CONTENT_KEY, json_sha256(entry)) != json_sha256(entry):
+            if not json_intact(entry):
                 raise ValueError("its numbers differ from the digest written with them")
             ok = entry["identity"] == key[0] and entry["fingerprint"] == self.fingerprint
             metrics = dict(entry["metrics"]) if ok else None
@@ -212,8 +212,7 @@ class EvaluationCache:
         if path is not None:
             from opt66b.runs.results import write_json
 
-            entry = {"identity": key[0], "metrics": metrics}
-            write_json(path, {**entry, "fingerprint": self.fingerprint, CONTENT_KEY: json_sha256(entry)})
+            write_json(path, sealed_json({"identity": key[0], "metrics": metrics}, self.fingerprint))
 
     def _path(self, key: tuple[str, bytes, bytes]) -> Path | None:
         if self.directory is None or key[0].startswith("object "):

@@ -86,10 +86,8 @@ Loader = Callable[[Source, str], Iterable[dict[str, Any]]]
 def hub_loader(source: Source, split: str) -> Iterable[dict[str, Any]]:
     """The hub's rows of one split (network; needs `datasets`)."""
     import datasets
-    kwargs = {k: v for k, v in source.extra.items() if k != "trust_remote_code"}
-    if source.extra.get("trust_remote_code"):
-        kwargs["trust_remote_code"] = True
-    return datasets.load_dataset(source.hub, source.config, split=split, **kwargs)
+
+    return datasets.load_dataset(source.hub, source.config, split=split, **source.extra)
 
 
 def target_name(task: str, split: str) -> str:

@@ -69,11 +69,16 @@ def holder_record(command: str, root: Path) -> dict[str, Any]:
             "directory": str(Path(root).resolve())}
 
 
+def copied(held: dict[str, Any], where: Path) -> bool:
+    """True when the lock in `where` came along with a copy of another directory (it names that one)."""
+    return held.get("directory") not in (None, str(Path(where).resolve()))
+
+
 def holder_state(held: dict[str, Any], where: Path) -> str:
     """'running', 'gone' (its process ended or is a zombie, or its pid now belongs to a younger process; or the lock
     was copied with its directory from `directory`: it locks that one, not `where`), or 'unknown' (another host:
     nothing here can see its processes)."""
-    if held.get("directory") not in (None, str(Path(where).resolve())):
+    if copied(held, where):
         return "gone"
     if held.get("host") != socket.gethostname():
         return "unknown"
@@ -199,8 +204,7 @@ class RunLock:
         elif held is None:
             self.log(f"[lock] {self.path}: unreadable lock file (cut short or not a lock); taking it over")
         else:
-            copied = held.get("directory") not in (None, str(self.root.resolve()))
-            why = f"it was copied from {held['directory']}" if copied else "that process is gone"
+            why = f"it was copied from {held['directory']}" if copied(held, self.root) else "that process is gone"
             self.log(f"[lock] {self.path}: taking over the stale lock of {describe(held)}: {why}")
         aside.unlink(missing_ok=True)
 

@@ -184,7 +184,7 @@ class UnitStore:
                          "--recompute to replace it, or use another --out")
 
     def write_json(self, path: str | Path, obj: dict[str, Any], **fields: Any) -> Path:
-        return write_json(path, {**obj, FINGERPRINT_KEY: self.fingerprint(**fields), CONTENT_KEY: json_sha256(obj)})
+        return write_json(path, sealed_json(obj, self.fingerprint(**fields)))
 
     def write_tensors(self, path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, Any] | None = None,
                       **fields: Any) -> Path:
@@ -197,6 +197,17 @@ def json_sha256(obj: dict[str, Any]) -> str:
     body = {k: v for k, v in obj.items() if k not in (FINGERPRINT_KEY, CONTENT_KEY)}
     text = json.dumps(json.loads(json.dumps(body, default=json_default)), sort_keys=True)  # int keys: as read back
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def sealed_json(obj: dict[str, Any], fingerprint: dict[str, Any]) -> dict[str, Any]:
+    """A JSON result as written: its content, the fingerprint of what made it, and the digest of its content."""
+    return {**obj, FINGERPRINT_KEY: fingerprint, CONTENT_KEY: json_sha256(obj)}
+
+
+def json_intact(data: dict[str, Any]) -> bool:
+    """True when a parsed JSON result's content matches the digest written with it (or it carries none: older code)."""
+    digest = data.get(CONTENT_KEY)
+    return digest is None or digest == json_sha256(data)
 
 
 def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
@@ -215,15 +226,12 @@ def unit_damage(path: Path) -> str | None:
     try:
         if path.suffix == ".safetensors":
             tensors, meta = read_tensors(path)
-            digest = meta.get(CONTENT_KEY)
-            actual = tensors_sha256(tensors) if digest else None
+            intact = meta.get(CONTENT_KEY) in (None, tensors_sha256(tensors))
         else:
-            data = read_json(path, want=dict)
-            digest = data.get(CONTENT_KEY)
-            actual = json_sha256(data) if digest else None
+            intact = json_intact(read_json(path, want=dict))
     except ValueError as err:
         return _one_line(str(err).removeprefix(f"{path}: ").split("; ")[0])
-    return "its numbers differ from the digest written with them" if digest != actual else None
+    return None if intact else "its numbers differ from the digest written with them"
 
 
 def _one_line(text: str) -> str:
